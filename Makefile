@@ -1,0 +1,40 @@
+# Two entry points on a fresh Debian/Ubuntu machine with Python 3.11+: `make demo`, `make test`.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test test-fast system-deps bench clean
+
+$(STAMP): pyproject.toml setup.py runtime/fast.pyx
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $@
+
+# The main job on bundled defaults: prove or refute the NAT under every stateful strategy.
+demo: $(STAMP)
+	$(VENV)/bin/nfproof verify nat --strategy all --bound 8; test $$? -le 1
+
+# redis-server and tshark: installed with apt-get when missing and running as root.
+system-deps:
+	@missing=""; for p in redis-server:redis-server tshark:tshark; do \
+	  command -v $${p%%:*} >/dev/null || missing="$$missing $${p##*:}"; done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing) >/dev/null; \
+	  else echo "missing:$$missing -- run: sudo apt-get install -y$$missing"; exit 2; fi; fi
+
+# The whole suite, on the Cython fast path and on the pure-Python fallback.
+test: $(STAMP) system-deps
+	$(PY) -m pytest -q
+	NFPROOF_PUREPYTHON=1 $(PY) -m pytest -q
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow"
+
+bench: $(STAMP)
+	for b in bench/*.py; do $(PY) $$b; done
+
+clean:
+	rm -rf $(VENV) build *.egg-info runtime/*.so runtime/*.c

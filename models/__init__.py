@@ -1,0 +1,1 @@
+"""NF models: the API (models.api) and the bundled NFs."""

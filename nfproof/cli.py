@@ -1,0 +1,51 @@
+"""The `nfproof` command. Each subcommand lives in its own module (nfproof/cmd_*.py) exposing
+`add_parser(subparsers)` and `run(args) -> int`.
+
+Exit codes, shared by every command: 0 proved/explained/ok, 1 counterexample/violation,
+2 usage or input error, 3 unknown (budget hit)."""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+OK, VIOLATION, USAGE, UNKNOWN = 0, 1, 2, 3
+COMMANDS = ["verify", "inspect"]
+
+
+class UsageError(Exception):
+    """Bad input from the user; printed as one `error:` line, exit 2."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="nfproof",
+        description="Prove and check that network-function chains survive failover.",
+        epilog="exit codes: 0 proved/ok, 1 counterexample/violation, 2 usage or input error, 3 unknown",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in COMMANDS:
+        try:
+            module = importlib.import_module(f"nfproof.cmd_{name}")
+        except ModuleNotFoundError as e:
+            if e.name != f"nfproof.cmd_{name}":
+                raise
+            continue
+        module.add_parser(sub).set_defaults(run=module.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except UsageError as e:
+        print(f"nfproof {args.command}: error: {e}", file=sys.stderr)
+        return USAGE
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return UNKNOWN
+
+
+if __name__ == "__main__":
+    sys.exit(main())

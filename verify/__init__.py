@@ -1,0 +1,1 @@
+"""Proofs and trace checks. Imports models/ and traces/, never runtime/."""
