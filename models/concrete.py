@@ -1,0 +1,107 @@
+"""The concrete interpreter: runs a handler on ints and dicts. Used by the runtime's generic path,
+by trace replay, and by the verifier to re-execute and confirm every counterexample.
+
+Choices come from a `chooser(values) -> value`: seeded random (runtime), scripted (a
+counterexample's choices), or exhaustive (`all_steps` backtracks over every choice)."""
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from typing import Callable
+
+from .api import NF, Domain, MapStorage, Packet
+
+
+class DictMap(dict, MapStorage):
+    def absent_from(self, values, kind) -> Domain:
+        return Domain(((v, True) for v in values if v not in self), kind)
+
+
+def initial_state(nf_cls: type[NF]) -> dict:
+    return {name: DictMap() for name in nf_cls.declarations()}
+
+
+def copy_state(state: dict) -> dict:
+    return {name: DictMap(storage) for name, storage in state.items()}
+
+
+def freeze_state(state: dict):
+    """A hashable, order-independent image of a state (for memoising searches)."""
+    return tuple((name, frozenset(storage.items())) for name, storage in sorted(state.items()))
+
+
+@dataclass
+class StepResult:
+    outputs: list = field(default_factory=list)  # [(gate, Packet)]
+    drops: list = field(default_factory=list)    # [reason]
+    choices: list = field(default_factory=list)  # values returned by choose()/now(), in order
+
+
+class ConcreteContext:
+    def __init__(self, chooser: Callable[[list], object], time: int = 0):
+        self.chooser, self.time, self.result = chooser, time, StepResult()
+
+    def choose(self, domain: Domain):
+        values = domain.concrete_values()
+        if not values:
+            return None
+        value = self.chooser(values)
+        self.result.choices.append(value)
+        return value
+
+    def now(self) -> int:
+        self.result.choices.append(self.time)
+        return self.time
+
+    def emit(self, pkt: Packet, gate: str) -> None:
+        self.result.outputs.append((gate, pkt))
+
+    def drop(self, reason: str = "") -> None:
+        self.result.drops.append(reason)
+
+
+def step(nf_cls: type[NF], state: dict, pkt: Packet, chooser, time: int = 0) -> StepResult:
+    """Apply one packet to `state` in place."""
+    ctx = ConcreteContext(chooser, time)
+    nf_cls(state).handle(pkt, ctx)
+    return ctx.result
+
+
+def seeded(seed: int = 0):
+    rng = random.Random(seed)
+    return rng.choice
+
+
+def scripted(values, fallback=None):
+    """Returns the given values in order; past their end (or when a value is not available)
+    defers to `fallback` (default: the first available value)."""
+    pending = list(values)
+
+    def choose(options):
+        if pending:
+            wanted = pending.pop(0)
+            if wanted in options:
+                return wanted
+        return fallback(options) if fallback else options[0]
+
+    return choose
+
+
+def all_steps(nf_cls: type[NF], state: dict, pkt: Packet, time: int = 0):
+    """Every (new_state, StepResult) that one packet can lead to, over all choices."""
+    out, pending = [], [()]
+    while pending:
+        prefix = pending.pop()
+        taken: list[int] = []
+
+        def chooser(options, prefix=prefix, taken=taken):
+            k = len(taken)
+            index = prefix[k] if k < len(prefix) else 0
+            if k >= len(prefix):
+                pending.extend(tuple(taken) + (j,) for j in range(1, len(options)))
+            taken.append(index)
+            return options[index]
+
+        new_state = copy_state(state)
+        out.append((new_state, step(nf_cls, new_state, pkt, chooser, time)))
+    return out

@@ -1,0 +1,114 @@
+"""State-management strategies: one precise semantics shared by the verifier and the runtime.
+
+Every strategy runs the failover protocol of DESIGN.md; they differ only in when an input's state
+change is *protected* (acknowledged by the standby, or applied at the store) and when its outputs
+are *released*. That is captured by the primary's event timeline: for each input i, in order,
+`apply i`, then the strategy's `send i` / `protect i` / `release i` events. A crash is a cut of
+that timeline: the events before it happened, the rest did not.
+
+From a cut follow `released` (highest input whose outputs reached downstream) and the protected
+point r (highest input covered by state the standby holds; for asynchronous updates any prefix of
+the sent records may have arrived, so r ranges over 0..sent). The standby resumes from the state
+protected at r and the upstream replays inputs r+1.. ; under `none` it starts empty and the
+upstream replays only the inputs whose outputs were not released.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+STRATEGY_FORMS = ("none", "stateful.checkpoint:N", "stateful.async", "stateful.sync", "stateful.commit:B",
+                  "stateless.sync", "stateless.async", "stateless.batch:B", "stateless.cache", "stateless.commit:B")
+_PARAMETRISED = {"stateful.checkpoint", "stateful.commit", "stateless.batch", "stateless.commit"}
+_PLAIN = {"none", "stateful.async", "stateful.sync", "stateless.sync", "stateless.async", "stateless.cache"}
+
+
+class StrategyError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class Cut:
+    """The primary's progress at a crash: events[:k] happened."""
+
+    k: int
+    applied: int
+    released: int
+    protected: tuple[int, ...]  # possible protected points r (several when updates are asynchronous)
+
+
+@dataclass(frozen=True)
+class Strategy:
+    name: str            # e.g. "stateful.commit"
+    param: int | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> "Strategy":
+        m = re.fullmatch(r"([a-z.]+)(?::(.*))?", text.strip())
+        base, arg = (m.group(1), m.group(2)) if m else (text, None)
+        if base in _PLAIN and arg is None:
+            return cls(base)
+        if base in _PARAMETRISED:
+            if arg is not None and re.fullmatch(r"[0-9]+", arg) and int(arg) >= 1:
+                return cls(base, int(arg))
+            raise StrategyError(f"strategy {base} needs a positive integer parameter, e.g. {base}:4 (got {text!r})")
+        raise StrategyError(f"unknown strategy {text!r}; valid: {', '.join(STRATEGY_FORMS)}")
+
+    def __str__(self) -> str:
+        return self.name if self.param is None else f"{self.name}:{self.param}"
+
+    @property
+    def mode(self) -> str:
+        return self.name.rsplit(".", 1)[-1]
+
+    def events(self, n: int) -> list[tuple[str, int]]:
+        """The primary's timeline for n inputs (batches close when full or at the end of input)."""
+        mode, b, out = self.mode, self.param, []
+        for i in range(1, n + 1):
+            out.append(("apply", i))
+            if mode == "none":
+                out.append(("release", i))
+            elif mode == "async":
+                out += [("send", i), ("release", i)]
+            elif mode in ("sync", "cache"):
+                out += [("protect", i), ("release", i)]
+            elif mode in ("checkpoint", "batch"):
+                out.append(("release", i))
+                if i % b == 0:
+                    out.append(("protect", i))
+            elif mode == "commit":
+                if i % b == 0 or i == n:
+                    out += [("protect", i), ("release", i)]  # the release covers the whole batch
+        return out
+
+    def cuts(self, n: int) -> list[Cut]:
+        """Every crash point of an n-input run, as the progress it leaves behind."""
+        events, out = self.events(n), []
+        applied = released = protected = sent = 0
+        for k in range(len(events) + 1):
+            rs = tuple(range(sent + 1)) if self.mode == "async" else (0,) if self.mode == "none" else (protected,)
+            out.append(Cut(k, applied, released, rs))
+            if k < len(events):
+                kind, i = events[k]
+                if kind == "apply":
+                    applied = i
+                elif kind == "release":
+                    released = i
+                elif kind == "protect":
+                    protected = i
+                elif kind == "send":
+                    sent = i
+        return out
+
+    def failovers(self, n: int) -> dict[tuple[int, int], Cut]:
+        """Distinct (released, r) outcomes of a crash, each with the earliest cut reaching it."""
+        out: dict[tuple[int, int], Cut] = {}
+        for cut in self.cuts(n):
+            for r in cut.protected:
+                out.setdefault((cut.released, r), cut)
+        return out
+
+    @property
+    def replays_from_protected(self) -> bool:
+        """False for `none`: the standby starts empty and replays only unreleased inputs."""
+        return self.name != "none"

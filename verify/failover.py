@@ -1,0 +1,222 @@
+"""Bounded failover check: does an NF under a strategy keep `strict` output equivalence?
+
+The question, for every input sequence of length n <= bound (packets chosen by the solver), every
+crash point, every protected point the crash can leave behind and every choice the primary and
+the standby make: is the sequence of outputs the egress lets out one that some failure-free
+execution on the same inputs produces?
+
+Encoding. Crash points are enumerated (`Strategy.failovers`: the distinct (released, r) outcomes
+of every cut of the primary's timeline); everything else is symbolic. Three runs are built from
+the symbolic interpreter's steps:
+  primary   inputs 1..applied with choices p_i,
+  standby   from the state protected at r (empty under `none`), inputs after it with fresh
+            choices s_i (or the logged p_i under --log-choices),
+  reference a failure-free run whose choices are read off the observed run (Skolemisation):
+            p_i for inputs whose outputs the primary released or protected, s_i after that.
+A violation is: the reference's outputs differ from the observed ones, or one of its borrowed
+choices was not available to it. Unsat proves the tuple: every failover run has a failure-free
+twin. Steps are memoised on (state, input, choice names), so where the reference coincides
+with the observed run its terms are the very same terms and no query is needed at all.
+
+Sat is only a candidate (the reference could have chosen differently): it is re-executed
+concretely (verify/simulate.py) and confirmed by exhaustive search before it is reported;
+a refuted candidate is blocked and the query repeated. Lengths grow from 1, so the first
+confirmed counterexample is a shortest one.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import z3
+
+from ..models.api import NF, PACKET_WIDTHS, Packet, Pool, TCP, UDP, addr, flags
+from ..models.concrete import scripted, seeded
+from ..models.strategy import Strategy
+from . import solver as smt
+from .simulate import Explanation, FailoverRun, explain, simulate
+from .symbolic import initial_state, outputs_differ, step, symbolic_packet
+
+MAX_REFINEMENTS = 16  # spurious candidates blocked per failover point before giving up (unknown)
+
+
+@dataclass
+class Counterexample:
+    nf: type[NF]
+    run: FailoverRun
+    explanation: Explanation
+    log_choices: bool
+
+
+@dataclass
+class Result:
+    verdict: str                       # proved | counterexample | unknown
+    nf: str
+    strategy: str
+    bound: int
+    seconds: float = 0.0
+    counterexample: Counterexample | None = None
+    reason: str = ""
+    stats: dict = field(default_factory=dict)
+
+
+class _State:
+    """A symbolic state; its identity keys the step memo."""
+
+    def __init__(self, terms: dict):
+        self.terms = terms
+
+
+class _Runs:
+    """Memoised symbolic steps over one set of symbolic inputs."""
+
+    def __init__(self, nf_cls: type[NF], bound: int):
+        self.nf_cls = nf_cls
+        self.inputs = [symbolic_packet(f"in{i}") for i in range(1, bound + 1)]
+        self.init = _State(initial_state(nf_cls))
+        self.memo: dict = {}
+        self.choice_vars: dict[tuple[str, int], list] = {}
+        self.primary_states = [self.init]
+        self.primary_steps = [None]
+
+    def step(self, state: _State, i: int, source: str):
+        key = (id(state), i, source)
+        if key not in self.memo:
+            def choice_var(k, width):
+                names = self.choice_vars.setdefault((source, i), [])
+                if k == len(names):
+                    names.append(z3.BitVec(f"{source}{i}.choice{k}", width))
+                return names[k]
+            s = step(self.nf_cls, state.terms, self.inputs[i - 1], choice_var)
+            self.memo[key] = (s, _State(s.state))
+        return self.memo[key]
+
+    def primary(self, i: int):
+        while len(self.primary_steps) <= i:
+            s, st = self.step(self.primary_states[-1], len(self.primary_steps), "p")
+            self.primary_steps.append(s)
+            self.primary_states.append(st)
+        return self.primary_steps[i]
+
+
+def verify_failover(nf_cls: type[NF], strategy: Strategy, bound: int, budget: smt.Budget | None = None,
+                    log_choices: bool = False, progress=None) -> Result:
+    budget = budget or smt.Budget()
+    result = Result("unknown", nf_cls.name, str(strategy) + (" --log-choices" if log_choices else ""), bound)
+    runs, undecided, queries_skipped = _Runs(nf_cls, bound), [], 0
+    try:
+        for n in range(1, bound + 1):
+            for (released, r), cut in strategy.failovers(n).items():
+                budget.check_time()
+                query = _violation(runs, strategy, n, released, r, cut.applied, log_choices)
+                if query is None:
+                    queries_skipped += 1
+                    continue
+                cex = _solve(runs, nf_cls, strategy, n, cut, r, query, budget, log_choices)
+                if cex == "undecided":
+                    undecided.append((n, released, r))
+                elif cex is not None:
+                    result.verdict, result.counterexample = "counterexample", cex
+                    return result
+            if progress:
+                progress(n, bound)
+        if undecided:
+            result.reason = f"{len(undecided)} failover point(s) left undecided after {MAX_REFINEMENTS} refinements"
+        else:
+            result.verdict = "proved"
+    except smt.BudgetExhausted as e:
+        result.reason = str(e)
+    finally:
+        result.seconds = time.monotonic() - budget.start
+        result.stats = {"queries": budget.queries, "identical": queries_skipped, "steps": len(runs.memo)}
+    return result
+
+
+def _violation(runs: _Runs, strategy: Strategy, n, released, r, applied, log_choices):
+    """(assumptions, violation) for one failover point, or None if the reference run is the
+    observed run term for term."""
+    assumed, assumptions = set(), []
+    for i in range(1, min(applied, n) + 1):
+        s = runs.primary(i)
+        assumed.add(id(s))
+        assumptions.append(s.valid)
+    seen_upto = max(released, r)  # outputs of inputs <= this were released by the primary (or from its protected record)
+    observed = {i: runs.primary(i).outputs for i in range(1, seen_upto + 1)}
+    if strategy.replays_from_protected:
+        runs.primary(r)
+        state, start = runs.primary_states[r], r
+    else:
+        state, start = runs.init, released
+    sources = {}
+    for i in range(start + 1, n + 1):
+        sources[i] = "p" if log_choices and i <= released else "s"
+        s, state = runs.step(state, i, sources[i])
+        if sources[i] == "s":
+            assumed.add(id(s))
+            assumptions.append(s.valid)
+        if i > seen_upto:
+            observed[i] = s.outputs
+
+    violations, state = [], runs.init
+    for i in range(1, n + 1):
+        s, state = runs.step(state, i, "p" if i <= seen_upto else sources[i])
+        if id(s) not in assumed:
+            violations.append(z3.Not(s.valid))
+        differ = outputs_differ(s.outputs, observed[i])
+        if differ is not None:
+            violations.append(differ)
+    return (assumptions, z3.Or(*violations)) if violations else None
+
+
+def _solve(runs, nf_cls, strategy, n, cut, r, query, budget, log_choices):
+    assumptions, violation = query
+    s = smt.new_solver(budget)
+    s.add(*assumptions)
+    s.add(violation)
+    for _ in range(MAX_REFINEMENTS):
+        if smt.check(s, budget) == z3.unsat:
+            return None
+        model = s.model()
+        s.push()
+        s.add(*_pretty(nf_cls, runs.inputs[:n]))
+        if smt.check_soft(s, budget) == z3.sat:
+            model = s.model()
+        s.pop()
+        inputs = [_packet(model, runs.inputs[i]) for i in range(n)]
+
+        def chooser(source):
+            return lambda i: _scripted_or_any(model, runs.choice_vars.get((source, i), []))
+
+        run = simulate(nf_cls, strategy, inputs, cut, r, chooser("p"), chooser("s"), log_choices)
+        explanation = explain(nf_cls, inputs, run.observed_outputs)
+        if not explanation.explained:
+            return Counterexample(nf_cls, run, explanation, log_choices)
+        s.add(z3.Not(z3.And(*[t == model.eval(t, model_completion=True)
+                              for pkt in runs.inputs[:n] for t in pkt.values()])))
+    return "undecided"
+
+
+def _scripted_or_any(model, variables):
+    return scripted([model.eval(v, model_completion=True).as_long() for v in variables], seeded(0))
+
+
+def _packet(model, fields: dict) -> Packet:
+    values = {f: model.eval(t, model_completion=True) for f, t in fields.items()}
+    return Packet(**{f: z3.is_true(v) if f == "inbound" else v.as_long() for f, v in values.items()})
+
+
+def _pretty(nf_cls: type[NF], inputs: list[dict]) -> list:
+    """Constraints steering a counterexample to readable values (tried, dropped if unsat)."""
+    constants = []
+    for klass in nf_cls.__mro__:
+        for value in vars(klass).values():
+            if isinstance(value, Pool):
+                constants.extend(value.values())
+            elif isinstance(value, int) and not isinstance(value, bool):
+                constants.append(value)
+    addrs = [addr(a) for a in ("10.0.0.1", "10.0.0.2", "198.51.100.1", "198.51.100.2")] + [c for c in constants if c >= 1 << 16]
+    ports = [1000, 1001, 80, 443] + [c for c in constants if 0 < c < 1 << 16]
+    choices = {"proto": [TCP, UDP], "src": addrs, "dst": addrs, "sport": ports, "dport": ports,
+               "flags": [0, flags("S"), flags("A"), flags("SA")]}
+    return [z3.Or(*[pkt[f] == v for v in values if v < 1 << PACKET_WIDTHS[f]])
+            for pkt in inputs for f, values in choices.items()]

@@ -1,0 +1,61 @@
+"""The one module that runs Z3: fixed seeds, a resource limit as well as a timeout, and `unknown`
+surfaced as a verdict of its own — never read as success. Verdicts are reproducible: the same
+query with the same budget gets the same answer on any machine (rlimit counts work, not time)."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import z3
+
+SEED = 0
+z3.set_param("smt.random_seed", SEED)
+z3.set_param("sat.random_seed", SEED)
+
+
+class BudgetExhausted(Exception):
+    """The time or resource budget ran out before a verdict."""
+
+
+@dataclass
+class Budget:
+    """Wall-clock timeout for the whole check plus an rlimit per query (None: no rlimit)."""
+
+    timeout: float = 60.0
+    rlimit: int | None = 50_000_000
+    start: float = field(default_factory=time.monotonic)
+    queries: int = 0
+
+    def remaining(self) -> float:
+        return self.timeout - (time.monotonic() - self.start)
+
+    def check_time(self) -> None:
+        if self.remaining() <= 0:
+            raise BudgetExhausted(f"timeout of {self.timeout:g} s reached")
+
+
+def new_solver(budget: Budget) -> z3.Solver:
+    s = z3.Solver()
+    s.set("random_seed", SEED)
+    if budget.rlimit:
+        s.set("rlimit", budget.rlimit)
+    return s
+
+
+def check(solver: z3.Solver, budget: Budget, *assumptions) -> z3.CheckSatResult:
+    """sat / unsat; raises BudgetExhausted on unknown (timeout, rlimit, incompleteness)."""
+    budget.check_time()
+    solver.set("timeout", max(1, int(budget.remaining() * 1000)))
+    budget.queries += 1
+    result = solver.check(*assumptions)
+    if result == z3.unknown:
+        raise BudgetExhausted(f"solver returned unknown: {solver.reason_unknown()}")
+    return result
+
+
+def check_soft(solver: z3.Solver, budget: Budget) -> z3.CheckSatResult:
+    """Like check, but unknown is returned, for optional queries (e.g. prettier values)."""
+    budget.check_time()
+    solver.set("timeout", max(1, int(budget.remaining() * 1000)))
+    budget.queries += 1
+    return solver.check()
