@@ -66,6 +66,7 @@ class PcapngReader:
         self.sections: list[dict] = []
         self.count = 0  # packet records read
         self.blocks = 0  # blocks read
+        self.block_offset = 0  # offset of the block last read
         self._pending = None
         self._section_ifaces: list[int] = []
         self._order = "<"
@@ -132,6 +133,7 @@ class PcapngReader:
             if blk is None:
                 return
             btype, body, at = blk
+            self.block_offset = at
             o, n = self._order, self.blocks
 
             def err(reason, at=at, n=n, btype=btype):
