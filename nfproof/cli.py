@@ -17,8 +17,15 @@ class UsageError(Exception):
     """Bad input from the user; printed as one `error:` line, exit 2."""
 
 
+class Parser(argparse.ArgumentParser):
+    """Usage errors as one line naming the fix, exit 2."""
+
+    def error(self, message):
+        self.exit(USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="nfproof",
         description="Prove and check that network-function chains survive failover.",
         epilog="exit codes: 0 proved/ok, 1 counterexample/violation, 2 usage or input error, 3 unknown",
@@ -45,6 +52,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return UNKNOWN
+    except BrokenPipeError:  # e.g. piped into head
+        sys.stderr.close()
+        return OK
 
 
 if __name__ == "__main__":

@@ -177,11 +177,15 @@ def _solve(runs, nf_cls, strategy, n, cut, r, query, budget, log_choices):
         if smt.check(s, budget) == z3.unsat:
             return None
         model = s.model()
-        s.push()
-        s.add(*_pretty(nf_cls, runs.inputs[:n]))
-        if smt.check_soft(s, budget) == z3.sat:
-            model = s.model()
-        s.pop()
+        for constraints in _pretty(nf_cls, runs.inputs[:n]):
+            s.push()
+            s.add(*constraints)
+            found = smt.check_soft(s, budget) == z3.sat
+            if found:
+                model = s.model()
+            s.pop()
+            if found:
+                break
         inputs = [_packet(model, runs.inputs[i]) for i in range(n)]
 
         def chooser(source):
@@ -205,8 +209,10 @@ def _packet(model, fields: dict) -> Packet:
     return Packet(**{f: z3.is_true(v) if f == "inbound" else v.as_long() for f, v in values.items()})
 
 
-def _pretty(nf_cls: type[NF], inputs: list[dict]) -> list:
-    """Constraints steering a counterexample to readable values (tried, dropped if unsat)."""
+def _pretty(nf_cls: type[NF], inputs: list[dict]) -> list[list]:
+    """Constraint sets steering a counterexample to readable values, strictest first (each is
+    tried and dropped if unsat): LAN hosts talk to remote servers, inbound packets come back from
+    them to the NF's own addresses and ports."""
     constants = []
     for klass in nf_cls.__mro__:
         for value in vars(klass).values():
@@ -214,9 +220,23 @@ def _pretty(nf_cls: type[NF], inputs: list[dict]) -> list:
                 constants.extend(value.values())
             elif isinstance(value, int) and not isinstance(value, bool):
                 constants.append(value)
-    addrs = [addr(a) for a in ("10.0.0.1", "10.0.0.2", "198.51.100.1", "198.51.100.2")] + [c for c in constants if c >= 1 << 16]
-    ports = [1000, 1001, 80, 443] + [c for c in constants if 0 < c < 1 << 16]
-    choices = {"proto": [TCP, UDP], "src": addrs, "dst": addrs, "sport": ports, "dport": ports,
-               "flags": [0, flags("S"), flags("A"), flags("SA")]}
-    return [z3.Or(*[pkt[f] == v for v in values if v < 1 << PACKET_WIDTHS[f]])
-            for pkt in inputs for f, values in choices.items()]
+    local = [addr("10.0.0.1"), addr("10.0.0.2")]
+    remote = [addr("198.51.100.1"), addr("198.51.100.2")]
+    own_addrs = [c for c in constants if c >= 1 << 16]
+    own_ports = [c for c in constants if 0 < c < 1 << 16]
+
+    def one_of(t, values):
+        return z3.Or(*[t == v for v in values if v < 1 << t.size()])
+
+    strict, loose = [], []
+    for p in inputs:
+        b = p["inbound"]
+        strict += [p["proto"] == TCP, one_of(p["flags"], [flags("S"), flags("A")]),
+                   z3.If(b, one_of(p["src"], remote), one_of(p["src"], local)),
+                   z3.If(b, one_of(p["sport"], [80, 443]), one_of(p["sport"], [1000, 1001])),
+                   z3.If(b, one_of(p["dst"], own_addrs + local), one_of(p["dst"], remote)),
+                   z3.If(b, one_of(p["dport"], own_ports + [1000, 1001]), one_of(p["dport"], [80, 443]))]
+        loose += [one_of(p["proto"], [TCP, UDP]), one_of(p["src"], local + remote + own_addrs),
+                  one_of(p["dst"], local + remote + own_addrs),
+                  one_of(p["sport"], [1000, 1001, 80, 443] + own_ports), one_of(p["dport"], [1000, 1001, 80, 443] + own_ports)]
+    return [strict, loose]

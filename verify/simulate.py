@@ -33,6 +33,8 @@ class FailoverRun:
     protected: int                   # r: the standby resumes from the state covering inputs <= r
     observed: list                   # [(input, gate, Packet)] as the egress let them out
     events: list[Event]
+    primary_choices: dict            # input -> the primary's choices for it
+    standby_choices: dict            # input -> the standby's choices for it
 
     @property
     def observed_outputs(self) -> list:
@@ -47,7 +49,7 @@ def simulate(nf_cls: type[NF], strategy: Strategy, inputs: list[Packet], cut: Cu
     for i in range(1, cut.applied + 1):
         res = step(nf_cls, state, inputs[i - 1], primary_chooser(i))
         snapshots[i], outputs[i], choices[i] = copy_state(state), res.outputs, res.choices
-        events.append(Event("apply", "primary", i, _describe(inputs[i - 1], res), res.outputs))
+        events.append(Event("apply", "primary", i, f"applies input {i}: " + _describe(inputs[i - 1], res), res.outputs))
 
     observed, last = [], (0, -1)
 
@@ -76,7 +78,8 @@ def simulate(nf_cls: type[NF], strategy: Strategy, inputs: list[Packet], cut: Cu
 
     if strategy.replays_from_protected:
         state, start = copy_state(snapshots[protected]), protected
-        events.append(Event("failover", "standby", protected, f"takes over with the state covering inputs 1..{protected}"))
+        covering = f"the state covering inputs 1..{protected}" if protected else "the initial state (nothing was protected)"
+        events.append(Event("failover", "standby", protected, f"takes over with {covering}"))
         for i in range(cut.released + 1, protected + 1):
             if outputs[i]:
                 events.append(Event("release", "standby", i, f"releases the protected outputs of input {i}", outputs[i]))
@@ -84,14 +87,16 @@ def simulate(nf_cls: type[NF], strategy: Strategy, inputs: list[Packet], cut: Cu
     else:
         state, start = initial_state(nf_cls), cut.released
         events.append(Event("failover", "standby", 0, "takes over with an empty state"))
+    standby_choices = {}
     for i in range(start + 1, n + 1):
         logged = log_choices and i <= cut.released
         chooser = scripted(choices[i], standby_chooser(i)) if logged else standby_chooser(i)
         res = step(nf_cls, state, inputs[i - 1], chooser)
+        standby_choices[i] = res.choices
         kind = "replay" if i <= cut.applied else "apply"
-        events.append(Event(kind, "standby", i, _describe(inputs[i - 1], res, logged), res.outputs))
+        events.append(Event(kind, "standby", i, f"{'replays' if kind == 'replay' else 'applies'} input {i}: " + _describe(inputs[i - 1], res, logged), res.outputs))
         deliver(i, res.outputs, "standby")
-    return FailoverRun(strategy, list(inputs), cut, protected, observed, events)
+    return FailoverRun(strategy, list(inputs), cut, protected, observed, events, choices, standby_choices)
 
 
 def _describe(pkt: Packet, res, logged: bool = False) -> str:
@@ -144,3 +149,22 @@ def explain(nf_cls: type[NF], inputs: list[Packet], observed: list) -> Explanati
 
     search(0, 0, initial_state(nf_cls), [])
     return best
+
+
+def reproduce(nf: str, strategy: str, inputs: list[Packet], crash: int, protected: int,
+              primary_choices: dict, standby_choices: dict, log_choices: bool = False) -> bool:
+    """Re-run a reported counterexample concretely; prints what the egress saw and whether a
+    failure-free execution explains it. Returns True if it does (i.e. no bug)."""
+    from ..models import lookup
+
+    nf_cls, strat = lookup(nf), Strategy.parse(strategy)
+    cut = strat.cuts(len(inputs))[crash]
+    run = simulate(nf_cls, strat, inputs, cut, protected,
+                   lambda i: scripted(primary_choices.get(i, [])), lambda i: scripted(standby_choices.get(i, [])),
+                   log_choices)
+    for e in run.events:
+        print(f"{e.actor:8} {e.text}")
+    verdict = explain(nf_cls, inputs, run.observed_outputs)
+    print("explained by a failure-free execution" if verdict.explained
+          else f"NOT explained: output {verdict.matched + 1} has no failure-free counterpart")
+    return verdict.explained

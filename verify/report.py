@@ -1,0 +1,106 @@
+"""Counterexamples as data, rendered: a one-line `error:`, a numbered story with packets shown field
+by field, a JSON object, and a Python snippet that re-runs the failover concretely."""
+from __future__ import annotations
+
+from ..models.api import PROTO_NAMES, TCP_FLAGS, Packet, ip
+from .failover import Counterexample, Result
+
+
+def packet_text(pkt: Packet) -> str:
+    return str(pkt)
+
+
+def output_text(gate: str, pkt: Packet) -> str:
+    return f"{gate}: {pkt}"
+
+
+def error_line(result: Result) -> str:
+    cex = result.counterexample
+    run, why = cex.run, cex.explanation
+    i, gate, pkt = run.observed[why.matched] if why.matched < len(run.observed) else (None, None, None)
+    if pkt is None:
+        return (f"{result.nf} under {result.strategy}: the egress saw {why.matched} output(s); every failure-free "
+                f"execution of the same {len(run.inputs)} input(s) emits more")
+    return (f"{result.nf} under {result.strategy}: output {why.matched + 1} ({output_text(gate, pkt)}) is not "
+            f"produced by any failure-free execution of the same {len(run.inputs)} input(s)")
+
+
+def story(result: Result) -> str:
+    cex = result.counterexample
+    run, why = cex.run, cex.explanation
+    lines = [f"counterexample: {result.nf} under {result.strategy}, {len(run.inputs)} input packet(s), "
+             f"crash after {run.cut.applied} applied / {run.cut.released} released, standby resumes "
+             f"from " + (f"the state of input {run.protected}" if run.protected else "the initial state"), "", "inputs (in arrival order):"]
+    lines += [f"  {i}. {packet_text(p)}" for i, p in enumerate(run.inputs, 1)]
+    lines += ["", "what happened:"]
+    for n, e in enumerate(run.events, 1):
+        text = f"  {n:2}. {e.actor} {e.text}"
+        if e.kind in ("apply", "replay") and e.outputs:
+            text += " -> " + "; ".join(output_text(g, p) for g, p in e.outputs)
+        elif e.kind in ("apply", "replay"):
+            text += " -> no output"
+        if e.kind == "replay":
+            text += "   (replayed by the upstream)"
+        lines.append(text)
+    lines += ["", "the outside world saw:"]
+    for n, (i, gate, pkt) in enumerate(run.observed):
+        mark = "   <-- no failure-free execution produces this" if n == why.matched else ""
+        lines.append(f"  {n + 1}. {output_text(gate, pkt)}   (input {i}){mark}")
+    if why.matched >= len(run.observed):
+        lines.append(f"  (nothing more: a failure-free execution emits more after output {why.matched})")
+    lines += ["", "why:"]
+    prefix = f"after the first {why.matched} output(s)" if why.matched else "from the start"
+    instead = "; or ".join(output_text(g, p) for g, p in why.expected) if why.expected else "no further output"
+    lines.append(f"  {prefix}, every failure-free execution that matches emits instead: {instead}")
+    return "\n".join(lines)
+
+
+def as_json(result: Result) -> dict:
+    out = {"verdict": result.verdict, "nf": result.nf, "strategy": result.strategy, "bound": result.bound,
+           "seconds": round(result.seconds, 4), "stats": result.stats, "reason": result.reason}
+    cex = result.counterexample
+    if cex:
+        run, why = cex.run, cex.explanation
+        out["error"] = error_line(result)
+        out["counterexample"] = {
+            "inputs": [_packet_json(p) for p in run.inputs],
+            "crash": {"cut": run.cut.k, "applied": run.cut.applied, "released": run.cut.released,
+                      "protected": run.protected},
+            "events": [{"actor": e.actor, "kind": e.kind, "input": e.input, "text": e.text,
+                        "outputs": [{"gate": g, **_packet_json(p)} for g, p in e.outputs]} for e in run.events],
+            "observed": [{"input": i, "gate": g, **_packet_json(p)} for i, g, p in run.observed],
+            "unexplained_output": why.matched + 1,
+            "expected_instead": [{"gate": g, **_packet_json(p)} for g, p in why.expected],
+            "reproduce": reproduction(result),
+        }
+    return out
+
+
+def _packet_json(pkt: Packet) -> dict:
+    return {"text": str(pkt), "proto": pkt.proto, "src": ip(pkt.src), "sport": pkt.sport, "dst": ip(pkt.dst),
+            "dport": pkt.dport, "flags": pkt.flags, "inbound": pkt.inbound}
+
+
+def packet_code(pkt: Packet) -> str:
+    proto = {6: "TCP", 17: "UDP", 1: "ICMP"}.get(pkt.proto, str(pkt.proto))
+    letters = "".join(c for b, c in enumerate(TCP_FLAGS) if pkt.flags >> b & 1)
+    return (f'Packet({proto}, addr("{ip(pkt.src)}"), {pkt.sport}, addr("{ip(pkt.dst)}"), {pkt.dport}, '
+            f'flags("{letters}"), inbound={pkt.inbound})')
+
+
+def reproduction(result: Result) -> str:
+    """A Python snippet that replays the counterexample concretely and prints its verdict."""
+    cex = result.counterexample
+    run = cex.run
+    primary = {i: c for i, c in run.primary_choices.items() if c}
+    standby = {i: c for i, c in run.standby_choices.items() if c}
+    inputs = ",\n    ".join(packet_code(p) for p in run.inputs)
+    return (
+        "from nfproof.models.api import Packet, TCP, UDP, ICMP, addr, flags\n"
+        "from nfproof.verify.simulate import reproduce\n"
+        f"reproduce(\"{result.nf}\", \"{run.strategy}\", [\n    {inputs},\n], crash={run.cut.k}, "
+        f"protected={run.protected},\n          primary_choices={primary}, "
+        f"standby_choices={standby}, log_choices={cex.log_choices})\n")
+
+
+__all__ = ["error_line", "story", "as_json", "reproduction", "PROTO_NAMES"]
