@@ -1,10 +1,15 @@
-"""Builds the Cython fast path (runtime/fast.pyx -> nfproof.runtime.fast); everything else is in pyproject.toml."""
+"""Builds the Cython fast paths; everything else is in pyproject.toml.
+nfproof.runtime.fast (runtime/fast.pyx) and nfproof.traces._fast (traces/_fast.pyx) both include
+traces/_parse.pxi, the one C copy of the header parser."""
 from Cython.Build import cythonize
 from setuptools import Extension, setup
 
 setup(
     ext_modules=cythonize(
-        [Extension("nfproof.runtime.fast", ["runtime/fast.pyx"], extra_compile_args=["-O3"])],
+        [
+            Extension("nfproof.runtime.fast", ["runtime/fast.pyx"], extra_compile_args=["-O3"]),
+            Extension("nfproof.traces._fast", ["traces/_fast.pyx"], extra_compile_args=["-O3"]),
+        ],
         compiler_directives={"language_level": "3", "boundscheck": False, "wraparound": False},
     )
 )

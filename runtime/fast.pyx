@@ -1,16 +1,22 @@
 # cython: language_level=3
-"""Runtime hot path (Cython). Pure-Python twin: runtime/pure.py; chosen at import by runtime/__init__.py."""
+"""Runtime hot path (Cython). Pure-Python twin: runtime/pure.py; chosen at import by runtime/__init__.py.
+Header parsing is traces/_parse.pxi, the same C code as nfproof.traces._fast."""
+include "../traces/_parse.pxi"
 
-def flow_key(const unsigned char[:] frame):
-    """(proto, src, sport, dst, dport) of an Ethernet/IPv4 frame with TCP/UDP, else None."""
-    cdef Py_ssize_t n = frame.shape[0]
-    if n < 34 or frame[12] != 0x08 or frame[13] != 0x00:
-        return None
-    cdef int ihl = (frame[14] & 0x0F) * 4
-    cdef int proto = frame[23]
-    cdef unsigned int src = (frame[26] << 24) | (frame[27] << 16) | (frame[28] << 8) | frame[29]
-    cdef unsigned int dst = (frame[30] << 24) | (frame[31] << 16) | (frame[32] << 8) | frame[33]
-    cdef Py_ssize_t l4 = 14 + ihl
-    if ihl < 20 or (proto != 6 and proto != 17) or n < l4 + 4:
-        return (proto, src, 0, dst, 0)
-    return (proto, src, (frame[l4] << 8) | frame[l4 + 1], dst, (frame[l4 + 2] << 8) | frame[l4 + 3])
+
+def flow_key(frame, int linktype=1, wirelen=None):
+    """Flow key of a frame, as nfproof.traces.headers documents it (None for non-IP)."""
+    cdef bytes b = frame if type(frame) is bytes else bytes(frame)
+    cdef pkt_t p
+    cdef Py_ssize_t n = PyBytes_GET_SIZE(b)
+    parse(&p, linktype, <const uint8_t *>PyBytes_AS_STRING(b), n, n if wirelen is None else wirelen)
+    return make_key(&p, &p.ip, vlan_tuple(&p))
+
+
+def parse_frame(int linktype, frame, wirelen=None):
+    """The full Parsed record of a frame (nfproof.traces.headers.parse_frame)."""
+    cdef bytes b = frame if type(frame) is bytes else bytes(frame)
+    cdef pkt_t p
+    cdef Py_ssize_t n = PyBytes_GET_SIZE(b)
+    parse(&p, linktype, <const uint8_t *>PyBytes_AS_STRING(b), n, n if wirelen is None else wirelen)
+    return make_parsed(&p)

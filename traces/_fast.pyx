@@ -1,0 +1,158 @@
+# cython: language_level=3
+"""Cython fast path of nfproof.traces.headers (the reference, with the documentation): the same
+`parse_frame`, and the C hot loop `scan_pcap_flow_keys`, which mmaps a classic pcap and parses every
+record to a 64-bit flow hash counted in an open-addressing table, following fragments to their
+first fragment's flow as FlowKeyer does. The parsing code is traces/_parse.pxi."""
+include "_parse.pxi"
+
+import os
+
+from libc.stdlib cimport calloc, free
+from posix.mman cimport mmap, munmap, madvise, PROT_READ, MAP_PRIVATE, MAP_FAILED, MADV_SEQUENTIAL
+
+
+def parse_frame(int linktype, data, Py_ssize_t wirelen):
+    """Parse one captured frame; identical to nfproof.traces.headers.parse_frame."""
+    cdef bytes b = data if type(data) is bytes else bytes(data)
+    cdef pkt_t p
+    parse(&p, linktype, <const uint8_t *>PyBytes_AS_STRING(b), PyBytes_GET_SIZE(b), wirelen)
+    return make_parsed(&p)
+
+
+ctypedef struct table_t:  # open addressing, linear probing; key 0 = empty
+    uint64_t *keys
+    uint64_t *vals
+    size_t mask, used
+
+
+cdef int table_init(table_t *t, size_t size) noexcept nogil:
+    t.keys = <uint64_t *>calloc(size, sizeof(uint64_t))
+    t.vals = <uint64_t *>calloc(size, sizeof(uint64_t))
+    t.mask, t.used = size - 1, 0
+    return t.keys != NULL and t.vals != NULL
+
+
+cdef void table_free(table_t *t) noexcept nogil:
+    free(t.keys)
+    free(t.vals)
+
+
+cdef inline size_t table_slot(table_t *t, uint64_t key) noexcept nogil:
+    cdef size_t i = key & t.mask
+    while t.keys[i] != 0 and t.keys[i] != key:
+        i = (i + 1) & t.mask
+    return i
+
+
+cdef int table_put(table_t *t, uint64_t key, uint64_t val) noexcept nogil:
+    """Insert or overwrite; returns 1 if the key was new, -1 if out of memory."""
+    cdef table_t bigger
+    cdef size_t i = table_slot(t, key), j
+    if t.keys[i] == key:
+        t.vals[i] = val
+        return 0
+    t.keys[i], t.vals[i] = key, val
+    t.used += 1
+    if 2 * t.used > t.mask:
+        if not table_init(&bigger, 2 * (t.mask + 1)):
+            table_free(&bigger)
+            return -1
+        for j in range(t.mask + 1):
+            if t.keys[j]:
+                i = table_slot(&bigger, t.keys[j])
+                bigger.keys[i], bigger.vals[i] = t.keys[j], t.vals[j]
+        bigger.used = t.used
+        table_free(t)
+        t[0] = bigger
+    return 1
+
+
+cdef inline uint32_t rd32(const uint8_t *s, bint swap) noexcept nogil:
+    cdef uint32_t v
+    memcpy(&v, s, 4)
+    if swap:
+        v = ((v & 0xFF) << 24) | ((v & 0xFF00) << 8) | ((v >> 8) & 0xFF00) | (v >> 24)
+    return v
+
+
+def scan_pcap_flow_keys(path):
+    """(packets, distinct flow keys after fragment following, malformed packets) of a classic pcap;
+    identical to nfproof.traces.headers.scan_pcap_flow_keys (flows counted by 64-bit hash)."""
+    cdef Py_ssize_t size, off = 24, caplen, wirelen
+    cdef const uint8_t *m
+    cdef uint32_t magic
+    cdef bint swap
+    cdef int linktype, err = 0, major, minor
+    cdef long long packets = 0, malformed = 0, i = 0
+    cdef table_t flows, frags
+    cdef pkt_t p
+    cdef uint64_t h, fh
+    cdef size_t slot
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        size = os.fstat(fd).st_size
+        if size < 24:
+            raise ValueError(f"{path}: {size} bytes, too short for a pcap header")
+        m = <const uint8_t *>mmap(NULL, size, PROT_READ, MAP_PRIVATE, fd, 0)
+        if <void *>m == MAP_FAILED:
+            raise OSError(f"{path}: mmap failed")
+    finally:
+        os.close(fd)
+    flows.keys = flows.vals = frags.keys = frags.vals = NULL
+    try:
+        madvise(<void *>m, size, MADV_SEQUENTIAL)
+        memcpy(&magic, m, 4)
+        if magic == 0xA1B2C3D4 or magic == 0xA1B23C4D:
+            swap = 0
+        elif magic == 0xD4C3B2A1 or magic == 0x4D3CB2A1:
+            swap = 1
+        else:
+            raise ValueError(f"{path}: not a classic pcap file (magic {magic:#010x})")
+        major = (m[5] << 8 | m[4]) if not swap else (m[4] << 8 | m[5])
+        minor = (m[7] << 8 | m[6]) if not swap else (m[6] << 8 | m[7])
+        if major != 2:
+            raise ValueError(f"{path}: unsupported pcap version {major}.{minor}")
+        linktype = rd32(m + 20, swap) & 0x0FFFFFFF
+        if not table_init(&flows, 1 << 16) or not table_init(&frags, 1 << 10):
+            raise MemoryError()
+        with nogil:
+            while off < size:
+                i += 1
+                if size - off < 16:
+                    err = 1
+                    break
+                caplen = rd32(m + off + 8, swap)
+                wirelen = rd32(m + off + 12, swap)
+                if caplen > size - off - 16:
+                    err = 2
+                    break
+                parse(&p, linktype, m + off + 16, caplen, wirelen)
+                packets += 1
+                malformed += p.malformed != OK
+                if p.ip.version:
+                    h = flow_hash(&p, &p.ip)
+                    if p.ip.frag_offset or p.ip.more_fragments:
+                        fh = frag_hash(&p, &p.ip)
+                        if p.ip.frag_offset == 0:
+                            if table_put(&frags, fh, h) < 0:
+                                err = 3
+                                break
+                        else:
+                            slot = table_slot(&frags, fh)
+                            if frags.keys[slot] == fh:
+                                h = frags.vals[slot]
+                    if table_put(&flows, h, 1) < 0:
+                        err = 3
+                        break
+                off += 16 + caplen
+        if err == 1:
+            raise ValueError(f"{path}: record {i} at byte {off}: header cut short, {size - off} bytes remain")
+        if err == 2:
+            raise ValueError(f"{path}: record {i} at byte {off} claims {caplen} bytes, {size - off - 16} remain")
+        if err == 3:
+            raise MemoryError()
+        return packets, flows.used, malformed
+    finally:
+        table_free(&flows)
+        table_free(&frags)
+        munmap(<void *>m, size)
