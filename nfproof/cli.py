@@ -9,12 +9,9 @@ import argparse
 import importlib
 import sys
 
-OK, VIOLATION, USAGE, UNKNOWN = 0, 1, 2, 3
+from .errors import OK, UNKNOWN, USAGE, VIOLATION, UsageError  # noqa: F401  (re-exported for commands)
+
 COMMANDS = ["verify", "inspect"]
-
-
-class UsageError(Exception):
-    """Bad input from the user; printed as one `error:` line, exit 2."""
 
 
 class Parser(argparse.ArgumentParser):

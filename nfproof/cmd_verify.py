@@ -7,7 +7,7 @@ import sys
 
 from .models import NFS, lookup
 from .models.strategy import STRATEGY_FORMS, Strategy, StrategyError
-from .cli import OK, UNKNOWN, USAGE, VIOLATION, UsageError
+from .errors import OK, UNKNOWN, VIOLATION, UsageError
 
 DEMO_STRATEGIES = ("none", "stateful.checkpoint:4", "stateful.async", "stateful.sync", "stateful.commit:4")
 

@@ -1,0 +1,73 @@
+"""`nfproof verify` as a user runs it: exit codes, messages, JSON."""
+import json
+import subprocess
+import sys
+
+import pytest
+
+
+def nfproof(*args):
+    return subprocess.run([sys.executable, "-m", "nfproof", *args], capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.parametrize("strategy,bound,code", [
+    ("stateful.async", 4, 1), ("stateful.sync", 4, 0), ("stateful.commit:4", 4, 0),
+    ("none", 4, 1), ("stateful.checkpoint:3", 5, 1),
+])
+def test_acceptance_exit_codes(strategy, bound, code):
+    r = nfproof("verify", "nat", "--strategy", strategy, "--bound", str(bound))
+    assert r.returncode == code, r.stdout + r.stderr
+    assert r.stdout.startswith("error: " if code else "proved: ")
+
+
+def test_counterexample_story_names_crash_choices_and_offending_output():
+    out = nfproof("verify", "nat", "--strategy", "stateful.async", "--bound", "4").stdout
+    for phrase in ("inputs (in arrival order):", "primary applies input 1", "crashes", "standby takes over",
+                   "chooses", "why:", "every failure-free execution", "reproduce (Python):"):
+        assert phrase in out
+    assert "<-- no failure-free execution produces this" in out or "(nothing more:" in out
+    assert "0x" not in out  # packets are shown field by field, never as hex
+
+
+def test_reproduction_snippet_runs_and_shows_the_bug():
+    data = json.loads(nfproof("verify", "nat", "--strategy", "none", "--bound", "3", "--json").stdout)
+    snippet = data["counterexample"]["reproduce"]
+    r = subprocess.run([sys.executable, "-c", snippet], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert "NOT explained" in r.stdout
+
+
+def test_json_result():
+    data = json.loads(nfproof("verify", "nat", "--strategy", "stateful.sync", "--bound", "3", "--json").stdout)
+    assert data["verdict"] == "proved" and data["bound"] == 3 and data["strategy"] == "stateful.sync"
+    cex = json.loads(nfproof("verify", "nat", "--strategy", "stateful.async", "--bound", "3", "--json").stdout)
+    assert cex["verdict"] == "counterexample"
+    assert len(cex["counterexample"]["inputs"]) == 2 and cex["counterexample"]["unexplained_output"] >= 1
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["nut", "--strategy", "none"], "valid: nat"),
+    (["nat", "--strategy", "stateful.bogus"], "valid: none, stateful.checkpoint:N"),
+    (["nat", "--strategy", "stateful.commit"], "positive integer"),
+    (["nat", "--strategy", "stateful.commit:0"], "positive integer"),
+    (["nat", "--strategy", "none", "--bound", "x"], "--bound"),
+    (["nat", "--strategy", "none", "--bound", "-3"], "--bound"),
+    (["nat", "--strategy", "none", "--timeout", "0"], "--timeout"),
+])
+def test_usage_errors_are_one_line_exit_2(args, needle):
+    r = nfproof("verify", *args)
+    assert r.returncode == 2
+    assert r.stdout == "" and len(r.stderr.strip().splitlines()) == 1 and needle in r.stderr
+
+
+def test_budget_hit_is_unknown_exit_3():
+    r = nfproof("verify", "nat", "--strategy", "stateful.sync", "--bound", "16", "--timeout", "0.01")
+    assert r.returncode == 3 and r.stdout.startswith("unknown:")
+
+
+def test_all_strategies_table():
+    r = nfproof("verify", "nat", "--strategy", "all", "--bound", "4")
+    assert r.returncode == 1
+    rows = {line.split()[0]: line.split()[1] for line in r.stdout.splitlines()[1:]}
+    assert rows == {"none": "counterexample", "stateful.checkpoint:4": "counterexample",
+                    "stateful.async": "counterexample", "stateful.sync": "proved", "stateful.commit:4": "proved"}
