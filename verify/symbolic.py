@@ -148,7 +148,7 @@ def unpack(kind, t, path: Path):
         return SymBV(t, path)
     parts, hi = [], kind_width(kind)
     for w in kind.widths:
-        parts.append(SymBV(z3.simplify(z3.Extract(hi - 1, hi - w, t)), path))
+        parts.append(SymBV(z3.Extract(hi - 1, hi - w, t), path))
         hi -= w
     return kind(*parts)
 
@@ -167,7 +167,7 @@ class SymMap(MapStorage):
     def get(self, key):
         k = pack(self.decl.key, key)
         if self.path.branch(z3.Select(self.present, k)):
-            return unpack(self.decl.value, z3.simplify(z3.Select(self.values, k)), self.path)
+            return unpack(self.decl.value, z3.Select(self.values, k), self.path)
         return None
 
     def __contains__(self, key) -> bool:

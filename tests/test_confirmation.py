@@ -1,0 +1,26 @@
+"""A solver candidate is only reported after concrete re-execution confirms it."""
+import z3
+
+from nfproof.models import Nat
+from nfproof.models.strategy import Strategy
+from nfproof.verify import failover, solver as smt
+
+
+def test_spurious_candidates_are_refuted_not_reported():
+    """Feed the refinement loop a 'violation' that is satisfiable but not a bug (sync is safe):
+    every candidate must be refuted by the concrete run, ending undecided, never a counterexample."""
+    strategy = Strategy.parse("stateful.sync")
+    runs = failover._Runs(Nat, 2)
+    (released, r), cut = next(iter(strategy.failovers(2).items()))
+    budget = smt.Budget(timeout=30)
+    outcome = failover._solve(runs, Nat, strategy, 2, cut, r, ([], z3.BoolVal(True)), budget, False)
+    assert outcome == "undecided"
+    assert budget.queries >= failover.MAX_REFINEMENTS
+
+
+def test_reported_counterexample_is_unexplained_on_rerun():
+    result = failover.verify_failover(Nat, Strategy.parse("stateful.async"), 3)
+    assert result.verdict == "counterexample"
+    run = result.counterexample.run
+    from nfproof.verify.simulate import explain
+    assert not explain(Nat, run.inputs, run.observed_outputs).explained
