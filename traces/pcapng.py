@@ -292,6 +292,8 @@ class PcapngWriter:
     def write_packet(self, interface: int, time_ns: int, data: bytes, wirelen: int | None = None, *,
                      comments=(), options=(), custom=()) -> None:
         """An EPB. `custom` holds (code, PEN, data) custom options; `options` raw (code, value)."""
+        if not 0 <= interface < len(self._ifaces):
+            raise ValueError(f"interface {interface} is not declared in this section")
         mul, div, offset = self._ifaces[interface]
         units = ((time_ns - offset * 1_000_000_000) * div) // mul
         if not 0 <= units < 1 << 64:
