@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from nfproof.models.api import UDP, Packet, Pool, TCP, addr
+from nfproof.models.api import NF, UDP, Bits, Domain, Map, Packet, Pool, Port, TCP, addr
 from nfproof.models.concrete import initial_state, step
 from nfproof.models.nat import Nat
 from nfproof.models.strategy import Strategy
@@ -129,3 +129,59 @@ def test_enumeration_is_fast():
     shortest_violation.cache_clear()
     shortest_violation("stateful.commit:2", False)
     assert time.monotonic() - t < 30
+
+
+# -- two more NFs, so agreement is not a NAT-only accident --------------------------------------------
+
+Key, Count = Bits(8, "Key"), Bits(8, "Count")
+
+
+class Counter(NF):
+    """Deterministic: stamps each packet with a running count (state matters, choices do not):
+    replay rebuilds its state, so async and checkpoints are safe; `none` is not."""
+
+    name = "counter"
+    count = Map(Key, Count)
+
+    def handle(self, pkt, ctx):
+        c = self.count.get(0)
+        n = 1 if c is None else c + 1
+        self.count[0] = n
+        ctx.emit(pkt.rewrite(flags=n), "out")
+
+
+class StickyBalancer(NF):
+    """Chooses a backend (any of two, always available) per source port and sticks to it."""
+
+    name = "lb"
+    backends = Pool(base=1, size=2)
+    by_src = Map(Port, Port)
+
+    def handle(self, pkt, ctx):
+        b = self.by_src.get(pkt.sport)
+        if b is None:
+            b = ctx.choose(Domain([(v, True) for v in self.backends.values()], Port))
+            self.by_src[pkt.sport] = b
+        ctx.emit(pkt.rewrite(dport=b), "out")
+
+
+OTHER_UNIVERSE = [Packet(TCP, 1, 1, 2, 80), Packet(TCP, 1, 2, 2, 80)]
+OTHER_CASES = [(nf, s, lc) for nf in (Counter, StickyBalancer)
+               for s in ("none", "stateful.checkpoint:1", "stateful.checkpoint:2", "stateful.async", "stateful.sync",
+                         "stateful.commit:2") for lc in (False, True)]
+
+
+@pytest.mark.parametrize("nf_cls,strategy,log_choices", OTHER_CASES,
+                         ids=[f"{nf.name}-{s}{'-log' if lc else ''}" for nf, s, lc in OTHER_CASES])
+def test_enumeration_agrees_with_z3_other_nfs(nf_cls, strategy, log_choices):
+    verdicts = {}
+    for bound in (1, 2, 3):
+        v = enumerate_failover(nf_cls, Strategy.parse(strategy), bound, OTHER_UNIVERSE, log_choices)
+        result = verify_failover(nf_cls, Strategy.parse(strategy), bound, log_choices=log_choices)
+        assert result.verdict != "unknown", result.reason
+        assert result.verdict == ("counterexample" if v else "proved"), (bound, v and v.run.inputs)
+        verdicts[bound] = result.verdict
+    # what DESIGN.md predicts: a deterministic NF is safe under every protecting strategy
+    unsafe = strategy == "none" or (nf_cls is StickyBalancer and not log_choices
+                                    and strategy.split(":")[0] in ("stateful.checkpoint", "stateful.async"))
+    assert verdicts[3] == ("counterexample" if unsafe else "proved")
