@@ -51,7 +51,7 @@ def parse_options(body: bytes, pos: int, order: str, err) -> list[tuple[int, byt
 
 
 def _text(b: bytes) -> str:
-    return b.decode("utf-8", "replace").rstrip("\0")
+    return b.decode("utf-8", "replace")
 
 
 class PcapngReader:

@@ -161,13 +161,14 @@ class TraceWriter:
     def packet(self, p: TracePacket) -> None:
         if p.direction not in DIRECTIONS:
             raise ValueError(f"direction must be 'in' or 'out', not {p.direction!r}")
+        annotation = encode_annotation(p)
         if p.interface not in self._ifaces:
             self.interface(p.interface, p.linktype)
         iface, linktype = self._ifaces[p.interface]
         if linktype != p.linktype:
             raise ValueError(f"interface {p.interface!r} has link type {linktype}, packet has {p.linktype}")
         self._w.write_packet(iface, p.time_ns, p.data, p.wirelen, comments=() if p.comment is None else (p.comment,),
-                             custom=((OPT_CODE, PEN, encode_annotation(p)),))
+                             custom=((OPT_CODE, PEN, annotation),))
 
     def event(self, e: TraceEvent) -> None:
         if not e.kind or e.kind == "run":
