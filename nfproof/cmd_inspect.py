@@ -30,9 +30,9 @@ def _resolution(tsresol: int) -> str:
     return f"2^-{v} s" if tsresol & 0x80 else {6: "us", 9: "ns", 3: "ms", 0: "s"}.get(v, f"10^-{v} s")
 
 
-def summarise(path: str) -> dict:
-    """The inspect summary of a file; `errors` lists the error that stopped reading, if any."""
-    s = {"file": path, "format": None, "linktypes": [], "packets": 0, "bytes_captured": 0, "bytes_wire": 0,
+def summarise(path) -> dict:
+    """The inspect summary of a path or binary file; `errors` lists what stopped reading, if any."""
+    s = {"file": str(getattr(path, "name", "<stream>") if hasattr(path, "read") else path), "format": None, "linktypes": [], "packets": 0, "bytes_captured": 0, "bytes_wire": 0,
          "time_span": None, "protocols": {}, "flows": {"total": 0, "by_protocol": {}}, "truncated": 0,
          "malformed": {}, "trace": None, "events": None, "errors": []}
     try:
