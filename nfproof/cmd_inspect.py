@@ -4,6 +4,7 @@ read, 2 if not (the summary of what was read comes first, then the error)."""
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections import Counter
 from datetime import datetime, timezone
@@ -164,10 +165,14 @@ def _counts(c: dict, lead: str) -> str:
 
 def run(args) -> int:
     s = summarise(args.file)
-    if args.json:
-        print(json.dumps(s, indent=2, default=str))
-    elif s["format"] is not None:
-        print(render(s))
+    try:
+        if args.json:
+            print(json.dumps(s, indent=2, default=str))
+        elif s["format"] is not None:
+            print(render(s))
+        sys.stdout.flush()
+    except BrokenPipeError:  # e.g. piped into `head`
+        sys.stdout = open(os.devnull, "w")
     for err in s["errors"]:
         print(f"nfproof inspect: error: {err}", file=sys.stderr)
     return USAGE_ERROR if s["errors"] else 0

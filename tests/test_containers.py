@@ -212,6 +212,7 @@ def test_pcapng_errors_name_offset_and_reason(mutate, reason):
 @pytest.mark.parametrize("data,reason", [
     (b"", "empty file"), (b"GIF89a....", "unknown magic 47494638"), (b"\xd4\xc3\xb2\xa1\x02\x00", "truncated: 6 of 24"),
     (b"\x0a\x0d\x0d\x0a\x1c\0\0\0\x11\x22\x33\x44", "bad byte-order magic"),
+    (struct.pack("<IIIHHqI", 0x0A0D0D0A, 28, 0x1A2B3C4D, 2, 0, -1, 28), "block 1 (SHB): pcapng version 2.0 is not"),
 ])
 def test_not_a_capture(data, reason):
     with pytest.raises(FormatError) as e:

@@ -67,7 +67,6 @@ class PcapngReader:
         self.count = 0  # packet records read
         self.blocks = 0  # blocks read
         self.block_offset = 0  # offset of the block last read
-        self._pending = None
         self._section_ifaces: list[int] = []
         self._order = "<"
         try:
@@ -78,7 +77,11 @@ class PcapngReader:
         if first is None or first[0] != SHB:
             self.close()
             raise self.src.error(0, "not a pcapng file: does not start with a section header block")
-        self._pending = first
+        try:
+            self._section(first[1], lambda reason: self.src.error(0, f"block 1 (SHB): {reason}"))
+        except FormatError:
+            self.close()
+            raise
 
     @property
     def details(self) -> dict:
@@ -126,10 +129,7 @@ class PcapngReader:
     def items(self) -> Iterator[Record | CustomBlock]:
         src = self.src
         while True:
-            if self._pending is not None:
-                blk, self._pending = self._pending, None
-            else:
-                blk = self._next_block()
+            blk = self._next_block()
             if blk is None:
                 return
             btype, body, at = blk
@@ -180,25 +180,29 @@ class PcapngReader:
                 self._section_ifaces.append(iface.id)
                 self.sections[-1]["interfaces"].append(iface.id)
             elif btype == SHB:
-                major, minor, _seclen = struct.unpack_from(o + "HHq", body, 4)
-                if major != 1:
-                    raise err(f"pcapng version {major}.{minor} is not supported")
-                sec = {"byte_order": "little" if o == "<" else "big", "version": f"{major}.{minor}",
-                       "interfaces": [], "comments": []}
-                names = {SHB_HARDWARE: "hardware", SHB_OS: "os", SHB_USERAPPL: "application"}
-                for code, val in parse_options(body, 16, o, err):
-                    if code == OPT_COMMENT:
-                        sec["comments"].append(_text(val))
-                    elif code in names:
-                        sec[names[code]] = _text(val)
-                self.sections.append(sec)
-                self._section_ifaces = []
+                self._section(body, err)
             elif btype == CB_COPY or btype == CB_NOCOPY:
                 if len(body) < 4:
                     raise err(f"body of {len(body)} bytes is shorter than 4")
                 (pen,) = struct.unpack_from(o + "I", body)
                 yield CustomBlock(pen, body[4:], btype == CB_COPY, at)
             # NRB, ISB, DSB, systemd journal and unknown blocks: skipped
+
+    def _section(self, body: bytes, err) -> None:
+        o = self._order
+        major, minor, _seclen = struct.unpack_from(o + "HHq", body, 4)
+        if major != 1:
+            raise err(f"pcapng version {major}.{minor} is not supported")
+        sec = {"byte_order": "little" if o == "<" else "big", "version": f"{major}.{minor}",
+               "interfaces": [], "comments": []}
+        names = {SHB_HARDWARE: "hardware", SHB_OS: "os", SHB_USERAPPL: "application"}
+        for code, val in parse_options(body, 16, o, err):
+            if code == OPT_COMMENT:
+                sec["comments"].append(_text(val))
+            elif code in names:
+                sec[names[code]] = _text(val)
+        self.sections.append(sec)
+        self._section_ifaces = []
 
     def _record(self, iface: int, units: int | None, wirelen: int, data: bytes, opts, err) -> Record:
         ids = self._section_ifaces
