@@ -8,7 +8,7 @@ include "_parse.pxi"
 import os
 
 from libc.stdlib cimport calloc, free
-from posix.mman cimport mmap, munmap, madvise, PROT_READ, MAP_PRIVATE, MAP_FAILED, MADV_SEQUENTIAL
+from posix.mman cimport mmap, munmap, madvise, PROT_READ, MAP_PRIVATE, MAP_FAILED, MAP_POPULATE, MADV_SEQUENTIAL
 
 
 def parse_frame(int linktype, data, Py_ssize_t wirelen):
@@ -19,17 +19,21 @@ def parse_frame(int linktype, data, Py_ssize_t wirelen):
     return make_parsed(&p)
 
 
-ctypedef struct table_t:  # open addressing, linear probing; key 0 = empty
+cdef extern from *:
+    void prefetch "__builtin_prefetch"(const void *addr) noexcept nogil
+
+
+ctypedef struct table_t:  # open addressing, linear probing; key 0 = empty; vals NULL for a set
     uint64_t *keys
     uint64_t *vals
     size_t mask, used
 
 
-cdef int table_init(table_t *t, size_t size) noexcept nogil:
+cdef int table_init(table_t *t, size_t size, bint with_vals) noexcept nogil:
     t.keys = <uint64_t *>calloc(size, sizeof(uint64_t))
-    t.vals = <uint64_t *>calloc(size, sizeof(uint64_t))
+    t.vals = <uint64_t *>calloc(size, sizeof(uint64_t)) if with_vals else NULL
     t.mask, t.used = size - 1, 0
-    return t.keys != NULL and t.vals != NULL
+    return t.keys != NULL and (t.vals != NULL or not with_vals)
 
 
 cdef void table_free(table_t *t) noexcept nogil:
@@ -49,18 +53,23 @@ cdef int table_put(table_t *t, uint64_t key, uint64_t val) noexcept nogil:
     cdef table_t bigger
     cdef size_t i = table_slot(t, key), j
     if t.keys[i] == key:
-        t.vals[i] = val
+        if t.vals:
+            t.vals[i] = val
         return 0
-    t.keys[i], t.vals[i] = key, val
+    t.keys[i] = key
+    if t.vals:
+        t.vals[i] = val
     t.used += 1
-    if 2 * t.used > t.mask:
-        if not table_init(&bigger, 2 * (t.mask + 1)):
+    if 10 * t.used > 7 * t.mask:  # load factor 0.7
+        if not table_init(&bigger, 2 * (t.mask + 1), t.vals != NULL):
             table_free(&bigger)
             return -1
         for j in range(t.mask + 1):
             if t.keys[j]:
                 i = table_slot(&bigger, t.keys[j])
-                bigger.keys[i], bigger.vals[i] = t.keys[j], t.vals[j]
+                bigger.keys[i] = t.keys[j]
+                if t.vals:
+                    bigger.vals[i] = t.vals[j]
         bigger.used = t.used
         table_free(t)
         t[0] = bigger
@@ -87,13 +96,15 @@ def scan_pcap_flow_keys(path):
     cdef table_t flows, frags
     cdef pkt_t p
     cdef uint64_t h, fh
+    cdef uint64_t ring[8]  # hashes waiting for insertion while their slots are prefetched
+    cdef unsigned long long r = 0, j
     cdef size_t slot
     fd = os.open(path, os.O_RDONLY)
     try:
         size = os.fstat(fd).st_size
         if size < 24:
             raise ValueError(f"{path}: {size} bytes, too short for a pcap header")
-        m = <const uint8_t *>mmap(NULL, size, PROT_READ, MAP_PRIVATE, fd, 0)
+        m = <const uint8_t *>mmap(NULL, size, PROT_READ, MAP_PRIVATE | MAP_POPULATE, fd, 0)
         if <void *>m == MAP_FAILED:
             raise OSError(f"{path}: mmap failed")
     finally:
@@ -113,7 +124,7 @@ def scan_pcap_flow_keys(path):
         if major != 2:
             raise ValueError(f"{path}: unsupported pcap version {major}.{minor}")
         linktype = rd32(m + 20, swap) & 0x0FFFFFFF
-        if not table_init(&flows, 1 << 16) or not table_init(&frags, 1 << 10):
+        if not table_init(&flows, 1 << 16, 0) or not table_init(&frags, 1 << 10, 1):
             raise MemoryError()
         with nogil:
             while off < size:
@@ -141,10 +152,16 @@ def scan_pcap_flow_keys(path):
                             slot = table_slot(&frags, fh)
                             if frags.keys[slot] == fh:
                                 h = frags.vals[slot]
-                    if table_put(&flows, h, 1) < 0:
+                    prefetch(&flows.keys[h & flows.mask])
+                    if r >= 8 and table_put(&flows, ring[r & 7], 1) < 0:
                         err = 3
                         break
+                    ring[r & 7] = h
+                    r += 1
                 off += 16 + caplen
+            for j in range(r - 8 if r > 8 else 0, r):
+                if not err and table_put(&flows, ring[j & 7], 1) < 0:
+                    err = 3
         if err == 1:
             raise ValueError(f"{path}: record {i} at byte {off}: header cut short, {size - off} bytes remain")
         if err == 2:

@@ -234,6 +234,8 @@ cdef void ethertype_at(pkt_t *p, Py_ssize_t off, int et) noexcept nogil:
             ip4(p, &p.ip, off, p.wirelen, 0)
         elif v == 6:
             ip6(p, &p.ip, off, p.wirelen, 0)
+        elif v == 0 and need(p, off, 18, p.wirelen, SHORT_FRAME):
+            ethertype_at(p, off + 18, u16(p.d, off + 16))  # Ethernet pseudowire, control word
     elif et == 0x0800:
         ip4(p, &p.ip, off, p.wirelen, 0)
     elif et == 0x86DD:

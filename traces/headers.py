@@ -12,7 +12,8 @@ what is present). `FlowKeyer` gives later fragments the flow key of their first 
 `scan_pcap_flow_keys` is the pure twin of the C hot loop `_fast.scan_pcap_flow_keys`.
 
 Link types: 0 NULL and 108 LOOP (family in either byte order: AF_INET 2, AF_INET6 24/28/30),
-1 Ethernet (802.1Q/802.1ad/0x9100 tag stacks, MPLS label stacks with IPv4/IPv6 below),
+1 Ethernet (802.1Q/802.1ad/0x9100 tag stacks; MPLS label stacks with IPv4/IPv6 below, or an
+RFC 4448 Ethernet pseudowire with control word, whose inner Ethernet is parsed the same way),
 12/14/101 raw IP (version from the first nibble), 113 Linux SLL, 228 raw IPv4, 229 raw IPv6,
 276 Linux SLL2. Anything else parses as protocol 'other'.
 
@@ -22,8 +23,8 @@ Link types: 0 NULL and 108 LOOP (family in either byte order: AF_INET 2, AF_INET
 
 `Parsed.flow_key` is None without a readable IP header, else the directional tuple
 `(vlans, ip_version, proto, src, sport, dst, dport)`: vlans is the tuple of VLAN IDs, outer first
-(VLAN 0 included; MPLS labels are not part of the key); src/dst are the 4- or 16-byte addresses;
-sport/dport are the TCP/UDP ports, the identifier (both slots) for ICMP echo/timestamp and ICMPv6
+(VLAN 0 included; tags of a pseudowire's inner Ethernet follow; MPLS labels are not part of the
+key); src/dst are the 4- or 16-byte addresses; sport/dport are the TCP/UDP ports, the identifier (both slots) for ICMP echo/timestamp and ICMPv6
 echo, and None otherwise — in particular for non-first fragments, which `FlowKeyer` maps back to
 the key of their first fragment; a fragment seen before its first fragment keeps this port-less key.
 
@@ -201,6 +202,8 @@ class _Parser:
                 self.ip4(self.ip, off, self.wirelen, False)
             elif v == 6:
                 self.ip6(self.ip, off, self.wirelen, False)
+            elif v == 0 and self.need(off, 18, self.wirelen, "short-frame"):
+                self.ethertype_at(off + 18, self.u16(off + 16))  # Ethernet pseudowire, control word
         elif et == ETH_IPV4:
             self.ip4(self.ip, off, self.wirelen, False)
         elif et == ETH_IPV6:
