@@ -52,13 +52,35 @@ INTERESTING = [0, 1, 3, 4, 7, 8, 11, 12, 15, 16, 27, 28, 0x7F, 0xFF, 0xFFFF, 0x1
                0xFFFFFFF0, 0xFFFFFFFC, 0xFFFFFFFF, 0x0A0D0D0A, 0x1A2B3C4D, 0xA1B2C3D4]
 
 
+def boundaries(data: bytes) -> list[int]:
+    """Offsets of the file header, each record or block, and each header field: where lengths live."""
+    out = [0]
+    if data[:4] == b"\x0a\x0d\x0d\x0a":
+        pos, order = 0, "<"
+        while pos + 12 <= len(data):
+            if data[pos:pos + 4] == b"\x0a\x0d\x0d\x0a":
+                order = "<" if data[pos + 8:pos + 12] == b"\x4d\x3c\x2b\x1a" else ">"
+            out.append(pos)
+            pos += max(struct.unpack_from(order + "I", data, pos + 4)[0], 12)
+    elif len(data) >= 24:
+        order = "<" if data[:4] in (b"\xd4\xc3\xb2\xa1", b"\x4d\x3c\xb2\xa1") else ">"
+        pos = 24
+        while pos + 16 <= len(data):
+            out.append(pos)
+            pos += 16 + struct.unpack_from(order + "I", data, pos + 8)[0]
+    return [b + k for b in out for k in range(0, 32, 4)]
+
+
 @st.composite
 def mutate(draw, data: bytes) -> bytes:
-    """A few random edits: byte flips, interesting 16/32-bit values, cuts, deletions, insertions."""
+    """A few edits, mostly on header fields: byte flips, interesting 16/32-bit values, cuts,
+    deletions, insertions, duplicated chunks."""
     b = bytearray(data)
+    fields = boundaries(data)
     for _ in range(draw(st.integers(1, 4))):
-        op = draw(st.sampled_from(["flip", "u32", "u16", "cut", "delete", "insert", "dup"]))
-        pos = draw(st.integers(0, max(len(b) - 1, 0)))
+        op = draw(st.sampled_from(["flip", "u32", "u32", "u32", "u16", "cut", "delete", "insert", "dup"]))
+        anywhere = st.integers(0, max(len(b) - 1, 0))
+        pos = min(draw(st.sampled_from(fields) | anywhere) if op != "cut" else draw(anywhere), max(len(b) - 1, 0))
         if op == "flip" and b:
             b[pos] ^= draw(st.integers(1, 255))
         elif op in ("u32", "u16"):
