@@ -84,6 +84,11 @@ class Packet:
     def rewrite(self, **changes) -> "Packet":
         return replace(self, **changes)
 
+    def wrapped(self) -> "Packet":
+        """Integer fields reduced to their wire width: field arithmetic wraps, as it does on the
+        wire and in the symbolic interpreter's bit-vectors."""
+        return replace(self, **{f: getattr(self, f) & ((1 << w) - 1) for f, w in PACKET_WIDTHS.items()})
+
     def __str__(self) -> str:
         text = f"{PROTO_NAMES.get(self.proto, self.proto)} {ip(self.src)}:{self.sport} > {ip(self.dst)}:{self.dport}"
         if self.proto == TCP and isinstance(self.flags, int):

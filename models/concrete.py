@@ -54,7 +54,7 @@ class ConcreteContext:
         return self.time
 
     def emit(self, pkt: Packet, gate: str) -> None:
-        self.result.outputs.append((gate, pkt))
+        self.result.outputs.append((gate, pkt.wrapped()))
 
     def drop(self, reason: str = "") -> None:
         self.result.drops.append(reason)

@@ -104,7 +104,9 @@ class SymBV:
             return other.t
         if isinstance(other, int) and not isinstance(other, bool):
             return const(other, self.t.size())
-        return None
+        if other is None:  # x == None: plain Python semantics (False)
+            return None
+        raise TypeError(f"cannot combine a {self.t.size()}-bit value with {other!r}")
 
     def _cmp(op):
         def method(self, other):
