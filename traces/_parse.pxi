@@ -328,45 +328,54 @@ cdef object make_parsed(pkt_t *p):
 
 
 # ---- 64-bit hashes of the flow key and of a fragment's identity ----------------------------------
+# wyhash-style: one 64x64->128-bit multiply folds 16 bytes; the hashes only need to tell flows apart.
 
-cdef inline uint64_t mix(uint64_t h, uint64_t w) noexcept nogil:
-    h = (h ^ w) * <uint64_t>0x9E3779B97F4A7C15ULL
-    return h ^ (h >> 29)
+cdef extern from *:
+    """
+    static inline uint64_t nfproof_mum(uint64_t a, uint64_t b) {
+        __uint128_t r = (__uint128_t)a * b;
+        return (uint64_t)r ^ (uint64_t)(r >> 64);
+    }
+    #define NFPROOF_K0 0xa0761d6478bd642fULL
+    #define NFPROOF_K1 0xe7037ed1a0b428dbULL
+    #define NFPROOF_K2 0x8ebc6af09c88c6e3ULL
+    #define NFPROOF_K3 0x589965cc75374cc3ULL
+    """
+    uint64_t mum "nfproof_mum"(uint64_t a, uint64_t b) noexcept nogil
+    const uint64_t K0 "NFPROOF_K0"
+    const uint64_t K1 "NFPROOF_K1"
+    const uint64_t K2 "NFPROOF_K2"
+    const uint64_t K3 "NFPROOF_K3"
 
-cdef inline uint64_t fmix(uint64_t h) noexcept nogil:
-    h ^= h >> 33
-    h *= <uint64_t>0xFF51AFD7ED558CCDULL
-    h ^= h >> 33
-    h *= <uint64_t>0xC4CEB9FE1A85EC53ULL
-    h ^= h >> 33
-    return h if h else 1  # 0 marks an empty slot
+cdef inline uint64_t vlan_word(pkt_t *p) noexcept nogil:
+    cdef uint64_t v = p.nvlan
+    cdef int i
+    for i in range(p.nvlan):
+        v = v * 0x1003 + <uint64_t>p.vlans[i] + 1
+    return v
 
-cdef inline uint64_t mix_addresses(pkt_t *p, hdr_t *h, uint64_t x) noexcept nogil:
+cdef inline uint64_t ip_hash(pkt_t *p, hdr_t *h, uint64_t meta) noexcept nogil:
     cdef uint64_t a[4]
+    cdef uint64_t x
     cdef const uint8_t *s = p.d + h.l3
+    meta |= (<uint64_t>h.proto << 48) | (<uint64_t>h.version << 56)
     if h.version == 4:
         memcpy(a, s + 12, 8)        # src and dst are adjacent
-        return mix(x, a[0])
-    memcpy(a, s + 8, 32)
-    return mix(mix(mix(mix(x, a[0]), a[1]), a[2]), a[3])
-
-cdef inline uint64_t mix_vlans(pkt_t *p, uint64_t x) noexcept nogil:
-    cdef int i
-    x = mix(x, p.nvlan)
-    for i in range(p.nvlan):
-        x = mix(x, p.vlans[i])
-    return x
+        x = mum(a[0] ^ K0, meta ^ K1)
+    else:
+        memcpy(a, s + 8, 32)
+        x = mum(a[0] ^ K0, a[1] ^ K1)
+        x = mum(x ^ a[2], a[3] ^ K2)
+        x = mum(x ^ meta, K3)
+    if p.nvlan:
+        x = mum(x ^ K2, vlan_word(p) ^ K3)
+    x = mum(x ^ K3, K0 ^ h.version)
+    return x if x else 1  # 0 marks an empty slot
 
 cdef inline uint64_t flow_hash(pkt_t *p, hdr_t *h) noexcept nogil:
     """Hash of make_key(): None ports (-1) hash apart from port 0."""
-    cdef uint64_t x = mix_vlans(p, 0x243F6A8885A308D3ULL)
-    x = mix(x, (<uint64_t>h.version << 8) | <uint64_t>h.proto)
-    x = mix_addresses(p, h, x)
-    return fmix(mix(x, (<uint64_t>(h.sport + 1) << 32) | <uint64_t>(h.dport + 1)))
+    return ip_hash(p, h, <uint64_t>(h.sport + 1) | (<uint64_t>(h.dport + 1) << 17))
 
 cdef inline uint64_t frag_hash(pkt_t *p, hdr_t *h) noexcept nogil:
     """Hash of FlowKeyer's fragment identity (vlans, version, src, dst, proto, ip_id)."""
-    cdef uint64_t x = mix_vlans(p, 0x13198A2E03707344ULL)
-    x = mix(x, (<uint64_t>h.version << 8) | <uint64_t>h.proto)
-    x = mix_addresses(p, h, x)
-    return fmix(mix(x, <uint64_t>h.ip_id))
+    return ip_hash(p, h, <uint64_t>h.ip_id | (<uint64_t>1 << 40))
