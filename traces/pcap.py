@@ -149,6 +149,8 @@ class PcapWriter:
         if time_ns < 0:
             raise ValueError("pcap timestamps cannot be negative")
         sec, ns = divmod(time_ns, 1_000_000_000)
+        if sec >= 1 << 32:
+            raise ValueError(f"timestamp {time_ns} ns is beyond the pcap range (2106)")
         frac = ns if self.nanosecond else ns // 1000
         self.f.write(self._rec.pack(sec, frac, len(data), len(data) if wirelen is None else wirelen))
         self.f.write(data)
