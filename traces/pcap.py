@@ -10,6 +10,7 @@ from .errors import FormatError
 from .record import Interface, Record
 
 MAGIC_US, MAGIC_NS = 0xA1B2C3D4, 0xA1B23C4D
+CHUNK = 1 << 16  # bytes read at a time
 MAX_RECORD = 1 << 26  # 64 MiB: no record or block may claim more (flat memory on corrupt input)
 _MAGICS = {
     b"\xd4\xc3\xb2\xa1": ("<", False), b"\xa1\xb2\xc3\xd4": (">", False),
@@ -95,27 +96,35 @@ class PcapReader:
 
     def __iter__(self) -> Iterator[Record]:
         src, lt, scale = self.src, self.linktype, 1 if self.nanosecond else 1000
-        unpack = struct.Struct(self.order + "IIII").unpack
+        unpack = struct.Struct(self.order + "IIII").unpack_from
         limit = max(min(self.snaplen, MAX_RECORD), 262144)  # as libpcap and Wireshark
+        buf, pos, base = b"", 0, src.offset  # buf[pos] is at file offset base + pos
         while True:
-            at = src.offset
-            hdr = src.read(16)
-            if not hdr:
-                return
-            n = self.count + 1
-            if len(hdr) < 16:
-                raise src.error(at, f"record {n} header truncated: {len(hdr)} of 16 bytes")
-            sec, frac, caplen, wirelen = unpack(hdr)
-            remain = src.remain()
-            if remain is not None and caplen > remain:
-                raise src.error(at, f"record {n} claims {caplen} bytes, {remain} remain")
-            if caplen > limit:
-                raise src.error(at, f"record {n} claims {caplen} bytes, more than the maximum of {limit}")
-            data = src.read(caplen)
-            if len(data) < caplen:
-                raise src.error(at, f"record {n} claims {caplen} bytes, {len(data)} remain")
-            self.count = n
-            yield Record(0, lt, sec * 1_000_000_000 + frac * scale, wirelen, data)
+            if len(buf) - pos < 16:
+                buf, base, pos = buf[pos:] + src.read(CHUNK), base + pos, 0
+                if len(buf) < 16:
+                    if not buf:
+                        return
+                    raise src.error(base, f"record {self.count + 1} header truncated: {len(buf)} of 16 bytes")
+            sec, frac, caplen, wirelen = unpack(buf, pos)
+            end = pos + 16 + caplen
+            if end > len(buf):
+                n, at = self.count + 1, base + pos
+                remain = src.remain()
+                if remain is not None and caplen > remain + len(buf) - pos - 16:
+                    raise src.error(at, f"record {n} claims {caplen} bytes, {remain + len(buf) - pos - 16} remain")
+                if caplen > limit:
+                    raise src.error(at, f"record {n} claims {caplen} bytes, more than the maximum of {limit}")
+                buf, base, pos = buf[pos:] + src.read(max(CHUNK, caplen + 16 - (len(buf) - pos))), base + pos, 0
+                end = 16 + caplen
+                if end > len(buf):
+                    raise src.error(at, f"record {n} claims {caplen} bytes, {len(buf) - 16} remain")
+            elif caplen > limit:
+                raise src.error(base + pos, f"record {self.count + 1} claims {caplen} bytes, "
+                                            f"more than the maximum of {limit}")
+            self.count += 1
+            yield Record(0, lt, sec * 1_000_000_000 + frac * scale, wirelen, buf[pos + 16:end])
+            pos = end
 
     items = __iter__
 
