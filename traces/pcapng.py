@@ -9,7 +9,7 @@ import struct
 from typing import Iterator
 
 from .errors import FormatError
-from .pcap import MAX_RECORD, Source, open_source
+from .pcap import CHUNK, MAX_RECORD, Source, open_source
 from .record import CustomBlock, Interface, Record
 
 SHB, IDB, OPB, SPB, NRB, ISB, EPB, DSB = 0x0A0D0D0A, 1, 2, 3, 4, 5, 6, 10
@@ -35,8 +35,12 @@ def ts_scale(tsresol: int) -> tuple[int, int]:
     return (10 ** (9 - v), 1) if v <= 9 else (1, 10 ** (v - 9))
 
 
-def parse_options(body: bytes, pos: int, order: str, err) -> list[tuple[int, bytes]]:
-    """Options from body[pos:] up to opt_endofopt or the end; `err(reason)` builds the error."""
+class _Bad(Exception):
+    """A problem inside the current block; the reader reports it at the block's offset."""
+
+
+def parse_options(body: bytes, pos: int, order: str) -> list[tuple[int, bytes]]:
+    """Options from body[pos:] up to opt_endofopt or the end of the block."""
     out, end = [], len(body)
     while pos + 4 <= end:
         code, length = struct.unpack_from(order + "HH", body, pos)
@@ -44,7 +48,7 @@ def parse_options(body: bytes, pos: int, order: str, err) -> list[tuple[int, byt
         if code == OPT_END:
             break
         if pos + length > end:
-            raise err(f"option {code} of length {length} overruns its block ({end - pos} bytes left)")
+            raise _Bad(f"option {code} of length {length} overruns its block ({end - pos} bytes left)")
         out.append((code, body[pos:pos + length]))
         pos += length + _pad(length)
     return out
@@ -52,6 +56,10 @@ def parse_options(body: bytes, pos: int, order: str, err) -> list[tuple[int, byt
 
 def _text(b: bytes) -> str:
     return b.decode("utf-8", "replace")
+
+
+def _name(btype: int) -> str:
+    return BLOCK_NAMES.get(btype, f"type 0x{btype:08x}")
 
 
 class PcapngReader:
@@ -67,18 +75,17 @@ class PcapngReader:
         self.count = 0  # packet records read
         self.blocks = 0  # blocks read
         self.block_offset = 0  # offset of the block last read
-        self._section_ifaces: list[int] = []
+        self._buf, self._pos, self._base = b"", 0, self.src.offset  # _buf[_pos] is at offset _base + _pos
         self._order = "<"
+        self._ifs: list[tuple[Interface, int, int, int]] = []  # this section's: (interface, mul, div, offset ns)
         try:
             first = self._next_block()
-        except FormatError:
-            self.close()
-            raise
-        if first is None or first[0] != SHB:
-            self.close()
-            raise self.src.error(0, "not a pcapng file: does not start with a section header block")
-        try:
-            self._section(first[1], lambda reason: self.src.error(0, f"block 1 (SHB): {reason}"))
+            if first is None or first[0] != SHB:
+                raise self.src.error(0, "not a pcapng file: does not start with a section header block")
+            try:
+                self._section(first[1])
+            except _Bad as e:
+                raise self.src.error(0, f"block 1 (SHB): {e}") from None
         except FormatError:
             self.close()
             raise
@@ -87,141 +94,148 @@ class PcapngReader:
     def details(self) -> dict:
         return {"format": "pcapng", "sections": self.sections}
 
+    def _fill(self, need: int) -> int:
+        """Makes `need` bytes available at _pos if the file has them; returns how many are."""
+        buf, pos = self._buf, self._pos
+        self._buf = buf[pos:] + self.src.read(max(CHUNK, need - (len(buf) - pos)))
+        self._base, self._pos = self._base + pos, 0
+        return len(self._buf)
+
     def _next_block(self):
         """(type, body, offset) of the next block, or None at a clean end of file."""
-        src, n = self.src, self.blocks + 1
-        at = src.offset
-        head = src.read(8)
-        if not head:
-            return None
-        if len(head) < 8:
-            raise src.error(at, f"block {n} header truncated: {len(head)} of 8 bytes")
-        if head[:4] == b"\x0a\x0d\x0d\x0a":
-            magic = src.read(4)
-            if len(magic) < 4:
-                raise src.error(at, f"block {n} (SHB) truncated before its byte-order magic")
+        n = self.blocks + 1
+        avail = len(self._buf) - self._pos
+        if avail < 12:
+            avail = self._fill(12)
+        buf, pos, error = self._buf, self._pos, self.src.error
+        at = self._base + pos
+        if avail < 8:
+            if avail == 0:
+                return None
+            raise error(at, f"block {n} header truncated: {avail} of 8 bytes")
+        if buf[pos:pos + 4] == b"\x0a\x0d\x0d\x0a":
+            magic = buf[pos + 8:pos + 12]
             if magic == b"\x4d\x3c\x2b\x1a":
                 self._order = "<"
             elif magic == b"\x1a\x2b\x3c\x4d":
                 self._order = ">"
+            elif len(magic) < 4:
+                raise error(at, f"block {n} (SHB) truncated before its byte-order magic")
             else:
-                raise src.error(at, f"block {n} (SHB) has a bad byte-order magic {magic.hex()}")
-            head += magic
-        btype, total = struct.unpack_from(self._order + "II", head)
-        name = BLOCK_NAMES.get(btype, f"type 0x{btype:08x}")
+                raise error(at, f"block {n} (SHB) has a bad byte-order magic {magic.hex()}")
+        btype, total = struct.unpack_from(self._order + "II", buf, pos)
         if total < 12 or total % 4 or (btype == SHB and total < 28):
-            raise src.error(at, f"block {n} ({name}) has an invalid length {total}")
-        rest = total - len(head)
-        remain = src.remain()
-        if remain is not None and rest > remain:
-            raise src.error(at, f"block {n} ({name}) claims {total} bytes, {remain + len(head)} remain")
-        if total > MAX_RECORD:
-            raise src.error(at, f"block {n} ({name}) claims {total} bytes, more than the maximum of {MAX_RECORD}")
-        tail = src.read(rest)
-        if len(tail) < rest:
-            raise src.error(at, f"block {n} ({name}) claims {total} bytes, {len(tail) + len(head)} remain")
-        (trailer,) = struct.unpack_from(self._order + "I", tail, rest - 4)
+            raise error(at, f"block {n} ({_name(btype)}) has an invalid length {total}")
+        if total > avail:
+            remain = self.src.remain()
+            if remain is not None and total > avail + remain:
+                raise error(at, f"block {n} ({_name(btype)}) claims {total} bytes, {avail + remain} remain")
+            if total > MAX_RECORD:
+                raise error(at, f"block {n} ({_name(btype)}) claims {total} bytes, more than the maximum of {MAX_RECORD}")
+            avail = self._fill(total)
+            buf, pos = self._buf, 0
+            if total > avail:
+                raise error(at, f"block {n} ({_name(btype)}) claims {total} bytes, {avail} remain")
+        (trailer,) = struct.unpack_from(self._order + "I", buf, pos + total - 4)
         if trailer != total:
-            raise src.error(at, f"block {n} ({name}): length {total} in header, {trailer} in trailer")
-        self.blocks = n
-        return btype, (head[8:] + tail[:-4]) if btype == SHB else tail[:-4], at
+            raise error(at, f"block {n} ({_name(btype)}): length {total} in header, {trailer} in trailer")
+        self.blocks, self.block_offset, self._pos = n, at, pos + total
+        return btype, buf[pos + 8:pos + total - 4], at
 
     def items(self) -> Iterator[Record | CustomBlock]:
-        src = self.src
-        while True:
-            blk = self._next_block()
-            if blk is None:
-                return
-            btype, body, at = blk
-            self.block_offset = at
-            o, n = self._order, self.blocks
+        while (blk := self._next_block()) is not None:
+            try:
+                item = self._decode(*blk)
+            except _Bad as e:
+                raise self.src.error(blk[2], f"block {self.blocks} ({_name(blk[0])}): {e}") from None
+            if item is not None:
+                yield item
 
-            def err(reason, at=at, n=n, btype=btype):
-                return src.error(at, f"block {n} ({BLOCK_NAMES.get(btype, hex(btype))}): {reason}")
+    def _decode(self, btype: int, body: bytes, at: int) -> Record | CustomBlock | None:
+        o = self._order
+        if btype == EPB or btype == OPB:
+            if len(body) < 20:
+                raise _Bad(f"body of {len(body)} bytes is shorter than 20")
+            if btype == EPB:
+                iface, tsh, tsl, caplen, wirelen = struct.unpack_from(o + "IIIII", body)
+            else:
+                iface, _drops, tsh, tsl, caplen, wirelen = struct.unpack_from(o + "HHIIII", body)
+            if caplen > len(body) - 20:
+                raise _Bad(f"captured length {caplen} exceeds the {len(body) - 20} bytes of packet data")
+            return self._record(iface, (tsh << 32) | tsl, wirelen, body[20:20 + caplen], body, 20 + caplen + _pad(caplen))
+        if btype == SPB:
+            if len(body) < 4:
+                raise _Bad(f"body of {len(body)} bytes is shorter than 4")
+            if not self._ifs:
+                raise _Bad("simple packet block in a section without interfaces")
+            (wirelen,) = struct.unpack_from(o + "I", body)
+            snap = self._ifs[0][0].snaplen or wirelen
+            return self._record(0, None, wirelen, body[4:4 + min(wirelen, snap, len(body) - 4)], body, len(body))
+        if btype == IDB:
+            self._interface(body)
+        elif btype == SHB:
+            self._section(body)
+        elif btype == CB_COPY or btype == CB_NOCOPY:
+            if len(body) < 4:
+                raise _Bad(f"body of {len(body)} bytes is shorter than 4")
+            return CustomBlock(struct.unpack_from(o + "I", body)[0], body[4:], btype == CB_COPY, at)
+        return None  # NRB, ISB, DSB, systemd journal and unknown blocks are skipped
 
-            if btype == EPB or btype == OPB:
-                if len(body) < 20:
-                    raise err(f"body of {len(body)} bytes is shorter than 20")
-                if btype == EPB:
-                    iface, tsh, tsl, caplen, wirelen = struct.unpack_from(o + "IIIII", body)
-                else:
-                    iface, _drops, tsh, tsl, caplen, wirelen = struct.unpack_from(o + "HHIIII", body)
-                if caplen > len(body) - 20:
-                    raise err(f"captured length {caplen} exceeds the {len(body) - 20} bytes of packet data")
-                yield self._record(iface, (tsh << 32) | tsl, wirelen, body[20:20 + caplen],
-                                   parse_options(body, 20 + caplen + _pad(caplen), o, err), err)
-            elif btype == SPB:
-                if len(body) < 4:
-                    raise err(f"body of {len(body)} bytes is shorter than 4")
-                (wirelen,) = struct.unpack_from(o + "I", body)
-                if not self._section_ifaces:
-                    raise err("simple packet block in a section without interfaces")
-                snap = self.interfaces[self._section_ifaces[0]].snaplen or wirelen
-                yield self._record(0, None, wirelen, body[4:4 + min(wirelen, snap, len(body) - 4)], [], err)
-            elif btype == IDB:
-                if len(body) < 8:
-                    raise err(f"body of {len(body)} bytes is shorter than 8")
-                linktype, _res, snaplen = struct.unpack_from(o + "HHI", body)
-                iface = Interface(len(self.interfaces), linktype, snaplen, section=len(self.sections) - 1)
-                comments = []
-                for code, val in parse_options(body, 8, o, err):
-                    if code == OPT_COMMENT:
-                        comments.append(_text(val))
-                    elif code == IF_NAME:
-                        iface.name = _text(val)
-                    elif code == IF_DESCRIPTION:
-                        iface.description = _text(val)
-                    elif code == IF_TSRESOL and len(val) >= 1:
-                        iface.tsresol = val[0]
-                    elif code == IF_TSOFFSET and len(val) >= 8:
-                        (iface.tsoffset,) = struct.unpack_from(o + "q", val)
-                iface.comments = tuple(comments)
-                self.interfaces.append(iface)
-                self._section_ifaces.append(iface.id)
-                self.sections[-1]["interfaces"].append(iface.id)
-            elif btype == SHB:
-                self._section(body, err)
-            elif btype == CB_COPY or btype == CB_NOCOPY:
-                if len(body) < 4:
-                    raise err(f"body of {len(body)} bytes is shorter than 4")
-                (pen,) = struct.unpack_from(o + "I", body)
-                yield CustomBlock(pen, body[4:], btype == CB_COPY, at)
-            # NRB, ISB, DSB, systemd journal and unknown blocks: skipped
-
-    def _section(self, body: bytes, err) -> None:
+    def _section(self, body: bytes) -> None:
         o = self._order
         major, minor, _seclen = struct.unpack_from(o + "HHq", body, 4)
         if major != 1:
-            raise err(f"pcapng version {major}.{minor} is not supported")
+            raise _Bad(f"pcapng version {major}.{minor} is not supported")
         sec = {"byte_order": "little" if o == "<" else "big", "version": f"{major}.{minor}",
                "interfaces": [], "comments": []}
         names = {SHB_HARDWARE: "hardware", SHB_OS: "os", SHB_USERAPPL: "application"}
-        for code, val in parse_options(body, 16, o, err):
+        for code, val in parse_options(body, 16, o):
             if code == OPT_COMMENT:
                 sec["comments"].append(_text(val))
             elif code in names:
                 sec[names[code]] = _text(val)
         self.sections.append(sec)
-        self._section_ifaces = []
+        self._ifs = []
 
-    def _record(self, iface: int, units: int | None, wirelen: int, data: bytes, opts, err) -> Record:
-        ids = self._section_ifaces
-        if iface >= len(ids):
-            raise err(f"refers to interface {iface}, the section has {len(ids)}")
-        info = self.interfaces[ids[iface]]
-        time_ns = None
-        if units is not None:
-            mul, div = ts_scale(info.tsresol)
-            time_ns = units * mul // div + info.tsoffset * 1_000_000_000
+    def _interface(self, body: bytes) -> None:
+        o = self._order
+        if len(body) < 8:
+            raise _Bad(f"body of {len(body)} bytes is shorter than 8")
+        linktype, _res, snaplen = struct.unpack_from(o + "HHI", body)
+        iface = Interface(len(self.interfaces), linktype, snaplen, section=len(self.sections) - 1)
+        comments = []
+        for code, val in parse_options(body, 8, o):
+            if code == OPT_COMMENT:
+                comments.append(_text(val))
+            elif code == IF_NAME:
+                iface.name = _text(val)
+            elif code == IF_DESCRIPTION:
+                iface.description = _text(val)
+            elif code == IF_TSRESOL and len(val) >= 1:
+                iface.tsresol = val[0]
+            elif code == IF_TSOFFSET and len(val) >= 8:
+                (iface.tsoffset,) = struct.unpack_from(o + "q", val)
+        iface.comments = tuple(comments)
+        self.interfaces.append(iface)
+        self.sections[-1]["interfaces"].append(iface.id)
+        self._ifs.append((iface, *ts_scale(iface.tsresol), iface.tsoffset * 1_000_000_000))
+
+    def _record(self, iface: int, units: int | None, wirelen: int, data: bytes, body: bytes, opts_at: int) -> Record:
+        if iface >= len(self._ifs):
+            raise _Bad(f"refers to interface {iface}, the section has {len(self._ifs)}")
+        info, mul, div, offset = self._ifs[iface]
+        time_ns = None if units is None else units * mul // div + offset
+        self.count += 1
+        if opts_at >= len(body):
+            return Record(info.id, info.linktype, time_ns, wirelen, data)
         comments, options, custom = [], [], []
-        for code, val in opts:
+        for code, val in parse_options(body, opts_at, self._order):
             if code == OPT_COMMENT:
                 comments.append(_text(val))
             elif code in CUSTOM_OPTIONS and len(val) >= 4:
                 custom.append((code, struct.unpack_from(self._order + "I", val)[0], val[4:]))
             else:
                 options.append((code, val))
-        self.count += 1
         return Record(info.id, info.linktype, time_ns, wirelen, data, tuple(comments), tuple(options), tuple(custom))
 
     def __iter__(self) -> Iterator[Record]:
