@@ -11,7 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, seed, settings
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -41,7 +41,7 @@ def main() -> int:
     for name, (strategy, check) in props.items():
         test = cfg(given(strategy)(_returning_none(check)))
         if args.seed is not None:
-            test = __import__("hypothesis").seed(args.seed)(test)
+            test = seed(args.seed)(test)
         t0 = time.perf_counter()
         try:
             test()

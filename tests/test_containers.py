@@ -6,7 +6,7 @@ import struct
 import tracemalloc
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, strategies as st
 
 from nfproof.traces.errors import FormatError
 from nfproof.traces.pcap import PcapReader, PcapWriter

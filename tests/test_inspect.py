@@ -2,7 +2,6 @@
 tests/data/tshark_counts.tsv), corrupt files exit 2 after what was read, empty files exit 0."""
 from __future__ import annotations
 
-import io
 import json
 from pathlib import Path
 
