@@ -108,12 +108,19 @@ def test_pcap_over_unseekable_stream_reads_all():
     assert [r.data for r in recs] == [b"a", b"bb", b"ccc"]
 
 
-def test_streaming_memory_is_flat(tmp_path):
-    path = tmp_path / "big.pcap"
+@pytest.mark.parametrize("fmt", ["pcap", "pcapng"])
+def test_streaming_memory_is_flat(tmp_path, fmt):
+    path = tmp_path / f"big.{fmt}"
     frame = bytes(range(256)) * 5
-    with PcapWriter(str(path)) as w:
-        for i in range(20_000):
-            w.write(i, frame)
+    if fmt == "pcap":
+        with PcapWriter(str(path)) as w:
+            for i in range(20_000):
+                w.write(i, frame)
+    else:
+        with PcapngWriter(str(path)) as w:
+            iface = w.add_interface(1)
+            for i in range(20_000):
+                w.write_packet(iface, i, frame)
     assert path.stat().st_size > 25_000_000
     tracemalloc.start()
     try:

@@ -130,6 +130,25 @@ def test_malformed_packets_counted_by_kind(tmp_path):
     assert s["packets"] == 3 and s["malformed"] == {"bad-ihl": 2} and s["protocols"] == {"udp": 3}
 
 
+def test_pcapng_with_several_link_types(tmp_path):
+    path = tmp_path / "multi.pcapng"
+    ipv4 = bytes.fromhex("450000200001000040110000c0a80001c0a80002d4310035000c0000") + b"abcd"
+    with PcapngWriter(str(path), big_endian=True) as w:
+        eth, raw = w.add_interface(1, name="eth0"), w.add_interface(101, name="tun0", tsresol=6)
+        w.write_packet(eth, 5 * 10**9, bytes(12) + b"\x08\x00" + ipv4)
+        w.write_packet(raw, 7 * 10**9, ipv4)
+        w.write_packet(raw, 6 * 10**9, ipv4[:28], wirelen=len(ipv4))  # cut after the UDP header
+    s = summarise(str(path))
+    assert s["linktypes"] == [{"linktype": 1, "name": "EN10MB", "packets": 1},
+                              {"linktype": 101, "name": "RAW", "packets": 2}]
+    assert [(i["name"], i["resolution"]) for i in s["format"]["sections"][0]["interfaces"]] == [
+        ("eth0", "ns"), ("tun0", "us")]
+    assert s["format"]["sections"][0]["byte_order"] == "big"
+    assert s["time_span"]["first_ns"] == 5 * 10**9 and s["time_span"]["seconds"] == 2.0
+    assert s["flows"] == {"total": 1, "by_protocol": {"udp": 1}} and s["truncated"] == 1
+    assert s["malformed"] == {}
+
+
 def test_trace_summary(capsys, tmp_path):
     path = tmp_path / "run.pcapng"
     with TraceWriter(str(path), TraceHeader("nat->fw", "stateful.commit:8")) as w:
