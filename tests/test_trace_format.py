@@ -101,8 +101,8 @@ def _with_header(w):
 
 
 @pytest.mark.parametrize("extra,reason", [
-    (lambda w: w.write_packet(w.add_interface(1, name="ingress"), 0, b"x"), "packet 1 lacks"),
-    (lambda w: w.write_packet(w.add_interface(1), 0, b"x", custom=[(2989, PEN, bytes(16))]), "packet 1 lacks"),
+    (lambda w: w.write_packet(w.add_interface(1, name="ingress"), 0, b"x"), "packet 1: lacks"),
+    (lambda w: w.write_packet(w.add_interface(1), 0, b"x", custom=[(2989, PEN, bytes(16))]), "packet 1: lacks"),
     (lambda w: w.write_packet(w.add_interface(1, name="ingress"), 0, b"x", custom=[(2989, PEN, b"\1")]),
      "annotation of 1 bytes"),
     (_with_header, "a second run header"),

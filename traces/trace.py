@@ -219,7 +219,6 @@ class Trace:
             raise FormatError(self.path, block.offset, str(e)) from None
 
     def __iter__(self) -> Iterator[TracePacket | TraceEvent]:
-        r = self._r
         try:
             for item in self._items:
                 if type(item) is Record:
@@ -235,14 +234,13 @@ class Trace:
     def _packet(self, rec: Record) -> TracePacket:
         info = self._r.interfaces[rec.interface]
         ann = annotation_of(rec)
-        where = f"packet {self._r.count}"
-        if info.name is None or ann is None:
-            raise FormatError(self.path, self._r.block_offset, f"{where} lacks an interface name or nfproof annotation")
-        self.interfaces.setdefault(info.name, info)
         try:
+            if info.name is None or ann is None:
+                raise ValueError("lacks an interface name or nfproof annotation")
             instance, direction, seq, out_index = decode_annotation(ann)
         except ValueError as e:
-            raise FormatError(self.path, self._r.block_offset, f"{where}: {e}") from None
+            raise FormatError(self.path, self._r.block_offset, f"packet {self._r.count}: {e}") from None
+        self.interfaces.setdefault(info.name, info)
         return TracePacket(info.name, rec.time_ns, rec.data, instance, direction,
                            seq, out_index, rec.wirelen, rec.linktype, rec.comments[0] if rec.comments else None)
 
