@@ -20,7 +20,7 @@ USAGE_ERROR = 2
 
 def add_parser(subparsers):
     p = subparsers.add_parser("inspect", help="summarise a pcap, pcapng or nfproof trace",
-                              description=__doc__.split("\n\n")[0])
+                              description=__doc__.split(": ", 1)[1].split("\n\n")[0].capitalize())
     p.add_argument("file", help="a pcap, pcapng or nfproof trace file")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     return p
