@@ -1,6 +1,4 @@
-"""`nfproof inspect FILE`: what is in a capture or trace — format, link types, packets, time span,
-flows by protocol (both directions count as one flow), truncated and malformed packets, trace events. Exit 0 if the whole file was
-read, 2 if not (the summary of what was read comes first, then the error)."""
+"""`nfproof inspect FILE [--json]`: summarise a capture or an nfproof trace."""
 from __future__ import annotations
 
 import json
@@ -16,11 +14,14 @@ from nfproof.traces.record import CustomBlock, linktype_name
 from nfproof.traces.trace import PEN, TraceHeader, decode_block, event_from_json
 
 USAGE_ERROR = 2
+DESCRIPTION = ("What is in a capture or trace: format, link types, packets, time span, flows by protocol "
+               "(both directions count as one flow), truncated and malformed packets, trace events. Exit 0 if "
+               "the whole file was read, 2 if not (the summary of what was read comes first, then the error).")
 
 
 def add_parser(subparsers):
     p = subparsers.add_parser("inspect", help="summarise a pcap, pcapng or nfproof trace",
-                              description=__doc__.split(": ", 1)[1].split("\n\n")[0].capitalize())
+                              description=DESCRIPTION)
     p.add_argument("file", help="a pcap, pcapng or nfproof trace file")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     return p
