@@ -7,13 +7,12 @@ import sys
 from collections import Counter
 from datetime import datetime, timezone
 
+from nfproof.cli import OK, USAGE
 from nfproof.traces.errors import FormatError
 from nfproof.traces.headers import FlowKeyer, parse_frame
 from nfproof.traces.reader import open_capture
 from nfproof.traces.record import CustomBlock, linktype_name
 from nfproof.traces.trace import PEN, TraceHeader, decode_block, event_from_json
-
-USAGE_ERROR = 2
 DESCRIPTION = ("What is in a capture or trace: format, link types, packets, time span, flows by protocol "
                "(both directions count as one flow), truncated and malformed packets, trace events. Exit 0 if "
                "the whole file was read, 2 if not (the summary of what was read comes first, then the error).")
@@ -176,4 +175,4 @@ def run(args) -> int:
         sys.stdout = open(os.devnull, "w")
     for err in s["errors"]:
         print(f"nfproof inspect: error: {err}", file=sys.stderr)
-    return USAGE_ERROR if s["errors"] else 0
+    return USAGE if s["errors"] else OK
