@@ -13,6 +13,7 @@ from nfproof.traces.headers import FlowKeyer, parse_frame
 from nfproof.traces.reader import open_capture
 from nfproof.traces.record import CustomBlock, linktype_name
 from nfproof.traces.trace import PEN, TraceHeader, decode_block, event_from_json
+
 DESCRIPTION = ("What is in a capture or trace: format, link types, packets, time span, flows by protocol "
                "(both directions count as one flow), truncated and malformed packets, trace events. Exit 0 if "
                "the whole file was read, 2 if not (the summary of what was read comes first, then the error).")
