@@ -137,3 +137,18 @@ def test_scan_of_generated_files(tmp_path, picks, big_endian, chop):
     if chop:  # a truncated file: both scans raise the same error
         path.write_bytes(path.read_bytes()[:-chop])
     assert outcome(fast.scan_pcap_flow_keys, path) == outcome(headers.scan_pcap_flow_keys, path)
+
+
+def test_scan_with_tables_that_grow(tmp_path):
+    """200k flows and 2k fragmented datagrams: both C tables grow past their initial size."""
+    frames, mac = [], b"\x02" * 12 + b"\x08\x00"
+    for i in range(200_000):
+        ip = struct.pack("!BBHHHBBHI4s", 0x45, 0, 28, i & 0xFFFF, 0, 64, 17, 0, 0x0A000000 + (i >> 4), b"\xc0\x00\x02\x01")
+        frames.append((mac + ip + struct.pack("!HHHH", 1024 + (i & 15), 53, 8, 0), 42))
+    for i in range(2000):  # first fragment (ports), then a later one (no ports), per datagram
+        for flags_frag, l4 in ((0x2000, struct.pack("!HHHH", 7000, 7001, 24, 0)), (0x0002, b"x" * 8)):
+            ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 28, i, flags_frag, 64, 17, 0, b"\x0a\x01\x00\x01", b"\x0a\x01\x00\x02")
+            frames.append((mac + ip + l4, 42))
+    path = tmp_path / "many.pcap"
+    write_pcap(path, frames, 1, False)
+    assert fast.scan_pcap_flow_keys(str(path)) == headers.scan_pcap_flow_keys(str(path)) == (204_000, 200_001, 0)
