@@ -175,7 +175,7 @@ class _Parser:
     def ethertype_at(self, off, et):
         while True:
             self.ethertype = et
-            if et != VLAN_TPIDS[0] and et != VLAN_TPIDS[1] and et != VLAN_TPIDS[2]:
+            if et not in VLAN_TPIDS:
                 break
             if len(self.vlans) == MAX_TAGS:
                 return self.bad("vlan-stack")
@@ -184,7 +184,7 @@ class _Parser:
             self.vlans.append(self.u16(off) & 0xFFF)
             et = self.u16(off + 2)
             off += 4
-        if et == MPLS_TYPES[0] or et == MPLS_TYPES[1]:
+        if et in MPLS_TYPES:
             while True:
                 if len(self.mpls) == MAX_TAGS:
                     return self.bad("mpls-stack")
@@ -254,7 +254,7 @@ class _Parser:
                 pend = self.wirelen
         ext_kind = "short-icmp-quote" if quoted else "bad-ipv6-ext"
         p, nh = off + 40, h.proto
-        while nh == 0 or nh == 43 or nh == 44 or nh == 51 or nh == 60:
+        while nh in IPV6_EXT:
             if nh == 44:
                 if not self.need(p, 8, pend, ext_kind):
                     return
