@@ -152,3 +152,42 @@ def test_scan_with_tables_that_grow(tmp_path):
     path = tmp_path / "many.pcap"
     write_pcap(path, frames, 1, False)
     assert fast.scan_pcap_flow_keys(str(path)) == headers.scan_pcap_flow_keys(str(path)) == (204_000, 200_001, 0)
+
+
+@st.composite
+def structured_frames(draw):
+    """Ethernet / tag stack / IPv4 or IPv6 (+ extension headers) / transport / maybe an ICMP quote,
+    with random field values and lengths, so the deep paths are reached with odd numbers."""
+    byte, u16 = st.integers(0, 255), st.integers(0, 0xFFFF)
+
+    def ip_packet(quoted):
+        proto = draw(st.sampled_from([6, 17, 1, 58, 47, 0, 43, 44, 51, 60, 59]))
+        body = draw(st.binary(max_size=24))
+        if proto in (6, 17):
+            body = struct.pack("!HHH", draw(u16), draw(u16), draw(u16)) + body
+        elif proto in (1, 58):
+            t = draw(st.sampled_from([0, 3, 8, 11, 1, 128, 129, 4, 5, 12, 13]))
+            body = bytes([t, draw(byte)]) + bytes(6) + (b"" if quoted else ip_packet(True)[1]) + body
+        if draw(st.booleans()):
+            hdr = struct.pack("!BBHHHBBH4s4s", 0x40 | draw(st.sampled_from([5, 5, 5, 6, 4, 8])), 0, draw(st.sampled_from([0, 20 + len(body), draw(u16)])),
+                              draw(u16), draw(st.sampled_from([0, 0x2000, 0x2003, 3, draw(u16)])), 64, proto, 0, b"\x0a\x00\x00\x01", b"\x0a\x00\x00\x02")
+            return 4, hdr + draw(st.sampled_from([b"", bytes(4), bytes(8)])) + body
+        exts = b""
+        for _ in range(draw(st.integers(0, 3))):
+            kind = draw(st.sampled_from([0, 43, 44, 51, 60]))
+            exts = bytes([proto, draw(st.integers(0, 3))]) + bytes(draw(st.sampled_from([6, 14, 22]))) + exts
+            proto = kind
+        plen = draw(st.sampled_from([len(exts) + len(body)] * 3 + [0, draw(u16)]))
+        return 6, struct.pack("!IHBB16s16s", 0x60000000, plen, proto, 64, bytes(15) + b"\x01", bytes(15) + b"\x02") + exts + body
+
+    tags = b"".join(struct.pack("!HH", draw(st.sampled_from([0x8100, 0x88A8])), draw(u16)) for _ in range(draw(st.integers(0, 3))))
+    version, packet = ip_packet(False)
+    ethertype = b"\x88\x47\x00\x01\x01\x40" if draw(st.booleans()) else b"\x08\x00" if version == 4 else b"\x86\xdd"
+    frame = b"\x02" * 12 + tags + ethertype + packet
+    return frame[:draw(st.integers(0, len(frame)))] if draw(st.integers(0, 3)) == 0 else frame
+
+
+@settings(max_examples=1500, deadline=None)
+@given(structured_frames(), st.integers(-10, 40))
+def test_structured_frames(frame, extra):
+    same(1, frame, len(frame) + extra)
