@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 
 .PHONY: demo test test-fast system-deps bench clean
 
-$(STAMP): pyproject.toml setup.py runtime/fast.pyx
+$(STAMP): pyproject.toml setup.py runtime/fast.pyx traces/_fast.pyx traces/_parse.pxi
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[dev]'

@@ -9,7 +9,7 @@ from datetime import datetime, timezone
 
 from nfproof.cli import OK, USAGE
 from nfproof.traces.errors import FormatError
-from nfproof.traces.headers import FlowKeyer, parse_frame
+from nfproof.traces import FlowKeyer, parse_frame
 from nfproof.traces.reader import open_capture
 from nfproof.traces.record import CustomBlock, linktype_name
 from nfproof.traces.trace import PEN, TraceHeader, decode_block, event_from_json

@@ -161,7 +161,7 @@ def test_scan(name, expected):
 
 @needs_pcaps
 @pytest.mark.parametrize("name,message", [
-    ("C01_corrupt_record_len.pcap", "record 19 at byte 3695 claims 3925868813 bytes, 125497 remain"),
+    ("C01_corrupt_record_len.pcap", "offset 3695: record 19 claims 3925868813 bytes, 125497 remain"),
     ("C02_corrupt_pcap_version.pcap", "unsupported pcap version 1.4"),
     ("E24_empty.pcapng", "not a classic pcap file")])
 def test_scan_rejects_bad_files(name, message):

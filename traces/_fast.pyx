@@ -6,6 +6,7 @@ first fragment's flow as FlowKeyer does. The parsing code is traces/_parse.pxi."
 include "_parse.pxi"
 
 import os
+from .errors import FormatError
 
 from libc.stdlib cimport calloc, free
 from libc.string cimport memset
@@ -123,7 +124,7 @@ def scan_pcap_flow_keys(path):
     try:
         size = os.fstat(fd).st_size
         if size < 24:
-            raise ValueError(f"{path}: {size} bytes, too short for a pcap header")
+            raise FormatError(path, 0, f"{size} bytes, too short for a pcap header")
         m = <const uint8_t *>mmap(NULL, size, PROT_READ, MAP_PRIVATE | MAP_POPULATE, fd, 0)
         if <void *>m == MAP_FAILED:
             raise OSError(f"{path}: mmap failed")
@@ -138,11 +139,11 @@ def scan_pcap_flow_keys(path):
         elif magic == 0xD4C3B2A1 or magic == 0x4D3CB2A1:
             swap = 1
         else:
-            raise ValueError(f"{path}: not a classic pcap file (magic {magic:#010x})")
+            raise FormatError(path, 0, f"not a classic pcap file (magic {magic:#010x})")
         major = (m[5] << 8 | m[4]) if not swap else (m[4] << 8 | m[5])
         minor = (m[7] << 8 | m[6]) if not swap else (m[6] << 8 | m[7])
         if major != 2:
-            raise ValueError(f"{path}: unsupported pcap version {major}.{minor}")
+            raise FormatError(path, 4, f"unsupported pcap version {major}.{minor}")
         linktype = rd32(m + 20, swap) & 0x0FFFFFFF
         if not table_init(&flows, 1 << 18, 0) or not table_init(&frags, 1 << 10, 1):
             raise MemoryError()
@@ -183,9 +184,9 @@ def scan_pcap_flow_keys(path):
                 if not err and table_put(&flows, ring[j & 7], 1) < 0:
                     err = 3
         if err == 1:
-            raise ValueError(f"{path}: record {i} at byte {off}: header cut short, {size - off} bytes remain")
+            raise FormatError(path, off, f"record {i}: header cut short, {size - off} bytes remain")
         if err == 2:
-            raise ValueError(f"{path}: record {i} at byte {off} claims {caplen} bytes, {size - off - 16} remain")
+            raise FormatError(path, off, f"record {i} claims {caplen} bytes, {size - off - 16} remain")
         if err == 3:
             raise MemoryError()
         return packets, flows.used, malformed

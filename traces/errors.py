@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 
-class FormatError(Exception):
+class FormatError(ValueError):
     """A capture or trace that cannot be read further.
 
     `offset` is the byte offset of the faulty header or block (None when the file could not be

@@ -50,6 +50,8 @@ own length fields are not checked since quotes are cut by design).
 from __future__ import annotations
 
 import mmap
+
+from .errors import FormatError
 from typing import NamedTuple
 
 ETH_IPV4, ETH_IPV6, ETH_ARP = 0x0800, 0x86DD, 0x0806
@@ -356,12 +358,12 @@ class FlowKeyer:
 
 
 def pcap_records(path):
-    """(linktype, data, wirelen) of each record of a classic pcap file; ValueError naming the file and
+    """(linktype, data, wirelen) of each record of a classic pcap file; FormatError naming the file and
     byte offset on a bad header or a record that runs past the end. Shared message texts with C."""
     with open(path, "rb") as f:
         size = f.seek(0, 2)
         if size < 24:
-            raise ValueError(f"{path}: {size} bytes, too short for a pcap header")
+            raise FormatError(path, 0, f"{size} bytes, too short for a pcap header")
         with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
             magic = int.from_bytes(m[0:4], "little")
             if magic in (0xA1B2C3D4, 0xA1B23C4D):
@@ -369,20 +371,20 @@ def pcap_records(path):
             elif magic in (0xD4C3B2A1, 0x4D3CB2A1):
                 order = "big"
             else:
-                raise ValueError(f"{path}: not a classic pcap file (magic {magic:#010x})")
+                raise FormatError(path, 0, f"not a classic pcap file (magic {magic:#010x})")
             major, minor = int.from_bytes(m[4:6], order), int.from_bytes(m[6:8], order)
             if major != 2:
-                raise ValueError(f"{path}: unsupported pcap version {major}.{minor}")
+                raise FormatError(path, 4, f"unsupported pcap version {major}.{minor}")
             linktype = int.from_bytes(m[20:24], order) & 0x0FFFFFFF
             off, i = 24, 0
             while off < size:
                 i += 1
                 if size - off < 16:
-                    raise ValueError(f"{path}: record {i} at byte {off}: header cut short, {size - off} bytes remain")
+                    raise FormatError(path, off, f"record {i}: header cut short, {size - off} bytes remain")
                 caplen = int.from_bytes(m[off + 8:off + 12], order)
                 wirelen = int.from_bytes(m[off + 12:off + 16], order)
                 if caplen > size - off - 16:
-                    raise ValueError(f"{path}: record {i} at byte {off} claims {caplen} bytes, {size - off - 16} remain")
+                    raise FormatError(path, off, f"record {i} claims {caplen} bytes, {size - off - 16} remain")
                 yield linktype, m[off + 16:off + 16 + caplen], wirelen
                 off += 16 + caplen
 
