@@ -17,8 +17,9 @@ from nfproof.traces.reader import read_records
 fast = pytest.importorskip("nfproof.traces._fast", reason="Cython extension not built")
 runtime_fast = pytest.importorskip("nfproof.runtime.fast", reason="Cython extension not built")
 
-PCAPS = Path(__file__).resolve().parents[2] / "shared" / "pcaps"
-CAPTURES = sorted(PCAPS.glob("*.pcap*")) if PCAPS.is_dir() else []
+from captures import all_captures
+
+CAPTURES = all_captures()
 
 
 def records(path):
