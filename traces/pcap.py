@@ -7,7 +7,7 @@ import struct
 from typing import BinaryIO, Iterator
 
 from .errors import FormatError
-from .record import Interface, Record
+from .record import Closing, Interface, Record, open_sink
 
 MAGIC_US, MAGIC_NS = 0xA1B2C3D4, 0xA1B23C4D
 CHUNK = 1 << 16  # bytes read at a time
@@ -58,13 +58,14 @@ def open_source(path_or_file: str | os.PathLike | BinaryIO) -> tuple[BinaryIO, s
         raise FormatError(path, None, f"cannot open: {e.strerror or e}") from None
 
 
-class PcapReader:
+class PcapReader(Closing):
     """Reads a classic pcap file header on construction; iterating streams the records."""
 
     format = "pcap"
 
     def __init__(self, path_or_file):
         f, path, self._owned = open_source(path_or_file)
+        self._file = f
         self.src = src = Source(f, path)
         hdr = src.read(24)
         if len(hdr) < 24:
@@ -128,26 +129,14 @@ class PcapReader:
 
     items = __iter__
 
-    def close(self) -> None:
-        if self._owned:
-            self.src.f.close()
 
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-
-class PcapWriter:
+class PcapWriter(Closing):
     """Writes a classic pcap file; timestamps are truncated to µs unless `nanosecond`."""
 
     def __init__(self, path_or_file, linktype: int = 1, snaplen: int = 262144, *,
                  nanosecond: bool = False, big_endian: bool = False, version: tuple[int, int] = (2, 4)):
-        if hasattr(path_or_file, "write"):
-            self.f, self._owned = path_or_file, False
-        else:
-            self.f, self._owned = open(path_or_file, "wb"), True
+        self.f, self._owned = open_sink(path_or_file)
+        self._file = self.f
         self.order = ">" if big_endian else "<"
         self.nanosecond = nanosecond
         self._rec = struct.Struct(self.order + "IIII")
@@ -164,14 +153,3 @@ class PcapWriter:
         self.f.write(self._rec.pack(sec, frac, len(data), len(data) if wirelen is None else wirelen))
         self.f.write(data)
 
-    def close(self) -> None:
-        if self._owned:
-            self.f.close()
-        else:
-            self.f.flush()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()

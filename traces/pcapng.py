@@ -10,7 +10,7 @@ from typing import Iterator
 
 from .errors import FormatError
 from .pcap import CHUNK, MAX_RECORD, Source, open_source
-from .record import CustomBlock, Interface, Record
+from .record import Closing, CustomBlock, Interface, Record, open_sink
 
 SHB, IDB, OPB, SPB, NRB, ISB, EPB, DSB = 0x0A0D0D0A, 1, 2, 3, 4, 5, 6, 10
 CB_COPY, CB_NOCOPY = 0x00000BAD, 0x40000BAD
@@ -62,13 +62,14 @@ def _name(btype: int) -> str:
     return BLOCK_NAMES.get(btype, f"type 0x{btype:08x}")
 
 
-class PcapngReader:
+class PcapngReader(Closing):
     """Iterating yields Records; `items()` yields Records and CustomBlocks in file order."""
 
     format = "pcapng"
 
     def __init__(self, path_or_file):
         f, path, self._owned = open_source(path_or_file)
+        self._file = f
         self.src = Source(f, path)
         self.interfaces: list[Interface] = []
         self.sections: list[dict] = []
@@ -243,26 +244,14 @@ class PcapngReader:
             if type(item) is Record:
                 yield item
 
-    def close(self) -> None:
-        if self._owned:
-            self.src.f.close()
 
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-
-class PcapngWriter:
+class PcapngWriter(Closing):
     """Writes pcapng: sections, interfaces (default ns resolution), EPB/SPB, custom blocks."""
 
     def __init__(self, path_or_file, *, big_endian: bool = False, comments=(), hardware=None, os=None,
                  userappl=None):
-        if hasattr(path_or_file, "write"):
-            self.f, self._owned = path_or_file, False
-        else:
-            self.f, self._owned = open(path_or_file, "wb"), True
+        self.f, self._owned = open_sink(path_or_file)
+        self._file = self.f
         self.new_section(big_endian=big_endian, comments=comments, hardware=hardware, os=os, userappl=userappl)
 
     def _options(self, opts) -> bytes:
@@ -330,14 +319,3 @@ class PcapngWriter:
     def write_custom(self, pen: int, data: bytes, *, copyable: bool = True) -> None:
         self.write_block(CB_COPY if copyable else CB_NOCOPY, struct.pack(self.order + "I", pen) + data)
 
-    def close(self) -> None:
-        if self._owned:
-            self.f.close()
-        else:
-            self.f.flush()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()

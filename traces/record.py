@@ -4,6 +4,31 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 
+def open_sink(path_or_file):
+    """(file, owned): a path is opened for writing (and owned), a file object is borrowed."""
+    if hasattr(path_or_file, "write"):
+        return path_or_file, False
+    return open(path_or_file, "wb"), True
+
+
+class Closing:
+    """Context manager for readers and writers: closes `_file` if it opened it, else flushes it."""
+
+    _file, _owned = None, False
+
+    def close(self) -> None:
+        if self._owned:
+            self._file.close()
+        else:
+            self._file.flush()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
 @dataclass(slots=True)
 class Record:
     """One captured packet.
