@@ -82,7 +82,8 @@ def run(args) -> int:
             print(f"error: {error_line(r)}\n\n{story(r)}\n\nreproduce (Python):\n{reproduction(r)}")
         elif r.verdict == "proved":
             print(f"proved: {r.nf} under {r.strategy} keeps strict output equivalence for every input sequence "
-                  f"of up to {r.bound} packets, every crash point and every choice ({r.seconds:.2f} s)")
+                  f"of up to {r.bound} packets, every crash point and every choice ({r.seconds:.2f} s); "
+                  f"not vacuous: runs exist in which {' and '.join(r.stats['witnessed'])}")
         else:
             print(f"unknown: {r.nf} under {r.strategy} at bound {r.bound}: {r.reason} ({r.seconds:.2f} s)")
     else:

@@ -2,6 +2,7 @@
 import z3
 
 from nfproof.models import Nat
+from nfproof.models.api import NF
 from nfproof.models.strategy import Strategy
 from nfproof.verify import failover, solver as smt
 
@@ -24,3 +25,23 @@ def test_reported_counterexample_is_unexplained_on_rerun():
     run = result.counterexample.run
     from nfproof.verify.simulate import explain
     assert not explain(Nat, run.inputs, run.observed_outputs).explained
+
+
+class DropAll(NF):
+    """Drops every packet: equivalence holds trivially, so a proof would be vacuous."""
+
+    name = "dropall"
+
+    def handle(self, pkt, ctx):
+        ctx.drop("nothing passes")
+
+
+def test_vacuous_proof_is_unknown_not_proved():
+    result = failover.verify_failover(DropAll, Strategy.parse("stateful.async"), 3)
+    assert result.verdict == "unknown" and result.reason.startswith("vacuous")
+
+
+def test_proof_reports_its_witnessed_reachability_twins():
+    result = failover.verify_failover(Nat, Strategy.parse("stateful.commit:4"), 4)
+    assert result.verdict == "proved"
+    assert result.stats["witnessed"] == list(failover.REACHABILITY_TWINS)

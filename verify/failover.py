@@ -14,7 +14,9 @@ the symbolic interpreter's steps:
   reference a failure-free run whose choices are read off the observed run (Skolemisation):
             p_i for inputs whose outputs the primary released or protected, s_i after that.
 A violation is: the reference's outputs differ from the observed ones, or one of its borrowed
-choices was not available to it. Unsat proves the tuple: every failover run has a failure-free
+choices was not available to it. A proof also needs its reachability twins (some run where the
+primary releases an output before the crash, some where the standby releases one after the
+failover); without them it is vacuous and the verdict is unknown. Unsat proves the tuple: every failover run has a failure-free
 twin. Steps are memoised on (state, input, choice names), so where the reference coincides
 with the observed run its terms are the very same terms and no query is needed at all.
 
@@ -120,21 +122,26 @@ def verify_failover(nf_cls: type[NF], strategy: Strategy, bound: int, budget: sm
                     return result
             if progress:
                 progress(n, bound)
+        missing = [] if undecided else _unwitnessed(runs, strategy, bound, log_choices, budget)
         if undecided:
             result.reason = f"{len(undecided)} failover point(s) left undecided after {MAX_REFINEMENTS} refinements"
+        elif missing:
+            result.reason = f"vacuous: no run within the bound in which {' / '.join(missing)}"
         else:
             result.verdict = "proved"
+            result.stats["witnessed"] = list(REACHABILITY_TWINS)
     except smt.BudgetExhausted as e:
         result.reason = str(e)
     finally:
         result.seconds = time.monotonic() - budget.start
-        result.stats = {"queries": budget.queries, "identical": queries_skipped, "steps": len(runs.memo)}
+        result.stats.update(queries=budget.queries, identical=queries_skipped, steps=len(runs.memo))
     return result
 
 
-def _violation(runs: _Runs, strategy: Strategy, n, released, r, applied, log_choices):
-    """(assumptions, violation) for one failover point, or None if the reference run is the
-    observed run term for term."""
+def _failover_run(runs: _Runs, strategy: Strategy, n, released, r, applied, log_choices):
+    """The observed run of one failover point: (assumptions on the choices made, ids of the steps
+    they cover, per-input observed outputs, per-input choice names of the standby, last input
+    whose outputs came from the primary)."""
     assumed, assumptions = set(), []
     for i in range(1, min(applied, n) + 1):
         s = runs.primary(i)
@@ -156,7 +163,13 @@ def _violation(runs: _Runs, strategy: Strategy, n, released, r, applied, log_cho
             assumptions.append(s.valid)
         if i > seen_upto:
             observed[i] = s.outputs
+    return assumptions, assumed, observed, sources, seen_upto
 
+
+def _violation(runs: _Runs, strategy: Strategy, n, released, r, applied, log_choices):
+    """(assumptions, violation) for one failover point, or None if the reference run is the
+    observed run term for term."""
+    assumptions, assumed, observed, sources, seen_upto = _failover_run(runs, strategy, n, released, r, applied, log_choices)
     violations, state = [], runs.init
     for i in range(1, n + 1):
         s, state = runs.step(state, i, "p" if i <= seen_upto else sources[i])
@@ -166,6 +179,30 @@ def _violation(runs: _Runs, strategy: Strategy, n, released, r, applied, log_cho
         if differ is not None:
             violations.append(differ)
     return (assumptions, z3.Or(*violations)) if violations else None
+
+
+REACHABILITY_TWINS = ("the primary releases an output before the crash",
+                      "the standby releases an output after the failover")
+
+
+def _unwitnessed(runs: _Runs, strategy: Strategy, bound, log_choices, budget) -> list[str]:
+    """The reachability twins of the proof: runs that show it is not vacuous (an NF that drops
+    everything trivially 'keeps' equivalence). Shortest runs are tried first (cheapest queries).
+    Returns the twins no run within the bound reaches."""
+    missing = list(REACHABILITY_TWINS)
+    for n in range(1, bound + 1):
+        for (released, r), cut in strategy.failovers(n).items():
+            assumptions, _, observed, _, seen_upto = _failover_run(runs, strategy, n, released, r, cut.applied, log_choices)
+            inputs = {REACHABILITY_TWINS[0]: range(1, released + 1), REACHABILITY_TWINS[1]: range(seen_upto + 1, n + 1)}
+            for twin in list(missing):
+                present = [slot.present for i in inputs[twin] for slot in observed[i]]
+                solver = smt.new_solver(budget)
+                solver.add(*assumptions)
+                if present and smt.check(solver, budget, z3.Or(*present)) == z3.sat:
+                    missing.remove(twin)
+            if not missing:
+                return []
+    return missing
 
 
 def _solve(runs, nf_cls, strategy, n, cut, r, query, budget, log_choices):
