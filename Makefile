@@ -33,8 +33,11 @@ test: $(STAMP) system-deps
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow"
 
+# Benchmarks (RESULT lines; figures in BENCHMARKS.md). dpkt is a reference for bench/codec.py only.
 bench: $(STAMP)
-	for b in bench/*.py; do $(PY) $$b; done
+	$(PY) -m pip install -q dpkt
+	$(PY) bench/codec.py
+	$(PY) bench/verify_nat.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info runtime/*.so runtime/*.c
