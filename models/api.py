@@ -138,8 +138,6 @@ class MapStorage:
 class Map:
     """Declared state: a finite map from `key` type to `value` type (Bits or Flow)."""
 
-    kind = "map"
-
     def __init__(self, key, value):
         self.key, self.value = key, value
 

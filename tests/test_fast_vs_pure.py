@@ -4,7 +4,6 @@ every capture in ../shared/pcaps, on mutated real frames, and on pcap files buil
 from __future__ import annotations
 
 import struct
-from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import collections
 import struct
-from pathlib import Path
 
 import pytest
 from hypothesis import given, settings, strategies as st

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 
 import z3
 
-from ..models.api import NF, PACKET_WIDTHS, Packet, Pool, TCP, UDP, addr, flags
+from ..models.api import NF, Packet, Pool, TCP, UDP, addr, flags
 from ..models.concrete import scripted, seeded
 from ..models.strategy import Strategy
 from . import solver as smt

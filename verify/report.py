@@ -2,12 +2,8 @@
 by field, a JSON object, and a Python snippet that re-runs the failover concretely."""
 from __future__ import annotations
 
-from ..models.api import PROTO_NAMES, TCP_FLAGS, Packet, ip
-from .failover import Counterexample, Result
-
-
-def packet_text(pkt: Packet) -> str:
-    return str(pkt)
+from ..models.api import TCP_FLAGS, Packet, ip
+from .failover import Result
 
 
 def output_text(gate: str, pkt: Packet) -> str:
@@ -31,7 +27,7 @@ def story(result: Result) -> str:
     lines = [f"counterexample: {result.nf} under {result.strategy}, {len(run.inputs)} input packet(s), "
              f"crash after {run.cut.applied} applied / {run.cut.released} released, standby resumes "
              f"from " + (f"the state of input {run.protected}" if run.protected else "the initial state"), "", "inputs (in arrival order):"]
-    lines += [f"  {i}. {packet_text(p)}" for i, p in enumerate(run.inputs, 1)]
+    lines += [f"  {i}. {p}" for i, p in enumerate(run.inputs, 1)]
     lines += ["", "what happened:"]
     for n, e in enumerate(run.events, 1):
         text = f"  {n:2}. {e.actor} {e.text}"
@@ -101,6 +97,3 @@ def reproduction(result: Result) -> str:
         f"reproduce(\"{result.nf}\", \"{run.strategy}\", [\n    {inputs},\n], crash={run.cut.k}, "
         f"protected={run.protected},\n          primary_choices={primary}, "
         f"standby_choices={standby}, log_choices={cex.log_choices})\n")
-
-
-__all__ = ["error_line", "story", "as_json", "reproduction", "PROTO_NAMES"]

@@ -19,7 +19,7 @@ from typing import Callable
 
 import z3
 
-from ..models.api import NF, PACKET_FIELDS, PACKET_WIDTHS, Bits, Domain, Flow, MapStorage, Packet
+from ..models.api import NF, PACKET_FIELDS, PACKET_WIDTHS, Bits, Domain, MapStorage, Packet
 
 
 class Path:
