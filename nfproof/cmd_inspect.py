@@ -32,8 +32,12 @@ def _resolution(tsresol: int) -> str:
     return f"2^-{v} s" if tsresol & 0x80 else {6: "us", 9: "ns", 3: "ms", 0: "s"}.get(v, f"10^-{v} s")
 
 
-def summarise(path) -> dict:
-    """The inspect summary of a path or binary file; `errors` lists what stopped reading, if any."""
+PROGRESS_EVERY = 1 << 17  # packets between progress reports
+
+
+def summarise(path, progress=None) -> dict:
+    """The inspect summary of a path or binary file; `errors` lists what stopped reading, if any.
+    `progress(packets, bytes_captured)` is called every PROGRESS_EVERY packets."""
     s = {"file": str(getattr(path, "name", "<stream>") if hasattr(path, "read") else path), "format": None, "linktypes": [], "packets": 0, "bytes_captured": 0, "bytes_wire": 0,
          "time_span": None, "protocols": {}, "flows": {"total": 0, "by_protocol": {}}, "truncated": 0,
          "malformed": {}, "trace": None, "events": None, "errors": []}
@@ -54,6 +58,8 @@ def summarise(path) -> dict:
                     continue
                 s["packets"] += 1
                 s["bytes_captured"] += len(item.data)
+                if progress and s["packets"] % PROGRESS_EVERY == 0:
+                    progress(s["packets"], s["bytes_captured"])
                 s["bytes_wire"] += item.wirelen
                 by_lt[item.interface] += 1
                 iface_packets[item.interface] += 1
@@ -164,8 +170,22 @@ def _counts(c: dict, lead: str) -> str:
     return lead + ", ".join(f"{k} {v}" for k, v in c.items()) if c else ""
 
 
+def _progress_line(path):
+    """A progress line on stderr for a terminal (the share of the file is estimated from bytes read)."""
+    if not sys.stderr.isatty() or not os.path.isfile(path):
+        return None
+    size = os.path.getsize(path) or 1
+
+    def show(packets, captured):
+        print(f"\r  {packets:,} packets, ~{min(99, 100 * captured // size)}% of {path}", end="", file=sys.stderr, flush=True)
+    return show
+
+
 def run(args) -> int:
-    s = summarise(args.file)
+    progress = _progress_line(args.file)
+    s = summarise(args.file, progress)
+    if progress and s["packets"] >= PROGRESS_EVERY:
+        print("\r\033[K", end="", file=sys.stderr)
     try:
         if args.json:
             print(json.dumps(s, indent=2, default=str))
