@@ -43,12 +43,13 @@ def add_parser(sub):
     p.add_argument("--log-choices", action="store_true",
                    help="the primary logs its choices before releasing; the standby reuses them")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.add_argument("--html", metavar="FILE", help="also write a counterexample as a self-contained HTML timeline")
     return p
 
 
 def run(args) -> int:
     from .verify.failover import verify_failover
-    from .verify.report import as_json, error_line, reproduction, story
+    from .verify.report import as_json, error_line, html, reproduction, story
     from .verify.solver import Budget
 
     try:
@@ -73,6 +74,13 @@ def run(args) -> int:
             print("\r\033[K", end="", file=sys.stderr)
         results.append(result)
 
+    failing = [r for r in results if r.counterexample]
+    if args.html and failing:
+        try:
+            with open(args.html, "w") as f:
+                f.write(html(failing[0]))
+        except OSError as e:
+            raise UsageError(f"cannot write {args.html}: {e.strerror}") from None
     if args.json:
         out = [as_json(r) for r in results]
         print(json.dumps(out if len(out) > 1 else out[0], indent=2))

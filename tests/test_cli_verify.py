@@ -71,3 +71,18 @@ def test_all_strategies_table():
     rows = {line.split()[0]: line.split()[1] for line in r.stdout.splitlines()[1:]}
     assert rows == {"none": "counterexample", "stateful.checkpoint:4": "counterexample",
                     "stateful.async": "counterexample", "stateful.sync": "proved", "stateful.commit:4": "proved"}
+
+
+def test_html_timeline_of_a_counterexample(tmp_path):
+    out = tmp_path / "cex.html"
+    r = nfproof("verify", "nat", "--strategy", "none", "--bound", "3", "--html", str(out))
+    assert r.returncode == 1
+    page = out.read_text()
+    assert page.startswith("<!doctype html>") and "<script" not in page and "http" not in page  # self-contained
+    assert page.count("class='bad'") == 1 and "class='crash'" in page
+    assert "<th>primary</th>" in page and "<th>standby</th>" in page and "reproduce(" in page
+
+
+def test_html_unwritable_path_is_a_usage_error():
+    r = nfproof("verify", "nat", "--strategy", "none", "--bound", "2", "--html", "/nonexistent/dir/cex.html")
+    assert r.returncode == 2 and "cannot write" in r.stderr

@@ -97,3 +97,38 @@ def reproduction(result: Result) -> str:
         f"reproduce(\"{result.nf}\", \"{run.strategy}\", [\n    {inputs},\n], crash={run.cut.k}, "
         f"protected={run.protected},\n          primary_choices={primary}, "
         f"standby_choices={standby}, log_choices={cex.log_choices})\n")
+
+
+def html(result: Result) -> str:
+    """A self-contained HTML timeline of a counterexample: one column per actor, one row per
+    event in order, the output no failure-free execution produces highlighted."""
+    from html import escape
+
+    run, why = result.counterexample.run, result.counterexample.explanation
+    actors = ["upstream", "primary", "standby", "egress"]
+    rows, delivered = [f"<td>input {i}: {escape(str(p))}</td><td></td><td></td><td></td>"
+                       for i, p in enumerate(run.inputs, 1)], 0
+    for e in run.events:
+        css = "crash" if e.kind == "crash" else ""
+        if e.kind == "deliver":
+            delivered += 1
+            css = "bad" if delivered == why.matched + 1 else "out"
+        outs = "".join(f"<div class=out>{escape(output_text(g, p))}</div>" for g, p in e.outputs)
+        rows.append("".join(f"<td class='{css}'>{escape(e.text)}{outs}</td>" if a == e.actor else "<td></td>"
+                            for a in actors))
+    instead = "; or ".join(output_text(g, p) for g, p in why.expected) or "no further output"
+    if why.matched < len(run.observed):
+        why_text = "no failure-free execution of these inputs emits the highlighted output; every one that matches the outputs before it emits instead"
+    else:
+        why_text = f"the egress let out only {len(run.observed)} output(s); every failure-free execution that matches them emits more"
+    return f"""<!doctype html><meta charset=utf-8><title>nfproof counterexample: {escape(result.nf)} under {escape(result.strategy)}</title>
+<style>body{{font:14px system-ui,sans-serif;margin:2em}}table{{border-collapse:collapse;width:100%}}
+th,td{{border:1px solid #ccc;padding:4px 8px;vertical-align:top;width:25%}}th{{background:#eee}}
+.out{{font-family:monospace;color:#236}}.crash{{background:#fdd;font-weight:bold}}.bad{{background:#f99;font-weight:bold}}
+pre{{background:#f6f6f6;padding:1em}}</style>
+<h1>{escape(error_line(result))}</h1>
+<table><tr>{''.join(f'<th>{a}</th>' for a in actors)}</tr>
+{chr(10).join(f'<tr>{r}</tr>' for r in rows)}</table>
+<p><b>Why:</b> {why_text}: <code>{escape(instead)}</code></p>
+<h2>Reproduce</h2><pre>{escape(reproduction(result))}</pre>
+"""

@@ -18,7 +18,7 @@ from ..models.strategy import Cut, Strategy
 
 @dataclass
 class Event:
-    kind: str      # input, apply, protect, release, crash, failover, replay, duplicate
+    kind: str      # apply, protect, release, crash, failover, replay, deliver, duplicate
     actor: str     # primary, standby, egress, upstream
     input: int     # 1-based input index (0: none)
     text: str
@@ -61,6 +61,7 @@ def simulate(nf_cls: type[NF], strategy: Strategy, inputs: list[Packet], cut: Cu
             else:
                 observed.append((i, gate, pkt))
                 last = (i, j)
+                events.append(Event("deliver", "egress", i, f"lets out output {len(observed)}: {gate}: {pkt}"))
 
     released = 0
     for kind, i in strategy.events(n)[:cut.k]:
