@@ -131,15 +131,13 @@ class Domain:
 
 
 class MapStorage:
-    """Storage interface of a declared Map, implemented by each interpreter:
-    get(key) -> value or None, m[key] = value, del m[key], key in m, absent_from(values, kind)."""
+    """Storage interface of a declared Map or Set, implemented by each interpreter:
+    get(key) -> value or None, m[key] = value, del m[key], key in m, add(key), discard(key),
+    absent_from(values, kind) -> Domain of the values that are not keys."""
 
 
-class Map:
-    """Declared state: a finite map from `key` type to `value` type (Bits or Flow)."""
-
-    def __init__(self, key, value):
-        self.key, self.value = key, value
+class State:
+    """A state declaration: a class attribute of an NF naming one piece of its state."""
 
     def __set_name__(self, owner, name):
         self.name = name
@@ -148,9 +146,37 @@ class Map:
         return self if nf is None else nf.state[self.name]
 
 
+class Map(State):
+    """A finite map from `key` type to `value` type (Bits or Flow)."""
+
+    def __init__(self, key, value):
+        self.key, self.value = key, value
+
+
+class Set(State):
+    """A finite set of `key` values: `x in s`, `s.add(x)`, `s.discard(x)`."""
+
+    def __init__(self, key):
+        self.key = key
+
+
+class Counter(State):
+    """An unsigned integer of `kind` (default 32 bits), initially 0; read and assign it as an
+    attribute (`self.packets += 1`). Arithmetic wraps at the width, as in the symbolic bit-vectors."""
+
+    def __init__(self, kind: Bits = Bits(32, "Count")):
+        self.kind = kind
+
+    def __get__(self, nf, owner=None):
+        return self if nf is None else nf.state[self.name].value
+
+    def __set__(self, nf, value):
+        nf.state[self.name].value = value
+
+
 class NF:
-    """Base class of NF models. Subclasses declare state (class attributes of type Map), bounded
-    domains (Pool) and gates, and implement `handle(pkt, ctx)`. An instance is a view of one
+    """Base class of NF models. Subclasses declare state (class attributes of type Map, Set or
+    Counter), bounded domains (Pool) and gates, and implement `handle(pkt, ctx)`. An instance is a view of one
     state storage (`state`: declaration name -> storage), so the same handler runs on any
     interpreter's storage."""
 
@@ -161,10 +187,10 @@ class NF:
         self.state = state
 
     @classmethod
-    def declarations(cls) -> dict[str, Map]:
+    def declarations(cls) -> dict[str, State]:
         out = {}
         for klass in reversed(cls.__mro__):
-            out.update({k: v for k, v in vars(klass).items() if isinstance(v, Map)})
+            out.update({k: v for k, v in vars(klass).items() if isinstance(v, State)})
         return out
 
     def handle(self, pkt: Packet, ctx) -> None:  # pragma: no cover - abstract

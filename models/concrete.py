@@ -9,25 +9,70 @@ import random
 from dataclasses import dataclass, field
 from typing import Callable
 
-from .api import NF, Domain, MapStorage, Packet
+from .api import NF, Domain, Map, MapStorage, Packet, Set
 
 
 class DictMap(dict, MapStorage):
     def absent_from(self, values, kind) -> Domain:
         return Domain(((v, True) for v in values if v not in self), kind)
 
+    def copy(self):
+        return DictMap(self)
+
+    def frozen(self):
+        return frozenset(self.items())
+
+
+class PySet(set, MapStorage):
+    absent_from = DictMap.absent_from
+
+    def copy(self):
+        return PySet(self)
+
+    def frozen(self):
+        return frozenset(self)
+
+
+class Cell:
+    """A Counter's value, wrapped at the declared width."""
+
+    def __init__(self, width: int, value: int = 0):
+        self.mask, self._value = (1 << width) - 1, value
+
+    @property
+    def value(self) -> int:
+        return self._value
+
+    @value.setter
+    def value(self, v: int) -> None:
+        self._value = v & self.mask
+
+    def copy(self):
+        return Cell(self.mask.bit_length(), self._value)
+
+    def frozen(self):
+        return self._value
+
+
+def _new_storage(decl):
+    if isinstance(decl, Map):
+        return DictMap()
+    if isinstance(decl, Set):
+        return PySet()
+    return Cell(decl.kind.width)
+
 
 def initial_state(nf_cls: type[NF]) -> dict:
-    return {name: DictMap() for name in nf_cls.declarations()}
+    return {name: _new_storage(decl) for name, decl in nf_cls.declarations().items()}
 
 
 def copy_state(state: dict) -> dict:
-    return {name: DictMap(storage) for name, storage in state.items()}
+    return {name: storage.copy() for name, storage in state.items()}
 
 
 def freeze_state(state: dict):
-    """A hashable, order-independent image of a state (for memoising searches)."""
-    return tuple((name, frozenset(storage.items())) for name, storage in sorted(state.items()))
+    """A hashable image of a state (for memoising searches)."""
+    return tuple((name, storage.frozen()) for name, storage in sorted(state.items()))
 
 
 @dataclass

@@ -125,7 +125,7 @@ def html(result: Result) -> str:
 <style>body{{font:14px system-ui,sans-serif;margin:2em}}table{{border-collapse:collapse;width:100%}}
 th,td{{border:1px solid #ccc;padding:4px 8px;vertical-align:top;width:25%}}th{{background:#eee}}
 .out{{font-family:monospace;color:#236}}.crash{{background:#fdd;font-weight:bold}}.bad{{background:#f99;font-weight:bold}}
-pre{{background:#f6f6f6;padding:1em}}</style>
+pre{{background:#f6f6f6;padding:1em}}h1{{font-size:18px}}</style>
 <h1>{escape(error_line(result))}</h1>
 <table><tr>{''.join(f'<th>{a}</th>' for a in actors)}</tr>
 {chr(10).join(f'<tr>{r}</tr>' for r in rows)}</table>

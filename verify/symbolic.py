@@ -19,7 +19,7 @@ from typing import Callable
 
 import z3
 
-from ..models.api import NF, PACKET_FIELDS, PACKET_WIDTHS, Bits, Domain, MapStorage, Packet
+from ..models.api import NF, PACKET_FIELDS, PACKET_WIDTHS, Bits, Domain, Map, MapStorage, Packet, Set
 
 
 class Path:
@@ -54,12 +54,17 @@ def const(value: int, width: int) -> z3.BitVecRef:
     return z3.BitVecVal(value, width)
 
 
+def fit(t, width: int):
+    """An unsigned term resized to `width`: zero-extended, or wrapped (low bits) like the concrete
+    interpreter's masking."""
+    size = t.size()
+    return t if size == width else z3.ZeroExt(width - size, t) if size < width else z3.Extract(width - 1, 0, t)
+
+
 def term(value, width: int):
     """The Z3 term of a field value (int or SymBV)."""
     if isinstance(value, SymBV):
-        if value.t.size() != width:
-            raise TypeError(f"{width}-bit field given a {value.t.size()}-bit value")
-        return value.t
+        return fit(value.t, width)
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"not a {width}-bit value: {value!r}")
     return const(value, width)
@@ -103,21 +108,29 @@ class SymBV:
         if isinstance(other, SymBV):
             return other.t
         if isinstance(other, int) and not isinstance(other, bool):
-            return const(other, self.t.size())
+            return const(other, max(self.t.size(), other.bit_length()))
         if other is None:  # x == None: plain Python semantics (False)
             return None
         raise TypeError(f"cannot combine a {self.t.size()}-bit value with {other!r}")
 
+    def _operands(self, other):
+        """Both operands at the wider width (unsigned: zero-extension), or None."""
+        o = self._other(other)
+        if o is None:
+            return None
+        width = max(self.t.size(), o.size())
+        return fit(self.t, width), fit(o, width)
+
     def _cmp(op):
         def method(self, other):
-            o = self._other(other)
-            return NotImplemented if o is None else SymBool(op(self.t, o), self.path)
+            pair = self._operands(other)
+            return NotImplemented if pair is None else SymBool(op(*pair), self.path)
         return method
 
     def _arith(op):
         def method(self, other):
-            o = self._other(other)
-            return NotImplemented if o is None else SymBV(op(self.t, o), self.path)
+            pair = self._operands(other)
+            return NotImplemented if pair is None else SymBV(op(*pair), self.path)
         return method
 
     __eq__ = _cmp(lambda a, b: a == b)
@@ -158,34 +171,86 @@ def unpack(kind, t, path: Path):
 class SymMap(MapStorage):
     """A declared Map as two arrays: key -> present, key -> value."""
 
-    def __init__(self, decl, present, values, path: Path):
-        self.decl, self.present, self.values, self.path = decl, present, values, path
+    def __init__(self, decl, path: Path, present, values):
+        self.decl, self.path, self.present, self.values = decl, path, present, values
 
     @staticmethod
     def empty(decl):
-        ks, vs = z3.BitVecSort(kind_width(decl.key)), z3.BitVecSort(kind_width(decl.value))
-        return z3.K(ks, z3.BoolVal(False)), z3.K(ks, z3.BitVecVal(0, vs.size()))
+        ks = z3.BitVecSort(kind_width(decl.key))
+        return z3.K(ks, z3.BoolVal(False)), z3.K(ks, z3.BitVecVal(0, kind_width(decl.value)))
+
+    def terms(self) -> tuple:
+        return self.present, self.values
+
+    def _key(self, key):
+        return pack(self.decl.key, key)
 
     def get(self, key):
-        k = pack(self.decl.key, key)
+        k = self._key(key)
         if self.path.branch(z3.Select(self.present, k)):
             return unpack(self.decl.value, z3.Select(self.values, k), self.path)
         return None
 
     def __contains__(self, key) -> bool:
-        return self.path.branch(z3.Select(self.present, pack(self.decl.key, key)))
+        return self.path.branch(z3.Select(self.present, self._key(key)))
 
     def __setitem__(self, key, value):
-        k = pack(self.decl.key, key)
+        k = self._key(key)
         self.present = z3.Store(self.present, k, z3.BoolVal(True))
         self.values = z3.Store(self.values, k, pack(self.decl.value, value))
 
     def __delitem__(self, key):
-        self.present = z3.Store(self.present, pack(self.decl.key, key), z3.BoolVal(False))
+        self.present = z3.Store(self.present, self._key(key), z3.BoolVal(False))
 
     def absent_from(self, values, kind) -> Domain:
         w = kind_width(self.decl.key)
         return Domain(((v, z3.Not(z3.Select(self.present, const(v, w)))) for v in values), kind)
+
+
+class SymSet(SymMap):
+    """A declared Set as one array: key -> member."""
+
+    def __init__(self, decl, path: Path, present):
+        self.decl, self.path, self.present = decl, path, present
+
+    @staticmethod
+    def empty(decl):
+        return (z3.K(z3.BitVecSort(kind_width(decl.key)), z3.BoolVal(False)),)
+
+    def terms(self) -> tuple:
+        return (self.present,)
+
+    def add(self, key):
+        self.present = z3.Store(self.present, self._key(key), z3.BoolVal(True))
+
+    def discard(self, key):
+        del self[key]
+
+
+class SymCell:
+    """A declared Counter as one bit-vector."""
+
+    def __init__(self, decl, path: Path, value):
+        self.decl, self.path, self.term = decl, path, value
+
+    @staticmethod
+    def empty(decl):
+        return (z3.BitVecVal(0, decl.kind.width),)
+
+    def terms(self) -> tuple:
+        return (self.term,)
+
+    @property
+    def value(self):
+        return SymBV(self.term, self.path)
+
+    @value.setter
+    def value(self, v):
+        self.term = term(v, self.decl.kind.width)
+
+
+def _storage_class(decl):
+    return SymMap if isinstance(decl, Map) else SymSet if isinstance(decl, Set) else SymCell
 
 
 class SymContext:
@@ -248,7 +313,7 @@ class Slot:
 
 @dataclass
 class SymStep:
-    state: dict           # declaration name -> (present array, values array)
+    state: dict           # declaration name -> tuple of terms (Map: present, values; Set: members; Counter: value)
     outputs: list[Slot]
     valid: z3.BoolRef     # the choices made on the taken path were available
     paths: int
@@ -260,14 +325,14 @@ def step(nf_cls: type[NF], state: dict, pkt: dict, choice_var) -> SymStep:
     runs, pending = [], [()]
     while pending:
         path = Path(pending.pop())
-        storages = {name: SymMap(decl, *state[name], path) for name, decl in decls.items()}
+        storages = {name: _storage_class(decl)(decl, path, *state[name]) for name, decl in decls.items()}
         ctx = SymContext(path, choice_var)
         nf_cls(storages).handle(_bind(pkt, path), ctx)
         pending.extend(path.alternatives())
         runs.append((path.condition(), storages, ctx))
 
-    new_state = {name: (ite([(pc, s[name].present) for pc, s, _ in runs]),
-                        ite([(pc, s[name].values) for pc, s, _ in runs])) for name in decls}
+    new_state = {name: tuple(ite([(pc, s[name].terms()[c]) for pc, s, _ in runs])
+                             for c in range(len(runs[0][1][name].terms()))) for name in decls}
     slots = []
     for j in range(max(len(ctx.outputs) for _, _, ctx in runs)):
         having = [(pc, ctx.outputs[j]) for pc, _, ctx in runs if len(ctx.outputs) > j]
@@ -282,7 +347,8 @@ def step(nf_cls: type[NF], state: dict, pkt: dict, choice_var) -> SymStep:
 
 
 def initial_state(nf_cls: type[NF]) -> dict:
-    return {name: SymMap.empty(decl) for name, decl in nf_cls.declarations().items()}
+    """Declaration name -> the tuple of terms of its initial (empty) storage."""
+    return {name: _storage_class(decl).empty(decl) for name, decl in nf_cls.declarations().items()}
 
 
 def outputs_differ(a: list[Slot], b: list[Slot]):
