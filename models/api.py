@@ -118,6 +118,10 @@ class Pool:
     def free(self, used: "MapStorage") -> "Domain":
         return used.absent_from(self.values(), self.kind)
 
+    def all(self) -> "Domain":
+        """Every value of the pool (a choice that does not depend on state)."""
+        return Domain(((v, True) for v in self.values()), self.kind)
+
 
 class Domain:
     """A finite set of candidates, each with an availability condition (True for concrete

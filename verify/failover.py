@@ -37,7 +37,7 @@ from ..models.concrete import scripted, seeded
 from ..models.strategy import Strategy
 from . import solver as smt
 from .simulate import Explanation, FailoverRun, explain, simulate
-from .symbolic import initial_state, outputs_differ, step, symbolic_packet
+from .symbolic import egress_view, initial_state, outputs_differ, step, symbolic_packet
 
 MAX_REFINEMENTS = 16  # spurious candidates blocked per failover point before giving up (unknown)
 
@@ -141,7 +141,8 @@ def verify_failover(nf_cls: type[NF], strategy: Strategy, bound: int, budget: sm
 def _failover_run(runs: _Runs, strategy: Strategy, n, released, r, applied, log_choices):
     """The observed run of one failover point: (assumptions on the choices made, ids of the steps
     they cover, per-input observed outputs, per-input choice names of the standby, last input
-    whose outputs came from the primary)."""
+    whose outputs came from the primary, and for replayed released inputs the condition that a
+    replayed output got past the egress)."""
     assumed, assumptions = set(), []
     for i in range(1, min(applied, n) + 1):
         s = runs.primary(i)
@@ -154,7 +155,7 @@ def _failover_run(runs: _Runs, strategy: Strategy, n, released, r, applied, log_
         state, start = runs.primary_states[r], r
     else:
         state, start = runs.init, released
-    sources = {}
+    sources, leaks = {}, {}
     for i in range(start + 1, n + 1):
         sources[i] = "p" if log_choices and i <= released else "s"
         s, state = runs.step(state, i, sources[i])
@@ -163,16 +164,28 @@ def _failover_run(runs: _Runs, strategy: Strategy, n, released, r, applied, log_
             assumptions.append(s.valid)
         if i > seen_upto:
             observed[i] = s.outputs
-    return assumptions, assumed, observed, sources, seen_upto
+        else:  # a replay of a released input: the egress drops what it has seen, not more
+            later = [runs.primary(k).outputs[0].present for k in range(i + 1, released + 1) if runs.primary(k).outputs]
+            observed[i], leaks[i] = egress_view(observed[i], s.outputs, z3.Or(*later) if later else z3.BoolVal(False))
+    return assumptions, assumed, observed, sources, seen_upto, leaks
 
 
 def _violation(runs: _Runs, strategy: Strategy, n, released, r, applied, log_choices):
     """(assumptions, violation) for one failover point, or None if the reference run is the
-    observed run term for term."""
-    assumptions, assumed, observed, sources, seen_upto = _failover_run(runs, strategy, n, released, r, applied, log_choices)
+    observed run term for term. The reference borrows each choice from the run whose outputs
+    the egress let out for that input: the primary's, the standby's, or, for a replayed input,
+    whichever the egress passed (choice source "m", defined by an if-then-else)."""
+    assumptions, assumed, observed, sources, seen_upto, leaks = _failover_run(
+        runs, strategy, n, released, r, applied, log_choices)
     violations, state = [], runs.init
     for i in range(1, n + 1):
-        s, state = runs.step(state, i, "p" if i <= seen_upto else sources[i])
+        mixed = sources.get(i) == "s" and i in leaks and not z3.is_false(leaks[i])
+        source = "m" if mixed else "p" if i <= seen_upto else sources[i]
+        s, state = runs.step(state, i, source)
+        if mixed:
+            borrowed = zip(runs.choice_vars.get(("m", i), []), runs.choice_vars.get(("p", i), []),
+                           runs.choice_vars.get(("s", i), []))
+            assumptions += [m == z3.If(leaks[i], sv, pv) for m, pv, sv in borrowed if m.size() == pv.size() == sv.size()]
         if id(s) not in assumed:
             violations.append(z3.Not(s.valid))
         differ = outputs_differ(s.outputs, observed[i])
@@ -192,7 +205,7 @@ def _unwitnessed(runs: _Runs, strategy: Strategy, bound, log_choices, budget) ->
     missing = list(REACHABILITY_TWINS)
     for n in range(1, bound + 1):
         for (released, r), cut in strategy.failovers(n).items():
-            assumptions, _, observed, _, seen_upto = _failover_run(runs, strategy, n, released, r, cut.applied, log_choices)
+            assumptions, _, observed, _, seen_upto, _ = _failover_run(runs, strategy, n, released, r, cut.applied, log_choices)
             inputs = {REACHABILITY_TWINS[0]: range(1, released + 1), REACHABILITY_TWINS[1]: range(seen_upto + 1, n + 1)}
             for twin in list(missing):
                 present = [slot.present for i in inputs[twin] for slot in observed[i]]

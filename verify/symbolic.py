@@ -259,11 +259,12 @@ class SymContext:
         self.outputs, self.drops, self.validity, self.nchoices = [], [], [], 0
 
     def choose(self, domain: Domain):
-        if self.path.branch(z3.And(*[z3.Not(c) for _, c in domain.items]) if domain.items else z3.BoolVal(True)):
+        items = [(val, z3.BoolVal(c) if isinstance(c, bool) else c) for val, c in domain.items]
+        if self.path.branch(z3.And(*[z3.Not(c) for _, c in items]) if items else z3.BoolVal(True)):
             return None
         v = self.choice_var(self.nchoices, domain.kind.width)
         self.nchoices += 1
-        self.validity.append(z3.Or(*[z3.And(v == const(val, domain.kind.width), c) for val, c in domain.items]))
+        self.validity.append(z3.Or(*[z3.And(v == const(val, domain.kind.width), c) for val, c in items]))
         return SymBV(v, self.path)
 
     def now(self):
@@ -349,6 +350,32 @@ def step(nf_cls: type[NF], state: dict, pkt: dict, choice_var) -> SymStep:
 def initial_state(nf_cls: type[NF]) -> dict:
     """Declaration name -> the tuple of terms of its initial (empty) storage."""
     return {name: _storage_class(decl).empty(decl) for name, decl in nf_cls.declarations().items()}
+
+
+def _if(cond, a, b):
+    return a if a.eq(b) else z3.If(cond, a, b)
+
+
+def egress_view(released: list[Slot], replayed: list[Slot], later_seen):
+    """What the egress lets out for an input that was released and then replayed: it drops a
+    replayed output whose (input, output) index is at or below the highest it has seen, so output
+    j of the replay gets through only if the released run had no output j for this input and no
+    output for any later input (`later_seen`). Returns (slots, condition that some replayed
+    output got through)."""
+    absent = Slot(z3.BoolVal(False), z3.IntVal(0), {})
+    out, leaks = [], []
+    for j in range(max(len(released), len(replayed))):
+        a = released[j] if j < len(released) else absent
+        b = replayed[j] if j < len(replayed) else absent
+        if a.present.eq(b.present) and a.gate.eq(b.gate) and a.fields.keys() == b.fields.keys() \
+                and all(a.fields[f].eq(b.fields[f]) for f in a.fields):
+            out.append(a)
+            continue
+        seen = z3.Or(a.present, later_seen)
+        leaks.append(z3.And(z3.Not(seen), b.present))
+        fields = {f: _if(seen, a.fields[f], b.fields[f]) if f in a.fields else b.fields[f] for f in b.fields} or a.fields
+        out.append(Slot(_if(seen, a.present, b.present), _if(seen, a.gate, b.gate), fields))
+    return out, (z3.Or(*leaks) if leaks else z3.BoolVal(False))
 
 
 def outputs_differ(a: list[Slot], b: list[Slot]):
