@@ -14,7 +14,10 @@ def test_spurious_candidates_are_refuted_not_reported():
     runs = failover._Runs(Nat, 2)
     (released, r), cut = next(iter(strategy.failovers(2).items()))
     budget = smt.Budget(timeout=30)
-    outcome = failover._solve(runs, Nat, strategy, 2, cut, r, ([], z3.BoolVal(True)), budget, False)
+    query = failover._violation(runs, strategy, 2, released, r, cut.applied, False)
+    assert query is None  # the reference is the observed run term for term ...
+    assumptions, _, observed, *_ = failover._failover_run(runs, strategy, 2, released, r, cut.applied, False)
+    outcome = failover._solve(runs, Nat, strategy, 2, cut, r, (assumptions, z3.BoolVal(True), observed), budget, False)
     assert outcome == "undecided"
     assert budget.queries >= failover.MAX_REFINEMENTS
 

@@ -191,7 +191,7 @@ def _violation(runs: _Runs, strategy: Strategy, n, released, r, applied, log_cho
         differ = outputs_differ(s.outputs, observed[i])
         if differ is not None:
             violations.append(differ)
-    return (assumptions, z3.Or(*violations)) if violations else None
+    return (assumptions, z3.Or(*violations), observed) if violations else None
 
 
 REACHABILITY_TWINS = ("the primary releases an output before the crash",
@@ -218,8 +218,12 @@ def _unwitnessed(runs: _Runs, strategy: Strategy, bound, log_choices, budget) ->
     return missing
 
 
+class EncodingMismatch(RuntimeError):
+    """The symbolic encoding and the concrete simulation disagree: a bug in nfproof, never a verdict."""
+
+
 def _solve(runs, nf_cls, strategy, n, cut, r, query, budget, log_choices):
-    assumptions, violation = query
+    assumptions, violation, observed = query
     s = smt.new_solver(budget)
     s.add(*assumptions)
     s.add(violation)
@@ -230,7 +234,7 @@ def _solve(runs, nf_cls, strategy, n, cut, r, query, budget, log_choices):
         for constraints in _pretty(nf_cls, runs.inputs[:n]):
             s.push()
             s.add(*constraints)
-            found = smt.check_soft(s, budget) == z3.sat
+            found = smt.check(s, budget, unknown_ok=True) == z3.sat
             if found:
                 model = s.model()
             s.pop()
@@ -242,11 +246,19 @@ def _solve(runs, nf_cls, strategy, n, cut, r, query, budget, log_choices):
             return lambda i: _scripted_or_any(model, runs.choice_vars.get((source, i), []))
 
         run = simulate(nf_cls, strategy, inputs, cut, r, chooser("p"), chooser("s"), log_choices)
+        seen = [(nf_cls.gates[model.eval(slot.gate, True).as_long()], _packet(model, slot.fields))
+                for i in range(1, n + 1) for slot in observed[i] if z3.is_true(model.eval(slot.present, True))]
+        if seen != run.observed_outputs:
+            raise EncodingMismatch(f"{nf_cls.name} under {strategy}: the solver's run lets out {seen}, "
+                                   f"the concrete simulation {run.observed_outputs}")
         explanation = explain(nf_cls, inputs, run.observed_outputs)
         if not explanation.explained:
             return Counterexample(nf_cls, run, explanation, log_choices)
-        s.add(z3.Not(z3.And(*[t == model.eval(t, model_completion=True)
-                              for pkt in runs.inputs[:n] for t in pkt.values()])))
+        # Every run with these inputs and these observed outputs has the same explanation: block them all.
+        terms = [t for pkt in runs.inputs[:n] for t in pkt.values()]
+        terms += [t for i in range(1, n + 1) for slot in observed[i]
+                  for t in (slot.present, slot.gate, *slot.fields.values())]
+        s.add(z3.Not(z3.And(*[t == model.eval(t, model_completion=True) for t in terms])))
     return "undecided"
 
 

@@ -42,20 +42,13 @@ def new_solver(budget: Budget) -> z3.Solver:
     return s
 
 
-def check(solver: z3.Solver, budget: Budget, *assumptions) -> z3.CheckSatResult:
-    """sat / unsat; raises BudgetExhausted on unknown (timeout, rlimit, incompleteness)."""
+def check(solver: z3.Solver, budget: Budget, *assumptions, unknown_ok: bool = False) -> z3.CheckSatResult:
+    """sat / unsat; on unknown (timeout, rlimit, incompleteness) raises BudgetExhausted, or returns
+    it when `unknown_ok` (for optional queries, e.g. prettier values)."""
     budget.check_time()
-    solver.set("timeout", max(1, int(budget.remaining() * 1000)))
+    solver.set("timeout", min(2**32 - 1, max(1, int(budget.remaining() * 1000))))
     budget.queries += 1
     result = solver.check(*assumptions)
-    if result == z3.unknown:
+    if result == z3.unknown and not unknown_ok:
         raise BudgetExhausted(f"solver returned unknown: {solver.reason_unknown()}")
     return result
-
-
-def check_soft(solver: z3.Solver, budget: Budget) -> z3.CheckSatResult:
-    """Like check, but unknown is returned, for optional queries (e.g. prettier values)."""
-    budget.check_time()
-    solver.set("timeout", max(1, int(budget.remaining() * 1000)))
-    budget.queries += 1
-    return solver.check()
