@@ -56,6 +56,14 @@ class Flow(NamedTuple):
 Flow.widths = (Proto.width, Addr.width, Port.width, Addr.width, Port.width)
 
 
+def wrap(kind, value):
+    """A value as a field of `kind` (Bits or Flow) holds it: its low bits, as on the wire and in
+    the symbolic interpreter's bit-vectors."""
+    if isinstance(kind, Bits):
+        return value & ((1 << kind.width) - 1)
+    return kind(*(v & ((1 << w) - 1) for v, w in zip(value, kind.widths)))
+
+
 def ip(value) -> str:
     return str(ipaddress.IPv4Address(value)) if isinstance(value, int) else str(value)
 

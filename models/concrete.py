@@ -9,25 +9,58 @@ import random
 from dataclasses import dataclass, field
 from typing import Callable
 
-from .api import NF, Domain, Map, MapStorage, Packet, Set
+from .api import NF, Domain, Map, MapStorage, Packet, Set, wrap
 
 
 class DictMap(dict, MapStorage):
+    """A declared Map; keys and values wrap at their declared widths."""
+
+    def __init__(self, decl, items=()):
+        super().__init__(items)
+        self.decl = decl
+
+    def get(self, key, default=None):
+        return dict.get(self, wrap(self.decl.key, key), default)
+
+    def __contains__(self, key) -> bool:
+        return dict.__contains__(self, wrap(self.decl.key, key))
+
+    def __setitem__(self, key, value):
+        dict.__setitem__(self, wrap(self.decl.key, key), wrap(self.decl.value, value))
+
+    def __delitem__(self, key):  # deleting an absent key is a no-op, as in the symbolic arrays
+        dict.pop(self, wrap(self.decl.key, key), None)
+
     def absent_from(self, values, kind) -> Domain:
         return Domain(((v, True) for v in values if v not in self), kind)
 
     def copy(self):
-        return DictMap(self)
+        return DictMap(self.decl, self)
 
     def frozen(self):
         return frozenset(self.items())
 
 
 class PySet(set, MapStorage):
+    """A declared Set; members wrap at the declared width."""
+
+    def __init__(self, decl, items=()):
+        super().__init__(items)
+        self.decl = decl
+
+    def __contains__(self, key) -> bool:
+        return set.__contains__(self, wrap(self.decl.key, key))
+
+    def add(self, key):
+        set.add(self, wrap(self.decl.key, key))
+
+    def discard(self, key):
+        set.discard(self, wrap(self.decl.key, key))
+
     absent_from = DictMap.absent_from
 
     def copy(self):
-        return PySet(self)
+        return PySet(self.decl, self)
 
     def frozen(self):
         return frozenset(self)
@@ -56,9 +89,9 @@ class Cell:
 
 def _new_storage(decl):
     if isinstance(decl, Map):
-        return DictMap()
+        return DictMap(decl)
     if isinstance(decl, Set):
-        return PySet()
+        return PySet(decl)
     return Cell(decl.kind.width)
 
 

@@ -35,7 +35,7 @@ def nat_states(draw):
     by_port = draw(st.dictionaries(st.sampled_from(PORTS), flows, max_size=len(PORTS)))
     if draw(st.booleans()):  # often a consistent one, as the NAT itself builds
         by_port = {p: f for f, p in by_flow.items()}
-    return {"by_flow": DictMap(by_flow), "by_port": DictMap(by_port)}
+    return {"by_flow": DictMap(Nat.by_flow, by_flow), "by_port": DictMap(Nat.by_port, by_port)}
 
 
 def symbolic_state(nf_cls):
@@ -81,16 +81,16 @@ def proved(claim) -> bool:
 
 
 A_FLOW = Flow(TCP, addr("10.0.0.1"), 1000, addr("198.51.100.1"), 80)
-MAPPED = {"by_flow": DictMap({A_FLOW: PORTS[1]}), "by_port": DictMap({PORTS[1]: A_FLOW})}
-FULL = {"by_flow": DictMap({Flow(TCP, 1, 1, 2, p): p for p in PORTS}),
-        "by_port": DictMap({p: Flow(TCP, 1, 1, 2, p) for p in PORTS})}
+MAPPED = {"by_flow": DictMap(Nat.by_flow, {A_FLOW: PORTS[1]}), "by_port": DictMap(Nat.by_port, {PORTS[1]: A_FLOW})}
+FULL = {"by_flow": DictMap(Nat.by_flow, {Flow(TCP, 1, 1, 2, p): p for p in PORTS}),
+        "by_port": DictMap(Nat.by_port, {p: Flow(TCP, 1, 1, 2, p) for p in PORTS})}
 OUT_A = Packet(TCP, A_FLOW.src, A_FLOW.sport, A_FLOW.dst, A_FLOW.dport)
 REPLY_A = Packet(TCP, A_FLOW.dst, A_FLOW.dport, Nat.external, PORTS[1], inbound=True)
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(state=nat_states(), pkt=packets, choice=st.sampled_from(PORTS))
-@example(state={"by_flow": DictMap(), "by_port": DictMap()}, pkt=OUT_A, choice=PORTS[2])       # new mapping
+@example(state={"by_flow": DictMap(Nat.by_flow), "by_port": DictMap(Nat.by_port)}, pkt=OUT_A, choice=PORTS[2])       # new mapping
 @example(state=MAPPED, pkt=OUT_A, choice=PORTS[0])                                              # mapped flow
 @example(state=MAPPED, pkt=REPLY_A, choice=PORTS[0])                                            # translated back
 @example(state=MAPPED, pkt=REPLY_A.rewrite(src=addr("198.51.100.2")), choice=PORTS[0])          # wrong remote

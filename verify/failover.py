@@ -33,13 +33,13 @@ from dataclasses import dataclass, field
 import z3
 
 from ..models.api import NF, Packet, Pool, TCP, UDP, addr, flags
-from ..models.concrete import scripted, seeded
+from ..models.concrete import seeded
 from ..models.strategy import Strategy
 from . import solver as smt
 from .simulate import Explanation, FailoverRun, explain, simulate
-from .symbolic import egress_view, initial_state, outputs_differ, step, symbolic_packet
+from .symbolic import egress_view, initial_state, outputs_differ, sequence_differs, step, symbolic_packet
 
-MAX_REFINEMENTS = 16  # spurious candidates blocked per failover point before giving up (unknown)
+MAX_REFINEMENTS = 32  # explained candidates learnt per failover point before giving up (unknown)
 
 
 @dataclass
@@ -80,15 +80,22 @@ class _Runs:
         self.choice_vars: dict[tuple[str, int], list] = {}
         self.primary_states = [self.init]
         self.primary_steps = [None]
+        self.learnt = 0  # reference runs learnt from explained candidates
 
-    def step(self, state: _State, i: int, source: str):
+    def step(self, state: _State, i: int, source: str, constants: dict | None = None):
+        """The step of input i from `state` with the choices of `source`: symbolic constants named
+        after it, or, for a reference run learnt from an explanation, the given `constants`
+        (input -> its choices in call order)."""
         key = (id(state), i, source)
         if key not in self.memo:
             def choice_var(k, width):
-                names = self.choice_vars.setdefault((source, i), [])
-                if k == len(names):
-                    names.append(z3.BitVec(f"{source}{i}.choice{k}", width))
-                return names[k]
+                if constants is not None:
+                    values = constants.get(i, [])
+                    return z3.BitVecVal(values[k] if k < len(values) and isinstance(values[k], int) else 0, width)
+                by_call = self.choice_vars.setdefault((source, i), {})
+                if (k, width) not in by_call:
+                    by_call[(k, width)] = z3.BitVec(f"{source}{i}.choice{k}.w{width}", width)
+                return by_call[(k, width)]
             s = step(self.nf_cls, state.terms, self.inputs[i - 1], choice_var)
             self.memo[key] = (s, _State(s.state))
         return self.memo[key]
@@ -171,27 +178,44 @@ def _failover_run(runs: _Runs, strategy: Strategy, n, released, r, applied, log_
 
 
 def _violation(runs: _Runs, strategy: Strategy, n, released, r, applied, log_choices):
-    """(assumptions, violation) for one failover point, or None if the reference run is the
-    observed run term for term. The reference borrows each choice from the run whose outputs
-    the egress let out for that input: the primary's, the standby's, or, for a replayed input,
-    whichever the egress passed (choice source "m", defined by an if-then-else)."""
+    """(assumptions, violation, observed outputs) for one failover point, or None if the
+    reference run is the observed run term for term. The reference borrows each choice from the
+    run whose outputs the egress let out for that input: the primary's, the standby's, or, for a
+    replayed input, whichever the egress passed (choice source "m", defined by an if-then-else)."""
     assumptions, assumed, observed, sources, seen_upto, leaks = _failover_run(
         runs, strategy, n, released, r, applied, log_choices)
-    violations, state = [], runs.init
+
+    def source(i):
+        if sources.get(i) == "s" and i in leaks and not z3.is_false(leaks[i]):
+            return "m"
+        return "p" if i <= seen_upto else sources[i]
+
+    violations = _reference_differs(runs, n, observed, source, assumed=assumed)
     for i in range(1, n + 1):
-        mixed = sources.get(i) == "s" and i in leaks and not z3.is_false(leaks[i])
-        source = "m" if mixed else "p" if i <= seen_upto else sources[i]
-        s, state = runs.step(state, i, source)
-        if mixed:
-            borrowed = zip(runs.choice_vars.get(("m", i), []), runs.choice_vars.get(("p", i), []),
-                           runs.choice_vars.get(("s", i), []))
-            assumptions += [m == z3.If(leaks[i], sv, pv) for m, pv, sv in borrowed if m.size() == pv.size() == sv.size()]
+        if source(i) == "m":
+            p_vars, s_vars = runs.choice_vars.get(("p", i), {}), runs.choice_vars.get(("s", i), {})
+            assumptions += [m == z3.If(leaks[i], s_vars[key], p_vars[key])
+                            for key, m in runs.choice_vars.get(("m", i), {}).items() if key in p_vars and key in s_vars]
+    return (assumptions, z3.Or(*violations), observed) if violations else None
+
+
+def _reference_differs(runs: _Runs, n, observed, source, assumed=frozenset(), constants=None, aligned=True) -> list:
+    """Conditions under which a failure-free reference run (choices from `source(i)`) fails to
+    explain the observed outputs: it made a choice it could not make (checked only for steps not
+    already assumed valid), or its outputs differ — input by input when `aligned` (stronger, and
+    lets identical terms drop out), else as whole sequences (exactly `strict` equivalence)."""
+    violations, state, emitted = [], runs.init, []
+    for i in range(1, n + 1):
+        s, state = runs.step(state, i, source(i), constants)
         if id(s) not in assumed:
             violations.append(z3.Not(s.valid))
-        differ = outputs_differ(s.outputs, observed[i])
+        emitted += s.outputs
+        differ = outputs_differ(s.outputs, observed[i]) if aligned else None
         if differ is not None:
             violations.append(differ)
-    return (assumptions, z3.Or(*violations), observed) if violations else None
+    if not aligned:
+        violations.append(sequence_differs(emitted, [slot for i in range(1, n + 1) for slot in observed[i]]))
+    return violations
 
 
 REACHABILITY_TWINS = ("the primary releases an output before the crash",
@@ -243,7 +267,7 @@ def _solve(runs, nf_cls, strategy, n, cut, r, query, budget, log_choices):
         inputs = [_packet(model, runs.inputs[i]) for i in range(n)]
 
         def chooser(source):
-            return lambda i: _scripted_or_any(model, runs.choice_vars.get((source, i), []))
+            return lambda i: _scripted_or_any(model, runs.choice_vars.get((source, i), {}))
 
         run = simulate(nf_cls, strategy, inputs, cut, r, chooser("p"), chooser("s"), log_choices)
         seen = [(nf_cls.gates[model.eval(slot.gate, True).as_long()], _packet(model, slot.fields))
@@ -254,16 +278,31 @@ def _solve(runs, nf_cls, strategy, n, cut, r, query, budget, log_choices):
         explanation = explain(nf_cls, inputs, run.observed_outputs)
         if not explanation.explained:
             return Counterexample(nf_cls, run, explanation, log_choices)
-        # Every run with these inputs and these observed outputs has the same explanation: block them all.
-        terms = [t for pkt in runs.inputs[:n] for t in pkt.values()]
-        terms += [t for i in range(1, n + 1) for slot in observed[i]
-                  for t in (slot.present, slot.gate, *slot.fields.values())]
-        s.add(z3.Not(z3.And(*[t == model.eval(t, model_completion=True) for t in terms])))
+        # Counterexample-guided refinement: the failure-free run that explained this candidate is
+        # another reference; from now on a violation must also escape it.
+        runs.learnt += 1
+        learnt = {i: choices for i, choices in enumerate(explanation.choices, 1)}
+        differs = _reference_differs(runs, n, observed, lambda i: f"learnt{runs.learnt}", constants=learnt,
+                                     aligned=False)
+        if not differs:
+            return None
+        s.add(z3.Or(*differs))
     return "undecided"
 
 
-def _scripted_or_any(model, variables):
-    return scripted([model.eval(v, model_completion=True).as_long() for v in variables], seeded(0))
+def _scripted_or_any(model, by_call: dict):
+    """A chooser replaying a model's choices: at the k-th call, the first value the model gives a
+    k-th choice variable (of any width) that is among the options; else a seeded pick."""
+    calls, fallback = [0], seeded(0)
+
+    def choose(options):
+        k, calls[0] = calls[0], calls[0] + 1
+        for (kk, _), var in sorted(by_call.items()):
+            value = model.eval(var, model_completion=True).as_long()
+            if kk == k and value in options:
+                return value
+        return fallback(options)
+    return choose
 
 
 def _packet(model, fields: dict) -> Packet:

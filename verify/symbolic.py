@@ -49,25 +49,34 @@ class Path:
 
 
 def const(value: int, width: int) -> z3.BitVecRef:
+    """An unsigned constant of a field or domain value."""
     if not 0 <= value < (1 << width):  # a silently truncated constant can make a bug vanish
         raise OverflowError(f"constant {value} does not fit in {width} bits")
     return z3.BitVecVal(value, width)
 
 
 def fit(t, width: int):
-    """An unsigned term resized to `width`: zero-extended, or wrapped (low bits) like the concrete
-    interpreter's masking."""
+    """A value's term stored in a `width`-bit field: its low bits (two's complement, exactly the
+    concrete interpreter's `& mask`), or sign-extended when narrower."""
     size = t.size()
-    return t if size == width else z3.ZeroExt(width - size, t) if size < width else z3.Extract(width - 1, 0, t)
+    if size == width:
+        return t
+    if size > width:
+        if z3.is_app_of(t, z3.Z3_OP_ZERO_EXT) and t.arg(0).size() == width:
+            return t.arg(0)  # a field read back unchanged: keep the very same term
+        return z3.Extract(width - 1, 0, t)
+    return z3.SignExt(width - size, t)
 
 
 def term(value, width: int):
     """The Z3 term of a field value (int or SymBV)."""
     if isinstance(value, SymBV):
         return fit(value.t, width)
-    if isinstance(value, bool) or not isinstance(value, int):
+    if isinstance(value, SymBool):  # a bool stored as an integer, as Python does
+        return z3.If(value.t, z3.BitVecVal(1, width), z3.BitVecVal(0, width))
+    if not isinstance(value, int):
         raise TypeError(f"not a {width}-bit value: {value!r}")
-    return const(value, width)
+    return const(int(value), width)
 
 
 def bool_term(value) -> z3.BoolRef:
@@ -76,12 +85,18 @@ def bool_term(value) -> z3.BoolRef:
 
 class SymBool:
     __slots__ = ("t", "path")
+    __hash__ = None
 
     def __init__(self, t, path: Path):
         self.t, self.path = t, path
 
     def __bool__(self) -> bool:
         return self.path.branch(self.t)
+
+    def _other(self, other):
+        if isinstance(other, (SymBool, bool)):
+            return bool_term(other)
+        return None
 
     def __and__(self, other):
         return SymBool(z3.And(self.t, bool_term(other)), self.path)
@@ -94,9 +109,21 @@ class SymBool:
     def __invert__(self):
         return SymBool(z3.Not(self.t), self.path)
 
+    def __eq__(self, other):
+        o = self._other(other)
+        return NotImplemented if o is None else SymBool(self.t == o, self.path)
+
+    def __ne__(self, other):
+        o = self._other(other)
+        return NotImplemented if o is None else SymBool(self.t != o, self.path)
+
 
 class SymBV:
-    """An unsigned bit-vector value; comparisons give SymBools, which fork when tested."""
+    """A symbolic integer with Python's semantics: the term is a signed bit-vector wide enough for
+    the exact value (sums and differences widen by one bit), so arithmetic and comparisons agree
+    with the concrete interpreter's unbounded ints; a value wraps only where it is stored or
+    emitted (`fit`), as the concrete interpreter masks it there. Comparisons give SymBools, which
+    fork when tested; so does the value's truthiness."""
 
     __slots__ = ("t", "path")
     __hash__ = None  # symbolic values cannot key Python dicts
@@ -104,22 +131,27 @@ class SymBV:
     def __init__(self, t, path: Path):
         self.t, self.path = t, path
 
+    @classmethod
+    def unsigned(cls, t, path: Path) -> "SymBV":
+        """The value of an unsigned field term."""
+        return cls(z3.ZeroExt(1, t), path)
+
     def _other(self, other):
         if isinstance(other, SymBV):
             return other.t
         if isinstance(other, int) and not isinstance(other, bool):
-            return const(other, max(self.t.size(), other.bit_length()))
+            return z3.BitVecVal(other, max(1, other.bit_length() + 1))
         if other is None:  # x == None: plain Python semantics (False)
             return None
-        raise TypeError(f"cannot combine a {self.t.size()}-bit value with {other!r}")
+        raise TypeError(f"cannot combine a symbolic integer with {other!r}")
 
-    def _operands(self, other):
-        """Both operands at the wider width (unsigned: zero-extension), or None."""
+    def _operands(self, other, extra=0):
+        """Both operands sign-extended to a common width (plus `extra` bits of headroom), or None."""
         o = self._other(other)
         if o is None:
             return None
-        width = max(self.t.size(), o.size())
-        return fit(self.t, width), fit(o, width)
+        width = max(self.t.size(), o.size()) + extra
+        return [t if t.size() == width else z3.SignExt(width - t.size(), t) for t in (self.t, o)]
 
     def _cmp(op):
         def method(self, other):
@@ -127,22 +159,28 @@ class SymBV:
             return NotImplemented if pair is None else SymBool(op(*pair), self.path)
         return method
 
-    def _arith(op):
+    def _arith(op, extra=0, swap=False):
         def method(self, other):
-            pair = self._operands(other)
-            return NotImplemented if pair is None else SymBV(op(*pair), self.path)
+            pair = self._operands(other, extra)
+            if pair is None:
+                return NotImplemented
+            return SymBV(op(*(pair[::-1] if swap else pair)), self.path)
         return method
 
     __eq__ = _cmp(lambda a, b: a == b)
     __ne__ = _cmp(lambda a, b: a != b)
-    __lt__ = _cmp(z3.ULT)
-    __le__ = _cmp(z3.ULE)
-    __gt__ = _cmp(z3.UGT)
-    __ge__ = _cmp(z3.UGE)
-    __add__ = __radd__ = _arith(lambda a, b: a + b)
-    __sub__ = _arith(lambda a, b: a - b)
+    __lt__ = _cmp(lambda a, b: a < b)    # signed: values are exact integers
+    __le__ = _cmp(lambda a, b: a <= b)
+    __gt__ = _cmp(lambda a, b: a > b)
+    __ge__ = _cmp(lambda a, b: a >= b)
+    __add__ = __radd__ = _arith(lambda a, b: a + b, extra=1)
+    __sub__ = _arith(lambda a, b: a - b, extra=1)
+    __rsub__ = _arith(lambda a, b: a - b, extra=1, swap=True)
     __and__ = __rand__ = _arith(lambda a, b: a & b)
     __or__ = __ror__ = _arith(lambda a, b: a | b)
+
+    def __bool__(self) -> bool:
+        return self.path.branch(self.t != 0)
 
     def __repr__(self) -> str:
         return f"SymBV({self.t})"
@@ -160,10 +198,10 @@ def pack(kind, value):
 
 def unpack(kind, t, path: Path):
     if isinstance(kind, Bits):
-        return SymBV(t, path)
+        return SymBV.unsigned(t, path)
     parts, hi = [], kind_width(kind)
     for w in kind.widths:
-        parts.append(SymBV(z3.Extract(hi - 1, hi - w, t), path))
+        parts.append(SymBV.unsigned(z3.Extract(hi - 1, hi - w, t), path))
         hi -= w
     return kind(*parts)
 
@@ -242,7 +280,7 @@ class SymCell:
 
     @property
     def value(self):
-        return SymBV(self.term, self.path)
+        return SymBV.unsigned(self.term, self.path)
 
     @value.setter
     def value(self, v):
@@ -265,7 +303,7 @@ class SymContext:
         v = self.choice_var(self.nchoices, domain.kind.width)
         self.nchoices += 1
         self.validity.append(z3.Or(*[z3.And(v == const(val, domain.kind.width), c) for val, c in items]))
-        return SymBV(v, self.path)
+        return SymBV.unsigned(v, self.path)
 
     def now(self):
         raise NotImplementedError("clock reads are not modelled symbolically yet")
@@ -285,7 +323,7 @@ def symbolic_packet(prefix: str) -> dict:
 
 
 def _bind(fields: dict, path: Path) -> Packet:
-    return Packet(**{f: (SymBool if f == "inbound" else SymBV)(t, path) for f, t in fields.items()})
+    return Packet(**{f: SymBool(t, path) if f == "inbound" else SymBV.unsigned(t, path) for f, t in fields.items()})
 
 
 def packet_terms(pkt: Packet) -> dict:
@@ -392,3 +430,24 @@ def outputs_differ(a: list[Slot], b: list[Slot]):
         diffs.append(z3.Or(x.present != y.present,
                            z3.And(x.present, z3.Or(x.gate != y.gate, *fields_differ))))
     return z3.Or(*diffs) if diffs else None
+
+
+def sequence_differs(a: list[Slot], b: list[Slot]):
+    """A condition under which the sequences of present outputs of two slot lists differ
+    (whatever input each output belongs to): different counts, or different outputs at the same
+    position."""
+    def positions(slots):
+        out, count = [], z3.IntVal(0)
+        for slot in slots:
+            out.append(count)
+            count = count + z3.If(slot.present, 1, 0)
+        return out, count
+
+    pa, ca = positions(a)
+    pb, cb = positions(b)
+    conds = [ca != cb]
+    for x, px in zip(a, pa):
+        for y, py in zip(b, pb):
+            fields = [x.fields[f] != y.fields[f] for f in PACKET_FIELDS if f in x.fields and f in y.fields]
+            conds.append(z3.And(x.present, y.present, px == py, z3.Or(x.gate != y.gate, *fields)))
+    return z3.Or(*conds)
