@@ -40,4 +40,4 @@ bench: $(STAMP)
 	$(PY) bench/verify_nat.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info runtime/*.so runtime/*.c
+	rm -rf $(VENV) build *.egg-info runtime/*.so runtime/*.c traces/*.so traces/*.c

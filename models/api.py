@@ -26,6 +26,10 @@ PROTO_NAMES = {TCP: "TCP", UDP: "UDP", ICMP: "ICMP", 58: "ICMPv6"}
 TCP_FLAGS = "FSRPAUEC"  # bit 0 = FIN ... bit 7 = CWR
 
 
+class ModelError(Exception):
+    """A model broke the rules of this API (e.g. emitted on an undeclared gate)."""
+
+
 class Bits:
     """A fixed-width unsigned field type (a map key or value type); the width is what the
     symbolic interpreter uses for the Z3 bit-vector sort."""

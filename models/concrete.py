@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Iterator
 
-from .api import NF, Domain, Map, MapStorage, Packet, Set, wrap
+from .api import NF, Domain, Map, MapStorage, ModelError, Packet, Set, wrap
 
 
 class DictMap(dict, MapStorage):
@@ -110,14 +110,15 @@ def freeze_state(state: dict):
 
 @dataclass
 class StepResult:
-    outputs: list = field(default_factory=list)  # [(gate, Packet)]
-    drops: list = field(default_factory=list)    # [reason]
-    choices: list = field(default_factory=list)  # values returned by choose()/now(), in order
+    outputs: list = field(default_factory=list)      # [(gate, Packet)]
+    drops: list = field(default_factory=list)        # [reason]
+    choices: list = field(default_factory=list)      # values returned by choose(), in order
+    clock_reads: list = field(default_factory=list)  # values returned by now(), in order
 
 
 class ConcreteContext:
-    def __init__(self, chooser: Callable[[list], object], time: int = 0):
-        self.chooser, self.time, self.result = chooser, time, StepResult()
+    def __init__(self, chooser: Callable[[list], object], clock: Callable[[], int], gates: tuple[str, ...]):
+        self.chooser, self.clock, self.gates, self.result = chooser, clock, gates, StepResult()
 
     def choose(self, domain: Domain):
         values = domain.concrete_values()
@@ -128,19 +129,22 @@ class ConcreteContext:
         return value
 
     def now(self) -> int:
-        self.result.choices.append(self.time)
-        return self.time
+        t = self.clock()
+        self.result.clock_reads.append(t)
+        return t
 
     def emit(self, pkt: Packet, gate: str) -> None:
+        if gate not in self.gates:
+            raise ModelError(f"emit on undeclared gate {gate!r}; the NF declares gates {self.gates}")
         self.result.outputs.append((gate, pkt.wrapped()))
 
     def drop(self, reason: str = "") -> None:
         self.result.drops.append(reason)
 
 
-def step(nf_cls: type[NF], state: dict, pkt: Packet, chooser, time: int = 0) -> StepResult:
-    """Apply one packet to `state` in place."""
-    ctx = ConcreteContext(chooser, time)
+def step(nf_cls: type[NF], state: dict, pkt: Packet, chooser, clock: Callable[[], int] | None = None) -> StepResult:
+    """Apply one packet to `state` in place. `clock` answers now() (default: time 0)."""
+    ctx = ConcreteContext(chooser, clock or (lambda: 0), nf_cls.gates)
     nf_cls(state).handle(pkt, ctx)
     return ctx.result
 
@@ -165,21 +169,32 @@ def scripted(values, fallback=None):
     return choose
 
 
-def all_steps(nf_cls: type[NF], state: dict, pkt: Packet, time: int = 0):
-    """Every (new_state, StepResult) that one packet can lead to, over all choices."""
-    out, pending = [], [()]
+def backtrack(run: Callable[[Callable[[list], object]], object]) -> Iterator[tuple[tuple[int, ...], object]]:
+    """Calls `run(chooser)` once per combination of choices, depth first, yielding (the indices
+    chosen, what run returned): the chooser follows a decision prefix and, past its end, takes
+    the first option and queues the others."""
+    pending: list[tuple[int, ...]] = [()]
     while pending:
         prefix = pending.pop()
         taken: list[int] = []
 
         def chooser(options, prefix=prefix, taken=taken):
             k = len(taken)
-            index = prefix[k] if k < len(prefix) else 0
-            if k >= len(prefix):
-                pending.extend(tuple(taken) + (j,) for j in range(1, len(options)))
+            if k < len(prefix):
+                index = prefix[k]
+            else:
+                index = 0
+                pending.extend(tuple(taken) + (j,) for j in range(len(options) - 1, 0, -1))
             taken.append(index)
             return options[index]
 
+        result = run(chooser)
+        yield tuple(taken), result
+
+
+def all_steps(nf_cls: type[NF], state: dict, pkt: Packet, clock=None):
+    """Every (new_state, StepResult) that one packet can lead to, over all choices."""
+    def run(chooser):
         new_state = copy_state(state)
-        out.append((new_state, step(nf_cls, new_state, pkt, chooser, time)))
-    return out
+        return new_state, step(nf_cls, new_state, pkt, chooser, clock)
+    return [result for _, result in backtrack(run)]

@@ -8,8 +8,10 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import traceback
 
 from .errors import OK, UNKNOWN, USAGE, VIOLATION, UsageError  # noqa: F401  (re-exported for commands)
+from .models.api import ModelError
 
 COMMANDS = ["verify", "inspect"]
 
@@ -46,12 +48,19 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as e:
         print(f"nfproof {args.command}: error: {e}", file=sys.stderr)
         return USAGE
+    except ModelError as e:
+        print(f"nfproof {args.command}: model error: {e}", file=sys.stderr)
+        return USAGE
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return UNKNOWN
     except BrokenPipeError:  # e.g. piped into head
         sys.stderr.close()
         return OK
+    except Exception:  # a bug in nfproof: never a verdict, so never exit 0 or 1
+        traceback.print_exc()
+        print(f"nfproof {args.command}: internal error (a bug in nfproof; please report the trace above)", file=sys.stderr)
+        return UNKNOWN
 
 
 if __name__ == "__main__":

@@ -3,6 +3,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
+import re
 import sys
 
 from .models import NFS, lookup
@@ -13,7 +16,7 @@ DEMO_STRATEGIES = ("none", "stateful.checkpoint:4", "stateful.async", "stateful.
 
 
 def positive_int(text: str) -> int:
-    if not text.isdigit() or int(text) < 1:
+    if not re.fullmatch(r"[0-9]+", text) or int(text) < 1:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
     return int(text)
 
@@ -23,8 +26,8 @@ def positive_float(text: str) -> float:
         value = float(text)
     except ValueError:
         value = -1
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text!r}")
+    if not (value > 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"must be a positive, finite number of seconds, got {text!r}")
     return value
 
 
@@ -61,6 +64,10 @@ def run(args) -> int:
     except StrategyError as e:
         raise UsageError(str(e)) from None
 
+    if args.html:
+        folder = os.path.dirname(os.path.abspath(args.html))
+        if not os.path.isdir(folder) or not os.access(folder, os.W_OK):
+            raise UsageError(f"cannot write {args.html}: {folder} is not a writable folder")
     show_progress = sys.stderr.isatty() and not args.json
 
     def progress(n, bound):
@@ -81,6 +88,8 @@ def run(args) -> int:
                 f.write(html(failing[0]))
         except OSError as e:
             raise UsageError(f"cannot write {args.html}: {e.strerror}") from None
+    elif args.html:
+        print(f"nfproof verify: no counterexample, {args.html} not written", file=sys.stderr)
     if args.json:
         out = [as_json(r) for r in results]
         print(json.dumps(out if len(out) > 1 else out[0], indent=2))

@@ -86,3 +86,17 @@ def test_html_timeline_of_a_counterexample(tmp_path):
 def test_html_unwritable_path_is_a_usage_error():
     r = nfproof("verify", "nat", "--strategy", "none", "--bound", "2", "--html", "/nonexistent/dir/cex.html")
     assert r.returncode == 2 and "cannot write" in r.stderr
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--timeout", "inf"], "finite"), (["--timeout", "nan"], "finite"), (["--bound", "３"], "--bound"),
+])
+def test_non_finite_budgets_and_non_ascii_bounds_are_rejected(args, needle):
+    r = nfproof("verify", "nat", "--strategy", "none", *args)
+    assert r.returncode == 2 and needle in r.stderr
+
+
+def test_html_on_a_proof_says_nothing_was_written(tmp_path):
+    out = tmp_path / "cex.html"
+    r = nfproof("verify", "nat", "--strategy", "stateful.sync", "--bound", "2", "--html", str(out))
+    assert r.returncode == 0 and not out.exists() and "not written" in r.stderr

@@ -17,7 +17,8 @@ from nfproof.models.api import NF, UDP, Bits, Domain, Map, Packet, Pool, Port, T
 from nfproof.models.concrete import initial_state, step
 from nfproof.models.nat import Nat
 from nfproof.models.strategy import Strategy
-from nfproof.verify.enumerate import EnumerationStats, all_choice_runs, enumerate_failover
+from nfproof.models.concrete import backtrack as all_choice_runs
+from nfproof.verify.enumerate import EnumerationStats, enumerate_failover
 from nfproof.verify.failover import verify_failover
 from nfproof.verify.simulate import explain, simulate
 

@@ -9,7 +9,7 @@ from nfproof.models.concrete import initial_state, step
 from nfproof.models.nat import Nat
 from nfproof.models.strategy import STRATEGY_FORMS, Strategy, StrategyError
 from nfproof.verify import solver as smt
-from nfproof.verify.enumerate import all_choice_runs
+from nfproof.models.concrete import backtrack as all_choice_runs
 from nfproof.verify.failover import verify_failover
 from nfproof.verify.simulate import explain, simulate
 

@@ -130,3 +130,39 @@ def test_verdicts_agree_with_enumeration(nf_cls, universe, strategy):
             assert symbolic.verdict == "counterexample", (strategy, bound)
         elif symbolic.verdict == "counterexample":  # outside the universe: it must be confirmed and real
             assert symbolic.counterexample.explanation.explained is False
+
+
+class Clocked(NF):
+    """Reads the clock, then makes a choice."""
+    name = "clocked"
+
+    def handle(self, pkt, ctx):
+        ctx.now()
+        ctx.emit(pkt.rewrite(dport=ctx.choose(Domain([(0, True), (7, True)], Port))), "out")
+
+
+def test_logged_choices_and_clock_reads_are_replayed_separately():
+    from nfproof.models.concrete import scripted
+    from nfproof.verify.simulate import simulate
+    strategy = Strategy.parse("stateful.async")
+    cut = next(c for c in strategy.cuts(1) if c.released == 1)
+    run = simulate(Clocked, strategy, [P], cut, 0, lambda i: scripted([7]), lambda i: scripted([0]), log_choices=True)
+    assert run.primary_choices == {1: [7]} and run.standby_choices == {1: [7]}
+
+
+class Stray(NF):
+    """Emits on a gate it did not declare."""
+    name = "stray"
+
+    def handle(self, pkt, ctx):
+        ctx.emit(pkt, "elsewhere")
+
+
+def test_model_errors_are_reported_by_both_interpreters():
+    from nfproof.models.api import ModelError
+    with pytest.raises(ModelError, match="undeclared gate 'elsewhere'"):
+        concrete_step(Stray, concrete_state(Stray), P, lambda o: o[0])
+    with pytest.raises(ModelError, match="undeclared gate 'elsewhere'"):
+        symbolic_step(Stray, symbolic_state(Stray), packet_terms(P), lambda k, w: z3.BitVecVal(0, w))
+    with pytest.raises(ModelError, match="clock"):
+        verify_failover(Clocked, Strategy.parse("stateful.sync"), 1)

@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass, field
-from typing import Callable, Iterator
 
 from ..models.api import NF, Packet
+from ..models.concrete import backtrack
 from ..models.strategy import Strategy
 from .simulate import Explanation, FailoverRun, explain, simulate
 
@@ -37,28 +37,6 @@ class EnumerationStats:
     stats_by_length: dict = field(default_factory=dict)
 
 
-def all_choice_runs(run: Callable[[Callable[[list], object]], object]) -> Iterator[tuple[tuple[int, ...], object]]:
-    """Calls `run(chooser)` once per combination of choices: the chooser follows a decision
-    prefix and, past its end, takes the first option and queues the others (depth first)."""
-    pending: list[tuple[int, ...]] = [()]
-    while pending:
-        prefix = pending.pop()
-        taken: list[int] = []
-
-        def chooser(options, prefix=prefix, taken=taken):
-            k = len(taken)
-            if k < len(prefix):
-                index = prefix[k]
-            else:
-                index = 0
-                pending.extend(tuple(taken) + (j,) for j in range(len(options) - 1, 0, -1))
-            taken.append(index)
-            return options[index]
-
-        result = run(chooser)
-        yield tuple(taken), result
-
-
 def enumerate_failover(nf_cls: type[NF], strategy: Strategy, bound: int, universe: list[Packet],
                        log_choices: bool = False, stats: EnumerationStats | None = None) -> Violation | None:
     """The first (hence a shortest) failover run whose observed outputs no failure-free execution
@@ -75,7 +53,7 @@ def enumerate_failover(nf_cls: type[NF], strategy: Strategy, bound: int, univers
                     def run(chooser, cut=cut, r=r):
                         return simulate(nf_cls, strategy, inputs, cut, r, lambda i: chooser, lambda i: chooser,
                                         log_choices)
-                    for decisions, failover in all_choice_runs(run):
+                    for decisions, failover in backtrack(run):
                         stats.runs += 1
                         key = (seq, tuple(failover.observed_outputs))
                         if key not in memo:

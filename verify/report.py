@@ -2,7 +2,7 @@
 by field, a JSON object, and a Python snippet that re-runs the failover concretely."""
 from __future__ import annotations
 
-from ..models.api import TCP_FLAGS, Packet, ip
+from ..models.api import ICMP, TCP, TCP_FLAGS, UDP, Packet, ip
 from .failover import Result
 
 
@@ -78,7 +78,7 @@ def _packet_json(pkt: Packet) -> dict:
 
 
 def packet_code(pkt: Packet) -> str:
-    proto = {6: "TCP", 17: "UDP", 1: "ICMP"}.get(pkt.proto, str(pkt.proto))
+    proto = {TCP: "TCP", UDP: "UDP", ICMP: "ICMP"}.get(pkt.proto, str(pkt.proto))
     letters = "".join(c for b, c in enumerate(TCP_FLAGS) if pkt.flags >> b & 1)
     return (f'Packet({proto}, addr("{ip(pkt.src)}"), {pkt.sport}, addr("{ip(pkt.dst)}"), {pkt.dport}, '
             f'flags("{letters}"), inbound={pkt.inbound})')

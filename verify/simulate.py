@@ -45,10 +45,10 @@ def simulate(nf_cls: type[NF], strategy: Strategy, inputs: list[Packet], cut: Cu
              primary_chooser, standby_chooser, log_choices: bool = False) -> FailoverRun:
     """`primary_chooser(i)` / `standby_chooser(i)` give the chooser used for input i."""
     n, events = len(inputs), []
-    state, snapshots, outputs, choices = initial_state(nf_cls), {0: initial_state(nf_cls)}, {}, {}
+    state, snapshots, outputs, choices, clock_reads = initial_state(nf_cls), {0: initial_state(nf_cls)}, {}, {}, {}
     for i in range(1, cut.applied + 1):
         res = step(nf_cls, state, inputs[i - 1], primary_chooser(i))
-        snapshots[i], outputs[i], choices[i] = copy_state(state), res.outputs, res.choices
+        snapshots[i], outputs[i], choices[i], clock_reads[i] = copy_state(state), res.outputs, res.choices, res.clock_reads
         events.append(Event("apply", "primary", i, f"applies input {i}: " + _describe(inputs[i - 1], res), res.outputs))
 
     observed, last = [], (0, -1)
@@ -92,12 +92,18 @@ def simulate(nf_cls: type[NF], strategy: Strategy, inputs: list[Packet], cut: Cu
     for i in range(start + 1, n + 1):
         logged = log_choices and i <= cut.released
         chooser = scripted(choices[i], standby_chooser(i)) if logged else standby_chooser(i)
-        res = step(nf_cls, state, inputs[i - 1], chooser)
+        res = step(nf_cls, state, inputs[i - 1], chooser, _replay_clock(clock_reads[i]) if logged else None)
         standby_choices[i] = res.choices
         kind = "replay" if i <= cut.applied else "apply"
         events.append(Event(kind, "standby", i, f"{'replays' if kind == 'replay' else 'applies'} input {i}: " + _describe(inputs[i - 1], res, logged), res.outputs))
         deliver(i, res.outputs, "standby")
     return FailoverRun(strategy, list(inputs), cut, protected, observed, events, choices, standby_choices)
+
+
+def _replay_clock(reads: list):
+    """A clock answering with the logged reads, then with the last one (or 0)."""
+    pending = list(reads)
+    return lambda: pending.pop(0) if len(pending) > 1 else (pending[0] if pending else 0)
 
 
 def _describe(pkt: Packet, res, logged: bool = False) -> str:

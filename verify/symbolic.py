@@ -19,7 +19,7 @@ from typing import Callable
 
 import z3
 
-from ..models.api import NF, PACKET_FIELDS, PACKET_WIDTHS, Bits, Domain, Map, MapStorage, Packet, Set
+from ..models.api import NF, PACKET_FIELDS, PACKET_WIDTHS, Bits, Domain, Map, MapStorage, ModelError, Packet, Set
 
 
 class Path:
@@ -292,8 +292,8 @@ def _storage_class(decl):
 
 
 class SymContext:
-    def __init__(self, path: Path, choice_var: Callable[[int, int], z3.BitVecRef]):
-        self.path, self.choice_var = path, choice_var
+    def __init__(self, path: Path, choice_var: Callable[[int, int], z3.BitVecRef], gates: tuple[str, ...]):
+        self.path, self.choice_var, self.gates = path, choice_var, gates
         self.outputs, self.drops, self.validity, self.nchoices = [], [], [], 0
 
     def choose(self, domain: Domain):
@@ -306,9 +306,11 @@ class SymContext:
         return SymBV.unsigned(v, self.path)
 
     def now(self):
-        raise NotImplementedError("clock reads are not modelled symbolically yet")
+        raise ModelError("the NF reads the clock (ctx.now()); clock reads are not verified yet")
 
     def emit(self, pkt: Packet, gate: str) -> None:
+        if gate not in self.gates:
+            raise ModelError(f"emit on undeclared gate {gate!r}; the NF declares gates {self.gates}")
         self.outputs.append((gate, pkt))
 
     def drop(self, reason: str = "") -> None:
@@ -365,7 +367,7 @@ def step(nf_cls: type[NF], state: dict, pkt: dict, choice_var) -> SymStep:
     while pending:
         path = Path(pending.pop())
         storages = {name: _storage_class(decl)(decl, path, *state[name]) for name, decl in decls.items()}
-        ctx = SymContext(path, choice_var)
+        ctx = SymContext(path, choice_var, nf_cls.gates)
         nf_cls(storages).handle(_bind(pkt, path), ctx)
         pending.extend(path.alternatives())
         runs.append((path.condition(), storages, ctx))
