@@ -45,7 +45,7 @@ def add_parser(sub):
     p.add_argument("--timeout", type=positive_float, default=60.0, help="seconds per strategy (default 60)")
     p.add_argument("--log-choices", action="store_true",
                    help="the primary logs its choices before releasing; the standby reuses them")
-    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.add_argument("--json", action="store_true", help="print the result as JSON (a list with --strategy all)")
     p.add_argument("--html", metavar="FILE", help="also write a counterexample as a self-contained HTML timeline")
     return p
 
