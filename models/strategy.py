@@ -23,6 +23,13 @@ _PARAMETRISED = {"stateful.checkpoint", "stateful.commit", "stateless.batch", "s
 _PLAIN = {"none", "stateful.async", "stateful.sync", "stateless.sync", "stateless.async", "stateless.cache"}
 
 
+MUTATIONS = {  # known protocol bugs, injected on purpose to check that the verifier catches them
+    "replay-protected-input": "the upstream replays from the protected input r itself, not r+1 (applied twice)",
+    "no-protected-release": "the standby does not release the protected outputs the egress has not seen",
+    "release-before-ack": "outputs are released before the protection they wait for is acknowledged",
+}
+
+
 class StrategyError(ValueError):
     pass
 
@@ -41,6 +48,7 @@ class Cut:
 class Strategy:
     name: str            # e.g. "stateful.commit"
     param: int | None = None
+    mutation: str | None = None  # one of MUTATIONS: a deliberately broken protocol
 
     @classmethod
     def parse(cls, text: str) -> "Strategy":
@@ -55,7 +63,21 @@ class Strategy:
         raise StrategyError(f"unknown strategy {text!r}; valid: {', '.join(STRATEGY_FORMS)}")
 
     def __str__(self) -> str:
-        return self.name if self.param is None else f"{self.name}:{self.param}"
+        text = self.name if self.param is None else f"{self.name}:{self.param}"
+        return text + (f" (mutation: {self.mutation})" if self.mutation else "")
+
+    def mutated(self, mutation: str) -> "Strategy":
+        if mutation not in MUTATIONS:
+            raise StrategyError(f"unknown mutation {mutation!r}; valid: {', '.join(MUTATIONS)}")
+        return Strategy(self.name, self.param, mutation)
+
+    @property
+    def replay_starts_at_protected(self) -> bool:
+        return self.mutation == "replay-protected-input"
+
+    @property
+    def standby_releases_protected(self) -> bool:
+        return self.mutation != "no-protected-release"
 
     @property
     def mode(self) -> str:
@@ -64,6 +86,8 @@ class Strategy:
     def events(self, n: int) -> list[tuple[str, int]]:
         """The primary's timeline for n inputs (batches close when full or at the end of input)."""
         mode, b, out = self.mode, self.param, []
+        protect_then_release = [("release", None), ("protect", None)] if self.mutation == "release-before-ack" \
+            else [("protect", None), ("release", None)]
         for i in range(1, n + 1):
             out.append(("apply", i))
             if mode == "none":
@@ -71,14 +95,14 @@ class Strategy:
             elif mode == "async":
                 out += [("send", i), ("release", i)]
             elif mode in ("sync", "cache"):
-                out += [("protect", i), ("release", i)]
+                out += [(kind, i) for kind, _ in protect_then_release]
             elif mode in ("checkpoint", "batch"):
                 out.append(("release", i))
                 if i % b == 0:
                     out.append(("protect", i))
             elif mode == "commit":
-                if i % b == 0 or i == n:
-                    out += [("protect", i), ("release", i)]  # the release covers the whole batch
+                if i % b == 0 or i == n:  # the release covers the whole batch
+                    out += [(kind, i) for kind, _ in protect_then_release]
         return out
 
     def cuts(self, n: int) -> list[Cut]:

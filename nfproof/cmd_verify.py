@@ -9,7 +9,7 @@ import re
 import sys
 
 from .models import NFS, lookup
-from .models.strategy import STRATEGY_FORMS, Strategy, StrategyError
+from .models.strategy import MUTATIONS, STRATEGY_FORMS, Strategy, StrategyError
 from .errors import OK, UNKNOWN, VIOLATION, UsageError
 
 DEMO_STRATEGIES = ("none", "stateful.checkpoint:4", "stateful.async", "stateful.sync", "stateful.commit:4")
@@ -45,6 +45,9 @@ def add_parser(sub):
     p.add_argument("--timeout", type=positive_float, default=60.0, help="seconds per strategy (default 60)")
     p.add_argument("--log-choices", action="store_true",
                    help="the primary logs its choices before releasing; the standby reuses them")
+    p.add_argument("--mutation", choices=sorted(MUTATIONS), metavar="BUG",
+                   help="inject a known protocol bug, to check the verdict turns into a counterexample: "
+                        + "; ".join(f"{k}: {v}" for k, v in MUTATIONS.items()))
     p.add_argument("--json", action="store_true", help="print the result as JSON (a list with --strategy all)")
     p.add_argument("--html", metavar="FILE", help="also write a counterexample as a self-contained HTML timeline")
     return p
@@ -63,6 +66,8 @@ def run(args) -> int:
         strategies = [Strategy.parse(s) for s in DEMO_STRATEGIES] if args.strategy == "all" else [Strategy.parse(args.strategy)]
     except StrategyError as e:
         raise UsageError(str(e)) from None
+    if args.mutation:
+        strategies = [s.mutated(args.mutation) for s in strategies]
 
     if args.html:
         folder = os.path.dirname(os.path.abspath(args.html))

@@ -39,6 +39,7 @@ from . import solver as smt
 from .simulate import Explanation, FailoverRun, explain, simulate
 from .symbolic import egress_view, initial_state, outputs_differ, sequence_differs, step, symbolic_packet
 
+LEMMA_SECONDS = 2.0   # time for one lockstep lemma (unproved: no harm, only slower)
 MAX_REFINEMENTS = 32  # explained candidates learnt per failover point before giving up (unknown)
 
 
@@ -81,6 +82,7 @@ class _Runs:
         self.primary_states = [self.init]
         self.primary_steps = [None]
         self.learnt = 0  # reference runs learnt from explained candidates
+        self.lemmas: dict = {}  # (replayed state, primary state) -> proved equal
 
     def step(self, state: _State, i: int, source: str, constants: dict | None = None):
         """The step of input i from `state` with the choices of `source`: symbolic constants named
@@ -117,7 +119,7 @@ def verify_failover(nf_cls: type[NF], strategy: Strategy, bound: int, budget: sm
         for n in range(1, bound + 1):
             for (released, r), cut in strategy.failovers(n).items():
                 budget.check_time()
-                query = _violation(runs, strategy, n, released, r, cut.applied, log_choices)
+                query = _violation(runs, strategy, n, released, r, cut.applied, log_choices, budget)
                 if query is None:
                     queries_skipped += 1
                     continue
@@ -145,7 +147,7 @@ def verify_failover(nf_cls: type[NF], strategy: Strategy, bound: int, budget: sm
     return result
 
 
-def _failover_run(runs: _Runs, strategy: Strategy, n, released, r, applied, log_choices):
+def _failover_run(runs: _Runs, strategy: Strategy, n, released, r, applied, log_choices, budget):
     """The observed run of one failover point: (assumptions on the choices made, ids of the steps
     they cover, per-input observed outputs, per-input choice names of the standby, last input
     whose outputs came from the primary, and for replayed released inputs the condition that a
@@ -156,13 +158,16 @@ def _failover_run(runs: _Runs, strategy: Strategy, n, released, r, applied, log_
         assumed.add(id(s))
         assumptions.append(s.valid)
     seen_upto = max(released, r)  # outputs of inputs <= this were released by the primary (or from its protected record)
-    observed = {i: runs.primary(i).outputs for i in range(1, seen_upto + 1)}
+    observed = {i: runs.primary(i).outputs if i <= released or strategy.standby_releases_protected else []
+                for i in range(1, seen_upto + 1)}
     if strategy.replays_from_protected:
         runs.primary(r)
         state, start = runs.primary_states[r], r
+        if strategy.replay_starts_at_protected:
+            start = max(r - 1, 0)
     else:
         state, start = runs.init, released
-    sources, leaks = {}, {}
+    sources, leaks, replay_valid = {}, {}, []
     for i in range(start + 1, n + 1):
         sources[i] = "p" if log_choices and i <= released else "s"
         s, state = runs.step(state, i, sources[i])
@@ -172,18 +177,48 @@ def _failover_run(runs: _Runs, strategy: Strategy, n, released, r, applied, log_
         if i > seen_upto:
             observed[i] = s.outputs
         else:  # a replay of a released input: the egress drops what it has seen, not more
-            later = [runs.primary(k).outputs[0].present for k in range(i + 1, released + 1) if runs.primary(k).outputs]
-            observed[i], leaks[i] = egress_view(observed[i], s.outputs, z3.Or(*later) if later else z3.BoolVal(False))
+            replay_valid.append(s.valid)
+            same_outputs, same_state = _lockstep(runs, s, state, i, replay_valid, budget)
+            if same_state:
+                state = runs.primary_states[i]
+            if not same_outputs:
+                later = [runs.primary(k).outputs[0].present for k in range(i + 1, released + 1) if runs.primary(k).outputs]
+                observed[i], leaks[i] = egress_view(observed[i], s.outputs, z3.Or(*later) if later else z3.BoolVal(False))
     return assumptions, assumed, observed, sources, seen_upto, leaks
 
 
-def _violation(runs: _Runs, strategy: Strategy, n, released, r, applied, log_choices):
+def _lockstep(runs: _Runs, replay, replayed: _State, i: int, replay_valid: list, budget) -> tuple[bool, bool]:
+    """Lockstep lemmas for the standby's replay of a released input i: do its outputs, and its
+    state after i, provably equal the primary's (given that the choices made so far were valid)?
+    Where they do, the caller continues with the primary's terms, so the rest of the run needs no
+    solving. Unprovable within a small budget: False, which costs time, never soundness."""
+    primary, primary_state = runs.primary(i), runs.primary_states[i]
+    key = (id(replay), id(replayed))
+    if key not in runs.lemmas:
+        context = [runs.primary(k).valid for k in range(1, i + 1)] + replay_valid
+        state_differs = [a != b for name in primary_state.terms
+                         for a, b in zip(replayed.terms[name], primary_state.terms[name])]
+        outputs_differ_ = outputs_differ(replay.outputs, primary.outputs)
+        runs.lemmas[key] = (outputs_differ_ is None or _proved_false(outputs_differ_, context, budget),
+                            replayed is primary_state or _proved_false(z3.Or(*state_differs), context, budget))
+    return runs.lemmas[key]
+
+
+def _proved_false(condition, context: list, budget) -> bool:
+    solver = smt.new_solver(budget)
+    solver.add(*context)
+    lemma_budget = smt.Budget(timeout=min(LEMMA_SECONDS, budget.remaining()), rlimit=budget.rlimit)
+    budget.queries += 1
+    return smt.check(solver, lemma_budget, condition, unknown_ok=True) == z3.unsat
+
+
+def _violation(runs: _Runs, strategy: Strategy, n, released, r, applied, log_choices, budget):
     """(assumptions, violation, observed outputs) for one failover point, or None if the
     reference run is the observed run term for term. The reference borrows each choice from the
     run whose outputs the egress let out for that input: the primary's, the standby's, or, for a
     replayed input, whichever the egress passed (choice source "m", defined by an if-then-else)."""
     assumptions, assumed, observed, sources, seen_upto, leaks = _failover_run(
-        runs, strategy, n, released, r, applied, log_choices)
+        runs, strategy, n, released, r, applied, log_choices, budget)
 
     def source(i):
         if sources.get(i) == "s" and i in leaks and not z3.is_false(leaks[i]):
@@ -229,7 +264,8 @@ def _unwitnessed(runs: _Runs, strategy: Strategy, bound, log_choices, budget) ->
     missing = list(REACHABILITY_TWINS)
     for n in range(1, bound + 1):
         for (released, r), cut in strategy.failovers(n).items():
-            assumptions, _, observed, _, seen_upto, _ = _failover_run(runs, strategy, n, released, r, cut.applied, log_choices)
+            assumptions, _, observed, _, seen_upto, _ = _failover_run(runs, strategy, n, released, r, cut.applied,
+                                                                      log_choices, budget)
             inputs = {REACHABILITY_TWINS[0]: range(1, released + 1), REACHABILITY_TWINS[1]: range(seen_upto + 1, n + 1)}
             for twin in list(missing):
                 present = [slot.present for i in inputs[twin] for slot in observed[i]]

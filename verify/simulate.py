@@ -79,9 +79,11 @@ def simulate(nf_cls: type[NF], strategy: Strategy, inputs: list[Packet], cut: Cu
 
     if strategy.replays_from_protected:
         state, start = copy_state(snapshots[protected]), protected
+        if strategy.replay_starts_at_protected:
+            start = max(protected - 1, 0)
         covering = f"the state covering inputs 1..{protected}" if protected else "the initial state (nothing was protected)"
         events.append(Event("failover", "standby", protected, f"takes over with {covering}"))
-        for i in range(cut.released + 1, protected + 1):
+        for i in range(cut.released + 1, protected + 1 if strategy.standby_releases_protected else 0):
             if outputs[i]:
                 events.append(Event("release", "standby", i, f"releases the protected outputs of input {i}", outputs[i]))
             deliver(i, outputs[i], "standby")
