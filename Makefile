@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml setup.py runtime/fast.pyx traces/_fast.pyx traces/_pars
 
 # The main job on bundled defaults: prove or refute the NAT under every stateful strategy.
 demo: $(STAMP)
-	$(VENV)/bin/nfproof verify nat --strategy all --bound 16; test $$? -le 1
+	$(VENV)/bin/nfproof verify nat --strategy all --bound 16 --unbounded; test $$? -le 1
 
 # redis-server and tshark: installed with apt-get when missing and running as root.
 system-deps:

@@ -45,6 +45,8 @@ def add_parser(sub):
     p.add_argument("--timeout", type=positive_float, default=60.0, help="seconds per strategy (default 60)")
     p.add_argument("--log-choices", action="store_true",
                    help="the primary logs its choices before releasing; the standby reuses them")
+    p.add_argument("--unbounded", action="store_true",
+                   help="after the bounded proof, prove it for every number of packets (induction), else unknown")
     p.add_argument("--mutation", choices=sorted(MUTATIONS), metavar="BUG",
                    help="inject a known protocol bug, to check the verdict turns into a counterexample: "
                         + "; ".join(f"{k}: {v}" for k, v in MUTATIONS.items()))
@@ -81,7 +83,8 @@ def run(args) -> int:
 
     results = []
     for strategy in strategies:
-        result = verify_failover(nf_cls, strategy, args.bound, Budget(timeout=args.timeout), args.log_choices, progress)
+        result = verify_failover(nf_cls, strategy, args.bound, Budget(timeout=args.timeout), args.log_choices, progress,
+                                 args.unbounded)
         if show_progress:
             print("\r\033[K", end="", file=sys.stderr)
         results.append(result)
@@ -103,16 +106,19 @@ def run(args) -> int:
         if r.verdict == "counterexample":
             print(f"error: {error_line(r)}\n\n{story(r)}\n\nreproduce (Python):\n{reproduction(r)}")
         elif r.verdict == "proved":
+            length = "of any length" if r.unbounded else f"of up to {r.bound} packets"
             print(f"proved: {r.nf} under {r.strategy} keeps strict output equivalence for every input sequence "
-                  f"of up to {r.bound} packets, every crash point and every choice ({r.seconds:.2f} s); "
+                  f"{length}, every crash point and every choice ({r.seconds:.2f} s); "
+                  + (f"{r.stats['induction']}; " if r.unbounded else "") +
                   f"not vacuous: runs exist in which {' and '.join(r.stats['witnessed'])}")
         else:
             print(f"unknown: {r.nf} under {r.strategy} at bound {r.bound}: {r.reason} ({r.seconds:.2f} s)")
     else:
-        print(f"{'strategy':34} {'verdict':15} {'bound':>5} {'seconds':>8}  counterexample")
+        print(f"{'strategy':34} {'verdict':22} {'bound':>5} {'seconds':>8}  counterexample")
         for r in results:
             note = error_line(r) if r.counterexample else r.reason
             length = f"{len(r.counterexample.run.inputs)} packets: " if r.counterexample else ""
-            print(f"{r.strategy:34} {r.verdict:15} {r.bound:>5} {r.seconds:>8.3f}  {length}{note}")
+            verdict = r.verdict + (" (any length)" if r.unbounded else "")
+            print(f"{r.strategy:34} {verdict:22} {r.bound:>5} {r.seconds:>8.3f}  {length}{note}")
     verdicts = {r.verdict for r in results}
     return VIOLATION if "counterexample" in verdicts else UNKNOWN if "unknown" in verdicts else OK

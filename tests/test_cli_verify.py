@@ -100,3 +100,10 @@ def test_html_on_a_proof_says_nothing_was_written(tmp_path):
     out = tmp_path / "cex.html"
     r = nfproof("verify", "nat", "--strategy", "stateful.sync", "--bound", "2", "--html", str(out))
     assert r.returncode == 0 and not out.exists() and "not written" in r.stderr
+
+
+def test_unbounded_flag():
+    r = nfproof("verify", "nat", "--strategy", "stateful.commit:4", "--bound", "3", "--unbounded")
+    assert r.returncode == 0 and "of any length" in r.stdout
+    data = json.loads(nfproof("verify", "nat", "--strategy", "stateful.sync", "--bound", "2", "--unbounded", "--json").stdout)
+    assert data["unbounded"] is True and data["stats"]["induction"].startswith("induction on lockstep")

@@ -36,6 +36,7 @@ from ..models.api import NF, Packet, Pool, TCP, UDP, addr, flags
 from ..models.concrete import seeded
 from ..models.strategy import Strategy
 from . import solver as smt
+from .induction import prove_unbounded
 from .simulate import Explanation, FailoverRun, explain, simulate
 from .symbolic import egress_view, initial_state, outputs_differ, sequence_differs, step, symbolic_packet
 
@@ -61,6 +62,7 @@ class Result:
     counterexample: Counterexample | None = None
     reason: str = ""
     stats: dict = field(default_factory=dict)
+    unbounded: bool = False            # proved for every number of packets
 
 
 class _State:
@@ -111,7 +113,9 @@ class _Runs:
 
 
 def verify_failover(nf_cls: type[NF], strategy: Strategy, bound: int, budget: smt.Budget | None = None,
-                    log_choices: bool = False, progress=None) -> Result:
+                    log_choices: bool = False, progress=None, unbounded: bool = False) -> Result:
+    """Bounded check up to `bound` packets; with `unbounded`, a bounded proof must then extend to
+    every length (verify/induction.py) or the verdict is unknown."""
     budget = budget or smt.Budget()
     result = Result("unknown", nf_cls.name, str(strategy) + (" --log-choices" if log_choices else ""), bound)
     runs, undecided, queries_skipped = _Runs(nf_cls, bound), [], 0
@@ -139,6 +143,13 @@ def verify_failover(nf_cls: type[NF], strategy: Strategy, bound: int, budget: sm
         else:
             result.verdict = "proved"
             result.stats["witnessed"] = list(REACHABILITY_TWINS)
+            if unbounded:
+                induction = prove_unbounded(nf_cls, strategy, log_choices, budget)
+                result.unbounded = induction.proved
+                result.stats["induction"] = induction.reason
+                if not induction.proved:
+                    result.verdict = "unknown"
+                    result.reason = f"proved up to {bound} packets, but not for every length: {induction.reason}"
     except smt.BudgetExhausted as e:
         result.reason = str(e)
     finally:

@@ -53,6 +53,7 @@ def story(result: Result) -> str:
 
 def as_json(result: Result) -> dict:
     out = {"verdict": result.verdict, "nf": result.nf, "strategy": result.strategy, "bound": result.bound,
+           "unbounded": result.unbounded,
            "seconds": round(result.seconds, 4), "stats": result.stats, "reason": result.reason}
     cex = result.counterexample
     if cex:
