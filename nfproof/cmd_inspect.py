@@ -22,7 +22,7 @@ DESCRIPTION = ("What is in a capture or trace: format, link types, packets, time
 def add_parser(subparsers):
     p = subparsers.add_parser("inspect", help="summarise a pcap, pcapng or nfproof trace",
                               description=DESCRIPTION)
-    p.add_argument("file", help="a pcap, pcapng or nfproof trace file")
+    p.add_argument("file", help="a pcap, pcapng or nfproof trace file; - reads standard input")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     return p
 
@@ -183,7 +183,7 @@ def _progress_line(path):
 
 def run(args) -> int:
     progress = _progress_line(args.file)
-    s = summarise(args.file, progress)
+    s = summarise(sys.stdin.buffer if args.file == "-" else args.file, progress)
     if progress and s["packets"] >= PROGRESS_EVERY:
         print("\r\033[K", end="", file=sys.stderr)
     try:
