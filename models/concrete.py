@@ -22,6 +22,9 @@ class DictMap(dict, MapStorage):
     def get(self, key, default=None):
         return dict.get(self, wrap(self.decl.key, key), default)
 
+    def __getitem__(self, key):
+        return dict.__getitem__(self, wrap(self.decl.key, key))
+
     def __contains__(self, key) -> bool:
         return dict.__contains__(self, wrap(self.decl.key, key))
 

@@ -4,9 +4,10 @@ keys, truthiness, narrowing stores, overflowing arithmetic, boolean equality. Fo
 concrete and symbolic interpreters agree on every output, and the Z3 verdict agrees with the
 explicit enumeration."""
 import pytest
+from hypothesis import given, settings, strategies as st
 import z3
 
-from nfproof.models.api import NF, Bits, Counter, Domain, Map, Packet, Pool, Port, TCP, flags
+from nfproof.models.api import NF, Bits, Counter, Domain, Flow, Map, Packet, Pool, Port, TCP, flags
 from nfproof.models.concrete import initial_state as concrete_state, step as concrete_step
 from nfproof.models.strategy import Strategy
 from nfproof.verify.enumerate import enumerate_failover
@@ -97,8 +98,9 @@ class Arithmetic(NF):
 def outputs_agree(nf_cls, packets):
     cstate, sstate = concrete_state(nf_cls), symbolic_state(nf_cls)
     for pkt in packets:
-        concrete = concrete_step(nf_cls, cstate, pkt, lambda options: 1 if 1 in options else options[0]).outputs
-        sym = symbolic_step(nf_cls, sstate, packet_terms(pkt), lambda k, w: z3.BitVecVal(1, w))
+        result = concrete_step(nf_cls, cstate, pkt, lambda options: 1 if 1 in options else options[0])
+        concrete, made = result.outputs, result.choices  # the symbolic step makes the same choices
+        sym = symbolic_step(nf_cls, sstate, packet_terms(pkt), lambda k, w: z3.BitVecVal(made[k] if k < len(made) else 0, w))
         sstate = sym.state
         got = [tuple(z3.simplify(slot.fields[f]).as_long() for f in ("sport", "dport", "flags"))
                for slot in sym.outputs if z3.is_true(z3.simplify(slot.present))]
@@ -166,3 +168,40 @@ def test_model_errors_are_reported_by_both_interpreters():
         symbolic_step(Stray, symbolic_state(Stray), packet_terms(P), lambda k, w: z3.BitVecVal(0, w))
     with pytest.raises(ModelError, match="clock"):
         verify_failover(Clocked, Strategy.parse("stateful.sync"), 1)
+
+
+class Hashing(NF):
+    """Every integer operator a model may use, on packet fields, with negative intermediates."""
+    name = "hashing"
+
+    def handle(self, pkt, ctx):
+        backend = 8000 + (pkt.src ^ pkt.dst) % 4
+        mixed = (pkt.sport * 3 - pkt.dport) // 7 + (-pkt.sport) % 5 + (~pkt.dport >> 2) + (pkt.flags << 3)
+        ctx.emit(pkt.rewrite(dport=backend, sport=mixed, flags=(pkt.sport - pkt.dport) % 256), "out")
+
+
+class InThenSubscript(NF):
+    """`k in m` then `m[k]`: the second test must not fork again."""
+    name = "in-then-subscript"
+    ports = Pool(base=1000, size=2)
+    by_flow = Map(Flow, Port)
+
+    def handle(self, pkt, ctx):
+        if pkt.flow in self.by_flow:
+            port = self.by_flow[pkt.flow]
+        else:
+            port = ctx.choose(self.ports.all())
+            self.by_flow[pkt.flow] = port
+        ctx.emit(pkt.rewrite(sport=port), "out")
+
+
+@settings(max_examples=60, deadline=None)
+@given(src=st.integers(0, 2**32 - 1), dst=st.integers(0, 2**32 - 1), sport=st.integers(0, 65535),
+       dport=st.integers(0, 65535), fl=st.integers(0, 255))
+def test_integer_operators_agree(src, dst, sport, dport, fl):
+    outputs_agree(Hashing, [Packet(TCP, src, sport, dst, dport, fl)])
+
+
+def test_membership_then_subscript():
+    outputs_agree(InThenSubscript, [P, P, P.rewrite(sport=9)])
+    assert verify_failover(InThenSubscript, Strategy.parse("stateful.sync"), 2).verdict == "proved"

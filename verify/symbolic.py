@@ -27,6 +27,7 @@ class Path:
 
     def __init__(self, prefix: tuple[bool, ...]):
         self.prefix, self.decisions, self.conds = prefix, [], []
+        self.decided: dict[int, bool] = {}  # condition (AST id) -> the branch this path took
 
     def branch(self, cond: z3.BoolRef) -> bool:
         cond = z3.simplify(cond)
@@ -34,10 +35,13 @@ class Path:
             return True
         if z3.is_false(cond):
             return False
+        if cond.get_id() in self.decided:  # tested before on this path (e.g. `k in m`, then m.get(k))
+            return self.decided[cond.get_id()]
         k = len(self.decisions)
         take = self.prefix[k] if k < len(self.prefix) else True
         self.decisions.append(take)
         self.conds.append(cond if take else z3.Not(cond))
+        self.decided[cond.get_id()] = take
         return take
 
     def alternatives(self) -> list[tuple[bool, ...]]:
@@ -178,6 +182,58 @@ class SymBV:
     __rsub__ = _arith(lambda a, b: a - b, extra=1, swap=True)
     __and__ = __rand__ = _arith(lambda a, b: a & b)
     __or__ = __ror__ = _arith(lambda a, b: a | b)
+    __xor__ = __rxor__ = _arith(lambda a, b: a ^ b)
+
+    def __mul__(self, other):
+        o = self._other(other)
+        if o is None:
+            return NotImplemented
+        width = self.t.size() + o.size()
+        return SymBV(z3.SignExt(width - self.t.size(), self.t) * z3.SignExt(width - o.size(), o), self.path)
+
+    __rmul__ = __mul__
+
+    def _floor(self, other, reverse=False):
+        """Python's floor division and modulo (z3's signed ones truncate toward zero)."""
+        pair = self._operands(other)
+        if pair is None:
+            return None
+        a, b = pair[::-1] if reverse else pair
+        q, r = a / b, z3.SRem(a, b)  # `/` on bit-vectors is signed division
+        adjust = z3.And(r != 0, (r < 0) != (b < 0))
+        return z3.If(adjust, q - 1, q), z3.If(adjust, r + b, r)
+
+    def __floordiv__(self, other):
+        qr = self._floor(other)
+        return NotImplemented if qr is None else SymBV(qr[0], self.path)
+
+    def __mod__(self, other):
+        qr = self._floor(other)
+        return NotImplemented if qr is None else SymBV(qr[1], self.path)
+
+    def __rfloordiv__(self, other):
+        qr = self._floor(other, reverse=True)
+        return NotImplemented if qr is None else SymBV(qr[0], self.path)
+
+    def __rmod__(self, other):
+        qr = self._floor(other, reverse=True)
+        return NotImplemented if qr is None else SymBV(qr[1], self.path)
+
+    def __lshift__(self, n):
+        if not isinstance(n, int) or isinstance(n, bool) or n < 0:
+            raise ModelError("shifts are supported by a non-negative constant amount only")
+        return SymBV(z3.SignExt(n, self.t) << n, self.path)
+
+    def __rshift__(self, n):
+        if not isinstance(n, int) or isinstance(n, bool) or n < 0:
+            raise ModelError("shifts are supported by a non-negative constant amount only")
+        return SymBV(self.t >> n, self.path)  # arithmetic shift, as Python's on negative ints
+
+    def __neg__(self):
+        return SymBV(-z3.SignExt(1, self.t), self.path)
+
+    def __invert__(self):
+        return SymBV(~self.t, self.path)  # two's complement: ~x == -x - 1, as in Python
 
     def __bool__(self) -> bool:
         return self.path.branch(self.t != 0)
@@ -228,6 +284,13 @@ class SymMap(MapStorage):
         if self.path.branch(z3.Select(self.present, k)):
             return unpack(self.decl.value, z3.Select(self.values, k), self.path)
         return None
+
+    def __getitem__(self, key):
+        value = self.get(key)
+        if value is None:
+            raise ModelError(f"{self.decl.name}[key] on a path where the key may be absent; test `key in m` "
+                             f"first or use m.get(key)")
+        return value
 
     def __contains__(self, key) -> bool:
         return self.path.branch(z3.Select(self.present, self._key(key)))
