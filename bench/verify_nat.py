@@ -66,7 +66,7 @@ def naive(strategy: Strategy, bound: int, timeout: float) -> tuple[str, float]:
                     d = outputs_differ(s.outputs, observed[i])
                     if d is not None:
                         differ.append(d)
-                fvars = [v for i in range(1, n + 1) for v in runs.choice_vars.get(("f", i), {}).values()]
+                fvars = [v for i in range(1, n + 1) for v in runs.choice_vars.get(("f", i), [])]
                 body = z3.Or(z3.Not(z3.And(*valid)), *differ) if differ else z3.Not(z3.And(*valid))
                 solver = smt.new_solver(budget)
                 solver.add(*assumptions)

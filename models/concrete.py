@@ -125,6 +125,8 @@ class ConcreteContext:
 
     def choose(self, domain: Domain):
         values = domain.concrete_values()
+        if any(not 0 <= v < 1 << domain.kind.width for v in values):
+            raise ModelError(f"a {domain.kind} domain holds a value that does not fit in {domain.kind.width} bits")
         if not values:
             return None
         value = self.chooser(values)

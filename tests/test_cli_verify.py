@@ -79,7 +79,8 @@ def test_html_timeline_of_a_counterexample(tmp_path):
     assert r.returncode == 1
     page = out.read_text()
     assert page.startswith("<!doctype html>") and "<script" not in page and "http" not in page  # self-contained
-    assert page.count("class='bad'") == 1 and "class='crash'" in page
+    assert page.count("class='bad'") == 1 or "the egress let out only" in page  # a wrong output, or a missing one
+    assert "class='crash'" in page
     assert "<th>primary</th>" in page and "<th>standby</th>" in page and "reproduce(" in page
 
 

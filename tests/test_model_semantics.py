@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 import z3
 
-from nfproof.models.api import NF, Bits, Counter, Domain, Flow, Map, Packet, Pool, Port, TCP, flags
+from nfproof.models.api import NF, Bits, Counter, Domain, Flow, Map, Packet, Pool, Port, Set, TCP, flags
 from nfproof.models.concrete import initial_state as concrete_state, step as concrete_step
 from nfproof.models.strategy import Strategy
 from nfproof.verify.enumerate import enumerate_failover
@@ -205,3 +205,83 @@ def test_integer_operators_agree(src, dst, sport, dport, fl):
 def test_membership_then_subscript():
     outputs_agree(InThenSubscript, [P, P, P.rewrite(sport=9)])
     assert verify_failover(InThenSubscript, Strategy.parse("stateful.sync"), 2).verdict == "proved"
+
+
+# -- found by the second review --------------------------------------------------------------------
+
+class Alloc(NF):
+    """Each packet takes a fresh port from a 2-port pool, marks it used and emits it."""
+    name = "alloc"
+    pool = Pool(base=1, size=2)
+    used = Set(Port)
+
+    def handle(self, pkt, ctx):
+        port = ctx.choose(self.pool.free(self.used))
+        if port is None:
+            return ctx.drop("full")
+        self.used.add(port)
+        ctx.emit(pkt.rewrite(sport=port), "out")
+
+
+class InboundNat(NF):
+    """A NAT behind `pkt.inbound == 1` (a bool compared with an int, as Python allows)."""
+    name = "inbound-nat"
+    ports = Pool(base=1000, size=2)
+    by_flow = Map(Flow, Port)
+
+    def handle(self, pkt, ctx):
+        if pkt.inbound == 1:
+            port = self.by_flow.get(pkt.flow)
+            if port is None:
+                port = ctx.choose(self.ports.all())
+                self.by_flow[pkt.flow] = port
+            return ctx.emit(pkt.rewrite(sport=port), "out")
+        ctx.emit(pkt, "out")
+
+
+class TwoWidths(NF):
+    """The first choice comes from a 16-bit or an 8-bit domain depending on the path."""
+    name = "two-widths"
+    wide = Pool(base=0, size=2, kind=Port)
+    narrow = Pool(base=0, size=2, kind=Bits(8, "B8"))
+    first = Map(Bits(8, "K"), Port)
+
+    def handle(self, pkt, ctx):
+        v = self.first.get(0)
+        if v is None:
+            v = ctx.choose(self.wide.all() if pkt.proto == TCP else self.narrow.all())
+            self.first[0] = v
+        ctx.emit(pkt.rewrite(dport=v), "out")
+
+
+INBOUND = P.rewrite(inbound=True)
+
+
+@pytest.mark.parametrize("nf_cls,strategy,log,universe", [
+    (Alloc, Strategy.parse("stateful.checkpoint:1").mutated("replay-protected-input"), True, [P]),
+    (Alloc, Strategy.parse("stateful.sync").mutated("replay-protected-input"), True, [P]),
+    (Alloc, Strategy.parse("stateful.async"), False, [P]),
+    (InboundNat, Strategy.parse("stateful.async"), False, [INBOUND, P]),
+    (InboundNat, Strategy.parse("none"), False, [INBOUND, P]),
+    (TwoWidths, Strategy.parse("stateful.async"), False, [P, P.rewrite(proto=17)]),
+], ids=lambda x: getattr(x, "name", str(x)))
+def test_review_cases_agree_with_enumeration(nf_cls, strategy, log, universe):
+    for bound in (1, 2, 3):
+        explicit = enumerate_failover(nf_cls, strategy, bound, universe, log_choices=log)
+        symbolic = verify_failover(nf_cls, strategy, bound, log_choices=log, unbounded=True)
+        if explicit is not None:
+            assert symbolic.verdict == "counterexample", (bound, symbolic.reason)
+        else:
+            assert symbolic.verdict != "counterexample" or not symbolic.counterexample.explanation.explained
+
+
+def test_bools_compute_as_integers():
+    from nfproof.verify.symbolic import Path, SymBool
+    flag = SymBool(z3.Bool("f"), Path(()))
+    for expr, concrete in [(lambda b: b == 1, lambda b: b == 1), (lambda b: b + 2, lambda b: b + 2),
+                           (lambda b: 1 != b, lambda b: 1 != b), (lambda b: b * 3 - 1, lambda b: b * 3 - 1)]:
+        for value in (False, True):
+            sym = expr(flag).t
+            got = z3.simplify(z3.substitute(sym, (flag.t, z3.BoolVal(value))))
+            want = concrete(value)
+            assert (z3.is_true(got) == want if isinstance(want, bool) else got.as_signed_long() == want), (value, want)

@@ -11,7 +11,7 @@ import z3
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from nfproof.models.api import NF, PACKET_WIDTHS, UDP, TCP, Flow, Packet, Pool, addr
+from nfproof.models.api import ModelError, NF, PACKET_WIDTHS, UDP, TCP, Flow, Packet, Pool, addr
 from nfproof.models.concrete import DictMap, copy_state, scripted, step as concrete_step
 from nfproof.models.nat import Nat
 from nfproof.verify import symbolic as S
@@ -70,7 +70,7 @@ def substitution(state, pkt, choice):
         pairs += [(SYM_STATE[name][0], p), (SYM_STATE[name][1], v)]
     concrete = S.packet_terms(pkt)
     pairs += [(SYM_PACKET[f], concrete[f]) for f in SYM_PACKET]
-    pairs.append((choice_var(0, 16), z3.BitVecVal(choice, 16)))
+    pairs.append((choice_var(0, S.CHOICE_WIDTH), z3.BitVecVal(choice, S.CHOICE_WIDTH)))
     return pairs
 
 
@@ -144,28 +144,35 @@ def test_unavailable_choice_is_invalid(state, pkt, choice):
 
 # -- guard rails ------------------------------------------------------------------------------------
 
-def test_constants_that_do_not_fit_raise():
-    with pytest.raises(OverflowError):
+def test_domain_values_that_do_not_fit_are_model_errors():
+    with pytest.raises(ModelError):
         S.const(1 << 16, 16)
-    with pytest.raises(OverflowError):
+    with pytest.raises(ModelError):
         S.const(-1, 8)
     assert S.const((1 << 16) - 1, 16).as_long() == 65535
-    with pytest.raises(OverflowError):
-        S.packet_terms(Packet(TCP, 1, 70000, 2, 80))           # a port of 17 bits
-    with pytest.raises(OverflowError):
-        S.packet_terms(Packet(300, 1, 1, 2, 80))               # a protocol of 9 bits
     x = S.SymBV(z3.BitVec("x", 16), S.Path(()))
     too_wide = (x == 1 << 16).t                                # widened, never truncated to x == 0
     assert z3.Solver().check(too_wide) == z3.unsat
     assert z3.Solver().check((x == 0).t) == z3.sat
 
 
+def test_field_values_wrap_as_on_the_wire():
+    """A packet field holds the low bits of what a model writes, in both interpreters."""
+    pkt = Packet(300, 1, 70000, 2, 80)
+    terms = S.packet_terms(pkt)
+    assert z3.simplify(terms["sport"]).as_long() == pkt.wrapped().sport == 70000 & 0xFFFF
+    assert z3.simplify(terms["proto"]).as_long() == pkt.wrapped().proto == 300 & 0xFF
+
+
 def test_pool_too_wide_for_its_kind_raises():
-    """A pool reaching past the port width must not silently wrap into ports 0.."""
+    """A pool reaching past the port width must not silently wrap into ports 0.. (both interpreters)."""
     class WideNat(Nat):
         ports = Pool(base=65535, size=2)
-    with pytest.raises(OverflowError):
+    with pytest.raises(ModelError):
         S.step(WideNat, S.initial_state(WideNat), S.symbolic_packet("w"), choice_var)
+    from nfproof.models.concrete import initial_state, seeded, step
+    with pytest.raises(ModelError):
+        step(WideNat, initial_state(WideNat), Packet(TCP, 1, 1, 2, 80), seeded(0))
 
 
 def test_path_exploration_counts_nat_paths():
@@ -206,7 +213,7 @@ def test_outputs_differ_on_other_terms_is_satisfiable_and_sound():
     s.add(differ)
     assert s.check() == z3.sat                                  # two different port choices
     s = z3.Solver()
-    s.add(differ, choice_var(0, 16) == z3.BitVec("other0", 16))
+    s.add(differ, choice_var(0, S.CHOICE_WIDTH) == z3.BitVec("other0", S.CHOICE_WIDTH))
     assert s.check() == z3.unsat                                # same choice: same outputs
     # a step with no output against one with an output differs exactly when the output exists
     d = S.outputs_differ(SYM_STEP.outputs, [])

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 import z3
 
 from ..models.api import NF, Packet, Pool, TCP, UDP, addr, flags
-from ..models.concrete import seeded
+from ..models.concrete import scripted, seeded
 from ..models.strategy import Strategy
 from . import solver as smt
 from .induction import prove_unbounded
@@ -96,10 +96,10 @@ class _Runs:
                 if constants is not None:
                     values = constants.get(i, [])
                     return z3.BitVecVal(values[k] if k < len(values) and isinstance(values[k], int) else 0, width)
-                by_call = self.choice_vars.setdefault((source, i), {})
-                if (k, width) not in by_call:
-                    by_call[(k, width)] = z3.BitVec(f"{source}{i}.choice{k}.w{width}", width)
-                return by_call[(k, width)]
+                by_call = self.choice_vars.setdefault((source, i), [])
+                if k == len(by_call):
+                    by_call.append(z3.BitVec(f"{source}{i}.choice{k}", width))
+                return by_call[k]
             s = step(self.nf_cls, state.terms, self.inputs[i - 1], choice_var)
             self.memo[key] = (s, _State(s.state))
         return self.memo[key]
@@ -188,7 +188,8 @@ def _failover_run(runs: _Runs, strategy: Strategy, n, released, r, applied, log_
         if i > seen_upto:
             observed[i] = s.outputs
         else:  # a replay of a released input: the egress drops what it has seen, not more
-            replay_valid.append(s.valid)
+            if sources[i] == "s":  # logged choices are reused as they are: nothing to assume of them
+                replay_valid.append(s.valid)
             same_outputs, same_state = _lockstep(runs, s, state, i, replay_valid, budget)
             if same_state:
                 state = runs.primary_states[i]
@@ -239,9 +240,9 @@ def _violation(runs: _Runs, strategy: Strategy, n, released, r, applied, log_cho
     violations = _reference_differs(runs, n, observed, source, assumed=assumed)
     for i in range(1, n + 1):
         if source(i) == "m":
-            p_vars, s_vars = runs.choice_vars.get(("p", i), {}), runs.choice_vars.get(("s", i), {})
-            assumptions += [m == z3.If(leaks[i], s_vars[key], p_vars[key])
-                            for key, m in runs.choice_vars.get(("m", i), {}).items() if key in p_vars and key in s_vars]
+            borrowed = zip(runs.choice_vars.get(("m", i), []), runs.choice_vars.get(("p", i), []),
+                           runs.choice_vars.get(("s", i), []))
+            assumptions += [m == z3.If(leaks[i], sv, pv) for m, pv, sv in borrowed]
     return (assumptions, z3.Or(*violations), observed) if violations else None
 
 
@@ -314,7 +315,7 @@ def _solve(runs, nf_cls, strategy, n, cut, r, query, budget, log_choices):
         inputs = [_packet(model, runs.inputs[i]) for i in range(n)]
 
         def chooser(source):
-            return lambda i: _scripted_or_any(model, runs.choice_vars.get((source, i), {}))
+            return lambda i: _scripted_or_any(model, runs.choice_vars.get((source, i), []))
 
         run = simulate(nf_cls, strategy, inputs, cut, r, chooser("p"), chooser("s"), log_choices)
         seen = [(nf_cls.gates[model.eval(slot.gate, True).as_long()], _packet(model, slot.fields))
@@ -337,19 +338,9 @@ def _solve(runs, nf_cls, strategy, n, cut, r, query, budget, log_choices):
     return "undecided"
 
 
-def _scripted_or_any(model, by_call: dict):
-    """A chooser replaying a model's choices: at the k-th call, the first value the model gives a
-    k-th choice variable (of any width) that is among the options; else a seeded pick."""
-    calls, fallback = [0], seeded(0)
-
-    def choose(options):
-        k, calls[0] = calls[0], calls[0] + 1
-        for (kk, _), var in sorted(by_call.items()):
-            value = model.eval(var, model_completion=True).as_long()
-            if kk == k and value in options:
-                return value
-        return fallback(options)
-    return choose
+def _scripted_or_any(model, variables: list):
+    """A chooser replaying a model's choices in call order (a seeded pick past their end)."""
+    return scripted([model.eval(v, model_completion=True).as_long() for v in variables], seeded(0))
 
 
 def _packet(model, fields: dict) -> Packet:

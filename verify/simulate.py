@@ -93,13 +93,20 @@ def simulate(nf_cls: type[NF], strategy: Strategy, inputs: list[Packet], cut: Cu
     standby_choices = {}
     for i in range(start + 1, n + 1):
         logged = log_choices and i <= cut.released
-        chooser = scripted(choices[i], standby_chooser(i)) if logged else standby_chooser(i)
+        chooser = _logged(choices[i], standby_chooser(i)) if logged else standby_chooser(i)
         res = step(nf_cls, state, inputs[i - 1], chooser, _replay_clock(clock_reads[i]) if logged else None)
         standby_choices[i] = res.choices
         kind = "replay" if i <= cut.applied else "apply"
         events.append(Event(kind, "standby", i, f"{'replays' if kind == 'replay' else 'applies'} input {i}: " + _describe(inputs[i - 1], res, logged), res.outputs))
         deliver(i, res.outputs, "standby")
     return FailoverRun(strategy, list(inputs), cut, protected, observed, events, choices, standby_choices)
+
+
+def _logged(values: list, fallback):
+    """The standby reuses the primary's logged choices as they are (FTMB), available or not:
+    replay is deterministic; past the log (a path the primary did not take) it chooses afresh."""
+    pending = list(values)
+    return lambda options: pending.pop(0) if pending else fallback(options)
 
 
 def _replay_clock(reads: list):

@@ -54,8 +54,8 @@ class Path:
 
 def const(value: int, width: int) -> z3.BitVecRef:
     """An unsigned constant of a field or domain value."""
-    if not 0 <= value < (1 << width):  # a silently truncated constant can make a bug vanish
-        raise OverflowError(f"constant {value} does not fit in {width} bits")
+    if not 0 <= value < (1 << width):  # a silently truncated domain value can make a bug vanish
+        raise ModelError(f"a domain value {value} does not fit in {width} bits")
     return z3.BitVecVal(value, width)
 
 
@@ -80,7 +80,7 @@ def term(value, width: int):
         return z3.If(value.t, z3.BitVecVal(1, width), z3.BitVecVal(0, width))
     if not isinstance(value, int):
         raise TypeError(f"not a {width}-bit value: {value!r}")
-    return const(int(value), width)
+    return z3.BitVecVal(int(value) & ((1 << width) - 1), width)  # wraps, as the concrete interpreter masks
 
 
 def bool_term(value) -> z3.BoolRef:
@@ -88,6 +88,9 @@ def bool_term(value) -> z3.BoolRef:
 
 
 class SymBool:
+    """A symbolic bool with Python's semantics: it forks when tested, and compares and computes
+    with integers as 0/1 (True == 1, x + flag)."""
+
     __slots__ = ("t", "path")
     __hash__ = None
 
@@ -97,29 +100,47 @@ class SymBool:
     def __bool__(self) -> bool:
         return self.path.branch(self.t)
 
-    def _other(self, other):
-        if isinstance(other, (SymBool, bool)):
-            return bool_term(other)
-        return None
+    def as_int(self) -> "SymBV":
+        return SymBV(z3.If(self.t, z3.BitVecVal(1, 2), z3.BitVecVal(0, 2)), self.path)
 
     def __and__(self, other):
-        return SymBool(z3.And(self.t, bool_term(other)), self.path)
+        if isinstance(other, (SymBool, bool)):
+            return SymBool(z3.And(self.t, bool_term(other)), self.path)
+        return self.as_int() & other
 
     def __or__(self, other):
-        return SymBool(z3.Or(self.t, bool_term(other)), self.path)
+        if isinstance(other, (SymBool, bool)):
+            return SymBool(z3.Or(self.t, bool_term(other)), self.path)
+        return self.as_int() | other
 
     __rand__, __ror__ = __and__, __or__
 
-    def __invert__(self):
-        return SymBool(z3.Not(self.t), self.path)
+    def __invert__(self):  # Python: ~True == -2; `not flag` is what models mean, and forks
+        return ~self.as_int()
 
     def __eq__(self, other):
-        o = self._other(other)
-        return NotImplemented if o is None else SymBool(self.t == o, self.path)
+        if isinstance(other, (SymBool, bool)):
+            return SymBool(self.t == bool_term(other), self.path)
+        return self.as_int() == other
 
     def __ne__(self, other):
-        o = self._other(other)
-        return NotImplemented if o is None else SymBool(self.t != o, self.path)
+        if isinstance(other, (SymBool, bool)):
+            return SymBool(self.t != bool_term(other), self.path)
+        return self.as_int() != other
+
+    # arithmetic and ordering: as the integer 0/1
+    def __add__(self, other): return self.as_int() + other
+    def __radd__(self, other): return other + self.as_int()
+    def __sub__(self, other): return self.as_int() - other
+    def __rsub__(self, other): return other - self.as_int()
+    def __mul__(self, other): return self.as_int() * other
+    def __rmul__(self, other): return other * self.as_int()
+    def __xor__(self, other): return self.as_int() ^ other
+    def __rxor__(self, other): return other ^ self.as_int()
+    def __lt__(self, other): return self.as_int() < other
+    def __le__(self, other): return self.as_int() <= other
+    def __gt__(self, other): return self.as_int() > other
+    def __ge__(self, other): return self.as_int() >= other
 
 
 class SymBV:
@@ -143,8 +164,10 @@ class SymBV:
     def _other(self, other):
         if isinstance(other, SymBV):
             return other.t
-        if isinstance(other, int) and not isinstance(other, bool):
-            return z3.BitVecVal(other, max(1, other.bit_length() + 1))
+        if isinstance(other, SymBool):
+            return other.as_int().t
+        if isinstance(other, int):  # bools included: True is 1
+            return z3.BitVecVal(int(other), max(2, int(other).bit_length() + 1))
         if other is None:  # x == None: plain Python semantics (False)
             return None
         raise TypeError(f"cannot combine a symbolic integer with {other!r}")
@@ -354,19 +377,25 @@ def _storage_class(decl):
     return SymMap if isinstance(decl, Map) else SymSet if isinstance(decl, Set) else SymCell
 
 
+CHOICE_WIDTH = 64  # bits of a choice variable: domain values are below 2**63
+
+
 class SymContext:
     def __init__(self, path: Path, choice_var: Callable[[int, int], z3.BitVecRef], gates: tuple[str, ...]):
         self.path, self.choice_var, self.gates = path, choice_var, gates
         self.outputs, self.drops, self.validity, self.nchoices = [], [], [], 0
 
     def choose(self, domain: Domain):
-        items = [(val, z3.BoolVal(c) if isinstance(c, bool) else c) for val, c in domain.items]
+        items = [(const(val, domain.kind.width).as_long(), z3.BoolVal(c) if isinstance(c, bool) else c)
+                 for val, c in domain.items]  # const: a domain value wider than its kind is a model error
         if self.path.branch(z3.And(*[z3.Not(c) for _, c in items]) if items else z3.BoolVal(True)):
             return None
-        v = self.choice_var(self.nchoices, domain.kind.width)
+        # One variable per call, of one width whatever the domain, so that every path's k-th choice
+        # is the same variable; its value is one of the domain's (validity), hence non-negative.
+        v = self.choice_var(self.nchoices, CHOICE_WIDTH)
         self.nchoices += 1
-        self.validity.append(z3.Or(*[z3.And(v == const(val, domain.kind.width), c) for val, c in items]))
-        return SymBV.unsigned(v, self.path)
+        self.validity.append(z3.Or(*[z3.And(v == val, c) for val, c in items]))
+        return SymBV(v, self.path)
 
     def now(self):
         raise ModelError("the NF reads the clock (ctx.now()); clock reads are not verified yet")
