@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from nfproof.models.api import NF, UDP, Bits, Domain, Map, Packet, Pool, Port, TCP, addr
+from nfproof.models.api import NF, UDP, Bits, Map, Packet, Pool, Port, TCP, addr
 from nfproof.models.concrete import initial_state, step
 from nfproof.models.nat import Nat
 from nfproof.models.strategy import Strategy
@@ -161,7 +161,7 @@ class StickyBalancer(NF):
     def handle(self, pkt, ctx):
         b = self.by_src.get(pkt.sport)
         if b is None:
-            b = ctx.choose(Domain([(v, True) for v in self.backends.values()], Port))
+            b = ctx.choose(self.backends.all())
             self.by_src[pkt.sport] = b
         ctx.emit(pkt.rewrite(dport=b), "out")
 
