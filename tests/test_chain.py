@@ -50,6 +50,9 @@ def test_repeated_members_get_numbered_names():
     assert list(chain.members) == ["nat", "nat#2", "nat#3"]
     named = Chain.parse("edge = nat > core=nat", bundled_lookup)
     assert list(named.members) == ["edge", "core"] and named.name == "edge = nat>core=nat"
+    configured = Chain.parse("nat[ports=2,base=20000]>edge=nat[ports=3]>nat", bundled_lookup)
+    assert {k: (m.nf.ports, m.nf.base) for k, m in configured.members.items()} == \
+        {"nat": (2, 20000), "edge": (3, Nat.base), "nat#2": (Nat.ports, Nat.base)}
     with pytest.raises(ChainError) as e:
         Chain.parse("x=a>x=b", lookup)
     assert str(e.value) == "instance 'x' is already in the chain; give the second one another name (e.g. 'x#2')"
@@ -175,7 +178,7 @@ def test_direction_of_an_edge():
     (">a", "malformed chain '>a': member 1 is empty; write NF>NF>..., e.g. 'firewall>nat>lb'"),
     ("x=>a", "malformed chain 'x=>a': 'x=' names no NF; write NAME=NF, e.g. 'edge=nat'"),
     ("a>nope>c", "chain 'a>nope>c': unknown NF 'nope'; valid: a, alarm, always-down, always-up, b, c, count, "
-                 "pick, reject, split"),
+                 "drop-zero, inc, pick, reject, split"),
 ])
 def test_parse_errors(text, message):
     with pytest.raises(ChainError) as e:
