@@ -18,7 +18,9 @@ returned: those fork on their own), and must keep loops bounded by constants.
 from __future__ import annotations
 
 import ipaddress
+import re
 from dataclasses import dataclass, fields, replace
+from fractions import Fraction
 from typing import Any, Iterable, NamedTuple
 
 TCP, UDP, ICMP = 6, 17, 1
@@ -88,6 +90,8 @@ class Packet:
     dport: Any = 0
     flags: Any = 0
     inbound: Any = False
+    length: Any = 0      # bytes on the wire (0: unknown; the monitor counts it)
+    label: Any = 0       # a rate label carried between NFs (csfq-edge writes it, csfq-core reads it)
 
     @property
     def flow(self) -> Flow:
@@ -105,11 +109,16 @@ class Packet:
         text = f"{PROTO_NAMES.get(self.proto, self.proto)} {ip(self.src)}:{self.sport} > {ip(self.dst)}:{self.dport}"
         if self.proto == TCP and isinstance(self.flags, int):
             text += " [" + "".join(c for b, c in enumerate(TCP_FLAGS) if self.flags >> b & 1) + "]"
+        for extra in ("length", "label"):
+            value = getattr(self, extra)
+            if isinstance(value, int) and value:
+                text += f" {extra}={value}"
         return text + (" (inbound)" if self.inbound is True else "")
 
 
 PACKET_FIELDS = tuple(f.name for f in fields(Packet))
-PACKET_WIDTHS = {"proto": 8, "src": 32, "sport": 16, "dst": 32, "dport": 16, "flags": 8}  # inbound: bool
+PACKET_WIDTHS = {"proto": 8, "src": 32, "sport": 16, "dst": 32, "dport": 16, "flags": 8,
+                 "length": 16, "label": 16}  # inbound: bool
 
 
 def flags(text: str) -> int:
@@ -190,6 +199,88 @@ class Counter(State):
         nf.state[self.name].value = value
 
 
+class ParamError(ModelError, ValueError):
+    """A model parameter was given a name or a value that is not valid (one line, naming the fix)."""
+
+
+def parse_seconds(text) -> "Fraction":
+    """A duration in seconds: a number, optionally suffixed `s`, `ms` or `us` ("1.5", "500ms")."""
+    m = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]*)?|\.[0-9]+)\s*(s|ms|us)?\s*", str(text))
+    if not m:
+        raise ValueError(f"{text!r} is not a duration: give seconds, e.g. 6, 1.5, 500ms or 250us")
+    return Fraction(m.group(1)) / {None: 1, "s": 1, "ms": 1000, "us": 1_000_000}[m.group(2)]
+
+
+class Param:
+    """A declared parameter of an NF: a size or constant with a proof-sized default, set per run
+    (`Nf.configure({"name": "value"})`, `--param nf.name=value`). In a handler `self.name` reads
+    a plain int. Kinds: "int" (non-negative, optional `low`/`high` bounds), "time" (given in
+    seconds, `ms`/`us` suffixes accepted; stored in the NF's clock ticks, `ticks_per_second`) and
+    "ipv4" (given as text, stored as the address's int)."""
+
+    KINDS = ("int", "time", "ipv4")
+
+    def __init__(self, default, doc: str = "", kind: str = "int", low: int = 0, high: int | None = None):
+        if kind not in self.KINDS:
+            raise ModelError(f"parameter kind {kind!r} is not one of {', '.join(self.KINDS)}")
+        self.default, self.doc, self.kind, self.low, self.high = default, doc, kind, low, high
+        self.name = "?"
+
+    def __set_name__(self, owner, name):
+        self.name = name
+
+    def valid(self) -> str:
+        """What a valid value looks like (for error messages)."""
+        if self.kind == "ipv4":
+            return "an IPv4 address such as 192.0.2.1"
+        bounds = f"from {self.low}" + (f" to {self.high}" if self.high is not None else "")
+        if self.kind == "time":
+            return f"a duration {bounds} seconds, e.g. 6, 1.5, 500ms or 250us"
+        return f"an integer {bounds}"
+
+    def stored(self, value, nf_cls) -> int:
+        """The int a handler reads for `value` given in the parameter's units; ParamError if invalid."""
+        where = f"{nf_cls.name}.{self.name}"
+        try:
+            if self.kind == "ipv4":
+                return addr(value) if isinstance(value, str) else int(ipaddress.IPv4Address(value))
+            if self.kind == "time":
+                bound_value = parse_seconds(value)  # bounds of a time are in seconds
+                ticks = bound_value * nf_cls.ticks_per_second
+                if ticks.denominator != 1:
+                    raise ValueError(f"{value!r} is not a whole number of the NF's clock ticks "
+                                     f"({nf_cls.ticks_per_second} per second)")
+                number = int(ticks)
+            else:
+                if isinstance(value, bool) or not (isinstance(value, int) or re.fullmatch(r"\s*[0-9]+\s*", str(value))):
+                    raise ValueError(f"{value!r} is not an integer")
+                number = bound_value = int(value)
+        except (ValueError, TypeError, ipaddress.AddressValueError) as e:
+            raise ParamError(f"{where}={value}: {e}; valid: {self.valid()}") from None
+        if bound_value < self.low or (self.high is not None and bound_value > self.high):
+            raise ParamError(f"{where}={value} is out of range; valid: {self.valid()}")
+        return number
+
+    def describe(self, nf_cls) -> str:
+        shown = dict(nf_cls._param_given).get(self.name, self.default)
+        unit = "s" if self.kind == "time" and re.fullmatch(r"[0-9.]+", str(shown)) else ""
+        return f"{nf_cls.name}.{self.name}={shown}{unit}" + (f" ({self.doc})" if self.doc else "")
+
+
+def flow_hash(flow, buckets: int):
+    """A deterministic hash of a 5-tuple into 0..buckets-1, written in the model vocabulary (xor,
+    shifts, `&`, `*` and `%` by constants) so that both interpreters compute it identically: the
+    fields are folded into 32 bits, mixed by a multiplicative (Knuth) step, and the high half is
+    folded down before the modulo."""
+    if not isinstance(buckets, int) or buckets < 1:
+        raise ModelError(f"flow_hash needs a positive constant number of buckets, got {buckets!r}")
+    proto, src, sport, dst, dport = flow
+    h = (src ^ (dst * 0x9E37) ^ (sport << 16) ^ dport ^ (proto << 8)) & 0xFFFFFFFF
+    h = (h * 0x9E3779B1) & 0xFFFFFFFF
+    h = h ^ (h >> 16)
+    return (h & 0xFFFF) % buckets
+
+
 class NF:
     """Base class of NF models. Subclasses declare state (class attributes of type Map, Set or
     Counter), bounded domains (Pool) and gates, and implement `handle(pkt, ctx)`. An instance is a view of one
@@ -198,6 +289,62 @@ class NF:
 
     name = "nf"
     gates: tuple[str, ...] = ("out",)
+    outside: tuple[str, ...] = ("out",)  # gates facing the outside (WAN side); inside: the LAN side;
+    inside: tuple[str, ...] = ()         # any other gate (e.g. an alert) is a chain egress of its own.
+    # (Undeclared: the gates named wan/out/outside face outside, lan/in/inside inside.)
+    ticks_per_second = 1                 # the resolution of the NF's clock (what now() counts)
+    _params: tuple = ()                  # (name, Param) of every declared parameter, over the hierarchy
+    _param_given: tuple = ()             # (name, value as given: default or configured)
+
+    def __init_subclass__(cls, **kwargs):
+        """Declared parameters become plain class attributes holding their stored int; a plain
+        value assigned in a subclass body to an inherited parameter name is validated the same way."""
+        super().__init_subclass__(**kwargs)
+        params, given = dict(cls._params), dict(cls._param_given)
+        for name, value in list(vars(cls).items()):
+            if isinstance(value, Param):
+                params[name], given[name] = value, value.default
+            elif name in params:
+                given[name] = value
+        cls._params, cls._param_given = tuple(params.items()), tuple(given.items())
+        for name, param in params.items():
+            setattr(cls, name, param.stored(given[name], cls))
+        for side, conventional in (("outside", ("wan", "out", "outside")), ("inside", ("lan", "in", "inside"))):
+            if not any(side in vars(k) for k in cls.__mro__ if k is not NF):  # undeclared: by the gates' names
+                setattr(cls, side, tuple(g for g in cls.gates if g in conventional))
+            elif any(g not in cls.gates for g in getattr(cls, side)):
+                raise ModelError(f"{cls.__name__}.{side} = {getattr(cls, side)} names a gate that is not in "
+                                 f"gates = {cls.gates}")
+        check = getattr(cls, "check_params", None)
+        if check is not None:
+            check()
+
+    @classmethod
+    def params(cls) -> dict:
+        """name -> Param of every declared parameter."""
+        return dict(cls._params)
+
+    @classmethod
+    def param_values(cls) -> dict:
+        """name -> the int a handler reads."""
+        return {name: getattr(cls, name) for name, _ in cls._params}
+
+    @classmethod
+    def configure(cls, values: dict) -> "type[NF]":
+        """A subclass with parameters set (values in the parameters' units: ints, seconds such as
+        "500ms", addresses as text); usable wherever the class is. Unknown names and bad values
+        raise ParamError."""
+        params = dict(cls._params)
+        for name in values:
+            if name not in params:
+                valid = "; ".join(p.describe(cls) for p in params.values()) or "none"
+                raise ParamError(f"{cls.name} has no parameter {name!r}; valid (with defaults): {valid}")
+        if not values:
+            return cls
+        base, earlier = getattr(cls, "_configured_from", (cls, ()))
+        merged = {**dict(earlier), **values}
+        return type(cls.__name__, (cls,), {"__module__": cls.__module__, "__qualname__": cls.__qualname__,
+                                           "_configured_from": (base, tuple(merged.items())), **values})
 
     def __init__(self, state: dict):
         self.state = state

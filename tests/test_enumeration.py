@@ -24,7 +24,7 @@ from nfproof.verify.simulate import explain, simulate
 
 
 class SmallNat(Nat):
-    ports = Pool(base=20000, size=2)
+    base, ports = 20000, 2
 
 
 REMOTE, WRONG = addr("198.51.100.1"), addr("198.51.100.2")
