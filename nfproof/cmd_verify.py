@@ -9,6 +9,7 @@ import re
 import sys
 
 from .models import NFS, lookup
+from .models.api import ParamError
 from .models.strategy import MUTATIONS, STRATEGY_FORMS, Strategy, StrategyError
 from .errors import OK, UNKNOWN, VIOLATION, UsageError
 
@@ -31,6 +32,19 @@ def positive_float(text: str) -> float:
     return value
 
 
+def configured(nf_cls, settings: list[str]):
+    """nf_cls with the --param NF.NAME=VALUE settings applied (ParamError / UsageError if invalid)."""
+    values = {}
+    for setting in settings:
+        m = re.fullmatch(r"\s*([^=\s]+)\.([A-Za-z_][A-Za-z0-9_]*)\s*=(.*)", setting)
+        if not m:
+            raise UsageError(f"--param {setting!r}: write NF.NAME=VALUE, e.g. {nf_cls.name}.{next(iter(nf_cls.params()), 'name')}=VALUE")
+        if m.group(1) != nf_cls.name:
+            raise UsageError(f"--param {setting!r} names NF {m.group(1)!r}, but the NF verified is {nf_cls.name!r}")
+        values[m.group(2)] = m.group(3).strip()
+    return nf_cls.configure(values)
+
+
 def add_parser(sub):
     p = sub.add_parser(
         "verify", help="prove failover equivalence or find a counterexample",
@@ -39,7 +53,11 @@ def add_parser(sub):
                     "nondeterministic choice; or a shortest counterexample.",
         epilog=f"strategies: {', '.join(STRATEGY_FORMS)}, or 'all' (the stateful ones, as a table). "
                "exit codes: 0 proved, 1 counterexample, 2 usage error, 3 unknown (budget hit)")
-    p.add_argument("chain", metavar="CHAIN", help=f"an NF name: {', '.join(sorted(NFS))}")
+    p.add_argument("chain", metavar="CHAIN",
+                   help=f"an NF: a bundled name ({', '.join(sorted(NFS))}), or a user model "
+                        "path/to/mynf.py:Class or package.module:Class")
+    p.add_argument("--param", action="append", default=[], metavar="NF.NAME=VALUE",
+                   help="set a model parameter, e.g. nat.ports=64512 or firewall.timeout=500ms (repeatable)")
     p.add_argument("--strategy", required=True, help="e.g. stateful.commit:4, or 'all'")
     p.add_argument("--bound", type=positive_int, default=8, help="input packets (default 8)")
     p.add_argument("--timeout", type=positive_float, default=60.0, help="seconds per strategy (default 60)")
@@ -61,9 +79,11 @@ def run(args) -> int:
     from .verify.solver import Budget
 
     try:
-        nf_cls = lookup(args.chain)
+        nf_cls = configured(lookup(args.chain), args.param)
     except KeyError as e:
         raise UsageError(e.args[0]) from None
+    except ParamError as e:
+        raise UsageError(str(e)) from None
     try:
         strategies = [Strategy.parse(s) for s in DEMO_STRATEGIES] if args.strategy == "all" else [Strategy.parse(args.strategy)]
     except StrategyError as e:

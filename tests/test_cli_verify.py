@@ -46,7 +46,7 @@ def test_json_result():
 
 
 @pytest.mark.parametrize("args,needle", [
-    (["nut", "--strategy", "none"], "valid: nat"),
+    (["nut", "--strategy", "none"], "bundled: csfq-core, csfq-edge, firewall, lb, lb-hash, monitor, nat, ratelimit"),
     (["nat", "--strategy", "stateful.bogus"], "valid: none, stateful.checkpoint:N"),
     (["nat", "--strategy", "stateful.commit"], "positive integer"),
     (["nat", "--strategy", "stateful.commit:0"], "positive integer"),

@@ -75,18 +75,21 @@ def as_json(result: Result) -> dict:
 
 def _packet_json(pkt: Packet) -> dict:
     return {"text": str(pkt), "proto": pkt.proto, "src": ip(pkt.src), "sport": pkt.sport, "dst": ip(pkt.dst),
-            "dport": pkt.dport, "flags": pkt.flags, "inbound": pkt.inbound}
+            "dport": pkt.dport, "flags": pkt.flags, "inbound": pkt.inbound, "length": pkt.length, "label": pkt.label}
 
 
 def packet_code(pkt: Packet) -> str:
     proto = {TCP: "TCP", UDP: "UDP", ICMP: "ICMP"}.get(pkt.proto, str(pkt.proto))
     letters = "".join(c for b, c in enumerate(TCP_FLAGS) if pkt.flags >> b & 1)
     return (f'Packet({proto}, addr("{ip(pkt.src)}"), {pkt.sport}, addr("{ip(pkt.dst)}"), {pkt.dport}, '
-            f'flags("{letters}"), inbound={pkt.inbound})')
+            f'flags("{letters}"), inbound={pkt.inbound}'
+            + "".join(f", {f}={getattr(pkt, f)}" for f in ("length", "label") if getattr(pkt, f, 0)) + ")")
 
 
 def reproduction(result: Result) -> str:
-    """A Python snippet that replays the counterexample concretely and prints its verdict."""
+    """A Python snippet that replays the counterexample concretely and prints its verdict (the
+    model by `model_ref`: a bundled name, or the user model's file or module, with parameters)."""
+    from ..models import model_ref
     cex = result.counterexample
     run = cex.run
     primary = {i: c for i, c in run.primary_choices.items() if c}
@@ -95,7 +98,7 @@ def reproduction(result: Result) -> str:
     return (
         "from nfproof.models.api import Packet, TCP, UDP, ICMP, addr, flags\n"
         "from nfproof.verify.simulate import reproduce\n"
-        f"reproduce(\"{result.nf}\", \"{run.strategy}\", [\n    {inputs},\n], crash={run.cut.k}, "
+        f"reproduce({model_ref(cex.nf)!r}, \"{run.strategy}\", [\n    {inputs},\n], crash={run.cut.k}, "
         f"protected={run.protected},\n          primary_choices={primary}, "
         f"standby_choices={standby}, log_choices={cex.log_choices})\n")
 

@@ -173,7 +173,7 @@ def reproduce(nf: str, strategy: str, inputs: list[Packet], crash: int, protecte
     failure-free execution explains it. Returns True if it does (i.e. no bug)."""
     from ..models import lookup
 
-    nf_cls, strat = lookup(nf), Strategy.parse(strategy)
+    nf_cls, strat = (nf if isinstance(nf, type) else lookup(nf)), Strategy.parse(strategy)
     cut = strat.cuts(len(inputs))[crash]
     run = simulate(nf_cls, strat, inputs, cut, protected,
                    lambda i: scripted(primary_choices.get(i, [])), lambda i: scripted(standby_choices.get(i, [])),
