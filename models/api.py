@@ -17,10 +17,12 @@ returned: those fork on their own), and must keep loops bounded by constants.
 """
 from __future__ import annotations
 
+import inspect
 import ipaddress
 import re
-from dataclasses import dataclass, fields, replace
+import sys
 from fractions import Fraction
+from dataclasses import dataclass, fields, replace
 from typing import Any, Iterable, NamedTuple
 
 TCP, UDP, ICMP = 6, 17, 1
@@ -29,7 +31,55 @@ TCP_FLAGS = "FSRPAUEC"  # bit 0 = FIN ... bit 7 = CWR
 
 
 class ModelError(Exception):
-    """A model broke the rules of this API (e.g. emitted on an undeclared gate)."""
+    """A model broke the rules of this API (e.g. emitted on an undeclared gate, kept state in an
+    undeclared attribute, used a construct an interpreter cannot follow). Both interpreters raise
+    it for the same models, prefixed with the model's file and line (`located`)."""
+
+    location: str | None = None
+
+
+MAX_CHOICE_WIDTH = 128  # bits of the widest domain a choice may draw from, on every interpreter
+INTERPRETER_FILES: set[str] = {__file__}  # files whose frames are the interpreters', not the model's
+
+
+def model_location(tb=None) -> str | None:
+    """`file:line` of the innermost model frame: of a traceback (where an exception was raised),
+    or of the current call stack."""
+    frames = []
+    if tb is not None:
+        while tb is not None:
+            frames.append((tb.tb_frame.f_code.co_filename, tb.tb_lineno))
+            tb = tb.tb_next
+        frames.reverse()
+    else:
+        frame = sys._getframe(1)
+        while frame is not None:
+            frames.append((frame.f_code.co_filename, frame.f_lineno))
+            frame = frame.f_back
+    for filename, line in frames:
+        if filename not in INTERPRETER_FILES:
+            return f"{filename}:{line}"
+    return None
+
+
+def located(error: ModelError, tb=None) -> ModelError:
+    """The error with the model's file and line in front (once)."""
+    if error.location is None:
+        error.location = model_location(tb) or "?"
+        error.args = (f"{error.location}: {error.args[0] if error.args else ''}",) + error.args[1:]
+    return error
+
+
+def model_failure(error: Exception) -> ModelError | None:
+    """A Python exception raised by model code itself (an index out of range, a division by
+    zero, a bad operand) as a ModelError at the model's line; None when it was raised inside an
+    interpreter (a bug in nfproof, not in the model)."""
+    tb = error.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    if tb is None or tb.tb_frame.f_code.co_filename in INTERPRETER_FILES:
+        return None
+    return located(ModelError(f"the model raised {type(error).__name__}: {error}"), error.__traceback__)
 
 
 class Bits:
@@ -66,7 +116,11 @@ def wrap(kind, value):
     """A value as a field of `kind` (Bits or Flow) holds it: its low bits, as on the wire and in
     the symbolic interpreter's bit-vectors."""
     if isinstance(kind, Bits):
+        if not isinstance(value, int):
+            raise ModelError(f"a {kind} ({kind.width}-bit integer) cannot hold {value!r}")
         return value & ((1 << kind.width) - 1)
+    if not isinstance(value, tuple) or len(value) != len(kind.widths) or not all(isinstance(v, int) for v in value):
+        raise ModelError(f"a {kind.__name__} ({', '.join(kind._fields)}) cannot hold {value!r}")
     return kind(*(v & ((1 << w) - 1) for v, w in zip(value, kind.widths)))
 
 
@@ -101,9 +155,12 @@ class Packet:
         return replace(self, **changes)
 
     def wrapped(self) -> "Packet":
-        """Integer fields reduced to their wire width: field arithmetic wraps, as it does on the
-        wire and in the symbolic interpreter's bit-vectors."""
-        return replace(self, **{f: getattr(self, f) & ((1 << w) - 1) for f, w in PACKET_WIDTHS.items()})
+        """The packet as a gate carries it: integer fields reduced to their wire width (field
+        arithmetic wraps, as on the wire and in the symbolic interpreter's bit-vectors), `inbound`
+        a bool. A value of another kind is a ModelError, as in the symbolic interpreter."""
+        check_bool_field(self.inbound)
+        return replace(self, **{f: check_int_field(f, getattr(self, f)) & ((1 << w) - 1)
+                                for f, w in PACKET_WIDTHS.items()})
 
     def __str__(self) -> str:
         text = f"{PROTO_NAMES.get(self.proto, self.proto)} {ip(self.src)}:{self.sport} > {ip(self.dst)}:{self.dport}"
@@ -114,6 +171,18 @@ class Packet:
             if isinstance(value, int) and value:
                 text += f" {extra}={value}"
         return text + (" (inbound)" if self.inbound is True else "")
+
+
+def check_bool_field(value) -> None:
+    if not isinstance(value, bool):
+        raise ModelError(f"the `inbound` field holds a bool (True: arrived from the outside), not {value!r}; "
+                         f"write a comparison or bool(...), e.g. inbound=(x == 2)")
+
+
+def check_int_field(name: str, value):
+    if not isinstance(value, int):
+        raise ModelError(f"packet field `{name}` holds an integer, not {value!r}")
+    return value
 
 
 PACKET_FIELDS = tuple(f.name for f in fields(Packet))
@@ -347,7 +416,19 @@ class NF:
                                            "_configured_from": (base, tuple(merged.items())), **values})
 
     def __init__(self, state: dict):
-        self.state = state
+        if type(self) not in _VALIDATED:
+            check_no_hidden_state(type(self))
+            _VALIDATED.add(type(self))
+        object.__setattr__(self, "state", state)
+
+    def __setattr__(self, name, value):
+        """Only declared state persists between packets (and is what strategies protect): an
+        assignment to any other attribute is state the strategies would silently lose."""
+        if isinstance(getattr(type(self), name, None), Counter):
+            return object.__setattr__(self, name, value)
+        raise located(ModelError(f"`self.{name} = ...` keeps state in an undeclared attribute; declare it as a "
+                                 f"Map, Set or Counter class attribute (e.g. {name} = Counter()), or use a local "
+                                 f"variable"))
 
     @classmethod
     def declarations(cls) -> dict[str, State]:
@@ -358,3 +439,55 @@ class NF:
 
     def handle(self, pkt: Packet, ctx) -> None:  # pragma: no cover - abstract
         raise NotImplementedError
+
+
+_VALIDATED: set = set()
+_IMMUTABLE = (int, float, str, bytes, type(None), range, type, staticmethod, classmethod, property)
+
+
+def _constant(value) -> bool:
+    if isinstance(value, (tuple, frozenset)):
+        return all(_constant(v) for v in value)
+    return (isinstance(value, _IMMUTABLE) or callable(value) or type(value).__module__ == __name__
+            or isinstance(value, (ipaddress.IPv4Address, ipaddress.IPv6Address, ipaddress.IPv4Network,
+                                  ipaddress.IPv6Network)))
+
+
+def _attribute_line(klass, name: str) -> str:
+    try:
+        lines, first = inspect.getsourcelines(klass)
+        for k, line in enumerate(lines):
+            if re.match(rf"\s*{re.escape(name)}\s*[:=]", line):
+                return f"{inspect.getsourcefile(klass)}:{first + k}"
+    except (OSError, TypeError):
+        pass
+    code = next((f.__code__ for f in vars(klass).values() if hasattr(f, "__code__")), None)
+    return f"{code.co_filename}:{code.co_firstlineno}" if code else klass.__module__
+
+
+def check_no_hidden_state(nf_cls) -> None:
+    """A class attribute that can change (a list, a dict, an object) is state no strategy
+    protects and no proof sees: a ModelError, as is assigning an undeclared attribute."""
+    for klass in nf_cls.__mro__:
+        if klass is NF or klass is object:
+            continue
+        for name, value in vars(klass).items():
+            if name.startswith("__") or isinstance(value, State) or _constant(value):
+                continue
+            error = ModelError(f"class attribute `{name}` ({type(value).__name__}) can change between packets: "
+                               f"undeclared state; declare it as a Map, Set or Counter, or make it a constant "
+                               f"(int, str, tuple)")
+            error.location = _attribute_line(klass, name)
+            error.args = (f"{error.location}: {error.args[0]}",)
+            raise error
+
+
+def select(values, index):
+    """values[index] for a constant tuple or list and an integer index, on both interpreters (a
+    symbolic index cannot index a Python sequence: Python needs a concrete int). An index
+    outside 0..len-1 is a ModelError."""
+    if hasattr(index, "select_from"):
+        return index.select_from(tuple(values))
+    if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < len(values):
+        raise ModelError(f"select(): index {index!r} outside 0..{len(values) - 1}")
+    return values[index]

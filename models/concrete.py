@@ -9,21 +9,50 @@ import random
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
-from .api import NF, Domain, Map, MapStorage, ModelError, Packet, Set, wrap
+from .api import (INTERPRETER_FILES, MAX_CHOICE_WIDTH, NF, Domain, Map, MapStorage, ModelError, Packet, Set, located,
+                  model_failure, wrap)
+
+INTERPRETER_FILES.add(__file__)
+
+
+def unsupported(what: str, instead: str, base=None):
+    """Constructs the symbolic interpreter cannot follow are model errors here too while a handler
+    runs, so that a model runs on both interpreters or on neither (outside a handler, `base` keeps
+    the storage an ordinary dict or set for checkers, printers and tests)."""
+    def method(self, *args, **kwargs):
+        if base is None or _handlers_running:
+            raise ModelError(f"{what} is not supported (a proof cannot follow it); {instead}")
+        return base(self, *args, **kwargs)
+    return method
+
+
+_handlers_running = 0
+
+
+NO_ITERATION = "keep what you need in a Counter or another Map, and look keys up with `k in m` / m.get(k)"
 
 
 class DictMap(dict, MapStorage):
     """A declared Map; keys and values wrap at their declared widths."""
 
     def __init__(self, decl, items=()):
-        super().__init__(items)
+        super().__init__(dict.items(items) if isinstance(items, dict) else items)
         self.decl = decl
 
     def get(self, key, default=None):
         return dict.get(self, wrap(self.decl.key, key), default)
 
     def __getitem__(self, key):
-        return dict.__getitem__(self, wrap(self.decl.key, key))
+        k = wrap(self.decl.key, key)
+        if not dict.__contains__(self, k):
+            raise ModelError(f"{self.decl.name}[key] of an absent key; test `key in m` first or use m.get(key)")
+        return dict.__getitem__(self, k)
+
+    __iter__ = unsupported("iterating a Map", NO_ITERATION, dict.__iter__)
+    keys = unsupported("iterating a Map", NO_ITERATION, dict.keys)
+    values = unsupported("iterating a Map", NO_ITERATION, dict.values)
+    items = unsupported("iterating a Map", NO_ITERATION, dict.items)
+    __len__ = unsupported("len() of a Map", "count the entries in a Counter", dict.__len__)
 
     def __contains__(self, key) -> bool:
         return dict.__contains__(self, wrap(self.decl.key, key))
@@ -38,17 +67,20 @@ class DictMap(dict, MapStorage):
         return Domain(((v, True) for v in values if v not in self), kind)
 
     def copy(self):
-        return DictMap(self.decl, self)
+        return DictMap(self.decl, dict.items(self))
+
+    def __reduce__(self):  # copy and pickle without the iteration models may not use
+        return DictMap, (self.decl, dict(dict.items(self)))
 
     def frozen(self):
-        return frozenset(self.items())
+        return frozenset(dict.items(self))
 
 
 class PySet(set, MapStorage):
     """A declared Set; members wrap at the declared width."""
 
     def __init__(self, decl, items=()):
-        super().__init__(items)
+        super().__init__(set.__iter__(items) if isinstance(items, set) else items)
         self.decl = decl
 
     def __contains__(self, key) -> bool:
@@ -60,13 +92,24 @@ class PySet(set, MapStorage):
     def discard(self, key):
         set.discard(self, wrap(self.decl.key, key))
 
+    def remove(self, key):
+        k = wrap(self.decl.key, key)
+        if not set.__contains__(self, k):
+            raise ModelError(f"{self.decl.name}.remove(x) of an absent member; test `x in s` first or use discard(x)")
+        set.discard(self, k)
+
+    __iter__ = unsupported("iterating a Set", NO_ITERATION, set.__iter__)
+    __len__ = unsupported("len() of a Set", "count the members in a Counter", set.__len__)
     absent_from = DictMap.absent_from
 
     def copy(self):
-        return PySet(self.decl, self)
+        return PySet(self.decl, set.__iter__(self))
+
+    def __reduce__(self):
+        return PySet, (self.decl, set(set.__iter__(self)))
 
     def frozen(self):
-        return frozenset(self)
+        return frozenset(set.__iter__(self))
 
 
 class Cell:
@@ -88,6 +131,16 @@ class Cell:
 
     def frozen(self):
         return self._value
+
+
+def map_entries(storage: DictMap) -> dict:
+    """The (key, value) pairs of a concrete Map, for interpreters, checkers and tests (models
+    cannot iterate their state: a proof could not follow them)."""
+    return dict(dict.items(storage))
+
+
+def set_members(storage: PySet) -> set:
+    return set(set.__iter__(storage))
 
 
 def _new_storage(decl):
@@ -125,7 +178,9 @@ class ConcreteContext:
 
     def choose(self, domain: Domain):
         values = domain.concrete_values()
-        if any(not 0 <= v < 1 << domain.kind.width for v in values):
+        if domain.kind.width > MAX_CHOICE_WIDTH:
+            raise ModelError(f"a choice from a {domain.kind.width}-bit domain; choices are at most {MAX_CHOICE_WIDTH} bits")
+        if any(not isinstance(v, int) or not 0 <= v < 1 << domain.kind.width for v in values):
             raise ModelError(f"a {domain.kind} domain holds a value that does not fit in {domain.kind.width} bits")
         if not values:
             return None
@@ -149,8 +204,20 @@ class ConcreteContext:
 
 def step(nf_cls: type[NF], state: dict, pkt: Packet, chooser, clock: Callable[[], int] | None = None) -> StepResult:
     """Apply one packet to `state` in place. `clock` answers now() (default: time 0)."""
+    global _handlers_running
     ctx = ConcreteContext(chooser, clock or (lambda: 0), nf_cls.gates)
-    nf_cls(state).handle(pkt, ctx)
+    _handlers_running += 1
+    try:
+        nf_cls(state).handle(pkt, ctx)
+    except ModelError as e:
+        raise located(e, e.__traceback__) from None
+    except (ArithmeticError, LookupError, TypeError, ValueError, AttributeError) as e:
+        failure = model_failure(e)
+        if failure is None:
+            raise
+        raise failure from None
+    finally:
+        _handlers_running -= 1
     return ctx.result
 
 

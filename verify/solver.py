@@ -52,3 +52,12 @@ def check(solver: z3.Solver, budget: Budget, *assumptions, unknown_ok: bool = Fa
     if result == z3.unknown and not unknown_ok:
         raise BudgetExhausted(f"solver returned unknown: {solver.reason_unknown()}")
     return result
+
+
+def satisfiable(conditions: list, rlimit: int = 2_000_000) -> bool | None:
+    """Whether a small conjunction (a path's conditions) has a solution: True, False, or None when
+    the solver gives up within `rlimit` (callers then treat the path as possible)."""
+    s = new_solver(Budget(rlimit=rlimit))
+    s.add(*conditions)
+    result = s.check()
+    return None if result == z3.unknown else result == z3.sat

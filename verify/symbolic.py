@@ -19,7 +19,16 @@ from typing import Callable
 
 import z3
 
-from ..models.api import NF, PACKET_FIELDS, PACKET_WIDTHS, Bits, Domain, Map, MapStorage, ModelError, Packet, Set
+from ..models.api import (INTERPRETER_FILES, MAX_CHOICE_WIDTH, NF, PACKET_FIELDS, PACKET_WIDTHS, Bits, Domain, Map,
+                          MapStorage, ModelError, Packet, Set, check_bool_field, located, model_failure)
+from ..models.concrete import NO_ITERATION, unsupported
+from . import solver as smt
+
+INTERPRETER_FILES.add(__file__)
+
+
+class InfeasiblePath(Exception):
+    """The path's own conditions contradict each other: it is dropped, it describes no run."""
 
 
 class Path:
@@ -37,12 +46,22 @@ class Path:
             return False
         if cond.get_id() in self.decided:  # tested before on this path (e.g. `k in m`, then m.get(k))
             return self.decided[cond.get_id()]
+        if z3.is_not(cond) and cond.arg(0).get_id() in self.decided:  # `if d == 0:` ... then d != 0
+            return not self.decided[cond.arg(0).get_id()]
         k = len(self.decisions)
         take = self.prefix[k] if k < len(self.prefix) else True
         self.decisions.append(take)
         self.conds.append(cond if take else z3.Not(cond))
         self.decided[cond.get_id()] = take
+        if z3.is_not(cond):  # `if d != 0:` then `x // d` tests d == 0
+            self.decided[cond.arg(0).get_id()] = not take
         return take
+
+    def fail(self, message: str):
+        """A model error on this path, if some input can take it; else the path is dropped."""
+        if smt.satisfiable(self.conds) is False:
+            raise InfeasiblePath()
+        raise ModelError(message)
 
     def alternatives(self) -> list[tuple[bool, ...]]:
         d = self.decisions
@@ -79,12 +98,16 @@ def term(value, width: int):
     if isinstance(value, SymBool):  # a bool stored as an integer, as Python does
         return z3.If(value.t, z3.BitVecVal(1, width), z3.BitVecVal(0, width))
     if not isinstance(value, int):
-        raise TypeError(f"not a {width}-bit value: {value!r}")
+        raise ModelError(f"a {width}-bit integer cannot hold {value!r}")
     return z3.BitVecVal(int(value) & ((1 << width) - 1), width)  # wraps, as the concrete interpreter masks
 
 
 def bool_term(value) -> z3.BoolRef:
-    return value.t if isinstance(value, SymBool) else z3.BoolVal(bool(value))
+    """The term of a bool (the `inbound` field): a bool, never an integer, on both interpreters."""
+    if isinstance(value, SymBool):
+        return value.t
+    check_bool_field(value)
+    return z3.BoolVal(value)
 
 
 class SymBool:
@@ -102,6 +125,26 @@ class SymBool:
 
     def as_int(self) -> "SymBV":
         return SymBV(z3.If(self.t, z3.BitVecVal(1, 2), z3.BitVecVal(0, 2)), self.path)
+
+    def __index__(self):
+        return self.as_int().__index__()
+
+    def __int__(self):
+        return self.as_int().__int__()
+
+    def __abs__(self): return self.as_int()
+    def __neg__(self): return -self.as_int()
+    def __lshift__(self, other): return self.as_int() << other
+    def __rlshift__(self, other): return other << self.as_int()
+    def __rshift__(self, other): return self.as_int() >> other
+    def __rrshift__(self, other): return other >> self.as_int()
+    def __floordiv__(self, other): return self.as_int() // other
+    def __rfloordiv__(self, other): return other // self.as_int()
+    def __mod__(self, other): return self.as_int() % other
+    def __rmod__(self, other): return other % self.as_int()
+
+    def select_from(self, values):
+        return self.as_int().select_from(values)
 
     def __and__(self, other):
         if isinstance(other, (SymBool, bool)):
@@ -217,11 +260,15 @@ class SymBV:
     __rmul__ = __mul__
 
     def _floor(self, other, reverse=False):
-        """Python's floor division and modulo (z3's signed ones truncate toward zero)."""
-        pair = self._operands(other)
+        """Python's floor division and modulo (z3's signed ones truncate toward zero; one bit of
+        headroom, as -2**(w-1) // -1 does not fit in w bits). A divisor that may be zero is a
+        model error, as ZeroDivisionError is on the concrete interpreter."""
+        pair = self._operands(other, extra=1)
         if pair is None:
             return None
         a, b = pair[::-1] if reverse else pair
+        if self.path.branch(b == 0):
+            self.path.fail("integer division or modulo by zero (ZeroDivisionError); test the divisor first")
         q, r = a / b, z3.SRem(a, b)  # `/` on bit-vectors is signed division
         adjust = z3.And(r != 0, (r < 0) != (b < 0))
         return z3.If(adjust, q - 1, q), z3.If(adjust, r + b, r)
@@ -242,15 +289,78 @@ class SymBV:
         qr = self._floor(other, reverse=True)
         return NotImplemented if qr is None else SymBV(qr[1], self.path)
 
+    def _amount(self, n):
+        """A shift amount: a non-negative int, or a term and the largest value it can take."""
+        if isinstance(n, SymBool):
+            n = n.as_int()
+        if isinstance(n, int):
+            if n < 0:
+                self.path.fail("negative shift count (ValueError)")
+            return n, n
+        if not isinstance(n, SymBV):
+            raise ModelError(f"cannot shift by {n!r}")
+        if self.path.branch(n.t < 0):
+            self.path.fail("negative shift count (ValueError); mask the amount first, e.g. x << (n & 7)")
+        return n.t, _max_value(n.t)
+
+    def _shift_left(self, value, n):
+        amount, most = self._amount(n)
+        width = value.size() + most + 1
+        if width > MAX_SHIFT_WIDTH:
+            raise ModelError(f"a shift by up to {most} bits needs {width}-bit integers; mask the amount first "
+                             f"(e.g. x << (n & 31))")
+        if isinstance(amount, int):
+            return SymBV(z3.SignExt(amount, value) << amount, self.path)
+        width = max(width, amount.size())
+        return SymBV(z3.SignExt(width - value.size(), value) << z3.ZeroExt(width - amount.size(), amount), self.path)
+
     def __lshift__(self, n):
-        if not isinstance(n, int) or isinstance(n, bool) or n < 0:
-            raise ModelError("shifts are supported by a non-negative constant amount only")
-        return SymBV(z3.SignExt(n, self.t) << n, self.path)
+        return self._shift_left(self.t, n)
+
+    def __rlshift__(self, other):  # `1 << x`
+        o = self._other(other)
+        return NotImplemented if o is None else self._shift_left(o, self)
+
+    def _shift_right(self, value, n):
+        amount, _ = self._amount(n)
+        if isinstance(amount, int):
+            return SymBV(value >> min(amount, value.size() - 1), self.path)  # arithmetic, as Python's
+        width = max(value.size(), amount.size())
+        value = z3.SignExt(width - value.size(), value)
+        return SymBV(value >> z3.ZeroExt(width - amount.size(), amount), self.path)
 
     def __rshift__(self, n):
-        if not isinstance(n, int) or isinstance(n, bool) or n < 0:
-            raise ModelError("shifts are supported by a non-negative constant amount only")
-        return SymBV(self.t >> n, self.path)  # arithmetic shift, as Python's on negative ints
+        return self._shift_right(self.t, n)
+
+    def __rrshift__(self, other):
+        o = self._other(other)
+        return NotImplemented if o is None else self._shift_right(o, self)
+
+    def __abs__(self):
+        t = z3.SignExt(1, self.t)
+        return SymBV(z3.If(t < 0, -t, t), self.path)
+
+    def __index__(self):
+        raise ModelError("a symbolic integer indexes a Python sequence (Python needs a concrete int); write "
+                         "select(table, i) (from nfproof.models.api), which both interpreters follow")
+
+    def __int__(self):
+        raise ModelError("int() of a model value: values are integers already; drop the int()")
+
+    def select_from(self, values: tuple):
+        """select(values, self): values[self] as an if-then-else over the constant sequence."""
+        if not values:
+            self.path.fail("select() from an empty sequence")
+        if self.path.branch(z3.Or(self.t < 0, self.t >= len(values))):
+            self.path.fail(f"select(): the index may fall outside 0..{len(values) - 1}")
+        terms = [v.t if isinstance(v, SymBV) else self._other(v) for v in values]
+        width = max([t.size() for t in terms] + [self.t.size()])
+        terms = [z3.SignExt(width - t.size(), t) for t in terms]
+        index = z3.SignExt(width - self.t.size(), self.t)
+        acc = terms[-1]
+        for k in range(len(terms) - 2, -1, -1):
+            acc = z3.If(index == k, terms[k], acc)
+        return SymBV(acc, self.path)
 
     def __neg__(self):
         return SymBV(-z3.SignExt(1, self.t), self.path)
@@ -265,13 +375,36 @@ class SymBV:
         return f"SymBV({self.t})"
 
 
+MAX_SHIFT_WIDTH = 1024  # bits of the widest integer a shift by a symbolic amount may produce
+
+
+def _max_value(t) -> int:
+    """An upper bound of a signed term's value: a mask's constant, a field's width, else the sort's."""
+    t = z3.simplify(t)
+    if z3.is_app_of(t, z3.Z3_OP_CONCAT) and z3.is_bv_value(t.arg(0)) and t.arg(0).as_long() == 0:
+        return (1 << (t.size() - t.arg(0).size())) - 1
+    if z3.is_bv_value(t):
+        return t.as_signed_long()
+    if z3.is_app_of(t, z3.Z3_OP_ZERO_EXT):
+        return (1 << t.arg(0).size()) - 1
+    if z3.is_app_of(t, z3.Z3_OP_BAND):
+        bounds = [_max_value(a) for a in t.children() if z3.is_bv_value(a) and a.as_signed_long() >= 0]
+        if bounds:
+            return min(bounds)
+    return (1 << (t.size() - 1)) - 1
+
+
 def kind_width(kind) -> int:
     return kind.width if isinstance(kind, Bits) else sum(kind.widths)
 
 
 def pack(kind, value):
     if isinstance(kind, Bits):
+        if isinstance(value, tuple):
+            raise ModelError(f"a {kind} ({kind.width}-bit integer) cannot hold {value!r}")
         return term(value, kind.width)
+    if not isinstance(value, tuple) or len(value) != len(kind.widths):
+        raise ModelError(f"a {kind.__name__} ({', '.join(kind._fields)}) cannot hold {value!r}")
     return z3.Concat(*(term(v, w) for v, w in zip(value, kind.widths)))
 
 
@@ -302,18 +435,21 @@ class SymMap(MapStorage):
     def _key(self, key):
         return pack(self.decl.key, key)
 
-    def get(self, key):
+    def get(self, key, default=None):
         k = self._key(key)
         if self.path.branch(z3.Select(self.present, k)):
             return unpack(self.decl.value, z3.Select(self.values, k), self.path)
-        return None
+        return default
 
     def __getitem__(self, key):
         value = self.get(key)
         if value is None:
-            raise ModelError(f"{self.decl.name}[key] on a path where the key may be absent; test `key in m` "
-                             f"first or use m.get(key)")
+            self.path.fail(f"{self.decl.name}[key] on a path where the key may be absent; test `key in m` "
+                           f"first or use m.get(key)")
         return value
+
+    __iter__ = keys = items = unsupported("iterating a Map", NO_ITERATION)
+    __len__ = unsupported("len() of a Map", "count the entries in a Counter")
 
     def __contains__(self, key) -> bool:
         return self.path.branch(z3.Select(self.present, self._key(key)))
@@ -350,6 +486,15 @@ class SymSet(SymMap):
     def discard(self, key):
         del self[key]
 
+    def remove(self, key):
+        if not self.path.branch(z3.Select(self.present, self._key(key))):
+            self.path.fail(f"{self.decl.name}.remove(x) of a member that may be absent; test `x in s` first or "
+                           f"use discard(x)")
+        del self[key]
+
+    __iter__ = unsupported("iterating a Set", NO_ITERATION)
+    __len__ = unsupported("len() of a Set", "count the members in a Counter")
+
 
 class SymCell:
     """A declared Counter as one bit-vector."""
@@ -377,33 +522,49 @@ def _storage_class(decl):
     return SymMap if isinstance(decl, Map) else SymSet if isinstance(decl, Set) else SymCell
 
 
-CHOICE_WIDTH = 64  # bits of a choice variable: domain values are below 2**63
+CHOICE_WIDTH = MAX_CHOICE_WIDTH  # bits of every choice variable: wide enough for any domain, unsigned
+
+
+TIME_WIDTH = 32  # bits of a time term (ticks); the failover check keeps every time below 2**30
 
 
 class SymContext:
-    def __init__(self, path: Path, choice_var: Callable[[int, int], z3.BitVecRef], gates: tuple[str, ...]):
-        self.path, self.choice_var, self.gates = path, choice_var, gates
+    def __init__(self, path: Path, choice_var: Callable[[int, int], z3.BitVecRef], gates: tuple[str, ...],
+                 clock: Callable[[], z3.BitVecRef] | None = None):
+        self.path, self.choice_var, self.gates, self.clock = path, choice_var, gates, clock
         self.outputs, self.drops, self.validity, self.nchoices = [], [], [], 0
+        self.read_clock = False
 
     def choose(self, domain: Domain):
-        items = [(const(val, domain.kind.width).as_long(), z3.BoolVal(c) if isinstance(c, bool) else c)
-                 for val, c in domain.items]  # const: a domain value wider than its kind is a model error
+        width = domain.kind.width
+        if width > CHOICE_WIDTH:
+            raise ModelError(f"a choice from a {width}-bit domain; choices are at most {CHOICE_WIDTH} bits")
+        # const: a domain value wider than its kind is a model error; a packet's value is its field's
+        items = [(z3.ZeroExt(CHOICE_WIDTH - width, fit(val.t, width) if isinstance(val, SymBV) else const(val, width)),
+                  z3.BoolVal(c) if isinstance(c, bool) else c) for val, c in domain.items]
         if self.path.branch(z3.And(*[z3.Not(c) for _, c in items]) if items else z3.BoolVal(True)):
             return None
         # One variable per call, of one width whatever the domain, so that every path's k-th choice
-        # is the same variable; its value is one of the domain's (validity), hence non-negative.
+        # is the same variable; it holds one of the domain's values (validity): an unsigned number
+        # of the domain's width.
         v = self.choice_var(self.nchoices, CHOICE_WIDTH)
         self.nchoices += 1
         self.validity.append(z3.Or(*[z3.And(v == val, c) for val, c in items]))
-        return SymBV(v, self.path)
+        return SymBV.unsigned(z3.Extract(width - 1, 0, v) if width < CHOICE_WIDTH else v, self.path)
 
     def now(self):
-        raise ModelError("the NF reads the clock (ctx.now()); clock reads are not verified yet")
+        """The processing time of the current input: a TIME_WIDTH-bit term from the caller's
+        `clock()` (the failover check's arrival, standby or reference time). Every read in one step
+        returns the same time."""
+        if self.clock is None:
+            raise ModelError("the NF reads the clock (ctx.now()), and this use of the symbolic step supplies none")
+        self.read_clock = True
+        return SymBV.unsigned(self.clock(), self.path)
 
     def emit(self, pkt: Packet, gate: str) -> None:
         if gate not in self.gates:
             raise ModelError(f"emit on undeclared gate {gate!r}; the NF declares gates {self.gates}")
-        self.outputs.append((gate, pkt))
+        self.outputs.append((gate, packet_terms(pkt)))  # a field of the wrong kind is a model error here
 
     def drop(self, reason: str = "") -> None:
         self.drops.append(reason)
@@ -450,33 +611,46 @@ class SymStep:
     outputs: list[Slot]
     valid: z3.BoolRef     # the choices made on the taken path were available
     paths: int
+    reads_clock: bool = False  # some path called ctx.now() (else the step is the same at every time)
 
 
-def step(nf_cls: type[NF], state: dict, pkt: dict, choice_var) -> SymStep:
-    """All paths of nf_cls.handle on (state, pkt), merged."""
+def step(nf_cls: type[NF], state: dict, pkt: dict, choice_var, clock=None) -> SymStep:
+    """All paths of nf_cls.handle on (state, pkt), merged. `clock()` gives the term now() returns
+    (called lazily, so a step that reads no clock builds no time term)."""
     decls = nf_cls.declarations()
     runs, pending = [], [()]
     while pending:
         path = Path(pending.pop())
         storages = {name: _storage_class(decl)(decl, path, *state[name]) for name, decl in decls.items()}
-        ctx = SymContext(path, choice_var, nf_cls.gates)
-        nf_cls(storages).handle(_bind(pkt, path), ctx)
+        ctx = SymContext(path, choice_var, nf_cls.gates, clock)
+        try:
+            nf_cls(storages).handle(_bind(pkt, path), ctx)
+            runs.append((path.condition(), storages, ctx))
+        except InfeasiblePath:
+            pass
+        except ModelError as e:
+            raise located(e, e.__traceback__) from None
+        except (ArithmeticError, LookupError, TypeError, ValueError, AttributeError) as e:
+            failure = model_failure(e)
+            if failure is None:
+                raise
+            raise failure from None
         pending.extend(path.alternatives())
-        runs.append((path.condition(), storages, ctx))
 
     new_state = {name: tuple(ite([(pc, s[name].terms()[c]) for pc, s, _ in runs])
                              for c in range(len(runs[0][1][name].terms()))) for name in decls}
     slots = []
     for j in range(max(len(ctx.outputs) for _, _, ctx in runs)):
         having = [(pc, ctx.outputs[j]) for pc, _, ctx in runs if len(ctx.outputs) > j]
-        terms = [(pc, packet_terms(p)) for pc, (_, p) in having]
+        terms = [(pc, p) for pc, (_, p) in having]
         slots.append(Slot(
             present=z3.Or(*[pc for pc, _ in having]) if len(having) < len(runs) else z3.BoolVal(True),
             gate=ite([(pc, z3.IntVal(nf_cls.gates.index(g))) for pc, (g, _) in having]),
             fields={f: ite([(pc, t[f]) for pc, t in terms]) for f in terms[0][1]},
         ))
     valid = [z3.Implies(pc, z3.And(*ctx.validity)) for pc, _, ctx in runs if ctx.validity]
-    return SymStep(new_state, slots, z3.And(*valid) if valid else z3.BoolVal(True), len(runs))
+    return SymStep(new_state, slots, z3.And(*valid) if valid else z3.BoolVal(True), len(runs),
+                   any(ctx.read_clock for _, _, ctx in runs))
 
 
 def initial_state(nf_cls: type[NF]) -> dict:
