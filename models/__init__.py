@@ -114,7 +114,7 @@ def _where(error: Exception, filename: str) -> str:
 def model_ref(nf_cls: type[NF]) -> str:
     """A reference `lookup` loads back to an equivalent model: the bundled name, else
     `path/to/file.py:Class` or `module:Class`; with `[name=value,...]` for configured parameters."""
-    base, given = getattr(nf_cls, "_configured_from", (nf_cls, ()))
+    base, given = vars(nf_cls).get("_configured_from", (nf_cls, ()))
     if NFS.get(base.name) is base:
         ref = base.name
     else:

@@ -410,7 +410,7 @@ class NF:
                 raise ParamError(f"{cls.name} has no parameter {name!r}; valid (with defaults): {valid}")
         if not values:
             return cls
-        base, earlier = getattr(cls, "_configured_from", (cls, ()))
+        base, earlier = vars(cls).get("_configured_from", (cls, ()))  # only a configured class itself, not its subclasses
         merged = {**dict(earlier), **values}
         return type(cls.__name__, (cls,), {"__module__": cls.__module__, "__qualname__": cls.__qualname__,
                                            "_configured_from": (base, tuple(merged.items())), **values})

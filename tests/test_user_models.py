@@ -155,3 +155,13 @@ def test_the_documented_example_works_from_the_repository_root():
     assert knock.knock == 1234 and "Theory of operation" in knock.__doc__
     result = verify_failover(knock.configure({"knock": 7000}), Strategy.parse("none"), 2)
     assert result.verdict == "counterexample" and "7000" in reproduction(result)
+
+
+def test_a_subclass_of_a_configured_model_is_not_mistaken_for_it():
+    configured = Nat.configure({"ports": 2})
+
+    class Derived(configured):
+        def handle(self, pkt, ctx):
+            ctx.drop("everything")
+    assert model_ref(configured) == "nat[ports=2]" and not model_ref(Derived).startswith("nat")
+    assert Derived.ports == 2 and Derived.configure({"base": 7}).ports == 2
