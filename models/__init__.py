@@ -33,8 +33,12 @@ class UnknownModel(KeyError):
 def lookup(ref: str) -> type[NF]:
     """The NF a reference names: a bundled name (`nat`), a file (`path/to/mynf.py:MyNF`) or a
     module (`pkg.module:MyNF`), optionally with parameters (`nat[ports=2,base=1000]`, as
-    `model_ref` writes configured models). UnknownModel if it names none."""
+    `model_ref` writes configured models), or a linear chain of those (`firewall>nat>lb`, one
+    composite NF). UnknownModel if it names none."""
     ref = ref.strip()
+    if ">" in ref:  # a linear chain, e.g. firewall>nat>lb (models/chain.py), as one NF
+        from .chain import Chain
+        return Chain.parse(ref, lookup).as_nf()
     params = {}
     m = re.fullmatch(r"(.*?)\[([^\[\]]*)\]", ref)
     if m:
@@ -113,7 +117,10 @@ def _where(error: Exception, filename: str) -> str:
 
 def model_ref(nf_cls: type[NF]) -> str:
     """A reference `lookup` loads back to an equivalent model: the bundled name, else
-    `path/to/file.py:Class` or `module:Class`; with `[name=value,...]` for configured parameters."""
+    `path/to/file.py:Class` or `module:Class`; with `[name=value,...]` for configured parameters.
+    A class may state its own (a string class attribute `model_reference`, e.g. a chain's text)."""
+    if isinstance(vars(nf_cls).get("model_reference"), str):  # a model that says how to load it (a chain)
+        return vars(nf_cls)["model_reference"]
     base, given = vars(nf_cls).get("_configured_from", (nf_cls, ()))
     if NFS.get(base.name) is base:
         ref = base.name

@@ -165,3 +165,14 @@ def test_a_subclass_of_a_configured_model_is_not_mistaken_for_it():
             ctx.drop("everything")
     assert model_ref(configured) == "nat[ports=2]" and not model_ref(Derived).startswith("nat")
     assert Derived.ports == 2 and Derived.configure({"base": 7}).ports == 2
+
+
+def test_lookup_builds_a_linear_chain_of_references(user_file):
+    chain = lookup(f"firewall>nat[ports=2]>{user_file}:Numbered")
+    assert chain.name.startswith("firewall>nat[ports=2]>") and issubclass(chain, NF)
+
+    class Stated(chain):
+        model_reference = "firewall>nat[ports=2]>lb"
+    assert model_ref(Stated) == "firewall>nat[ports=2]>lb"
+    with pytest.raises(Exception, match="unknown NF 'nope'; bundled: csfq-core"):
+        lookup("firewall>nope>lb")
