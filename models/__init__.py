@@ -36,7 +36,7 @@ def lookup(ref: str) -> type[NF]:
     `model_ref` writes configured models), or a linear chain of those (`firewall>nat>lb`, one
     composite NF). UnknownModel if it names none."""
     ref = ref.strip()
-    if ">" in ref:  # a linear chain, e.g. firewall>nat>lb (models/chain.py), as one NF
+    if ">" in ref.replace("<locals>", ""):  # a linear chain, e.g. firewall>nat>lb (models/chain.py), as one NF
         from .chain import Chain
         return Chain.parse(ref, lookup).as_nf()
     params = {}
