@@ -187,6 +187,7 @@ def test_csfq_core_drops_with_the_probability_of_its_label():
 
 # ---- acceptance verdicts (issue 11), default parameters, bound 4 ---------------------------
 
+@functools.lru_cache(maxsize=None)
 def clock_verified() -> bool:
     """Does the symbolic interpreter follow clock reads yet (DESIGN.md "Time")?"""
     try:
