@@ -71,6 +71,11 @@ def main() -> int:
                 kind = kind_of(message)
                 if kind not in found or len(source) < len(found[kind][1]):
                     found[kind] = (message, source)
+            if args.progress and check is verdicts:
+                t = fd.TALLY
+                print(f"# {t.verdict_examples} verdict models, {t.verdict_checks} checks, {t.verdict_proved} proved, "
+                      f"{t.verdict_counterexamples} counterexamples, {t.verdict_unknown} unknown, "
+                      f"{len(found)} kinds of disagreement", flush=True)
             if args.progress and fd.TALLY.step_examples % args.progress == 0 and check is step:
                 print(f"# {fd.TALLY.step_examples} models, {fd.TALLY.step_points} points, {len(found)} kinds of "
                       f"disagreement", flush=True)

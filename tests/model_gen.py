@@ -72,6 +72,7 @@ class _Config:
     max_expr_depth: int = 2
     max_choices: int = 2
     max_pool: int = 3
+    nondeterministic: bool = False  # at least one pool and one counter, and choices drawn often
 
 
 @dataclass
@@ -124,11 +125,12 @@ class _Writer:
             self.decls.append(_Decl(f"m{n}", "map", key, value)); n += 1
         for _ in range(self.draw(st.integers(0, 1))):
             self.decls.append(_Decl(f"s{n}", "set", self.pick(WIDTHS + ("flow",)))); n += 1
-        for _ in range(self.draw(st.integers(0, 2))):
+        least = 1 if self.cfg.nondeterministic else 0
+        for _ in range(self.draw(st.integers(least, 2))):
             self.decls.append(_Decl(f"c{n}", "counter", value=self.pick(WIDTHS))); n += 1
-        for _ in range(self.draw(st.integers(0, 2))):
+        for _ in range(self.draw(st.integers(least, 2))):
             width = self.pick(WIDTHS)
-            size = self.draw(st.integers(1, min(self.cfg.max_pool, 1 << width)))
+            size = self.draw(st.integers(min(1 + least, self.cfg.max_pool), min(self.cfg.max_pool, 1 << width)))
             top = (1 << width) - size
             base = self.pick(sorted({0, 1, min(top, (1 << (width - 1)) - 1), min(top, (1 << (width - 1)) - 2 if width > 1 else 0),
                                      min(top, 1 << (width - 1)), top, min(top, 20000)}))
@@ -264,9 +266,11 @@ class _Writer:
         if sets:
             options += ["setop", "setop"]
         if self.of("pool") and self.nchoices < self.cfg.max_choices:
-            options += ["choose", "choose", "choose"]
+            options += ["choose", "choose", "choose"] * (4 if self.cfg.nondeterministic else 1)
         if self.nchoices < self.cfg.max_choices:
             options += ["domain"]
+        if self.of("pool") and self.nchoices < self.cfg.max_choices and self.cfg.nondeterministic:
+            options += ["sticky"] * 8
         if depth < self.cfg.max_depth:
             options += ["if", "if", "if", "loop"]
         options += ["drop"]
@@ -359,6 +363,19 @@ class _Writer:
                 else:
                     lines.append(f"{i}self.{d.name}[{self.key_for(d, scope)}] = {name}")
             return lines
+        if form == "sticky":  # a choice made once (per key) and kept: what failover must preserve
+            self.nchoices += 1
+            pool = self.pick(self.of("pool"))
+            counters = self.of("counter")
+            maps = [d for d in self.of("map") if d.value != "flow"]
+            if maps and (not counters or self.chance(4)):
+                d = self.pick(maps)
+                name, key = self.fresh("x"), self.key_for(d, scope)
+                scope.ints.append(name)
+                return [f"{i}{name} = self.{d.name}.get({key})", f"{i}if {name} is None:",
+                        f"{i}    {name} = ctx.choose(self.{pool.name}.all())", f"{i}    self.{d.name}[{key}] = {name}"]
+            c = self.pick(counters).name
+            return [f"{i}if self.{c} == 0:", f"{i}    self.{c} = ctx.choose(self.{pool.name}.all())"]
         if form == "domain":  # a Domain of computed values (packet fields, locals, constants)
             self.nchoices += 1
             width = self.pick(WIDTHS)
@@ -425,10 +442,10 @@ def _forget_old(filename: str, keep: int = 256) -> None:
 
 @st.composite
 def models(draw, max_statements: int = 6, max_depth: int = 2, max_expr_depth: int = 2, max_choices: int = 2,
-           max_pool: int = 3, final_emit: bool = False) -> Generated:
+           max_pool: int = 3, final_emit: bool = False, nondeterministic: bool = False) -> Generated:
     """`final_emit`: the handler ends with an output of some state-dependent value (so failover
-    checks are seldom vacuous)."""
-    w = _Writer(draw, _Config(max_statements, max_depth, max_expr_depth, max_choices, max_pool))
+    checks are seldom vacuous); `nondeterministic`: choices are likely (so they are too)."""
+    w = _Writer(draw, _Config(max_statements, max_depth, max_expr_depth, max_choices, max_pool, nondeterministic))
     w.declare()
     scope = _Scope()
     body = w.block(scope, 0, "        ", max_statements)

@@ -258,26 +258,27 @@ def compare_outputs(model, sym: SymbolicPoint, pairs, outputs: list, pkt: Packet
 
 
 def _rejected_path(error: BaseException):
-    """The Path the symbolic interpreter was on when it raised: the innermost frame of
-    verify/symbolic.py holding one (from the traceback), or None."""
-    tb, path = error.__traceback__, None
+    """(the Path the symbolic interpreter was on when it raised, the validity conditions of the
+    choices made on it): from the innermost frame of verify/symbolic.py holding a Path (and a
+    context) in the traceback, or (None, [])."""
+    tb, path, validity = error.__traceback__, None, []
     while tb is not None:
         frame = tb.tb_frame
         candidate = frame.f_locals.get("path")
         if frame.f_code.co_filename == S.__file__ and isinstance(candidate, S.Path):
-            path = candidate
+            path, validity = candidate, list(getattr(frame.f_locals.get("ctx"), "validity", []))
         tb = tb.tb_next
-    return path
+    return path, validity
 
 
 def confirm_symbolic_model_error(model, sym: SymbolicPoint, states: list):
     """The symbolic interpreter rejected the model on some path: some reachable state and some
     packet and choices taking that path must make the concrete interpreter raise too."""
-    path = _rejected_path(sym.error)
+    path, validity = _rejected_path(sym.error)
     if path is None:  # raised before any path (e.g. a declaration): nothing to locate
         TALLY.step_static_rejections += 1
         return
-    condition = path.condition()
+    condition = z3.And(path.condition(), *validity)
     for state in states:
         solver = z3.Solver()
         solver.set("timeout", 5000)
@@ -425,7 +426,7 @@ def check_verdicts(model, universe: list[Packet], bound: int, cases, budget_seco
 @st.composite
 def verdict_examples(draw, all_cases: bool = False):
     model = draw(model_gen.models(max_statements=4, max_depth=1, max_expr_depth=1, max_choices=1, max_pool=2,
-                                  final_emit=True))
+                                  final_emit=True, nondeterministic=draw(st.booleans())))
     bound = draw(st.sampled_from([2, 2, 3]))
     size = draw(st.integers(2, 3 if bound == 3 else 4))
     universe = draw(st.lists(model_gen.small_packets(model), min_size=size, max_size=size, unique=True))
@@ -467,7 +468,8 @@ def test_generator_covers_the_vocabulary():
     for construct in ["Map(Flow", "Set(", "Counter(Bits(64", "Bits(1,", " in self.", ".get(", ", 0)", "del self.",
                       ".remove(", ".discard(", ".add(", ".all()", ".free(self.", "ctx.drop(", "abs(", " // ", " % ",
                       " << ", " >> ", "(~", "(-", " ^ ", " * ", " if ", "else:", "inbound=", "sport=", "proto=",
-                      "flags=", "src=", "dst=", "dport=", "for i", "9223372036854775807", "'alt'"]:
+                      "flags=", "src=", "dst=", "dport=", "length=", "label=", "for i", "9223372036854775807", "'alt'",
+                      "Domain(["]:
         assert construct in seen, construct
 
 
@@ -480,3 +482,18 @@ def _sample(strategy, n):
         out.append(x)
     collect()
     return out
+
+
+def test_bench_runs_and_prints_result_lines():
+    """bench/fuzz_differential.py (the long form) keeps running: a tiny run."""
+    import re
+    import subprocess
+    from pathlib import Path
+    bench = Path(__file__).resolve().parents[1] / "bench" / "fuzz_differential.py"
+    r = subprocess.run([sys.executable, str(bench), "--examples", "40", "--inputs", "4", "--verdict-examples", "1",
+                        "--seed", "1"], capture_output=True, text=True, timeout=600)
+    lines = [line for line in r.stdout.splitlines() if line.startswith("RESULT ")]
+    assert lines and all(re.fullmatch(r"RESULT \S+ -?[0-9.]+ \S+", line) for line in lines), r.stdout + r.stderr
+    metrics = {line.split()[1]: float(line.split()[2]) for line in lines}
+    assert metrics["step_points"] >= metrics["step_models"] > 0 and metrics["verdict_checks"] == 20
+    assert r.returncode == (1 if metrics["step_disagreements"] + metrics["verdict_disagreements"] else 0), r.stdout
