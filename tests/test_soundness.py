@@ -255,3 +255,31 @@ def test_domain_of_packet_values():
 
     for strategy in ("none", "stateful.async", "stateful.sync"):
         agree(Echo, strategy, 2, [P1, P2])
+
+
+def test_domain_values_wider_than_their_kind_are_model_errors_on_both_interpreters():
+    class Wide(NF):
+        name = "wide"
+
+        def handle(self, pkt, ctx):
+            x = ctx.choose(Domain([(pkt.src, True), (3, True)], Bits(16, "P")))
+            ctx.emit(pkt.rewrite(dport=x), "out")
+
+    with pytest.raises(ModelError, match=r"test_soundness.py:\d+: a P domain"):
+        concrete_step(Wide, concrete_state(Wide), Packet(TCP, 70000, 1, 2, 3), lambda vs: vs[0])
+    with pytest.raises(ModelError, match=r"test_soundness.py:\d+: a P domain may hold"):
+        verify_failover(Wide, Strategy.parse("none"), 1)
+
+
+def test_a_domain_of_bools_counts_them_as_integers():
+    class Flag(NF):
+        name = "flag"
+        kept = Counter(Bits(8, "K"))
+
+        def handle(self, pkt, ctx):
+            if self.kept == 0:
+                self.kept = 1 + ctx.choose(Domain([(pkt.inbound, True), (3, True)], Bits(8, "P")))
+            ctx.emit(pkt.rewrite(dport=self.kept), "out")
+
+    for strategy in ("none", "stateful.async", "stateful.sync"):
+        agree(Flag, strategy, 2, [P1, Packet(TCP, 2, 80, 1, 1000, inbound=True)])

@@ -539,8 +539,8 @@ class SymContext:
         width = domain.kind.width
         if width > CHOICE_WIDTH:
             raise ModelError(f"a choice from a {width}-bit domain; choices are at most {CHOICE_WIDTH} bits")
-        # const: a domain value wider than its kind is a model error; a packet's value is its field's
-        items = [(z3.ZeroExt(CHOICE_WIDTH - width, fit(val.t, width) if isinstance(val, SymBV) else const(val, width)),
+        # a domain value that does not fit its kind is a model error, as on the concrete interpreter
+        items = [(z3.ZeroExt(CHOICE_WIDTH - width, self._domain_value(val, domain.kind)),
                   z3.BoolVal(c) if isinstance(c, bool) else c) for val, c in domain.items]
         if self.path.branch(z3.And(*[z3.Not(c) for _, c in items]) if items else z3.BoolVal(True)):
             return None
@@ -551,6 +551,16 @@ class SymContext:
         self.nchoices += 1
         self.validity.append(z3.Or(*[z3.And(v == val, c) for val, c in items]))
         return SymBV.unsigned(z3.Extract(width - 1, 0, v) if width < CHOICE_WIDTH else v, self.path)
+
+    def _domain_value(self, value, kind: Bits):
+        if isinstance(value, SymBool):
+            value = value.as_int()
+        if not isinstance(value, SymBV):
+            return const(value, kind.width)
+        wide = z3.SignExt(max(0, kind.width + 2 - value.t.size()), value.t)
+        if self.path.branch(z3.Or(wide < 0, wide >= z3.BitVecVal(1 << kind.width, wide.size()))):
+            self.path.fail(f"a {kind} domain may hold a value that does not fit in {kind.width} bits")
+        return fit(value.t, kind.width)
 
     def now(self):
         """The processing time of the current input: a TIME_WIDTH-bit term from the caller's
