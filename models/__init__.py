@@ -82,9 +82,9 @@ def _load_file(path: str):
     sys.modules[name] = module  # before executing: dataclasses and pickling look the module up
     try:
         spec.loader.exec_module(module)
-    except ParamError:
+    except ParamError as e:  # a parameter value in the file's class bodies
         del sys.modules[name]
-        raise
+        raise ParamError(f"{_where(e, full)}{e}") from None
     except Exception as e:
         del sys.modules[name]
         raise UnknownModel(f"cannot load {path}: {_where(e, full)}{type(e).__name__}: {e}") from None

@@ -98,7 +98,7 @@ def test_a_broken_user_file_names_its_file_and_line(tmp_path):
     failing.write_text("import math\n\nVALUE = math.sqrt(-1)\n")
     with pytest.raises(UnknownModel, match=f"{failing}:3: ValueError"):
         lookup(f"{failing}:X")
-    with pytest.raises(ParamError, match="numbered.start=70000 is out of range"):
+    with pytest.raises(ParamError, match=r"badparam.py:\d+: numbered.start=70000 is out of range"):
         bad_param = tmp_path / "badparam.py"
         bad_param.write_text(COUNTER_NF + "\n\nclass Big(Numbered):\n    start = 70000\n")
         lookup(f"{bad_param}:Big")
