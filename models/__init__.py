@@ -38,7 +38,9 @@ def lookup(ref: str) -> type[NF]:
     ref = ref.strip()
     if ">" in ref.replace("<locals>", ""):  # a linear chain, e.g. firewall>nat>lb (models/chain.py), as one NF
         from .chain import Chain
-        return Chain.parse(ref, lookup).as_nf()
+        composite = Chain.parse(ref, lookup).as_nf()
+        composite.model_reference = ref  # reproduction snippets load the chain by its text
+        return composite
     params = {}
     m = re.fullmatch(r"(.*?)\[([^\[\]]*)\]", ref)
     if m:
