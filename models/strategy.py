@@ -11,6 +11,10 @@ point r (highest input covered by state the standby holds; for asynchronous upda
 the sent records may have arrived, so r ranges over 0..sent). The standby resumes from the state
 protected at r and the upstream replays inputs r+1.. ; under `none` it starts empty and the
 upstream replays only the inputs whose outputs were not released.
+
+Time (DESIGN.md "Time"): the primary processes input i at its arrival a_i and every event of its
+timeline that follows `apply i` happens at that instant, so a cut of the timeline also bounds the
+crash time (`crash_window`).
 """
 from __future__ import annotations
 
@@ -126,11 +130,32 @@ class Strategy:
 
     def failovers(self, n: int) -> dict[tuple[int, int], Cut]:
         """Distinct (released, r) outcomes of a crash, each with the earliest cut reaching it."""
-        out: dict[tuple[int, int], Cut] = {}
+        return {key: cut for key, (cut, _) in self.failover_points(n).items()}
+
+    def failover_points(self, n: int, timed: bool = False) -> dict[tuple, tuple[Cut, int]]:
+        """Distinct outcomes of a crash: (released, r), or with `timed` (released, r, applied) (the
+        inputs whose clock reads were logged when read), each with the earliest cut reaching it
+        and the last one. The cuts reaching one outcome are consecutive, so its crash times are
+        one interval: from the time of event `first.k - 1` to the time of event `last_k`
+        (`crash_window`)."""
+        out: dict[tuple, tuple[Cut, int]] = {}
         for cut in self.cuts(n):
             for r in cut.protected:
-                out.setdefault((cut.released, r), cut)
+                key = (cut.released, r, cut.applied) if timed else (cut.released, r)
+                first, _ = out.get(key, (cut, cut.k))
+                out[key] = (first, cut.k)
         return out
+
+    def crash_window(self, n: int, first_k: int, last_k: int) -> tuple[int | None, int | None]:
+        """The crash of cuts first_k..last_k happens between the last event that happened and the
+        next one: returns the inputs whose arrival times bound it, (lower, upper); None for no
+        bound (nothing happened yet: time 0; nothing is left to happen: any time later). Every
+        event of input i happens at i's arrival (the primary processes inputs as they arrive;
+        a batch closes at the apply of its last input)."""
+        events = self.events(n)
+        lower = events[first_k - 1][1] if first_k > 0 else None
+        upper = events[last_k][1] if last_k < len(events) else None
+        return lower, upper
 
     @property
     def replays_from_protected(self) -> bool:

@@ -45,6 +45,30 @@ def configured(nf_cls, settings: list[str]):
     return nf_cls.configure(values)
 
 
+def duration(text: str):
+    """A command-line time: seconds, with `ms`/`us` suffixes accepted (converted to ticks per NF)."""
+    from .models.api import parse_seconds
+    try:
+        return parse_seconds(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def ticks(nf_cls, seconds, option: str) -> int | None:
+    """A duration in the NF's clock ticks (`ticks_per_second`); a usage error if not a whole number."""
+    if seconds is None:
+        return None
+    per_second = getattr(nf_cls, "ticks_per_second", 1)
+    value = seconds * per_second
+    if value.denominator != 1:
+        raise UsageError(f"{option} {float(seconds):g} s is not a whole number of {nf_cls.name}'s clock ticks "
+                         f"({per_second} per second); give a multiple of {1 / per_second:g} s")
+    if value > (1 << 30) - 1:
+        raise UsageError(f"{option} {float(seconds):g} s is {int(value)} ticks of {nf_cls.name}'s clock; at most "
+                         f"{(1 << 30) - 1} ticks are supported")
+    return int(value)
+
+
 def add_parser(sub):
     p = sub.add_parser(
         "verify", help="prove failover equivalence or find a counterexample",
@@ -61,6 +85,12 @@ def add_parser(sub):
     p.add_argument("--strategy", required=True, help="e.g. stateful.commit:4, or 'all'")
     p.add_argument("--bound", type=positive_int, default=8, help="input packets (default 8)")
     p.add_argument("--timeout", type=positive_float, default=60.0, help="seconds per strategy (default 60)")
+    p.add_argument("--failover-time", metavar="F", type=duration, default=None,
+                   help="how long a failover takes, in seconds (ms/us suffixes accepted; default 1 s): the standby "
+                        "processes nothing before crash + F (matters only for NFs that read the clock)")
+    p.add_argument("--max-stall", metavar="S", type=duration, default=None,
+                   help="the stall a failure-free run may have: input i may be processed up to S after it arrived "
+                        "(default: the failover time)")
     p.add_argument("--log-choices", action="store_true",
                    help="the primary logs its choices before releasing; the standby reuses them")
     p.add_argument("--unbounded", action="store_true",
@@ -90,6 +120,8 @@ def run(args) -> int:
         raise UsageError(str(e)) from None
     if args.mutation:
         strategies = [s.mutated(args.mutation) for s in strategies]
+    failover_time = ticks(nf_cls, args.failover_time, "--failover-time")
+    max_stall = ticks(nf_cls, args.max_stall, "--max-stall")
 
     if args.html:
         folder = os.path.dirname(os.path.abspath(args.html))
@@ -104,7 +136,7 @@ def run(args) -> int:
     results = []
     for strategy in strategies:
         result = verify_failover(nf_cls, strategy, args.bound, Budget(timeout=args.timeout), args.log_choices, progress,
-                                 args.unbounded)
+                                 args.unbounded, failover_time, max_stall)
         if show_progress:
             print("\r\033[K", end="", file=sys.stderr)
         results.append(result)
@@ -131,6 +163,9 @@ def run(args) -> int:
                   f"{length}, every crash point and every choice ({r.seconds:.2f} s); "
                   + (f"{r.stats['induction']}; " if r.unbounded else "") +
                   f"not vacuous: runs exist in which {' and '.join(r.stats['witnessed'])}")
+            for gate in r.stats.get("unexercised_gates", []):
+                print(f"note: no run of up to {r.bound} packets emits on gate {gate!r}, so the proof says nothing "
+                      f"about its outputs; raise --bound to exercise it")
         else:
             print(f"unknown: {r.nf} under {r.strategy} at bound {r.bound}: {r.reason} ({r.seconds:.2f} s)")
     else:

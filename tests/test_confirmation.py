@@ -13,12 +13,12 @@ def test_spurious_candidates_are_refuted_not_reported():
     learnt references explain every run (None: this failover point is proved), never a counterexample."""
     strategy = Strategy.parse("stateful.sync")
     runs = failover._Runs(Nat, 2)
-    (released, r), cut = next(iter(strategy.failovers(2).items()))
+    point = failover._points(strategy, 2, clocked=False)[0]
     budget = smt.Budget(timeout=30)
-    query = failover._violation(runs, strategy, 2, released, r, cut.applied, False, budget)
+    query = failover._violation(runs, strategy, 2, point, False, budget)
     assert query is None  # the reference is the observed run term for term ...
-    assumptions, _, observed, *_ = failover._failover_run(runs, strategy, 2, released, r, cut.applied, False, budget)
-    outcome = failover._solve(runs, Nat, strategy, 2, cut, r, (assumptions, z3.BoolVal(True), observed), budget, False)
+    assumptions, _, observed, *_ = failover._failover_run(runs, strategy, 2, point, False, budget)
+    outcome = failover._solve(runs, Nat, strategy, 2, point, (assumptions, z3.BoolVal(True), observed, None), budget, False)
     assert outcome is None
     assert runs.learnt >= 2 and budget.queries > runs.learnt  # candidates were refuted and learnt
 

@@ -20,6 +20,16 @@ failover); without them it is vacuous and the verdict is unknown. Unsat proves t
 twin. Steps are memoised on (state, input, choice names), so where the reference coincides
 with the observed run its terms are the very same terms and no query is needed at all.
 
+Time (DESIGN.md "Time"; only for an NF that reads the clock, `reads_clock`): inputs carry
+symbolic arrival times a_i (non-decreasing, below 2**30 ticks); the primary processes input i at
+a_i; each failover point -- here (released, r, applied), as the inputs applied before the crash
+have their clock reads logged -- has a symbolic crash time c between the last event that
+happened and the next one; the standby processes an input at max(a_i, c + F) (at a_i if its
+clock read was logged). The reference borrows the observed processing time clamped into its
+window [a_i, a_i + S] (`_reference_times`), which keeps it a failure-free run; where that is the
+observed time itself, reference and observed run stay the same terms. Learnt references (from
+explained candidates) carry their times as terms over the arrivals where they can.
+
 Sat is only a candidate (the reference could have chosen differently): it is re-executed
 concretely (verify/simulate.py) and confirmed by exhaustive search before it is reported;
 a refuted candidate is blocked and the query repeated. Lengths grow from 1, so the first
@@ -36,12 +46,14 @@ from ..models.api import NF, Packet, Pool, TCP, UDP, addr, flags
 from ..models.concrete import scripted, seeded
 from ..models.strategy import Strategy
 from . import solver as smt
-from .induction import prove_unbounded
-from .simulate import Explanation, FailoverRun, explain, simulate
-from .symbolic import egress_view, initial_state, outputs_differ, sequence_differs, step, symbolic_packet
+from .induction import prove_unbounded, reads_clock
+from .simulate import Explanation, FailoverRun, default_failover_ticks, explain, simulate
+from .symbolic import (TIME_WIDTH, egress_view, initial_state, outputs_differ, sequence_differs, step,
+                       symbolic_packet)
 
 LEMMA_SECONDS = 2.0   # time for one lockstep lemma (unproved: no harm, only slower)
 MAX_REFINEMENTS = 32  # explained candidates learnt per failover point before giving up (unknown)
+TIME_LIMIT = (1 << 30) - 1  # every arrival and crash time is at most this many ticks (no wrap in TIME_WIDTH bits)
 
 
 @dataclass
@@ -50,6 +62,7 @@ class Counterexample:
     run: FailoverRun
     explanation: Explanation
     log_choices: bool
+    max_stall: int = 0               # S, in ticks (the failover time F is in the run)
 
 
 @dataclass
@@ -72,26 +85,87 @@ class _State:
         self.terms = terms
 
 
+def _tick(value: int):
+    return z3.BitVecVal(value, TIME_WIDTH)
+
+
+def _umax(a, b):
+    return a if a.eq(b) else z3.If(z3.UGE(a, b), a, b)
+
+
+def _umin(a, b):
+    return a if a.eq(b) else z3.If(z3.ULE(a, b), a, b)
+
+
+@dataclass
+class _Point:
+    """One failover point: the crash leaves `released` and the protected point r; `cut` is the
+    earliest cut reaching it, `last_k` the last (the crash time lies in between, `window`: the
+    inputs whose arrivals bound it, None for no bound)."""
+    released: int
+    r: int
+    cut: object
+    last_k: int
+    window: tuple
+
+
 class _Runs:
     """Memoised symbolic steps over one set of symbolic inputs."""
 
-    def __init__(self, nf_cls: type[NF], bound: int):
-        self.nf_cls = nf_cls
+    def __init__(self, nf_cls: type[NF], bound: int, clocked: bool = False, failover_time: int = 0,
+                 max_stall: int = 0):
+        self.nf_cls, self.clocked = nf_cls, clocked
         self.inputs = [symbolic_packet(f"in{i}") for i in range(1, bound + 1)]
+        self.arrivals = [z3.BitVec(f"in{i}.arrival", TIME_WIDTH) for i in range(1, bound + 1)]
+        self.crash = z3.BitVec("crash", TIME_WIDTH)
+        self.failover_time, self.max_stall = failover_time, max_stall
+        self.failover_end = self.crash + _tick(failover_time)
         self.init = _State(initial_state(nf_cls))
         self.memo: dict = {}
         self.choice_vars: dict[tuple[str, int], list] = {}
         self.primary_states = [self.init]
         self.primary_steps = [None]
         self.learnt = 0  # reference runs learnt from explained candidates
-        self.lemmas: dict = {}  # (replayed state, primary state) -> proved equal
+        self.lemmas: dict = {}  # (replayed state, primary state, crash window) -> proved equal
+        self.read_clock = False  # some step built so far called now()
 
-    def step(self, state: _State, i: int, source: str, constants: dict | None = None):
-        """The step of input i from `state` with the choices of `source`: symbolic constants named
-        after it, or, for a reference run learnt from an explanation, the given `constants`
-        (input -> its choices in call order)."""
+    def arrival(self, i: int):
+        return self.arrivals[i - 1]
+
+    def latest(self, i: int):
+        """The end of input i's processing window in a failure-free run: a_i + S."""
+        return self.arrival(i) + _tick(self.max_stall)
+
+    def standby_time(self, i: int, clock_logged: bool):
+        """When the standby processes input i: its logged clock read (the primary's, at arrival),
+        else max(a_i, c + F) (its previous processing time is never later than that)."""
+        return self.arrival(i) if clock_logged else _umax(self.arrival(i), self.failover_end)
+
+    def time_constraints(self, n: int, window: tuple | None) -> list:
+        """Arrivals non-decreasing and, for a failover point, the crash time in its window."""
+        if not self.clocked:
+            return []
+        a = self.arrivals[:n]
+        out = [z3.ULE(x, y) for x, y in zip(a, a[1:])] + [z3.ULE(a[-1], _tick(TIME_LIMIT))]
+        if window is not None:
+            lower, upper = window
+            out.append(z3.ULE(self.crash, _tick(TIME_LIMIT)))
+            if lower is not None:
+                out.append(z3.ULE(self.arrival(lower), self.crash))
+            if upper is not None:
+                out.append(z3.ULE(self.crash, self.arrival(upper)))
+        return out
+
+    def step(self, state: _State, i: int, source: str, constants: dict | None = None, time=None):
+        """The step of input i from `state` at processing time `time` (a term; used only if the
+        step reads the clock) with the choices of `source`: symbolic constants named after it,
+        or, for a reference run learnt from an explanation, the given `constants` (input -> its
+        choices in call order)."""
         key = (id(state), i, source)
-        if key not in self.memo:
+        hit = self.memo.get(key)
+        if hit is None and time is not None:
+            hit = self.memo.get(key + (time.get_id(),))
+        if hit is None:
             def choice_var(k, width):
                 if constants is not None:
                     values = constants.get(i, [])
@@ -100,36 +174,74 @@ class _Runs:
                 if k == len(by_call):
                     by_call.append(z3.BitVec(f"{source}{i}.choice{k}", width))
                 return by_call[k]
-            s = step(self.nf_cls, state.terms, self.inputs[i - 1], choice_var)
-            self.memo[key] = (s, _State(s.state))
-        return self.memo[key]
+            s = step(self.nf_cls, state.terms, self.inputs[i - 1], choice_var, _missed_clock if time is None else (lambda: time))
+            hit = (s, _State(s.state))
+            if s.reads_clock:
+                if not self.clocked:
+                    raise _ClockMissed()
+                self.read_clock = True
+                self.memo[key + (time.get_id(),)] = hit + (time,)  # the term kept alive: its id stays its own
+            else:
+                self.memo[key] = hit
+        return hit[0], hit[1]
 
     def primary(self, i: int):
         while len(self.primary_steps) <= i:
-            s, st = self.step(self.primary_states[-1], len(self.primary_steps), "p")
+            k = len(self.primary_steps)
+            s, st = self.step(self.primary_states[-1], k, "p", time=self.arrival(k) if self.clocked else None)
             self.primary_steps.append(s)
             self.primary_states.append(st)
         return self.primary_steps[i]
 
 
+class _ClockMissed(Exception):
+    """A step read the clock although `reads_clock` said the NF never does: verify timed."""
+
+
+def _missed_clock():
+    raise _ClockMissed()
+
+
 def verify_failover(nf_cls: type[NF], strategy: Strategy, bound: int, budget: smt.Budget | None = None,
-                    log_choices: bool = False, progress=None, unbounded: bool = False) -> Result:
+                    log_choices: bool = False, progress=None, unbounded: bool = False,
+                    failover_time: int | None = None, max_stall: int | None = None) -> Result:
     """Bounded check up to `bound` packets; with `unbounded`, a bounded proof must then extend to
-    every length (verify/induction.py) or the verdict is unknown."""
+    every length (verify/induction.py) or the verdict is unknown. Times are in the NF's clock
+    ticks (`ticks_per_second`): `failover_time` F defaults to one second, `max_stall` S to F;
+    they matter only for an NF that reads the clock."""
     budget = budget or smt.Budget()
+    if failover_time is None:
+        failover_time = default_failover_ticks(nf_cls)
+    if max_stall is None:
+        max_stall = failover_time
+    for name, value in (("failover time", failover_time), ("max stall", max_stall)):
+        if not 0 <= value <= TIME_LIMIT:
+            raise ValueError(f"the {name} must be 0..{TIME_LIMIT} ticks, got {value}")
+    clocked = reads_clock(nf_cls)
+    while True:
+        try:
+            return _verify(nf_cls, strategy, bound, budget, log_choices, progress, unbounded, clocked,
+                           failover_time, max_stall)
+        except _ClockMissed:
+            clocked = True
+
+
+def _verify(nf_cls, strategy, bound, budget, log_choices, progress, unbounded, clocked, failover_time, max_stall):
     result = Result("unknown", nf_cls.name, str(strategy) + (" --log-choices" if log_choices else ""), bound)
-    runs, undecided, queries_skipped = _Runs(nf_cls, bound), [], 0
+    runs, undecided, queries_skipped = _Runs(nf_cls, bound, clocked, failover_time, max_stall), [], 0
+    if clocked:
+        result.stats.update(clock=True, failover_time=failover_time, max_stall=max_stall)
     try:
         for n in range(1, bound + 1):
-            for (released, r), cut in strategy.failovers(n).items():
+            for point in _points(strategy, n, clocked):
                 budget.check_time()
-                query = _violation(runs, strategy, n, released, r, cut.applied, log_choices, budget)
+                query = _violation(runs, strategy, n, point, log_choices, budget)
                 if query is None:
                     queries_skipped += 1
                     continue
-                cex = _solve(runs, nf_cls, strategy, n, cut, r, query, budget, log_choices)
+                cex = _solve(runs, nf_cls, strategy, n, point, query, budget, log_choices)
                 if cex == "undecided":
-                    undecided.append((n, released, r))
+                    undecided.append((n, point.released, point.r))
                 elif cex is not None:
                     result.verdict, result.counterexample = "counterexample", cex
                     return result
@@ -143,6 +255,7 @@ def verify_failover(nf_cls: type[NF], strategy: Strategy, bound: int, budget: sm
         else:
             result.verdict = "proved"
             result.stats["witnessed"] = list(REACHABILITY_TWINS)
+            result.stats["unexercised_gates"] = _unexercised_gates(runs, bound, budget)
             if unbounded:
                 induction = prove_unbounded(nf_cls, strategy, log_choices, budget)
                 result.unbounded = induction.proved
@@ -158,12 +271,23 @@ def verify_failover(nf_cls: type[NF], strategy: Strategy, bound: int, budget: sm
     return result
 
 
-def _failover_run(runs: _Runs, strategy: Strategy, n, released, r, applied, log_choices, budget):
-    """The observed run of one failover point: (assumptions on the choices made, ids of the steps
-    they cover, per-input observed outputs, per-input choice names of the standby, last input
-    whose outputs came from the primary, and for replayed released inputs the condition that a
-    replayed output got past the egress)."""
-    assumed, assumptions = set(), []
+def _points(strategy: Strategy, n: int, clocked: bool) -> list[_Point]:
+    """The failover points of n inputs: (released, r) outcomes; for an NF that reads the clock
+    also by `applied` (which inputs had their clock reads logged), each with its crash window."""
+    out = []
+    for key, (cut, last_k) in strategy.failover_points(n, timed=clocked).items():
+        window = strategy.crash_window(n, cut.k, last_k) if clocked else None
+        out.append(_Point(key[0], key[1], cut, last_k, window))
+    return out
+
+
+def _failover_run(runs: _Runs, strategy: Strategy, n, point: _Point, log_choices, budget):
+    """The observed run of one failover point: (assumptions on the choices made and on the times,
+    ids of the steps they cover, per-input observed outputs, per-input choice names of the
+    standby, last input whose outputs came from the primary, for replayed released inputs the
+    condition that a replayed output got past the egress, and per-input standby times)."""
+    released, r, applied = point.released, point.r, point.cut.applied
+    assumed, assumptions = set(), runs.time_constraints(n, point.window)
     for i in range(1, min(applied, n) + 1):
         s = runs.primary(i)
         assumed.add(id(s))
@@ -178,10 +302,11 @@ def _failover_run(runs: _Runs, strategy: Strategy, n, released, r, applied, log_
             start = max(r - 1, 0)
     else:
         state, start = runs.init, released
-    sources, leaks, replay_valid = {}, {}, []
+    sources, leaks, replay_valid, times = {}, {}, [], {}
     for i in range(start + 1, n + 1):
         sources[i] = "p" if log_choices and i <= released else "s"
-        s, state = runs.step(state, i, sources[i])
+        times[i] = runs.standby_time(i, log_choices and i <= applied) if runs.clocked else None
+        s, state = runs.step(state, i, sources[i], time=times[i])
         if sources[i] == "s":
             assumed.add(id(s))
             assumptions.append(s.valid)
@@ -190,24 +315,26 @@ def _failover_run(runs: _Runs, strategy: Strategy, n, released, r, applied, log_
         else:  # a replay of a released input: the egress drops what it has seen, not more
             if sources[i] == "s":  # logged choices are reused as they are: nothing to assume of them
                 replay_valid.append(s.valid)
-            same_outputs, same_state = _lockstep(runs, s, state, i, replay_valid, budget)
+            same_outputs, same_state = _lockstep(runs, s, state, i, replay_valid, point, n, budget)
             if same_state:
                 state = runs.primary_states[i]
             if not same_outputs:
                 later = [runs.primary(k).outputs[0].present for k in range(i + 1, released + 1) if runs.primary(k).outputs]
                 observed[i], leaks[i] = egress_view(observed[i], s.outputs, z3.Or(*later) if later else z3.BoolVal(False))
-    return assumptions, assumed, observed, sources, seen_upto, leaks
+    return assumptions, assumed, observed, sources, seen_upto, leaks, times
 
 
-def _lockstep(runs: _Runs, replay, replayed: _State, i: int, replay_valid: list, budget) -> tuple[bool, bool]:
+def _lockstep(runs: _Runs, replay, replayed: _State, i: int, replay_valid: list, point: _Point, n: int,
+              budget) -> tuple[bool, bool]:
     """Lockstep lemmas for the standby's replay of a released input i: do its outputs, and its
-    state after i, provably equal the primary's (given that the choices made so far were valid)?
-    Where they do, the caller continues with the primary's terms, so the rest of the run needs no
-    solving. Unprovable within a small budget: False, which costs time, never soundness."""
+    state after i, provably equal the primary's (given that the choices made so far were valid,
+    and the times of the failover point)? Where they do, the caller continues with the primary's
+    terms, so the rest of the run needs no solving. Unprovable within a small budget: False,
+    which costs time, never soundness."""
     primary, primary_state = runs.primary(i), runs.primary_states[i]
-    key = (id(replay), id(replayed))
+    key = (id(replay), id(replayed)) + ((point.window, n) if runs.clocked else ())
     if key not in runs.lemmas:
-        context = [runs.primary(k).valid for k in range(1, i + 1)] + replay_valid
+        context = [runs.primary(k).valid for k in range(1, i + 1)] + replay_valid + runs.time_constraints(n, point.window)
         state_differs = [a != b for name in primary_state.terms
                          for a, b in zip(replayed.terms[name], primary_state.terms[name])]
         outputs_differ_ = outputs_differ(replay.outputs, primary.outputs)
@@ -224,36 +351,68 @@ def _proved_false(condition, context: list, budget) -> bool:
     return smt.check(solver, lemma_budget, condition, unknown_ok=True) == z3.unsat
 
 
-def _violation(runs: _Runs, strategy: Strategy, n, released, r, applied, log_choices, budget):
-    """(assumptions, violation, observed outputs) for one failover point, or None if the
-    reference run is the observed run term for term. The reference borrows each choice from the
-    run whose outputs the egress let out for that input: the primary's, the standby's, or, for a
-    replayed input, whichever the egress passed (choice source "m", defined by an if-then-else)."""
-    assumptions, assumed, observed, sources, seen_upto, leaks = _failover_run(
-        runs, strategy, n, released, r, applied, log_choices, budget)
+def _violation(runs: _Runs, strategy: Strategy, n, point: _Point, log_choices, budget):
+    """(assumptions, violation, observed outputs, reference times) for one failover point, or
+    None if the reference run is the observed run term for term. The reference borrows each
+    choice from the run whose outputs the egress let out for that input: the primary's, the
+    standby's, or, for a replayed input, whichever the egress passed (choice source "m", defined
+    by an if-then-else); and its processing time likewise (`_reference_times`)."""
+    assumptions, assumed, observed, sources, seen_upto, leaks, times = _failover_run(
+        runs, strategy, n, point, log_choices, budget)
 
     def source(i):
         if sources.get(i) == "s" and i in leaks and not z3.is_false(leaks[i]):
             return "m"
         return "p" if i <= seen_upto else sources[i]
 
-    violations = _reference_differs(runs, n, observed, source, assumed=assumed)
+    reference_times = _reference_times(runs, n, point, source, times, leaks, log_choices) if runs.clocked else None
+    violations = _reference_differs(runs, n, observed, source, assumed=assumed, times=reference_times)
     for i in range(1, n + 1):
         if source(i) == "m":
             borrowed = zip(runs.choice_vars.get(("m", i), []), runs.choice_vars.get(("p", i), []),
                            runs.choice_vars.get(("s", i), []))
             assumptions += [m == z3.If(leaks[i], sv, pv) for m, pv, sv in borrowed]
-    return (assumptions, z3.Or(*violations), observed) if violations else None
+    return (assumptions, z3.Or(*violations), observed, reference_times) if violations else None
 
 
-def _reference_differs(runs: _Runs, n, observed, source, assumed=frozenset(), constants=None, aligned=True) -> list:
-    """Conditions under which a failure-free reference run (choices from `source(i)`) fails to
-    explain the observed outputs: it made a choice it could not make (checked only for steps not
-    already assumed valid), or its outputs differ — input by input when `aligned` (stronger, and
-    lets identical terms drop out), else as whole sequences (exactly `strict` equivalence)."""
+def _reference_times(runs: _Runs, n, point: _Point, source, standby_times: dict, leaks: dict, log_choices) -> list:
+    """The reference's processing time of each input: the time of the run it borrows from,
+    clamped into [a_i, a_i + S]; so it is always a failure-free timing. The primary's times
+    (arrivals), logged clock reads and, when S >= F, the standby's times for inputs that arrive
+    no earlier than the crash's upper bound are in their windows already and are borrowed as they are (the same terms,
+    so where nothing else differs no query is needed); after a mixed input the running maximum
+    keeps the times non-decreasing."""
+    out, mixed, applied, upper = [], False, point.cut.applied, point.window[1]
+    for i in range(1, n + 1):
+        src = source(i)
+        logged = log_choices and i <= applied
+        if src == "p":
+            t = runs.arrival(i)
+        else:
+            t = standby_times[i]
+            # c <= a_upper <= a_i, so max(a_i, c + F) <= a_i + F <= a_i + S: in the window
+            in_window = upper is not None and upper <= i and runs.max_stall >= runs.failover_time
+            if not (logged or in_window):
+                t = _umin(t, runs.latest(i))
+            if src == "m":
+                t = z3.If(leaks[i], t, runs.arrival(i))
+        if mixed:
+            t = _umax(out[-1], t)
+        mixed |= src == "m"
+        out.append(t)
+    return out
+
+
+def _reference_differs(runs: _Runs, n, observed, source, assumed=frozenset(), constants=None, aligned=True,
+                       times=None) -> list:
+    """Conditions under which a failure-free reference run (choices from `source(i)`, input i
+    processed at `times[i-1]`) fails to explain the observed outputs: it made a choice it could
+    not make (checked only for steps not already assumed valid), or its outputs differ — input by
+    input when `aligned` (stronger, and lets identical terms drop out), else as whole sequences
+    (exactly `strict` equivalence)."""
     violations, state, emitted = [], runs.init, []
     for i in range(1, n + 1):
-        s, state = runs.step(state, i, source(i), constants)
+        s, state = runs.step(state, i, source(i), constants, time=times[i - 1] if times else None)
         if id(s) not in assumed:
             violations.append(z3.Not(s.valid))
         emitted += s.outputs
@@ -275,10 +434,9 @@ def _unwitnessed(runs: _Runs, strategy: Strategy, bound, log_choices, budget) ->
     Returns the twins no run within the bound reaches."""
     missing = list(REACHABILITY_TWINS)
     for n in range(1, bound + 1):
-        for (released, r), cut in strategy.failovers(n).items():
-            assumptions, _, observed, _, seen_upto, _ = _failover_run(runs, strategy, n, released, r, cut.applied,
-                                                                      log_choices, budget)
-            inputs = {REACHABILITY_TWINS[0]: range(1, released + 1), REACHABILITY_TWINS[1]: range(seen_upto + 1, n + 1)}
+        for point in _points(strategy, n, runs.clocked):
+            assumptions, _, observed, _, seen_upto, _, _ = _failover_run(runs, strategy, n, point, log_choices, budget)
+            inputs = {REACHABILITY_TWINS[0]: range(1, point.released + 1), REACHABILITY_TWINS[1]: range(seen_upto + 1, n + 1)}
             for twin in list(missing):
                 present = [slot.present for i in inputs[twin] for slot in observed[i]]
                 solver = smt.new_solver(budget)
@@ -290,12 +448,28 @@ def _unwitnessed(runs: _Runs, strategy: Strategy, bound, log_choices, budget) ->
     return missing
 
 
+def _unexercised_gates(runs: _Runs, bound: int, budget) -> list[str]:
+    """The declared gates on which no failure-free run of up to `bound` inputs emits (a monitor's
+    alert before its threshold): a proof says nothing about them. One satisfiability query per
+    gate over the primary's runs (every choice valid, arrivals non-decreasing)."""
+    assumptions = [runs.primary(i).valid for i in range(1, bound + 1)] + runs.time_constraints(bound, None)
+    missing = []
+    for g, gate in enumerate(runs.nf_cls.gates):
+        emits = [z3.And(slot.present, slot.gate == g) for i in range(1, bound + 1) for slot in runs.primary(i).outputs]
+        emits = [e for e in (z3.simplify(e) for e in emits) if not z3.is_false(e)]
+        solver = smt.new_solver(budget)
+        solver.add(*assumptions)
+        if not emits or smt.check(solver, budget, z3.Or(*emits), unknown_ok=True) != z3.sat:
+            missing.append(gate)
+    return missing
+
+
 class EncodingMismatch(RuntimeError):
     """The symbolic encoding and the concrete simulation disagree: a bug in nfproof, never a verdict."""
 
 
-def _solve(runs, nf_cls, strategy, n, cut, r, query, budget, log_choices):
-    assumptions, violation, observed = query
+def _solve(runs, nf_cls, strategy, n, point: _Point, query, budget, log_choices):
+    assumptions, violation, observed, reference_times = query
     s = smt.new_solver(budget)
     s.add(*assumptions)
     s.add(violation)
@@ -303,7 +477,8 @@ def _solve(runs, nf_cls, strategy, n, cut, r, query, budget, log_choices):
         if smt.check(s, budget) == z3.unsat:
             return None
         model = s.model()
-        for constraints in _pretty(nf_cls, runs.inputs[:n]):
+        for constraints in _pretty(nf_cls, runs.inputs[:n]) if not runs.clocked else \
+                [c + t for c, t in zip(_pretty(nf_cls, runs.inputs[:n]), _pretty_times(runs, n))]:
             s.push()
             s.add(*constraints)
             found = smt.check(s, budget, unknown_ok=True) == z3.sat
@@ -317,25 +492,68 @@ def _solve(runs, nf_cls, strategy, n, cut, r, query, budget, log_choices):
         def chooser(source):
             return lambda i: _scripted_or_any(model, runs.choice_vars.get((source, i), []))
 
-        run = simulate(nf_cls, strategy, inputs, cut, r, chooser("p"), chooser("s"), log_choices)
+        def value(t):
+            return model.eval(t, model_completion=True).as_long()
+
+        cut, timing = point.cut, {}
+        if runs.clocked:
+            arrivals, crash_time = [value(runs.arrival(i)) for i in range(1, n + 1)], value(runs.crash)
+            cut = _cut_at(strategy, n, point, arrivals, crash_time)
+            timing = dict(arrivals=arrivals, crash_time=crash_time, failover_time=runs.failover_time)
+        run = simulate(nf_cls, strategy, inputs, cut, point.r, chooser("p"), chooser("s"), log_choices, **timing)
         seen = [(nf_cls.gates[model.eval(slot.gate, True).as_long()], _packet(model, slot.fields))
                 for i in range(1, n + 1) for slot in observed[i] if z3.is_true(model.eval(slot.present, True))]
         if seen != run.observed_outputs:
             raise EncodingMismatch(f"{nf_cls.name} under {strategy}: the solver's run lets out {seen}, "
                                    f"the concrete simulation {run.observed_outputs}")
-        explanation = explain(nf_cls, inputs, run.observed_outputs)
+        if runs.clocked:
+            explanation = explain(nf_cls, inputs, run.observed_outputs, timing["arrivals"], runs.max_stall,
+                                  prefer=[value(t) for t in reference_times])
+        else:
+            explanation = explain(nf_cls, inputs, run.observed_outputs)
         if not explanation.explained:
-            return Counterexample(nf_cls, run, explanation, log_choices)
+            return Counterexample(nf_cls, run, explanation, log_choices, runs.max_stall)
         # Counterexample-guided refinement: the failure-free run that explained this candidate is
         # another reference; from now on a violation must also escape it.
         runs.learnt += 1
         learnt = {i: choices for i, choices in enumerate(explanation.choices, 1)}
+        times, time_invalid = None, []
+        if runs.clocked:
+            times, time_invalid = _learnt_times(runs, n, explanation.times, reference_times, value)
         differs = _reference_differs(runs, n, observed, lambda i: f"learnt{runs.learnt}", constants=learnt,
-                                     aligned=False)
+                                     aligned=False, times=times) + time_invalid
         if not differs:
             return None
         s.add(z3.Or(*differs))
     return "undecided"
+
+
+def _cut_at(strategy: Strategy, n: int, point: _Point, arrivals: list, crash_time: int):
+    """The cut of a failover point whose own crash window holds `crash_time` (for the story)."""
+    events = strategy.events(n)
+    cuts = strategy.cuts(n)
+    for k in range(point.cut.k, point.last_k + 1):
+        low = arrivals[events[k - 1][1] - 1] if k > 0 else 0
+        high = arrivals[events[k][1] - 1] if k < len(events) else None
+        if low <= crash_time and (high is None or crash_time <= high):
+            return cuts[k]
+    return point.cut
+
+
+def _learnt_times(runs: _Runs, n, times: list, reference_times: list, value) -> tuple[list, list]:
+    """An explanation's processing times as terms that generalise beyond this candidate: each
+    one as the first of (the default reference's time, a_i, a_i + S, the previous time) equal to
+    it here, else the constant; with the conditions under which those terms leave the window
+    (then the learnt reference does not apply)."""
+    out, invalid = [], []
+    for i in range(1, n + 1):
+        options = [reference_times[i - 1], runs.arrival(i), runs.latest(i)] + out[-1:]
+        term = next((t for t in options if value(t) == times[i - 1]), _tick(times[i - 1]))
+        invalid += [z3.ULT(term, runs.arrival(i)), z3.UGT(term, runs.latest(i))]
+        if out:
+            invalid.append(z3.ULT(term, out[-1]))
+        out.append(term)
+    return out, [c for c in (z3.simplify(c) for c in invalid) if not z3.is_false(c)]
 
 
 def _scripted_or_any(model, variables: list):
@@ -346,6 +564,13 @@ def _scripted_or_any(model, variables: list):
 def _packet(model, fields: dict) -> Packet:
     values = {f: model.eval(t, model_completion=True) for f, t in fields.items()}
     return Packet(**{f: z3.is_true(v) if f == "inbound" else v.as_long() for f, v in values.items()})
+
+
+def _pretty_times(runs: _Runs, n: int) -> list[list]:
+    """Small, readable times: the first input at 0 and short gaps (strict), any short horizon (loose)."""
+    horizon = _tick(4 * n * (runs.failover_time + runs.max_stall + 1))
+    short = [z3.ULE(runs.arrival(n), horizon), z3.ULE(runs.crash, horizon + _tick(runs.failover_time + runs.max_stall))]
+    return [[runs.arrival(1) == 0] + short, short]
 
 
 def _pretty(nf_cls: type[NF], inputs: list[dict]) -> list[list]:

@@ -19,6 +19,11 @@ of protection, whether logged choices are reused, the mutations); the timeline i
 the batch or checkpoint size, so a few periods show every shape. An obligation Z3 cannot prove
 (or refutes for some arbitrary state) leaves the result at the bounded proof: unknown, never a
 pass. `none` is proved unbounded only for NFs without state (the standby starts empty).
+
+Clock reads are not covered: the lockstep of step 3 needs the standby's processing times to be
+ones a failure-free run may choose, which holds only within each input's stall window, and the
+windows of a long run are not an induction the obligations above state. An NF that reads the
+clock (`reads_clock`) therefore stays at its bounded proof: unknown, with that reason.
 """
 from __future__ import annotations
 
@@ -26,10 +31,10 @@ from dataclasses import dataclass
 
 import z3
 
-from ..models.api import NF
+from ..models.api import NF, ModelError
 from ..models.strategy import Strategy
 from . import solver as smt
-from .symbolic import _storage_class, outputs_differ, step, symbolic_packet
+from .symbolic import TIME_WIDTH, _storage_class, outputs_differ, step, symbolic_packet
 
 
 @dataclass
@@ -77,7 +82,22 @@ def _replay_shapes(strategy: Strategy) -> bool:
     return any(released > r for n in range(1, 2 * period + 3) for released, r in strategy.failovers(n))
 
 
+def reads_clock(nf_cls: type[NF]) -> bool:
+    """Can the NF call ctx.now()? One symbolic step from an arbitrary state explores every path a
+    reachable state can take (and more); a model error on the way counts as yes (the caller then
+    adds the time variables, which costs time, never soundness)."""
+    try:
+        probe = step(nf_cls, _arbitrary_state(nf_cls, "probe"), symbolic_packet("probe"), _choices("probe"),
+                     lambda: z3.BitVec("probe.now", TIME_WIDTH))
+    except ModelError:
+        return True
+    return probe.reads_clock
+
+
 def prove_unbounded(nf_cls: type[NF], strategy: Strategy, log_choices: bool, budget: smt.Budget) -> Induction:
+    if reads_clock(nf_cls):
+        return Induction(False, "the NF reads the clock, and the induction does not cover clock reads "
+                                "(the standby's processing times stay in the stall window only up to the bound)")
     if not strategy.standby_releases_protected:
         return Induction(False, "the standby drops protected outputs: no induction applies")
     if not strategy.replays_from_protected:

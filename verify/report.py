@@ -26,8 +26,12 @@ def story(result: Result) -> str:
     run, why = cex.run, cex.explanation
     lines = [f"counterexample: {result.nf} under {result.strategy}, {len(run.inputs)} input packet(s), "
              f"crash after {run.cut.applied} applied / {run.cut.released} released, standby resumes "
-             f"from " + (f"the state of input {run.protected}" if run.protected else "the initial state"), "", "inputs (in arrival order):"]
-    lines += [f"  {i}. {p}" for i, p in enumerate(run.inputs, 1)]
+             f"from " + (f"the state of input {run.protected}" if run.protected else "the initial state")]
+    if run.arrivals is not None:
+        lines.append(f"times (clock ticks): the primary crashes at {run.crash_time}, the failover ends at "
+                     f"{run.failover_end}; a failure-free run may process each input up to {cex.max_stall} after it arrives")
+    lines += ["", "inputs (in arrival order):"]
+    lines += [f"  {i}. {p}" + _times_text(run, i) for i, p in enumerate(run.inputs, 1)]
     lines += ["", "what happened:"]
     for n, e in enumerate(run.events, 1):
         text = f"  {n:2}. {e.actor} {e.text}"
@@ -51,6 +55,28 @@ def story(result: Result) -> str:
     return "\n".join(lines)
 
 
+def _times_text(run, i: int) -> str:
+    """When input i arrived and when the primary and the standby processed it."""
+    if run.arrivals is None:
+        return ""
+    parts = [f"arrived at {run.arrivals[i - 1]}"]
+    if i in run.primary_times:
+        parts.append(f"processed by the primary at {run.primary_times[i]}")
+    if i in run.standby_times:
+        parts.append(f"by the standby at {run.standby_times[i]}")
+    return "   (" + ", ".join(parts) + ")"
+
+
+def _times_json(result: Result) -> dict | None:
+    run = result.counterexample.run
+    if run.arrivals is None:
+        return None
+    return {"unit": "clock ticks", "arrivals": run.arrivals, "crash": run.crash_time, "failover_end": run.failover_end,
+            "max_stall": result.counterexample.max_stall,
+            "processed_by_primary": {str(i): t for i, t in run.primary_times.items()},
+            "processed_by_standby": {str(i): t for i, t in run.standby_times.items()}}
+
+
 def as_json(result: Result) -> dict:
     out = {"verdict": result.verdict, "nf": result.nf, "strategy": result.strategy, "bound": result.bound,
            "unbounded": result.unbounded,
@@ -66,6 +92,7 @@ def as_json(result: Result) -> dict:
             "events": [{"actor": e.actor, "kind": e.kind, "input": e.input, "text": e.text,
                         "outputs": [{"gate": g, **_packet_json(p)} for g, p in e.outputs]} for e in run.events],
             "observed": [{"input": i, "gate": g, **_packet_json(p)} for i, g, p in run.observed],
+            "times": _times_json(result),
             "unexplained_output": why.matched + 1,
             "expected_instead": [{"gate": g, **_packet_json(p)} for g, p in why.expected],
             "reproduce": reproduction(result),
@@ -100,7 +127,10 @@ def reproduction(result: Result) -> str:
         "from nfproof.verify.simulate import reproduce\n"
         f"reproduce({model_ref(cex.nf)!r}, \"{run.strategy}\", [\n    {inputs},\n], crash={run.cut.k}, "
         f"protected={run.protected},\n          primary_choices={primary}, "
-        f"standby_choices={standby}, log_choices={cex.log_choices})\n")
+        f"standby_choices={standby}, log_choices={cex.log_choices}"
+        + (f",\n          arrivals={run.arrivals}, crash_time={run.crash_time}, "
+           f"failover_time={run.failover_end - run.crash_time}, max_stall={cex.max_stall}" if run.arrivals is not None else "")
+        + ")\n")
 
 
 def html(result: Result) -> str:
@@ -110,7 +140,7 @@ def html(result: Result) -> str:
 
     run, why = result.counterexample.run, result.counterexample.explanation
     actors = ["upstream", "primary", "standby", "egress"]
-    rows, delivered = [f"<td>input {i}: {escape(str(p))}</td><td></td><td></td><td></td>"
+    rows, delivered = [f"<td>input {i}: {escape(str(p) + _times_text(run, i))}</td><td></td><td></td><td></td>"
                        for i, p in enumerate(run.inputs, 1)], 0
     for e in run.events:
         css = "crash" if e.kind == "crash" else ""

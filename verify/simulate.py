@@ -5,6 +5,16 @@ primary follows the strategy's timeline up to the crash, the standby resumes fro
 state, the upstream replays, the egress suppresses duplicates. `explain` decides by exhaustive
 search whether some failure-free execution produces exactly the observed outputs (`strict`).
 
+Time (DESIGN.md "Time"), when `arrivals` are given (ticks of the NF's clock): the primary
+processes input i at its arrival a_i (every event of its timeline after `apply i` happens then);
+the crash happens at `crash_time`; the failover ends at crash_time + F; the standby processes
+each input it handles at max(a_i, crash + F, its previous processing time), except that under
+--log-choices an input the primary applied before the crash reuses the primary's clock reads
+(they are logged synchronously as they are read: FTMB's packet access log). A failure-free
+execution processes input i at any t_i in [a_i, a_i + S] (S: the accepted stall), non-decreasing.
+Every clock read of one step returns that step's processing time. Without arrivals every clock
+reads 0 (an NF that reads no clock behaves the same either way).
+
 Together they are the ground truth the symbolic check is tested against, and every
 counterexample the solver proposes is re-executed here before it is reported."""
 from __future__ import annotations
@@ -35,6 +45,12 @@ class FailoverRun:
     events: list[Event]
     primary_choices: dict            # input -> the primary's choices for it
     standby_choices: dict            # input -> the standby's choices for it
+    arrivals: list | None = None     # arrival time of each input (ticks), None: untimed
+    crash_time: int | None = None
+    failover_end: int | None = None  # crash_time + F: the standby starts processing then
+    primary_times: dict = field(default_factory=dict)   # input -> when the primary processed it
+    standby_times: dict = field(default_factory=dict)   # input -> when the standby processed it
+    read_clock: bool = False         # some step of the run called now()
 
     @property
     def observed_outputs(self) -> list:
@@ -42,14 +58,35 @@ class FailoverRun:
 
 
 def simulate(nf_cls: type[NF], strategy: Strategy, inputs: list[Packet], cut: Cut, protected: int,
-             primary_chooser, standby_chooser, log_choices: bool = False) -> FailoverRun:
-    """`primary_chooser(i)` / `standby_chooser(i)` give the chooser used for input i."""
+             primary_chooser, standby_chooser, log_choices: bool = False, arrivals: list | None = None,
+             crash_time: int | None = None, failover_time: int = 0, story: bool = True,
+             step_cache: dict | None = None) -> FailoverRun:
+    """`primary_chooser(i)` / `standby_chooser(i)` give the chooser used for input i. With
+    `arrivals` (one time per input), the crash happens at `crash_time` (default: the time of the
+    cut's last event) and the failover takes `failover_time` ticks. `story=False` skips the
+    event texts; `step_cache` (a dict kept across runs) memoises steps that made no choice."""
     n, events = len(inputs), []
-    state, snapshots, outputs, choices, clock_reads = initial_state(nf_cls), {0: initial_state(nf_cls)}, {}, {}, {}
+
+    def note(kind, actor, i, text, outputs=()):
+        if story:  # the texts cost more than the run: the enumerator builds them only for what it shows
+            events.append(Event(kind, actor, i, text(), list(outputs)))
+
+    timeline = strategy.events(n) if step_cache is None else _cached(step_cache, ("events", strategy, n), strategy.events)
+    timed = arrivals is not None
+    if timed and crash_time is None:
+        crash_time = arrivals[timeline[cut.k - 1][1] - 1] if cut.k > 0 else 0
+    at = (lambda t: f"at {t}: ") if timed else (lambda t: "")
+    initial = _initial_state(nf_cls, step_cache)
+    state = initial if step_cache is not None else copy_state(initial)
+    snapshots, outputs, choices, clock_reads = {0: initial}, {}, {}, {}
+    primary_times, read_clock = {}, False
     for i in range(1, cut.applied + 1):
-        res = step(nf_cls, state, inputs[i - 1], primary_chooser(i))
-        snapshots[i], outputs[i], choices[i], clock_reads[i] = copy_state(state), res.outputs, res.choices, res.clock_reads
-        events.append(Event("apply", "primary", i, f"applies input {i}: " + _describe(inputs[i - 1], res), res.outputs))
+        primary_times[i] = arrivals[i - 1] if timed else 0
+        res, state = _step(nf_cls, state, inputs[i - 1], primary_chooser(i), primary_times[i], step_cache)
+        snapshots[i] = state if step_cache is not None else copy_state(state)
+        outputs[i], choices[i], clock_reads[i] = res.outputs, res.choices, res.clock_reads
+        read_clock |= bool(res.clock_reads)
+        note("apply", "primary", i, lambda: at(primary_times[i]) + f"applies input {i}: " + _describe(inputs[i - 1], res), res.outputs)
 
     observed, last = [], (0, -1)
 
@@ -57,49 +94,75 @@ def simulate(nf_cls: type[NF], strategy: Strategy, inputs: list[Packet], cut: Cu
         nonlocal last
         for j, (gate, pkt) in enumerate(outs):
             if (i, j) <= last:
-                events.append(Event("duplicate", "egress", i, f"drops the duplicate {pkt} on {gate}"))
+                note("duplicate", "egress", i, lambda: f"drops the duplicate {pkt} on {gate}")
             else:
                 observed.append((i, gate, pkt))
                 last = (i, j)
-                events.append(Event("deliver", "egress", i, f"lets out output {len(observed)}: {gate}: {pkt}"))
+                note("deliver", "egress", i, lambda: f"lets out output {len(observed)}: {gate}: {pkt}")
 
     released = 0
-    for kind, i in strategy.events(n)[:cut.k]:
+    for kind, i in timeline[:cut.k]:
+        when = at(arrivals[i - 1]) if timed else ""
         if kind == "protect":
-            events.append(Event("protect", "primary", i, f"state covering inputs 1..{i} acknowledged"))
+            note("protect", "primary", i, lambda: when + f"state covering inputs 1..{i} acknowledged")
         elif kind == "send":
-            events.append(Event("protect", "primary", i, f"sends the state change of input {i} (not awaited)"))
+            note("protect", "primary", i, lambda: when + f"sends the state change of input {i} (not awaited)")
         elif kind == "release":  # releases every unreleased output up to input i (a whole batch under commit)
             for j in range(released + 1, i + 1):
                 if outputs[j]:
-                    events.append(Event("release", "primary", j, f"releases the outputs of input {j}", outputs[j]))
+                    note("release", "primary", j, lambda: when + f"releases the outputs of input {j}", outputs[j])
                 deliver(j, outputs[j], "primary")
             released = i
-    events.append(Event("crash", "primary", cut.applied, f"crashes (after {cut.applied} applied, {cut.released} released)"))
+    failover_end = crash_time + failover_time if timed else None
+    note("crash", "primary", cut.applied, lambda: at(crash_time) + f"crashes (after {cut.applied} applied, "
+         f"{cut.released} released)" + (f"; the failover ends at {failover_end}" if timed else ""))
 
     if strategy.replays_from_protected:
-        state, start = copy_state(snapshots[protected]), protected
+        state, start = snapshots[protected] if step_cache is not None else copy_state(snapshots[protected]), protected
         if strategy.replay_starts_at_protected:
             start = max(protected - 1, 0)
         covering = f"the state covering inputs 1..{protected}" if protected else "the initial state (nothing was protected)"
-        events.append(Event("failover", "standby", protected, f"takes over with {covering}"))
+        note("failover", "standby", protected, lambda: at(failover_end) + f"takes over with {covering}")
         for i in range(cut.released + 1, protected + 1 if strategy.standby_releases_protected else 0):
             if outputs[i]:
-                events.append(Event("release", "standby", i, f"releases the protected outputs of input {i}", outputs[i]))
+                note("release", "standby", i, lambda: f"releases the protected outputs of input {i}", outputs[i])
             deliver(i, outputs[i], "standby")
     else:
-        state, start = initial_state(nf_cls), cut.released
-        events.append(Event("failover", "standby", 0, "takes over with an empty state"))
-    standby_choices = {}
+        state, start = initial if step_cache is not None else copy_state(initial), cut.released
+        note("failover", "standby", 0, lambda: at(failover_end) + "takes over with an empty state")
+    standby_choices, standby_times, previous = {}, {}, failover_end
     for i in range(start + 1, n + 1):
         logged = log_choices and i <= cut.released
+        clock_logged = log_choices and i <= cut.applied
         chooser = _logged(choices[i], standby_chooser(i)) if logged else standby_chooser(i)
-        res = step(nf_cls, state, inputs[i - 1], chooser, _replay_clock(clock_reads[i]) if logged else None)
+        if not timed:
+            standby_times[i] = 0
+        elif clock_logged:
+            standby_times[i] = primary_times[i]
+        else:
+            standby_times[i] = max(arrivals[i - 1], failover_end, previous)
+        if timed:
+            previous = max(previous, standby_times[i])
+        res, state = _step(nf_cls, state, inputs[i - 1], chooser, standby_times[i], step_cache)
+        read_clock |= bool(res.clock_reads)
         standby_choices[i] = res.choices
         kind = "replay" if i <= cut.applied else "apply"
-        events.append(Event(kind, "standby", i, f"{'replays' if kind == 'replay' else 'applies'} input {i}: " + _describe(inputs[i - 1], res, logged), res.outputs))
+        note(kind, "standby", i, lambda: at(standby_times[i]) + f"{'replays' if kind == 'replay' else 'applies'} input {i}: "
+             + _describe(inputs[i - 1], res, logged)
+             + (f"; reuses the logged clock read {standby_times[i]}" if timed and clock_logged and res.clock_reads else ""),
+             res.outputs)
         deliver(i, res.outputs, "standby")
-    return FailoverRun(strategy, list(inputs), cut, protected, observed, events, choices, standby_choices)
+    return FailoverRun(strategy, list(inputs), cut, protected, observed, events, choices, standby_choices,
+                       list(arrivals) if timed else None, crash_time if timed else None, failover_end,
+                       primary_times if timed else {}, standby_times if timed else {}, read_clock)
+
+
+DEFAULT_FAILOVER_SECONDS = 1  # --failover-time default: a standby takes over within a second
+
+
+def default_failover_ticks(nf_cls: type[NF]) -> int:
+    """The default failover time F in the NF's clock ticks (one second); --max-stall S defaults to F."""
+    return DEFAULT_FAILOVER_SECONDS * getattr(nf_cls, "ticks_per_second", 1)
 
 
 def _logged(values: list, fallback):
@@ -109,10 +172,45 @@ def _logged(values: list, fallback):
     return lambda options: pending.pop(0) if pending else fallback(options)
 
 
-def _replay_clock(reads: list):
-    """A clock answering with the logged reads, then with the last one (or 0)."""
-    pending = list(reads)
-    return lambda: pending.pop(0) if len(pending) > 1 else (pending[0] if pending else 0)
+def _initial_state(nf_cls, cache):
+    if cache is None:
+        return initial_state(nf_cls)
+    if ("initial", nf_cls) not in cache:
+        cache[("initial", nf_cls)] = state = initial_state(nf_cls)
+        cache[("frozen", id(state))] = freeze_state(state)
+    return cache[("initial", nf_cls)]
+
+
+def _step(nf_cls, state, pkt, chooser, t, cache):
+    """One concrete step at time t: (result, the state after it). With a cache, states are
+    values (never changed once made) and a step that made no choice is looked up by (state,
+    packet, time) -- time None if it read no clock. Packets are keyed by identity (the
+    enumerator's universe), cached states by identity too (the cache keeps them alive)."""
+    if cache is None:
+        return step(nf_cls, state, pkt, chooser, _fixed_clock(t)), state
+    frozen = cache.get(("frozen", id(state)))
+    if frozen is None:
+        frozen = freeze_state(state)
+    hit = cache.get((frozen, id(pkt), None)) or cache.get((frozen, id(pkt), t))
+    if hit is not None:
+        return hit
+    after = copy_state(state)
+    res = step(nf_cls, after, pkt, chooser, _fixed_clock(t))
+    if not res.choices:
+        cache[(frozen, id(pkt), t if res.clock_reads else None)] = (res, after)
+        cache[("frozen", id(after))] = freeze_state(after)
+    return res, after
+
+
+def _cached(cache, key, make):
+    if key not in cache:
+        cache[key] = make(key[-1])
+    return cache[key]
+
+
+def _fixed_clock(t: int):
+    """The clock of one step: every read returns the step's processing time."""
+    return lambda: t
 
 
 def _describe(pkt: Packet, res, logged: bool = False) -> str:
@@ -130,57 +228,94 @@ class Explanation:
     matched: int                     # longest prefix of the observed outputs some execution produces
     expected: list = field(default_factory=list)   # what failure-free executions emit instead there
     choices: list = field(default_factory=list)    # the witness's choices per input, if explained
+    times: list = field(default_factory=list)      # the witness's processing time per input (timed)
+    read_clock: bool = False                       # some step the search tried called now()
 
 
-def explain(nf_cls: type[NF], inputs: list[Packet], observed: list) -> Explanation:
-    """Does some failure-free execution on `inputs` emit exactly `observed` ([(gate, Packet)])?"""
+def explain(nf_cls: type[NF], inputs: list[Packet], observed: list, arrivals: list | None = None,
+            max_stall: int = 0, prefer: list | None = None, step_cache: dict | None = None) -> Explanation:
+    """Does some failure-free execution on `inputs` emit exactly `observed` ([(gate, Packet)])?
+    With `arrivals`, input i may be processed at any time in [a_i, a_i + max_stall], times
+    non-decreasing, and every such time is tried (`prefer[i]`, if given, first); a step that
+    reads no clock is processed at the earliest time allowed, which leaves later steps the most
+    room (its result does not depend on the time)."""
     best = Explanation(False, -1)
     seen = set()
+    timed, read_clock = arrivals is not None, False
 
-    def search(i, j, state, trail):
-        nonlocal best
+    def candidate_times(i, earliest):
+        latest = arrivals[i] + max_stall
+        order = []
+        if prefer is not None and earliest <= prefer[i] <= latest:
+            order.append(prefer[i])
+        order += [t for t in (latest, earliest) if t not in order]
+        return order + [t for t in range(earliest + 1, latest) if t not in order]
+
+    def every_step(state, i, t):
+        if step_cache is None:
+            return all_steps(nf_cls, state, inputs[i], _fixed_clock(t))
+        key = ("all", freeze_state(state), id(inputs[i]), t)
+        if key not in step_cache:
+            step_cache[key] = all_steps(nf_cls, state, inputs[i], _fixed_clock(t))
+        return step_cache[key]
+
+    def search(i, j, state, trail, times, earliest):
+        nonlocal best, read_clock
         if i == len(inputs):
             if j == len(observed):
-                best = Explanation(True, j, [], trail)
+                best = Explanation(True, j, [], trail, times)
                 return True
             if j > best.matched:  # inputs exhausted with observed outputs left over
                 best = Explanation(False, j, [])
             return False
-        key = (i, j, freeze_state(state))
+        if timed:
+            earliest = max(earliest, arrivals[i])
+        key = (i, j, freeze_state(state), earliest)
         if key in seen:
             return False
         seen.add(key)
-        for new_state, res in all_steps(nf_cls, state, inputs[i]):
-            outs = res.outputs
-            if observed[j:j + len(outs)] == outs:
-                if search(i + 1, j + len(outs), new_state, trail + [res.choices]):
-                    return True
-            else:  # remember how far this branch matched and what it would have emitted there
-                k = next(t for t, o in enumerate(outs) if j + t >= len(observed) or observed[j + t] != o)
-                if j + k > best.matched:
-                    best = Explanation(False, j + k, [])
-                if j + k == best.matched and outs[k] not in best.expected:
-                    best.expected.append(outs[k])
+        at_earliest = every_step(state, i, earliest)
+        timings = [earliest]
+        read_clock |= any(res.clock_reads for _, res in at_earliest)
+        if timed and any(res.clock_reads for _, res in at_earliest):
+            timings = candidate_times(i, earliest)
+        for t in timings:
+            steps = at_earliest if t == earliest else every_step(state, i, t)
+            for new_state, res in steps:
+                outs = res.outputs
+                if observed[j:j + len(outs)] == outs:
+                    if search(i + 1, j + len(outs), new_state, trail + [res.choices], times + [t], t):
+                        return True
+                else:  # remember how far this branch matched and what it would have emitted there
+                    k = next(m for m, o in enumerate(outs) if j + m >= len(observed) or observed[j + m] != o)
+                    if j + k > best.matched:
+                        best = Explanation(False, j + k, [])
+                    if j + k == best.matched and outs[k] not in best.expected:
+                        best.expected.append(outs[k])
         return False
 
-    search(0, 0, initial_state(nf_cls), [])
+    search(0, 0, initial_state(nf_cls), [], [], 0)
+    best.read_clock = read_clock
     return best
 
 
 def reproduce(nf: str, strategy: str, inputs: list[Packet], crash: int, protected: int,
-              primary_choices: dict, standby_choices: dict, log_choices: bool = False) -> bool:
+              primary_choices: dict, standby_choices: dict, log_choices: bool = False,
+              arrivals: list | None = None, crash_time: int | None = None, failover_time: int = 0,
+              max_stall: int = 0) -> bool:
     """Re-run a reported counterexample concretely; prints what the egress saw and whether a
-    failure-free execution explains it. Returns True if it does (i.e. no bug)."""
+    failure-free execution explains it. Returns True if it does (i.e. no bug). Times (arrivals,
+    crash_time, failover_time, max_stall) are in the NF's clock ticks."""
     from ..models import lookup
 
     nf_cls, strat = (nf if isinstance(nf, type) else lookup(nf)), Strategy.parse(strategy)
     cut = strat.cuts(len(inputs))[crash]
     run = simulate(nf_cls, strat, inputs, cut, protected,
                    lambda i: scripted(primary_choices.get(i, [])), lambda i: scripted(standby_choices.get(i, [])),
-                   log_choices)
+                   log_choices, arrivals, crash_time, failover_time)
     for e in run.events:
         print(f"{e.actor:8} {e.text}")
-    verdict = explain(nf_cls, inputs, run.observed_outputs)
+    verdict = explain(nf_cls, inputs, run.observed_outputs, arrivals, max_stall)
     print("explained by a failure-free execution" if verdict.explained
           else f"NOT explained: output {verdict.matched + 1} has no failure-free counterpart")
     return verdict.explained
