@@ -318,3 +318,22 @@ def test_cli_notes_unexercised_gates_and_takes_times(tmp_path):
     assert bad.returncode == 2 and "--failover-time" in bad.stderr
     fraction = verify("--strategy", "stateful.sync", "--failover-time", "500ms")
     assert fraction.returncode == 2 and "whole number" in fraction.stderr + fraction.stdout
+
+
+# --- the bundled firewall (models/firewall.py), DESIGN.md's clock rules ------------------------------
+
+FIREWALL_ACCEPTANCE = [("stateful.sync", False, 0), ("stateful.checkpoint:2", False, 1),
+                       ("stateful.checkpoint:2", True, 0), ("stateful.commit:2", False, 1),
+                       ("stateful.commit:2", True, 0)]
+
+
+@pytest.mark.slow  # the proofs build ~30 symbolic steps of the full firewall: 30-60 s each
+@pytest.mark.parametrize("strategy,log_choices,code", FIREWALL_ACCEPTANCE,
+                         ids=[s + (" --log-choices" if lc else "") for s, lc, _ in FIREWALL_ACCEPTANCE])
+def test_bundled_firewall_clock_rules(strategy, log_choices, code):
+    args = [sys.executable, "-m", "nfproof", "verify", "firewall", "--param", "firewall.timeout=3",
+            "--failover-time", "4", "--bound", "6", "--strategy", strategy, "--timeout", "600"]
+    r = subprocess.run(args + (["--log-choices"] if log_choices else []), capture_output=True, text=True)
+    assert r.returncode == code, r.stdout + r.stderr
+    if code == 1:
+        assert "arrived at" in r.stdout and "the failover ends at" in r.stdout
