@@ -13,7 +13,8 @@ from .models.api import ParamError
 from .models.strategy import MUTATIONS, STRATEGY_FORMS, Strategy, StrategyError
 from .errors import OK, UNKNOWN, VIOLATION, UsageError
 
-DEMO_STRATEGIES = ("none", "stateful.checkpoint:4", "stateful.async", "stateful.sync", "stateful.commit:4")
+ALL_STRATEGIES = ("none", "stateful.checkpoint:4", "stateful.async", "stateful.sync", "stateful.commit:4",
+                  "stateless.sync", "stateless.async", "stateless.batch:4", "stateless.cache", "stateless.commit:4")
 
 
 def positive_int(text: str) -> int:
@@ -75,7 +76,7 @@ def add_parser(sub):
         description="Bounded proof that CHAIN under a state-management strategy keeps strict output "
                     "equivalence for every input sequence up to --bound packets, every crash point and every "
                     "nondeterministic choice; or a shortest counterexample.",
-        epilog=f"strategies: {', '.join(STRATEGY_FORMS)}, or 'all' (the stateful ones, as a table). "
+        epilog=f"strategies: {', '.join(STRATEGY_FORMS)}, or 'all' (all ten, as one table). "
                "exit codes: 0 proved, 1 counterexample, 2 usage error, 3 unknown (budget hit)")
     p.add_argument("chain", metavar="CHAIN",
                    help=f"an NF: a bundled name ({', '.join(sorted(NFS))}), or a user model "
@@ -98,6 +99,9 @@ def add_parser(sub):
     p.add_argument("--mutation", choices=sorted(MUTATIONS), metavar="BUG",
                    help="inject a known protocol bug, to check the verdict turns into a counterexample: "
                         + "; ".join(f"{k}: {v}" for k, v in MUTATIONS.items()))
+    p.add_argument("--property", metavar="NAME",
+                   help="check a named property of the model's outputs (always, with its sometimes twin) instead of "
+                        "output equivalence; 'all' for every property of the model")
     p.add_argument("--json", action="store_true", help="print the result as JSON (a list with --strategy all)")
     p.add_argument("--html", metavar="FILE", help="also write a counterexample as a self-contained HTML timeline")
     return p
@@ -115,7 +119,7 @@ def run(args) -> int:
     except ParamError as e:
         raise UsageError(str(e)) from None
     try:
-        strategies = [Strategy.parse(s) for s in DEMO_STRATEGIES] if args.strategy == "all" else [Strategy.parse(args.strategy)]
+        strategies = [Strategy.parse(s) for s in ALL_STRATEGIES] if args.strategy == "all" else [Strategy.parse(args.strategy)]
     except StrategyError as e:
         raise UsageError(str(e)) from None
     if args.mutation:
@@ -133,6 +137,8 @@ def run(args) -> int:
         if show_progress:
             print(f"\r  {args.chain} {strategy}: all inputs up to {n}/{bound} packets checked", end="", file=sys.stderr, flush=True)
 
+    if args.property:
+        return _run_properties(args, nf_cls, strategies)
     results = []
     for strategy in strategies:
         result = verify_failover(nf_cls, strategy, args.bound, Budget(timeout=args.timeout), args.log_choices, progress,
@@ -175,5 +181,39 @@ def run(args) -> int:
             length = f"{len(r.counterexample.run.inputs)} packets: " if r.counterexample else ""
             verdict = r.verdict + (" (any length)" if r.unbounded else "")
             print(f"{r.strategy:34} {verdict:22} {r.bound:>5} {r.seconds:>8.3f}  {length}{note}")
+    verdicts = {r.verdict for r in results}
+    return VIOLATION if "counterexample" in verdicts else UNKNOWN if "unknown" in verdicts else OK
+
+
+def _run_properties(args, nf_cls, strategies) -> int:
+    """`--property NAME|all`: each named property under each strategy, a verdict each."""
+    from .verify.properties import check_property, properties_of, story
+    from .verify.solver import Budget
+
+    known = properties_of(nf_cls)
+    if not known:
+        raise UsageError(f"{args.chain} declares no named properties (bundled ones: nat, firewall, lb, ratelimit)")
+    if args.property != "all" and args.property not in known:
+        raise UsageError(f"unknown property {args.property!r} of {args.chain}; valid: {', '.join(known)}, all")
+    props = list(known.values()) if args.property == "all" else [known[args.property]]
+    results = [check_property(nf_cls, prop, s, args.bound, Budget(timeout=args.timeout), args.log_choices)
+               for prop in props for s in strategies]
+    if args.json:
+        out = [{"verdict": r.verdict, "nf": r.nf, "property": r.property, "strategy": r.strategy, "bound": r.bound,
+                "seconds": round(r.seconds, 4), "reason": r.reason,
+                "observed": [{"input": i, "gate": g, "text": str(p)} for i, g, p in r.run.observed] if r.run else None}
+               for r in results]
+        print(json.dumps(out if len(out) > 1 else out[0], indent=2))
+    else:
+        for r in results:
+            text = known[r.property]
+            if r.verdict == "counterexample":
+                print(f"error: {r.nf} under {r.strategy} breaks {r.property}: {text.text}\n\n{story(r)}\n")
+            elif r.verdict == "proved":
+                print(f"proved: {r.nf} under {r.strategy}, {r.property} for every failover run of up to {r.bound} "
+                      f"packets ({r.seconds:.2f} s): {text.text}; not vacuous: a run exists in which {text.twin}")
+            else:
+                print(f"unknown: {r.nf} under {r.strategy}, {r.property} at bound {r.bound}: {r.reason} "
+                      f"({r.seconds:.2f} s)")
     verdicts = {r.verdict for r in results}
     return VIOLATION if "counterexample" in verdicts else UNKNOWN if "unknown" in verdicts else OK

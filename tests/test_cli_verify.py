@@ -70,7 +70,9 @@ def test_all_strategies_table():
     assert r.returncode == 1
     rows = {line.split()[0]: line.split()[1] for line in r.stdout.splitlines()[1:]}
     assert rows == {"none": "counterexample", "stateful.checkpoint:4": "counterexample",
-                    "stateful.async": "counterexample", "stateful.sync": "proved", "stateful.commit:4": "proved"}
+                    "stateful.async": "counterexample", "stateful.sync": "proved", "stateful.commit:4": "proved",
+                    "stateless.sync": "proved", "stateless.async": "counterexample",
+                    "stateless.batch:4": "counterexample", "stateless.cache": "proved", "stateless.commit:4": "proved"}
 
 
 def test_html_timeline_of_a_counterexample(tmp_path):
