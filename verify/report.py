@@ -28,7 +28,8 @@ def story(result: Result) -> str:
              f"crash after {run.cut.applied} applied / {run.cut.released} released, standby resumes "
              f"from " + (f"the state of input {run.protected}" if run.protected else "the initial state")]
     if run.arrivals is not None:
-        lines.append(f"times (clock ticks): the primary crashes at {run.crash_time}, the failover ends at "
+        lines.append(f"times (clock ticks, {getattr(cex.nf, 'ticks_per_second', 1)} per second): the primary crashes at "
+                     f"{run.crash_time}, the failover ends at "
                      f"{run.failover_end}; a failure-free run may process each input up to {cex.max_stall} after it arrives")
     lines += ["", "inputs (in arrival order):"]
     lines += [f"  {i}. {p}" + _times_text(run, i) for i, p in enumerate(run.inputs, 1)]
