@@ -69,6 +69,8 @@ def main() -> int:
                     message = f"harness error {type(e).__name__}: {message}"
                 source = example[0].source
                 kind = kind_of(message)
+                if kind not in found:
+                    print(f"# new kind of disagreement: {message[:300]}", file=sys.stderr, flush=True)
                 if kind not in found or len(source) < len(found[kind][1]):
                     found[kind] = (message, source)
             if args.progress and check is verdicts:
