@@ -169,6 +169,7 @@ class StepResult:
     outputs: list = field(default_factory=list)      # [(gate, Packet)]
     drops: list = field(default_factory=list)        # [reason]
     choices: list = field(default_factory=list)      # values returned by choose(), in order
+    choice_kinds: list = field(default_factory=list)  # the domain kind of each (for showing them)
     clock_reads: list = field(default_factory=list)  # values returned by now(), in order
 
 
@@ -186,6 +187,7 @@ class ConcreteContext:
             return None
         value = self.chooser(values)
         self.result.choices.append(value)
+        self.result.choice_kinds.append(domain.kind)
         return value
 
     def now(self) -> int:

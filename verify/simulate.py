@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..models.api import NF, Packet
+from ..models.api import NF, Packet, ip
 from ..models.concrete import all_steps, copy_state, freeze_state, initial_state, scripted, step
 from ..models.strategy import Cut, Strategy
 
@@ -216,7 +216,9 @@ def _fixed_clock(t: int):
 def _describe(pkt: Packet, res, logged: bool = False) -> str:
     text = f"{pkt}"
     if res.choices:
-        text += f"; {'reuses the logged choice' if logged else 'chooses'} {', '.join(map(str, res.choices))}"
+        shown = [ip(v) if getattr(k, "name", "") == "Addr" else str(v)
+                 for v, k in zip(res.choices, res.choice_kinds + [None] * len(res.choices))]
+        text += f"; {'reuses the logged choice' if logged else 'chooses'} {', '.join(shown)}"
     if res.drops:
         text += f"; drops it ({', '.join(res.drops)})"
     return text
