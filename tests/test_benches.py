@@ -13,6 +13,8 @@ RESULT = re.compile(r"RESULT \S+ -?[0-9.]+(e[-+]?[0-9]+)? \S+")
 @pytest.mark.parametrize("script,args", [
     ("verify_nat.py", ["--bounds", "2", "--repeat", "1", "--naive-timeout", "1", "--naive-bounds", "2"]),
     ("codec.py", ["--packets", "20000"]),
+    ("verify_models.py", ["--quick"]),
+    ("verify_fuzz.py", ["--quick"]),
 ])
 def test_bench_prints_result_lines(script, args):
     r = subprocess.run([sys.executable, str(BENCH / script), *args], capture_output=True, text=True, timeout=300)

@@ -79,10 +79,12 @@ class Result:
 
 
 class _State:
-    """A symbolic state; its identity keys the step memo."""
+    """A symbolic state; its terms key the step memo (`key`: the ids of its terms, which Z3
+    hash-conses: two states with the very same terms step alike, whichever run reached them)."""
 
     def __init__(self, terms: dict):
         self.terms = terms
+        self.key = tuple((name, tuple(t.get_id() for t in terms[name])) for name in sorted(terms))
 
 
 def _tick(value: int):
@@ -161,7 +163,7 @@ class _Runs:
         step reads the clock) with the choices of `source`: symbolic constants named after it,
         or, for a reference run learnt from an explanation, the given `constants` (input -> its
         choices in call order)."""
-        key = (id(state), i, source)
+        key = (state.key, i, source)
         hit = self.memo.get(key)
         if hit is None and time is not None:
             hit = self.memo.get(key + (time.get_id(),))
@@ -175,7 +177,7 @@ class _Runs:
                     by_call.append(z3.BitVec(f"{source}{i}.choice{k}", width))
                 return by_call[k]
             s = step(self.nf_cls, state.terms, self.inputs[i - 1], choice_var, _missed_clock if time is None else (lambda: time))
-            hit = (s, _State(s.state))
+            hit = (s, _State(s.state), state)  # the source state kept alive: the ids in its key stay its own
             if s.reads_clock:
                 if not self.clocked:
                     raise _ClockMissed()

@@ -701,12 +701,16 @@ def outputs_differ(a: list[Slot], b: list[Slot]):
     for j in range(max(len(a), len(b))):
         x = a[j] if j < len(a) else absent
         y = b[j] if j < len(b) else absent
-        same = [x.present.eq(y.present), x.gate.eq(y.gate)] + [x.fields.get(f) is not None and y.fields.get(f) is not None and x.fields[f].eq(y.fields[f]) for f in PACKET_FIELDS]
-        if all(same):
+        same_present, same_gate = x.present.eq(y.present), x.gate.eq(y.gate)
+        # only the fields whose terms differ (an identical pair can never differ: dropped from the Or)
+        fields_differ = [x.fields[f] != y.fields[f] for f in PACKET_FIELDS
+                         if f in x.fields and f in y.fields and not x.fields[f].eq(y.fields[f])]
+        content_differs = ([] if same_gate else [x.gate != y.gate]) + fields_differ
+        present_differs = [] if same_present else [x.present != y.present]
+        if not content_differs and not present_differs:
             continue
-        fields_differ = [x.fields[f] != y.fields[f] for f in PACKET_FIELDS if f in x.fields and f in y.fields]
-        diffs.append(z3.Or(x.present != y.present,
-                           z3.And(x.present, z3.Or(x.gate != y.gate, *fields_differ))))
+        diffs.append(z3.Or(*present_differs, z3.And(x.present, z3.Or(*content_differs)))
+                     if content_differs else z3.Or(*present_differs))
     return z3.Or(*diffs) if diffs else None
 
 
