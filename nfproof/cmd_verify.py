@@ -169,7 +169,9 @@ def run(args) -> int:
         elif r.verdict == "proved":
             length = "of any length" if r.unbounded else f"of up to {r.bound} packets"
             print(f"proved: {r.nf} under {r.strategy} keeps strict output equivalence for every input sequence "
-                  f"{length}, every crash point and every choice ({r.seconds:.2f} s); "
+                  f"{length}, every crash point and every choice"
+                  + (f", every arrival and crash time below 2^30 ticks" if r.stats.get("clock") else "") +
+                  f" ({r.seconds:.2f} s); "
                   + (f"{r.stats['induction']}; " if r.unbounded else "") +
                   f"not vacuous: runs exist in which {' and '.join(r.stats['witnessed'])}")
             for gate in r.stats.get("unexercised_gates", []):
