@@ -36,7 +36,7 @@ class DictMap(dict, MapStorage):
     """A declared Map; keys and values wrap at their declared widths."""
 
     def __init__(self, decl, items=()):
-        super().__init__(dict.items(items) if isinstance(items, dict) else items)
+        super().__init__(items)
         self.decl = decl
 
     def get(self, key, default=None):
@@ -69,9 +69,6 @@ class DictMap(dict, MapStorage):
     def copy(self):
         return DictMap(self.decl, dict.items(self))
 
-    def __reduce__(self):  # copy and pickle without the iteration models may not use
-        return DictMap, (self.decl, dict(dict.items(self)))
-
     def frozen(self):
         return frozenset(dict.items(self))
 
@@ -80,7 +77,7 @@ class PySet(set, MapStorage):
     """A declared Set; members wrap at the declared width."""
 
     def __init__(self, decl, items=()):
-        super().__init__(set.__iter__(items) if isinstance(items, set) else items)
+        super().__init__(items)
         self.decl = decl
 
     def __contains__(self, key) -> bool:
@@ -105,9 +102,6 @@ class PySet(set, MapStorage):
     def copy(self):
         return PySet(self.decl, set.__iter__(self))
 
-    def __reduce__(self):
-        return PySet, (self.decl, set(set.__iter__(self)))
-
     def frozen(self):
         return frozenset(set.__iter__(self))
 
@@ -131,16 +125,6 @@ class Cell:
 
     def frozen(self):
         return self._value
-
-
-def map_entries(storage: DictMap) -> dict:
-    """The (key, value) pairs of a concrete Map, for interpreters, checkers and tests (models
-    cannot iterate their state: a proof could not follow them)."""
-    return dict(dict.items(storage))
-
-
-def set_members(storage: PySet) -> set:
-    return set(set.__iter__(storage))
 
 
 def _new_storage(decl):

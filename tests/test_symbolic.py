@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from nfproof.models.api import ModelError, NF, PACKET_WIDTHS, UDP, TCP, Flow, Packet, Pool, addr
-from nfproof.models.concrete import DictMap, copy_state, map_entries, scripted, step as concrete_step
+from nfproof.models.concrete import DictMap, copy_state, scripted, step as concrete_step
 from nfproof.models.nat import Nat
 from nfproof.verify import symbolic as S
 
@@ -48,7 +48,7 @@ def symbolic_state(nf_cls):
 
 def concrete_arrays(decl, storage):
     present, values = S.SymMap.empty(decl)
-    for k, v in map_entries(storage).items():
+    for k, v in storage.items():
         key = S.pack(decl.key, k)
         present, values = z3.Store(present, key, z3.BoolVal(True)), z3.Store(values, key, S.pack(decl.value, v))
     return present, values
