@@ -337,3 +337,30 @@ def test_bundled_firewall_clock_rules(strategy, log_choices, code):
     assert r.returncode == code, r.stdout + r.stderr
     if code == 1:
         assert "arrived at" in r.stdout and "the failover ends at" in r.stdout
+
+
+class NarrowTime(NF):
+    """A 2-bit clock cell: passes while (now - last) & 3 <= 1 (found in review: each explained
+    candidate's times were learnt as constants, so refinements ran out: unknown)."""
+    name = "narrow-time"
+    last = Counter(Bits(2, "T"))
+    seen = Counter(Bits(1, "S"))
+
+    def handle(self, pkt, ctx):
+        now = ctx.now()
+        if self.seen == 0:
+            self.seen = 1
+            self.last = now
+            return ctx.emit(pkt, "out")
+        d = (now - self.last) & 3
+        self.last = now
+        if d <= 1:
+            ctx.emit(pkt, "out")
+
+
+@pytest.mark.parametrize("strategy", ["none", "stateful.checkpoint:2", "stateful.async", "stateful.commit:2"])
+def test_learnt_times_generalise_to_offsets_in_the_window(strategy):
+    result = verify_failover(NarrowTime, Strategy.parse(strategy), 2, failover_time=1, max_stall=3)
+    explicit = enumerate_failover(NarrowTime, Strategy.parse(strategy), 2, [Packet(TCP, 1, 2, 3, 4)],
+                                  failover_time=1, max_stall=3, gaps=(0, 1, 3, 5))
+    assert result.verdict == ("counterexample" if explicit else "proved"), result.reason

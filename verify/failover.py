@@ -52,6 +52,7 @@ from .symbolic import (TIME_WIDTH, egress_view, initial_state, outputs_differ, s
                        symbolic_packet)
 
 LEMMA_SECONDS = 2.0   # time for one lockstep lemma (unproved: no harm, only slower)
+LEARNT_OFFSETS = 8     # offsets tried when a learnt reference's time is generalised
 MAX_REFINEMENTS = 32  # explained candidates learnt per failover point before giving up (unknown)
 TIME_LIMIT = (1 << 30) - 1  # every arrival and crash time is at most this many ticks (no wrap in TIME_WIDTH bits)
 
@@ -334,6 +335,10 @@ def _lockstep(runs: _Runs, replay, replayed: _State, i: int, replay_valid: list,
     terms, so the rest of the run needs no solving. Unprovable within a small budget: False,
     which costs time, never soundness."""
     primary, primary_state = runs.primary(i), runs.primary_states[i]
+    # The key leaves out `replay_valid`: the same replayed state object is reached through the same
+    # memoised steps, so two contexts differ only by the validity of replay steps before a lockstep
+    # collapse onto the primary's state, whose choice variables that state no longer mentions (and a
+    # valid choice always exists on the path that made one): the lemma holds under either context.
     key = (id(replay), id(replayed)) + ((point.window, n) if runs.clocked else ())
     if key not in runs.lemmas:
         context = [runs.primary(k).valid for k in range(1, i + 1)] + replay_valid + runs.time_constraints(n, point.window)
@@ -565,6 +570,10 @@ def _learnt_times(runs: _Runs, n, times: list, reference_times: list, value) -> 
     out, invalid = [], []
     for i in range(1, n + 1):
         options = [reference_times[i - 1], runs.arrival(i), runs.latest(i)] + out[-1:]
+        # ... or an offset inside the window from the arrival or the previous time (a constant
+        # would block one candidate only: refinements would run out before a proof)
+        options += [runs.arrival(i) + _tick(k) for k in range(1, min(runs.max_stall, LEARNT_OFFSETS))]
+        options += [out[-1] + _tick(k) for k in range(1, min(runs.max_stall, LEARNT_OFFSETS) + 1) if out]
         term = next((t for t in options if value(t) == times[i - 1]), _tick(times[i - 1]))
         invalid += [z3.ULT(term, runs.arrival(i)), z3.UGT(term, runs.latest(i))]
         if out:
