@@ -68,6 +68,8 @@ def _cpu() -> float:
 
 def draw_models(count: int, seed: int, max_pool: int) -> list:
     """`count` generated models (source and packet universes), reproducible from `seed`."""
+    if count <= 0:
+        return []
     import model_gen
     from hypothesis import HealthCheck, given, settings, seed as hseed, strategies as st
     drawn = []
@@ -191,10 +193,12 @@ def main() -> None:
             verifier.append(dict(r, model=m, strategy=name))
             e = run_one(dict(job, tool="enumerator", bound=args.enum_bound, timeout=args.enum_timeout))
             enumerator.append(dict(e, model=m, strategy=name))
-            print(f"# model {m} {name}: verifier {r['verdict']} {r['seconds']:.2f} s, "
+            why = f" ({r['reason'][:60]})" if r["verdict"] == "unknown" else ""
+            print(f"# model {m} {name}: verifier {r['verdict']} {r['seconds']:.2f} s{why}, "
                   f"enumerator {e['verdict']} {e['seconds']:.2f} s", flush=True)
-    summarise("verifier", verifier)
-    summarise("enumerator", enumerator)
+    if models:
+        summarise("verifier", verifier)
+        summarise("enumerator", enumerator)
 
     for b in [int(x) for x in args.drop_bounds.split(",") if x]:
         r = run_one(dict(source=RANDOM_DROP.replace("class RandomDrop", "class Generated"), strategy="stateful.async",
