@@ -80,7 +80,8 @@ def add_parser(sub):
                "exit codes: 0 proved, 1 counterexample, 2 usage error, 3 unknown (budget hit)")
     p.add_argument("chain", metavar="CHAIN",
                    help=f"an NF: a bundled name ({', '.join(sorted(NFS))}), or a user model "
-                        "path/to/mynf.py:Class or package.module:Class")
+                        "path/to/mynf.py:Class or package.module:Class; or a chain of them, e.g. 'firewall>nat>lb' "
+                        "(verified as one failing unit)")
     p.add_argument("--param", action="append", default=[], metavar="NF.NAME=VALUE",
                    help="set a model parameter, e.g. nat.ports=64512 or firewall.timeout=500ms (repeatable)")
     p.add_argument("--strategy", required=True, help="e.g. stateful.commit:4, or 'all'")

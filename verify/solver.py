@@ -35,7 +35,10 @@ class Budget:
 
 
 def new_solver(budget: Budget) -> z3.Solver:
-    s = z3.Solver()
+    """z3's SMT solver after preprocessing (simplify, solve-eqs): it decides queries the plain
+    solver gives up on within the resource limit (arithmetic on time differences, as in a token
+    bucket) and is several times faster on long failover runs."""
+    s = z3.Then("simplify", "solve-eqs", "smt").solver()
     s.set("random_seed", SEED)
     if budget.rlimit:
         s.set("rlimit", budget.rlimit)
@@ -50,7 +53,10 @@ def check(solver: z3.Solver, budget: Budget, *assumptions, unknown_ok: bool = Fa
     budget.queries += 1
     result = solver.check(*assumptions)
     if result == z3.unknown and not unknown_ok:
-        raise BudgetExhausted(f"solver returned unknown: {solver.reason_unknown()}")
+        reason = solver.reason_unknown()
+        if reason == "canceled":
+            reason += " (the resource limit or the timeout was reached)"
+        raise BudgetExhausted(f"solver returned unknown: {reason}")
     return result
 
 
