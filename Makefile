@@ -19,7 +19,7 @@ demo: $(STAMP)
 	@echo "== the NAT under every strategy, up to 16 packets (and any length where induction proves it)"
 	$(NFPROOF) verify nat --strategy all --bound 16 --unbounded; test $$? -le 1
 	@echo "== the firewall's idle timeouts (3 s) against a 4 s failover (DESIGN.md \"Time\")"
-	$(NFPROOF) verify firewall --strategy all --bound 3 --param firewall.timeout=3 --param firewall.udp_timeout=3 \
+	$(NFPROOF) verify firewall --strategy all --bound 2 --param firewall.timeout=3 --param firewall.udp_timeout=3 \
 	    --failover-time 4; test $$? -le 1
 	@echo "== a property: the load balancer never moves an established flow"
 	$(NFPROOF) verify lb --strategy stateful.async --property sticky-backend --bound 2; test $$? -le 1
