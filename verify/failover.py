@@ -498,38 +498,20 @@ def _solve(runs, nf_cls, strategy, n, point: _Point, query, budget, log_choices)
     for _ in range(MAX_REFINEMENTS):
         if smt.check(s, budget) == z3.unsat:
             return None
-        model = s.model()
-        for constraints in _pretty(nf_cls, runs.inputs[:n]) if not runs.clocked else \
-                [c + t for c, t in zip(_pretty(nf_cls, runs.inputs[:n]), _pretty_times(runs, n))]:
-            s.push()
-            s.add(*constraints)
-            found = smt.check(s, budget, unknown_ok=True) == z3.sat
-            if found:
-                model = s.model()
-            s.pop()
-            if found:
-                break
-        inputs = [_packet(model, runs.inputs[i]) for i in range(n)]
-
-        def chooser(source):
-            return lambda i: _scripted_or_any(model, runs.choice_vars.get((source, i), []))
+        model = readable_model(s, runs, n, budget)
 
         def value(t):
             return model.eval(t, model_completion=True).as_long()
 
-        cut, timing = point.cut, {}
-        if runs.clocked:
-            arrivals, crash_time = [value(runs.arrival(i)) for i in range(1, n + 1)], value(runs.crash)
-            cut = _cut_at(strategy, n, point, arrivals, crash_time)
-            timing = dict(arrivals=arrivals, crash_time=crash_time, failover_time=runs.failover_time)
-        run = simulate(nf_cls, strategy, inputs, cut, point.r, chooser("p"), chooser("s"), log_choices, **timing)
+        run = concrete_run(runs, strategy, n, point, model, log_choices)
+        inputs = run.inputs
         seen = [(nf_cls.gates[model.eval(slot.gate, True).as_long()], _packet(model, slot.fields))
                 for i in range(1, n + 1) for slot in observed[i] if z3.is_true(model.eval(slot.present, True))]
         if seen != run.observed_outputs:
             raise EncodingMismatch(f"{nf_cls.name} under {strategy}: the solver's run lets out {seen}, "
                                    f"the concrete simulation {run.observed_outputs}")
         if runs.clocked:
-            explanation = explain(nf_cls, inputs, run.observed_outputs, timing["arrivals"], runs.max_stall,
+            explanation = explain(nf_cls, inputs, run.observed_outputs, run.arrivals, runs.max_stall,
                                   prefer=[value(t) for t in reference_times])
         else:
             explanation = explain(nf_cls, inputs, run.observed_outputs)
@@ -548,6 +530,44 @@ def _solve(runs, nf_cls, strategy, n, point: _Point, query, budget, log_choices)
             return None
         s.add(z3.Or(*differs))
     return "undecided"
+
+
+def readable_model(s, runs: _Runs, n: int, budget):
+    """The model of a satisfied solver, or one with readable values where one exists (the
+    strictest set of constraints first; the solver is left as it was)."""
+    model = s.model()
+    pretty = _pretty(runs.nf_cls, runs.inputs[:n])
+    if runs.clocked:
+        pretty = [c + t for c, t in zip(pretty, _pretty_times(runs, n))]
+    for constraints in pretty:
+        s.push()
+        s.add(*constraints)
+        found = smt.check(s, budget, unknown_ok=True) == z3.sat
+        if found:
+            model = s.model()
+        s.pop()
+        if found:
+            break
+    return model
+
+
+def concrete_run(runs: _Runs, strategy: Strategy, n: int, point: _Point, model, log_choices) -> FailoverRun:
+    """The failover run a model of the encoding describes (inputs, choices, times), executed by the
+    concrete simulation."""
+    inputs = [_packet(model, runs.inputs[i]) for i in range(n)]
+
+    def chooser(source):
+        return lambda i: _scripted_or_any(model, runs.choice_vars.get((source, i), []))
+
+    def value(t):
+        return model.eval(t, model_completion=True).as_long()
+
+    cut, timing = point.cut, {}
+    if runs.clocked:
+        arrivals, crash_time = [value(runs.arrival(i)) for i in range(1, n + 1)], value(runs.crash)
+        cut = _cut_at(strategy, n, point, arrivals, crash_time)
+        timing = dict(arrivals=arrivals, crash_time=crash_time, failover_time=runs.failover_time)
+    return simulate(runs.nf_cls, strategy, inputs, cut, point.r, chooser("p"), chooser("s"), log_choices, **timing)
 
 
 def _cut_at(strategy: Strategy, n: int, point: _Point, arrivals: list, crash_time: int):

@@ -28,10 +28,9 @@ import z3
 from ..models.api import NF, TCP, flags
 from ..models.strategy import Strategy
 from . import solver as smt
-from .failover import _ClockMissed, _cut_at, _failover_run, _packet, _points, _pretty, _Runs, _scripted_or_any, \
-    default_failover_ticks
+from .failover import _ClockMissed, _failover_run, _points, _Runs, concrete_run, default_failover_ticks, readable_model
 from .induction import reads_clock
-from .simulate import FailoverRun, simulate
+from .simulate import FailoverRun
 
 
 def _z3(*xs) -> bool:
@@ -231,12 +230,9 @@ def _check(nf_cls, prop, strategy, bound, budget, log_choices, clocked, failover
                 s = smt.new_solver(budget)
                 s.add(*assumptions)
                 if bad and smt.check(s, budget, z3.Or(*bad)) == z3.sat:
-                    model = s.model()
                     s.add(z3.Or(*bad))
-                    for constraints in _pretty(nf_cls, runs.inputs[:n]):  # readable values where they exist
-                        if smt.check(s, budget, *constraints, unknown_ok=True) == z3.sat:
-                            model = s.model()
-                            break
+                    smt.check(s, budget)
+                    model = readable_model(s, runs, n, budget)
                     result.run = _confirm(runs, nf_cls, strategy, n, point, model, prop, log_choices)
                     result.verdict = "counterexample"
                     return result
@@ -271,27 +267,12 @@ def _concrete_sequence(run: FailoverRun, nf_cls) -> list:
     return out
 
 
-def _confirm(runs: _Runs, nf_cls, strategy, n, point, model, prop: Property, log_choices):
+def _confirm(runs: _Runs, nf_cls, strategy, n, point, model, prop: Property, log_choices) -> FailoverRun:
     """Re-executes the solver's run on the concrete simulation; the property must break there."""
     from .failover import EncodingMismatch
 
-    inputs = [_packet(model, runs.inputs[i]) for i in range(n)]
-
-    def chooser(source):
-        return lambda i: _scripted_or_any(model, runs.choice_vars.get((source, i), []))
-
-    def value(t):
-        return model.eval(t, model_completion=True).as_long()
-
-    cut, timing = point.cut, {}
-    if runs.clocked:
-        arrivals, crash_time = [value(runs.arrival(i)) for i in range(1, n + 1)], value(runs.crash)
-        cut = _cut_at(strategy, n, point, arrivals, crash_time)
-        timing = dict(arrivals=arrivals, crash_time=crash_time, failover_time=runs.failover_time)
-    run = simulate(nf_cls, strategy, inputs, cut, point.r, chooser("p"), chooser("s"), log_choices, **timing)
-    seq = _concrete_sequence(run, nf_cls)
-    bad, _ = _violations(prop, seq)
-    if not bad:
+    run = concrete_run(runs, strategy, n, point, model, log_choices)
+    if not _violations(prop, _concrete_sequence(run, nf_cls))[0]:
         raise EncodingMismatch(f"{nf_cls.name} under {strategy}: the solver's run breaks {prop.name}, "
                                f"its concrete simulation does not: {run.observed_outputs}")
     return run
