@@ -70,6 +70,25 @@ def located(error: ModelError, tb=None) -> ModelError:
     return error
 
 
+class model_code:
+    """`with model_code(): nf.handle(...)`: what the handler raises, as both interpreters report
+    it: a ModelError gets the model's file and line; a Python error raised by the model's own code
+    becomes a ModelError there; an error raised inside an interpreter stays what it is (a bug in
+    nfproof, not in the model)."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, error, tb):
+        if isinstance(error, ModelError):
+            located(error, tb)
+        elif isinstance(error, (ArithmeticError, LookupError, TypeError, ValueError, AttributeError)):
+            failure = model_failure(error)
+            if failure is not None:
+                raise failure from None
+        return False
+
+
 def model_failure(error: Exception) -> ModelError | None:
     """A Python exception raised by model code itself (an index out of range, a division by
     zero, a bad operand) as a ModelError at the model's line; None when it was raised inside an

@@ -9,8 +9,8 @@ import random
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
-from .api import (INTERPRETER_FILES, MAX_CHOICE_WIDTH, NF, Domain, Map, MapStorage, ModelError, Packet, Set, located,
-                  model_failure, wrap)
+from .api import (INTERPRETER_FILES, MAX_CHOICE_WIDTH, NF, Domain, Map, MapStorage, ModelError, Packet, Set, model_code,
+                  wrap)
 
 INTERPRETER_FILES.add(__file__)
 
@@ -194,14 +194,8 @@ def step(nf_cls: type[NF], state: dict, pkt: Packet, chooser, clock: Callable[[]
     ctx = ConcreteContext(chooser, clock or (lambda: 0), nf_cls.gates)
     _handlers_running += 1
     try:
-        nf_cls(state).handle(pkt, ctx)
-    except ModelError as e:
-        raise located(e, e.__traceback__) from None
-    except (ArithmeticError, LookupError, TypeError, ValueError, AttributeError) as e:
-        failure = model_failure(e)
-        if failure is None:
-            raise
-        raise failure from None
+        with model_code():
+            nf_cls(state).handle(pkt, ctx)
     finally:
         _handlers_running -= 1
     return ctx.result

@@ -20,7 +20,7 @@ from typing import Callable
 import z3
 
 from ..models.api import (INTERPRETER_FILES, MAX_CHOICE_WIDTH, NF, PACKET_FIELDS, PACKET_WIDTHS, Bits, Domain, Map,
-                          MapStorage, ModelError, Packet, Set, check_bool_field, located, model_failure)
+                          MapStorage, ModelError, Packet, Set, check_bool_field, model_code)
 from ..models.concrete import NO_ITERATION, unsupported
 from . import solver as smt
 
@@ -634,17 +634,11 @@ def step(nf_cls: type[NF], state: dict, pkt: dict, choice_var, clock=None) -> Sy
         storages = {name: _storage_class(decl)(decl, path, *state[name]) for name, decl in decls.items()}
         ctx = SymContext(path, choice_var, nf_cls.gates, clock)
         try:
-            nf_cls(storages).handle(_bind(pkt, path), ctx)
+            with model_code():
+                nf_cls(storages).handle(_bind(pkt, path), ctx)
             runs.append((path.condition(), storages, ctx))
         except InfeasiblePath:
             pass
-        except ModelError as e:
-            raise located(e, e.__traceback__) from None
-        except (ArithmeticError, LookupError, TypeError, ValueError, AttributeError) as e:
-            failure = model_failure(e)
-            if failure is None:
-                raise
-            raise failure from None
         pending.extend(path.alternatives())
 
     new_state = {name: tuple(ite([(pc, s[name].terms()[c]) for pc, s, _ in runs])
@@ -652,11 +646,10 @@ def step(nf_cls: type[NF], state: dict, pkt: dict, choice_var, clock=None) -> Sy
     slots = []
     for j in range(max(len(ctx.outputs) for _, _, ctx in runs)):
         having = [(pc, ctx.outputs[j]) for pc, _, ctx in runs if len(ctx.outputs) > j]
-        terms = [(pc, p) for pc, (_, p) in having]
         slots.append(Slot(
             present=z3.Or(*[pc for pc, _ in having]) if len(having) < len(runs) else z3.BoolVal(True),
             gate=ite([(pc, z3.IntVal(nf_cls.gates.index(g))) for pc, (g, _) in having]),
-            fields={f: ite([(pc, t[f]) for pc, t in terms]) for f in terms[0][1]},
+            fields={f: ite([(pc, p[f]) for pc, (_, p) in having]) for f in having[0][1][1]},
         ))
     valid = [z3.Implies(pc, z3.And(*ctx.validity)) for pc, _, ctx in runs if ctx.validity]
     return SymStep(new_state, slots, z3.And(*valid) if valid else z3.BoolVal(True), len(runs),
