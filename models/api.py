@@ -229,24 +229,44 @@ class Pool:
 
     def all(self) -> "Domain":
         """Every value of the pool (a choice that does not depend on state)."""
-        return Domain(((v, True) for v in self.values()), self.kind)
+        return Domain(((v, True) for v in self.values()), self.kind, pool=(self.base, self.size))
 
 
 class Domain:
     """A finite set of candidates, each with an availability condition (True for concrete
-    domains; a term when symbolic). The context turns it into a choice."""
+    domains; a term when symbolic). The context turns it into a choice.
 
-    def __init__(self, items: Iterable[tuple[Any, Any]], kind: Bits):
-        self.items, self.kind = list(items), kind
+    A domain drawn from a Pool also says so: `pool` = (base, size), and for `Pool.free(used)` the
+    storage `used` whose keys are taken. Its `items` are then built only when asked for, so that a
+    concrete chooser can draw from a 64k-port pool in O(1) (runtime/rng.py) instead of listing it."""
+
+    def __init__(self, items: Iterable[tuple[Any, Any]], kind: Bits, pool: tuple[int, int] | None = None,
+                 used: "MapStorage | None" = None):
+        self._items, self.kind, self.pool, self.used = items, kind, pool, used
+
+    @property
+    def items(self) -> list:
+        if not isinstance(self._items, list):
+            self._items = list(self._items)
+        return self._items
 
     def concrete_values(self) -> list:
         return [value for value, available in self.items if available is True]
+
+    def exhausted(self) -> bool:
+        """Every value of a concrete pool domain is taken (O(1): the storage counts its keys in the pool)."""
+        if self.pool is None:
+            return not self.concrete_values()
+        if self.used is None:
+            return self.pool[1] == 0
+        return self.used.count_in(*self.pool) >= self.pool[1]
 
 
 class MapStorage:
     """Storage interface of a declared Map or Set, implemented by each interpreter:
     get(key) -> value or None, m[key] = value, del m[key], key in m, add(key), discard(key),
-    absent_from(values, kind) -> Domain of the values that are not keys."""
+    absent_from(values, kind) -> Domain of the values that are not keys; concrete storages also
+    count_in(base, size) -> how many keys lie in [base, base+size)."""
 
 
 class State:

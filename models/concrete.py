@@ -2,7 +2,9 @@
 by trace replay, and by the verifier to re-execute and confirm every counterexample.
 
 Choices come from a `chooser(values) -> value`: seeded random (runtime), scripted (a
-counterexample's choices), or exhaustive (`all_steps` backtracks over every choice)."""
+counterexample's choices), or exhaustive (`all_steps` backtracks over every choice). A chooser
+that also has `choose_domain(domain) -> value | None` is given pool domains whole (runtime/rng.py
+draws from a 64k-port pool in O(1) that way; `Domain.pool`, `Domain.used`, `Domain.exhausted`)."""
 from __future__ import annotations
 
 import random
@@ -38,6 +40,7 @@ class DictMap(dict, MapStorage):
     def __init__(self, decl, items=()):
         super().__init__(items)
         self.decl = decl
+        self._counted: dict = {}  # (base, size) -> keys in that range, kept for count_in
 
     def get(self, key, default=None):
         return dict.get(self, wrap(self.decl.key, key), default)
@@ -58,13 +61,29 @@ class DictMap(dict, MapStorage):
         return dict.__contains__(self, wrap(self.decl.key, key))
 
     def __setitem__(self, key, value):
-        dict.__setitem__(self, wrap(self.decl.key, key), wrap(self.decl.value, value))
+        k = wrap(self.decl.key, key)
+        if self._counted and not dict.__contains__(self, k):
+            _count(self._counted, k, 1)
+        dict.__setitem__(self, k, wrap(self.decl.value, value))
 
     def __delitem__(self, key):  # deleting an absent key is a no-op, as in the symbolic arrays
-        dict.pop(self, wrap(self.decl.key, key), None)
+        k = wrap(self.decl.key, key)
+        if self._counted and dict.__contains__(self, k):
+            _count(self._counted, k, -1)
+        dict.pop(self, k, None)
 
     def absent_from(self, values, kind) -> Domain:
-        return Domain(((v, True) for v in values if v not in self), kind)
+        pool = (values.start, len(values)) if isinstance(values, range) and values.step == 1 else None
+        return Domain(((v, True) for v in values if v not in self), kind, pool=pool, used=self)
+
+    def count_in(self, base: int, size: int) -> int:
+        """Keys in [base, base+size): counted once, then kept up to date by every insertion and removal."""
+        if (base, size) not in self._counted:
+            self._counted[(base, size)] = sum(1 for k in self._keys() if isinstance(k, int) and base <= k < base + size)
+        return self._counted[(base, size)]
+
+    def _keys(self):
+        return dict.keys(self)
 
     def copy(self):
         return DictMap(self.decl, dict.items(self))
@@ -79,31 +98,48 @@ class PySet(set, MapStorage):
     def __init__(self, decl, items=()):
         super().__init__(items)
         self.decl = decl
+        self._counted: dict = {}
 
     def __contains__(self, key) -> bool:
         return set.__contains__(self, wrap(self.decl.key, key))
 
     def add(self, key):
-        set.add(self, wrap(self.decl.key, key))
+        k = wrap(self.decl.key, key)
+        if self._counted and not set.__contains__(self, k):
+            _count(self._counted, k, 1)
+        set.add(self, k)
 
     def discard(self, key):
-        set.discard(self, wrap(self.decl.key, key))
+        k = wrap(self.decl.key, key)
+        if self._counted and set.__contains__(self, k):
+            _count(self._counted, k, -1)
+        set.discard(self, k)
 
     def remove(self, key):
         k = wrap(self.decl.key, key)
         if not set.__contains__(self, k):
             raise ModelError(f"{self.decl.name}.remove(x) of an absent member; test `x in s` first or use discard(x)")
-        set.discard(self, k)
+        self.discard(k)
 
     __iter__ = unsupported("iterating a Set", NO_ITERATION, set.__iter__)
     __len__ = unsupported("len() of a Set", "count the members in a Counter", set.__len__)
-    absent_from = DictMap.absent_from
+    absent_from, count_in = DictMap.absent_from, DictMap.count_in
+
+    def _keys(self):
+        return set.__iter__(self)
 
     def copy(self):
         return PySet(self.decl, set.__iter__(self))
 
     def frozen(self):
         return frozenset(set.__iter__(self))
+
+
+def _count(counted: dict, key, delta: int) -> None:
+    if isinstance(key, int):
+        for (base, size) in counted:
+            if base <= key < base + size:
+                counted[(base, size)] += delta
 
 
 class Cell:
@@ -162,14 +198,24 @@ class ConcreteContext:
         self.chooser, self.clock, self.gates, self.result = chooser, clock, gates, StepResult()
 
     def choose(self, domain: Domain):
-        values = domain.concrete_values()
         if domain.kind.width > MAX_CHOICE_WIDTH:
             raise ModelError(f"a choice from a {domain.kind.width}-bit domain; choices are at most {MAX_CHOICE_WIDTH} bits")
-        if any(not isinstance(v, int) or not 0 <= v < 1 << domain.kind.width for v in values):
-            raise ModelError(f"a {domain.kind} domain holds a value that does not fit in {domain.kind.width} bits")
-        if not values:
-            return None
-        value = self.chooser(values)
+        fits = range(1 << domain.kind.width)
+        pick = getattr(self.chooser, "choose_domain", None)
+        if pick is not None and domain.pool is not None:  # a seeded draw from a pool, without listing it
+            base, size = domain.pool
+            if size and (base not in fits or base + size - 1 not in fits):
+                raise ModelError(f"a {domain.kind} domain holds a value that does not fit in {domain.kind.width} bits")
+            value = pick(domain)
+            if value is None:
+                return None
+        else:
+            values = domain.concrete_values()
+            if any(not isinstance(v, int) or v not in fits for v in values):
+                raise ModelError(f"a {domain.kind} domain holds a value that does not fit in {domain.kind.width} bits")
+            if not values:
+                return None
+            value = self.chooser(values)
         self.result.choices.append(value)
         self.result.choice_kinds.append(domain.kind)
         return value
