@@ -1,0 +1,169 @@
+"""Ports: where a run's frames come from (a Source) and where its outputs go (a Sink).
+
+The executor (runtime/executor.py) only sees these two interfaces, so a new kind of port is one
+small class here and nothing else: a capture file today (`CaptureSource`, `PcapSink`); a live
+interface (AF_PACKET: `receive` = recvmmsg of up to n frames, `send` = sendmsg) or a DPDK port
+(`receive` = rte_eth_rx_burst, `send` = rte_eth_tx_burst) later.
+
+A Source yields its input in bursts of `InputFrame`s (frame bytes, wire length, capture time in ns
+since the epoch or None when the capture has none, side: batch.FROM_INSIDE, FROM_OUTSIDE or
+CLASSIFY), all of one link type (`linktype`, known before the first burst). A Sink takes each output
+frame with the egress it left on and its time."""
+from __future__ import annotations
+
+import os
+import re
+from typing import NamedTuple
+
+from nfproof.traces.errors import FormatError
+from nfproof.traces.pcap import PcapWriter
+from nfproof.traces.reader import open_capture
+from nfproof.traces.record import Record, linktype_name
+
+from .batch import CLASSIFY, FROM_INSIDE, FROM_OUTSIDE
+
+SIDES = (FROM_INSIDE, FROM_OUTSIDE, CLASSIFY)
+
+
+class InputFrame(NamedTuple):
+    data: bytes
+    wirelen: int
+    time_ns: int | None
+    side: int
+
+
+class Source:
+    """A port frames arrive on. `name` says what it reads (for messages and the trace header)."""
+
+    name = "?"
+    linktype = 1
+
+    def receive(self, max_frames: int) -> list[InputFrame]:
+        """The next 1..max_frames frames in arrival order; [] once the input has ended. A fault
+        in the input (FormatError) is raised only after every frame before it was returned."""
+        raise NotImplementedError
+
+    def progress(self) -> tuple[int, int | None]:
+        """(bytes consumed, total bytes or None) for a progress display."""
+        return 0, None
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class Sink:
+    """A port outputs leave on."""
+
+    def send(self, egress: str, frame: bytes, time_ns: int) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+
+class CaptureSource(Source):
+    """The frames of a pcap or pcapng file (any link type the codec reads; a pcapng may have
+    several interfaces as long as they share one link type). Every frame gets `side`."""
+
+    def __init__(self, path, side: int = CLASSIFY):
+        if side not in SIDES:
+            raise ValueError(f"side must be one of {SIDES}, not {side!r}")
+        self.side, self.name = side, os.fspath(path)
+        self._reader = open_capture(path)  # FormatError: cannot open, not a capture, bad header
+        self._records = iter(self._reader)
+        self._ahead: Record | None = None   # the first record, read to learn the link type
+        self._fault: FormatError | None = None
+        self._ended = False
+        self.linktype = self._first_linktype()
+
+    def _first_linktype(self) -> int:
+        """pcap: its header's; pcapng: the first packet's interface's (read ahead), else the first
+        interface declared, else Ethernet for a capture with no interface at all."""
+        if self._reader.format == "pcap":
+            return self._reader.linktype
+        try:
+            self._ahead = next(self._records, None)
+        except FormatError as e:
+            self._fault = e
+        if self._ahead is not None:
+            return self._ahead.linktype
+        self._ended = True
+        return self._reader.interfaces[0].linktype if self._reader.interfaces else 1
+
+    def receive(self, max_frames: int) -> list[InputFrame]:
+        frames: list[InputFrame] = []
+        if self._ahead is not None:
+            frames.append(self._frame(self._ahead))
+            self._ahead = None
+        if not frames and self._fault is not None:
+            fault, self._fault = self._fault, None
+            raise fault
+        if self._ended:
+            return frames
+        records, linktype, side = self._records, self.linktype, self.side
+        try:
+            while len(frames) < max_frames:
+                rec = next(records, None)
+                if rec is None:
+                    self._ended = True
+                    break
+                if rec.linktype != linktype:
+                    raise self._mixed(rec)
+                frames.append(InputFrame(rec.data, rec.wirelen, rec.time_ns, side))
+        except FormatError as e:  # hand over what came before the fault first
+            self._ended = True
+            if not frames:
+                raise
+            self._fault = e
+        return frames
+
+    def _frame(self, rec: Record) -> InputFrame:
+        return InputFrame(rec.data, rec.wirelen, rec.time_ns, self.side)
+
+    def _mixed(self, rec: Record) -> FormatError:
+        n = self._reader.count
+        return FormatError(self.name, getattr(self._reader, "block_offset", None),
+                           f"packet {n} has link type {rec.linktype} ({linktype_name(rec.linktype)}) but the packets "
+                           f"before it {self.linktype} ({linktype_name(self.linktype)}); a run takes one link type: "
+                           f"split the capture by interface (e.g. tshark -r {self.name} -Y frame.interface_id==N -w PART)")
+
+    def progress(self) -> tuple[int, int | None]:
+        src = self._reader.src
+        return src.offset, src.size
+
+    def close(self) -> None:
+        self._reader.close()
+
+
+def egress_file_name(egress: str) -> str:
+    """A file name for an egress (`monitor.alert` -> `monitor.alert.pcap`)."""
+    return re.sub(r"[^A-Za-z0-9_.#-]", "_", egress) + ".pcap"
+
+
+class PcapSink(Sink):
+    """One plain pcap per egress in `directory` (created on first output, ns timestamps)."""
+
+    def __init__(self, directory, linktype: int = 1):
+        self.directory, self.linktype = os.fspath(directory), linktype
+        self._writers: dict[str, PcapWriter] = {}
+
+    def send(self, egress: str, frame: bytes, time_ns: int) -> None:
+        w = self._writers.get(egress)
+        if w is None:
+            w = self._writers[egress] = PcapWriter(os.path.join(self.directory, egress_file_name(egress)),
+                                                   self.linktype, nanosecond=True)
+        w.write(time_ns, frame)
+
+    @property
+    def paths(self) -> dict[str, str]:
+        return {e: os.path.join(self.directory, egress_file_name(e)) for e in self._writers}
+
+    def close(self) -> None:
+        for w in self._writers.values():
+            w.close()

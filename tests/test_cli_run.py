@@ -1,0 +1,418 @@
+"""`nfproof run` end to end (nfproof/cmd_run.py), and the executor, recorder and ports under it
+(runtime/executor.py, runtime/recorder.py, runtime/ports.py), on the captures in tests/data."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from nfproof.cli import main
+from nfproof.models import lookup
+from nfproof.models.chain import Chain
+from nfproof.runtime.batch import CLASSIFY, FROM_INSIDE, FROM_OUTSIDE
+from nfproof.runtime.executor import RunStats, SideClassifier, percentiles, run
+from nfproof.runtime.ports import CaptureSource, PcapSink
+from nfproof.runtime.recorder import Recorder
+from nfproof.traces.errors import FormatError
+from nfproof.traces.pcapng import PcapngWriter
+from nfproof.traces.reader import open_capture
+from nfproof.traces.trace import TraceEvent, TracePacket, read_trace
+
+DATA = Path(__file__).resolve().parent / "data"
+ROOT = Path(__file__).resolve().parents[1]
+E02 = DATA / "E02_http_49flows.pcap"
+EVERYDAY = sorted(DATA.glob("E*.pcap*"))
+CLIENT = "128.2.0.0/16"  # E02's client (its server is 173.194.75.103): both are public addresses
+
+
+def cli(capsys, *argv):
+    """(exit code, stdout, stderr) of `nfproof ARGV...` in this process."""
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def run_json(capsys, *argv) -> dict:
+    code, out, err = cli(capsys, "run", *argv, "--json")
+    assert code == 0, err
+    return json.loads(out)
+
+
+def trace_items(path):
+    with read_trace(path) as trace:
+        header = trace.header
+        items = list(trace)
+        interfaces = dict(trace.interfaces)
+    return header, items, interfaces
+
+
+# -- the executor with a pipeline made for testing it (never shipped) -----------------------------
+class EchoPipeline:
+    """Exercises the executor only: the side is the frame's first byte parity when asked to
+    classify (written back); input i is dropped when i % 5 == 4, emitted as a copy (first byte
+    inverted) on egress 1 then in place (last byte inverted) on egress 0 when i % 3 == 0, else in
+    place on egress 0. Indices are input sequence numbers over the whole run, so the result does
+    not depend on the batch size."""
+
+    def __init__(self, chain, classify_in_place=True):
+        self.egresses, self.instances = chain.egress_names, tuple(chain.members)
+        self.reasons = ["test: every fifth"]
+        self.seq, self.classify_in_place = 0, classify_in_place
+        self.seen_t = []
+
+    def process(self, b):
+        for i in range(b.n):
+            seq, self.seq = self.seq, self.seq + 1
+            o, n = int(b.off[i]), int(b.caplen[i])
+            self.seen_t.append(int(b.t_ns[i]))
+            if b.side[i] == CLASSIFY and self.classify_in_place:
+                b.side[i] = b.data[o] & 1
+            if seq % 5 == 4:
+                b.drop(i, 0)
+                continue
+            if seq % 3 == 0:
+                copy = bytes([b.data[o] ^ 0xFF]) + bytes(b.data[o + 1:o + n])
+                b.emit(i, 1, 0, 7, copy=copy)
+            b.data[o + n - 1] ^= 0xFF
+            b.emit(i, 0, 0, 0)
+
+
+def echo_chain():
+    return Chain.parse("nat", lookup)
+
+
+def expected_outputs(path):
+    """What EchoPipeline must output for a capture, computed from the records directly."""
+    out = []
+    with open_capture(path) as r:
+        for seq, rec in enumerate(r):
+            d = bytes(rec.data)
+            if seq % 5 == 4:
+                continue
+            if seq % 3 == 0:
+                out.append(("inside", bytes([d[0] ^ 0xFF]) + d[1:], seq))
+            out.append(("outside", d[:-1] + bytes([d[-1] ^ 0xFF]), seq))
+    return out
+
+
+def sha_of(outputs) -> str:
+    h = hashlib.sha256()
+    for egress, frame, _ in outputs:
+        h.update(egress.encode() + b"\0" + struct.pack("<I", len(frame)) + frame)
+    return h.hexdigest()
+
+
+@pytest.mark.parametrize("batch", [1, 7, 32, 1000])
+def test_executor_counts_hash_and_order(batch):
+    chain = echo_chain()
+    with CaptureSource(E02) as src:
+        stats = run(chain, src, EchoPipeline(chain), batch=batch)
+    want = expected_outputs(E02)
+    assert stats.packets_in == 655 and stats.packets_out == len(want)
+    assert stats.dropped == {"test: every fifth": 655 // 5}
+    assert stats.outputs_sha256 == sha_of(want)
+    assert stats.batches == -(-655 // batch)
+    assert set(stats.latency_ns) == {"p50", "p99", "p999"}
+    assert 0 < stats.latency_ns["p50"] <= stats.latency_ns["p99"] <= stats.latency_ns["p999"]
+    assert stats.process_seconds > 0 and stats.mpps > 0 and stats.gbps > 0
+    with open_capture(E02) as r:
+        assert stats.bytes_in == sum(rec.wirelen for rec in r)
+
+
+def test_executor_times_relative_and_monotonic(tmp_path):
+    """t_ns = capture time made non-decreasing, relative to the first input; the trace keeps the
+    clamped capture times; a pcapng simple packet block (no time) takes the previous time."""
+    path = tmp_path / "backwards.pcapng"
+    frames = [bytes([k]) * 60 for k in range(5)]
+    with PcapngWriter(str(path)) as w:
+        i = w.add_interface(1, 0)
+        for t, f in zip([1_000, 5_000, 3_000, 9_000], frames):
+            w.write_packet(i, t, f)
+        w.write_block(3, struct.pack("<I", 60) + frames[4])  # SPB: no timestamp
+    chain = echo_chain()
+    pipe = EchoPipeline(chain)
+    with CaptureSource(path) as src:
+        run(chain, src, pipe, Recorder(tmp_path / "t.pcapng", "nat", {}), batch=2)
+    assert pipe.seen_t == [0, 4_000, 4_000, 8_000, 8_000]
+    header, items, _ = trace_items(tmp_path / "t.pcapng")
+    assert header.fields["t0_ns"] == 1_000
+    assert [p.time_ns for p in items if isinstance(p, TracePacket) and p.direction == "in"] == \
+        [1_000, 5_000, 5_000, 9_000, 9_000]
+
+
+def test_wall_clock_batches_share_a_time():
+    chain = echo_chain()
+    pipe = EchoPipeline(chain)
+    with CaptureSource(E02) as src:
+        run(chain, src, pipe, batch=100, clock="wall")
+    assert pipe.seen_t[0] == 0 and pipe.seen_t == sorted(pipe.seen_t)
+    assert all(len(set(pipe.seen_t[k:k + 100])) == 1 for k in range(0, 655, 100))
+
+
+@pytest.mark.parametrize("classify_in_place", [True, False])
+def test_recorder_writes_the_contract_trace(tmp_path, classify_in_place):
+    chain = echo_chain()
+    fields = {"params": [], "seed": 3, "inside": [CLIENT], "clock": "pcap", "batch": 8,
+              "implementation": "test", "input": E02.name}
+    pipe = EchoPipeline(chain, classify_in_place)
+    with CaptureSource(E02) as src:
+        stats = run(chain, src, pipe, Recorder(tmp_path / "t.pcapng", "nat", fields), batch=8,
+                    inside=(CLIENT,))
+    header, items, interfaces = trace_items(tmp_path / "t.pcapng")
+    assert (header.chain, header.strategy) == ("nat", "none")
+    assert list(header.fields) == ["params", "seed", "linktype", "inside", "clock", "batch", "implementation",
+                                   "input", "t0_ns"]
+    assert header.fields["seed"] == 3 and header.fields["linktype"] == 1
+    with open_capture(E02) as r:
+        records = list(r)
+    assert header.fields["t0_ns"] == records[0].time_ns
+    assert isinstance(items[-1], TraceEvent) and items[-1].kind == "summary"
+    assert items[-1].fields == stats.summary() and "error" not in items[-1].fields
+    packets = [p for p in items if isinstance(p, TracePacket)]
+    inputs = [p for p in packets if p.direction == "in"]
+    assert [p.seq for p in inputs] == list(range(655))
+    assert [p.data for p in inputs] == [rec.data for rec in records]  # as captured, not as rewritten
+    assert all(p.instance == "" and p.out_index is None for p in inputs)
+    if classify_in_place:
+        want_sides = [rec.data[0] & 1 for rec in records]
+    else:
+        classifier = SideClassifier(1, (CLIENT,))
+        want_sides = [classifier.side(rec.data, rec.wirelen) for rec in records]
+        assert 0 < sum(want_sides) < 655
+    assert [p.interface for p in inputs] == [("ingress:inside", "ingress:outside")[s] for s in want_sides]
+    outputs = [(p.interface.removeprefix("egress:"), p.data, p.seq) for p in packets if p.direction == "out"]
+    assert outputs == expected_outputs(E02)
+    seen = -1
+    for p in packets:  # every input precedes its outputs; out_index counts them per input
+        if p.direction == "in":
+            seen = p.seq
+        else:
+            assert p.seq == seen and p.instance == "nat" and p.time_ns == records[p.seq].time_ns
+    idx = [p.out_index for p in packets if p.direction == "out" and p.seq % 3 == 0]
+    assert idx[:4] == [0, 1, 0, 1]
+    assert set(interfaces) <= {"ingress:inside", "ingress:outside", "egress:outside", "egress:inside"}
+
+
+def test_corrupt_capture_midway_keeps_a_readable_trace(tmp_path):
+    chain = echo_chain()
+    trace = tmp_path / "t.pcapng"
+    with CaptureSource(DATA / "C01_corrupt_record_len.pcap") as src:
+        with pytest.raises(FormatError, match="offset 3695: record 19 claims"):
+            run(chain, src, EchoPipeline(chain), Recorder(trace, "nat", {}), batch=5)
+    header, items, _ = trace_items(trace)
+    inputs = [p for p in items if isinstance(p, TracePacket) and p.direction == "in"]
+    assert [p.seq for p in inputs] == list(range(18))
+    summary = items[-1]
+    assert summary.kind == "summary" and summary.fields["packets_in"] == 18
+    assert "record 19 claims" in summary.fields["error"]
+
+
+def test_pipeline_that_loses_an_input_is_a_bug():
+    class Lossy(EchoPipeline):
+        def process(self, b):
+            super().process(b)
+            b.n_drop = b.n_out = 0
+
+    chain = echo_chain()
+    with CaptureSource(E02) as src, pytest.raises(RuntimeError, match="input 0 has neither an output nor a drop"):
+        run(chain, src, Lossy(chain))
+
+
+def test_pcap_sink_one_file_per_egress(tmp_path):
+    chain = echo_chain()
+    sink = PcapSink(tmp_path, 1)
+    with CaptureSource(E02) as src:
+        run(chain, src, EchoPipeline(chain), sinks=[sink])
+    sink.close()
+    want = expected_outputs(E02)
+    for egress in ("outside", "inside"):
+        with open_capture(tmp_path / f"{egress}.pcap") as r:
+            assert [rec.data for rec in r] == [f for e, f, _ in want if e == egress]
+
+
+def test_percentiles_weight_batches_by_packets():
+    assert percentiles([(10, 98), (1000, 1), (5000, 1)]) == {"p50": 10, "p99": 1000, "p999": 5000}
+    assert percentiles([]) == {"p50": None, "p99": None, "p999": None}
+    assert RunStats("x").mpps == 0.0
+
+
+# -- ports ------------------------------------------------------------------------------------------
+def test_capture_source_reads_every_everyday_link_type():
+    for path in EVERYDAY:
+        with CaptureSource(path) as src, open_capture(path) as r:
+            records = list(r)
+            got = []
+            while frames := src.receive(16):
+                got += frames
+            assert [(f.data, f.wirelen, f.time_ns, f.side) for f in got] == \
+                [(rec.data, rec.wirelen, rec.time_ns, CLASSIFY) for rec in records], path.name
+            assert src.linktype == (records[0].linktype if records else 1)
+
+
+def test_capture_source_interfaces_of_one_link_type_and_mixed(tmp_path):
+    same, mixed = tmp_path / "same.pcapng", tmp_path / "mixed.pcapng"
+    for path, second in ((same, 1), (mixed, 113)):
+        with PcapngWriter(str(path)) as w:
+            a, b = w.add_interface(1, 0), w.add_interface(second, 0)
+            w.write_packet(a, 1, b"\1" * 60)
+            w.write_packet(b, 2, b"\2" * 60)
+            w.write_packet(a, 3, b"\3" * 60)
+    with CaptureSource(same, side=FROM_OUTSIDE) as src:
+        assert [f.data[0] for f in src.receive(10)] == [1, 2, 3] and src.receive(10) == []
+    with CaptureSource(mixed) as src:
+        assert len(src.receive(10)) == 1  # the frame before the fault first
+        with pytest.raises(FormatError, match=r"packet 2 has link type 113 \(LINUX_SLL\) but the packets before it 1"):
+            src.receive(10)
+
+
+def test_capture_source_errors_at_open():
+    with pytest.raises(FormatError, match="cannot open"):
+        CaptureSource(DATA / "no_such.pcap")
+    with pytest.raises(FormatError, match="archaic"):
+        CaptureSource(DATA / "C02_corrupt_pcap_version.pcap")
+    with pytest.raises(ValueError, match="side"):
+        CaptureSource(E02, side=5)
+    assert FROM_INSIDE == 0
+
+
+# -- the command ---------------------------------------------------------------------------------
+def test_firewall_nat_lb_on_e02(tmp_path, capsys):
+    trace = tmp_path / "t.pcapng"
+    code, out, err = cli(capsys, "run", "firewall>nat>lb", "--pcap", E02, "--seed", 7, "-o", trace)
+    assert code == 0, err
+    assert "655 in" in out and "Mpps" in out and "p99" in out and str(trace) in out
+    header, items, interfaces = trace_items(trace)
+    assert header.chain == "firewall>nat>lb" and header.strategy == "none"
+    f = header.fields
+    assert (f["seed"], f["linktype"], f["clock"], f["batch"], f["input"]) == (7, 1, "pcap", 32, E02.name)
+    assert f["params"] == [] and f["inside"] == ["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "fc00::/7"]
+    assert f["implementation"] in ("fast", "fallback")
+    assert set(interfaces) <= {"ingress:inside", "ingress:outside", "egress:outside", "egress:inside"}
+    packets = [p for p in items if isinstance(p, TracePacket)]
+    inputs = [p for p in packets if p.direction == "in"]
+    outputs = [p for p in packets if p.direction == "out"]
+    assert [p.seq for p in inputs] == list(range(655))
+    assert {p.instance for p in outputs} <= {"firewall", "lb"}
+    assert all(p.out_index is not None for p in outputs)
+    summary = items[-1]
+    assert summary.kind == "summary" and summary.fields["packets_in"] == 655
+    assert summary.fields["packets_out"] == len(outputs) > 0
+    again = run_json(capsys, "firewall>nat>lb", "--pcap", E02, "--seed", 7)
+    assert again["outputs_sha256"] == summary.fields["outputs_sha256"]
+    assert again["dropped"] == summary.fields["dropped"]
+    if shutil.which("tshark"):
+        shown = subprocess.run(["tshark", "-r", str(trace)], capture_output=True, text=True, timeout=120)
+        assert shown.returncode == 0, shown.stderr
+        assert len(shown.stdout.splitlines()) >= 655 + len(outputs)
+
+
+def test_json_fields(capsys):
+    r = run_json(capsys, "nat", "--pcap", E02)
+    for key in ("packets_in", "packets_out", "dropped", "mpps", "gbps", "latency", "implementation",
+                "outputs_sha256"):
+        assert key in r
+    assert set(r["latency"]) == {"p50", "p99", "p999"}
+    assert r["packets_in"] == 655 and r["trace"] is None
+
+
+@pytest.mark.parametrize("path", EVERYDAY, ids=lambda p: p.name[:3])
+def test_nat_with_a_large_pool_on_every_everyday_capture(capsys, path):
+    r = run_json(capsys, "nat", "--pcap", path, "--param", "nat.ports=64512")
+    with open_capture(path) as reader:
+        n = sum(1 for _ in reader)
+    assert r["packets_in"] == n
+    assert r["packets_out"] + sum(r["dropped"].values()) >= n
+    assert r["packets_out"] <= 2 * n
+    assert not any("exhausted" in reason for reason in r["dropped"])
+    if path.name.startswith("E02"):
+        # every outbound TCP flow keeps its mapping: each one's packets leave
+        assert r["packets_out"] > 0.9 * n
+
+
+def test_same_seed_same_outputs_and_batch_size_does_not_matter(capsys):
+    base = run_json(capsys, "firewall>nat>lb", "--pcap", E02, "--seed", 7)
+    assert run_json(capsys, "firewall>nat>lb", "--pcap", E02, "--seed", 7)["outputs_sha256"] == base["outputs_sha256"]
+    for batch in (1, 5, 256):
+        other = run_json(capsys, "firewall>nat>lb", "--pcap", E02, "--seed", 7, "--batch", batch)
+        assert other["outputs_sha256"] == base["outputs_sha256"], batch
+        assert other["dropped"] == base["dropped"]
+
+
+def one_line_error(capsys, *argv) -> str:
+    code, out, err = cli(capsys, "run", *argv)
+    assert code == 2, (code, out, err)
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("nfproof run: error: "), err
+    return lines[0]
+
+
+def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys):
+    assert "C02_corrupt_pcap_version.pcap: offset 4: pcap version 1.4" in \
+        one_line_error(capsys, "nat", "--pcap", DATA / "C02_corrupt_pcap_version.pcap")
+    assert "C03_corrupt_pcapng_blocklen.pcapng: offset 0:" in \
+        one_line_error(capsys, "nat", "--pcap", DATA / "C03_corrupt_pcapng_blocklen.pcapng")
+    assert "no_such.pcap: cannot open" in one_line_error(capsys, "nat", "--pcap", tmp_path / "no_such.pcap")
+    assert "unknown NF 'natt'; bundled:" in one_line_error(capsys, "natt", "--pcap", E02)
+    assert "unknown NF 'lbb'" in one_line_error(capsys, "firewall>nat>lbb", "--pcap", E02)
+    assert "empty" in one_line_error(capsys, "firewall>>lb", "--pcap", E02)
+    assert "nat has no parameter 'port'" in one_line_error(capsys, "nat", "--pcap", E02, "--param", "nat.port=3")
+    assert "nat.ports=lots" in one_line_error(capsys, "nat", "--pcap", E02, "--param", "nat.ports=lots")
+    assert "names NF 'lb', which is not in the chain" in \
+        one_line_error(capsys, "firewall>nat", "--pcap", E02, "--param", "lb.backends=2")
+    assert "write NF.NAME=VALUE" in one_line_error(capsys, "nat", "--pcap", E02, "--param", "ports")
+    assert "--inside '10.0.0.1/8'" in one_line_error(capsys, "nat", "--pcap", E02, "--inside", "10.0.0.1/8")
+    assert "not a network" in one_line_error(capsys, "nat", "--pcap", E02, "--inside", "inside")
+    assert "cannot write the trace" in one_line_error(capsys, "nat", "--pcap", E02, "-o", tmp_path / "no" / "t.pcapng")
+    copy = tmp_path / "in.pcap"
+    shutil.copy(E02, copy)
+    assert "is the input capture" in one_line_error(capsys, "nat", "--pcap", copy, "-o", copy)
+    assert copy.read_bytes() == E02.read_bytes()
+
+
+def test_corrupt_capture_midway_cli(tmp_path, capsys):
+    trace = tmp_path / "t.pcapng"
+    line = one_line_error(capsys, "firewall>nat>lb", "--pcap", DATA / "C01_corrupt_record_len.pcap", "-o", trace)
+    assert "C01_corrupt_record_len.pcap: offset 3695: record 19 claims" in line
+    assert f"the trace {trace} holds the 18 inputs before it" in line
+    header, items, _ = trace_items(trace)
+    assert [p.seq for p in items if isinstance(p, TracePacket) and p.direction == "in"] == list(range(18))
+    assert items[-1].kind == "summary" and items[-1].fields["packets_in"] == 18
+    code, out, err = cli(capsys, "inspect", trace)
+    assert code == 0, err
+    assert "trace: version 1, chain 'firewall>nat>lb'" in out and "summary 1" in out
+
+
+def test_fast_fallback_and_generic_agree(capsys):
+    """The three pipelines give the same outputs for the same seed (runtime contract)."""
+    base = run_json(capsys, "firewall>nat>lb", "--pcap", E02, "--seed", 7)
+    generic = run_json(capsys, "firewall>nat>lb", "--pcap", E02, "--seed", 7, "--generic")
+    assert generic["implementation"] == "generic"
+    assert (generic["outputs_sha256"], generic["dropped"]) == (base["outputs_sha256"], base["dropped"])
+    env = dict(os.environ, NFPROOF_PUREPYTHON="1")
+    pure = subprocess.run([sys.executable, "-m", "nfproof", "run", "firewall>nat>lb", "--pcap", str(E02), "--seed", "7",
+                           "--json"], capture_output=True, text=True, env=env, timeout=300)
+    assert pure.returncode == 0, pure.stderr
+    pure = json.loads(pure.stdout)
+    assert pure["implementation"] == "fallback"
+    assert (pure["outputs_sha256"], pure["dropped"]) == (base["outputs_sha256"], base["dropped"])
+
+
+def test_installed_command(tmp_path):
+    exe = ROOT / ".venv" / "bin" / "nfproof"
+    if not exe.exists():
+        pytest.skip("no .venv/bin/nfproof (make installs it)")
+    trace = tmp_path / "t.pcapng"
+    done = subprocess.run([str(exe), "run", "firewall>nat>lb", "--pcap", str(E02), "--seed", "7", "-o", str(trace)],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "655 in" in done.stdout and trace.exists()
+    bad = subprocess.run([str(exe), "run", "nat", "--pcap", str(DATA / "C02_corrupt_pcap_version.pcap")],
+                         capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and bad.stderr.startswith("nfproof run: error: ")
