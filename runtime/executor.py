@@ -67,13 +67,11 @@ def parse_inside(text: str) -> tuple[str, ...]:
         try:
             nets.append(str(ipaddress.ip_network(item, strict=True)))
         except ValueError as e:
-            hint = ""
             try:
-                hint = f"; did you mean {ipaddress.ip_network(item, strict=False)}?"
+                fix = f"write {ipaddress.ip_network(item, strict=False)}"
             except ValueError:
-                pass
-            raise ValueError(f"{item!r} is not a network ({e}){hint} write CIDR,CIDR,... e.g. "
-                             f"10.0.0.0/8,192.168.0.0/16") from None
+                fix = "write CIDR,CIDR,..., e.g. 10.0.0.0/8,192.168.0.0/16"
+            raise ValueError(f"{item!r} is not a network: {e}; {fix}") from None
     return tuple(nets)
 
 
