@@ -144,8 +144,8 @@ def run(chain, source, pipeline, recorder=None, batch: int = 32, clock: str = "p
             if not frames:
                 break
             arrival = time.monotonic_ns() if wall else 0
-            b.clear()
-            times = []
+            times, rel, offsets, caplens, wirelens, sides_in = [], [], [], [], [], []
+            pos = 0
             for data, wirelen, t, side in frames:
                 if t is None or (last is not None and t < last):
                     t = last if last is not None else 0
@@ -155,9 +155,18 @@ def run(chain, source, pipeline, recorder=None, batch: int = 32, clock: str = "p
                         recorder.begin(linktype, egresses, t0)
                 last = t
                 times.append(t)
-                b.add(data, wirelen, arrival - wall0 if wall else t - t0, side)
-                stats.bytes_in += wirelen
-            n = b.n
+                rel.append(arrival - wall0 if wall else t - t0)
+                offsets.append(pos)
+                pos += len(data)
+                caplens.append(len(data))
+                wirelens.append(wirelen)
+                sides_in.append(side)
+            n = len(frames)
+            b.clear()  # filled array-wise (as Batch.add would, frame by frame)
+            b.data += b"".join([f[0] for f in frames])
+            b.off[:n], b.caplen[:n], b.wirelen[:n], b.t_ns[:n], b.side[:n] = offsets, caplens, wirelens, rel, sides_in
+            b.n = n
+            stats.bytes_in += sum(wirelens)
             t_enter = perf()
             pipeline.process(b)
             t_processed = perf()
@@ -171,19 +180,19 @@ def run(chain, source, pipeline, recorder=None, batch: int = 32, clock: str = "p
                 out_egress, out_inst = b.out_egress[:n_out].tolist(), b.out_inst[:n_out].tolist()
                 out_off, out_len, out_copy = b.out_off[:n_out].tolist(), b.out_len[:n_out].tolist(), b.out_copy[:n_out].tolist()
                 data, extra = memoryview(b.data), memoryview(b.extra)
+                hashed = []
                 for k in range(n_out):
                     o = out_off[k]
                     frame = bytes((extra if out_copy[k] else data)[o:o + out_len[k]])
                     e, i = out_egress[k], out_in[k]
-                    digest.update(egress_bytes[e])
-                    digest.update(pack_len(len(frame)))
-                    digest.update(frame)
+                    hashed += (egress_bytes[e], pack_len(len(frame)), frame)
                     src = frames[i]
                     stats.bytes_out += src[1] - len(src[0]) + len(frame)
                     outputs.append((i, egresses[e], instances[out_inst[k]], frame))
                     for sink in sinks:
                         sink.send(egresses[e], frame, times[i])
                 del data, extra
+                digest.update(b"".join(hashed))
             if recorder is not None:
                 sides = b.side[:n].tolist()
                 if CLASSIFY in sides:  # the pipeline classified without writing the sides back
