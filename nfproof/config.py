@@ -1,0 +1,350 @@
+"""`[tool.nfproof]`: the checks a project gates its CI on (`nfproof check`, the pytest plugin).
+
+Read from a pyproject.toml (or any TOML file with the same table), one `[[tool.nfproof.check]]`
+table per check, validated into `Check`s before anything runs: the model is loaded, the
+strategies parsed, durations converted to the model's clock ticks. Every problem is one line
+naming the file, the check (its index and name), the key and the fix; all of them are reported
+together (`ConfigError.lines`). Paths (model files, traces) are relative to the config's folder.
+"""
+from __future__ import annotations
+
+import argparse
+import difflib
+import os
+import re
+import tomllib
+from dataclasses import dataclass, field
+
+from .models import lookup
+from .models.api import ModelError, NF, ParamError
+from .models.strategy import MUTATIONS, STRATEGY_FORMS, Strategy, StrategyError
+from .cmd_verify import ALL_STRATEGIES, configured, duration, ticks
+from .errors import UsageError
+
+VERIFY_VERDICTS = ("proved", "counterexample")   # what `nfproof verify` decides
+REPLAY_VERDICTS = ("explained", "violation")     # what `nfproof replay` decides
+EQUIVALENCES = ("strict", "per-flow", "loss-at-failover")  # DESIGN.md "Output equivalence"
+SUPPORTED_EQUIVALENCES = ("strict",)             # what the verifier implements today
+DEFAULT_TIMEOUT = 60.0                           # seconds per run, as `nfproof verify --timeout`
+
+KEYS = {  # every key a check may have -> what it holds (for error messages)
+    "name": "a label for reports (default: chain, strategy and bound)",
+    "chain": "an NF or chain, as `nfproof verify CHAIN` takes it",
+    "strategy": "a strategy name, a list of them, or 'all'",
+    "bound": "input packets, a positive integer",
+    "unbounded": "true: prove for every number of packets",
+    "expect": "proved | counterexample (replay checks: explained | violation)",
+    "params": "model parameters: a table NF.NAME = value, or a list of 'NF.NAME=VALUE'",
+    "log-choices": "true: the primary logs its choices",
+    "equivalence": "the output equivalence: strict",
+    "failover-time": "seconds (or '500ms'): how long a failover takes",
+    "max-stall": "seconds (or '500ms'): the stall a failure-free run may have",
+    "property": "a named property of the model (or 'all') instead of output equivalence",
+    "mutation": "a known protocol bug to inject (" + ", ".join(MUTATIONS) + ")",
+    "timeout": "seconds per strategy (default 60)",
+    "trace": "a recorded run to replay (replay check)",
+    "pcap": "a capture to run and replay (replay check, with `fail`)",
+    "fail": "the failure to inject into the pcap's run, e.g. nat@5000 (replay check)",
+}
+REPLAY_KEYS = ("trace", "pcap", "fail")
+
+
+class ConfigError(UsageError):
+    """One or more configuration problems, one line each."""
+
+    def __init__(self, lines: list[str]):
+        super().__init__("\n".join(lines))
+        self.lines = lines
+
+
+@dataclass
+class Check:
+    """One validated check: what to verify and which verdict it must have."""
+
+    index: int                      # 1-based, as in the file
+    name: str
+    expect: str
+    chain: str                      # as written in the config
+    nf: type[NF] | None = None      # the configured model (None for a replay check)
+    strategies: list[Strategy] = field(default_factory=list)
+    bound: int = 8
+    unbounded: bool = False
+    log_choices: bool = False
+    equivalence: str = "strict"
+    failover_time: int | None = None  # ticks of the model's clock
+    max_stall: int | None = None
+    properties: list[str] = field(default_factory=list)  # empty: output equivalence
+    timeout: float = DEFAULT_TIMEOUT
+    params: list[str] = field(default_factory=list)      # NF.NAME=VALUE, as --param takes them
+    replay: dict | None = None      # trace / pcap / fail (absolute paths) for a replay check
+    base_dir: str = "."
+
+    @property
+    def label(self) -> str:
+        return f"check {self.index} ({self.name!r})"
+
+    def runs(self) -> list[tuple[Strategy, str | None]]:
+        """The verifier runs the check consists of: one per strategy (and per property)."""
+        return [(s, p) for p in (self.properties or [None]) for s in self.strategies]
+
+    def settings(self, strategy: Strategy, prop: str | None) -> dict:
+        """Everything a run's verdict depends on besides the code (the cache key's options)."""
+        return {"chain": self.chain, "params": sorted(self.params), "strategy": str(strategy), "property": prop,
+                "bound": self.bound, "unbounded": self.unbounded, "log_choices": self.log_choices,
+                "equivalence": self.equivalence, "failover_time": self.failover_time, "max_stall": self.max_stall}
+
+
+def find(explicit: str | None, cwd: str | None = None) -> str:
+    """The config file: `--config FILE`, else ./pyproject.toml."""
+    if explicit:
+        if not os.path.isfile(explicit):
+            raise UsageError(f"--config {explicit}: no such file; give a pyproject.toml or a TOML file with a "
+                             f"[tool.nfproof] table")
+        return explicit
+    path = os.path.join(cwd, "pyproject.toml") if cwd else "pyproject.toml"
+    if not os.path.isfile(path):
+        raise UsageError(f"no pyproject.toml in {cwd or os.getcwd()}; run from the project's root or give "
+                         f"--config FILE")
+    return path
+
+
+def load(path: str) -> list[Check]:
+    """The checks of the [tool.nfproof] table in `path`, validated (ConfigError if any is wrong)."""
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError([f"{path}: not valid TOML: {e}"]) from None
+    except OSError as e:
+        raise ConfigError([f"{path}: cannot read: {e.strerror}"]) from None
+    table = data.get("tool", {}).get("nfproof") if isinstance(data.get("tool"), dict) else None
+    example = "[[tool.nfproof.check]]\\nchain = \"nat\"\\nstrategy = \"stateful.sync\"\\nbound = 4\\nexpect = \"proved\""
+    if not isinstance(table, dict):
+        raise ConfigError([f"{path}: no [tool.nfproof] table; add one check per [[tool.nfproof.check]] table, "
+                           f"e.g. {example}"])
+    errors = [f"{path}: [tool.nfproof]: unknown key {k!r}{_did_you_mean(k, ['check'])}; valid keys: check"
+              for k in table if k != "check"]
+    tables = table.get("check", [])
+    if not isinstance(tables, list) or not tables or not all(isinstance(t, dict) for t in tables):
+        errors.append(f"{path}: [tool.nfproof] has no checks; write each as a [[tool.nfproof.check]] table, "
+                      f"e.g. {example}")
+        raise ConfigError(errors)
+    base_dir = os.path.dirname(os.path.abspath(path))
+    checks, names = [], {}
+    for index, entry in enumerate(tables, 1):
+        try:
+            check = from_table(entry, index, base_dir)
+        except ConfigError as e:
+            errors += [f"{path}: {line}" for line in e.lines]
+            continue
+        if check.name in names:
+            errors.append(f"{path}: {check.label}: name {check.name!r} is also check {names[check.name]}'s; give "
+                          f"each check its own `name`")
+        names.setdefault(check.name, index)
+        checks.append(check)
+    if errors:
+        raise ConfigError(errors)
+    return checks
+
+
+def from_table(entry: dict, index: int, base_dir: str) -> Check:
+    """One check from its table (keys as in the config file); ConfigError naming every bad key."""
+    name = entry.get("name", _default_name(entry))
+    label = f"check {index}" + (f" ({name!r})" if isinstance(name, str) and name else "")
+    errors = []
+
+    def bad(key: str, message: str):
+        errors.append(f"{label}: {key}: {message}")
+
+    for key in entry:
+        if key not in KEYS:
+            errors.append(f"{label}: unknown key {key!r}{_did_you_mean(key, KEYS)}; valid keys: {', '.join(KEYS)}")
+    if name is not None and not (isinstance(name, str) and name.strip()):
+        bad("name", "give a non-empty string, e.g. name = \"nat-sync\"")
+    expect = entry.get("expect")
+    replay = any(k in entry for k in REPLAY_KEYS)
+    valid_expect = REPLAY_VERDICTS if replay else VERIFY_VERDICTS
+    if expect is None:
+        errors.append(f"{label}: missing key 'expect'; write expect = \"{valid_expect[0]}\" (valid: "
+                      f"{', '.join(valid_expect)})")
+    elif expect not in valid_expect:
+        other = "a replay verdict (checks with `trace`)" if expect in REPLAY_VERDICTS else \
+            "a verify verdict (checks with `bound`)" if expect in VERIFY_VERDICTS else "not a verdict"
+        bad("expect", f"{expect!r} is {other}; valid here: {', '.join(valid_expect)}")
+
+    chain = entry.get("chain")
+    nf_cls = None
+    if chain is None:
+        errors.append(f"{label}: missing key 'chain'; write the NF or chain, e.g. chain = \"nat\" or "
+                      f"chain = \"models/mynf.py:MyNF\"")
+    elif not isinstance(chain, str) or not chain.strip():
+        bad("chain", "give the NF or chain as a string, e.g. \"nat\" or \"firewall>nat\"")
+    else:
+        nf_cls = _model(chain, base_dir, bad)
+
+    params = _params(entry.get("params"), bad)
+    if nf_cls is not None and params:
+        try:
+            nf_cls = configured(nf_cls, params)
+        except (ParamError, UsageError) as e:
+            bad("params", str(e).replace("--param ", ""))
+            nf_cls = None
+
+    if replay:
+        errors.append(f"{label}: replay checks need nfproof replay, which this installation does not have yet; "
+                      f"remove the check or its keys {', '.join(k for k in REPLAY_KEYS if k in entry)}")
+        raise ConfigError(errors)
+
+    strategies = _strategies(entry.get("strategy"), bad, errors, label)
+    unbounded = _bool(entry, "unbounded", bad)
+    bound = entry.get("bound", 8 if unbounded else None)
+    if bound is None:
+        errors.append(f"{label}: missing key 'bound'; write bound = 4 (input packets) or unbounded = true")
+    elif isinstance(bound, bool) or not isinstance(bound, int) or bound < 1:
+        bad("bound", f"{bound!r} is not a number of packets; give a positive integer, e.g. bound = 4")
+    log_choices = _bool(entry, "log-choices", bad)
+
+    equivalence = entry.get("equivalence", "strict")
+    if equivalence not in EQUIVALENCES:
+        bad("equivalence", f"unknown equivalence {equivalence!r}; valid: {', '.join(EQUIVALENCES)}")
+    elif equivalence not in SUPPORTED_EQUIVALENCES:
+        bad("equivalence", f"{equivalence!r} is not implemented by the verifier yet; valid today: "
+                           f"{', '.join(SUPPORTED_EQUIVALENCES)}")
+
+    times = {}
+    for key in ("failover-time", "max-stall"):
+        if key not in entry:
+            times[key] = None
+            continue
+        value = entry[key]
+        try:
+            if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+                raise argparse.ArgumentTypeError(f"{value!r} is not a duration: give seconds, e.g. {key} = 4 or "
+                                                 f"{key} = \"500ms\"")
+            seconds = duration(str(value))
+            times[key] = ticks(nf_cls, seconds, key) if nf_cls is not None else None
+        except argparse.ArgumentTypeError as e:
+            bad(key, str(e))
+        except UsageError as e:
+            bad(key, str(e).removeprefix(key + " "))
+
+    properties = []
+    prop = entry.get("property")
+    if prop is not None:
+        if not isinstance(prop, str):
+            bad("property", "give a property name as a string, or 'all'")
+        elif nf_cls is not None:
+            from .verify.properties import properties_of
+            known = properties_of(nf_cls)
+            if not known:
+                bad("property", f"{chain} declares no named properties (bundled ones: nat, firewall, lb, ratelimit)")
+            elif prop != "all" and prop not in known:
+                bad("property", f"unknown property {prop!r} of {chain}; valid: {', '.join(known)}, all")
+            else:
+                properties = list(known) if prop == "all" else [prop]
+        if unbounded:
+            bad("unbounded", "a property is checked up to `bound` packets only; remove unbounded = true")
+
+    mutation = entry.get("mutation")
+    if mutation is not None:
+        if mutation not in MUTATIONS:
+            bad("mutation", f"unknown mutation {mutation!r}; valid: {', '.join(MUTATIONS)}")
+        else:
+            strategies = [s.mutated(mutation) for s in strategies]
+
+    timeout = entry.get("timeout", DEFAULT_TIMEOUT)
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout < float("inf"):
+        bad("timeout", f"{timeout!r} is not a number of seconds; give a positive number, e.g. timeout = 60")
+
+    if errors:
+        raise ConfigError(errors)
+    return Check(index=index, name=name,
+                 expect=expect, chain=chain, nf=nf_cls, strategies=strategies, bound=bound, unbounded=unbounded,
+                 log_choices=log_choices, equivalence=equivalence, failover_time=times["failover-time"],
+                 max_stall=times["max-stall"], properties=properties, timeout=float(timeout), params=params,
+                 base_dir=base_dir)
+
+
+def _default_name(entry: dict) -> str:
+    """`chain strategy [property] bound N`, from the values as written."""
+    strategy = entry.get("strategy")
+    parts = [entry.get("chain"), ",".join(map(str, strategy)) if isinstance(strategy, list) else strategy,
+             entry.get("property"), "unbounded" if entry.get("unbounded") is True else f"bound {entry.get('bound')}"]
+    return " ".join(str(p) for p in parts if p is not None)
+
+
+def _model(chain: str, base_dir: str, bad) -> type[NF] | None:
+    """The model the chain names, with file references read relative to the config's folder."""
+    members = []
+    for member in chain.split(">"):
+        m = re.fullmatch(r"(\s*(?:[A-Za-z_][A-Za-z0-9_#-]*\s*=)?\s*)([^:\[\]=]+?)(\s*:.*)", member, re.S)
+        if m and (m.group(2).endswith(".py") or "/" in m.group(2)) and not os.path.isabs(m.group(2)):
+            path = os.path.normpath(os.path.join(base_dir, m.group(2)))
+            if not os.path.isfile(path):
+                bad("chain", f"model file {m.group(2)} not found in {base_dir} (paths are relative to the config "
+                             f"file's folder)")
+                return None
+            member = m.group(1) + path + m.group(3)
+        members.append(member)
+    try:
+        return lookup(">".join(members))
+    except KeyError as e:
+        bad("chain", e.args[0] if e.args else str(e))
+    except (ParamError, ModelError) as e:
+        bad("chain", str(e))
+    return None
+
+
+def _params(value, bad) -> list[str]:
+    """`params` as NF.NAME=VALUE settings: a table (`"nat.ports" = 2`, or nested `nat = {ports = 2}`)
+    or a list of strings."""
+    if value is None:
+        return []
+    if isinstance(value, list):
+        if all(isinstance(v, str) for v in value):
+            return list(value)
+        bad("params", "a list of params holds strings 'NF.NAME=VALUE', e.g. [\"nat.ports=2\"]")
+        return []
+    if not isinstance(value, dict):
+        bad("params", "give a table, e.g. params = { \"nat.ports\" = 2 }, or a list [\"nat.ports=2\"]")
+        return []
+    out = []
+    for key, v in value.items():
+        items = [(f"{key}.{k}", w) for k, w in v.items()] if isinstance(v, dict) else [(key, v)]
+        for setting, w in items:
+            if isinstance(w, bool) or not isinstance(w, (int, float, str)):
+                bad("params", f"{setting} = {w!r}: give a number or a string (times in seconds, e.g. \"500ms\")")
+                continue
+            out.append(f"{setting}={w}")
+    return out
+
+
+def _strategies(value, bad, errors, label) -> list[Strategy]:
+    if value is None:
+        errors.append(f"{label}: missing key 'strategy'; write e.g. strategy = \"stateful.sync\" or a list "
+                      f"(valid: {', '.join(STRATEGY_FORMS)}, all)")
+        return []
+    names = value if isinstance(value, list) else [value]
+    if not names or not all(isinstance(n, str) for n in names):
+        bad("strategy", f"give a strategy name or a list of names (valid: {', '.join(STRATEGY_FORMS)}, all)")
+        return []
+    out = []
+    for text in names:
+        try:
+            out += [Strategy.parse(s) for s in ALL_STRATEGIES] if text == "all" else [Strategy.parse(text)]
+        except StrategyError as e:
+            bad("strategy", str(e))
+    return out
+
+
+def _bool(entry: dict, key: str, bad) -> bool:
+    value = entry.get(key, False)
+    if not isinstance(value, bool):
+        bad(key, f"{value!r} is not a boolean; write {key} = true or {key} = false")
+        return False
+    return value
+
+
+def _did_you_mean(key: str, valid) -> str:
+    close = difflib.get_close_matches(key.replace("_", "-"), list(valid), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
