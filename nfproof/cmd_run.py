@@ -34,7 +34,8 @@ def non_negative_int(text: str) -> int:
 
 
 def add_parser(sub):
-    from .runtime.executor import CLOCKS, DEFAULT_INSIDE
+    from .runtime.executor import CLOCKS
+    from .runtime.frames import DEFAULT_INSIDE_TEXT
     p = sub.add_parser("run", help="run a chain on a capture and record the run as a trace",
                        description=DESCRIPTION, epilog=EPILOG)
     p.add_argument("chain", metavar="CHAIN",
@@ -47,9 +48,9 @@ def add_parser(sub):
                                                                  "depend on it")
     p.add_argument("--param", action="append", default=[], metavar="NF.NAME=VALUE",
                    help="set a model parameter of every instance of NF, e.g. nat.ports=64512 (repeatable)")
-    p.add_argument("--inside", metavar="CIDR,...", default=",".join(DEFAULT_INSIDE),
+    p.add_argument("--inside", metavar="CIDR,...", default=DEFAULT_INSIDE_TEXT,
                    help="networks on the inside: a frame from a source address in none of them arrives from the "
-                        f"outside (default {','.join(DEFAULT_INSIDE)})")
+                        f"outside (default {DEFAULT_INSIDE_TEXT})")
     p.add_argument("--clock", choices=CLOCKS, default="pcap",
                    help="what now() reads: the capture's times (pcap, default: reproducible) or the time each "
                         "batch arrives (wall)")
@@ -106,14 +107,15 @@ class Progress:
 
 
 def run(args) -> int:
-    from .runtime.executor import make_pipeline, parse_inside, run as run_chain
+    from .runtime.executor import make_pipeline, run as run_chain
+    from .runtime.frames import parse_inside
     from .runtime.ports import CaptureSource
     from .runtime.recorder import Recorder
 
     try:
         inside = parse_inside(args.inside)
     except ValueError as e:
-        raise UsageError(f"--inside {args.inside!r}: {e}") from None
+        raise UsageError(str(e)) from None
     chain = build_chain(args.chain, args.param)
     if args.output and os.path.exists(args.output) and os.path.exists(args.pcap) \
             and os.path.samefile(args.output, args.pcap):
@@ -131,7 +133,7 @@ def run(args) -> int:
         pipeline, implementation = make_pipeline(chain, args.seed, source.linktype, inside, args.generic)
         recorder = None
         if args.output:
-            fields = {"params": list(args.param), "seed": args.seed, "inside": list(inside), "clock": args.clock,
+            fields = {"params": list(args.param), "seed": args.seed, "inside": [str(n) for n in inside], "clock": args.clock,
                       "batch": args.batch, "implementation": implementation, "input": os.path.basename(args.pcap)}
             try:
                 recorder = Recorder(args.output, args.chain, fields)

@@ -18,16 +18,15 @@ fill."""
 from __future__ import annotations
 
 import hashlib
-import ipaddress
 import struct
 import time
 from collections import Counter
 from dataclasses import dataclass, field
 
 from .batch import CLASSIFY, FROM_INSIDE, FROM_OUTSIDE, Batch
+from .frames import DEFAULT_INSIDE, NotBundled, Sides
 
 CLOCKS = ("pcap", "wall")
-DEFAULT_INSIDE = ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "fc00::/7")
 PERCENTILES = (("p50", 0.5), ("p99", 0.99), ("p999", 0.999))
 PROGRESS_SECONDS = 0.25  # at most this often
 
@@ -60,21 +59,6 @@ class RunStats:
                 "outputs_sha256": self.outputs_sha256}
 
 
-def parse_inside(text: str) -> tuple[str, ...]:
-    """`--inside CIDR,...` as normalised network texts; ValueError naming the bad item and the fix."""
-    nets = []
-    for item in (s.strip() for s in text.split(",")):
-        try:
-            nets.append(str(ipaddress.ip_network(item, strict=True)))
-        except ValueError as e:
-            try:
-                fix = f"write {ipaddress.ip_network(item, strict=False)}"
-            except ValueError:
-                fix = "write CIDR,CIDR,..., e.g. 10.0.0.0/8,192.168.0.0/16"
-            raise ValueError(f"{item!r} is not a network: {e}; {fix}") from None
-    return tuple(nets)
-
-
 def make_pipeline(chain, seed: int, linktype: int = 1, inside=DEFAULT_INSIDE, generic: bool = False):
     """(pipeline, implementation): the bundled-NF pipeline (runtime.impl: 'fast' Cython, or the
     pure-Python 'fallback'), or 'generic' (any model's own handler) when asked or when a member
@@ -83,28 +67,22 @@ def make_pipeline(chain, seed: int, linktype: int = 1, inside=DEFAULT_INSIDE, ge
         from . import IMPLEMENTATION, impl
         try:
             return impl.Pipeline(chain, seed, linktype, inside), IMPLEMENTATION
-        except impl.NotBundled:
+        except NotBundled:
             pass
     from .generic import GenericPipeline
     return GenericPipeline(chain, seed, linktype, inside), "generic"
 
 
 class SideClassifier:
-    """The side of a CLASSIFY frame (contract section 3): from the outside iff its IPv4/IPv6
-    source is in none of the inside networks; frames without a readable IP source: inside."""
+    """The side (batch.FROM_INSIDE / FROM_OUTSIDE) of a frame whose input said CLASSIFY, by
+    runtime/frames.py's `Sides` (contract section 3)."""
 
     def __init__(self, linktype: int, inside):
         from nfproof.traces import parse_frame
-        self.parse, self.linktype = parse_frame, linktype
-        nets = [ipaddress.ip_network(n) for n in inside]
-        self.nets = {v: [(int(n.network_address), int(n.netmask)) for n in nets if n.version == v] for v in (4, 6)}
+        self.parse, self.linktype, self.sides = parse_frame, linktype, Sides(inside)
 
     def side(self, frame: bytes, wirelen: int) -> int:
-        p = self.parse(self.linktype, frame, wirelen)
-        if p.ip_version not in (4, 6) or p.src is None:
-            return FROM_INSIDE
-        a = int.from_bytes(p.src, "big")
-        return FROM_INSIDE if any(a & mask == net for net, mask in self.nets[p.ip_version]) else FROM_OUTSIDE
+        return FROM_OUTSIDE if self.sides.inbound(self.parse(self.linktype, frame, wirelen)) else FROM_INSIDE
 
 
 def run(chain, source, pipeline, recorder=None, batch: int = 32, clock: str = "pcap", progress=None,

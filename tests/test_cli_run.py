@@ -367,7 +367,8 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys):
     assert "names NF 'lb', which is not in the chain" in \
         one_line_error(capsys, "firewall>nat", "--pcap", E02, "--param", "lb.backends=2")
     assert "write NF.NAME=VALUE" in one_line_error(capsys, "nat", "--pcap", E02, "--param", "ports")
-    assert "--inside '10.0.0.1/8'" in one_line_error(capsys, "nat", "--pcap", E02, "--inside", "10.0.0.1/8")
+    assert "--inside 10.0.0.1/8: '10.0.0.1/8' is not a network" in \
+        one_line_error(capsys, "nat", "--pcap", E02, "--inside", "10.0.0.1/8")
     assert "not a network" in one_line_error(capsys, "nat", "--pcap", E02, "--inside", "inside")
     assert "cannot write the trace" in one_line_error(capsys, "nat", "--pcap", E02, "-o", tmp_path / "no" / "t.pcapng")
     copy = tmp_path / "in.pcap"
