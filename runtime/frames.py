@@ -1,16 +1,17 @@
 """Frames as model packets and back: the reference of sections 1-3 of the runtime contract
 (/work/notes/runtime.md; runtime/fast.pyx is its C twin).
 
-- `view(parsed, frame, inbound, wirelen)`: what a model sees of a parsed frame: a `Packet`, a
-  runtime drop reason (a str: `malformed: <kind>`, `ipv4 fragment`) or `OUTSIDE` (not IPv4: no
+- `view(parsed, inbound, wirelen)`: what a model sees of a parsed frame: a `Packet`, a runtime
+  drop reason (a str: `malformed: <kind>`, `ipv4 fragment`) or `OUTSIDE` (None: not IPv4, no
   model sees it; every instance passes it on unchanged).
-- `write_back(buf, base, caplen, parsed, old, new, instance)`: rewrites, in place in `buf` at
-  `base`, the fields in which an NF's output `new` differs from the packet it handled `old`, with
+- `write_back(buf, parsed, old, new, instance, base=0, caplen=None)`: rewrites, in place in `buf`
+  at `base`, the fields in which an NF's output `new` differs from the packet it handled `old`, with
   incremental checksum updates (RFC 1624: HC' = ~(~HC + ~m + m'), one update per checksum over
   every 16-bit word that changed), never recomputed from scratch. A change the frame cannot carry
   is a `FrameError`.
-- `Sides`: the side a frame arrived from when the input does not say (by source address against
-  the `inside` networks; `parse_inside` reads `--inside CIDR,...`).
+- `inbound(parsed, side, inside)` / `Sides`: the side a frame arrived from (batch side 0 inside,
+  1 outside, 2 by source address against the `inside` networks; `parse_inside` reads
+  `--inside CIDR,...`).
 
 Internally a packet is a tuple in `PACKET_FIELDS` order (proto, src, sport, dst, dport, flags,
 inbound, length, label): the pure pipeline works on those; `view`/`write_back` accept Packets.
@@ -48,16 +49,7 @@ class NotBundled(Exception):
         self.instance, self.nf_name = instance, nf_name
 
 
-class _Outside:
-    """`view` of a frame outside the model (not IPv4): passed on unchanged, never shown to a model."""
-
-    __slots__ = ()
-
-    def __repr__(self) -> str:
-        return "OUTSIDE"
-
-
-OUTSIDE = _Outside()
+OUTSIDE = None  # `view` of a frame outside the model (not IPv4): passed on unchanged, never shown to a model
 
 
 # -- 1. the view ------------------------------------------------------------------------------------
@@ -106,11 +98,9 @@ def view_fields(parsed, inbound: bool, wirelen: int):
     return (proto, src, 0, dst, 0, 0, inbound, length, 0)
 
 
-def view(parsed, frame=None, inbound: bool = False, wirelen: int | None = None):
-    """The model packet of a parsed frame (`frame`: its captured bytes, whose length is the wire
-    length unless `wirelen` says otherwise), or a runtime drop reason (str), or OUTSIDE."""
-    if wirelen is None:
-        wirelen = len(frame)
+def view(parsed, inbound: bool, wirelen: int):
+    """The model packet of a parsed frame (`wirelen`: its length on the wire), or a runtime drop
+    reason (str), or OUTSIDE (None)."""
     fields = view_fields(parsed, bool(inbound), wirelen)
     return Packet(*fields) if type(fields) is tuple else fields
 
@@ -281,10 +271,10 @@ def _ip_end(buf, base: int, caplen: int, parsed) -> int:
     return parsed.l3_offset + total if total else caplen
 
 
-def write_back(buf, base: int, caplen: int, parsed, old: Packet, new: Packet, instance: str) -> None:
-    """Rewrites the frame at buf[base:base+caplen] (parsed as `parsed`, seen as `old`) to carry
-    the output `new` (wrapped). FrameError for a change the frame cannot carry."""
-    write_fields(buf, base, caplen, parsed, tuple(getattr(old, f) for f in PACKET_FIELDS),
+def write_back(buf, parsed, old: Packet, new: Packet, instance: str, base: int = 0, caplen: int | None = None) -> None:
+    """Rewrites the frame at buf[base:base+caplen] (default: all of buf; parsed as `parsed`, seen
+    as `old`) to carry the output `new` (wrapped). FrameError for a change the frame cannot carry."""
+    write_fields(buf, base, len(buf) - base if caplen is None else caplen, parsed, tuple(getattr(old, f) for f in PACKET_FIELDS),
                  tuple(getattr(new, f) for f in PACKET_FIELDS), instance)
 
 
@@ -304,6 +294,29 @@ def parse_inside(text: str) -> tuple:
             raise ValueError(f"--inside {text}: {item!r} is not a network: {e}{hint}; write CIDR networks separated "
                              f"by commas, e.g. --inside {DEFAULT_INSIDE_TEXT}") from None
     return tuple(networks)
+
+
+def inbound(parsed, side: int, inside=DEFAULT_INSIDE) -> bool:
+    """Did the frame arrive from the outside? `side` as a batch gives it: 0 from the inside, 1 from
+    the outside, 2 by its source address (`inside`: networks, texts or a Sides)."""
+    if side == 0:
+        return False
+    if side == 1:
+        return True
+    return _sides(inside).inbound(parsed)
+
+
+_SIDES: dict = {}
+
+
+def _sides(inside) -> "Sides":
+    if isinstance(inside, Sides):
+        return inside
+    key = tuple(str(n) for n in inside)
+    sides = _SIDES.get(key)
+    if sides is None:
+        sides = _SIDES[key] = Sides(inside)
+    return sides
 
 
 class Sides:

@@ -92,3 +92,19 @@ def choose(rng: InstanceRng, domain):
         return choose_free(rng, base, size, used, count)
     values = domain.concrete_values()
     return values[rng.below(len(values))] if values else None
+
+
+class StreamChooser:
+    """A `chooser` for models.concrete (the generic pipeline) drawing from an instance stream by
+    the same protocol: a pool domain (`.pool`, `.used`) goes through `choose`; a plain list of
+    values (an explicit domain's, in order) gives values[below(len(values))]."""
+
+    __slots__ = ("rng",)
+
+    def __init__(self, rng: InstanceRng):
+        self.rng = rng
+
+    def __call__(self, options):
+        if getattr(options, "pool", None) is not None:
+            return choose(self.rng, options)
+        return options[self.rng.below(len(options))]

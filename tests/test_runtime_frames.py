@@ -16,7 +16,7 @@ import subprocess
 import pytest
 
 from nfproof.models.api import ModelError, Packet
-from nfproof.runtime.frames import (DEFAULT_INSIDE, OUTSIDE, FrameError, Sides, parse_inside, reversed_error, view,
+from nfproof.runtime.frames import (DEFAULT_INSIDE, OUTSIDE, FrameError, Sides, inbound, parse_inside, reversed_error, view,
                                     view_fields, write_back, write_fields)
 from nfproof.traces.headers import parse_frame
 from nfproof.traces.pcap import PcapWriter
@@ -223,9 +223,9 @@ def test_view_agrees_with_tshark_on_every_frame(name):
     kinds = set()
     for k, ((linktype, data, wirelen), row) in enumerate(zip(recs, rows)):
         p = parse_frame(linktype, data, wirelen)
-        for inbound in (False, True):
-            got = view(p, data, inbound, wirelen)
-            assert got == tshark_view(row, inbound), (name, k + 1)
+        for arrived in (False, True):
+            got = view(p, arrived, wirelen)
+            assert got == tshark_view(row, arrived), (name, k + 1)
         kinds.add(got if isinstance(got, str) or got is OUTSIDE else (got.proto, p.icmp_type))
     expected_kinds = {"E14_vlan123_arp_icmp.pcap": {OUTSIDE, (1, 8), (1, 0)},
                       "E20_frag_ipv4_udp_afs.pcap": {"ipv4 fragment", (17, None), (17, 3)},
@@ -234,7 +234,7 @@ def test_view_agrees_with_tshark_on_every_frame(name):
 
 
 def test_view_of_a_snaplen_cut_capture_has_the_wire_length():
-    lengths = [(view(parse_frame(lt, d, wl), d, False, wl).length, len(d), wl) for lt, d, wl in
+    lengths = [(view(parse_frame(lt, d, wl), False, wl).length, len(d), wl) for lt, d, wl in
                records("T01_snaplen_cut_tcp_878.pcap")]
     cut = [x for x in lengths if x[1] < x[2]]
     assert len(cut) == 691 and all(length == wl for length, _, wl in lengths)
@@ -284,7 +284,7 @@ def hand_views():
 @pytest.mark.parametrize("what,frame,expected", hand_views(), ids=[v[0] for v in hand_views()])
 def test_view_of_hand_built_frames(what, frame, expected):
     p = parse_frame(1, frame, len(frame))
-    got = view(p, frame, True)
+    got = view(p, True, len(frame))
     if isinstance(expected, tuple):
         assert got == Packet(*expected, inbound=True, length=len(frame), label=0)
         assert view_fields(p, False, len(frame)) == expected + (False, len(frame), 0)
@@ -294,13 +294,13 @@ def test_view_of_hand_built_frames(what, frame, expected):
 
 def test_view_length_is_capped_at_16_bits():
     frame = tcp_frame(INSIDE_HOST, 1, REMOTE, 2, 0x10)
-    assert view(parse_frame(1, frame, 70000), frame, False, 70000).length == 0xFFFF
-    assert view(parse_frame(1, frame, len(frame)), frame).length == len(frame)
+    assert view(parse_frame(1, frame, 70000), False, 70000).length == 0xFFFF
+    assert view(parse_frame(1, frame, len(frame)), False, len(frame)).length == len(frame)
 
 
 def test_unknown_link_type_is_outside_the_model():
     frame = tcp_frame(INSIDE_HOST, 1, REMOTE, 2)
-    assert view(parse_frame(147, frame, len(frame)), frame) is OUTSIDE
+    assert view(parse_frame(147, frame, len(frame)), False, len(frame)) is OUTSIDE
 
 
 # -- 2. write-back ------------------------------------------------------------------------------------
@@ -468,12 +468,20 @@ def test_tcp_flags_keep_the_ns_bit():
 def test_write_back_of_packets_and_unchanged_outputs():
     frame = tcp_frame(INSIDE_HOST, 1, REMOTE, 2, 0x10)
     p = parse_frame(1, frame, len(frame))
-    old = view(p, frame, True)
+    old = view(p, True, len(frame))
     buf = bytearray(frame)
-    write_back(buf, 0, len(buf), p, old, old.rewrite(inbound=False, label=77), "t")  # not frame fields
+    write_back(buf, p, old, old.rewrite(inbound=False, label=77), "t")  # not frame fields
     assert bytes(buf) == frame
-    write_back(buf, 0, len(buf), p, old, old.rewrite(dst=a("192.0.2.1"), dport=8080), "t")
-    assert view(parse_frame(1, bytes(buf), len(buf)), buf, True) == old.rewrite(dst=a("192.0.2.1"), dport=8080)
+    write_back(buf, p, old, old.rewrite(dst=a("192.0.2.1"), dport=8080), "t")
+    assert view(parse_frame(1, bytes(buf), len(buf)), True, len(buf)) == old.rewrite(dst=a("192.0.2.1"), dport=8080)
+    # in place in a larger buffer (a batch's data), and through a memoryview of the frame alone
+    big = bytearray(b"x" * 5 + frame + b"y" * 3)
+    write_back(big, p, old, old.rewrite(sport=9), "t", base=5, caplen=len(frame))
+    assert big[:5] == b"x" * 5 and big[-3:] == b"y" * 3
+    assert view(parse_frame(1, bytes(big[5:-3]), len(frame)), True, len(frame)) == old.rewrite(sport=9)
+    mv = memoryview(big)[5:5 + len(frame)]
+    write_back(mv, p, old.rewrite(sport=9), old.rewrite(sport=10), "t")
+    assert view(parse_frame(1, bytes(big[5:-3]), len(frame)), True, len(frame)) == old.rewrite(sport=10)
 
 
 REFUSED = [
@@ -494,10 +502,10 @@ REFUSED = [
 @pytest.mark.parametrize("change,frame,message", REFUSED, ids=[m for _, _, m in REFUSED])
 def test_changes_a_frame_cannot_carry_are_frame_errors(change, frame, message):
     p = parse_frame(1, frame, len(frame))
-    old = view(p, frame)
+    old = view(p, False, len(frame))
     buf = bytearray(frame)
     with pytest.raises(FrameError, match="^nat#2: the output changes ") as e:
-        write_back(buf, 0, len(buf), p, old, change(old), "nat#2")
+        write_back(buf, p, old, change(old), "nat#2")
     assert message in str(e.value) and "\n" not in str(e.value)
     assert isinstance(e.value, ModelError)
 
@@ -530,6 +538,13 @@ def test_sides_by_source_address(name):
         else:
             assert default.inbound(p) is False and custom.inbound(p) is False  # ARP, non-IP: from inside
     assert seen
+
+
+def test_inbound_by_batch_side():
+    frame = udp_frame(REMOTE, 1, INSIDE_HOST, 2)
+    p = parse_frame(1, frame, len(frame))
+    assert (inbound(p, 0), inbound(p, 1), inbound(p, 2)) == (False, True, True)
+    assert inbound(p, 2, ("93.184.0.0/16",)) is False and inbound(p, 2, Sides(["0.0.0.0/0"])) is False
 
 
 def test_an_icmp_error_is_classified_by_its_outer_source():
