@@ -1,8 +1,82 @@
-# cython: language_level=3
-"""Runtime hot path (Cython). Pure-Python twin: runtime/pure.py; chosen at import by runtime/__init__.py.
-Header parsing is traces/_parse.pxi, the same C code as nfproof.traces._fast."""
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
+"""Runtime hot path (Cython): the `Pipeline` of the runtime contract (/work/notes/runtime.md,
+section 6) for the bundled NFs and any chain of them, plus the header-parsing entry points.
+Pure-Python twin: runtime/pure.py; chosen at import by runtime/__init__.py.
+
+How it works. `process(batch)` binds the batch's arrays as C pointers (cached while the batch
+and its output arrays stay the same objects) and runs one `nogil` loop over the inputs, in input
+order, each to completion: parse the frame in place (traces/_parse.pxi, the same C code as
+nfproof.traces._fast), drop it at chain ingress (malformed IPv4, non-first fragment), turn it into
+the model's view (`view_t`, contract section 1; frames outside the model get none), then carry it
+through the chain depth first in gate-emission order exactly as models/chain.py routes (hops from
+`chain._routes()`). Each instance is a C handler transcribing its model line by line: values are
+64-bit (the model's Python ints never exceed that here) and wrap to the declared widths only when
+stored, like the model's Bits(32) maps. State lives in open-addressing flow tables (linear probing,
+backward-shift deletion, doubling at half load) in malloc'd memory: no Python object per packet.
+Choices are per-instance splitmix64 streams with the choice protocol of runtime/rng.py; clocks are
+(t_ns * ticks_per_second) // 1e9 per NF. Outputs are written back onto the frame in place (or onto
+a copy for all but the last of several outputs) with incremental RFC 1624 checksum updates,
+including the header quoted inside ICMP errors; copies that leave the chain are appended to
+`batch.extra` at the end of the call.
+
+Inputs are processed in groups of `group` (default 32): the group is parsed first and the flow
+table slots its first lookups will touch are prefetched, then the inputs run one by one. Results
+never depend on the batch size or the group (only memory timing does).
+
+`PassThrough` is the baseline the benchmark compares against: parse every frame and release it
+unchanged on egress 0."""
 include "../traces/_parse.pxi"
 
+from libc.stdint cimport uint16_t, int16_t, int32_t
+from libc.stdlib cimport malloc, calloc, realloc, free
+from libc.string cimport memset
+from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE
+from cpython.ref cimport PyObject
+
+import ipaddress
+
+import numpy as np
+
+from nfproof.models import NFS
+from nfproof.models.api import Flow
+from nfproof.models.chain import ChainError
+
+try:  # the pure path's author defines it (runtime/frames.py)
+    from .frames import NotBundled, DEFAULT_INSIDE
+except ImportError:  # pragma: no cover - until runtime/frames.py lands
+    from .executor import DEFAULT_INSIDE
+
+    class NotBundled(Exception):
+        """A chain member this pipeline does not implement (use the generic executor)."""
+
+        def __init__(self, instance, nf):
+            super().__init__(f"instance {instance!r}: {getattr(nf, 'name', nf)!r} is not a bundled NF")
+            self.instance, self.nf = instance, nf
+
+
+cdef extern from *:
+    """
+    static inline int64_t nfp_ticks(int64_t t_ns, int64_t tps) {
+        if (tps == 1 && t_ns >= 0) return t_ns / 1000000000;
+        if (t_ns >= 0 && tps > 0 && t_ns < (INT64_MAX / tps)) return (t_ns * tps) / 1000000000;
+        __int128 p = (__int128)t_ns * tps;
+        __int128 q = p / 1000000000;
+        if (p < 0 && q * 1000000000 != p) q -= 1;   /* floor, as Python's // */
+        return (int64_t)q;
+    }
+    /* credit + (now - last) * rate, capped at full (ratelimit), exact in 128 bits */
+    static inline int64_t nfp_refill(int64_t credit, int64_t elapsed, int64_t rate, int64_t full) {
+        __int128 c = (__int128)credit + (__int128)elapsed * rate;
+        return c > full ? full : (int64_t)c;
+    }
+    """
+    int64_t ticks_of "nfp_ticks"(int64_t t_ns, int64_t tps) noexcept nogil
+    int64_t refill "nfp_refill"(int64_t credit, int64_t elapsed, int64_t rate, int64_t full) noexcept nogil
+    void prefetch "__builtin_prefetch"(const void *addr) noexcept nogil
+    void *aligned_alloc(size_t alignment, size_t size) noexcept nogil
+
+
+# ---- header parsing entry points (as before) ------------------------------------------------------
 
 def flow_key(frame, int linktype=1, wirelen=None):
     """Flow key of a frame, as nfproof.traces.headers documents it (None for non-IP)."""
@@ -20,3 +94,1330 @@ def parse_frame(int linktype, frame, wirelen=None):
     cdef Py_ssize_t n = PyBytes_GET_SIZE(b)
     parse(&p, linktype, <const uint8_t *>PyBytes_AS_STRING(b), n, n if wirelen is None else wirelen)
     return make_parsed(&p)
+
+
+# ---- constants ------------------------------------------------------------------------------------
+
+cdef extern from *:
+    """
+    #define NFP_M32 0xFFFFFFFFULL
+    #define NFP_USED 0x8000000000000000ULL
+    #define NFP_GOLDEN 0x9E3779B97F4A7C15ULL
+    """
+    const uint64_t M32 "NFP_M32"
+    const uint64_t USED "NFP_USED"        # flow-table key word b: set in every occupied slot
+    const uint64_t GOLDEN "NFP_GOLDEN"    # the splitmix64 increment (runtime/rng.py)
+
+cdef enum:
+    FREE_DRAWS = 64                       # draws before a free-port choice scans (runtime/rng.py)
+    MAX_OUT = 2                           # outputs of one bundled handler call (the monitor: packet + alert)
+
+INSTANCE_STEP = 0xD1B54A32D192ED03      # separates the instances' streams (runtime/rng.py)
+PARAM_MAX = 1 << 62                     # larger parameters act alike (times never get there)
+
+cdef enum NfKind:
+    K_NAT, K_FW, K_LB, K_LBH, K_RL, K_MON, K_EDGE, K_CORE
+
+KINDS = {"nat": K_NAT, "firewall": K_FW, "lb": K_LB, "lb-hash": K_LBH, "ratelimit": K_RL, "monitor": K_MON,
+         "csfq-edge": K_EDGE, "csfq-core": K_CORE}
+MODEL_REASONS = {  # every reason each bundled model drops with, in its own words
+    "nat": ("no mapping", "not from the mapped remote", "pool exhausted"),
+    "firewall": ("unsolicited inbound UDP", "inbound protocol not tracked", "unsolicited inbound", "no connection",
+                 "handshake out of order"),
+    "ratelimit": ("over the rate",),
+    "csfq-core": ("over the fair share",),
+}
+FIELDS = ("proto", "src", "sport", "dst", "dport", "flags", "length")  # order of the cannot-write check
+
+cdef enum Layout:  # how the view maps onto the frame (contract sections 1 and 2)
+    L_TCP, L_UDP, L_OTHER, L_ICMP_REQ, L_ICMP_REP, L_ICMP_OTHER, L_ERR_L4, L_ERR_REQ, L_ERR_REP
+
+cdef enum Field:
+    F_PROTO, F_SRC, F_SPORT, F_DST, F_DPORT, F_FLAGS, F_LENGTH, N_FIELDS
+
+# reasons of the firewall, by index in MODEL_REASONS["firewall"]
+cdef enum:
+    FW_UDP, FW_UNTRACKED, FW_UNSOLICITED, FW_NOCONN, FW_ORDER
+
+
+# ---- C structures ---------------------------------------------------------------------------------
+
+ctypedef struct view_t:      # a model Packet
+    uint32_t src, dst
+    int32_t sport, dport, proto, flags, length, label
+    bint inbound
+
+ctypedef struct layout_t:    # where the view's fields are in the input frame (shared by its copies)
+    int kind, l3, l4, ql3, ql4, qproto
+    Py_ssize_t avail         # end of the bytes an ICMP error's quote may use: min(caplen, IP end)
+
+ctypedef struct slot_t:      # a flow-table slot: key (a, b), up to four 32-bit values
+    uint64_t a, b
+    uint32_t v0, v1, v2, v3
+
+ctypedef struct table_t:
+    slot_t *s
+    size_t mask, used
+
+ctypedef struct pent_t:      # the NAT's by_port entry: the LAN flow's key (b == 0: none)
+    uint64_t a, b
+
+ctypedef struct inst_t:
+    int kind
+    int gate_wan, gate_lan, gate_alert       # gate indexes in the NF's `gates`
+    int away_out, away_in                    # gate of a frame outside the model: from inside / outside
+    int hop_target[3]                        # per gate: next instance, or -1 (egress)
+    int hop_egress[3]
+    bint hop_inbound[3]
+    uint64_t rng
+    int64_t tps
+    int64_t p[4]                             # parameters, by NF (see Pipeline._configure)
+    table_t tab
+    pent_t *by_port                          # NAT: 65536 entries
+    int64_t pool_used                        # NAT: by_port keys in the pool
+    int reason[5]                            # model reasons, by MODEL_REASONS index
+    int r_outside
+    int r_cannot[7]                          # "<instance>: cannot write <field> into the frame"
+
+ctypedef struct frame_t:     # a frame travelling the chain: the input's bytes or a copy in `scratch`
+    Py_ssize_t off
+    bint copy
+
+ctypedef struct pl_t:
+    int ninst, limit, linktype, error
+    inst_t *insts
+    int ingress[2]                           # instance entered from inside / outside (-1: none)
+    int r_malformed[19]
+    int r_fragment
+    int r_no_ingress[2]
+    int n4, n6
+    uint32_t net4[64]
+    uint32_t mask4[64]
+    uint64_t net6[128]
+    uint64_t mask6[128]
+    # the bound batch
+    uint8_t *data
+    int64_t *off
+    int32_t *caplen
+    int32_t *wirelen
+    int64_t *t_ns
+    uint8_t *side
+    int32_t *out_in
+    int16_t *out_egress
+    int16_t *out_inst
+    int64_t *out_off
+    int32_t *out_len
+    uint16_t *out_label
+    uint8_t *out_copy
+    Py_ssize_t out_cap, n_out
+    int32_t *drop_in
+    int16_t *drop_reason
+    Py_ssize_t drop_cap, n_drop
+    PyObject *owner                          # the Pipeline (to grow the batch's arrays, GIL held)
+    PyObject *batch
+    # the input being processed
+    Py_ssize_t cur, cur_caplen
+    int64_t cur_t
+    layout_t lay
+    uint8_t *scratch                         # copies of the current input's frame
+    Py_ssize_t scratch_len, scratch_cap
+    uint8_t *stage                           # copies released in this call, for batch.extra
+    Py_ssize_t stage_len, stage_cap, extra_base
+
+
+# ---- small helpers ----------------------------------------------------------------------------------
+
+cdef inline void put16(uint8_t *d, Py_ssize_t o, uint32_t v) noexcept nogil:
+    d[o] = (v >> 8) & 0xFF
+    d[o + 1] = v & 0xFF
+
+cdef inline void put32(uint8_t *d, Py_ssize_t o, uint32_t v) noexcept nogil:
+    d[o] = v >> 24
+    d[o + 1] = (v >> 16) & 0xFF
+    d[o + 2] = (v >> 8) & 0xFF
+    d[o + 3] = v & 0xFF
+
+cdef inline void sum16(uint64_t *acc, uint32_t old, uint32_t new) noexcept nogil:
+    """One 16-bit word's change for an RFC 1624 update: ~m + m'."""
+    acc[0] += (~old & 0xFFFF) + (new & 0xFFFF)
+
+cdef inline void sum32(uint64_t *acc, uint32_t old, uint32_t new) noexcept nogil:
+    sum16(acc, old >> 16, new >> 16)
+    sum16(acc, old & 0xFFFF, new & 0xFFFF)
+
+cdef inline uint32_t csum_apply(uint32_t c, uint64_t acc) noexcept nogil:
+    """HC' = ~(~HC + sum of (~m + m')), ones' complement (end-around carry)."""
+    cdef uint64_t s = (~c & 0xFFFF) + acc
+    while s >> 16:
+        s = (s & 0xFFFF) + (s >> 16)
+    return ~s & 0xFFFF
+
+cdef inline uint64_t rng_next(uint64_t *state) noexcept nogil:
+    state[0] += GOLDEN
+    cdef uint64_t z = state[0]
+    z = (z ^ (z >> 30)) * <uint64_t>0xBF58476D1CE4E5B9
+    z = (z ^ (z >> 27)) * <uint64_t>0x94D049BB133111EB
+    return z ^ (z >> 31)
+
+cdef inline uint64_t below(inst_t *t, uint64_t n) noexcept nogil:
+    return rng_next(&t.rng) % n
+
+cdef inline uint64_t key_a(uint32_t src, uint32_t dst) noexcept nogil:
+    return (<uint64_t>src << 32) | dst
+
+cdef inline uint64_t key_b(int proto, int sport, int dport) noexcept nogil:
+    return USED | (<uint64_t>proto << 32) | (<uint64_t>sport << 16) | <uint64_t>dport
+
+
+# ---- flow tables: open addressing, linear probing, backward-shift deletion ----------------------
+
+cdef inline size_t slot_home(table_t *t, uint64_t a, uint64_t b) noexcept nogil:
+    """A key's first slot: the first of a cache line's two (probing then reads a whole line)."""
+    return <size_t>mum(a ^ K0, b ^ K1) & t.mask & ~(<size_t>1)
+
+cdef inline slot_t *slots_alloc(size_t n) noexcept nogil:
+    """n zeroed slots, cache-line aligned."""
+    cdef slot_t *s = <slot_t *>aligned_alloc(64, n * sizeof(slot_t))
+    if s != NULL:
+        memset(s, 0, n * sizeof(slot_t))
+    return s
+
+cdef int table_init(table_t *t, size_t size) noexcept nogil:
+    t.s = slots_alloc(size)
+    t.mask, t.used = size - 1, 0
+    return t.s != NULL
+
+cdef inline slot_t *table_find(table_t *t, uint64_t a, uint64_t b) noexcept nogil:
+    """The slot holding key (a, b), or the empty slot where it would go (its b is 0)."""
+    cdef size_t i = slot_home(t, a, b)
+    cdef slot_t *s
+    while True:
+        s = &t.s[i]
+        if (s.b == b and s.a == a) or s.b == 0:
+            return s
+        i = (i + 1) & t.mask
+
+cdef inline void table_claim(table_t *t, slot_t *s, uint64_t a, uint64_t b) noexcept nogil:
+    """Occupies the empty slot table_find returned for (a, b); values to be set by the caller, then
+    table_fit (which may move every slot)."""
+    s.a, s.b = a, b
+    s.v0 = s.v1 = s.v2 = s.v3 = 0
+    t.used += 1
+
+cdef int table_fit(table_t *t) noexcept nogil:
+    """Doubles the table when it is more than half full. 0 on allocation failure."""
+    cdef size_t n = t.mask + 1, i, j
+    cdef slot_t *old = t.s
+    cdef slot_t *s
+    if t.used * 2 <= n:
+        return 1
+    t.s = slots_alloc(2 * n)
+    if t.s == NULL:
+        t.s = old
+        return 0
+    t.mask = 2 * n - 1
+    for i in range(n):
+        if old[i].b != 0:
+            j = slot_home(t, old[i].a, old[i].b)
+            while t.s[j].b != 0:
+                j = (j + 1) & t.mask
+            t.s[j] = old[i]
+    free(old)
+    return 1
+
+cdef void table_delete(table_t *t, slot_t *s) noexcept nogil:
+    cdef size_t i = s - t.s, j = i, home
+    while True:
+        j = (j + 1) & t.mask
+        if t.s[j].b == 0:
+            break
+        home = slot_home(t, t.s[j].a, t.s[j].b)
+        # the entry at j may fill the hole at i unless its home lies cyclically in (i, j]
+        if (i <= j and (home <= i or home > j)) or (i > j and home <= i and home > j):
+            t.s[i] = t.s[j]
+            i = j
+    t.s[i].b = 0
+    t.s[i].a = 0
+    t.used -= 1
+
+cdef inline void table_prefetch(table_t *t, uint64_t a, uint64_t b) noexcept nogil:
+    cdef size_t i = slot_home(t, a, b)
+    prefetch(&t.s[i])
+    prefetch(&t.s[(i + 2) & t.mask])  # a probe that overflows the line
+
+
+# ---- results --------------------------------------------------------------------------------------
+
+cdef void grow_outputs(pl_t *pl) noexcept nogil:
+    with gil:
+        (<Pipeline>pl.owner)._grow(<object>pl.batch, 0)
+
+cdef void grow_drops(pl_t *pl) noexcept nogil:
+    with gil:
+        (<Pipeline>pl.owner)._grow(<object>pl.batch, 1)
+
+cdef inline void record_drop(pl_t *pl, int reason) noexcept nogil:
+    if pl.n_drop == pl.drop_cap:
+        grow_drops(pl)
+    pl.drop_in[pl.n_drop] = <int32_t>pl.cur
+    pl.drop_reason[pl.n_drop] = <int16_t>reason
+    pl.n_drop += 1
+
+cdef inline uint8_t *frame_bytes(pl_t *pl, frame_t *f) noexcept nogil:
+    return (pl.scratch if f.copy else pl.data + pl.off[pl.cur]) + f.off
+
+cdef int release(pl_t *pl, int egress, int inst, int label, frame_t *f) noexcept nogil:
+    cdef Py_ssize_t k = pl.n_out, n = pl.cur_caplen
+    cdef uint8_t *grown
+    if k == pl.out_cap:
+        grow_outputs(pl)
+    pl.out_in[k] = <int32_t>pl.cur
+    pl.out_egress[k] = <int16_t>egress
+    pl.out_inst[k] = <int16_t>inst
+    pl.out_label[k] = <uint16_t>label
+    pl.out_len[k] = <int32_t>n
+    if f.copy:
+        if pl.stage_len + n > pl.stage_cap:
+            grown = <uint8_t *>realloc(pl.stage, 2 * (pl.stage_len + n))
+            if grown == NULL:
+                pl.error = 2
+                return -1
+            pl.stage, pl.stage_cap = grown, 2 * (pl.stage_len + n)
+        memcpy(pl.stage + pl.stage_len, pl.scratch + f.off, n)
+        pl.out_off[k] = pl.extra_base + pl.stage_len
+        pl.out_copy[k] = 1
+        pl.stage_len += n
+    else:
+        pl.out_off[k] = pl.off[pl.cur]
+        pl.out_copy[k] = 0
+    pl.n_out = k + 1
+    return 0
+
+cdef int copy_frame(pl_t *pl, frame_t *src, frame_t *dst) noexcept nogil:
+    """dst = a copy of src (as it is now) appended to the scratch area."""
+    cdef Py_ssize_t n = pl.cur_caplen
+    cdef uint8_t *grown
+    if pl.scratch_len + n > pl.scratch_cap:
+        grown = <uint8_t *>realloc(pl.scratch, 2 * (pl.scratch_len + n))
+        if grown == NULL:
+            pl.error = 2
+            return -1
+        pl.scratch, pl.scratch_cap = grown, 2 * (pl.scratch_len + n)
+    memcpy(pl.scratch + pl.scratch_len, frame_bytes(pl, src), n)
+    dst.off, dst.copy = pl.scratch_len, 1
+    pl.scratch_len += n
+    return 0
+
+
+# ---- frames as model packets: the view and the write-back (contract sections 1 and 2) -------------
+
+cdef inline bint icmp_query(int t) noexcept nogil:
+    return t == 0 or t == 8 or t == 13 or t == 14
+
+cdef inline bint icmp_request(int t) noexcept nogil:
+    return t == 8 or t == 13
+
+cdef void make_view(pkt_t *p, layout_t *L, view_t *v) noexcept nogil:
+    """The model packet of a well-formed IPv4 frame that is not a later fragment."""
+    cdef const uint8_t *d = p.d
+    cdef hdr_t *h = &p.ip
+    cdef hdr_t *q = &p.q
+    cdef int t, qs, qd
+    cdef Py_ssize_t total, end
+    L.l3, L.l4, L.ql3, L.ql4, L.qproto, L.avail = h.l3, h.l4, -1, -1, -1, 0
+    v.proto = h.proto
+    v.src = u32(d, h.l3 + 12)
+    v.dst = u32(d, h.l3 + 16)
+    v.sport = v.dport = v.flags = 0
+    if h.proto == 6 or h.proto == 17:
+        L.kind = L_TCP if h.proto == 6 else L_UDP
+        v.sport, v.dport = h.sport, h.dport
+        if h.proto == 6:
+            v.flags = h.tcp_flags & 0xFF
+    elif h.proto == 1:
+        t = h.icmp_type
+        if icmp_request(t):
+            L.kind = L_ICMP_REQ
+            v.sport = h.icmp_id
+        elif icmp_query(t):
+            L.kind = L_ICMP_REP
+            v.dport = h.icmp_id
+        elif (t == 3 or t == 4 or t == 5 or t == 11 or t == 12) and p.has_quoted and q.version == 4 and (
+                ((q.proto == 6 or q.proto == 17) and q.sport >= 0) or (q.proto == 1 and q.icmp_id >= 0)):
+            L.ql3, L.ql4, L.qproto = q.l3, q.l4, q.proto
+            total = u16(d, h.l3 + 2)
+            end = p.wirelen if total == 0 else h.l3 + total
+            if end > p.wirelen:
+                end = p.wirelen
+            L.avail = end if end < p.caplen else p.caplen
+            if q.proto != 1:
+                L.kind = L_ERR_L4
+                qs, qd = q.sport, q.dport
+            elif icmp_request(q.icmp_type):
+                L.kind = L_ERR_REQ
+                qs, qd = q.icmp_id, 0
+            else:
+                L.kind = L_ERR_REP
+                qs, qd = 0, q.icmp_id
+            v.proto = q.proto
+            v.src = u32(d, q.l3 + 16)
+            v.dst = u32(d, q.l3 + 12)
+            v.sport, v.dport = qd, qs
+        else:
+            L.kind = L_ICMP_OTHER
+    else:
+        L.kind = L_OTHER
+
+
+cdef int cannot_write(layout_t *L, view_t *o, view_t *n) noexcept nogil:
+    """The first field (Field + 1) that changed and the frame cannot carry; 0: all can be written."""
+    cdef int k = L.kind
+    if o.proto != n.proto:
+        return F_PROTO + 1
+    if o.sport != n.sport and not (k == L_TCP or k == L_UDP or k == L_ICMP_REQ or k == L_ERR_L4 or k == L_ERR_REP):
+        return F_SPORT + 1
+    if o.dport != n.dport and not (k == L_TCP or k == L_UDP or k == L_ICMP_REP or k == L_ERR_L4 or k == L_ERR_REQ):
+        return F_DPORT + 1
+    if o.flags != n.flags and k != L_TCP:
+        return F_FLAGS + 1
+    if o.length != n.length:
+        return F_LENGTH + 1
+    return 0
+
+
+cdef void write_l4_checksum(uint8_t *d, Py_ssize_t at, uint64_t acc, bint udp) noexcept nogil:
+    cdef uint32_t c = u16(d, at)
+    if udp and c == 0:  # no checksum: stays none
+        return
+    c = csum_apply(c, acc)
+    if udp and c == 0:
+        c = 0xFFFF
+    put16(d, at, c)
+
+
+cdef void write_back(uint8_t *d, layout_t *L, view_t *o, view_t *n) noexcept nogil:
+    """Rewrites the frame d (whose view is o) so that its view is n; cannot_write(L, o, n) was 0."""
+    cdef int k = L.kind, l3 = L.l3, l4 = L.l4, ql3 = L.ql3, ql4 = L.ql4
+    cdef uint64_t ip = 0, tl = 0, icmp = 0, qip = 0, ql = 0
+    cdef bint ch_ip = 0, ch_tl = 0, ch_icmp = 0, ch_qip = 0, ch_ql = 0, has_ql, pseudo
+    cdef uint32_t old, new, w
+    if k >= L_ERR_L4:  # an ICMP error: the view is the reversed quote
+        if o.src != n.src:  # the quoted destination, and the outer source if it was the same address
+            if u32(d, l3 + 12) == o.src:
+                put32(d, l3 + 12, n.src)
+                sum32(&ip, o.src, n.src)
+                ch_ip = 1
+            sum32(&qip, u32(d, ql3 + 16), n.src)
+            put32(d, ql3 + 16, n.src)
+            ch_qip = 1
+        if o.dst != n.dst:
+            if u32(d, l3 + 16) == o.dst:
+                put32(d, l3 + 16, n.dst)
+                sum32(&ip, o.dst, n.dst)
+                ch_ip = 1
+            sum32(&qip, u32(d, ql3 + 12), n.dst)
+            put32(d, ql3 + 12, n.dst)
+            ch_qip = 1
+        ql = qip  # the quoted transport checksum: the pseudo header (TCP/UDP) and the ports or identifier
+        if k != L_ERR_L4:
+            ql = 0
+        icmp = qip
+        ch_icmp = ch_qip
+        if o.sport != n.sport:  # the quote's "dport": its destination port, or a quoted reply's identifier
+            w = ql4 + 2 if k == L_ERR_L4 else ql4 + 4
+            sum16(&ql, u16(d, w), n.sport)
+            sum16(&icmp, u16(d, w), n.sport)
+            put16(d, w, n.sport)
+            ch_ql = ch_icmp = 1
+        if o.dport != n.dport:  # the quote's "sport": its source port, or a quoted request's identifier
+            w = ql4 if k == L_ERR_L4 else ql4 + 4
+            sum16(&ql, u16(d, w), n.dport)
+            sum16(&icmp, u16(d, w), n.dport)
+            put16(d, w, n.dport)
+            ch_ql = ch_icmp = 1
+        if ch_qip:
+            old = u16(d, ql3 + 10)
+            new = csum_apply(old, qip)
+            put16(d, ql3 + 10, new)
+            sum16(&icmp, old, new)
+            if k == L_ERR_L4:
+                ch_ql = 1
+        # the quoted transport checksum, when its bytes are in the quote
+        if L.qproto == 6:
+            w, has_ql = ql4 + 16, ql4 + 18 <= L.avail
+        elif L.qproto == 17:
+            w, has_ql = ql4 + 6, ql4 + 8 <= L.avail
+        else:
+            w, has_ql = ql4 + 2, ql4 + 8 <= L.avail
+        if ch_ql and has_ql:
+            old = u16(d, w)
+            if L.qproto == 17:
+                write_l4_checksum(d, w, ql, 1)
+            else:
+                put16(d, w, csum_apply(old, ql))
+            sum16(&icmp, old, u16(d, w))
+        if ch_icmp:
+            put16(d, l4 + 2, csum_apply(u16(d, l4 + 2), icmp))
+        if ch_ip:
+            put16(d, l3 + 10, csum_apply(u16(d, l3 + 10), ip))
+        return
+    pseudo = k == L_TCP or k == L_UDP
+    if o.src != n.src:
+        put32(d, l3 + 12, n.src)
+        sum32(&ip, o.src, n.src)
+        ch_ip = 1
+        if pseudo:
+            sum32(&tl, o.src, n.src)
+            ch_tl = 1
+    if o.dst != n.dst:
+        put32(d, l3 + 16, n.dst)
+        sum32(&ip, o.dst, n.dst)
+        ch_ip = 1
+        if pseudo:
+            sum32(&tl, o.dst, n.dst)
+            ch_tl = 1
+    if o.sport != n.sport:  # TCP/UDP source port, or an ICMP request's identifier
+        put16(d, l4 if pseudo else l4 + 4, n.sport)
+        sum16(&tl, o.sport, n.sport)
+        ch_tl = 1
+    if o.dport != n.dport:  # TCP/UDP destination port, or an ICMP reply's identifier
+        put16(d, l4 + 2 if pseudo else l4 + 4, n.dport)
+        sum16(&tl, o.dport, n.dport)
+        ch_tl = 1
+    if o.flags != n.flags:  # the low 8 bits of the TCP flags; the NS bit (byte l4+12) is kept
+        old = u16(d, l4 + 12)
+        d[l4 + 13] = n.flags & 0xFF
+        sum16(&tl, old, u16(d, l4 + 12))
+        ch_tl = 1
+    if ch_ip:
+        put16(d, l3 + 10, csum_apply(u16(d, l3 + 10), ip))
+    if ch_tl:
+        if k == L_TCP:
+            write_l4_checksum(d, l4 + 16, tl, 0)
+        elif k == L_UDP:
+            write_l4_checksum(d, l4 + 6, tl, 1)
+        elif k == L_ICMP_REQ or k == L_ICMP_REP:
+            put16(d, l4 + 2, csum_apply(u16(d, l4 + 2), tl))
+
+
+# ---- the bundled NFs: each a line-by-line transcription of its model (models/*.py) ----------------
+
+cdef inline int64_t now_of(pl_t *pl, inst_t *t) noexcept nogil:
+    return ticks_of(pl.cur_t, t.tps)
+
+cdef inline int drop(pl_t *pl, inst_t *t, int which) noexcept nogil:
+    record_drop(pl, t.reason[which])
+    return 0
+
+cdef inline int emit1(view_t *v, view_t *outs, int *gates, int gate) noexcept nogil:
+    outs[0] = v[0]
+    gates[0] = gate
+    return 1
+
+cdef inline int opposite(inst_t *t, view_t *v) noexcept nogil:
+    return t.gate_lan if v.inbound else t.gate_wan
+
+cdef int nat_free_port(inst_t *t) noexcept nogil:
+    """Pool.free(by_port) by the choice protocol (runtime/rng.py choose_free); -1: exhausted."""
+    cdef int64_t base = t.p[1], size = t.p[2], v = base, top
+    cdef int k
+    if t.pool_used >= size:
+        return -1
+    for k in range(FREE_DRAWS):
+        v = base + <int64_t>below(t, size)
+        if t.by_port[v].b == 0:
+            return <int>v
+    top = base + size - 1
+    while t.by_port[v].b != 0:
+        v = base if v == top else v + 1
+    return <int>v
+
+cdef int nf_nat(pl_t *pl, inst_t *t, view_t *v, view_t *outs, int *gates) noexcept nogil:
+    cdef pent_t *e
+    cdef slot_t *s
+    cdef uint64_t a, b
+    cdef int port
+    if v.inbound:
+        e = &t.by_port[v.dport]
+        if e.b == 0:
+            return drop(pl, t, 0)
+        if <uint32_t>e.a != v.src or <int>(e.b & 0xFFFF) != v.sport or <int>((e.b >> 32) & 0xFF) != v.proto:
+            return drop(pl, t, 1)
+        emit1(v, outs, gates, t.gate_lan)
+        outs[0].dst = <uint32_t>(e.a >> 32)
+        outs[0].dport = (e.b >> 16) & 0xFFFF
+        return 1
+    a, b = key_a(v.src, v.dst), key_b(v.proto, v.sport, v.dport)
+    s = table_find(&t.tab, a, b)
+    if s.b == 0:
+        port = nat_free_port(t)
+        if port < 0:
+            return drop(pl, t, 2)
+        table_claim(&t.tab, s, a, b)
+        s.v0 = port
+        t.by_port[port].a, t.by_port[port].b = a, b
+        if t.p[1] <= port < t.p[1] + t.p[2]:
+            t.pool_used += 1
+        if not table_fit(&t.tab):
+            pl.error = 2
+    else:
+        port = s.v0
+    emit1(v, outs, gates, t.gate_wan)
+    outs[0].src = <uint32_t>t.p[0]
+    outs[0].sport = port
+    return 1
+
+cdef int nf_firewall(pl_t *pl, inst_t *t, view_t *v, view_t *outs, int *gates) noexcept nogil:
+    cdef int64_t now = now_of(pl, t)
+    cdef int out = opposite(t, v), stage
+    cdef uint64_t a, b
+    cdef slot_t *s
+    cdef bint present, syn, ack
+    if v.inbound:
+        a, b = key_a(v.dst, v.src), key_b(v.proto, v.dport, v.sport)
+    else:
+        a, b = key_a(v.src, v.dst), key_b(v.proto, v.sport, v.dport)
+    if v.proto == 6:
+        s = table_find(&t.tab, a, b)
+        present = s.b != 0
+        stage = s.v3
+        if present and now - <int64_t>s.v0 > t.p[0]:
+            table_delete(&t.tab, s)
+            present = 0
+        syn, ack = (v.flags & 2) != 0, (v.flags & 16) != 0
+        if not present:
+            if v.inbound:
+                return drop(pl, t, FW_UNSOLICITED)
+            if not syn or ack:
+                return drop(pl, t, FW_NOCONN)
+            s = table_find(&t.tab, a, b)
+            table_claim(&t.tab, s, a, b)
+            s.v3, s.v0 = 1, <uint32_t>now
+            if not table_fit(&t.tab):
+                pl.error = 2
+            return emit1(v, outs, gates, out)
+        if v.flags & 5:  # FIN or RST
+            table_delete(&t.tab, s)
+            return emit1(v, outs, gates, out)
+        if stage == 1:
+            if v.inbound and syn and ack:
+                s.v3 = 2
+            elif v.inbound or not syn or ack:
+                return drop(pl, t, FW_ORDER)
+        elif stage == 2:
+            if not v.inbound and ack and not syn:
+                s.v3 = 3
+            elif not (v.inbound and syn and ack):
+                return drop(pl, t, FW_ORDER)
+        s.v0 = <uint32_t>now
+        return emit1(v, outs, gates, out)
+    if v.proto == 17:
+        s = table_find(&t.tab, a, b)
+        present = s.b != 0
+        if present and now - <int64_t>s.v0 > t.p[1]:
+            table_delete(&t.tab, s)
+            present = 0
+        if not present and v.inbound:
+            return drop(pl, t, FW_UDP)
+        if present:
+            s.v0 = <uint32_t>now
+        else:
+            s = table_find(&t.tab, a, b)
+            table_claim(&t.tab, s, a, b)
+            s.v0 = <uint32_t>now
+            if not table_fit(&t.tab):
+                pl.error = 2
+        return emit1(v, outs, gates, out)
+    if v.inbound:
+        return drop(pl, t, FW_UNTRACKED)
+    return emit1(v, outs, gates, out)
+
+cdef int nf_lb(pl_t *pl, inst_t *t, view_t *v, view_t *outs, int *gates) noexcept nogil:
+    cdef uint64_t a, b
+    cdef slot_t *s
+    cdef uint32_t vip = <uint32_t>t.p[0], backend
+    if v.inbound:
+        s = table_find(&t.tab, key_a(v.dst, vip), key_b(v.proto, v.dport, v.sport))
+        emit1(v, outs, gates, t.gate_lan)
+        if s.b != 0 and s.v0 == v.src:
+            outs[0].src = vip
+        return 1
+    if v.dst != vip:
+        return emit1(v, outs, gates, t.gate_wan)
+    a, b = key_a(v.src, v.dst), key_b(v.proto, v.sport, v.dport)
+    s = table_find(&t.tab, a, b)
+    if s.b == 0:
+        backend = <uint32_t>(t.p[1] + <int64_t>below(t, t.p[2]))
+        table_claim(&t.tab, s, a, b)
+        s.v0 = backend
+        if not table_fit(&t.tab):
+            pl.error = 2
+    else:
+        backend = s.v0
+    emit1(v, outs, gates, t.gate_wan)
+    outs[0].dst = backend
+    return 1
+
+cdef inline uint32_t model_flow_hash(int proto, uint32_t src, int sport, uint32_t dst, int dport,
+                                     uint32_t buckets) noexcept nogil:
+    """models.api.flow_hash."""
+    cdef uint64_t h = (src ^ (<uint64_t>dst * 0x9E37) ^ (<uint64_t>sport << 16) ^ <uint64_t>dport
+                       ^ (<uint64_t>proto << 8)) & M32
+    h = (h * <uint64_t>0x9E3779B1) & M32
+    h = h ^ (h >> 16)
+    return <uint32_t>((h & 0xFFFF) % buckets)
+
+cdef int nf_lb_hash(pl_t *pl, inst_t *t, view_t *v, view_t *outs, int *gates) noexcept nogil:
+    cdef uint32_t vip = <uint32_t>t.p[0]
+    if v.inbound:
+        emit1(v, outs, gates, t.gate_lan)
+        if t.p[1] + model_flow_hash(v.proto, v.dst, v.dport, vip, v.sport, <uint32_t>t.p[2]) == v.src:
+            outs[0].src = vip
+        return 1
+    if v.dst != vip:
+        return emit1(v, outs, gates, t.gate_wan)
+    emit1(v, outs, gates, t.gate_wan)
+    outs[0].dst = <uint32_t>(t.p[1] + model_flow_hash(v.proto, v.src, v.sport, v.dst, v.dport, <uint32_t>t.p[2]))
+    return 1
+
+cdef int nf_ratelimit(pl_t *pl, inst_t *t, view_t *v, view_t *outs, int *gates) noexcept nogil:
+    cdef int64_t now = now_of(pl, t), cost = t.tps, full = t.p[0] * t.tps, credit
+    cdef slot_t *s = table_find(&t.tab, v.src, USED)
+    if s.b == 0:
+        credit = full
+        table_claim(&t.tab, s, v.src, USED)
+    else:
+        credit = refill(<int64_t>s.v0, now - <int64_t>s.v1, t.p[1], full)
+    s.v1 = <uint32_t>now
+    if credit < cost:
+        s.v0 = <uint32_t>credit
+        if not table_fit(&t.tab):
+            pl.error = 2
+        return drop(pl, t, 0)
+    s.v0 = <uint32_t>(credit - cost)
+    if not table_fit(&t.tab):
+        pl.error = 2
+    return emit1(v, outs, gates, opposite(t, v))
+
+cdef int nf_monitor(pl_t *pl, inst_t *t, view_t *v, view_t *outs, int *gates) noexcept nogil:
+    cdef uint64_t a = key_a(v.src, v.dst), b = key_b(v.proto, v.sport, v.dport)
+    cdef slot_t *s = table_find(&t.tab, a, b)
+    cdef int64_t packets, octets
+    cdef bint heavy
+    cdef int n = 1
+    if s.b == 0:
+        packets, octets = 1, v.length
+        table_claim(&t.tab, s, a, b)
+    else:
+        packets, octets = <int64_t>s.v0 + 1, <int64_t>s.v1 + v.length
+    s.v0, s.v1 = <uint32_t>packets, <uint32_t>octets
+    emit1(v, outs, gates, opposite(t, v))
+    heavy = packets >= t.p[0]
+    if t.p[1]:
+        heavy = heavy or octets >= t.p[1]
+    if heavy and not s.v3:
+        s.v3 = 1
+        outs[1] = v[0]
+        gates[1] = t.gate_alert
+        n = 2
+    if not table_fit(&t.tab):
+        pl.error = 2
+    return n
+
+cdef int nf_csfq_edge(pl_t *pl, inst_t *t, view_t *v, view_t *outs, int *gates) noexcept nogil:
+    cdef int64_t now = now_of(pl, t), count, estimate, label, window = t.p[0]
+    cdef uint64_t a = key_a(v.src, v.dst), b = key_b(v.proto, v.sport, v.dport)
+    cdef slot_t *s = table_find(&t.tab, a, b)
+    if s.b == 0:
+        count, estimate = 0, 0
+        table_claim(&t.tab, s, a, b)
+        s.v0 = <uint32_t>now
+    elif now - <int64_t>s.v0 >= window:
+        estimate = (<int64_t>s.v2 + <int64_t>s.v1) >> 1 if now - <int64_t>s.v0 < 2 * window else 0
+        count = 0
+        s.v0 = <uint32_t>now
+    else:
+        count, estimate = s.v1, s.v2
+    count = count + 1
+    s.v1, s.v2 = <uint32_t>count, <uint32_t>estimate
+    label = estimate if estimate > count else count
+    if label > 0xFFFF:
+        label = 0xFFFF
+    if not table_fit(&t.tab):
+        pl.error = 2
+    emit1(v, outs, gates, opposite(t, v))
+    outs[0].label = <int32_t>label
+    return 1
+
+cdef int nf_csfq_core(pl_t *pl, inst_t *t, view_t *v, view_t *outs, int *gates) noexcept nogil:
+    cdef int64_t r
+    if v.label > t.p[0]:
+        r = <int64_t>below(t, t.p[1])
+        if r * v.label >= t.p[1] * t.p[0]:
+            return drop(pl, t, 0)
+    return emit1(v, outs, gates, opposite(t, v))
+
+cdef inline int handle(pl_t *pl, inst_t *t, view_t *v, view_t *outs, int *gates) noexcept nogil:
+    cdef int k = t.kind
+    if k == K_NAT:
+        return nf_nat(pl, t, v, outs, gates)
+    if k == K_FW:
+        return nf_firewall(pl, t, v, outs, gates)
+    if k == K_LB:
+        return nf_lb(pl, t, v, outs, gates)
+    if k == K_LBH:
+        return nf_lb_hash(pl, t, v, outs, gates)
+    if k == K_RL:
+        return nf_ratelimit(pl, t, v, outs, gates)
+    if k == K_MON:
+        return nf_monitor(pl, t, v, outs, gates)
+    if k == K_EDGE:
+        return nf_csfq_edge(pl, t, v, outs, gates)
+    return nf_csfq_core(pl, t, v, outs, gates)
+
+cdef void prefetch_first(inst_t *t, view_t *v) noexcept nogil:
+    """Touches the slot the instance's first lookup for v will read (a hint: never changes results)."""
+    cdef int k = t.kind
+    if k == K_NAT:
+        if v.inbound:
+            prefetch(&t.by_port[v.dport])
+        else:
+            table_prefetch(&t.tab, key_a(v.src, v.dst), key_b(v.proto, v.sport, v.dport))
+    elif k == K_FW:
+        if v.inbound:
+            table_prefetch(&t.tab, key_a(v.dst, v.src), key_b(v.proto, v.dport, v.sport))
+        else:
+            table_prefetch(&t.tab, key_a(v.src, v.dst), key_b(v.proto, v.sport, v.dport))
+    elif k == K_LB:
+        if v.inbound:
+            table_prefetch(&t.tab, key_a(v.dst, <uint32_t>t.p[0]), key_b(v.proto, v.dport, v.sport))
+        elif v.dst == <uint32_t>t.p[0]:
+            table_prefetch(&t.tab, key_a(v.src, v.dst), key_b(v.proto, v.sport, v.dport))
+    elif k == K_RL:
+        table_prefetch(&t.tab, v.src, USED)
+    elif k == K_MON or k == K_EDGE:
+        table_prefetch(&t.tab, key_a(v.src, v.dst), key_b(v.proto, v.sport, v.dport))
+
+
+cdef int predict(inst_t *t, view_t *v) noexcept nogil:
+    """The gate the instance will most likely emit v on, v rewritten as it would be, reading the
+    tables only (for prefetching the next instance's slot); -1 when that depends on a choice."""
+    cdef int k = t.kind
+    cdef slot_t *s
+    cdef pent_t *e
+    cdef uint32_t vip = <uint32_t>t.p[0]
+    if k == K_NAT:
+        if v.inbound:
+            e = &t.by_port[v.dport]
+            if e.b == 0:
+                return -1
+            v.dst, v.dport = <uint32_t>(e.a >> 32), (e.b >> 16) & 0xFFFF
+            return t.gate_lan
+        s = table_find(&t.tab, key_a(v.src, v.dst), key_b(v.proto, v.sport, v.dport))
+        if s.b == 0:
+            return -1
+        v.src, v.sport = <uint32_t>t.p[0], s.v0
+        return t.gate_wan
+    if k == K_LB:
+        if v.inbound:
+            s = table_find(&t.tab, key_a(v.dst, vip), key_b(v.proto, v.dport, v.sport))
+            if s.b != 0 and s.v0 == v.src:
+                v.src = vip
+            return t.gate_lan
+        if v.dst != vip:
+            return t.gate_wan
+        s = table_find(&t.tab, key_a(v.src, v.dst), key_b(v.proto, v.sport, v.dport))
+        if s.b == 0:
+            return -1
+        v.dst = s.v0
+        return t.gate_wan
+    if k == K_LBH:
+        if v.inbound:
+            if t.p[1] + model_flow_hash(v.proto, v.dst, v.dport, vip, v.sport, <uint32_t>t.p[2]) == v.src:
+                v.src = vip
+            return t.gate_lan
+        if v.dst == vip:
+            v.dst = <uint32_t>(t.p[1] + model_flow_hash(v.proto, v.src, v.sport, v.dst, v.dport, <uint32_t>t.p[2]))
+        return t.gate_wan
+    return opposite(t, v)
+
+
+# ---- routing (models/chain.py Chain.route: run to completion, depth first) ------------------------
+
+cdef int deliver(pl_t *pl, int inst, frame_t *f, view_t *v, bint in_model, int depth) noexcept nogil:
+    """Instance `inst` handles the frame f (view v, or outside the model); what it emits travels on."""
+    cdef inst_t *t = &pl.insts[inst]
+    cdef view_t outs[MAX_OUT]
+    cdef int gates[MAX_OUT]
+    cdef int n, k, g, bad
+    cdef frame_t fk
+    if depth > pl.limit:
+        pl.error = 1
+        return -1
+    if not in_model:  # passes unchanged, away from the side it came from
+        g = t.away_in if v.inbound else t.away_out
+        if g < 0:
+            record_drop(pl, t.r_outside)
+            return 0
+        return hop(pl, inst, g, f, v, in_model, depth)
+    n = handle(pl, t, v, outs, gates)
+    for k in range(n):
+        if k < n - 1:
+            if copy_frame(pl, f, &fk) < 0:
+                return -1
+        else:
+            fk = f[0]
+        bad = cannot_write(&pl.lay, v, &outs[k])
+        if bad:
+            record_drop(pl, t.r_cannot[bad - 1])
+            continue
+        write_back(frame_bytes(pl, &fk), &pl.lay, v, &outs[k])
+        if hop(pl, inst, gates[k], &fk, &outs[k], in_model, depth) < 0:
+            return -1
+    return 0
+
+cdef inline int hop(pl_t *pl, int inst, int gate, frame_t *f, view_t *v, bint in_model, int depth) noexcept nogil:
+    cdef inst_t *t = &pl.insts[inst]
+    cdef int target = t.hop_target[gate]
+    if target < 0:
+        return release(pl, t.hop_egress[gate], inst, v.label, f)
+    v.inbound = t.hop_inbound[gate]
+    return deliver(pl, target, f, v, in_model, depth + 1)
+
+
+cdef bint from_outside(pl_t *pl, pkt_t *p) noexcept nogil:
+    """Side 2 (contract section 3): from the outside iff the IP source is in no inside network."""
+    cdef uint32_t a
+    cdef uint64_t hi, lo
+    cdef int k
+    if p.ip.version == 4:
+        a = u32(p.d, p.ip.l3 + 12)
+        for k in range(pl.n4):
+            if a & pl.mask4[k] == pl.net4[k]:
+                return 0
+        return 1
+    if p.ip.version == 6:
+        hi = (<uint64_t>u32(p.d, p.ip.l3 + 8) << 32) | u32(p.d, p.ip.l3 + 12)
+        lo = (<uint64_t>u32(p.d, p.ip.l3 + 16) << 32) | u32(p.d, p.ip.l3 + 20)
+        for k in range(pl.n6):
+            if hi & pl.mask6[2 * k] == pl.net6[2 * k] and lo & pl.mask6[2 * k + 1] == pl.net6[2 * k + 1]:
+                return 0
+        return 1
+    return 0
+
+
+ctypedef struct prepared_t:  # an input parsed ahead of its turn (one group)
+    pkt_t p
+    layout_t lay
+    view_t v
+    int status                # 0: in the model, 1: outside the model, 2: dropped at ingress (reason)
+    int reason
+    int next                  # prefetching: the instance the packet is predicted to reach next (-1: none)
+    view_t ahead              # ... and the view it would arrive with
+
+
+cdef void prepare(pl_t *pl, Py_ssize_t i, prepared_t *r) noexcept nogil:
+    cdef pkt_t *p = &r.p
+    cdef int s, entry
+    parse(p, pl.linktype, pl.data + pl.off[i], pl.caplen[i], pl.wirelen[i])
+    r.status = 1
+    if p.ip.version == 4:
+        if p.malformed != OK:
+            r.status, r.reason = 2, pl.r_malformed[p.malformed]
+            return
+        if p.ip.frag_offset > 0:
+            r.status, r.reason = 2, pl.r_fragment
+            return
+        make_view(p, &r.lay, &r.v)
+        r.status = 0
+        r.v.length = pl.wirelen[i] if pl.wirelen[i] < 0xFFFF else 0xFFFF
+    r.v.label = 0
+    s = pl.side[i]
+    r.v.inbound = s == 1 or (s != 0 and from_outside(pl, p))
+    entry = pl.ingress[1 if r.v.inbound else 0]
+    r.next = -1
+    if entry < 0:
+        r.status, r.reason = 2, pl.r_no_ingress[1 if r.v.inbound else 0]
+    elif r.status == 0:
+        prefetch_first(&pl.insts[entry], &r.v)
+        r.next, r.ahead = entry, r.v
+
+
+cdef void look_ahead(pl_t *pl, prepared_t *r) noexcept nogil:
+    """One step of the predicted path: the slot prefetched one pass ago is read, the next prefetched."""
+    cdef inst_t *t
+    cdef int g
+    if r.next < 0:
+        return
+    t = &pl.insts[r.next]
+    g = predict(t, &r.ahead)
+    if g < 0 or t.hop_target[g] < 0:
+        r.next = -1
+        return
+    r.next = t.hop_target[g]
+    r.ahead.inbound = t.hop_inbound[g]
+    prefetch_first(&pl.insts[r.next], &r.ahead)
+
+
+cdef int run_inputs(pl_t *pl, Py_ssize_t start, Py_ssize_t stop, int group, prepared_t *ahead) noexcept nogil:
+    """Processes inputs [start, stop) in order, parsing `group` of them ahead."""
+    cdef Py_ssize_t g, i, m
+    cdef int step
+    cdef prepared_t *r
+    cdef frame_t f
+    g = start
+    while g < stop:
+        m = group if stop - g > group else stop - g
+        for i in range(m):
+            prepare(pl, g + i, &ahead[i])
+        for step in range(pl.ninst - 1):
+            for i in range(m):
+                look_ahead(pl, &ahead[i])
+        for i in range(m):
+            r = &ahead[i]
+            pl.cur, pl.cur_caplen, pl.cur_t = g + i, pl.caplen[g + i], pl.t_ns[g + i]
+            if r.status == 2:
+                record_drop(pl, r.reason)
+                continue
+            pl.lay = r.lay
+            pl.scratch_len = 0
+            f.off, f.copy = 0, 0
+            if deliver(pl, pl.ingress[1 if r.v.inbound else 0], &f, &r.v, r.status == 0, 1) < 0:
+                return -1
+            if pl.error:
+                return -1
+        g += m
+    return 0
+
+
+# ---- the Pipeline -----------------------------------------------------------------------------------
+
+def bundled_kind(nf):
+    """The bundled NF class `nf` is (itself or configured from it with `configure`), or None."""
+    for base in nf.__mro__:
+        if NFS.get(getattr(base, "name", None)) is base:
+            for k in nf.__mro__[:nf.__mro__.index(base)]:
+                made = vars(k).get("_configured_from")
+                if made is None or made[0] is not base:
+                    return None  # a subclass of a bundled NF: it may do anything
+            return base
+    return None
+
+
+def _param(nf, name):
+    value = getattr(nf, name)
+    return PARAM_MAX if value > PARAM_MAX else value
+
+
+cdef class Pipeline:
+    """The runtime contract's Pipeline (section 6) for chains of bundled NFs."""
+
+    cdef pl_t pl
+    cdef prepared_t *ahead
+    cdef readonly object chain, egresses, instances, reasons
+    cdef readonly int group
+    cdef dict _reason_id
+    cdef object _bound, _bound_out, _bound_drop
+    cdef int32_t[::1] _out_in, _out_len, _drop_in, _caplen, _wirelen
+    cdef int16_t[::1] _out_egress, _out_inst, _drop_reason
+    cdef int64_t[::1] _out_off, _off, _t_ns
+    cdef uint16_t[::1] _out_label
+    cdef uint8_t[::1] _out_copy, _side
+    cdef int linktype
+
+    def __cinit__(self):
+        memset(&self.pl, 0, sizeof(pl_t))
+        self.ahead = NULL
+
+    def __init__(self, chain, seed: int = 0, linktype: int = 1, inside=None, group: int = 32):
+        chain.validate()
+        members = list(chain.members.values())
+        kinds = []
+        for m in members:
+            base = bundled_kind(m.nf)
+            if base is None:
+                raise NotBundled(m.name, m.nf)
+            kinds.append(KINDS[base.name])
+        self.chain, self.linktype = chain, linktype
+        self.instances = tuple(chain.members)
+        self.egresses = tuple(chain.egress_names)
+        self.reasons, self._reason_id = [], {}
+        if group < 1:
+            raise ValueError(f"group must be at least 1, not {group}")
+        self.group = group
+        pl = &self.pl
+        pl.linktype, pl.ninst, pl.limit = linktype, len(members), 2 * len(members)
+        pl.owner = <PyObject *>self
+        pl.insts = <inst_t *>calloc(len(members), sizeof(inst_t))
+        self.ahead = <prepared_t *>malloc(group * sizeof(prepared_t))
+        pl.scratch_cap = pl.stage_cap = 4096
+        pl.scratch, pl.stage = <uint8_t *>malloc(4096), <uint8_t *>malloc(4096)
+        if pl.insts == NULL or self.ahead == NULL or pl.scratch == NULL or pl.stage == NULL:
+            raise MemoryError()
+        for k, kind in enumerate(MALFORMED_KINDS):
+            pl.r_malformed[k] = self._reason(f"malformed: {kind}") if kind else -1
+        pl.r_fragment = self._reason("ipv4 fragment")
+        for k, side in enumerate(("inside", "outside")):
+            pl.r_no_ingress[k] = self._reason(f"the chain has no {side} ingress")
+            pl.ingress[k] = self.instances.index(chain.ingresses[side]) if side in chain.ingresses else -1
+        self._inside(DEFAULT_INSIDE if inside is None else inside)
+        hops = chain._routes()
+        seed = int(seed)
+        for k, (m, kind) in enumerate(zip(members, kinds)):
+            self._configure(k, m, kind, hops, seed)
+
+    def _reason(self, text):
+        rid = self._reason_id.get(text)
+        if rid is None:
+            if len(self.reasons) >= 0x7FFF:
+                raise OverflowError("more than 32767 drop reasons")
+            rid = self._reason_id[text] = len(self.reasons)
+            self.reasons.append(text)
+        return rid
+
+    def _inside(self, inside):
+        pl = &self.pl
+        for net in inside:
+            n = ipaddress.ip_network(net) if not isinstance(net, (ipaddress.IPv4Network, ipaddress.IPv6Network)) else net
+            if n.version == 4:
+                if pl.n4 == 64:
+                    raise ValueError("at most 64 inside IPv4 networks")
+                pl.net4[pl.n4], pl.mask4[pl.n4] = int(n.network_address), int(n.netmask)
+                pl.n4 += 1
+            else:
+                if pl.n6 == 64:
+                    raise ValueError("at most 64 inside IPv6 networks")
+                a, m = int(n.network_address), int(n.netmask)
+                pl.net6[2 * pl.n6], pl.net6[2 * pl.n6 + 1] = a >> 64, a & ((1 << 64) - 1)
+                pl.mask6[2 * pl.n6], pl.mask6[2 * pl.n6 + 1] = m >> 64, m & ((1 << 64) - 1)
+                pl.n6 += 1
+
+    def _configure(self, int k, m, int kind, hops, seed):
+        cdef inst_t *t = &self.pl.insts[k]
+        nf, name = m.nf, m.name
+        t.kind = kind
+        t.tps = nf.ticks_per_second
+        t.rng = (seed * 0x9E3779B97F4A7C15 + (k + 1) * INSTANCE_STEP) & ((1 << 64) - 1)
+        gates = tuple(nf.gates)
+        t.gate_wan, t.gate_lan = gates.index("wan"), gates.index("lan")
+        t.gate_alert = gates.index("alert") if "alert" in gates else -1
+        t.away_out = gates.index(m.outside[0]) if m.outside else -1
+        t.away_in = gates.index(m.inside[0]) if m.inside else -1
+        egress_id = {e: j for j, e in enumerate(self.egresses)}
+        for g, gate in enumerate(gates):
+            hop = hops[(name, gate)]
+            if hop.egress is not None:
+                t.hop_target[g], t.hop_egress[g], t.hop_inbound[g] = -1, egress_id[hop.egress], 0
+            else:
+                t.hop_target[g], t.hop_egress[g] = self.instances.index(hop.target), -1
+                t.hop_inbound[g] = bool(hop.inbound)
+        for j, reason in enumerate(MODEL_REASONS.get(nf.name, ())):
+            t.reason[j] = self._reason(f"{name}: {reason}")
+        t.r_outside = self._reason(f"{name}: outside the model")
+        for j, field in enumerate(FIELDS):
+            t.r_cannot[j] = self._reason(f"{name}: cannot write {field} into the frame")
+        if kind == K_NAT:
+            t.p[0], t.p[1], t.p[2] = nf.external, nf.base, nf.ports
+            t.by_port = <pent_t *>calloc(65536, sizeof(pent_t))
+            if t.by_port == NULL:
+                raise MemoryError()
+        elif kind == K_FW:
+            t.p[0], t.p[1] = _param(nf, "timeout"), _param(nf, "udp_timeout")
+        elif kind == K_LB or kind == K_LBH:
+            t.p[0], t.p[1], t.p[2] = nf.vip, nf.first, nf.backends
+        elif kind == K_RL:
+            t.p[0], t.p[1] = nf.capacity, nf.rate
+        elif kind == K_MON:
+            t.p[0], t.p[1] = _param(nf, "threshold"), _param(nf, "byte_threshold")
+        elif kind == K_EDGE:
+            t.p[0] = _param(nf, "window")
+        elif kind == K_CORE:
+            t.p[0], t.p[1] = nf.fair, nf.levels
+        if kind != K_LBH and kind != K_CORE:
+            if not table_init(&t.tab, 1024):
+                raise MemoryError()
+
+    def __dealloc__(self):
+        cdef int k
+        if self.pl.insts != NULL:
+            for k in range(self.pl.ninst):
+                free(self.pl.insts[k].tab.s)
+                free(self.pl.insts[k].by_port)
+            free(self.pl.insts)
+        free(self.ahead)
+        free(self.pl.scratch)
+        free(self.pl.stage)
+
+    # -- binding a batch ----------------------------------------------------------------------------
+    def _bind_outputs(self, batch):
+        pl = &self.pl
+        self._out_in, self._out_egress, self._out_inst = batch.out_in, batch.out_egress, batch.out_inst
+        self._out_off, self._out_len, self._out_label = batch.out_off, batch.out_len, batch.out_label
+        self._out_copy = batch.out_copy
+        n = len(self._out_in)
+        for arr in (batch.out_egress, batch.out_inst, batch.out_off, batch.out_len, batch.out_label, batch.out_copy):
+            if len(arr) != n:
+                raise ValueError("the batch's output arrays differ in length")
+        pl.out_in, pl.out_egress, pl.out_inst = &self._out_in[0], &self._out_egress[0], &self._out_inst[0]
+        pl.out_off, pl.out_len, pl.out_label = &self._out_off[0], &self._out_len[0], &self._out_label[0]
+        pl.out_copy, pl.out_cap = &self._out_copy[0], n
+        self._bound_out = batch.out_in
+
+    def _bind_drops(self, batch):
+        pl = &self.pl
+        self._drop_in, self._drop_reason = batch.drop_in, batch.drop_reason
+        if len(batch.drop_reason) != len(batch.drop_in):
+            raise ValueError("the batch's drop arrays differ in length")
+        pl.drop_in, pl.drop_reason, pl.drop_cap = &self._drop_in[0], &self._drop_reason[0], len(self._drop_in)
+        self._bound_drop = batch.drop_in
+
+    def _bind(self, batch):
+        pl = &self.pl
+        self._off, self._caplen, self._wirelen = batch.off, batch.caplen, batch.wirelen
+        self._t_ns, self._side = batch.t_ns, batch.side
+        pl.off, pl.caplen, pl.wirelen = &self._off[0], &self._caplen[0], &self._wirelen[0]
+        pl.t_ns, pl.side = &self._t_ns[0], &self._side[0]
+        self._bind_outputs(batch)
+        self._bind_drops(batch)
+        self._bound = batch
+
+    def _grow(self, batch, int drops):
+        """Doubles the batch's output (drops=0) or drop arrays, keeping what is in them (GIL held)."""
+        pl = &self.pl
+        if drops:
+            batch.n_drop = pl.n_drop
+            k = len(batch.drop_in)
+            batch.drop_in = np.resize(batch.drop_in, 2 * k)
+            batch.drop_reason = np.resize(batch.drop_reason, 2 * k)
+            self._bind_drops(batch)
+        else:
+            batch.n_out = pl.n_out
+            batch._grow_outputs()
+            self._bind_outputs(batch)
+
+    def process(self, batch):
+        """Fills the batch's outputs and drops for its inputs (runtime contract, section 6)."""
+        cdef pl_t *pl = &self.pl
+        cdef Py_ssize_t n = batch.n, k
+        cdef int rc
+        cdef object data = batch.data
+        cdef Py_ssize_t size
+        if type(data) is not bytearray:
+            raise TypeError(f"batch.data must be a bytearray, not {type(data).__name__}")
+        if batch is not self._bound or batch.out_in is not self._bound_out or batch.drop_in is not self._bound_drop:
+            self._bind(batch)
+        if n > len(self._off):
+            raise ValueError(f"batch.n = {n} exceeds its capacity {len(self._off)}")
+        size = PyByteArray_GET_SIZE(data)
+        for k in range(n):
+            if pl.off[k] < 0 or pl.caplen[k] < 0 or pl.off[k] + pl.caplen[k] > size:
+                raise ValueError(f"batch input {k}: frame at {pl.off[k]}+{pl.caplen[k]} lies outside batch.data "
+                                 f"({size} bytes)")
+        pl.data = <uint8_t *>PyByteArray_AS_STRING(data)
+        pl.batch = <PyObject *>batch
+        pl.n_out, pl.n_drop = batch.n_out, batch.n_drop
+        pl.extra_base, pl.stage_len, pl.error = len(batch.extra), 0, 0
+        with nogil:
+            rc = run_inputs(pl, 0, n, self.group, self.ahead)
+        batch.n_out, batch.n_drop = pl.n_out, pl.n_drop
+        if pl.stage_len:
+            batch.extra += PyBytes_FromStringAndSize(<const char *>pl.stage, pl.stage_len)
+        pl.batch = NULL
+        if pl.error == 1:
+            raise ChainError(f"chain {self.chain.name!r}: a packet crossed more than {pl.limit} instances "
+                             f"(a routing loop through NFs that turn packets around?)")
+        if pl.error == 2:
+            raise MemoryError("runtime flow tables: out of memory")
+
+    # -- state export -----------------------------------------------------------------------------
+    def state(self, instance):
+        """The instance's state as its model declares it: {declaration: dict | set | int}."""
+        if instance not in self.instances:
+            raise KeyError(f"no instance {instance!r}; instances: {', '.join(self.instances)}")
+        k = self.instances.index(instance)
+        cdef inst_t *t = &self.pl.insts[k]
+        decls = list(self.chain.members[instance].nf.declarations())
+        out = {d: (set() if d == "alerted" else {}) for d in decls}
+        cdef size_t i
+        cdef slot_t *s
+        if t.kind == K_NAT:
+            for i in range(65536):
+                if t.by_port[i].b:
+                    out["by_port"][i] = _flow(t.by_port[i].a, t.by_port[i].b)
+        if t.kind == K_LBH or t.kind == K_CORE:
+            return out
+        for i in range(t.tab.mask + 1):
+            s = &t.tab.s[i]
+            if s.b == 0:
+                continue
+            if t.kind == K_RL:
+                out["credit"][s.a] = s.v0
+                out["refilled"][s.a] = s.v1
+                continue
+            key = _flow(s.a, s.b)
+            if t.kind == K_NAT:
+                out["by_flow"][key] = s.v0
+            elif t.kind == K_FW:
+                if key.proto == 6:
+                    out["stage"][key] = s.v3
+                    out["seen"][key] = s.v0
+                else:
+                    out["udp_seen"][key] = s.v0
+            elif t.kind == K_LB:
+                out["backend_of"][key] = s.v0
+            elif t.kind == K_MON:
+                out["packets"][key] = s.v0
+                out["octets"][key] = s.v1
+                if s.v3:
+                    out["alerted"].add(key)
+            elif t.kind == K_EDGE:
+                out["opened"][key] = s.v0
+                out["count"][key] = s.v1
+                out["estimate"][key] = s.v2
+        return out
+
+    def table_sizes(self):
+        """instance -> (entries, slots) of its flow table (for benchmarks and memory checks)."""
+        return {name: (self.pl.insts[k].tab.used, self.pl.insts[k].tab.mask + 1 if self.pl.insts[k].tab.s else 0)
+                for k, name in enumerate(self.instances)}
+
+
+cdef object _flow(uint64_t a, uint64_t b):
+    return Flow((b >> 32) & 0xFF, a >> 32, (b >> 16) & 0xFFFF, a & M32, b & 0xFFFF)
+
+
+# ---- the baseline: parse only --------------------------------------------------------------------
+
+cdef class PassThrough:
+    """Parse-only pass-through: every frame is parsed (as a pipeline's ingress does) and released
+    unchanged on egress 0 by instance 0. The floor the benchmark measures pipelines against."""
+
+    cdef int linktype
+    cdef public Py_ssize_t checksum   # a sum over the parses, so that none is optimised away
+
+    def __init__(self, int linktype=1):
+        self.linktype = linktype
+        self.checksum = 0
+
+    def process(self, batch):
+        cdef Py_ssize_t n = batch.n, i, k = batch.n_out, acc = 0
+        cdef int64_t[::1] off = batch.off
+        cdef int32_t[::1] caplen = batch.caplen, wirelen = batch.wirelen
+        cdef pkt_t p
+        cdef uint8_t *data = <uint8_t *>PyByteArray_AS_STRING(batch.data)
+        while len(batch.out_in) < k + n:
+            batch._grow_outputs()
+        cdef int32_t[::1] out_in = batch.out_in, out_len = batch.out_len
+        cdef int16_t[::1] out_egress = batch.out_egress, out_inst = batch.out_inst
+        cdef int64_t[::1] out_off = batch.out_off
+        cdef uint16_t[::1] out_label = batch.out_label
+        cdef uint8_t[::1] out_copy = batch.out_copy
+        with nogil:
+            for i in range(n):
+                parse(&p, self.linktype, data + off[i], caplen[i], wirelen[i])
+                acc += p.ip.proto + p.malformed + p.ip.sport
+                out_in[k], out_egress[k], out_inst[k] = <int32_t>i, 0, 0
+                out_off[k], out_len[k], out_label[k], out_copy[k] = off[i], caplen[i], 0, 0
+                k += 1
+        batch.n_out = k
+        self.checksum += acc

@@ -1,0 +1,253 @@
+"""Runtime benchmark (issue 6): the chain 'firewall>nat>lb' on generated traffic, packets per second
+of CPU time on one core, every path in one run.
+
+Traffic: `--flows` flows (5-tuples; a TCP connection is two: one per direction, as the monitor
+counts them) over `--frames` 64-byte Ethernet/IPv4/TCP frames held in memory. Half the connections
+go to the load balancer's VIP 198.51.100.1:80, half to other remote addresses. Each connection is a
+handshake (SYN out, SYN-ACK in, ACK out), data both ways and a FIN out; connections run interleaved
+(random start times), so every table sees all flows at once. Inbound replies are addressed as the
+chain's own choices make them (the NAT's external port, the LB's backend): a warm-up run of the
+connections' SYNs with the same seed learns those choices, which the measured runs then repeat.
+Sides are given (0 outbound, 1 inbound); times advance 67 ns per frame (14.88 Mpps).
+
+Measured, each on a fresh pipeline over a fresh copy of the frames (time.process_time):
+- `passthrough`: runtime.fast.PassThrough, parse only: every frame parsed and released unchanged;
+- `fast`: runtime.fast.Pipeline over all frames in one call (its C loop, in groups of `--batch`);
+- `fast_batch_calls`: the same through `process()` once per batch of `--batch` frames (one Batch
+  object refilled between calls, the filling not timed): what the executor pays per call;
+- `pure`: runtime.pure.Pipeline on the first `--pure-frames` frames;
+- `generic`: runtime.generic.GenericPipeline on the first `--generic-frames` frames.
+The fast paths' outputs and drops are checked equal to each other (and the pure path's, on its
+prefix), so the figures are for the same work. Prints `RESULT <metric> <value> <unit>` lines.
+
+    .venv/bin/python bench/runtime.py [--frames N] [--flows N] [--batch N] [--quick]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import random
+import struct
+import sys
+import time
+from collections import Counter
+
+import numpy as np
+
+from nfproof.models import lookup
+from nfproof.models.api import addr
+from nfproof.models.chain import Chain
+from nfproof.runtime import fast
+from nfproof.runtime.batch import Batch
+
+CHAIN = "firewall>nat>lb"
+PARAMS = {"nat": {"ports": 64512}}
+FRAME = 64
+NS_PER_FRAME = 67  # 14.88 Mpps
+SYN, ACK, FIN, PSH = 0x02, 0x10, 0x01, 0x08
+MAC = bytes.fromhex("020000000002020000000001")
+
+
+def chain():
+    return Chain.parse(CHAIN, lambda ref: lookup(ref).configure(PARAMS.get(ref, {})))
+
+
+def checksum(data: bytes) -> int:
+    s = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    while s >> 16:
+        s = (s & 0xFFFF) + (s >> 16)
+    return ~s & 0xFFFF
+
+
+def tcp_frame(src: int, sport: int, dst: int, dport: int, flags: int, payload: int) -> bytes:
+    """A 64-byte Ethernet/IPv4/TCP frame with valid checksums (payload bytes, then padding)."""
+    data = b"x" * payload
+    seg = struct.pack("!HHIIBBHHH", sport, dport, 1, 1, 5 << 4, flags, 65535, 0, 0) + data
+    pseudo = struct.pack("!IIBBH", src, dst, 0, 6, len(seg))
+    c = checksum(pseudo + seg + b"\0" * (len(seg) % 2))
+    seg = seg[:16] + struct.pack("!H", c) + seg[18:]
+    ip = struct.pack("!BBHHHBBHII", 0x45, 0, 20 + len(seg), 1, 0x4000, 64, 6, 0, src, dst)
+    ip = ip[:10] + struct.pack("!H", checksum(ip)) + ip[12:]
+    return (MAC + b"\x08\x00" + ip + seg).ljust(FRAME, b"\0")
+
+
+def connections(flows: int, frames: int, seed: int):
+    """(inside host, port, remote, remote port) per connection, and the trace as (connection, step)
+    events in time order; steps: 0 SYN out, 1 SYN-ACK in, 2 ACK out, then data out/in, last FIN out."""
+    rng = random.Random(seed)
+    n = max(1, flows // 2)
+    per = max(4, frames // n)
+    vip = addr("198.51.100.1")
+    seen, conns = set(), []
+    while len(conns) < n:
+        host, port = (10 << 24) | rng.getrandbits(24), rng.randrange(1024, 65536)
+        remote, rport = (vip, 80) if len(conns) % 2 == 0 else ((198 << 24) | (18 << 16) | rng.getrandbits(17), 443)
+        if (host, port, remote, rport) not in seen:
+            seen.add((host, port, remote, rport))
+            conns.append((host, port, remote, rport))
+    events = []
+    for c in range(n):
+        start = rng.random()
+        events += [(start + k * (1.0 / per), c, k) for k in range(per)]
+    events.sort()
+    return conns, [(c, k) for _, c, k in events[:frames]], per
+
+
+def outbound_frame(conn, step: int, per: int) -> bytes:
+    host, port, remote, rport = conn
+    flags = SYN if step == 0 else ACK | FIN if step == per - 1 else ACK if step == 2 else ACK | PSH
+    return tcp_frame(host, port, remote, rport, flags, 0 if step in (0, 2, per - 1) else 10)
+
+
+def build(flows: int, frames: int, seed: int):
+    """(data bytes, sides array): the trace; inbound frames use the choices a warm-up run learns."""
+    conns, events, per = connections(flows, frames, seed)
+    first = {}
+    for c, k in events:
+        if k == 0:
+            first.setdefault(c, len(first))
+    warm = fast.Pipeline(chain(), seed)
+    order = sorted(first, key=first.get)
+    batch = Batch(len(order))
+    for j, c in enumerate(order):
+        batch.add(outbound_frame(conns[c], 0, per), FRAME, j, 0)
+    warm.process(batch)
+    nat = {(f.src, f.sport, f.dst, f.dport): p for f, p in warm.state("nat")["by_flow"].items()}
+    backend = {(f.sport, f.dport, f.dst): b for f, b in warm.state("lb")["backend_of"].items()}
+    external = lookup("nat").external
+    templates = {}
+    out, sides = bytearray(), np.zeros(len(events), np.uint8)
+    for i, (c, k) in enumerate(events):
+        inbound = k == 1 or (k > 2 and k != per - 1 and k % 2 == 0)
+        key = (c, k if k < 3 or k == per - 1 else 3 + inbound)
+        frame = templates.get(key)
+        if frame is None:
+            host, port, remote, rport = conns[c]
+            if inbound:
+                nat_port = nat.get((host, port, remote, rport), 1)
+                src = backend.get((nat_port, rport, remote), remote)
+                frame = tcp_frame(src, rport, external, nat_port, SYN | ACK if k == 1 else ACK | PSH, 0 if k == 1 else 10)
+            else:
+                frame = outbound_frame(conns[c], k, per)
+            templates[key] = frame
+        out += frame
+        sides[i] = inbound
+    return out, sides
+
+
+def fill(batch: Batch, data: bytearray, sides: np.ndarray, start: int, stop: int) -> None:
+    n = stop - start
+    batch.clear()
+    batch.data[:] = memoryview(data)[start * FRAME:stop * FRAME]
+    batch.off[:n] = np.arange(n, dtype=np.int64) * FRAME
+    batch.caplen[:n] = batch.wirelen[:n] = FRAME
+    batch.t_ns[:n] = np.arange(start, stop, dtype=np.int64) * NS_PER_FRAME
+    batch.side[:n] = sides[start:stop]
+    batch.n = n
+
+
+def whole(data, sides, frames: int) -> Batch:
+    batch = Batch(frames, outputs_per_input=2)
+    fill(batch, data, sides, 0, frames)
+    return batch
+
+
+def cpu(fn) -> float:
+    t = time.process_time()
+    fn()
+    return time.process_time() - t
+
+
+def results(pipeline, batch: Batch):
+    return batch.outputs(), [(i, pipeline.reasons[r]) for i, r in batch.drops()]
+
+
+def summary(pipeline, batch: Batch) -> str:
+    drops = Counter(pipeline.reasons[r] for r in batch.drop_reason[:batch.n_drop].tolist())
+    changed = 0
+    return (f"{batch.n} frames -> {batch.n_out} outputs, {batch.n_drop} drops"
+            + "".join(f"; {c} {r!r}" for r, c in drops.most_common()))
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--frames", type=int, default=1_000_000)
+    ap.add_argument("--flows", type=int, default=100_000)
+    ap.add_argument("--batch", type=int, default=32, help="batch size of the per-call run and group of the C loop")
+    ap.add_argument("--pure-frames", type=int, default=50_000)
+    ap.add_argument("--generic-frames", type=int, default=10_000)
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--repeat", type=int, default=3, help="fast-path runs (the best counts)")
+    ap.add_argument("--quick", action="store_true", help="tiny sizes (a smoke test)")
+    a = ap.parse_args(argv)
+    if a.quick:
+        a.frames, a.flows, a.pure_frames, a.generic_frames, a.repeat = 4000, 400, 1000, 300, 1
+    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores (shared); "
+          f"{platform.python_implementation()} {platform.python_version()}; CPU time of one core", flush=True)
+    t = time.perf_counter()
+    data, sides = build(a.flows, a.frames, a.seed)
+    n = len(sides)
+    print(f"traffic: {n} frames of {FRAME} bytes, {a.flows} flows, chain {CHAIN} with "
+          f"{', '.join(f'{k}.{p}={v}' for k, ps in PARAMS.items() for p, v in ps.items())} "
+          f"(built in {time.perf_counter() - t:.1f} s)", flush=True)
+
+    best = {}
+    reference = None
+    for _ in range(a.repeat):
+        batch = whole(data, sides, n)
+        base = fast.PassThrough()
+        best["passthrough"] = min(best.get("passthrough", 1e9), cpu(lambda: base.process(batch)))
+        batch = whole(data, sides, n)
+        pipeline = fast.Pipeline(chain(), a.seed, group=a.batch)
+        best["fast"] = min(best.get("fast", 1e9), cpu(lambda: pipeline.process(batch)))
+        if reference is None:
+            reference = results(pipeline, batch)
+            print(f"fast: {summary(pipeline, batch)}; tables {pipeline.table_sizes()}", flush=True)
+
+    pipeline = fast.Pipeline(chain(), a.seed)
+    batch, elapsed, outs, drops = Batch(a.batch), 0.0, [], []
+    for start in range(0, n, a.batch):
+        stop = min(n, start + a.batch)
+        fill(batch, data, sides, start, stop)
+        t = time.process_time()
+        pipeline.process(batch)
+        elapsed += time.process_time() - t
+        outs += [(start + i, e, k, label, f) for i, e, k, label, f in batch.outputs()]
+        drops += [(start + i, pipeline.reasons[r]) for i, r in batch.drops()]
+    best["fast_batch_calls"] = elapsed
+    if (outs, drops) != reference:
+        print("error: the per-batch calls gave other results than the one-call run", file=sys.stderr)
+        return 1
+
+    for name, frames in (("pure", a.pure_frames), ("generic", a.generic_frames)):
+        frames = min(frames, n)
+        try:
+            if name == "pure":
+                from nfproof.runtime.pure import Pipeline as cls
+            else:
+                from nfproof.runtime.generic import GenericPipeline as cls
+            slow = cls(chain(), a.seed)
+            batch = whole(data, sides, frames)
+            secs = cpu(lambda: slow.process(batch))
+        except Exception as e:  # a path not there yet or failing: say so, measure the others
+            print(f"{name}: not measured ({type(e).__name__}: {e})", flush=True)
+            continue
+        got = results(slow, batch)
+        expect = ([o for o in reference[0] if o[0] < frames], [d for d in reference[1] if d[0] < frames])
+        if got != expect:
+            print(f"error: the {name} path's results differ from the fast path's on the first {frames} frames",
+                  file=sys.stderr)
+            return 1
+        best[name] = secs * n / frames  # per frame, scaled to the whole run for the rate below
+        print(f"{name}: {frames} frames in {secs:.2f} s CPU", flush=True)
+
+    for name, secs in best.items():
+        print(f"RESULT {CHAIN.replace('>', '_')}_{name}_mpps {n / secs / 1e6:.3f} Mpps")
+    print(f"RESULT {CHAIN.replace('>', '_')}_fast_vs_passthrough {best['passthrough'] / best['fast']:.3f} ratio")
+    print(f"RESULT {CHAIN.replace('>', '_')}_fast_ns_per_frame {best['fast'] / n * 1e9:.1f} ns")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
