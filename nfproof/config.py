@@ -147,10 +147,12 @@ def load(path: str) -> list[Check]:
     return checks
 
 
-def from_table(entry: dict, index: int, base_dir: str) -> Check:
-    """One check from its table (keys as in the config file); ConfigError naming every bad key."""
+def from_table(entry: dict, index: int, base_dir: str, expect_required: bool = True, label: str | None = None) -> Check:
+    """One check from its table (keys as in the config file); ConfigError naming every bad key.
+    Without `expect_required` (a verification asked for from Python) `expect` may be left out;
+    `label` names the check in errors (default: its index and name)."""
     name = entry.get("name", _default_name(entry))
-    label = f"check {index}" + (f" ({name!r})" if isinstance(name, str) and name else "")
+    label = label or f"check {index}" + (f" ({name!r})" if isinstance(name, str) and name else "")
     errors = []
 
     def bad(key: str, message: str):
@@ -164,10 +166,10 @@ def from_table(entry: dict, index: int, base_dir: str) -> Check:
     expect = entry.get("expect")
     replay = any(k in entry for k in REPLAY_KEYS)
     valid_expect = REPLAY_VERDICTS if replay else VERIFY_VERDICTS
-    if expect is None:
+    if expect is None and expect_required:
         errors.append(f"{label}: missing key 'expect'; write expect = \"{valid_expect[0]}\" (valid: "
                       f"{', '.join(valid_expect)})")
-    elif expect not in valid_expect:
+    elif expect is not None and expect not in valid_expect:
         other = "a replay verdict (checks with `trace`)" if expect in REPLAY_VERDICTS else \
             "a verify verdict (checks with `bound`)" if expect in VERIFY_VERDICTS else "not a verdict"
         bad("expect", f"{expect!r} is {other}; valid here: {', '.join(valid_expect)}")
