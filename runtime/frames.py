@@ -8,7 +8,8 @@
   at `base`, the fields in which an NF's output `new` differs from the packet it handled `old`, with
   incremental checksum updates (RFC 1624: HC' = ~(~HC + ~m + m'), one update per checksum over
   every 16-bit word that changed), never recomputed from scratch. A change the frame cannot carry
-  is a `FrameError`.
+  is a `FrameError` (nothing is written); the pipelines drop such an output with
+  `FrameError.drop_reason` ("<instance>: cannot write <field> into the frame").
 - `inbound(parsed, side, inside)` / `Sides`: the side a frame arrived from (batch side 0 inside,
   1 outside, 2 by source address against the `inside` networks; `parse_inside` reads
   `--inside CIDR,...`).
@@ -33,16 +34,27 @@ PROTO, SRC, SPORT, DST, DPORT, FLAGS, INBOUND, LENGTH, LABEL = range(9)
 
 class FrameError(ModelError):
     """An NF output that the frame it was emitted for cannot carry (a changed protocol, a port of
-    a protocol without ports, ...): one line naming the instance, the field and why."""
+    a protocol without ports, ...): one line naming the instance, the field and why. `field` is
+    the PACKET_FIELDS name refused. The pipelines do not release such an output: they drop it,
+    "<instance>: cannot write <field> into the frame" (`drop_reason`), and the state change stands."""
 
     location = ""  # about the output, not a model line: interpreters add no location
+
+    def __init__(self, message: str, field: str = ""):
+        super().__init__(message)
+        self.field = field
+
+    def drop_reason(self, instance: str) -> str:
+        return f"{instance}: cannot write {self.field} into the frame"
 
 
 class NotBundled(Exception):
     """The fast and pure pipelines run the bundled NFs only (hand-written twins of models/*.py);
     another NF runs on the generic pipeline (runtime/generic.py)."""
 
-    def __init__(self, instance: str, nf_name: str):
+    def __init__(self, instance: str, nf_name):
+        if isinstance(nf_name, type):
+            nf_name = getattr(nf_name, "name", nf_name.__name__)
         super().__init__(f"instance {instance!r}: NF {nf_name!r} is not a bundled NF (or overrides its handler), "
                          f"which the fast and pure pipelines implement; run it on the generic pipeline "
                          f"(runtime/generic.py)")
@@ -142,32 +154,79 @@ def _adjust(buf, at: int, old: list, new: list, udp: bool = False) -> tuple[int,
     return hc, hc2
 
 
-def _refuse(instance: str, name: str, old, new, why: str):
-    raise FrameError(f"{instance}: the output changes `{name}` from {old} to {new}, but {why}; an NF may rewrite "
-                     f"only what its frame carries (addresses, ports, TCP flags, ICMP identifiers, label)")
+# What a frame carries, by its layout (`layout(parsed)`): which view fields can be written.
+TCP_L, UDP_L, ICMP_REQUEST, ICMP_REPLY, ICMP_OTHER, OTHER, ERROR_L4, ERROR_REQUEST, ERROR_REPLY = range(9)
+CARRIES_SPORT = (TCP_L, UDP_L, ICMP_REQUEST, ERROR_L4, ERROR_REPLY)
+CARRIES_DPORT = (TCP_L, UDP_L, ICMP_REPLY, ERROR_L4, ERROR_REQUEST)
+_WHY = {  # layout -> why it has no port in a field (sport, dport)
+    ICMP_REQUEST: (None, "an ICMP request carries its identifier in sport; its dport is always 0"),
+    ICMP_REPLY: ("an ICMP reply carries its identifier in dport; its sport is always 0", None),
+    ICMP_OTHER: ("an ICMP message of this type has no ports",) * 2,
+    OTHER: ("a packet of this IPv4 protocol has no ports",) * 2,
+    ERROR_REQUEST: ("an ICMP error quoting an ICMP request carries the quoted identifier in dport only", None),
+    ERROR_REPLY: (None, "an ICMP error quoting an ICMP reply carries the quoted identifier in sport only"),
+}
 
 
-def _no_change(instance, old, new, index, why):
-    if old[index] != new[index]:
-        _refuse(instance, PACKET_FIELDS[index], old[index], new[index], why)
+def layout(parsed) -> int:
+    """The kind of an in-model frame, as write-back needs it."""
+    proto = parsed.proto
+    if proto == TCP:
+        return TCP_L
+    if proto == UDP:
+        return UDP_L
+    if proto != ICMP:
+        return OTHER
+    t = parsed.icmp_type
+    if t in ICMP_REQUESTS:
+        return ICMP_REQUEST
+    if t in ICMP_REPLIES:
+        return ICMP_REPLY
+    if t in ICMP4_ERRORS and _quote_ports(parsed.quoted) is not None:
+        q = parsed.quoted
+        if q.proto == TCP or q.proto == UDP:
+            return ERROR_L4
+        return ERROR_REQUEST if q.icmp_type in ICMP_REQUESTS else ERROR_REPLY
+    return ICMP_OTHER
+
+
+def refused(kind: int, old: tuple, new: tuple) -> tuple[int, str] | None:
+    """(index, why) of the first field, in PACKET_FIELDS order, that changed and a frame of this
+    layout cannot carry; None when every change can be written."""
+    if old[PROTO] != new[PROTO]:
+        return PROTO, "the IPv4 protocol of a frame is not rewritten"
+    if old[SPORT] != new[SPORT] and kind not in CARRIES_SPORT:
+        return SPORT, _WHY[kind][0]
+    if old[DPORT] != new[DPORT] and kind not in CARRIES_DPORT:
+        return DPORT, _WHY[kind][1]
+    if old[FLAGS] != new[FLAGS] and kind != TCP_L:
+        return FLAGS, "only TCP carries flags"
+    if old[LENGTH] != new[LENGTH]:
+        return LENGTH, "the frame's length is what the wire carried"
+    return None
 
 
 def write_fields(buf, base: int, caplen: int, parsed, old: tuple, new: tuple, instance: str) -> None:
-    """`write_back` on field tuples (PACKET_FIELDS order)."""
+    """`write_back` on field tuples (PACKET_FIELDS order). Nothing is written when a change is refused."""
     if old[:6] == new[:6] and old[LENGTH] == new[LENGTH]:
         return
-    _no_change(instance, old, new, PROTO, "the IPv4 protocol of a frame is not rewritten")
-    _no_change(instance, old, new, LENGTH, "the frame's length is what the wire carried")
-    proto, l3 = old[PROTO], base + parsed.l3_offset
-    if reversed_error(parsed):
-        return _write_icmp_error(buf, base, caplen, parsed, old, new, instance)
+    kind = layout(parsed)
+    refusal = refused(kind, old, new)
+    if refusal is not None:
+        index, why = refusal
+        raise FrameError(f"{instance}: the output changes `{PACKET_FIELDS[index]}` from {old[index]} to "
+                         f"{new[index]}, but {why}; an NF may rewrite only what its frame carries (addresses, "
+                         f"ports, TCP flags, ICMP identifiers, label)", field=PACKET_FIELDS[index])
+    if kind >= ERROR_L4:
+        return _write_icmp_error(buf, base, caplen, parsed, old, new, kind)
+    l3 = base + parsed.l3_offset
     ip_old, ip_new = [], []  # outer IPv4 header words (its checksum)
     for index, at in ((SRC, l3 + 12), (DST, l3 + 16)):
         if old[index] != new[index]:
             ip_old += _words(_u16(buf, at) << 16 | _u16(buf, at + 2))
             _put32(buf, at, new[index])
             ip_new += _words(new[index])
-    if proto == TCP or proto == UDP:
+    if kind == TCP_L or kind == UDP_L:
         l4 = base + parsed.l4_offset
         l4_old, l4_new = list(ip_old), list(ip_new)  # the pseudo header holds the addresses
         for index, at in ((SPORT, l4), (DPORT, l4 + 2)):
@@ -175,38 +234,27 @@ def write_fields(buf, base: int, caplen: int, parsed, old: tuple, new: tuple, in
                 l4_old.append(_u16(buf, at))
                 _put16(buf, at, new[index])
                 l4_new.append(new[index])
-        if proto == TCP:
+        if kind == TCP_L:
             if old[FLAGS] != new[FLAGS]:
                 l4_old.append(_u16(buf, l4 + 12))
-                buf[l4 + 13] = new[FLAGS]
+                buf[l4 + 13] = new[FLAGS]  # the NS bit (in byte 12) stays
                 l4_new.append(_u16(buf, l4 + 12))
             if l4_old:
                 _adjust(buf, l4 + 16, l4_old, l4_new)
-        else:
-            _no_change(instance, old, new, FLAGS, "only TCP carries flags")
-            if l4_old:
-                _adjust(buf, l4 + 6, l4_old, l4_new, udp=True)
-    elif proto == ICMP and (parsed.icmp_type in ICMP_REQUESTS or parsed.icmp_type in ICMP_REPLIES):
-        _no_change(instance, old, new, FLAGS, "only TCP carries flags")
-        request = parsed.icmp_type in ICMP_REQUESTS
-        ident, fixed = (SPORT, DPORT) if request else (DPORT, SPORT)
-        _no_change(instance, old, new, fixed, f"an ICMP {'request' if request else 'reply'} carries its identifier "
-                                              f"in {PACKET_FIELDS[ident]}; its {PACKET_FIELDS[fixed]} is always 0")
+        elif l4_old:
+            _adjust(buf, l4 + 6, l4_old, l4_new, udp=True)
+    elif kind == ICMP_REQUEST or kind == ICMP_REPLY:
+        ident = SPORT if kind == ICMP_REQUEST else DPORT
         if old[ident] != new[ident]:
             l4 = base + parsed.l4_offset
             was = _u16(buf, l4 + 4)
             _put16(buf, l4 + 4, new[ident])
             _adjust(buf, l4 + 2, [was], [new[ident]])
-    else:
-        what = "an ICMP message of this type" if proto == ICMP else f"an IPv4 protocol {proto} packet"
-        _no_change(instance, old, new, SPORT, f"{what} has no ports")
-        _no_change(instance, old, new, DPORT, f"{what} has no ports")
-        _no_change(instance, old, new, FLAGS, "only TCP carries flags")
     if ip_old:
         _adjust(buf, l3 + 10, ip_old, ip_new)
 
 
-def _write_icmp_error(buf, base, caplen, parsed, old, new, instance) -> None:
+def _write_icmp_error(buf, base, caplen, parsed, old, new, kind) -> None:
     """An ICMP error seen as the reverse of the packet it quotes: `src` is the quoted dst, `dst`
     the quoted src, `sport` the quoted "dport", `dport` the quoted "sport"; the outer addresses
     follow when they equal the old ones. Checksums: the outer IPv4 header (outer addresses), the
@@ -214,9 +262,7 @@ def _write_icmp_error(buf, base, caplen, parsed, old, new, instance) -> None:
     (TCP/UDP: addresses and ports; a quoted ICMP query: its identifier), and the ICMP checksum for
     every word of the message that changed."""
     q = parsed.quoted
-    l3, l4, ql3 = base + parsed.l3_offset, base + parsed.l4_offset, base + q.l3_offset
-    ql4 = base + q.l4_offset
-    _no_change(instance, old, new, FLAGS, "an ICMP error carries no flags")
+    l3, l4, ql3, ql4 = base + parsed.l3_offset, base + parsed.l4_offset, base + q.l3_offset, base + q.l4_offset
     ip_old, ip_new, addr_old, addr_new, port_old, port_new = [], [], [], [], [], []
     for index, outer_at, quoted_at in ((SRC, l3 + 12, ql3 + 16), (DST, l3 + 16, ql3 + 12)):
         if old[index] != new[index]:
@@ -227,14 +273,10 @@ def _write_icmp_error(buf, base, caplen, parsed, old, new, instance) -> None:
             addr_old += _words(_u16(buf, quoted_at) << 16 | _u16(buf, quoted_at + 2))
             _put32(buf, quoted_at, new[index])
             addr_new += _words(new[index])
-    if q.proto == TCP or q.proto == UDP:
+    if kind == ERROR_L4:
         moves = ((SPORT, ql4 + 2), (DPORT, ql4))  # the error's sport is the quoted dport
     else:  # a quoted ICMP query: its identifier is the error's dport (request) or sport (reply)
-        request = q.icmp_type in ICMP_REQUESTS
-        ident, fixed = (DPORT, SPORT) if request else (SPORT, DPORT)
-        _no_change(instance, old, new, fixed, f"an ICMP error quoting an ICMP {'request' if request else 'reply'} "
-                                              f"carries the quoted identifier in {PACKET_FIELDS[ident]} only")
-        moves = ((ident, ql4 + 4),)
+        moves = ((DPORT if kind == ERROR_REQUEST else SPORT, ql4 + 4),)
     for index, at in moves:
         if old[index] != new[index]:
             port_old.append(_u16(buf, at))
@@ -245,9 +287,9 @@ def _write_icmp_error(buf, base, caplen, parsed, old, new, instance) -> None:
         was, now = _adjust(buf, ql3 + 10, addr_old, addr_new)
         icmp_old.append(was)
         icmp_new.append(now)
-    if q.proto == TCP or q.proto == UDP:
-        at, needed, words_old, words_new = ((ql4 + 16, 18) if q.proto == TCP else (ql4 + 6, 8)) + \
-            (addr_old + port_old, addr_new + port_new)  # the pseudo header holds the quoted addresses
+    if kind == ERROR_L4:
+        at, needed = (ql4 + 16, 18) if q.proto == TCP else (ql4 + 6, 8)
+        words_old, words_new = addr_old + port_old, addr_new + port_new  # the pseudo header: quoted addresses
     else:
         at, needed, words_old, words_new = ql4 + 2, 8, port_old, port_new
     if words_old and ql4 + needed <= base + min(caplen, _ip_end(buf, base, caplen, parsed)):
@@ -262,7 +304,7 @@ def _write_icmp_error(buf, base, caplen, parsed, old, new, instance) -> None:
 
 def reversed_error(parsed) -> bool:
     """Is the frame an ICMP error that the view shows as the reverse of its quoted packet?"""
-    return parsed.proto == ICMP and parsed.icmp_type in ICMP4_ERRORS and _quote_ports(parsed.quoted) is not None
+    return layout(parsed) >= ERROR_L4
 
 
 def _ip_end(buf, base: int, caplen: int, parsed) -> int:

@@ -5,7 +5,9 @@ or NFPROOF_PUREPYTHON=1. Header parsing is nfproof.traces.headers.
 NFs on batches of frames: each frame is parsed, classified (inbound or not), seen as a model
 packet (runtime/frames.py), carried through the chain exactly as models/chain.py routes it (run to
 completion, depth first in emission order, one input at a time in input order), and every output
-is written back onto the frame (in place; a copy for every output but the last of one emission).
+is written back onto the frame (in place; a copy for every output but the last of one emission);
+an output the frame cannot carry (frames.FrameError) is dropped, "<instance>: cannot write
+<field> into the frame".
 The NFs are hand-written twins of models/*.py on plain dicts keyed by tuples, not the models'
 handlers (that is runtime/generic.py): each twin follows its model line by line, wrapping stored
 values at their declared widths, with the model's drop reasons, its clock in its own ticks and its
@@ -430,7 +432,11 @@ class Pipeline:
             else:  # all but the last output travel on copies, taken before the frame is rewritten
                 frame, at, own = bytearray(buf[base:base + caplen]), 0, False
             if out is not None and out is not p:
-                write_fields(frame, at, caplen, parsed, p, out, self.instances[k])
+                try:
+                    write_fields(frame, at, caplen, parsed, p, out, self.instances[k])
+                except FrameError as e:  # not released (nothing was written); the state change stands
+                    batch.drop(i, self.reason(e.drop_reason(self.instances[k])))
+                    continue
             egress, target, hop_inbound = hops[gate]
             if egress is not None:
                 batch.emit(i, egress, k, 0 if out is None else out[8], None if own else bytes(frame))

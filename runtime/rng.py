@@ -56,55 +56,34 @@ def choose_free(rng: InstanceRng, base: int, size: int, used, used_in_pool: int)
     return v
 
 
-def used_in_pool(used, base: int, size: int) -> int:
-    """How many values of [base, base+size) a storage holds, as far as `choose_free` needs it:
-    len(used) when the storage is smaller than the pool (it cannot cover the pool then: O(1)),
-    else the exact count over the pool (a storage at least as large as the pool)."""
-    n = _size(used)
-    if n < size:
-        return n
-    return sum(1 for v in range(base, base + size) if v in used)
-
-
-def _size(storage) -> int:
-    """len() of a storage; a model's dict or set storage refuses len() while a handler runs (the
-    model may not count), the runtime may."""
-    if isinstance(storage, dict):
-        return dict.__len__(storage)
-    if isinstance(storage, (set, frozenset)):
-        return set.__len__(storage) if isinstance(storage, set) else len(storage)
-    return len(storage)
-
-
 def choose(rng: InstanceRng, domain):
-    """The choice protocol for a model domain: a pool domain (`domain.pool` = (base, size),
-    `domain.used` = the storage or None for Pool.all()) or an explicit Domain (its values in
-    order: values[below(len(values))]). None, without a draw, for an empty domain."""
+    """The choice protocol for a model domain (models.api.Domain): a pool domain (`domain.pool` =
+    (base, size); `domain.used` = the storage of Pool.free(used), None for Pool.all()) or an
+    explicit one (its values in order: values[below(len(values))]). None, without a draw, for an
+    empty domain. The emptiness test of a free domain is the storage's O(1) `count_in`."""
     pool = getattr(domain, "pool", None)
     if pool is not None:
         base, size = pool
         used = domain.used
         if used is None:
             return choose_all(rng, base, size)
-        count = getattr(domain, "used_in_pool", None)
-        if count is None:
-            count = used_in_pool(used, base, size)
-        return choose_free(rng, base, size, used, count)
+        return choose_free(rng, base, size, used, used.count_in(base, size))
     values = domain.concrete_values()
     return values[rng.below(len(values))] if values else None
 
 
 class StreamChooser:
     """A `chooser` for models.concrete (the generic pipeline) drawing from an instance stream by
-    the same protocol: a pool domain (`.pool`, `.used`) goes through `choose`; a plain list of
-    values (an explicit domain's, in order) gives values[below(len(values))]."""
+    the same protocol: the concrete interpreter hands pool domains whole to `choose_domain` and the
+    (non-empty) value list of any other domain to `__call__`: values[below(len(values))]."""
 
     __slots__ = ("rng",)
 
     def __init__(self, rng: InstanceRng):
         self.rng = rng
 
-    def __call__(self, options):
-        if getattr(options, "pool", None) is not None:
-            return choose(self.rng, options)
-        return options[self.rng.below(len(options))]
+    def __call__(self, values):
+        return values[self.rng.below(len(values))]
+
+    def choose_domain(self, domain):
+        return choose(self.rng, domain)

@@ -493,7 +493,7 @@ REFUSED = [
     (lambda f: f.rewrite(sport=5), eth(ipv4(1, INSIDE_HOST, REMOTE, echo(0, 9))), "its sport is always 0"),
     (lambda f: f.rewrite(sport=5), eth(ipv4(1, REMOTE, INSIDE_HOST, icmp(9))), "has no ports"),
     (lambda f: f.rewrite(flags=2), icmp_error(REMOTE, INSIDE_HOST, ipv4(6, INSIDE_HOST, REMOTE, tcp(
-        INSIDE_HOST, REMOTE, 1, 2, 2))), "an ICMP error carries no flags"),
+        INSIDE_HOST, REMOTE, 1, 2, 2))), "only TCP carries flags"),
     (lambda f: f.rewrite(sport=5), icmp_error(ROUTER, INSIDE_HOST, ipv4(1, INSIDE_HOST, REMOTE, echo(8, 9))),
      "quoted identifier in dport only"),
 ]
@@ -504,10 +504,25 @@ def test_changes_a_frame_cannot_carry_are_frame_errors(change, frame, message):
     p = parse_frame(1, frame, len(frame))
     old = view(p, False, len(frame))
     buf = bytearray(frame)
+    new = change(old).rewrite(src=old.src ^ 1)  # with a change it can carry: nothing is written at all
     with pytest.raises(FrameError, match="^nat#2: the output changes ") as e:
-        write_back(buf, p, old, change(old), "nat#2")
+        write_back(buf, p, old, new, "nat#2")
     assert message in str(e.value) and "\n" not in str(e.value)
-    assert isinstance(e.value, ModelError)
+    assert isinstance(e.value, ModelError) and bytes(buf) == frame
+    field = str(e.value).split("`")[1]
+    assert e.value.field == field and e.value.drop_reason("nat#2") == f"nat#2: cannot write {field} into the frame"
+
+
+def test_the_first_refused_field_in_packet_field_order_is_named():
+    frame = eth(ipv4(47, INSIDE_HOST, REMOTE, b"\0" * 8))
+    p = parse_frame(1, frame, len(frame))
+    old = view(p, False, len(frame))
+    for change, field in ((dict(length=3, flags=1, dport=2, sport=1), "sport"), (dict(length=3, flags=1, dport=2), "dport"),
+                          (dict(length=3, flags=1), "flags"), (dict(length=3), "length"),
+                          (dict(length=3, proto=4, sport=1), "proto")):
+        with pytest.raises(FrameError) as e:
+            write_back(bytearray(frame), p, old, old.rewrite(**change), "x")
+        assert e.value.field == field
 
 
 # -- 3. sides -------------------------------------------------------------------------------------------

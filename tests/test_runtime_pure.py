@@ -19,15 +19,17 @@ import zlib
 import pytest
 
 from nfproof.models import lookup
-from nfproof.models.api import Flow, Packet, addr
+from nfproof.models.api import Flow, Map, Packet, Pool, Port, addr
 from nfproof.models.chain import Chain, initial_chain_state, run_chain
+from nfproof.models.concrete import DictMap, initial_state, step
 from nfproof.models.firewall import Firewall
 from nfproof.models.monitor import Monitor
 from nfproof.models.nat import Nat
 from nfproof.models.ratelimit import RateLimit
 from nfproof.models.csfq import CsfqEdge
 from nfproof.runtime.batch import Batch
-from nfproof.runtime.frames import FrameError, NotBundled, view_fields, write_fields
+from nfproof.models.api import PACKET_FIELDS
+from nfproof.runtime.frames import NotBundled, layout, refused, view_fields, write_fields
 from nfproof.runtime.pure import Pipeline
 from nfproof.runtime.rng import FREE_DRAWS, InstanceRng, StreamChooser, choose, choose_all, choose_free
 from nfproof.traces.headers import parse_frame
@@ -83,11 +85,14 @@ def test_choose_all_and_explicit_domains():
     assert choose(rng, Explicit([])) is None and rng.state == before  # no draw
 
 
-class Lazy:
-    """The lazy pool domains models/api.py is moving to: `.pool` (base, size), `.used`."""
-
-    def __init__(self, base, size, used=None):
-        self.pool, self.used = (base, size), used
+def ports_map(*keys):
+    """A model's concrete Map(Port, Port) storage holding `keys`."""
+    decl = Map(Port, Port)
+    decl.name = "used"
+    storage = DictMap(decl)
+    for k in keys:
+        storage[k] = 1
+    return storage
 
 
 def test_choose_free_draws_then_scans():
@@ -122,18 +127,26 @@ def test_choose_free_empty_is_o1_and_draws_nothing():
             raise AssertionError("scanned")
 
     assert choose_free(rng, 0, 1 << 16, Huge(), 1 << 16) is None and rng.state == before
-    # model storages: len() smaller than the pool answers without a scan
-    assert choose(InstanceRng(1, 0), Lazy(10, 4, {10, 11, 12})) == 13
-    assert choose(InstanceRng(1, 0), Lazy(10, 4, {10, 11, 12, 13, 99})) is None
-    assert choose(InstanceRng(1, 0), Lazy(10, 4, {10, 11, 12, 99, 98})) == 13
-    assert choose(InstanceRng(3, 0), Lazy(10, 4)) == 10 + _stream(3, 0, 1)[0] % 4
+    # the model's own pool domains (models.api.Pool.free / all): the storage counts its pool keys
+    assert choose(InstanceRng(1, 0), Pool(10, 4).free(ports_map(10, 11, 12))) == 13
+    assert choose(InstanceRng(1, 0), Pool(10, 4).free(ports_map(10, 11, 12, 13, 99))) is None
+    assert choose(InstanceRng(1, 0), Pool(10, 4).free(ports_map(10, 11, 12, 99, 98))) == 13
+    assert choose(InstanceRng(3, 0), Pool(10, 4).all()) == 10 + _stream(3, 0, 1)[0] % 4
+    used = ports_map(*range(1024, 1024 + 64511))  # all but one of 64512 ports: O(1) draws, then a scan
+    assert choose(InstanceRng(3, 0), Pool(1024, 64512).free(used)) == 1024 + 64511
+    used[65535] = 1
+    assert choose(InstanceRng(3, 0), Pool(1024, 64512).free(used)) is None
 
 
 def test_stream_chooser_for_the_concrete_interpreter():
     chooser = StreamChooser(InstanceRng(4, 1))
-    ref = _stream(4, 1, 2)
+    ref = _stream(4, 1, 3)
     assert chooser([7, 8, 9]) == [7, 8, 9][ref[0] % 3]
-    assert chooser(Lazy(100, 5)) == 100 + ref[1] % 5
+    assert chooser.choose_domain(Pool(100, 5).all()) == 100 + ref[1] % 5
+    # through the concrete interpreter: the NAT's port choice is a pool domain drawn in O(1)
+    state = initial_state(lookup("nat[ports=64512]"))
+    res = step(lookup("nat[ports=64512]"), state, Packet(6, 1, 2, 3, 4), chooser)
+    assert res.choices == [1024 + ref[2] % 64512]
 
 
 # -- the harness: pipeline vs the model -----------------------------------------------------------
@@ -187,11 +200,40 @@ def passthrough(chain: Chain, inbound: bool):
     return outputs, drops
 
 
-class Checker:
-    """Runs inputs one by one through a Pipeline and the model's run_chain and compares them."""
+def model_run(chain: Chain, state: dict, pkt: Packet, chooser, clock, kind: int):
+    """What run_chain does (models/chain.py routing, every instance stepped by models.concrete.step)
+    with the runtime's one addition: an output its frame (of layout `kind`) cannot carry is not
+    released but dropped, "<instance>: cannot write <field> into the frame"."""
+    outputs, drops, choices = [], [], []
 
-    def __init__(self, chain: Chain, seed: int = 11, inside=None):
-        self.chain = chain
+    def process(instance, p):
+        res = step(chain.members[instance].nf, state[instance], p, chooser, clock)
+        choices.extend(res.choices)
+        drops.extend(f"{instance}: {r}" for r in res.drops)
+        kept = []
+        for gate, out in res.outputs:
+            no = refused(kind, astuple(p), astuple(out))
+            if no is None:
+                kept.append((gate, out))
+            else:
+                drops.append(f"{instance}: cannot write {PACKET_FIELDS[no[0]]} into the frame")
+        return kept
+
+    chain.route(pkt, process, lambda p, egress: outputs.append((egress, p.wrapped())), drops.append)
+    return outputs, drops, choices
+
+
+def astuple(p: Packet) -> tuple:
+    return tuple(getattr(p, f) for f in PACKET_FIELDS)
+
+
+class Checker:
+    """Runs inputs one by one through a Pipeline and the model's run_chain and compares them.
+    `frames_rule`: the model side is `model_run` (outputs a frame cannot carry are dropped), for
+    a NAT given packets without ports; else run_chain itself."""
+
+    def __init__(self, chain: Chain, seed: int = 11, inside=None, frames_rule: bool = False):
+        self.chain, self.frames_rule = chain, frames_rule
         self.pipeline = Pipeline(chain, seed, 1, inside) if inside else Pipeline(chain, seed)
         self.state = initial_chain_state(chain)
         self.ticks = {m.nf.ticks_per_second for m in chain.members.values()}
@@ -222,12 +264,21 @@ class Checker:
             self.counts["passed"] += 1
         else:
             tps = next(iter(self.ticks))
-            res = run_chain(self.chain, self.state, Packet(*v), Replay(chosen), lambda: t_ns * tps // NS)
-            expected = [(e, model_fields(p), p.label) for e, p in res.outputs]
-            expected_drops = [f"{inst}: {r}" if inst else r for inst, r in res.drops]
+            clock = lambda: t_ns * tps // NS  # noqa: E731
+            if self.frames_rule:
+                outputs, expected_drops, choices = model_run(self.chain, self.state, Packet(*v), Replay(chosen), clock,
+                                                             layout(parsed))
+            else:
+                res = run_chain(self.chain, self.state, Packet(*v), Replay(chosen), clock)
+                outputs, choices = res.outputs, res.choices
+                expected_drops = [f"{inst}: {r}" if inst else r for inst, r in res.drops]
+            expected = [(e, model_fields(p), p.label) for e, p in outputs]
             assert got == expected, f"input {len(self.inputs)}: {Packet(*v)}"
+            if any("cannot write" in d for d in expected_drops):  # dropped as emitted, not after routing
+                got_drops, expected_drops = sorted(got_drops), sorted(expected_drops)
+                self.counts["refused"] = self.counts.get("refused", 0) + 1
             assert got_drops == expected_drops, f"input {len(self.inputs)}: {Packet(*v)}"
-            assert res.choices == chosen
+            assert choices == chosen
         assert batch.n_out + batch.n_drop >= 1
         self.counts["outputs"] += batch.n_out
         self.counts["drops"] += batch.n_drop
@@ -388,8 +439,8 @@ class Traffic:
         ))
 
 
-def checked_run(chain, n: int, seed: int, portless=True, inside=None, state_every=50, **traffic):
-    checker = Checker(chain, inside=inside)
+def checked_run(chain, n: int, seed: int, portless=True, inside=None, state_every=50, frames_rule=False, **traffic):
+    checker = Checker(chain, inside=inside, frames_rule=frames_rule)
     gen = Traffic(random.Random(seed), portless, **traffic)
     for k in range(n):
         gen.saw(checker.step(*gen.next()))
@@ -547,15 +598,24 @@ def test_no_outside_ingress_and_outside_the_model_drops():
 
 
 def test_a_nat_cannot_translate_an_outbound_packet_without_ports():
-    """The NAT model gives every outbound packet a port; a frame without one (GRE, an echo reply)
-    cannot carry it: the pipeline says so (FrameError) instead of sending a wrong frame."""
+    """The NAT model gives every outbound packet a port; a frame without one (GRE, an echo reply,
+    other ICMP) cannot carry it: the output is dropped, the model's state change stands."""
     pipeline = Pipeline(configured("nat"), 1)
-    for frame, field in ((eth(ipv4(47, "10.0.0.1", "198.51.100.7", b"\0\0\x08\0")), "`sport`"),
-                         (eth(ipv4(1, "10.0.0.1", "198.51.100.7", echo(0, 5))), "`sport`")):
+    for frame in (eth(ipv4(47, "10.0.0.1", "198.51.100.7", b"\0\0\x08\0")),
+                  eth(ipv4(1, "10.0.0.1", "198.51.100.7", echo(0, 5)))):
         batch = Batch(1)
         batch.add(frame, len(frame), 0, 0)
-        with pytest.raises(FrameError, match=f"^nat: the output changes {field} from 0 to 10"):
-            pipeline.process(batch)
+        pipeline.process(batch)
+        assert batch.n_out == 0 and [pipeline.reasons[r] for _, r in batch.drops()] == \
+            ["nat: cannot write sport into the frame"]
+    assert len(pipeline.state("nat")["by_flow"]) == 2
+
+
+@pytest.mark.parametrize("text", ["nat", "firewall>nat[ports=64512]>lb", "monitor[threshold=2]>nat[ports=64512]>nat[ports=64512]"])
+def test_outputs_a_frame_cannot_carry_are_dropped_as_the_model_emits_them(text):
+    checker = checked_run(configured(text), 400, seed=zlib.crc32(text.encode()), portless=True, frames_rule=True)
+    checker.check_batched()
+    assert checker.counts.get("refused", 0) >= 3
 
 
 def test_not_bundled():
@@ -587,6 +647,7 @@ NAT_CAPTURES = {  # capture -> the inside networks (its clients)
     "E02_http_49flows.pcap": "128.2.6.136/32", "E10_dns_icmp.pcap": "192.168.43.9/32",
     "E11_icmp_ping_150.pcap": "192.168.1.6/32", "E14_vlan123_arp_icmp.pcap": "192.168.123.2/32",
     "E20_frag_ipv4_udp_afs.pcap": "131.151.1.0/24", "T01_snaplen_cut_tcp_878.pcap": "192.168.2.20/32",
+    "E05_mixed_v4v6_80flows_ftpdata.pcap": "192.168.0.13/32",
 }
 
 
@@ -625,6 +686,7 @@ def test_nat_on_real_captures(name):
     translated_out = [d for d in done if d[1] is not None and not d[3] and d[1] != d[0]]
     back = [d for d in done if d[1] is not None and d[4]]
     assert translated_out, "the NAT translated nothing outbound"
+    refused = 0
     for data, out, wirelen, inbound, readdressed, drops in done:
         p = parse_frame(1, data, wirelen)
         v = view_fields(p, inbound, wirelen)
@@ -635,11 +697,15 @@ def test_nat_on_real_captures(name):
         elif inbound:
             # a remote's answer to a translated flow comes back as the very bytes captured
             assert (out == data) if readdressed else (drops == ["nat: no mapping"] and out is None)
+        elif out is None:  # a packet without ports (E05: IGMP): the NAT's port cannot be written
+            assert drops == ["nat: cannot write sport into the frame"] and v[2] == 0 and v[0] not in (6, 17)
+            refused += 1
         else:
             o = view_fields(parse_frame(1, out, wirelen), False, wirelen)
             assert o[1] == addr(EXTERNAL) and o[3:] == v[3:] and o[0] == v[0]
     if name != "E14_vlan123_arp_icmp.pcap":
         assert back, "no answer was translated back"
+    assert (refused > 0) == (name == "E05_mixed_v4v6_80flows_ftpdata.pcap")
 
 
 @needs_tshark
