@@ -225,7 +225,8 @@ def table(outcomes: list[CheckOutcome], cache: verdict_cache.Cache) -> str:
     summary = (f"{len(outcomes)} check(s): {counts['pass']} passed, {counts['fail']} failed, {counts['unknown']} "
                f"unknown, {counts['error']} error(s)")
     if cache.folder:
-        summary += f"; {cache.hits} verdict(s) from the cache ({cache.folder})"
+        shown = os.path.relpath(cache.folder)
+        summary += f"; {cache.hits} verdict(s) from the cache ({cache.folder if shown.startswith('..') else shown})"
     return "\n".join(lines + ["", summary])
 
 

@@ -268,9 +268,10 @@ def from_table(entry: dict, index: int, base_dir: str, expect_required: bool = T
 
 
 def _default_name(entry: dict) -> str:
-    """`chain strategy [property] bound N`, from the values as written."""
+    """`chain strategy [--log-choices] [mutation] [property] bound N`, from the values as written."""
     strategy = entry.get("strategy")
     parts = [entry.get("chain"), ",".join(map(str, strategy)) if isinstance(strategy, list) else strategy,
+             "--log-choices" if entry.get("log-choices") is True else None, entry.get("mutation"),
              entry.get("property"), "unbounded" if entry.get("unbounded") is True else f"bound {entry.get('bound')}"]
     return " ".join(str(p) for p in parts if p is not None)
 

@@ -130,6 +130,50 @@ def test_an_unknown_verdict_exits_3_and_is_not_cached(tmp_path):
     assert error is not None and "expected proved, got unknown" in error.get("message")
 
 
+def test_chains_mutations_and_a_model_the_verifier_refuses(project):
+    (project / "models" / "counting.py").write_text(
+        "from nfproof.models.api import NF, Flow, Map, Port\n\n\n"
+        "class Counting(NF):\n"
+        "    name = 'counting'\n    gates = ('wan', 'lan')\n    outside, inside = ('wan',), ('lan',)\n"
+        "    table = Map(Flow, Port)\n\n"
+        "    def handle(self, pkt, ctx):\n"
+        "        if len(self.table) > 3:\n            return ctx.drop('full')\n"
+        "        ctx.emit(pkt, 'wan')\n")
+    with open(project / "pyproject.toml", "a") as f:
+        f.write('\n[[tool.nfproof.check]]\nchain = "models/balancer.py:Balancer>nat"\nstrategy = "stateful.sync"\n'
+                'bound = 2\nexpect = "proved"\n'
+                '\n[[tool.nfproof.check]]\nchain = "nat"\nstrategy = "stateful.sync"\nmutation = "release-before-ack"\n'
+                'bound = 3\nexpect = "counterexample"\n'
+                '\n[[tool.nfproof.check]]\nname = "counting"\nchain = "models/counting.py:Counting"\n'
+                'strategy = "stateful.sync"\nbound = 2\nexpect = "proved"\n')
+    for cached in (False, True):
+        r = nfproof(project, "check")
+        assert r.returncode == 2, r.stdout + r.stderr  # a model error: the most severe outcome here
+        lines = r.stderr.strip().splitlines()
+        assert lines[5] == "[6/8] PASS    models/balancer.py:Balancer>nat stateful.sync bound 2: proved (expected proved), " \
+            + lines[5].split("), ")[1]
+        assert lines[6].startswith("[7/8] PASS    nat stateful.sync release-before-ack bound 3: counterexample")
+        assert lines[7].startswith("[8/8] ERROR   counting: error (expected proved)") and "(cached)" not in lines[7]
+        assert lines[5].endswith("(cached)") == cached
+        assert "counting.py:11: len() of a Map is not supported" in r.stdout
+
+
+def test_the_example_readme_shows_the_report_of_the_shipped_sample(tmp_path):
+    shutil.copytree(SAMPLE, tmp_path / "sample", ignore=shutil.ignore_patterns(".nfproof-cache"))
+    r = nfproof(tmp_path / "sample", "check", "--no-cache")
+    assert r.returncode == 1 and "[4/5] FAIL    balancer-none: counterexample (expected proved)" in r.stderr
+    with open(os.path.join(SAMPLE, "..", "README.md")) as f:
+        readme = f.read()
+    story = r.stdout[r.stdout.index("FAIL check 4"):r.stdout.index("reproduce (Python):")]
+    assert story in readme
+    for line in r.stdout.splitlines()[1:8]:  # the table, its times aside
+        assert line.rsplit(None, 2)[0] in readme
+    with open(os.path.join(SAMPLE, "..", "github-workflow.yml")) as f:
+        workflow = f.read()
+    assert "run: nfproof check --junit report.xml" in workflow and "uses: actions/cache@" in workflow
+    assert "path: .nfproof-cache" in workflow
+
+
 def write_config(root, body):
     (root / "pyproject.toml").write_text(body)
 
