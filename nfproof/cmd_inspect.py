@@ -12,7 +12,7 @@ from nfproof.traces.errors import FormatError
 from nfproof.traces import FlowKeyer, parse_frame
 from nfproof.traces.reader import open_capture
 from nfproof.traces.record import CustomBlock, linktype_name
-from nfproof.traces.trace import PEN, TraceHeader, decode_block, event_from_json
+from nfproof.traces.trace import TraceHeader, decode_block, event_from_json, is_trace_block
 
 DESCRIPTION = ("What is in a capture or trace: format, link types, packets, time span, flows by protocol "
                "(both directions count as one flow), truncated and malformed packets, trace events. Exit 0 if "
@@ -40,7 +40,7 @@ def summarise(path, progress=None) -> dict:
     `progress(packets, bytes_captured)` is called every PROGRESS_EVERY packets."""
     s = {"file": str(getattr(path, "name", "<stream>") if hasattr(path, "read") else path), "format": None, "linktypes": [], "packets": 0, "bytes_captured": 0, "bytes_wire": 0,
          "time_span": None, "protocols": {}, "flows": {"total": 0, "by_protocol": {}}, "truncated": 0,
-         "malformed": {}, "trace": None, "events": None, "errors": []}
+         "malformed": {}, "trace": None, "events": None, "custom_blocks": 0, "errors": []}
     try:
         reader = open_capture(path)
     except FormatError as e:
@@ -53,8 +53,10 @@ def summarise(path, progress=None) -> dict:
         try:
             for item in reader.items():
                 if type(item) is CustomBlock:
-                    if item.pen == PEN:
+                    if is_trace_block(item):
                         _trace_block(s, events, item)
+                    else:  # another tool's (PEN 32473 is the documentation PEN: not only nfproof's)
+                        s["custom_blocks"] += 1
                     continue
                 s["packets"] += 1
                 s["bytes_captured"] += len(item.data)
@@ -158,6 +160,8 @@ def render(s: dict) -> str:
     lines.append("protocols:" + (_counts(s["protocols"], " ") or " none"))
     lines.append(f"truncated: {s['truncated']} packets with caplen < wire length")
     lines.append(f"malformed: {sum(s['malformed'].values())}" + _counts(s["malformed"], " — "))
+    if s["custom_blocks"]:
+        lines.append(f"custom blocks: {s['custom_blocks']} of other tools (skipped)")
     if s["trace"] is not None:
         t = s["trace"]
         lines.append(f"trace: version {t['version']}, chain {t['chain']!r}, strategy {t['strategy']!r}")

@@ -75,6 +75,12 @@ def encode_block(obj: dict) -> bytes:
     return BLOCK_MAGIC + struct.pack("<BxxxI", VERSION, len(body)) + body
 
 
+def is_trace_block(block: CustomBlock) -> bool:
+    """Is a custom block one of nfproof's? PEN 32473 is the documentation PEN (RFC 5612), which
+    other tools use too: only a payload starting with the "NFPT" magic is ours."""
+    return block.pen == PEN and block.data[:4] == BLOCK_MAGIC
+
+
 def decode_block(data: bytes) -> dict:
     """The JSON object of a custom-block payload; ValueError if it is not one of ours."""
     if len(data) < 12 or data[:4] != BLOCK_MAGIC:
@@ -191,12 +197,15 @@ class TraceWriter:
 
 class Trace:
     """An open trace: `header`, `interfaces` (by name, grows while reading); iterating yields
-    TracePackets and TraceEvents in file order, then closes the file."""
+    TracePackets and TraceEvents in file order, then closes the file. Custom blocks of other
+    tools (another PEN, or PEN 32473 without the "NFPT" magic) are skipped and counted in
+    `foreign_blocks`."""
 
     def __init__(self, path_or_file):
         self._r = PcapngReader(path_or_file)
         self.path = self._r.src.path
         self.interfaces: dict[str, Interface] = {}
+        self.foreign_blocks = 0
         self._items = self._r.items()
         try:
             first = next(self._items, None)
@@ -206,15 +215,18 @@ class Trace:
             raise
         if not isinstance(header, TraceHeader):
             self.close()
-            raise FormatError(self.path, 0, "not an nfproof trace: no run header after the section header")
+            other = " (its first custom block is another tool's)" if isinstance(first, CustomBlock) else ""
+            raise FormatError(self.path, 0, f"not an nfproof trace: no run header after the section header{other}")
         if header.version > VERSION:
             self.close()
             raise FormatError(self.path, 0, f"trace version {header.version} is newer than this reader ({VERSION})")
         self.header = header
 
     def _decode(self, block: CustomBlock):
+        if not is_trace_block(block):
+            return None
         try:
-            return event_from_json(decode_block(block.data)) if block.pen == PEN else None
+            return event_from_json(decode_block(block.data))
         except ValueError as e:
             raise FormatError(self.path, block.offset, str(e)) from None
 
@@ -223,11 +235,13 @@ class Trace:
             for item in self._items:
                 if type(item) is Record:
                     yield self._packet(item)
-                elif item.pen == PEN:
+                elif is_trace_block(item):
                     ev = self._decode(item)
                     if isinstance(ev, TraceHeader):
                         raise FormatError(self.path, item.offset, "a second run header")
                     yield ev
+                else:
+                    self.foreign_blocks += 1
         finally:
             self.close()
 

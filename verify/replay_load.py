@@ -1,0 +1,297 @@
+"""What trace replay reads: a trace (traces/README.md; the conventions of /work/notes/runtime.md
+section 8) or a pair of captures, as a `Recording` -- the chain, its inputs (with their side,
+arrival time and model view), the observed outputs (with the input each descends from, when
+the trace says), and the control events -- plus the chain configured with its parameters.
+
+Interfaces: `ingress:inside` / `ingress:outside` carry the inputs from each side (a plain
+`ingress` is classified by source address, runtime.md section 3); `egress:NAME` the outputs of
+the chain egress NAME; any other interface (internal links) is counted and not checked.
+Arrival times are made non-decreasing (captures can go backwards) and clock readings count from
+the run's first input (`t0_ns`). Input errors raise `ReplayInputError` (one line: the file,
+where, what, the fix)."""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from ..models import lookup
+from ..models.api import ModelError, ParamError
+from ..models.chain import Chain
+from ..traces import FlowKeyer, parse_frame
+from ..traces.errors import FormatError
+from ..traces.reader import _PCAP_MAGICS as PCAP_MAGICS, open_capture
+from ..traces.record import CustomBlock, Record
+from ..traces.trace import TraceEvent, TracePacket, read_trace
+from .frames import DEFAULT_INSIDE, OUTSIDE, Drop, Sides, observable, outside_route, view
+
+CLOCK_NAMES = ("now", "clock", "time")
+
+
+class ReplayInputError(Exception):
+    """Bad input to replay: unreadable or corrupt file, unknown chain, a mismatch between the
+    trace and the command line. One line, naming the file/field and the fix."""
+
+
+@dataclass(slots=True)
+class Input:
+    seq: int
+    time_ns: int            # arrival, made non-decreasing
+    side: str               # "inside" | "outside"
+    view: object            # Packet | OUTSIDE | Drop
+    number: int             # packet number in the file (1-based, every packet counted)
+    raw_key: tuple | None = None
+    lossable: bool = False
+
+
+@dataclass(slots=True)
+class Output:
+    egress: str
+    key: tuple              # observable(view) or ("raw", bytes, flow key)
+    seq: int | None
+    out_index: int | None
+    instance: str
+    time_ns: int
+    number: int             # packet number in the file
+    duplicate: bool = False  # repeats an earlier output of the same input on the same egress
+    index: int = 0          # position among all observed outputs (trace order)
+
+
+@dataclass(slots=True)
+class Event:
+    kind: str
+    time_ns: int
+    instance: str
+    fields: dict
+    after_packet: int       # number of packets in the file before it
+
+
+@dataclass
+class Recording:
+    path: str
+    chain_text: str
+    chain: Chain
+    params: list
+    strategy: str = "none"
+    header_fields: dict = field(default_factory=dict)
+    inputs: list = field(default_factory=list)
+    outputs: list = field(default_factory=list)
+    events: list = field(default_factory=list)
+    t0_ns: int = 0
+    linktype: int = 1
+    annotated: bool = True        # every output names its input (seq)
+    other_packets: int = 0        # packets on internal links (not checked)
+    foreign_blocks: int = 0       # other tools' custom blocks (skipped)
+    output_path: str | None = None
+
+    def flow_of(self, key):
+        return key[2] if key[0] == "raw" else key[:5]
+
+
+def configured_chain(text: str, params: list[str]) -> Chain:
+    """The chain `text` (e.g. firewall>nat>lb) with `NF.NAME=VALUE` parameters applied; NF is an
+    instance name (nat, nat#2) or an NF's name (every instance of it). ReplayInputError if the
+    chain or a parameter is not valid."""
+    try:
+        plain = Chain.parse(text, lookup)
+    except (KeyError, ModelError) as e:
+        raise ReplayInputError(f"chain {text!r}: {e.args[0] if e.args else e}") from None
+    values: dict[str, dict] = {name: {} for name in plain.members}
+    for setting in params:
+        m = re.fullmatch(r"\s*([^=\s]+)\.([A-Za-z_][A-Za-z0-9_]*)\s*=(.*)", setting)
+        if not m:
+            raise ReplayInputError(f"--param {setting!r}: write NF.NAME=VALUE, e.g. nat.ports=64512")
+        target = m.group(1)
+        names = [n for n, mem in plain.members.items() if n == target] or \
+                [n for n, mem in plain.members.items() if getattr(mem.nf, "name", None) == target]
+        if not names:
+            raise ReplayInputError(f"--param {setting!r}: the chain {text!r} has no instance or NF {target!r}; "
+                                   f"instances: {', '.join(plain.members)}")
+        for n in names:
+            values[n][m.group(2)] = m.group(3).strip()
+    try:
+        configured = iter([mem.nf.configure(values[n]) for n, mem in plain.members.items()])
+        return Chain.parse(text, lambda ref: next(configured))
+    except ParamError as e:
+        raise ReplayInputError(str(e)) from None
+
+
+def _same_chain(a: str, b: str) -> bool:
+    return re.sub(r"\s+", "", a) == re.sub(r"\s+", "", b)
+
+
+class _Builder:
+    """Turns packets into Inputs/Outputs as they are read."""
+
+    def __init__(self, rec: Recording, sides: Sides):
+        self.rec, self.sides = rec, sides
+        self.last_time = None
+        self.keyer = FlowKeyer()
+        self.egresses = set(rec.chain.egress_names)
+        self.by_seq: dict = {}      # seq -> list of (egress, key) seen (for duplicates)
+
+    def add_input(self, seq, time_ns, data, wirelen, linktype, side, number):
+        parsed = parse_frame(linktype, data, wirelen)
+        if side is None:
+            side = "outside" if self.sides.inbound(parsed) else "inside"
+        if self.last_time is not None and time_ns < self.last_time:
+            time_ns = self.last_time
+        self.last_time = time_ns
+        v = view(parsed, wirelen, side == "outside")
+        raw = ("raw", bytes(data), parsed.flow_key) if v is OUTSIDE else None
+        self.rec.inputs.append(Input(seq, time_ns, side, v, number, raw))
+
+    def add_output(self, egress, seq, out_index, instance, time_ns, data, wirelen, linktype, number, where):
+        if egress not in self.egresses:
+            raise ReplayInputError(f"{where}: an output on egress {egress!r}, but the chain "
+                                   f"{self.rec.chain_text!r} has egresses {', '.join(self.rec.chain.egress_names)}; "
+                                   f"is --chain right?")
+        parsed = parse_frame(linktype, data, wirelen)
+        v = view(parsed, wirelen, False)
+        key = observable(v) if not (v is OUTSIDE or isinstance(v, Drop)) else ("raw", bytes(data), parsed.flow_key)
+        seen = self.by_seq.setdefault(seq, []) if seq is not None else None
+        duplicate = seen is not None and (egress, key) in seen
+        if seen is not None:
+            seen.append((egress, key))
+        self.rec.outputs.append(Output(egress, key, seq, out_index, instance, time_ns, number, duplicate,
+                                       len(self.rec.outputs)))
+
+
+def load_trace(path: str, chain_text: str | None = None, params: list[str] | None = None,
+               inside=None, progress=None) -> Recording:
+    """Read a trace. `chain_text` must match the run header's chain (if given); `params` add to
+    (and override) the header's; `inside` overrides the header's inside networks."""
+    try:
+        with open(path, "rb") as f:
+            magic = f.read(4)
+        if magic in PCAP_MAGICS:
+            raise ReplayInputError(f"{path}: offset 0: not an nfproof trace: a classic pcap capture (traces are pcapng)")
+        trace = read_trace(path)
+    except FormatError as e:
+        raise ReplayInputError(str(e)) from None
+    except OSError as e:
+        raise ReplayInputError(f"{path}: cannot read: {e.strerror}") from None
+    header = trace.header
+    if chain_text is not None and not _same_chain(chain_text, header.chain):
+        trace.close()
+        raise ReplayInputError(f"{path}: the run header names chain {header.chain!r}, --chain says {chain_text!r}; "
+                               f"drop --chain or give the trace's")
+    fields = header.fields if isinstance(header.fields, dict) else {}
+    recorded = fields.get("params", [])
+    recorded = [str(p) for p in recorded] if isinstance(recorded, list) else []
+    chain = configured_chain(header.chain, recorded + list(params or []))
+    rec = Recording(str(path), header.chain, chain, recorded + list(params or []), header.strategy, fields)
+    nets = inside if inside is not None else fields.get("inside") or DEFAULT_INSIDE
+    try:
+        sides = Sides(nets)
+    except ValueError as e:
+        raise ReplayInputError(f"{path}: {e}") from None
+    b = _Builder(rec, sides)
+    number, inputs_seen = 0, 0
+    try:
+        for item in trace:
+            if isinstance(item, TraceEvent):
+                rec.events.append(Event(item.kind, item.time_ns, item.instance, item.fields, number))
+                continue
+            number += 1
+            if progress and number % 65536 == 0:
+                progress(number)
+            name = item.interface
+            rec.linktype = item.linktype
+            if name == "ingress" or name.startswith("ingress:"):
+                side = {"ingress": None, "ingress:inside": "inside", "ingress:outside": "outside"}.get(name)
+                if name not in ("ingress", "ingress:inside", "ingress:outside"):
+                    raise ReplayInputError(f"{path}: packet {number} is on interface {name!r}; ingress interfaces are "
+                                           f"'ingress', 'ingress:inside' and 'ingress:outside'")
+                seq = item.seq if item.seq is not None else inputs_seen
+                inputs_seen += 1
+                b.add_input(seq, item.time_ns, item.data, item.wirelen, item.linktype, side, number)
+            elif name.startswith("egress:"):
+                if item.seq is None:
+                    rec.annotated = False
+                b.add_output(name[len("egress:"):], item.seq, item.out_index, item.instance, item.time_ns,
+                             item.data, item.wirelen, item.linktype, number, f"{path}: packet {number}")
+            else:
+                rec.other_packets += 1
+    except FormatError as e:
+        raise ReplayInputError(f"{e} (the trace is corrupt after packet {number}; the first {number} packets "
+                               f"were read)") from None
+    rec.foreign_blocks = trace.foreign_blocks
+    _finish(rec, fields.get("t0_ns"))
+    return rec
+
+
+def _finish(rec: Recording, t0) -> None:
+    rec.t0_ns = t0 if isinstance(t0, int) else (rec.inputs[0].time_ns if rec.inputs else 0)
+    seqs = set()
+    for u in rec.inputs:
+        if u.seq in seqs:
+            raise ReplayInputError(f"{rec.path}: packet {u.number}: a second input with seq {u.seq}")
+        seqs.add(u.seq)
+    rec.inputs.sort(key=lambda u: u.seq)
+
+
+def load_captures(input_path: str, outputs: list[tuple[str | None, str]], chain_text: str, params=(),
+                  inside=None) -> Recording:
+    """An input capture (every frame an input, side by source address) and output captures:
+    (egress, path) pairs; egress None: a pcapng's `egress:NAME` interfaces name it, else an
+    output goes to `inside` if its destination is an inside address, else to `outside`."""
+    chain = configured_chain(chain_text, list(params))
+    rec = Recording(input_path, chain_text, chain, list(params), "unknown", annotated=False,
+                    output_path=", ".join(p for _, p in outputs))
+    try:
+        sides = Sides(inside or DEFAULT_INSIDE)
+    except ValueError as e:
+        raise ReplayInputError(str(e)) from None
+    b = _Builder(rec, sides)
+    for number, (rec_, _) in enumerate(_records(input_path, rec), 1):
+        b.add_input(number - 1, rec_.time_ns or 0, rec_.data, rec_.wirelen, rec_.linktype, None, number)
+        rec.linktype = rec_.linktype
+    egresses = chain.egress_names
+    for egress, path in outputs:
+        for number, (r, iface_name) in enumerate(_records(path, rec), 1):
+            target = egress
+            if target is None and iface_name and iface_name.startswith("egress:"):
+                target = iface_name[len("egress:"):]
+            if target is None:
+                parsed = parse_frame(r.linktype, r.data, r.wirelen)
+                to_inside = sides.inside_address(parsed.ip_version, parsed.dst)
+                target = "inside" if to_inside and "inside" in egresses else "outside"
+            b.add_output(target, None, None, "", r.time_ns or 0, r.data, r.wirelen, r.linktype, number,
+                         f"{path}: packet {number}")
+    _finish(rec, None)
+    return rec
+
+
+def _records(path: str, rec: Recording):
+    """(Record, interface name) of every packet of a capture; other tools' blocks skipped."""
+    try:
+        reader = open_capture(path)
+    except FormatError as e:
+        raise ReplayInputError(str(e)) from None
+    except OSError as e:
+        raise ReplayInputError(f"{path}: cannot read: {e.strerror}") from None
+    try:
+        with reader:
+            for item in reader.items() if hasattr(reader, "items") else reader:
+                if type(item) is CustomBlock:
+                    rec.foreign_blocks += 1
+                    continue
+                if type(item) is Record:
+                    yield item, reader.interfaces[item.interface].name if reader.interfaces else None
+    except FormatError as e:
+        raise ReplayInputError(str(e)) from None
+
+
+def lossable_inputs(rec: Recording) -> None:
+    """Mark the inputs in flight at a crash (loss-at-failover): those not released when an
+    instance failed -- no output of them or of a later input came out before the failure event
+    -- that arrived before the next failover event (or before the end, without one)."""
+    outputs = sorted((o.number, o.seq) for o in rec.outputs if o.seq is not None)
+    for k, failure in enumerate(rec.events):
+        if failure.kind != "failure":
+            continue
+        released = max((seq for number, seq in outputs if number <= failure.after_packet), default=-1)
+        recovery = next((e.after_packet for e in rec.events[k + 1:] if e.kind == "failover"), None)
+        for u in rec.inputs:
+            if u.seq > released and (recovery is None or u.number <= recovery):
+                u.lossable = True

@@ -1,0 +1,696 @@
+"""The search of trace replay: is there a failure-free execution of the chain, on these inputs,
+whose outputs match the observed ones? (One partition of a trace, or a whole one.)
+
+Inputs are taken in order. For each, the alternatives of a failure-free execution are its
+processing time t in [max(a_i, previous t), a_i + S] (only if the step reads the clock; one
+candidate per clock tick class, earliest first, then the latest, then the others) and its
+nondeterministic choices, inferred from the outputs that reveal them: a choice's candidates are
+the value logged for it (choice events), the domain's values that appear in this input's observed
+outputs, then in later outputs of the partition, then -- for a small domain (<= SMALL_DOMAIN
+values) -- every other value, for a large one a single value no output shows (values a model only
+stores, compares and copies are interchangeable; this is the one assumption inference makes), and,
+in a partitioned check, "the pool is exhausted" (decided later against every partition's use of
+the pool). An input in flight at a crash (under loss-at-failover) may also have been lost.
+
+The matching of an input's outputs is `equivalence.compare` against the observed outputs that
+name it (`aligned`) or, for captures without that annotation, against the next observed outputs
+of each channel (`positional`).
+
+Search: depth first, with conflict-directed backjumping. Every value written into the state
+remembers the decisions (earlier inputs with alternatives left) it depends on: those of every
+value the writing step read, and of the times and choices that were forced by failures. When all
+alternatives of an input fail, the search jumps back to the latest decision in the union of what
+the failed attempts read, skipping decisions that cannot change the outcome (another flow's clock
+reads, say). No decision left: the trace is not explained (a violation at the deepest input
+reached). State changes are undone from a journal, so nothing is copied. The search keeps at most
+HORIZON open decisions (memory stays flat on long traces); a conflict that reaches past them, or a
+search that runs out of its attempt budget, is `unknown`, never a guess."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..models import concrete
+from ..models.api import Map, Set
+from ..models.concrete import Cell, DictMap, PySet, step
+from .equivalence import Equivalence, Mismatch, compare
+from .frames import OUTSIDE, Drop, observable
+
+NS = 1_000_000_000
+SMALL_DOMAIN = 64       # domains at most this big have every value tried
+LOOKAHEAD = 64          # observed values of later outputs offered to a choice
+HORIZON = 20_000        # open decisions kept (older ones are committed: completeness is lost there)
+MAX_DEPS = 256          # decisions a state value remembers (more: the oldest are forgotten, soundly)
+BUDGET = 200_000        # attempts beyond the first of each input before the answer is `unknown`
+MISSING = object()
+FRESH, EXHAUSTED = "fresh", "exhausted"   # candidate markers: a value no output shows; the pool is full
+EMPTY = frozenset()
+FORGOTTEN = -1          # a decision level standing for decisions a capped dependency set dropped
+
+
+class Unknown(Exception):
+    """The search cannot decide (budget, horizon): `reason` says why."""
+
+
+# -- tracked state: undo journal, dependencies, keys touched ------------------------------------------
+class Tracker:
+    """The journal and the dependency bookkeeping shared by every storage of one search."""
+
+    def __init__(self, track_touched: bool = False):
+        self.journal: list = []
+        self.offset = 0                      # journal positions dropped from the front
+        self.writer: dict = {}               # (sid, key) -> frozenset of decision levels
+        self.deps: set = set()               # decisions the running attempt depends on (its reads)
+        self.wrote: list = []                # (sid, key) written by the running attempt
+        self.touched: set | None = set() if track_touched else None
+        self.pool_sids: set = set()          # storages some choice drew free values from
+        self.pool_writes: list = []          # (sid, key, present) of the running attempt, for pool_sids
+
+    def mark(self) -> int:
+        return self.offset + len(self.journal)
+
+    def read(self, sid, key) -> None:
+        d = self.writer.get((sid, key))
+        if d:
+            self.deps |= d
+        if self.touched is not None:
+            self.touched.add((sid, key))
+
+    def write(self, storage, sid, key, old, present: bool = True) -> None:
+        k = (sid, key)
+        self.journal.append((storage, key, old))
+        self.journal.append((None, k, self.writer.get(k)))
+        deps = self.deps
+        if len(deps) > MAX_DEPS:  # the oldest are forgotten: FORGOTTEN stands for them
+            deps = self.deps = set(sorted(deps)[-MAX_DEPS:]) | {FORGOTTEN}
+        self.writer[k] = frozenset(deps) if deps else EMPTY
+        self.wrote.append(k)
+        if self.touched is not None:
+            self.touched.add(k)
+        if sid in self.pool_sids:
+            self.pool_writes.append((sid, key, present))
+
+    def undo(self, mark: int) -> None:
+        journal, writer, keep = self.journal, self.writer, mark - self.offset
+        while len(journal) > keep:
+            storage, key, old = journal.pop()
+            if storage is None:
+                if old is None:
+                    writer.pop(key, None)
+                else:
+                    writer[key] = old
+            else:
+                storage.restore(key, old)
+
+    def forget_before(self, mark: int) -> None:
+        """Journal entries before `mark` will never be undone."""
+        drop = mark - self.offset
+        if drop > 0:
+            del self.journal[:drop]
+            self.offset = mark
+
+
+class TrackedMap(DictMap):
+    def __init__(self, decl, tracker: Tracker, sid):
+        super().__init__(decl)
+        self.tracker, self.sid = tracker, sid
+
+    def get(self, key, default=None):
+        k = concrete.wrap(self.decl.key, key)
+        self.tracker.read(self.sid, k)
+        return dict.get(self, k, default)
+
+    def __getitem__(self, key):
+        k = concrete.wrap(self.decl.key, key)
+        self.tracker.read(self.sid, k)
+        return DictMap.__getitem__(self, k)
+
+    def __contains__(self, key) -> bool:
+        k = concrete.wrap(self.decl.key, key)
+        self.tracker.read(self.sid, k)
+        return dict.__contains__(self, k)
+
+    def __setitem__(self, key, value):
+        k = concrete.wrap(self.decl.key, key)
+        self.tracker.write(self, self.sid, k, dict.get(self, k, MISSING))
+        DictMap.__setitem__(self, k, value)
+
+    def __delitem__(self, key):
+        k = concrete.wrap(self.decl.key, key)
+        if dict.__contains__(self, k):
+            self.tracker.write(self, self.sid, k, dict.__getitem__(self, k), False)
+            DictMap.__delitem__(self, k)
+
+    def has(self, key) -> bool:
+        """Membership without a dependency (the pool check accounts for it)."""
+        return dict.__contains__(self, key)
+
+    def restore(self, key, old) -> None:
+        if old is MISSING:
+            DictMap.__delitem__(self, key)
+        else:
+            DictMap.__setitem__(self, key, old)
+
+
+class TrackedSet(PySet):
+    def __init__(self, decl, tracker: Tracker, sid):
+        super().__init__(decl)
+        self.tracker, self.sid = tracker, sid
+
+    def __contains__(self, key) -> bool:
+        k = concrete.wrap(self.decl.key, key)
+        self.tracker.read(self.sid, k)
+        return set.__contains__(self, k)
+
+    def add(self, key):
+        k = concrete.wrap(self.decl.key, key)
+        if not set.__contains__(self, k):
+            self.tracker.write(self, self.sid, k, MISSING)
+            PySet.add(self, k)
+
+    def discard(self, key):
+        k = concrete.wrap(self.decl.key, key)
+        if set.__contains__(self, k):
+            self.tracker.write(self, self.sid, k, True, False)
+            PySet.discard(self, k)
+
+    def has(self, key) -> bool:
+        return set.__contains__(self, key)
+
+    def restore(self, key, old) -> None:
+        if old is MISSING:
+            PySet.discard(self, key)
+        else:
+            PySet.add(self, key)
+
+
+class TrackedCell(Cell):
+    def __init__(self, width: int, tracker: Tracker, sid):
+        super().__init__(width)
+        self.tracker, self.sid = tracker, sid
+
+    @property
+    def value(self) -> int:
+        self.tracker.read(self.sid, None)
+        return self._value
+
+    @value.setter
+    def value(self, v: int) -> None:
+        self.tracker.write(self, self.sid, None, self._value)
+        self._value = v & self.mask
+
+    def restore(self, key, old) -> None:
+        self._value = old
+
+
+def tracked_state(chain, tracker: Tracker) -> dict:
+    """instance -> {declaration: tracked storage}; storage ids are (instance, declaration)."""
+    out = {}
+    for name, member in chain.members.items():
+        out[name] = {}
+        for decl_name, decl in member.nf.declarations().items():
+            sid = (name, decl_name)
+            if isinstance(decl, Map):
+                out[name][decl_name] = TrackedMap(decl, tracker, sid)
+            elif isinstance(decl, Set):
+                out[name][decl_name] = TrackedSet(decl, tracker, sid)
+            else:
+                out[name][decl_name] = TrackedCell(decl.kind.width, tracker, sid)
+    return out
+
+
+# -- the problem and the result ---------------------------------------------------------------------
+@dataclass
+class Problem:
+    """What one search checks. `units`: the inputs in order (objects with seq, time_ns, side, view,
+    raw_key, lossable). `observed`: aligned, seq -> [(egress, key)] in trace order; positional,
+    channel -> [(trace index, key, duplicate?)]. Times in ns (t0_ns: the run's clock origin,
+    stall_ns: S). Hints: `logged` / `logged_clock`, (seq, instance) -> values of choice events;
+    `shown_values`: every value observed outputs show (a fresh choice avoids them)."""
+
+    chain: object
+    units: list
+    observed: dict
+    eq: Equivalence
+    t0_ns: int
+    stall_ns: int
+    aligned: bool = True
+    partitioned: bool = False
+    flow_of: object = None
+    logged: dict = field(default_factory=dict)
+    logged_clock: dict = field(default_factory=dict)
+    shown_values: frozenset = frozenset()
+    lower_bounds: dict = field(default_factory=dict)   # unit index -> earliest processing time allowed
+    budget: int = BUDGET
+    outside_routes: dict = field(default_factory=dict)  # side -> (egress or None, instance)
+
+
+@dataclass
+class Attempt:
+    """One alternative tried for an input: when it was processed, what it chose, what it emitted,
+    and (if it did not match) how."""
+
+    time_ns: int | None
+    choices: list = field(default_factory=list)    # [(instance, value)]
+    produced: list = field(default_factory=list)   # [(egress, key)]
+    mismatch: object = None
+    lost: bool = False
+    clock: bool = False
+    drops: list = field(default_factory=list)
+    pool: list = field(default_factory=list)       # pool events: ("choose", sid, value, (base, size)) / ("set", sid, key, present)
+
+
+@dataclass
+class Outcome:
+    verdict: str                    # explained | violation | unknown
+    reason: str = ""
+    failed_unit: int | None = None  # the deepest input (index into units) whose every alternative failed
+    attempts: list = field(default_factory=list)   # the alternatives tried there, the preferred first
+    touched: set | None = None      # (storage id, key) read or written (partitioned checks)
+    pool: dict = field(default_factory=dict)       # unit index -> pool events of its explanation
+    late: dict = field(default_factory=dict)       # unit index -> processing time, where later than arrival
+    clocked: bytearray = field(default_factory=bytearray)  # per unit: 1 if its step read the clock
+    extra_attempts: int = 0
+    diagnosis: object = None        # filled by the caller (replay.py) for a violation
+
+
+class _Frame:
+    __slots__ = ("i", "mark", "tprev", "tdeps", "lo", "times", "ti", "pending", "conflicts", "lost_done",
+                 "first")
+
+    def __init__(self, i, mark, tprev, tdeps, lo):
+        self.i, self.mark, self.tprev, self.tdeps, self.lo = i, mark, tprev, tdeps, lo
+        self.times, self.ti, self.pending = None, 0, [()]
+        self.conflicts: set = set()
+        self.lost_done, self.first = False, True
+
+    def has_more(self, lossable: bool) -> bool:
+        return bool(self.pending) or (self.times is not None and self.ti + 1 < len(self.times)) \
+            or (lossable and not self.lost_done)
+
+
+class _Skip(Exception):
+    """This alternative does not exist after all (a fresh value when none is left)."""
+
+
+class _Chooser:
+    """Gives a step its choices: follows a decision prefix, then takes the first candidate and
+    queues the others on the frame (models/concrete.backtrack's scheme, with inferred candidates)."""
+
+    def __init__(self, search: "Search", frame: _Frame, prefix: tuple, unit):
+        self.search, self.frame, self.prefix, self.unit = search, frame, prefix, unit
+        self.taken: list = []
+        self.made: list = []       # (instance, value)
+        self.per_instance: dict = {}
+        self.instance = None
+
+    def _decide(self, candidates: list, fresh):
+        k = len(self.taken)
+        if k < len(self.prefix):
+            index = self.prefix[k]
+        else:
+            index = 0
+            self.frame.pending.extend(tuple(self.taken) + (j,) for j in range(len(candidates) - 1, 0, -1))
+        self.taken.append(index)
+        value = candidates[index]
+        if value is FRESH:
+            value = fresh()
+            if value is None:
+                raise _Skip()
+        return value
+
+    def __call__(self, values: list):          # an explicit domain: its concrete values (never empty)
+        def fresh():
+            shown = self.search.problem.shown_values
+            return next((v for v in values if v not in shown), None)
+        cands = self.search.candidates(self, values.__contains__, values if len(values) <= SMALL_DOMAIN else None,
+                                       False)
+        value = self._decide(cands, fresh)
+        self.made.append((self.instance, value))
+        return value
+
+    def choose_domain(self, domain):            # a pool domain: [base, base+size), minus `used`'s keys
+        base, size = domain.pool
+        used = domain.used
+        search = self.search
+        if used is None:
+            def available(v):
+                return base <= v < base + size
+        else:
+            has = used.has if hasattr(used, "has") else used.__contains__
+            sid = getattr(used, "sid", None)
+            search.tracker.pool_sids.add(sid)
+
+            def available(v):
+                return base <= v < base + size and not has(v)
+            if domain.exhausted():
+                search.pool_events.append(("choose", sid, None, (base, size)))
+                return None
+        small = range(base, base + size) if size <= SMALL_DOMAIN else None
+        shared = search.problem.partitioned and used is not None
+        cands = search.candidates(self, available, small, shared)
+        value = self._decide(cands, lambda: search.fresh(base, size, available))
+        if used is not None:
+            search.pool_events.append(("choose", sid, None if value is EXHAUSTED else value, (base, size)))
+        if value is EXHAUSTED:
+            return None
+        self.made.append((self.instance, value))
+        return value
+
+
+class Search:
+    def __init__(self, problem: Problem):
+        self.problem = p = problem
+        self.chain, self.units, self.eq = p.chain, p.units, p.eq
+        self.tracker = Tracker(track_touched=p.partitioned)
+        self.state = tracked_state(p.chain, self.tracker)
+        self.members = p.chain.members
+        self.tps = sorted({getattr(m.nf, "ticks_per_second", 1) for m in self.members.values()})
+        self.tprev, self.tdeps = None, EMPTY
+        self.extra = 0
+        self.deepest: tuple = (-1, [])   # (unit index, [Attempt]) of the deepest failure
+        self.pool_events: list = []
+        self.positions: dict = {}        # positional matching: channel -> next observed index
+        self.stack: list = []
+        self._revealed: dict = {}
+        self._ahead: dict = {}
+        self.stop_at = None              # run() stops when it reaches this unit (to diagnose it)
+
+    # -- candidates for a choice ---------------------------------------------------------------------
+    def candidates(self, chooser: _Chooser, available, small, shared: bool) -> list:
+        unit, p, out, seen = chooser.unit, self.problem, [], set()
+
+        def offer(v):
+            if v not in seen and isinstance(v, int) and available(v):
+                seen.add(v)
+                out.append(v)
+
+        k = chooser.per_instance.get(chooser.instance, 0)
+        chooser.per_instance[chooser.instance] = k + 1
+        logged = p.logged.get((unit.seq, chooser.instance))
+        if logged and k < len(logged):
+            offer(logged[k])
+        for v in self.revealed(chooser.frame.i):
+            offer(v)
+        for v in self.ahead(chooser.frame.i):
+            offer(v)
+        if small is not None:
+            for v in small:
+                offer(v)
+        else:
+            out.append(FRESH)
+        if shared:
+            out.append(EXHAUSTED)
+        return out
+
+    def revealed(self, i: int) -> list:
+        got = self._revealed.get(i)
+        if got is None:
+            got = self._revealed[i] = _values(self._observed_for(i))
+        return got
+
+    def ahead(self, i: int) -> list:
+        got = self._ahead.get(i)
+        if got is None:
+            values, j = [], i + 1
+            while j < len(self.units) and len(values) < LOOKAHEAD and j <= i + LOOKAHEAD:
+                values += _values(self._observed_for(j))
+                j += 1
+            got = self._ahead[i] = values[:LOOKAHEAD]
+        return got
+
+    def _observed_for(self, i: int):
+        return self.problem.observed.get(self.units[i].seq, ()) if self.problem.aligned else ()
+
+    def fresh(self, base: int, size: int, available):
+        """A value of [base, base+size) that no observed output shows and the state has free."""
+        shown = self.problem.shown_values
+        for v in range(base, base + size):
+            if v not in shown and available(v):
+                return v
+        return None
+
+    # -- one attempt -----------------------------------------------------------------------------------
+    def execute(self, unit, t, chooser) -> tuple[list, list, bool]:
+        """Runs one input through the chain at time t: (produced [(egress, key)], drops, read clock)."""
+        view = unit.view
+        if isinstance(view, Drop):
+            return [], [view.reason], False
+        if view is OUTSIDE:
+            egress, instance = self.problem.outside_routes[unit.side]
+            if egress is None:
+                return [], [f"{instance}: outside the model" if instance else f"the chain has no {unit.side} ingress"], False
+            return [(egress, unit.raw_key)], [], False
+        produced, drops, clock = [], [], [False]
+        t0 = self.problem.t0_ns
+
+        def process(instance, pkt):
+            member = self.members[instance]
+            chooser.instance = instance
+            tps = member.nf.ticks_per_second
+
+            def now():
+                clock[0] = True
+                return (t - t0) * tps // NS
+            res = step(member.nf, self.state[instance], pkt, chooser, now)
+            drops.extend(f"{instance}: {r}" for r in res.drops)
+            return res.outputs
+
+        self.chain.route(view, process, lambda pkt, egress: produced.append((egress, observable(pkt.wrapped()))),
+                         drops.append)
+        return produced, drops, clock[0]
+
+    def match(self, unit, produced: list):
+        """None if the input's outputs match what was observed for it, else the Mismatch."""
+        p = self.problem
+        if p.aligned:
+            observed = p.observed.get(unit.seq, [])
+            if produced == observed:
+                return None
+            return compare(observed, produced, self.eq, flow_of=p.flow_of,
+                           lossable=(lambda k: True) if unit.lossable else None)
+        return self._match_positional(produced)
+
+    def _match_positional(self, produced):
+        observed, positions, eq, p = self.problem.observed, self.positions, self.eq, self.problem
+        for egress, key in produced:
+            channel = eq.channel(egress, key, p.flow_of)
+            queue = observed.get(channel, ())
+            k = positions.get(channel, 0)
+            while k < len(queue) and queue[k][1] != key and eq.allow_duplicates and queue[k][2]:
+                k += 1
+            if k >= len(queue) or queue[k][1] != key:
+                return Mismatch(channel, queue[k][0] if k < len(queue) else None, None, [key])
+            self.tracker.journal.append((self, channel, positions.get(channel, MISSING)))
+            positions[channel] = k + 1
+        return None
+
+    def restore(self, channel, old) -> None:  # the journal's protocol, for positional pointers
+        if old is MISSING:
+            self.positions.pop(channel, None)
+        else:
+            self.positions[channel] = old
+
+    def attempt(self, f: _Frame, unit, t, prefix, lost: bool) -> Attempt | None:
+        """Try one alternative; on success the state is left as it made it and the Attempt returned."""
+        tr = self.tracker
+        tr.deps, tr.wrote, tr.pool_writes = set(), [], []
+        self.pool_events = []
+        if lost:
+            att = Attempt(None, lost=True)
+        else:
+            chooser = _Chooser(self, f, prefix, unit)
+            try:
+                produced, drops, clocked = self.execute(unit, t, chooser)
+            except _Skip:
+                return None
+            att = Attempt(t, chooser.made, produced, clock=clocked, drops=drops)
+            if f.first:
+                f.first = False
+                if clocked:
+                    f.times = self.time_candidates(unit, f.lo)
+        att.mismatch = self.match(unit, att.produced)
+        if att.mismatch is None:
+            if self.pool_events or tr.pool_writes:
+                att.pool = self.pool_events + [("set",) + w for w in tr.pool_writes]
+            return att
+        f.conflicts |= tr.deps
+        if f.lo > unit.time_ns:
+            f.conflicts |= f.tdeps
+        if not self.problem.aligned and self.stack:
+            f.conflicts.add(self.stack[-1].i)  # positional: matching depends on every earlier input
+        self._note_failure(f.i, att)
+        return None
+
+    def _note_failure(self, i, att) -> None:
+        if i > self.deepest[0]:
+            self.deepest = (i, [])
+        if i == self.deepest[0] and len(self.deepest[1]) < 8:
+            self.deepest[1].append(att)
+
+    def time_candidates(self, unit, lo: int) -> list:
+        """One processing time per class of equal clock readings in [lo, a_i + S] (its earliest
+        time): lo's class first, then the latest, then a logged clock read's, then the rest."""
+        hi = unit.time_ns + self.problem.stall_ns
+        t0, starts = self.problem.t0_ns, {lo}
+        for tps in self.tps:
+            tick = (lo - t0) * tps // NS + 1
+            while True:
+                start = t0 + -(-tick * NS // tps)
+                if start > hi:
+                    break
+                starts.add(start)
+                tick += 1
+                if len(starts) > 100_000:
+                    raise Unknown(f"input {unit.seq}: more than 100000 distinct clock readings in its window")
+        ordered = sorted(starts)
+        out = [ordered[0]] + ([ordered[-1]] if len(ordered) > 1 else [])
+        for (seq, instance), values in self.problem.logged_clock.items():
+            if seq != unit.seq or instance not in self.members:
+                continue
+            tps = self.members[instance].nf.ticks_per_second
+            for tick in values:
+                t = next((t for t in ordered if (t - t0) * tps // NS == tick), None)
+                if t is not None and t not in out:
+                    out.insert(1, t)
+        return out + [t for t in ordered if t not in out]
+
+    def advance(self, f: _Frame) -> Attempt | None:
+        """The next alternative of input f.i that matches (state left as it made it), or None."""
+        unit = self.units[f.i]
+        while True:
+            if not f.pending and f.times is not None and f.ti + 1 < len(f.times):
+                f.ti += 1
+                f.pending = [()]
+            if f.pending:
+                prefix = f.pending.pop()
+                t = f.times[f.ti] if f.times is not None else f.lo
+                lost = False
+            elif unit.lossable and not f.lost_done:
+                f.lost_done, prefix, t, lost = True, (), f.lo, True
+            else:
+                return None
+            if not f.first:
+                self.extra += 1
+                if self.extra > self.problem.budget:
+                    raise Unknown(f"the search tried {self.problem.budget} alternatives beyond the first "
+                                  f"(at input {unit.seq}) without deciding")
+            self.tracker.undo(f.mark)
+            self.tprev, self.tdeps = f.tprev, f.tdeps
+            att = self.attempt(f, unit, t, prefix, lost)
+            if att is not None:
+                return att
+
+    def _commit(self, f: _Frame, att: Attempt) -> bool:
+        """After a successful attempt: what its writes and its time depend on; returns whether
+        input f.i stays an open decision."""
+        unit = self.units[f.i]
+        branch = f.has_more(unit.lossable)
+        forced = set(f.conflicts)   # why the alternatives before this one failed
+        if branch:
+            forced.add(f.i)
+        if forced:
+            writer = self.tracker.writer
+            for k in self.tracker.wrote:
+                writer[k] = writer[k] | forced
+        t = f.lo if att.lost or not att.clock else att.time_ns
+        if t == unit.time_ns:
+            self.tdeps = EMPTY
+        elif t == f.lo:
+            self.tdeps = f.tdeps
+        else:
+            self.tdeps = frozenset(forced) | (f.tdeps if f.lo > unit.time_ns else EMPTY)
+        self.tprev = t if not att.lost else f.tprev
+        return branch
+
+    def run(self) -> Outcome:
+        """The search; with `stop_at` set, returns None when it first reaches that unit (its
+        state then is the one in which it first failed there: see replay.diagnose)."""
+        units, n, stack = self.units, len(self.units), self.stack
+        horizon_floor, pool, late, clocked = FORGOTTEN, {}, {}, bytearray(n)
+        stall = self.problem.stall_ns
+        i = 0
+        try:
+            while i < n:
+                if i == self.stop_at:
+                    return None
+                unit = units[i]
+                lo = unit.time_ns if self.tprev is None or self.tprev < unit.time_ns else self.tprev
+                bound = self.problem.lower_bounds.get(i)
+                if bound is not None and bound > lo:
+                    lo = bound
+                f = _Frame(i, self.tracker.mark(), self.tprev, self.tdeps, lo)
+                if lo <= unit.time_ns + stall:
+                    att = self.advance(f)
+                else:  # an earlier input's time leaves this one no time in its window
+                    att = None
+                    f.conflicts |= self.tdeps
+                    self._note_failure(i, Attempt(lo, mismatch="window"))
+                while att is None:  # conflict-directed backjumping
+                    conflicts = f.conflicts
+                    if not conflicts:
+                        return self._outcome("violation", "", late, pool, clocked)
+                    h = max(conflicts)
+                    if h <= horizon_floor:
+                        raise Unknown(f"explaining input {units[self.deepest[0]].seq} needs a decision the search "
+                                      f"no longer keeps open (it keeps the latest {HORIZON}, and {MAX_DEPS} per value)")
+                    while stack[-1].i > h:
+                        stack.pop()
+                    g = stack[-1]
+                    g.conflicts |= conflicts - {h}
+                    for k in [k for k in late if k >= h]:
+                        del late[k]
+                    for k in [k for k in pool if k >= h]:
+                        del pool[k]
+                    att = self.advance(g)
+                    stack.pop()
+                    f = g
+                if self._commit(f, att):
+                    stack.append(f)
+                    if len(stack) > HORIZON:
+                        horizon_floor = max(horizon_floor, stack.pop(0).i)
+                        self.tracker.forget_before(stack[0].mark)
+                elif not stack:
+                    self.tracker.forget_before(self.tracker.mark())
+                if att.pool:
+                    pool[f.i] = att.pool
+                if att.clock:
+                    clocked[f.i] = 1
+                    if att.time_ns > units[f.i].time_ns:
+                        late[f.i] = att.time_ns
+                i = f.i + 1
+        except Unknown as e:
+            return self._outcome("unknown", str(e), late, pool, clocked)
+        if not self.problem.aligned:
+            leftover = self._positional_leftover()
+            if leftover is not None:
+                self.deepest = (n, [Attempt(None, mismatch=leftover)])
+                return self._outcome("violation", "", late, pool, clocked)
+        return self._outcome("explained", "", late, pool, clocked)
+
+    def _outcome(self, verdict, reason, late, pool, clocked) -> Outcome:
+        i, attempts = self.deepest
+        failed = i if verdict != "explained" and i >= 0 else None
+        return Outcome(verdict, reason, failed, attempts if failed is not None else [], self.tracker.touched,
+                       pool, late, clocked, self.extra)
+
+    def _positional_leftover(self):
+        for channel, queue in self.problem.observed.items():
+            k = self.positions.get(channel, 0)
+            while k < len(queue) and self.eq.allow_duplicates and queue[k][2]:
+                k += 1
+            if k < len(queue):
+                return Mismatch(channel, queue[k][0], None, [])
+        return None
+
+
+def _values(observed) -> list:
+    """The field values observed outputs show, in order (candidates for inferred choices)."""
+    out = []
+    for _, key in observed:
+        if key and key[0] != "raw":
+            out.extend(key[1:5])
+    return out
+
+
+def search(problem: Problem) -> Outcome:
+    return Search(problem).run()
