@@ -3,7 +3,9 @@ frames against tshark's own dissection, write-back with incremental checksums wh
 tshark checks independently (every checksum that was valid stays valid; fields read back as
 written), the errors for changes a frame cannot carry, and side classification.
 
-The frame builders here (`eth`, `ipv4`, `tcp`, `udp`, `icmp`) compute every checksum from scratch;
+The builders here extend tests/frames_gen.py (whose `checksum` and `eth` they use) with what these
+tests need: IPv4 options, fragment flags and explicit total lengths, the TCP NS bit, transport
+headers alone (to quote them in ICMP errors); every checksum is computed from scratch.
 tests/test_runtime_pure.py uses them too."""
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ from nfproof.traces.pcap import PcapWriter
 from nfproof.traces.reader import read_records
 
 from captures import capture
+from frames_gen import checksum, eth
 
 TSHARK = shutil.which("tshark")
 needs_tshark = pytest.mark.skipif(TSHARK is None, reason="tshark is not installed (apt-get install tshark, "
@@ -31,17 +34,7 @@ CAPTURES = ["E02_http_49flows.pcap", "E10_dns_icmp.pcap", "E11_icmp_ping_150.pca
             "E05_mixed_v4v6_80flows_ftpdata.pcap", "E20_frag_ipv4_udp_afs.pcap", "T01_snaplen_cut_tcp_878.pcap"]
 
 
-# -- frame builders (checksums from scratch) --------------------------------------------------------
-def checksum(data: bytes) -> int:
-    """The Internet checksum (RFC 1071) of data."""
-    if len(data) % 2:
-        data += b"\0"
-    s = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while s >> 16:
-        s = (s & 0xFFFF) + (s >> 16)
-    return ~s & 0xFFFF
-
-
+# -- frame builders (checksums from scratch; see tests/frames_gen.py) --------------------------------------------------------
 def a(addr) -> int:
     """An IPv4 address (text, 4 bytes or int) as an int."""
     if isinstance(addr, bytes):
@@ -82,22 +75,17 @@ def echo(icmp_type: int, ident: int, seq: int = 1, payload: bytes = b"ping" * 4)
     return icmp(icmp_type, 0, struct.pack("!HH", ident, seq), payload)
 
 
-def eth(l3: bytes, vlans=(), ethertype: int = 0x0800) -> bytes:
-    tags = b"".join(struct.pack("!HH", 0x8100, v) for v in vlans)
-    return b"\x02\0\0\0\0\x01\x02\0\0\0\0\x02" + tags + struct.pack("!H", ethertype) + l3
-
-
 def tcp_frame(src, sport, dst, dport, flags=0x02, payload=b"", vlans=(), **kw) -> bytes:
-    return eth(ipv4(6, src, dst, tcp(src, dst, sport, dport, flags, payload, **kw)), vlans)
+    return eth(ipv4(6, src, dst, tcp(src, dst, sport, dport, flags, payload, **kw)), vlans=vlans)
 
 
 def udp_frame(src, sport, dst, dport, payload=b"data", vlans=(), no_checksum=False) -> bytes:
-    return eth(ipv4(17, src, dst, udp(src, dst, sport, dport, payload, no_checksum)), vlans)
+    return eth(ipv4(17, src, dst, udp(src, dst, sport, dport, payload, no_checksum)), vlans=vlans)
 
 
 def icmp_error(src, dst, quoted_ip: bytes, icmp_type: int = 3, code: int = 3, vlans=()) -> bytes:
     """An ICMP error from src to dst quoting `quoted_ip` (an IPv4 packet, possibly cut)."""
-    return eth(ipv4(1, src, dst, icmp(icmp_type, code, b"\0\0\0\0", quoted_ip)), vlans)
+    return eth(ipv4(1, src, dst, icmp(icmp_type, code, b"\0\0\0\0", quoted_ip)), vlans=vlans)
 
 
 def frames_valid(frame: bytes) -> dict:
