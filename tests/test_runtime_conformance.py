@@ -166,8 +166,8 @@ class Conformance(RuleBasedStateMachine):
                 buf = bytearray(frame)
                 try:
                     frames.write_back(buf, parsed, pkt, out, self.nf_name)
-                except frames.FrameError:
-                    drops.append((i, f"{self.nf_name}: cannot write into the frame"))
+                except frames.FrameError as e:
+                    drops.append((i, f"{self.nf_name}: cannot write {e.field} into the frame"))
                     continue
                 seen = frames.view(parse_frame(1, bytes(buf), len(buf)), out.inbound, len(buf))
                 assert seen == out.rewrite(label=0), f"the frame does not carry the model's output {out}"
