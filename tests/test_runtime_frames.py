@@ -34,7 +34,7 @@ CAPTURES = ["E02_http_49flows.pcap", "E10_dns_icmp.pcap", "E11_icmp_ping_150.pca
             "E05_mixed_v4v6_80flows_ftpdata.pcap", "E20_frag_ipv4_udp_afs.pcap", "T01_snaplen_cut_tcp_878.pcap"]
 
 
-# -- frame builders (checksums from scratch; see tests/frames_gen.py) --------------------------------------------------------
+# -- frame builders (checksums from scratch; see tests/frames_gen.py) ------------------------------
 def a(addr) -> int:
     """An IPv4 address (text, 4 bytes or int) as an int."""
     if isinstance(addr, bytes):
