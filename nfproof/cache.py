@@ -1,10 +1,11 @@
 """Verdicts of `nfproof check` kept between runs, so that an unchanged check costs nothing.
 
-A verdict is stored under a hash of everything it depends on: the source of the verifier and
-the model API (every file of nfproof's models/, verify/ and traces/ packages), the source files of
-the check's NF classes (each class of each chain member's MRO outside nfproof: a user model's
-file), the check's options (`Check.settings`: chain, parameters, strategy, bound, ...), and the
-versions of nfproof, Z3 and Python. File contents are hashed, not times, so a fresh CI checkout
+A verdict is stored under a hash of everything it depends on: the source of the commands, the
+verifier and the model API (every source file of the nfproof package and of its models/, verify/
+and traces/ subpackages), the source files of the check's NF classes (each class of each chain
+member's MRO outside nfproof: a user model's file), a replay check's trace, the check's options
+(`Check.settings`: chain, parameters, strategy, bound, ...), and the versions of nfproof, Z3 and
+Python. File contents are hashed, not times, so a fresh CI checkout
 hits the cache. Only decided verdicts are stored: an unknown (a timeout) is tried again.
 
 The folder (default `.nfproof-cache/` beside the config) holds one JSON file per verdict and a
@@ -22,14 +23,14 @@ import sys
 import tempfile
 
 CACHED_VERDICTS = ("proved", "counterexample", "explained", "violation")
-PACKAGE_FOLDERS = ("models", "verify", "traces")  # nfproof subpackages whose code decides verdicts
+PACKAGE_FOLDERS = ("", "models", "verify", "traces")  # nfproof (the commands) and the subpackages deciding verdicts
 SOURCE_SUFFIXES = (".py", ".pyx", ".pxi")
 
 
 @functools.lru_cache(maxsize=None)
 def _package_folders() -> dict[str, str]:
     import importlib
-    return {name: os.path.dirname(os.path.abspath(importlib.import_module(f"nfproof.{name}").__file__))
+    return {name: os.path.dirname(os.path.abspath(importlib.import_module(f"nfproof.{name}".rstrip(".")).__file__))
             for name in PACKAGE_FOLDERS}
 
 
@@ -70,10 +71,10 @@ def model_files(nf_cls) -> list[str]:
     return sorted(files)
 
 
-def key(nf_cls, settings: dict) -> str:
-    """The cache key of one verifier run: code, model sources and options."""
+def key(nf_cls, settings: dict, inputs: tuple[str, ...] = ()) -> str:
+    """The cache key of one verifier run: code, model sources, options and input files (a trace)."""
     h = hashlib.sha256(_package_digest().encode())
-    for path in model_files(nf_cls):
+    for path in model_files(nf_cls) + list(inputs):
         _hash_file(h, path, os.path.basename(path))
     h.update(json.dumps(settings, sort_keys=True, default=str).encode())
     return h.hexdigest()

@@ -68,7 +68,8 @@ class CheckOutcome:
         parts = []
         for r in self.runs:
             if r.status != "pass":
-                what = f"{self.check.chain} under {r.strategy}" + (f", property {r.property}" if r.property else "")
+                what = f"{self.check.chain} " + ("" if self.check.replay else "under ") + r.strategy + \
+                    (f", property {r.property}" if r.property else "")
                 parts.append(f"{self.check.label}, {what}: expected {self.check.expect}, got {r.verdict}\n{r.text}")
         return "\n\n".join(parts)
 
@@ -85,6 +86,33 @@ def verify(check: Check, strategy: Strategy, prop: str | None):
     from .verify.failover import verify_failover
     return verify_failover(check.nf, strategy, check.bound, budget, check.log_choices, None, check.unbounded,
                            check.failover_time, check.max_stall)
+
+
+REPLAY_VERDICTS = {OK: "explained", VIOLATION: "violation", UNKNOWN: "unknown"}  # by `nfproof replay`'s exit code
+
+
+def replay(check: Check) -> dict:
+    """A replay check's record: `nfproof replay TRACE --chain CHAIN ...` run in this process, its
+    verdict read from its exit code and its text (the violation's story) from what it prints."""
+    import contextlib
+    import io
+
+    from .cli import main
+    from .config import resolved
+
+    argv = ["replay", check.replay["trace"], "--chain", resolved(check.chain, check.base_dir),
+            *[arg for p in check.params for arg in ("--param", p)], "--equivalence", check.equivalence]
+    if check.replay["max_stall"] is not None:
+        argv += ["--max-stall", check.replay["max_stall"]]
+    if check.replay["allow_duplicates"]:
+        argv.append("--allow-duplicates")
+    out, err, start = io.StringIO(), io.StringIO(), time.monotonic()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(argv)
+    text = (out.getvalue() + err.getvalue()).strip()
+    verdict = REPLAY_VERDICTS.get(code, "error")
+    return {"verdict": verdict, "seconds": time.monotonic() - start, "text": text, "data": {"argv": argv, "exit": code},
+            "reason": "" if verdict in ("explained", "violation") else text.splitlines()[0] if text else f"exit {code}"}
 
 
 def record_of(result, prop: str | None, check: Check) -> dict:
@@ -122,18 +150,20 @@ def evaluate(check: Check, cache: verdict_cache.Cache) -> CheckOutcome:
     """Every run of the check, from the cache where nothing it depends on changed."""
     outcome, start = CheckOutcome(check), time.monotonic()
     for strategy, prop in check.runs():
-        run_key = verdict_cache.key(check.nf, check.settings(strategy, prop))
+        inputs = (check.replay["trace"],) if check.replay else ()
+        run_key = verdict_cache.key(check.nf, check.settings(strategy, prop), inputs)
         record, cached = cache.get(run_key), True
         if record is None:
             cached = False
             try:
-                record = record_of(verify(check, strategy, prop), prop, check)
+                record = replay(check) if check.replay else record_of(verify(check, strategy, prop), prop, check)
             except ModelError as e:
                 record = {"verdict": "error", "seconds": 0.0, "reason": str(e), "text": f"model error: {e}", "data": {}}
             cache.put(run_key, record)
         verdict = record["verdict"]
         status = "pass" if verdict == check.expect else verdict if verdict in ("unknown", "error") else "fail"
-        strategy_text = str(strategy) + (" --log-choices" if check.log_choices else "")
+        strategy_text = f"replay {check.replay['shown']}" if check.replay else \
+            str(strategy) + (" --log-choices" if check.log_choices else "")
         outcome.runs.append(RunOutcome(strategy_text, prop, verdict, status, record["seconds"], record["reason"],
                                        record["text"], record["data"], cached))
     outcome.seconds = time.monotonic() - start
@@ -216,7 +246,7 @@ def table(outcomes: list[CheckOutcome], cache: verdict_cache.Cache) -> str:
         c = o.check
         for r in o.runs:
             rows.append((c.name, c.chain, r.strategy + (f" {r.property}" if r.property else ""),
-                         "any" if c.unbounded else str(c.bound), c.expect, r.verdict, f"{r.seconds:.2f}",
+                         "-" if c.replay else "any" if c.unbounded else str(c.bound), c.expect, r.verdict, f"{r.seconds:.2f}",
                          r.status + (" (cached)" if r.cached else "")))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(cell.rjust(w) if i in (3, 6) else cell.ljust(w) for i, (cell, w) in

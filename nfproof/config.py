@@ -36,9 +36,10 @@ KEYS = {  # every key a check may have -> what it holds (for error messages)
     "expect": "proved | counterexample (replay checks: explained | violation)",
     "params": "model parameters: a table NF.NAME = value, or a list of 'NF.NAME=VALUE'",
     "log-choices": "true: the primary logs its choices",
-    "equivalence": "the output equivalence: strict",
+    "equivalence": "the output equivalence: strict (replay checks also per-flow, loss-at-failover)",
     "failover-time": "seconds (or '500ms'): how long a failover takes",
     "max-stall": "seconds (or '500ms'): the stall a failure-free run may have",
+    "allow-duplicates": "true: an output repeated on an egress is no violation (replay check)",
     "property": "a named property of the model (or 'all') instead of output equivalence",
     "mutation": "a known protocol bug to inject (" + ", ".join(MUTATIONS) + ")",
     "timeout": "seconds per strategy (default 60)",
@@ -47,6 +48,7 @@ KEYS = {  # every key a check may have -> what it holds (for error messages)
     "fail": "the failure to inject into the pcap's run, e.g. nat@5000 (replay check)",
 }
 REPLAY_KEYS = ("trace", "pcap", "fail")
+VERIFY_ONLY_KEYS = ("strategy", "bound", "unbounded", "log-choices", "failover-time", "property", "mutation", "timeout")
 
 
 class ConfigError(UsageError):
@@ -65,7 +67,7 @@ class Check:
     name: str
     expect: str
     chain: str                      # as written in the config
-    nf: type[NF] | None = None      # the configured model (None for a replay check)
+    nf: type[NF] | None = None      # the configured model
     strategies: list[Strategy] = field(default_factory=list)
     bound: int = 8
     unbounded: bool = False
@@ -76,19 +78,26 @@ class Check:
     properties: list[str] = field(default_factory=list)  # empty: output equivalence
     timeout: float = DEFAULT_TIMEOUT
     params: list[str] = field(default_factory=list)      # NF.NAME=VALUE, as --param takes them
-    replay: dict | None = None      # trace / pcap / fail (absolute paths) for a replay check
+    replay: dict | None = None      # a replay check: trace (as written and absolute), max_stall, allow_duplicates
     base_dir: str = "."
 
     @property
     def label(self) -> str:
         return f"check {self.index} ({self.name!r})"
 
-    def runs(self) -> list[tuple[Strategy, str | None]]:
-        """The verifier runs the check consists of: one per strategy (and per property)."""
+    def runs(self) -> list[tuple[Strategy | None, str | None]]:
+        """The verifier runs the check consists of: one per strategy (and per property); a replay
+        check is one run (None, None)."""
+        if self.replay:
+            return [(None, None)]
         return [(s, p) for p in (self.properties or [None]) for s in self.strategies]
 
-    def settings(self, strategy: Strategy, prop: str | None) -> dict:
-        """Everything a run's verdict depends on besides the code (the cache key's options)."""
+    def settings(self, strategy: Strategy | None, prop: str | None) -> dict:
+        """Everything a run's verdict depends on besides the code and the files (the cache key's options)."""
+        if self.replay:
+            return {"replay": self.replay["trace"], "chain": self.chain, "params": sorted(self.params),
+                    "equivalence": self.equivalence, "max_stall": self.replay["max_stall"],
+                    "allow_duplicates": self.replay["allow_duplicates"]}
         return {"chain": self.chain, "params": sorted(self.params), "strategy": str(strategy), "property": prop,
                 "bound": self.bound, "unbounded": self.unbounded, "log_choices": self.log_choices,
                 "equivalence": self.equivalence, "failover_time": self.failover_time, "max_stall": self.max_stall}
@@ -193,9 +202,10 @@ def from_table(entry: dict, index: int, base_dir: str, expect_required: bool = T
             nf_cls = None
 
     if replay:
-        errors.append(f"{label}: replay checks need nfproof replay, which this installation does not have yet; "
-                      f"remove the check or its keys {', '.join(k for k in REPLAY_KEYS if k in entry)}")
-        raise ConfigError(errors)
+        return _replay_check(entry, index, name, label, expect, chain, nf_cls, params, base_dir, bad, errors)
+    if "allow-duplicates" in entry:
+        bad("allow-duplicates", "applies to replay checks only (with `trace`); the verifier's strict equivalence "
+                                "admits no duplicates")
 
     strategies = _strategies(entry.get("strategy"), bad, errors, label)
     unbounded = _bool(entry, "unbounded", bad)
@@ -267,8 +277,54 @@ def from_table(entry: dict, index: int, base_dir: str, expect_required: bool = T
                  base_dir=base_dir)
 
 
+def _replay_check(entry, index, name, label, expect, chain, nf_cls, params, base_dir, bad, errors) -> Check:
+    """A check of a recorded run by `nfproof replay` (`trace`)."""
+    import importlib.util
+
+    for key in VERIFY_ONLY_KEYS:
+        if key in entry:
+            bad(key, "does not apply to a replay check (one with `trace`); remove it")
+    for key in ("pcap", "fail"):
+        if key in entry:
+            bad(key, "a check that runs a capture with an injected failure needs `nfproof run` to inject failures, "
+                     "which it does not yet; record a run (nfproof run CHAIN --pcap FILE -o run.pcapng) and give it "
+                     "as trace = \"run.pcapng\"")
+    if importlib.util.find_spec("nfproof.cmd_replay") is None:
+        errors.append(f"{label}: replay checks need nfproof replay, which this installation does not have; remove "
+                      f"the check")
+    trace, path = entry.get("trace"), None
+    if "trace" in entry:
+        if not isinstance(trace, str) or not trace:
+            bad("trace", "give the recorded run's file as a string, e.g. trace = \"runs/nat.pcapng\"")
+        else:
+            path = os.path.normpath(os.path.join(base_dir, trace))
+            if not os.path.isfile(path):
+                bad("trace", f"{trace} not found in {base_dir} (paths are relative to the config file's folder)")
+    equivalence = entry.get("equivalence", "strict")
+    if equivalence not in EQUIVALENCES:
+        bad("equivalence", f"unknown equivalence {equivalence!r}; valid: {', '.join(EQUIVALENCES)}")
+    stall = entry.get("max-stall")
+    if stall is not None:
+        try:
+            if isinstance(stall, bool) or not isinstance(stall, (int, float, str)):
+                raise argparse.ArgumentTypeError(f"{stall!r} is not a duration: give seconds, e.g. max-stall = 1")
+            duration(str(stall))
+        except argparse.ArgumentTypeError as e:
+            bad("max-stall", str(e))
+    allow_duplicates = _bool(entry, "allow-duplicates", bad)
+    if errors:
+        raise ConfigError(errors)
+    return Check(index=index, name=name, expect=expect, chain=chain, nf=nf_cls, equivalence=equivalence,
+                 params=params, base_dir=base_dir, strategies=[],
+                 replay={"trace": path, "shown": trace, "max_stall": None if stall is None else str(stall),
+                         "allow_duplicates": allow_duplicates})
+
+
 def _default_name(entry: dict) -> str:
-    """`chain strategy [--log-choices] [mutation] [property] bound N`, from the values as written."""
+    """`chain strategy [--log-choices] [mutation] [property] bound N` (`chain replay TRACE`), from the
+    values as written."""
+    if "trace" in entry:
+        return f"{entry.get('chain')} replay {entry['trace']}"
     strategy = entry.get("strategy")
     parts = [entry.get("chain"), ",".join(map(str, strategy)) if isinstance(strategy, list) else strategy,
              "--log-choices" if entry.get("log-choices") is True else None, entry.get("mutation"),
@@ -276,21 +332,28 @@ def _default_name(entry: dict) -> str:
     return " ".join(str(p) for p in parts if p is not None)
 
 
+def resolved(chain: str, base_dir: str) -> str:
+    """The chain with its relative model-file references made absolute (from the config's folder)."""
+    return ">".join(m.group(1) + os.path.normpath(os.path.join(base_dir, m.group(2))) + m.group(3)
+                    if (m := _file_member(member)) else member for member in chain.split(">"))
+
+
+def _file_member(member: str):
+    """A match (prefix, relative path, ':Class...') if a chain member names a model by a relative file path."""
+    m = re.fullmatch(r"(\s*(?:[A-Za-z_][A-Za-z0-9_#-]*\s*=)?\s*)([^:\[\]=]+?)(\s*:.*)", member, re.S)
+    return m if m and (m.group(2).endswith(".py") or "/" in m.group(2)) and not os.path.isabs(m.group(2)) else None
+
+
 def _model(chain: str, base_dir: str, bad) -> type[NF] | None:
     """The model the chain names, with file references read relative to the config's folder."""
-    members = []
     for member in chain.split(">"):
-        m = re.fullmatch(r"(\s*(?:[A-Za-z_][A-Za-z0-9_#-]*\s*=)?\s*)([^:\[\]=]+?)(\s*:.*)", member, re.S)
-        if m and (m.group(2).endswith(".py") or "/" in m.group(2)) and not os.path.isabs(m.group(2)):
-            path = os.path.normpath(os.path.join(base_dir, m.group(2)))
-            if not os.path.isfile(path):
-                bad("chain", f"model file {m.group(2)} not found in {base_dir} (paths are relative to the config "
-                             f"file's folder)")
-                return None
-            member = m.group(1) + path + m.group(3)
-        members.append(member)
+        m = _file_member(member)
+        if m and not os.path.isfile(os.path.join(base_dir, m.group(2))):
+            bad("chain", f"model file {m.group(2)} not found in {base_dir} (paths are relative to the config "
+                         f"file's folder)")
+            return None
     try:
-        return lookup(">".join(members))
+        return lookup(resolved(chain, base_dir))
     except KeyError as e:
         bad("chain", e.args[0] if e.args else str(e))
     except (ParamError, ModelError) as e:

@@ -1,5 +1,6 @@
 """`nfproof check` (the CI gate of [tool.nfproof]), its verdict cache, JUnit/JSON reports and the
 pytest plugin, on the sample project of examples/ci/sample (five checks, one model of its own)."""
+import importlib.util
 import json
 import os
 import resource
@@ -16,6 +17,8 @@ SAMPLE = os.path.join(os.path.dirname(__file__), "..", "examples", "ci", "sample
 MODEL = os.path.join("models", "balancer.py")
 BUGGY = "backend = self.first + self.flows % self.backends"  # the sample's seeded bug
 FIXED = "backend = self.first + flow_hash(pkt.flow, self.backends)"
+DATA = os.path.join(os.path.dirname(__file__), "data")
+REPLAY = importlib.util.find_spec("nfproof.cmd_replay") is not None  # nfproof replay is installed
 CHECKS = ["nat-sync", "nat-async-loses-port", "nat-async-logged", "balancer-none", "lb-sticky"]
 
 
@@ -254,8 +257,6 @@ def test_a_config_error_exits_2_from_a_real_process_too(tmp_path):
                                     "[[tool.nfproof.check]] table"),
     ([], "[tool.nfproof]\ncheck = [", "pyproject.toml: not valid TOML: "),
     ([], "[tool.nfproof]\nchecks = []\n" + VALID, "[tool.nfproof]: unknown key 'checks' (did you mean 'check'?)"),
-    ([], VALID.replace('bound = 2\nexpect = "proved"', 'trace = "run.pcapng"\nexpect = "explained"'),
-     "check 1 ('nat-sync'): replay checks need nfproof replay"),
 ])
 def test_config_file_errors_exit_2(tmp_path, monkeypatch, capsys, args, body, needle):
     if body is not None:
@@ -329,3 +330,61 @@ def test_the_nfproof_verify_fixture_returns_the_verdict(pytester):
     result = pytester.runpytest("-p", "nfproof.pytest_plugin")
     result.assert_outcomes(passed=2, failed=1)
     result.stdout.fnmatch_lines(["*ConfigError: nfproof_verify('nat'): unknown key 'bund' (did you mean 'bound'?)*"])
+
+
+# -- replay checks (a recorded run instead of a bound) ----------------------------------------------
+
+REPLAY_CHECKS = '''[[tool.nfproof.check]]
+name = "nat-run-explained"
+chain = "nat"
+trace = "runs/nat.pcapng"
+expect = "explained"
+
+[[tool.nfproof.check]]
+name = "nat-other-pool"
+chain = "nat"
+trace = "runs/nat.pcapng"
+params = { nat.base = 3000 }
+expect = "violation"
+'''
+
+
+@pytest.mark.skipif(not REPLAY, reason="nfproof replay is not installed")
+def test_replay_checks_of_a_recorded_run(tmp_path):
+    (tmp_path / "runs").mkdir()
+    r = nfproof(tmp_path, "run", "nat", "--pcap", os.path.join(DATA, "E03_http_13flows_bro_org.pcap"),
+                "-o", "runs/nat.pcapng")
+    assert r.returncode == 0, r.stderr
+    write_config(tmp_path, REPLAY_CHECKS)
+    r = nfproof(tmp_path, "check")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "[2/2] PASS    nat-other-pool: violation (expected violation)" in r.stderr
+
+    replace_line(tmp_path / "pyproject.toml", 'expect = "violation"', 'expect = "explained"')
+    r = nfproof(tmp_path, "check", "--junit", "report.xml")
+    assert r.returncode == 1 and "2 verdict(s) from the cache" in r.stdout
+    failure = junit_cases(tmp_path / "report.xml")["nat-other-pool"].find("failure")
+    replayed = nfproof(tmp_path, "replay", "runs/nat.pcapng", "--chain", "nat", "--param", "nat.base=3000")
+    assert replayed.returncode == 1 and replayed.stdout.strip().startswith("error: ")
+    # the story as `nfproof replay` prints it (the trace named by its absolute path)
+    assert replayed.stdout.strip().replace("runs/nat.pcapng", str(tmp_path / "runs" / "nat.pcapng"), 1) in failure.text
+
+    os.truncate(tmp_path / "runs" / "nat.pcapng", 4096)  # the trace changed: verified again, now unreadable
+    r = nfproof(tmp_path, "check")
+    assert r.returncode == 2 and "(cached)" not in r.stderr and "ERROR   nat-run-explained" in r.stderr
+
+
+def test_replay_check_configuration(tmp_path, monkeypatch, capsys):
+    write_config(tmp_path, REPLAY_CHECKS.replace('expect = "explained"', 'bound = 3\npcap = "in.pcap"\nexpect = "proved"'))
+    r = check_in_process(tmp_path, monkeypatch, capsys)
+    assert r.returncode == 2 and r.stdout == ""
+    prefix = "nfproof check: error: pyproject.toml: check 1 ('nat-run-explained'): "
+    lines = r.stderr.strip().splitlines()
+    expected = ["expect: 'proved' is a verify verdict (checks with `bound`); valid here: explained, violation",
+                "bound: does not apply to a replay check (one with `trace`); remove it",
+                "pcap: a check that runs a capture with an injected failure needs `nfproof run` to inject failures",
+                f"trace: runs/nat.pcapng not found in {tmp_path}"]
+    if not REPLAY:
+        expected.append("replay checks need nfproof replay, which this installation does not have")
+    for text in expected:
+        assert any(line.startswith(prefix + text) for line in lines), (text, lines)
