@@ -2,7 +2,9 @@
 
 Read from a pyproject.toml (or any TOML file with the same table), one `[[tool.nfproof.check]]`
 table per check, validated into `Check`s before anything runs: the model is loaded, the
-strategies parsed, durations converted to the model's clock ticks. Every problem is one line
+strategies parsed, durations converted to the model's clock ticks. A check with `bound` (or
+`unbounded`) is a proof (`nfproof verify`, expect proved | counterexample); one with `trace` is a
+recorded run to replay (`nfproof replay`, expect explained | violation). Every problem is one line
 naming the file, the check (its index and name), the key and the fix; all of them are reported
 together (`ConfigError.lines`). Paths (model files, traces) are relative to the config's folder.
 """
