@@ -401,6 +401,9 @@ class NF:
     inside: tuple[str, ...] = ()         # any other gate (e.g. an alert) is a chain egress of its own.
     # (Undeclared: the gates named wan/out/outside face outside, lan/in/inside inside.)
     ticks_per_second = 1                 # the resolution of the NF's clock (what now() counts)
+    partition: str | None = None         # how the state is keyed, so trace replay may check flows apart
+                                         # (verify/replay_partition.py): "flow" (per connection), "source"
+                                         # (per source address), "stateless"; None: not partitionable
     _params: tuple = ()                  # (name, Param) of every declared parameter, over the hierarchy
     _param_given: tuple = ()             # (name, value as given: default or configured)
 

@@ -25,6 +25,7 @@ class CsfqEdge(NF):
     name = "csfq-edge"
     gates = ("wan", "lan")
     outside, inside = ("wan",), ("lan",)
+    partition = "flow"
     window = Param(2, "length of a rate-estimation window", kind="time", low=0)
     opened = Map(Flow, Time)       # flow -> start of its current window
     count = Map(Flow, Count)       # flow -> packets in the current window
@@ -63,6 +64,7 @@ class CsfqCore(NF):
     name = "csfq-core"
     gates = ("wan", "lan")
     outside, inside = ("wan",), ("lan",)
+    partition = "stateless"
     fair = Param(2, "fair share (label units: packets per edge window)", low=0, high=LABEL_MAX)
     levels = Param(4, "resolution of the drop probability (choices per draw)", low=1, high=256)
 

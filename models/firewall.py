@@ -36,6 +36,7 @@ class Firewall(NF):
     name = "firewall"
     gates = ("wan", "lan")
     outside, inside = ("wan",), ("lan",)
+    partition = "flow"
     timeout = Param(6, "TCP idle timeout", kind="time")
     udp_timeout = Param(5, "UDP idle timeout", kind="time")
     stage = Map(Flow, Stage)     # TCP connection -> SYN_SENT | SYN_ACKED | ESTABLISHED

@@ -20,6 +20,7 @@ class Lb(NF):
     name = "lb"
     gates = ("wan", "lan")
     outside, inside = ("wan",), ("lan",)
+    partition = "flow"
     vip = Param("198.51.100.1", "the virtual address clients connect to", kind="ipv4")
     first = Param("192.0.2.10", "address of the first backend (the others follow it)", kind="ipv4")
     backends = Param(2, "number of backends", low=1, high=1024)

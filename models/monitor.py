@@ -20,6 +20,7 @@ class Monitor(NF):
     name = "monitor"
     gates = ("wan", "lan", "alert")
     outside, inside = ("wan",), ("lan",)  # `alert` is an egress of its own
+    partition = "flow"
     threshold = Param(3, "packets of a flow that make it a heavy hitter", low=1)
     byte_threshold = Param(0, "bytes of a flow that make it a heavy hitter (0: off)")
     packets = Map(Flow, Count)

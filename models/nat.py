@@ -20,6 +20,7 @@ class Nat(NF):
     name = "nat"
     gates = ("wan", "lan")
     outside, inside = ("wan",), ("lan",)
+    partition = "flow"
     external = Param("203.0.113.1", "the NAT's external address", kind="ipv4")
     base = Param(1024, "first external port of the pool", low=1, high=65535)
     ports = Param(4, "pool size (external ports)", low=1, high=65535)

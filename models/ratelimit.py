@@ -24,6 +24,7 @@ class RateLimit(NF):
     name = "ratelimit"
     gates = ("wan", "lan")
     outside, inside = ("wan",), ("lan",)
+    partition = "source"
     capacity = Param(2, "bucket size (tokens: the largest burst)", low=1, high=1 << 16)
     rate = Param(1, "refill rate (tokens per second)", low=0, high=1 << 16)
     credit = Map(Addr, Credit)     # source -> credit (tokens x ticks_per_second)

@@ -28,6 +28,8 @@ from .replay_partition import conflicts, partition_kinds, run_parts, split
 from .replay_search import BUDGET, NS, Attempt, Problem, Search, Unknown
 from .simulate import DEFAULT_FAILOVER_SECONDS
 
+MAX_REPAIRS = 4   # changes reported as "what would have explained it"
+
 
 @dataclass
 class Repair:
@@ -130,17 +132,22 @@ def replay(rec: Recording, eq: Equivalence, stall_ns: int | None = None, jobs: i
         parts = split(rec, base.observed, kinds) if kinds else [list(range(len(rec.inputs)))]
         base.partitioned = len(parts) > 1
         outcomes = run_parts(base, rec.inputs, parts, jobs, progress)
-        merges = 0
+        merges, no_exhaust = 0, set()
         while base.partitioned:
-            groups = conflicts(rec, base, parts, outcomes)
-            if not groups:
+            groups, forbid = conflicts(rec, base, parts, outcomes)
+            fresh = {p for p, seqs in forbid.items() if not seqs <= no_exhaust}
+            if not groups and not fresh:
                 break
+            for seqs in forbid.values():
+                no_exhaust |= seqs
+            base.no_exhaust = frozenset(no_exhaust)
             merges += len(groups)
-            joined = [sorted(k for p in g for k in parts[p]) for g in groups]
-            gone = set().union(*groups)
-            parts = [q for p, q in enumerate(parts) if p not in gone] + joined
+            gone = set().union(*groups) if groups else set()
+            again = [parts[p] for p in sorted(fresh - gone)] + [sorted(k for p in g for k in parts[p]) for g in groups]
+            gone |= fresh
+            parts = [q for p, q in enumerate(parts) if p not in gone] + again
             kept = [o for p, o in enumerate(outcomes) if p not in gone]
-            outcomes = kept + run_parts(base, rec.inputs, joined, jobs)
+            outcomes = kept + run_parts(base, rec.inputs, again, jobs)
         stats.update(parts=len(parts), merged=merges)
         for p, (indices, outcome) in enumerate(zip(parts, outcomes)):
             if outcome.verdict == "violation":
@@ -279,9 +286,8 @@ def diagnose(rec: Recording, base: Problem, indices: list, failure: Failure) -> 
     observed_values = [v for _, key in problem.observed.get(unit.seq, []) if key[0] != "raw" for v in key[1:5]]
     for sid, key in reads:
         for change, text in _state_changes(rec, s, sid, key, observed_values):
-            if _explains(s, unit, lo, change):
+            if len(d.repairs) < MAX_REPAIRS and _explains(s, unit, lo, change):
                 d.repairs.append(Repair("state", text))
-                break
     for k, (instance, value) in enumerate(att.choices):
         for v in dict.fromkeys(observed_values):
             if v != value and _explains(s, unit, lo, None, forced={k: v}):
@@ -335,13 +341,6 @@ def _state_changes(rec, s: Search, sid, key, observed_values):
     entry = _entry_text(rec, sid, key)
     value = _current(storage, key)
     decl = rec.chain.members[sid[0]].nf.declarations()[sid[1]]
-    if key is not None and value is not None:
-        def remove(st=storage, k=key):
-            if isinstance(st, dict):
-                st.__delitem__(k)
-            else:
-                st.discard(k)
-        yield remove, f"no {entry} (a failure-free execution has {_value_text(getattr(decl, 'value', None), value)})"
     if isinstance(value, int) or value is None and isinstance(storage, dict):
         for v in dict.fromkeys(observed_values):
             if v == value:
@@ -354,6 +353,14 @@ def _state_changes(rec, s: Search, sid, key, observed_values):
                     st[k] = v
             now = "none" if value is None else _value_text(getattr(decl, "value", None), value)
             yield put, f"{entry} = {_value_text(getattr(decl, 'value', None), v)} (a failure-free execution has {now})"
+    if key is not None and value is not None:
+        def remove(st=storage, k=key):
+            if isinstance(st, dict):
+                st.__delitem__(k)
+            else:
+                st.discard(k)
+        yield remove, f"no {entry}, as if it had been lost (a failure-free execution has " \
+                      f"{_value_text(getattr(decl, 'value', None), value)})"
 
 
 def _explains(s: Search, unit, t, change, forced=None) -> bool:

@@ -138,10 +138,13 @@ def run_parts(base: Problem, inputs: list, parts: list[list[int]], jobs: int, pr
 
 
 # -- checking the parts were independent ----------------------------------------------------------
-def conflicts(rec, base: Problem, parts: list[list[int]], outcomes: list[Outcome]) -> list[set[int]]:
-    """Groups of part numbers that must be checked together (empty: the parts were independent)."""
+def conflicts(rec, base: Problem, parts: list[list[int]], outcomes: list[Outcome]) -> tuple[list[set[int]], dict]:
+    """Groups of part numbers that must be checked together, and {part: input seqs} where a part
+    claimed a pool exhausted that no other part fills (to check again without that claim).
+    Nothing in either: the parts were independent."""
     groups = _UnionFind()
     found = False
+    forbid: dict = {}
     owner: dict = {}
     for p, o in enumerate(outcomes):
         for entry in o.touched or ():
@@ -149,17 +152,17 @@ def conflicts(rec, base: Problem, parts: list[list[int]], outcomes: list[Outcome
             if q != p:
                 groups.union(p, q)
                 found = True
-    found |= _pool_conflicts(rec, parts, outcomes, groups)
+    found |= _pool_conflicts(rec, parts, outcomes, groups, forbid)
     found |= _time_conflicts(rec, base, parts, outcomes, groups)
     if not found:
-        return []
+        return [], forbid
     merged: dict = {}
     for p in range(len(parts)):
         merged.setdefault(groups.find(p), set()).add(p)
-    return [g for g in merged.values() if len(g) > 1]
+    return [g for g in merged.values() if len(g) > 1], forbid
 
 
-def _pool_conflicts(rec, parts, outcomes, groups) -> bool:
+def _pool_conflicts(rec, parts, outcomes, groups, forbid) -> bool:
     events = []
     for p, (indices, o) in enumerate(zip(parts, outcomes)):
         for local, evs in o.pool.items():
@@ -168,17 +171,21 @@ def _pool_conflicts(rec, parts, outcomes, groups) -> bool:
     events.sort(key=lambda e: (e[0], e[1], e[2]))
     held: dict = {}     # sid -> {value: part}
     found = False
-    for _, p, _, ev in events:
+    for seq, p, _, ev in events:
         kind, sid = ev[0], ev[1]
         values = held.setdefault(sid, {})
         if kind == "choose":
             value, (base, size) = ev[2], ev[3]
             if value is None:
-                in_pool = [q for v, q in values.items() if base <= v < base + size]
-                if len(in_pool) < size:  # "exhausted" while it was not: check with every holder
-                    for q in in_pool:
-                        groups.union(p, q)
-                    found = True
+                in_pool = {q for v, q in values.items() if base <= v < base + size}
+                if sum(1 for v in values if base <= v < base + size) < size:  # "exhausted" while it was not
+                    others = in_pool - {p}
+                    if others:  # check it with every holder
+                        for q in others:
+                            groups.union(p, q)
+                        found = True
+                    elif seq not in forbid.setdefault(p, set()):  # no one else fills it: the claim is false
+                        forbid[p].add(seq)
             elif value in values and values[value] != p:
                 groups.union(p, values[value])
                 found = True

@@ -240,6 +240,7 @@ class Problem:
     logged_clock: dict = field(default_factory=dict)
     shown_values: frozenset = frozenset()
     lower_bounds: dict = field(default_factory=dict)   # unit index -> earliest processing time allowed
+    no_exhaust: frozenset = frozenset()   # input seqs at which "the pool is exhausted" is known false
     budget: int = BUDGET
     outside_routes: dict = field(default_factory=dict)  # side -> (egress or None, instance)
 
@@ -346,7 +347,7 @@ class _Chooser:
                 search.pool_events.append(("choose", sid, None, (base, size)))
                 return None
         small = range(base, base + size) if size <= SMALL_DOMAIN else None
-        shared = search.problem.partitioned and used is not None
+        shared = search.problem.partitioned and used is not None and self.unit.seq not in search.problem.no_exhaust
         cands = search.candidates(self, available, small, shared)
         value = self._decide(cands, lambda: search.fresh(base, size, available))
         if used is not None:
