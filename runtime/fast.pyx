@@ -41,17 +41,7 @@ from nfproof.models import NFS
 from nfproof.models.api import Flow
 from nfproof.models.chain import ChainError
 
-try:  # the pure path's author defines it (runtime/frames.py)
-    from .frames import NotBundled, DEFAULT_INSIDE
-except ImportError:  # pragma: no cover - until runtime/frames.py lands
-    from .executor import DEFAULT_INSIDE
-
-    class NotBundled(Exception):
-        """A chain member this pipeline does not implement (use the generic executor)."""
-
-        def __init__(self, instance, nf):
-            super().__init__(f"instance {instance!r}: {getattr(nf, 'name', nf)!r} is not a bundled NF")
-            self.instance, self.nf = instance, nf
+from .frames import DEFAULT_INSIDE, NotBundled
 
 
 cdef extern from *:
@@ -1020,7 +1010,7 @@ cdef void prepare(pl_t *pl, Py_ssize_t i, prepared_t *r) noexcept nogil:
     cdef pkt_t *p = &r.p
     cdef int s, entry
     parse(p, pl.linktype, pl.data + pl.off[i], pl.caplen[i], pl.wirelen[i])
-    r.status = 1
+    r.status, r.next = 1, -1
     if p.ip.version == 4:
         if p.malformed != OK:
             r.status, r.reason = 2, pl.r_malformed[p.malformed]
@@ -1035,7 +1025,6 @@ cdef void prepare(pl_t *pl, Py_ssize_t i, prepared_t *r) noexcept nogil:
     s = pl.side[i]
     r.v.inbound = s == 1 or (s != 0 and from_outside(pl, p))
     entry = pl.ingress[1 if r.v.inbound else 0]
-    r.next = -1
     if entry < 0:
         r.status, r.reason = 2, pl.r_no_ingress[1 if r.v.inbound else 0]
     elif r.status == 0:
@@ -1092,16 +1081,16 @@ cdef int run_inputs(pl_t *pl, Py_ssize_t start, Py_ssize_t stop, int group, prep
 
 # ---- the Pipeline -----------------------------------------------------------------------------------
 
-def bundled_kind(nf):
-    """The bundled NF class `nf` is (itself or configured from it with `configure`), or None."""
-    for base in nf.__mro__:
-        if NFS.get(getattr(base, "name", None)) is base:
-            for k in nf.__mro__[:nf.__mro__.index(base)]:
-                made = vars(k).get("_configured_from")
-                if made is None or made[0] is not base:
-                    return None  # a subclass of a bundled NF: it may do anything
-            return base
-    return None
+def bundled_kind(instance, nf):
+    """The bundled NF whose twin runs `nf` (the class itself, a configured or subclassed one that
+    keeps the model's handler and gates: runtime/pure.py twin_of); NotBundled otherwise."""
+    for base in NFS.values():
+        if isinstance(nf, type) and issubclass(nf, base):
+            methods = ("handle", "tcp") if base.name == "firewall" else ("handle",)
+            if tuple(nf.gates) == tuple(base.gates) and all(getattr(nf, m) is getattr(base, m) for m in methods):
+                return base
+            break
+    raise NotBundled(instance, getattr(nf, "name", getattr(nf, "__name__", repr(nf))))
 
 
 def _param(nf, name):
@@ -1134,10 +1123,7 @@ cdef class Pipeline:
         members = list(chain.members.values())
         kinds = []
         for m in members:
-            base = bundled_kind(m.nf)
-            if base is None:
-                raise NotBundled(m.name, m.nf)
-            kinds.append(KINDS[base.name])
+            kinds.append(KINDS[bundled_kind(m.name, m.nf).name])
         self.chain, self.linktype = chain, linktype
         self.instances = tuple(chain.members)
         self.egresses = tuple(chain.egress_names)
