@@ -97,7 +97,7 @@ class GenericPipeline:
                 try:
                     frames.write_back(buf, parsed, packet, out, instance)
                 except frames.FrameError as e:  # the output is not released; the state change stands
-                    batch.drop(i, self.reason(f"{instance}: cannot write {e.field} into the frame"))
+                    batch.drop(i, self.reason(e.drop_reason(instance)))
                     continue
             hop = self.hops[(instance, gate)]
             out_label = label if out is None else out.label

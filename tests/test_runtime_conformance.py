@@ -167,7 +167,7 @@ class Conformance(RuleBasedStateMachine):
                 try:
                     frames.write_back(buf, parsed, pkt, out, self.nf_name)
                 except frames.FrameError as e:
-                    drops.append((i, f"{self.nf_name}: cannot write {e.field} into the frame"))
+                    drops.append((i, e.drop_reason(self.nf_name)))
                     continue
                 seen = frames.view(parse_frame(1, bytes(buf), len(buf)), out.inbound, len(buf))
                 assert seen == out.rewrite(label=0), f"the frame does not carry the model's output {out}"
