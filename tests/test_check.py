@@ -1,5 +1,6 @@
 """`nfproof check` (the CI gate of [tool.nfproof]), its verdict cache, JUnit/JSON reports and the
 pytest plugin, on the sample project of examples/ci/sample (five checks, one model of its own)."""
+import importlib.metadata
 import importlib.util
 import json
 import os
@@ -275,6 +276,12 @@ def test_config_elsewhere_reads_paths_relative_to_it(project, tmp_path):
 
 # -- the pytest plugin ------------------------------------------------------------------------------
 
+ENTRY_POINT = "[pytest11]\nnfproof.pytest_plugin = nfproof.pytest_plugin\n"  # what pyproject.toml declares
+# -p when the plugin is not installed as an entry point (pluggy refuses one module under two names)
+PLUGIN = [] if any(ep.value == "nfproof.pytest_plugin" for ep in importlib.metadata.entry_points(group="pytest11")) \
+    else ["-p", "nfproof.pytest_plugin"]
+
+
 def plugin_project(pytester):
     shutil.copytree(SAMPLE, pytester.path, dirs_exist_ok=True, ignore=shutil.ignore_patterns(".nfproof-cache"))
     replace_line(pytester.path / MODEL, BUGGY, FIXED)
@@ -282,12 +289,12 @@ def plugin_project(pytester):
 
 def test_pytest_nfproof_collects_one_item_per_check_with_the_same_verdicts(pytester):
     plugin_project(pytester)
-    result = pytester.runpytest("-p", "nfproof.pytest_plugin", "--nfproof", "-v")
+    result = pytester.runpytest(*PLUGIN, "--nfproof", "-v")
     result.assert_outcomes(passed=5)
     result.stdout.fnmatch_lines([f"pyproject.toml::{name} PASSED*" for name in CHECKS])
 
     replace_line(pytester.path / MODEL, FIXED, BUGGY)
-    result = pytester.runpytest("-p", "nfproof.pytest_plugin", "--nfproof", "-v")
+    result = pytester.runpytest(*PLUGIN, "--nfproof", "-v")
     result.assert_outcomes(passed=4, failed=1)
     result.stdout.fnmatch_lines(["pyproject.toml::balancer-none FAILED*",
                                  "*check 4 ('balancer-none'), models/balancer.py:Balancer under none: expected proved, "
@@ -295,14 +302,26 @@ def test_pytest_nfproof_collects_one_item_per_check_with_the_same_verdicts(pytes
                                  "counterexample: balancer under none, 2 input packet(s)*",
                                  "*<-- no failure-free execution produces this"])
 
-    result = pytester.runpytest("-p", "nfproof.pytest_plugin", "--nfproof", "-k", "nat")
+    result = pytester.runpytest(*PLUGIN, "--nfproof", "-k", "nat")
     result.assert_outcomes(passed=3)
-    assert pytester.runpytest("-p", "nfproof.pytest_plugin").ret == pytest.ExitCode.NO_TESTS_COLLECTED  # opt-in
+    assert pytester.runpytest(*PLUGIN).ret == pytest.ExitCode.NO_TESTS_COLLECTED  # opt-in
+
+
+def test_the_entry_point_loads_the_plugin_and_coexists_with_dash_p(pytester, tmp_path, monkeypatch):
+    dist = tmp_path / "site" / "nfproof_entry-1.0.dist-info"
+    dist.mkdir(parents=True)
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: nfproof-entry\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text(ENTRY_POINT)
+    pytester.makepyprojecttoml(VALID)
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path / "site"))
+    for args in ([], ["-p", "nfproof.pytest_plugin"]):
+        result = pytester.runpytest_subprocess(*args, "--nfproof")
+        result.assert_outcomes(passed=2)
 
 
 def test_pytest_nfproof_reports_a_bad_config_as_a_collection_error(pytester):
     pytester.makepyprojecttoml(VALID.replace('"stateful.async"', '"stateful.asnyc"'))
-    result = pytester.runpytest("-p", "nfproof.pytest_plugin", "--nfproof")
+    result = pytester.runpytest(*PLUGIN, "--nfproof")
     assert result.ret == pytest.ExitCode.INTERRUPTED
     result.stdout.fnmatch_lines(["*ERROR collecting pyproject.toml*",
                                  "*check 2 ('nat-async'): strategy: unknown strategy 'stateful.asnyc'; valid: none*"])
@@ -327,7 +346,7 @@ def test_the_nfproof_verify_fixture_returns_the_verdict(pytester):
         def test_bad_option(nfproof_verify):
             nfproof_verify("nat", strategy="stateful.sync", bund=3)
     ''')
-    result = pytester.runpytest("-p", "nfproof.pytest_plugin")
+    result = pytester.runpytest(*PLUGIN)
     result.assert_outcomes(passed=2, failed=1)
     result.stdout.fnmatch_lines(["*ConfigError: nfproof_verify('nat'): unknown key 'bund' (did you mean 'bound'?)*"])
 
