@@ -57,7 +57,8 @@ def _package_digest() -> str:
 def model_files(nf_cls) -> list[str]:
     """The source files of the NF classes a model is made of (a chain: every member's), outside
     nfproof itself (those are in the package digest)."""
-    classes = [m.nf for m in nf_cls.chain().members.values()] if hasattr(nf_cls, "chain") else [nf_cls]
+    is_chain = any(k.__name__ == "ChainNF" and k.__module__ == "nfproof.models.chain" for k in nf_cls.__mro__)
+    classes = [m.nf for m in nf_cls.chain().members.values()] if is_chain else [nf_cls]
     ours = set(_package_folders().values())
     files = set()
     for cls in classes:
