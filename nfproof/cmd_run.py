@@ -48,9 +48,11 @@ def add_parser(sub):
                                                                  "depend on it")
     p.add_argument("--param", action="append", default=[], metavar="NF.NAME=VALUE",
                    help="set a model parameter of every instance of NF, e.g. nat.ports=64512 (repeatable)")
-    p.add_argument("--inside", metavar="CIDR,...", default=DEFAULT_INSIDE_TEXT,
-                   help="networks on the inside: a frame from a source address in none of them arrives from the "
-                        f"outside (default {DEFAULT_INSIDE_TEXT})")
+    p.add_argument("--inside", metavar="CIDR,...|auto", default="auto",
+                   help="networks on the inside: a frame whose source address is in none of them arrives from the "
+                        f"outside. auto (default): {DEFAULT_INSIDE_TEXT} if the capture has a packet from them, else "
+                        "the hosts that open connections in it (TCP SYN senders, first senders of UDP and ICMP query "
+                        "flows)")
     p.add_argument("--clock", choices=CLOCKS, default="pcap",
                    help="what now() reads: the capture's times (pcap, default: reproducible) or the time each "
                         "batch arrives (wall)")
@@ -109,13 +111,14 @@ class Progress:
 def run(args) -> int:
     from .runtime.executor import make_pipeline, run as run_chain
     from .runtime.frames import parse_inside
-    from .runtime.ports import CaptureSource
+    from .runtime.ports import CaptureSource, capture_inside
     from .runtime.recorder import Recorder
 
-    try:
-        inside = parse_inside(args.inside)
-    except ValueError as e:
-        raise UsageError(str(e)) from None
+    if args.inside.strip() != "auto":
+        try:
+            inside = parse_inside(args.inside)
+        except ValueError as e:
+            raise UsageError(str(e)) from None
     chain = build_chain(args.chain, args.param)
     if args.output and os.path.exists(args.output) and os.path.exists(args.pcap) \
             and os.path.samefile(args.output, args.pcap):
@@ -128,6 +131,8 @@ def run(args) -> int:
         source = CaptureSource(args.pcap)
     except FormatError as e:
         raise UsageError(str(e)) from None
+    if args.inside.strip() == "auto":
+        inside = capture_inside(args.pcap)
     cpu0 = time.process_time()
     with source:
         pipeline, implementation = make_pipeline(chain, args.seed, source.linktype, inside, args.generic)
@@ -150,7 +155,7 @@ def run(args) -> int:
             if progress is not None:
                 progress.clear()
     cpu = time.process_time() - cpu0
-    result = as_json(stats, args, cpu)
+    result = as_json(stats, args, cpu, inside)
     if args.json:
         print(json.dumps(result, indent=2))
     else:
@@ -158,10 +163,10 @@ def run(args) -> int:
     return OK
 
 
-def as_json(stats, args, cpu_seconds: float) -> dict:
+def as_json(stats, args, cpu_seconds: float, inside) -> dict:
     return {"chain": args.chain, "input": args.pcap, "implementation": stats.implementation, "seed": args.seed,
-            "batch": args.batch, "clock": args.clock,
-            "packets_in": stats.packets_in, "packets_out": stats.packets_out,
+            "batch": args.batch, "clock": args.clock, "inside": [str(n) for n in inside], "auto_inside": args.inside.strip() == "auto",
+            "packets_in": stats.packets_in, "packets_out": stats.packets_out, "by_egress": stats.by_egress,
             "bytes_in": stats.bytes_in, "bytes_out": stats.bytes_out, "dropped": stats.dropped,
             "mpps": round(stats.mpps, 6), "gbps": round(stats.gbps, 6), "latency": stats.latency_ns,
             "process_seconds": round(stats.process_seconds, 6), "run_seconds": round(stats.run_seconds, 6),
@@ -176,8 +181,12 @@ def render(r: dict) -> str:
     dropped = sum(r["dropped"].values())
     lines = [f"{r['chain']} on {r['input']}: {r['implementation']} implementation, seed {r['seed']}, "
              f"batch {r['batch']}, clock {r['clock']}",
-             f"packets: {r['packets_in']:,} in, {r['packets_out']:,} out, {dropped:,} dropped "
-             f"({r['bytes_in']:,} bytes in, {r['bytes_out']:,} out)"]
+             f"inside: {', '.join(r['inside'])}" + (" (auto)" if r["auto_inside"] else ""),
+             f"packets: {r['packets_in']:,} in, {r['packets_out']:,} out ("
+             + ", ".join(f"{e} {n:,}" for e, n in r["by_egress"].items()) + f"), {dropped:,} dropped",
+             f"bytes on the wire: {r['bytes_in']:,} in, {r['bytes_out']:,} out"]
+    if dropped:
+        lines.append("dropped by reason:")
     for reason, count in r["dropped"].items():
         lines.append(f"  {count:>8,}  {reason}")
     lines.append(f"throughput: {r['mpps']:.3f} Mpps, {r['gbps']:.3f} Gbps ({r['process_seconds']:.4f} s processing; "

@@ -39,6 +39,7 @@ class RunStats:
     bytes_in: int = 0            # wire lengths of the inputs
     bytes_out: int = 0           # wire lengths of the outputs
     dropped: dict = field(default_factory=dict)   # reason -> count, most frequent first
+    by_egress: dict = field(default_factory=dict)  # egress -> outputs, in the chain's egress order
     outputs_sha256: str = hashlib.sha256().hexdigest()
     batches: int = 0
     process_seconds: float = 0.0  # inside pipeline.process
@@ -108,6 +109,7 @@ def run(chain, source, pipeline, recorder=None, batch: int = 32, clock: str = "p
     pack_len = struct.Struct("<I").pack
     digest = hashlib.sha256()
     drops: Counter = Counter()
+    per_egress = [0] * len(egresses)
     latencies: list[tuple[int, int]] = []  # (ns, packets of the batch)
     wall = clock == "wall"
     t0 = last = wall0 = None
@@ -163,6 +165,7 @@ def run(chain, source, pipeline, recorder=None, batch: int = 32, clock: str = "p
                     o = out_off[k]
                     frame = bytes((extra if out_copy[k] else data)[o:o + out_len[k]])
                     e, i = out_egress[k], out_in[k]
+                    per_egress[e] += 1
                     hashed += (egress_bytes[e], pack_len(len(frame)), frame)
                     src = frames[i]
                     stats.bytes_out += src[1] - len(src[0]) + len(frame)
@@ -196,6 +199,7 @@ def run(chain, source, pipeline, recorder=None, batch: int = 32, clock: str = "p
         stats.run_seconds = (perf() - run_start) / 1e9
         reasons = pipeline.reasons
         stats.dropped = {reasons[r]: c for r, c in sorted(drops.items(), key=lambda rc: (-rc[1], reasons[rc[0]]))}
+        stats.by_egress = dict(zip(egresses, per_egress))
         if stats.packets_out:
             stats.outputs_sha256 = digest.hexdigest()
         stats.latency_ns = percentiles(latencies)

@@ -11,6 +11,7 @@ CLASSIFY), all of one link type (`linktype`, known before the first burst). A Si
 frame with the egress it left on and its time."""
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from typing import NamedTuple
@@ -21,6 +22,7 @@ from nfproof.traces.reader import open_capture
 from nfproof.traces.record import Record, linktype_name
 
 from .batch import CLASSIFY, FROM_INSIDE, FROM_OUTSIDE
+from .frames import DEFAULT_INSIDE, Sides
 
 SIDES = (FROM_INSIDE, FROM_OUTSIDE, CLASSIFY)
 
@@ -139,6 +141,37 @@ class CaptureSource(Source):
 
     def close(self) -> None:
         self._reader.close()
+
+
+def capture_inside(path, default=DEFAULT_INSIDE) -> tuple:
+    """`--inside auto` for a capture: `default` (the private ranges) if any packet comes from
+    them; else the hosts that open connections in it, as /32 or /128 networks in order of first
+    appearance: senders of a TCP SYN without ACK, and of the first packet of a UDP flow or of an
+    ICMP query flow (echo, timestamp). `default` when there are none. A fault in the capture ends
+    the scan (the run reports it)."""
+    from nfproof.traces import parse_frame
+    private = Sides(default)
+    openers: dict[bytes, None] = {}
+    flows: set = set()
+    try:
+        with open_capture(path) as reader:
+            for rec in reader:
+                p = parse_frame(rec.linktype, rec.data, rec.wirelen)
+                if p.ip_version not in (4, 6) or p.src is None or p.dst is None:
+                    continue
+                if not private.inbound(p):
+                    return tuple(default)
+                if p.protocol == "tcp":
+                    if p.tcp_flags is not None and p.tcp_flags & 0x12 == 0x02:
+                        openers.setdefault(p.src)
+                elif p.sport is not None and p.protocol in ("udp", "icmp", "icmpv6"):
+                    ends = frozenset(((p.src, p.sport), (p.dst, p.dport)))
+                    if (p.vlans, p.protocol, ends) not in flows:
+                        flows.add((p.vlans, p.protocol, ends))
+                        openers.setdefault(p.src)
+    except FormatError:
+        pass
+    return tuple(ipaddress.ip_network((ipaddress.ip_address(a), 8 * len(a))) for a in openers) or tuple(default)
 
 
 def egress_file_name(egress: str) -> str:
