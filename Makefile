@@ -16,6 +16,7 @@ $(STAMP): pyproject.toml setup.py runtime/fast.pyx traces/_fast.pyx traces/_pars
 # named property's counterexample. Exit 1 (a counterexample) is an expected answer here.
 NFPROOF := $(VENV)/bin/nfproof
 demo: $(STAMP)
+	@mkdir -p out
 	@echo "== the NAT under every strategy, up to 16 packets (and any length where induction proves it)"
 	$(NFPROOF) verify nat --strategy all --bound 16 --unbounded; test $$? -le 1
 	@echo "== the firewall's idle timeouts (3 s) against a 4 s failover (DESIGN.md \"Time\")"
@@ -23,6 +24,10 @@ demo: $(STAMP)
 	    --failover-time 4; test $$? -le 1
 	@echo "== a property: the load balancer never moves an established flow"
 	$(NFPROOF) verify lb --strategy stateful.async --property sticky-backend --bound 2; test $$? -le 1
+	@echo "== the reference runtime: a real capture through firewall>nat>lb, recorded as a trace"
+	$(NFPROOF) run 'firewall>nat>lb' --param nat.ports=64512 --pcap tests/data/E02_http_49flows.pcap --seed 7 -o out/demo-run.pcapng
+	@echo "== the replay checker: is that recorded run explained by a failure-free execution?"
+	$(NFPROOF) replay out/demo-run.pcapng
 
 # redis-server and tshark: installed with apt-get when missing and running as root.
 system-deps:
@@ -36,7 +41,9 @@ system-deps:
 # Tests of the code that has a Cython fast path (traces/, runtime/): run again on the pure-Python
 # fallback. (The verifier is pure Python: running it twice would test nothing new.)
 PACKET_TESTS := tests/test_containers.py tests/test_fast_vs_pure.py tests/test_fuzz_codec.py tests/test_headers.py \
-                tests/test_inspect.py tests/test_inspect_progress.py tests/test_trace_format.py
+                tests/test_inspect.py tests/test_inspect_progress.py tests/test_trace_format.py \
+                tests/test_runtime_frames.py tests/test_runtime_pure.py tests/test_runtime_conformance.py \
+                tests/test_cli_run.py
 
 # The whole suite on the Cython fast path, then the packet-path tests on the pure-Python fallback.
 test: $(STAMP) system-deps
