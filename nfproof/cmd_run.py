@@ -23,7 +23,8 @@ DESCRIPTION = ("Run CHAIN on the frames of a capture with the reference runtime:
                "egresses or is dropped. Choices are drawn from --seed, clock reads from the capture's times "
                "(--clock pcap, reproducible) or the machine's. With -o, the run is recorded as a trace "
                "(pcapng: inputs, outputs by egress, a final summary) for `nfproof replay` and Wireshark.")
-EPILOG = (f"throughput counts the inputs' wire bytes over the time spent processing (in the pipeline); {LATENCY}. "
+EPILOG = (f"throughput counts the inputs (their wire bytes for Gbps) over the CPU time spent processing them in the "
+          f"pipeline; {LATENCY}. "
           "exit codes: 0 ok, 2 usage or input error (the trace written so far is closed and readable)")
 
 
@@ -169,7 +170,8 @@ def as_json(stats, args, cpu_seconds: float, inside) -> dict:
             "packets_in": stats.packets_in, "packets_out": stats.packets_out, "by_egress": stats.by_egress,
             "bytes_in": stats.bytes_in, "bytes_out": stats.bytes_out, "dropped": stats.dropped,
             "mpps": round(stats.mpps, 6), "gbps": round(stats.gbps, 6), "latency": stats.latency_ns,
-            "process_seconds": round(stats.process_seconds, 6), "run_seconds": round(stats.run_seconds, 6),
+            "process_seconds": round(stats.process_seconds, 6),
+            "process_wall_seconds": round(stats.process_wall_seconds, 6), "run_seconds": round(stats.run_seconds, 6),
             "cpu_seconds": round(cpu_seconds, 6), "outputs_sha256": stats.outputs_sha256, "trace": args.output}
 
 
@@ -189,7 +191,7 @@ def render(r: dict) -> str:
         lines.append("dropped by reason:")
     for reason, count in r["dropped"].items():
         lines.append(f"  {count:>8,}  {reason}")
-    lines.append(f"throughput: {r['mpps']:.3f} Mpps, {r['gbps']:.3f} Gbps ({r['process_seconds']:.4f} s processing; "
+    lines.append(f"throughput: {r['mpps']:.3f} Mpps, {r['gbps']:.3f} Gbps ({r['process_seconds']:.4f} s CPU processing; "
                  f"run {r['run_seconds']:.3f} s, {r['cpu_seconds']:.3f} s CPU)")
     lat = r["latency"]
     lines.append(f"latency: p50 {_us(lat.get('p50'))}, p99 {_us(lat.get('p99'))}, p99.9 {_us(lat.get('p999'))} "

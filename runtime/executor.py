@@ -11,7 +11,8 @@ time at which the batch arrived (relative to the first batch); the trace keeps c
 
 Measures (RunStats): packets and wire bytes in and out, drops by reason, `outputs_sha256` (sha256
 over every output in release order: egress name, NUL, 4-byte little-endian length, frame),
-throughput over the processing time (the time spent in `pipeline.process`), and per-packet latency
+throughput over the processing time (the CPU time spent in `pipeline.process`: on a shared machine
+wall-clock time would count other processes' turns), and per-packet latency (wall-clock)
 percentiles: for every packet, the time from its batch entering `process()` to the batch's outputs
 having been handed on (recorded and sent), so it includes the batching, not the wait for a batch to
 fill."""
@@ -21,6 +22,7 @@ import hashlib
 import struct
 import time
 from collections import Counter
+from itertools import accumulate
 from dataclasses import dataclass, field
 
 from .batch import CLASSIFY, FROM_INSIDE, FROM_OUTSIDE, Batch
@@ -42,7 +44,8 @@ class RunStats:
     by_egress: dict = field(default_factory=dict)  # egress -> outputs, in the chain's egress order
     outputs_sha256: str = hashlib.sha256().hexdigest()
     batches: int = 0
-    process_seconds: float = 0.0  # inside pipeline.process
+    process_seconds: float = 0.0  # CPU time (this thread's) inside pipeline.process: what throughput counts
+    process_wall_seconds: float = 0.0  # the same in wall-clock time
     run_seconds: float = 0.0      # the whole loop: reading, processing, recording
     latency_ns: dict = field(default_factory=dict)  # p50 / p99 / p999 per packet
 
@@ -115,7 +118,7 @@ def run(chain, source, pipeline, recorder=None, batch: int = 32, clock: str = "p
     t0 = last = wall0 = None
     seq = 0
     next_progress = time.monotonic() + PROGRESS_SECONDS
-    perf = time.perf_counter_ns
+    perf, thread_cpu = time.perf_counter_ns, time.thread_time_ns
     run_start = perf()
     error = None
     try:
@@ -124,32 +127,29 @@ def run(chain, source, pipeline, recorder=None, batch: int = 32, clock: str = "p
             if not frames:
                 break
             arrival = time.monotonic_ns() if wall else 0
-            times, rel, offsets, caplens, wirelens, sides_in = [], [], [], [], [], []
-            pos = 0
-            for data, wirelen, t, side in frames:
+            datas, wirelens, raw_times, sides_in = zip(*frames)
+            times = []
+            for t in raw_times:  # non-decreasing; a frame without a time takes the previous one
                 if t is None or (last is not None and t < last):
                     t = last if last is not None else 0
-                if t0 is None:
-                    t0, wall0 = t, arrival
-                    if recorder is not None:
-                        recorder.begin(linktype, egresses, t0)
                 last = t
                 times.append(t)
-                rel.append(arrival - wall0 if wall else t - t0)
-                offsets.append(pos)
-                pos += len(data)
-                caplens.append(len(data))
-                wirelens.append(wirelen)
-                sides_in.append(side)
+            if t0 is None:
+                t0, wall0 = times[0], arrival
+                if recorder is not None:
+                    recorder.begin(linktype, egresses, t0)
+            caplens = list(map(len, datas))
+            offsets = list(accumulate(caplens, initial=0))
             n = len(frames)
             b.clear()  # filled array-wise (as Batch.add would, frame by frame)
-            b.data += b"".join([f[0] for f in frames])
-            b.off[:n], b.caplen[:n], b.wirelen[:n], b.t_ns[:n], b.side[:n] = offsets, caplens, wirelens, rel, sides_in
+            b.data += b"".join(datas)
+            b.off[:n], b.caplen[:n], b.wirelen[:n], b.side[:n] = offsets[:n], caplens, wirelens, sides_in
+            b.t_ns[:n] = arrival - wall0 if wall else [t - t0 for t in times]
             b.n = n
             stats.bytes_in += sum(wirelens)
-            t_enter = perf()
+            t_enter, cpu_enter = perf(), thread_cpu()
             pipeline.process(b)
-            t_processed = perf()
+            t_processed, cpu_processed = perf(), thread_cpu()
 
             n_out = b.n_out
             out_in = b.out_in[:n_out].tolist()
@@ -187,7 +187,8 @@ def run(chain, source, pipeline, recorder=None, batch: int = 32, clock: str = "p
             stats.packets_in += n
             stats.packets_out += n_out
             stats.batches += 1
-            stats.process_seconds += (t_processed - t_enter) / 1e9
+            stats.process_seconds += (cpu_processed - cpu_enter) / 1e9
+            stats.process_wall_seconds += (t_processed - t_enter) / 1e9
             latencies.append((t_done - t_enter, n))
             if progress is not None and time.monotonic() >= next_progress:
                 progress(stats.packets_in, *source.progress())
