@@ -492,3 +492,15 @@ def test_progress_line(tmp_path, capsys, monkeypatch):
     assert "\r" not in out and "655 in" in out
     code, out, err = cli(capsys, "run", "nat", "--pcap", E02, "--batch", 100)  # not a terminal: none
     assert code == 0 and err == ""
+
+
+@pytest.mark.parametrize("name", ["E02_http_49flows.pcap", "E10_dns_icmp.pcap", "E20_frag_ipv4_udp_afs.pcap"])
+def test_replay_explains_a_recorded_run(tmp_path, capsys, name):
+    """The loop the trace format exists for: `nfproof replay` finds a failure-free execution of the
+    chain model that explains a run the runtime recorded."""
+    trace = tmp_path / "t.pcapng"
+    code, out, err = cli(capsys, "run", "firewall>nat>lb", "--pcap", DATA / name, "--seed", 3, "--param", "nat.ports=64512",
+                         "--param", "lb.backends=3", "-o", trace)
+    assert code == 0, err
+    code, out, err = cli(capsys, "replay", trace)
+    assert code == 0 and out.startswith("explained:"), out + err
