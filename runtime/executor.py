@@ -104,7 +104,7 @@ def run(chain, source, pipeline, recorder=None, batch: int = 32, clock: str = "p
     egresses, instances = tuple(pipeline.egresses), tuple(pipeline.instances)
     if egresses != tuple(chain.egress_names):
         raise ValueError(f"pipeline egresses {egresses} are not the chain's {tuple(chain.egress_names)}")
-    stats = RunStats(implementation)
+    stats = RunStats(implementation or getattr(pipeline, "implementation", ""))
     b = Batch(batch)
     linktype = source.linktype
     classifier = None
@@ -146,7 +146,6 @@ def run(chain, source, pipeline, recorder=None, batch: int = 32, clock: str = "p
             b.off[:n], b.caplen[:n], b.wirelen[:n], b.side[:n] = offsets[:n], caplens, wirelens, sides_in
             b.t_ns[:n] = arrival - wall0 if wall else [t - t0 for t in times]
             b.n = n
-            stats.bytes_in += sum(wirelens)
             t_enter, cpu_enter = perf(), thread_cpu()
             pipeline.process(b)
             t_processed, cpu_processed = perf(), thread_cpu()
@@ -154,26 +153,22 @@ def run(chain, source, pipeline, recorder=None, batch: int = 32, clock: str = "p
             n_out = b.n_out
             out_in = b.out_in[:n_out].tolist()
             _check_complete(n, out_in, b.drop_in[:b.n_drop].tolist(), seq, pipeline)
-            drops.update(b.drop_reason[:b.n_drop].tolist())
-            outputs = []
+            outputs, out_egress, bytes_out, hashed = [], [], 0, []
             if n_out:
                 out_egress, out_inst = b.out_egress[:n_out].tolist(), b.out_inst[:n_out].tolist()
                 out_off, out_len, out_copy = b.out_off[:n_out].tolist(), b.out_len[:n_out].tolist(), b.out_copy[:n_out].tolist()
                 data, extra = memoryview(b.data), memoryview(b.extra)
-                hashed = []
                 for k in range(n_out):
                     o = out_off[k]
                     frame = bytes((extra if out_copy[k] else data)[o:o + out_len[k]])
                     e, i = out_egress[k], out_in[k]
-                    per_egress[e] += 1
                     hashed += (egress_bytes[e], pack_len(len(frame)), frame)
                     src = frames[i]
-                    stats.bytes_out += src[1] - len(src[0]) + len(frame)
+                    bytes_out += src[1] - len(src[0]) + len(frame)
                     outputs.append((i, egresses[e], instances[out_inst[k]], frame))
                     for sink in sinks:
                         sink.send(egresses[e], frame, times[i])
                 del data, extra
-                digest.update(b"".join(hashed))
             if recorder is not None:
                 sides = b.side[:n].tolist()
                 if CLASSIFY in sides:  # the pipeline classified without writing the sides back
@@ -183,9 +178,15 @@ def run(chain, source, pipeline, recorder=None, batch: int = 32, clock: str = "p
                 recorder.record(seq, frames, times, sides, outputs)
             t_done = perf()
 
-            seq += n
+            seq += n  # the batch is done: count it
             stats.packets_in += n
             stats.packets_out += n_out
+            stats.bytes_in += sum(wirelens)
+            stats.bytes_out += bytes_out
+            drops.update(b.drop_reason[:b.n_drop].tolist())
+            digest.update(b"".join(hashed))
+            for e in out_egress:
+                per_egress[e] += 1
             stats.batches += 1
             stats.process_seconds += (cpu_processed - cpu_enter) / 1e9
             stats.process_wall_seconds += (t_processed - t_enter) / 1e9
