@@ -115,7 +115,8 @@ def run(args) -> int:
     from .runtime.ports import CaptureSource, capture_inside
     from .runtime.recorder import Recorder
 
-    if args.inside.strip() != "auto":
+    auto_inside = args.inside.strip() == "auto"
+    if not auto_inside:
         try:
             inside = parse_inside(args.inside)
         except ValueError as e:
@@ -132,15 +133,16 @@ def run(args) -> int:
         source = CaptureSource(args.pcap)
     except FormatError as e:
         raise UsageError(str(e)) from None
-    if args.inside.strip() == "auto":
+    if auto_inside:
         inside = capture_inside(args.pcap)
     cpu0 = time.process_time()
     with source:
         pipeline, implementation = make_pipeline(chain, args.seed, source.linktype, inside, args.generic)
         recorder = None
         if args.output:
-            fields = {"params": list(args.param), "seed": args.seed, "inside": [str(n) for n in inside], "clock": args.clock,
-                      "batch": args.batch, "implementation": implementation, "input": os.path.basename(args.pcap)}
+            fields = {"params": list(args.param), "seed": args.seed, "inside": [str(n) for n in inside],
+                      "clock": args.clock, "batch": args.batch, "implementation": implementation,
+                      "input": os.path.basename(args.pcap)}
             try:
                 recorder = Recorder(args.output, args.chain, fields)
             except OSError as e:
@@ -156,7 +158,7 @@ def run(args) -> int:
             if progress is not None:
                 progress.clear()
     cpu = time.process_time() - cpu0
-    result = as_json(stats, args, cpu, inside)
+    result = as_json(stats, args, cpu, inside, auto_inside)
     if args.json:
         print(json.dumps(result, indent=2))
     else:
@@ -164,9 +166,9 @@ def run(args) -> int:
     return OK
 
 
-def as_json(stats, args, cpu_seconds: float, inside) -> dict:
+def as_json(stats, args, cpu_seconds: float, inside, auto_inside: bool) -> dict:
     return {"chain": args.chain, "input": args.pcap, "implementation": stats.implementation, "seed": args.seed,
-            "batch": args.batch, "clock": args.clock, "inside": [str(n) for n in inside], "auto_inside": args.inside.strip() == "auto",
+            "batch": args.batch, "clock": args.clock, "inside": [str(n) for n in inside], "auto_inside": auto_inside,
             "packets_in": stats.packets_in, "packets_out": stats.packets_out, "by_egress": stats.by_egress,
             "bytes_in": stats.bytes_in, "bytes_out": stats.bytes_out, "dropped": stats.dropped,
             "mpps": round(stats.mpps, 6), "gbps": round(stats.gbps, 6), "latency": stats.latency_ns,
@@ -191,8 +193,8 @@ def render(r: dict) -> str:
         lines.append("dropped by reason:")
     for reason, count in r["dropped"].items():
         lines.append(f"  {count:>8,}  {reason}")
-    lines.append(f"throughput: {r['mpps']:.3f} Mpps, {r['gbps']:.3f} Gbps ({r['process_seconds']:.4f} s CPU processing; "
-                 f"run {r['run_seconds']:.3f} s, {r['cpu_seconds']:.3f} s CPU)")
+    lines.append(f"throughput: {r['mpps']:.3f} Mpps, {r['gbps']:.3f} Gbps ({r['process_seconds']:.4f} s CPU in the "
+                 f"pipeline; the run took {r['run_seconds']:.3f} s, {r['cpu_seconds']:.3f} s CPU)")
     lat = r["latency"]
     lines.append(f"latency: p50 {_us(lat.get('p50'))}, p99 {_us(lat.get('p99'))}, p99.9 {_us(lat.get('p999'))} "
                  f"(batch entering the pipeline to its outputs handed on)")

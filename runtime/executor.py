@@ -156,7 +156,8 @@ def run(chain, source, pipeline, recorder=None, batch: int = 32, clock: str = "p
             outputs, out_egress, bytes_out, hashed = [], [], 0, []
             if n_out:
                 out_egress, out_inst = b.out_egress[:n_out].tolist(), b.out_inst[:n_out].tolist()
-                out_off, out_len, out_copy = b.out_off[:n_out].tolist(), b.out_len[:n_out].tolist(), b.out_copy[:n_out].tolist()
+                out_off, out_len = b.out_off[:n_out].tolist(), b.out_len[:n_out].tolist()
+                out_copy = b.out_copy[:n_out].tolist()
                 data, extra = memoryview(b.data), memoryview(b.extra)
                 for k in range(n_out):
                     o = out_off[k]

@@ -132,9 +132,10 @@ class CaptureSource(Source):
     def _mixed(self, rec: Record) -> FormatError:
         n = self._reader.count
         return FormatError(self.name, getattr(self._reader, "block_offset", None),
-                           f"packet {n} has link type {rec.linktype} ({linktype_name(rec.linktype)}) but the packets "
-                           f"before it {self.linktype} ({linktype_name(self.linktype)}); a run takes one link type: "
-                           f"split the capture by interface (e.g. tshark -r {self.name} -Y frame.interface_id==N -w PART)")
+                           f"packet {n} has link type {rec.linktype} ({linktype_name(rec.linktype)}) but the "
+                           f"packets before it {self.linktype} ({linktype_name(self.linktype)}); a run takes one link "
+                           f"type: split the capture by interface (e.g. tshark -r {self.name} "
+                           f"-Y frame.interface_id==N -w PART)")
 
     def progress(self) -> tuple[int, int | None]:
         src = self._reader.src

@@ -1,7 +1,8 @@
-"""Writes a run as a trace (traces/README.md, "What `nfproof run` records"): the run header, every input on `ingress:inside` / `ingress:outside`, every output on
-`egress:NAME` right after the input it descends from, and a final `summary` event. The file is
-always closed well-formed: `close` writes the header (if no input came), the summary and the end,
-also when the run stopped on an error."""
+"""Writes a run as a trace (traces/README.md, "What `nfproof run` records"): the run header, every
+input on `ingress:inside` / `ingress:outside`, every output on `egress:NAME` right after the input
+it descends from, and a final `summary` event. The file is always closed well-formed: `close`
+writes the header (if no input came), the summary and the end, also when the run stopped on an
+error."""
 from __future__ import annotations
 
 from nfproof.traces.trace import TraceEvent, TraceHeader, TracePacket, TraceWriter

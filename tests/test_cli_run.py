@@ -499,8 +499,8 @@ def test_replay_explains_a_recorded_run(tmp_path, capsys, name):
     """The loop the trace format exists for: `nfproof replay` finds a failure-free execution of the
     chain model that explains a run the runtime recorded."""
     trace = tmp_path / "t.pcapng"
-    code, out, err = cli(capsys, "run", "firewall>nat>lb", "--pcap", DATA / name, "--seed", 3, "--param", "nat.ports=64512",
-                         "--param", "lb.backends=3", "-o", trace)
+    code, out, err = cli(capsys, "run", "firewall>nat>lb", "--pcap", DATA / name, "--seed", 3,
+                         "--param", "nat.ports=64512", "--param", "lb.backends=3", "-o", trace)
     assert code == 0, err
     code, out, err = cli(capsys, "replay", trace)
     assert code == 0 and out.startswith("explained:"), out + err
