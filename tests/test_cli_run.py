@@ -504,3 +504,19 @@ def test_replay_explains_a_recorded_run(tmp_path, capsys, name):
     assert code == 0, err
     code, out, err = cli(capsys, "replay", trace)
     assert code == 0 and out.startswith("explained:"), out + err
+
+
+def test_help_and_parser_import_no_runtime(capsys):
+    """Every command builds the parser: cmd_run's must not import numpy; its written-out
+    constants are the runtime's."""
+    from nfproof import cmd_run
+    from nfproof.runtime import executor, frames
+    assert cmd_run.CLOCKS == executor.CLOCKS and cmd_run.DEFAULT_INSIDE_TEXT == frames.DEFAULT_INSIDE_TEXT
+    done = subprocess.run([sys.executable, "-c", "import sys; from nfproof.cli import build_parser; build_parser(); "
+                           "print('numpy' in sys.modules, 'nfproof.runtime' in sys.modules)"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.stdout.split() == ["False", "False"], done.stderr
+    with pytest.raises(SystemExit):
+        main(["run", "--help"])
+    out = capsys.readouterr().out
+    assert "--clock {pcap,wall}" in out and "latency per packet" in out and "CPU time" in out
