@@ -156,7 +156,8 @@ def run(args) -> int:
             stats = run_chain(chain, source, pipeline, recorder, args.batch, args.clock,
                               progress, implementation=implementation, inside=inside)
         except FormatError as e:
-            kept = f" (the trace {args.output} holds the {recorder.inputs} inputs before it)" if recorder else ""
+            kept = (f" (the trace {args.output} holds the {recorder.inputs} input{'' if recorder.inputs == 1 else 's'} "
+                    f"before it)") if recorder else ""
             raise UsageError(f"{e}{kept}") from None
         finally:
             if progress is not None:

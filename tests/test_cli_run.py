@@ -520,3 +520,18 @@ def test_help_and_parser_import_no_runtime(capsys):
         main(["run", "--help"])
     out = capsys.readouterr().out
     assert "--clock {pcap,wall}" in out and "latency per packet" in out and "CPU time" in out
+
+
+def test_mixed_link_types_cli(tmp_path, capsys):
+    mixed = tmp_path / "mixed.pcapng"
+    frames = {path.name: next(iter(open_capture(path))).data for path in (E02, DATA / "E15_sll_redis_15flows.pcap")}
+    with PcapngWriter(str(mixed)) as w:
+        eth, sll = w.add_interface(1, 0), w.add_interface(113, 0)
+        w.write_packet(eth, 1_000, frames[E02.name])
+        w.write_packet(sll, 2_000, frames["E15_sll_redis_15flows.pcap"])
+    trace = tmp_path / "t.pcapng"
+    line = one_line_error(capsys, "nat", "--pcap", mixed, "-o", trace)
+    assert "packet 2 has link type 113 (LINUX_SLL) but the packets before it 1 (EN10MB)" in line
+    assert f"the trace {trace} holds the 1 input before it" in line
+    _, items, _ = trace_items(trace)
+    assert [p.seq for p in items if isinstance(p, TracePacket) and p.direction == "in"] == [0]
