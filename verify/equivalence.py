@@ -135,13 +135,13 @@ def _match_channel(channel, obs: list, prod: list, eq: Equivalence, lossable: li
     return Mismatch(channel, None, i, expected, _after=j - 1)
 
 
-def order_violation(outputs: Sequence, eq: Equivalence, *, flow_of: Callable | None = None,
-                    skip: Callable[[int], bool] | None = None) -> tuple[int, int] | None:
+def order_inversions(outputs: Sequence, eq: Equivalence, *, flow_of: Callable | None = None,
+                     skip: Callable[[int], bool] | None = None):
     """For observed outputs that name their input, `outputs` = [(egress, item, input)] in the
     order the egresses let them out: a failure-free chain releases each channel's outputs in
-    input order, so an output after one of a later input is out of order. Returns (index of the
-    first such output, index of the later input's output it follows), or None. `skip(k)`:
-    outputs left out of the order (allowed duplicates)."""
+    input order, so an output after one of a later input on its channel is out of order. Yields
+    (index of such an output, index of the later input's output it follows). `skip(k)`: outputs
+    left out of the order (allowed duplicates)."""
     latest: dict = {}
     for k, (egress, item, seq) in enumerate(outputs):
         if skip is not None and skip(k):
@@ -149,7 +149,12 @@ def order_violation(outputs: Sequence, eq: Equivalence, *, flow_of: Callable | N
         channel = eq.channel(egress, item, flow_of)
         before = latest.get(channel)
         if before is not None and outputs[before][2] > seq:
-            return k, before
-        if before is None or outputs[before][2] <= seq:
+            yield k, before
+        else:
             latest[channel] = k
-    return None
+
+
+def order_violation(outputs: Sequence, eq: Equivalence, *, flow_of: Callable | None = None,
+                    skip: Callable[[int], bool] | None = None) -> tuple[int, int] | None:
+    """The first of `order_inversions`, or None."""
+    return next(order_inversions(outputs, eq, flow_of=flow_of, skip=skip), None)

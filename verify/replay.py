@@ -21,14 +21,15 @@ import time
 from dataclasses import dataclass, field
 
 from ..models.api import Flow, ip
-from .equivalence import Equivalence, order_violation
+from .equivalence import Equivalence, order_inversions
 from .frames import outside_route
 from .replay_load import CLOCK_NAMES, Recording, lossable_inputs
 from .replay_partition import conflicts, partition_kinds, run_parts, split
 from .replay_search import BUDGET, NS, Attempt, Problem, Search, Unknown
 from .simulate import DEFAULT_FAILOVER_SECONDS
 
-MAX_REPAIRS = 4   # changes reported as "what would have explained it"
+MAX_REPAIRS = 4         # changes reported as "what would have explained it"
+MAX_INVERSIONS = 10_000  # out-of-order outputs looked at (a trace scrambled beyond is a violation anyway)
 
 
 @dataclass
@@ -127,7 +128,7 @@ def replay(rec: Recording, eq: Equivalence, stall_ns: int | None = None, jobs: i
     stats = result.stats
     stats.update(inputs=len(rec.inputs), outputs=len(rec.outputs), events=len(rec.events))
     if rec.annotated:
-        failures += _orphans(rec) + _order(rec, eq)
+        failures += _orphans(rec)
         kinds = partition_kinds(rec.chain) if partition else None
         parts = split(rec, base.observed, kinds) if kinds else [list(range(len(rec.inputs)))]
         base.partitioned = len(parts) > 1
@@ -149,12 +150,22 @@ def replay(rec: Recording, eq: Equivalence, stall_ns: int | None = None, jobs: i
             kept = [o for p, o in enumerate(outcomes) if p not in gone]
             outcomes = kept + run_parts(base, rec.inputs, again, jobs)
         stats.update(parts=len(parts), merged=merges)
+        exact = 0
         for p, (indices, outcome) in enumerate(zip(parts, outcomes)):
             if outcome.verdict == "violation":
-                failures.append(_content_failure(rec, base, indices, outcome, p))
+                # attributed by the trace, this part's outputs are not explained; attributed freely?
+                exact += 1
+                verdict = _positional_verdict(rec, base, _interleaved(rec, eq, parts, {p}))
+                if verdict == "violation":
+                    failures.append(_content_failure(rec, base, indices, outcome, p))
+                elif verdict == "unknown":
+                    unknown.append("outputs cannot be matched to the inputs they name, and matching them freely "
+                                   "was not decided")
             elif outcome.verdict == "unknown":
                 unknown.append(outcome.reason)
-        stats["extra_attempts"] = sum(o.extra_attempts for o in outcomes)
+        order, checked = _order(rec, eq, base, parts)
+        failures += order
+        stats.update(extra_attempts=sum(o.extra_attempts for o in outcomes), exact_rechecks=exact + checked)
     else:
         problem = _positional_problem(rec, base)
         outcome = Search(problem).run()
@@ -178,14 +189,87 @@ def _orphans(rec: Recording) -> list:
     return [Failure("orphan", o.number, output=o) for o in rec.outputs if o.seq not in seqs][:1]
 
 
-def _order(rec: Recording, eq: Equivalence) -> list:
+def _order(rec: Recording, eq: Equivalence, base: Problem, parts: list) -> tuple[list, int]:
+    """Outputs released out of input order on their channel. The parts involved are checked
+    again with outputs matched freely (position by position, whatever input they name): only
+    what that cannot explain is a violation. Returns (failures, parts checked again)."""
     outs = rec.outputs
-    found = order_violation([(o.egress, o.key, o.seq) for o in outs], eq, flow_of=rec.flow_of,
-                            skip=(lambda k: outs[k].duplicate) if eq.allow_duplicates else None)
-    if found is None:
-        return []
-    k, before = found
-    return [Failure("order", outs[k].number, output=outs[k], before=outs[before])]
+    skip = (lambda k: outs[k].duplicate) if eq.allow_duplicates else None
+    part_of = {rec.inputs[k].seq: p for p, indices in enumerate(parts) for k in indices}
+    groups, first = _Groups(), {}
+    for n, (k, before) in enumerate(order_inversions([(o.egress, o.key, o.seq) for o in outs], eq,
+                                                     flow_of=rec.flow_of, skip=skip)):
+        if n >= MAX_INVERSIONS:
+            break
+        a, b = part_of.get(outs[k].seq), part_of.get(outs[before].seq)
+        if a is None or b is None:
+            continue
+        root = groups.union(a, b)
+        first.setdefault(root, (k, before))
+    failures, checked = [], 0
+    for root, members in groups.sets().items():
+        checked += 1
+        if _positional_verdict(rec, base, _interleaved(rec, eq, parts, members)) != "explained":
+            k, before = min((v for r, v in first.items() if groups.find(r) == root), key=lambda kb: kb[0])
+            failures.append(Failure("order", outs[k].number, output=outs[k], before=outs[before]))
+    return failures, checked
+
+
+class _Groups:
+    def __init__(self):
+        self.parent: dict = {}
+
+    def find(self, x):
+        while self.parent.setdefault(x, x) != x:
+            x = self.parent[x]
+        return x
+
+    def union(self, a, b):
+        ra, rb = self.find(a), self.find(b)
+        if ra != rb:
+            self.parent[ra] = rb
+        return rb
+
+    def sets(self) -> dict:
+        out: dict = {}
+        for x in list(self.parent):
+            out.setdefault(self.find(x), set()).add(x)
+        return out
+
+
+def _interleaved(rec: Recording, eq: Equivalence, parts: list, members: set) -> list:
+    """The inputs of some parts and of every part whose outputs interleave with theirs on a
+    channel: matching outputs freely may take an output from another of its part's inputs, which
+    moves it against the outputs of other parts around it, so those are checked with it."""
+    part_of = {rec.inputs[k].seq: p for p, indices in enumerate(parts) for k in indices}
+    channel = [eq.channel(o.egress, o.key, rec.flow_of) for o in rec.outputs]
+    members = set(members)
+    outs = rec.outputs
+    while True:
+        mine = [k for k, o in enumerate(outs) if part_of.get(o.seq) in members]
+        if not mine:
+            break
+        seqs = [rec.inputs[i].seq for p in members for i in parts[p]]
+        first, last = min(seqs), max(seqs)
+        channels = {channel[k] for k in mine}
+        # an output may be taken from any input of its part: it can move past every output of the
+        # inputs from the part's first to its last
+        span = [k for k, o in enumerate(outs) if o.seq is not None and first <= o.seq <= last and channel[k] in channels]
+        lo, hi = min(mine + span), max(mine + span)
+        more = {part_of.get(outs[k].seq) for k in range(lo, hi + 1) if channel[k] in channels} - members - {None}
+        if not more:
+            break
+        members |= more
+    return sorted(i for p in members for i in parts[p])
+
+
+def _positional_verdict(rec: Recording, base: Problem, indices: list) -> str:
+    """The exact check of some inputs and the outputs that name them: every channel's observed
+    sequence is what a failure-free execution emits, whichever input each output is taken from."""
+    units = [rec.inputs[k] for k in indices]
+    seqs = {u.seq for u in units}
+    problem = _positional_problem(rec, base, [o for o in rec.outputs if o.seq in seqs], units)
+    return Search(problem).run().verdict
 
 
 def _content_failure(rec: Recording, base: Problem, indices: list, outcome, part: int) -> Failure:
@@ -211,15 +295,16 @@ def _content_failure(rec: Recording, base: Problem, indices: list, outcome, part
                    part=part)
 
 
-def _positional_problem(rec: Recording, base: Problem) -> Problem:
+def _positional_problem(rec: Recording, base: Problem, outputs=None, units=None) -> Problem:
     observed: dict = {}
     earlier: dict = {}
-    for o in rec.outputs:
+    for o in rec.outputs if outputs is None else outputs:
         channel = base.eq.channel(o.egress, o.key, rec.flow_of)
         seen = earlier.setdefault(channel, set())
         observed.setdefault(channel, []).append((o.index, o.key, o.key in seen))
         seen.add(o.key)
-    return Problem(**{**base.__dict__, "units": rec.inputs, "observed": observed, "aligned": False})
+    return Problem(**{**base.__dict__, "units": rec.inputs if units is None else units, "observed": observed,
+                      "aligned": False, "partitioned": False})
 
 
 def _positional_failure(rec: Recording, problem: Problem, outcome) -> Failure:

@@ -469,9 +469,9 @@ class Search:
                 return None
             return compare(observed, produced, self.eq, flow_of=p.flow_of,
                            lossable=(lambda k: True) if unit.lossable else None)
-        return self._match_positional(produced)
+        return self._match_positional(produced, unit.lossable and self.eq.lossy)
 
-    def _match_positional(self, produced):
+    def _match_positional(self, produced, lossable: bool):
         observed, positions, eq, p = self.problem.observed, self.positions, self.eq, self.problem
         for egress, key in produced:
             channel = eq.channel(egress, key, p.flow_of)
@@ -480,6 +480,8 @@ class Search:
             while k < len(queue) and queue[k][1] != key and eq.allow_duplicates and queue[k][2]:
                 k += 1
             if k >= len(queue) or queue[k][1] != key:
+                if lossable:  # lost in flight
+                    continue
                 return Mismatch(channel, queue[k][0] if k < len(queue) else None, None, [key])
             self.tracker.journal.append((self, channel, positions.get(channel, MISSING)))
             positions[channel] = k + 1
@@ -517,8 +519,10 @@ class Search:
         f.conflicts |= tr.deps
         if f.lo > unit.time_ns:
             f.conflicts |= f.tdeps
-        if not self.problem.aligned and self.stack:
-            f.conflicts.add(self.stack[-1].i)  # positional: matching depends on every earlier input
+        if not self.problem.aligned:  # positional: matching depends on every earlier input
+            below = next((fr.i for fr in reversed(self.stack) if fr.i < f.i), None)
+            if below is not None:
+                f.conflicts.add(below)
         self._note_failure(f.i, att)
         return None
 
