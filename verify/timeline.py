@@ -73,7 +73,7 @@ def html(result: ReplayResult) -> str:
             e = pending.pop(0)
             css = {"failure": "crash", "failover": "failover"}.get(e.kind, "ev")
             label = {"failure": "CRASH", "failover": "FAILOVER"}.get(e.kind, e.kind)
-            extra = escape(", ".join(f"{k} {v}" for k, v in e.fields.items()))
+            extra = escape(", ".join(f"{k} {v}" for k, v in e.fields.items() if k != "end_ns"))
             cells = "".join(f"<td class='{css}'>{label}: {escape(e.instance)} {extra}</td>" if i == e.instance
                             else f"<td class='{css}'></td>" for i in instances)
             rows.append(f"<tr><td class=t>{seconds(rec, e.time_ns)}</td>" + "<td></td>" * len(sides) + cells +
