@@ -256,3 +256,34 @@ def test_json_report(tmp_path, capsys):
     assert f["output"]["fields"]["sport"] == "1025" and f["expected"][0]["fields"]["sport"] == "1024"
     assert [e["kind"] for e in f["events"]] == ["failure", "failover"]
     assert f["input"]["seq"] == 2 and f["needed"]
+
+
+def test_z3_decides_where_the_search_runs_out_of_budget(tmp_path):
+    """With no budget for alternatives the search cannot decide the firewall runs; Z3 does, as
+    the search does with its budget."""
+    path = firewall_run().write(tmp_path / "fw.pcapng")
+    for stall_s, expected in ((1, "violation"), (7, "explained")):
+        assert verdict(path, stall=stall_s * 10 ** 9).verdict == expected
+        r = verdict(path, stall=stall_s * 10 ** 9, budget=0)
+        assert r.verdict == expected and r.stats.get("z3_queries", 0) >= 1, r.reason
+        if expected == "violation":
+            assert r.failure.decided_by == "z3" and r.failure.unit.seq == 4
+
+
+def test_pure_python_and_cython_parsers_give_the_same_report(tmp_path):
+    """The frame view parses with nfproof.traces (Cython, or the pure-Python fallback with
+    NFPROOF_PUREPYTHON=1): the same trace gives the same report either way."""
+    import os
+    import subprocess
+    import sys
+    path = nat_run([1024, 1024, 1025]).write(tmp_path / "nat.pcapng")
+    outs = []
+    for pure in ("0", "1"):
+        env = dict(os.environ, NFPROOF_PUREPYTHON=pure)
+        p = subprocess.run([sys.executable, "-m", "nfproof", "replay", path, "--json"], env=env,
+                           capture_output=True, text=True, timeout=120)
+        assert p.returncode == 1, p.stderr
+        data = json.loads(p.stdout)
+        data["stats"].pop("cpu_seconds")
+        outs.append(data)
+    assert outs[0] == outs[1]

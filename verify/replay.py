@@ -29,6 +29,7 @@ from .replay_search import BUDGET, NS, Attempt, Problem, Search, Unknown
 from .simulate import DEFAULT_FAILOVER_SECONDS
 
 MAX_REPAIRS = 4         # changes reported as "what would have explained it"
+Z3_SECONDS = 20.0        # per fallback query
 MAX_INVERSIONS = 10_000  # out-of-order outputs looked at (a trace scrambled beyond is a violation anyway)
 
 
@@ -62,6 +63,7 @@ class Failure:
     attempts: list = field(default_factory=list)
     diagnosis: Diagnosis | None = None
     part: int | None = None
+    decided_by: str = "search"     # or "z3" (the search could not decide)
 
 
 @dataclass
@@ -155,15 +157,19 @@ def replay(rec: Recording, eq: Equivalence, stall_ns: int | None = None, jobs: i
             if outcome.verdict == "violation":
                 # attributed by the trace, this part's outputs are not explained; attributed freely?
                 exact += 1
-                verdict = _positional_verdict(rec, base, _interleaved(rec, eq, parts, {p}))
+                verdict = _positional_verdict(rec, base, _interleaved(rec, eq, parts, {p}), stats)
                 if verdict == "violation":
                     failures.append(_content_failure(rec, base, indices, outcome, p))
                 elif verdict == "unknown":
                     unknown.append("outputs cannot be matched to the inputs they name, and matching them freely "
                                    "was not decided")
             elif outcome.verdict == "unknown":
-                unknown.append(outcome.reason)
-        order, checked = _order(rec, eq, base, parts)
+                verdict = _z3_verdict(rec, base, indices, stats)
+                if verdict == "violation":
+                    failures.append(_content_failure(rec, base, indices, outcome, p, decided_by="z3"))
+                elif verdict == "unknown":
+                    unknown.append(outcome.reason)
+        order, checked = _order(rec, eq, base, parts, stats)
         failures += order
         stats.update(extra_attempts=sum(o.extra_attempts for o in outcomes), exact_rechecks=exact + checked)
     else:
@@ -189,7 +195,7 @@ def _orphans(rec: Recording) -> list:
     return [Failure("orphan", o.number, output=o) for o in rec.outputs if o.seq not in seqs][:1]
 
 
-def _order(rec: Recording, eq: Equivalence, base: Problem, parts: list) -> tuple[list, int]:
+def _order(rec: Recording, eq: Equivalence, base: Problem, parts: list, stats: dict) -> tuple[list, int]:
     """Outputs released out of input order on their channel. The parts involved are checked
     again with outputs matched freely (position by position, whatever input they name): only
     what that cannot explain is a violation. Returns (failures, parts checked again)."""
@@ -209,7 +215,7 @@ def _order(rec: Recording, eq: Equivalence, base: Problem, parts: list) -> tuple
     failures, checked = [], 0
     for root, members in groups.sets().items():
         checked += 1
-        if _positional_verdict(rec, base, _interleaved(rec, eq, parts, members)) != "explained":
+        if _positional_verdict(rec, base, _interleaved(rec, eq, parts, members), stats) != "explained":
             k, before = min((v for r, v in first.items() if groups.find(r) == root), key=lambda kb: kb[0])
             failures.append(Failure("order", outs[k].number, output=outs[k], before=outs[before]))
     return failures, checked
@@ -263,16 +269,45 @@ def _interleaved(rec: Recording, eq: Equivalence, parts: list, members: set) -> 
     return sorted(i for p in members for i in parts[p])
 
 
-def _positional_verdict(rec: Recording, base: Problem, indices: list) -> str:
+def _positional_verdict(rec: Recording, base: Problem, indices: list, stats: dict) -> str:
     """The exact check of some inputs and the outputs that name them: every channel's observed
-    sequence is what a failure-free execution emits, whichever input each output is taken from."""
+    sequence is what a failure-free execution emits, whichever input each output is taken from
+    (the search; Z3 where it cannot decide)."""
     units = [rec.inputs[k] for k in indices]
     seqs = {u.seq for u in units}
     problem = _positional_problem(rec, base, [o for o in rec.outputs if o.seq in seqs], units)
-    return Search(problem).run().verdict
+    verdict = Search(problem).run().verdict
+    return _z3_verdict(rec, base, indices, stats) if verdict == "unknown" else verdict
 
 
-def _content_failure(rec: Recording, base: Problem, indices: list, outcome, part: int) -> Failure:
+def _z3_verdict(rec: Recording, base: Problem, indices: list, stats: dict) -> str:
+    """Z3's answer for some inputs and their outputs (verify/replay_z3.py): explained, violation,
+    or unknown (also for what the encoding does not cover: loss, duplicates, large parts)."""
+    from . import replay_z3
+    from .solver import Budget
+    units = [rec.inputs[k] for k in indices]
+    seqs = {u.seq for u in units}
+    outs = [o for o in rec.outputs if o.seq in seqs]
+    if base.eq.lossy and any(u.lossable for u in units) or base.eq.allow_duplicates and any(o.duplicate for o in outs):
+        return "unknown"
+    observed: dict = {}
+    for o in outs:
+        observed.setdefault(o.egress, []).append(o.key)
+    stats["z3_queries"] = stats.get("z3_queries", 0) + 1
+    verdict = replay_z3.decide(rec.chain, units, observed, rec.t0_ns, base.stall_ns, Budget(timeout=Z3_SECONDS))
+    if verdict == "violation" and base.eq.relation == "per-flow":
+        return "unknown"   # the encoding compares whole egresses: stricter than per-flow
+    return verdict
+
+
+def _content_failure(rec: Recording, base: Problem, indices: list, outcome, part: int,
+                     decided_by: str = "search") -> Failure:
+    failure = _failure_at(rec, indices, outcome, part)
+    failure.decided_by = decided_by
+    return failure
+
+
+def _failure_at(rec: Recording, indices: list, outcome, part: int) -> Failure:
     by_seq = {}
     for o in rec.outputs:
         if o.seq is not None:

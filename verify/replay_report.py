@@ -83,6 +83,8 @@ def story(result: ReplayResult) -> str:
              f"(failover time {result.failover_ns / NS:g} s)"]
     if f is None:
         return "\n".join(lines)
+    if f.decided_by == "z3":
+        lines.append("decided by Z3 (verify/replay_z3.py): the search ran out of alternatives to try")
     if f.output is not None:
         lines += ["", f"the first output that cannot be explained: {_output_text(rec, f.output)}, at "
                       f"{seconds(rec, f.output.time_ns)}"]
@@ -142,6 +144,7 @@ def as_json(result: ReplayResult) -> dict:
     if f is not None:
         out["failure"] = {
             "kind": f.kind,
+            "decided_by": f.decided_by,
             "output": None if f.output is None else {
                 "packet": f.output.number, "egress": f.output.egress, "seq": f.output.seq,
                 "out_index": f.output.out_index, "instance": f.output.instance,
