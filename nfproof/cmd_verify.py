@@ -34,7 +34,10 @@ def positive_float(text: str) -> float:
 
 
 def configured(nf_cls, settings: list[str]):
-    """nf_cls with the --param NF.NAME=VALUE settings applied (ParamError / UsageError if invalid)."""
+    """nf_cls with the --param NF.NAME=VALUE settings applied (ParamError / UsageError if invalid);
+    for a chain (a composite NF), to every member of that NF."""
+    if settings and callable(getattr(nf_cls, "chain", None)):
+        return _configured_chain(nf_cls, settings)
     values = {}
     for setting in settings:
         m = re.fullmatch(r"\s*([^=\s]+)\.([A-Za-z_][A-Za-z0-9_]*)\s*=(.*)", setting)
@@ -44,6 +47,25 @@ def configured(nf_cls, settings: list[str]):
             raise UsageError(f"--param {setting!r} names NF {m.group(1)!r}, but the NF verified is {nf_cls.name!r}")
         values[m.group(2)] = m.group(3).strip()
     return nf_cls.configure(values)
+
+
+def _configured_chain(composite, settings: list[str]):
+    from dataclasses import replace
+
+    from .models import model_ref
+    chain = composite.chain().copy()
+    names = {m.nf.name for m in chain.members.values()}
+    for setting in settings:
+        nf_name = setting.partition("=")[0].strip().rpartition(".")[0]
+        if nf_name not in names:
+            raise UsageError(f"--param {setting!r} names NF {nf_name!r}, which is not in the chain "
+                             f"(its NFs: {', '.join(sorted(names))}); write NF.NAME=VALUE")
+    for name, member in list(chain.members.items()):
+        mine = [s for s in settings if s.partition("=")[0].strip().rpartition(".")[0] == member.nf.name]
+        chain.members[name] = replace(member, nf=configured(member.nf, mine))
+    result = chain.as_nf()
+    result.model_reference = ">".join(f"{name}={model_ref(m.nf)}" for name, m in chain.members.items())
+    return result
 
 
 def duration(text: str):

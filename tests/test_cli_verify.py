@@ -110,3 +110,13 @@ def test_unbounded_flag():
     assert r.returncode == 0 and "of any length" in r.stdout
     data = json.loads(nfproof("verify", "nat", "--strategy", "stateful.sync", "--bound", "2", "--unbounded", "--json").stdout)
     assert data["unbounded"] is True and data["stats"]["induction"].startswith("induction on lockstep")
+
+
+def test_params_reach_the_members_of_a_chain():
+    """--param NF.NAME=VALUE sets that NF's parameter in every chain member of that NF: a NAT pool of
+    one port makes the second flow through firewall>nat exhaust it, which the reproduction shows."""
+    out = nfproof("verify", "firewall>nat", "--param", "nat.ports=1", "--strategy", "none", "--bound", "2")
+    assert out.returncode == 1, out.stderr
+    assert "reproduce('firewall=firewall>nat=nat[ports=1]'" in out.stdout
+    bad = nfproof("verify", "firewall>nat", "--param", "lb.backends=2", "--bound", "2")
+    assert bad.returncode == 2 and "not in the chain" in bad.stderr
