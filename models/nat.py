@@ -12,7 +12,9 @@ class Nat(NF):
     a new flow when the pool is exhausted. Mappings never expire (no clock). The pool is
     `ports` ports from `base` (parameters: 4 ports in proofs, e.g. --param nat.ports=64512 on
     real traffic). Traffic outside the model (non-IPv4 frames) is not translated: the runtime
-    passes it through unchanged, as every bundled NF does.
+    passes it through unchanged, as every bundled NF does. On real frames an IPv4 protocol
+    without ports (IGMP, GRE, an outbound echo reply) cannot carry the chosen port: the runtime
+    drops that output as `nat: cannot write sport into the frame` (runtime/README.md).
 
     The port choice is the nondeterminism that failover must preserve: once a flow's port has
     been seen outside, every later packet of the flow must carry the same one."""
