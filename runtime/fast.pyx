@@ -19,9 +19,11 @@ a copy for all but the last of several outputs) with incremental RFC 1624 checks
 including the header quoted inside ICMP errors; copies that leave the chain are appended to
 `batch.extra` at the end of the call.
 
-Inputs are processed in groups of `group` (default 32): the group is parsed first and the flow
-table slots its first lookups will touch are prefetched, then the inputs run one by one. Results
-never depend on the batch size or the group (only memory timing does).
+Memory latency is hidden by a software pipeline (`run_inputs`): while input j runs, input
+j + S*D is parsed and the flow-table slot its first instance will read is prefetched, and the
+predicted paths of the inputs in between advance one instance each (`predict` reads the slot
+prefetched D inputs earlier, read-only, and prefetches the next instance's), D = `group`
+(default 8). Results never depend on the batch size or D (only memory timing does).
 
 `PassThrough` is the baseline the benchmark compares against: parse every frame and release it
 unchanged on egress 0."""
@@ -62,8 +64,30 @@ cdef extern from *:
     """
     int64_t ticks_of "nfp_ticks"(int64_t t_ns, int64_t tps) noexcept nogil
     int64_t refill "nfp_refill"(int64_t credit, int64_t elapsed, int64_t rate, int64_t full) noexcept nogil
-    void prefetch "__builtin_prefetch"(const void *addr) noexcept nogil
     void *aligned_alloc(size_t alignment, size_t size) noexcept nogil
+
+cdef extern from *:
+    """
+    /* a prefetch GCC cannot drop: with __builtin_prefetch, a function that only prefetches is
+       deduced side-effect free and every call to it is deleted */
+    static inline void nfp_prefetch(const void *p) { __asm__ volatile("prefetcht0 %0" : : "m"(*(const char *)p)); }
+    """
+    void prefetch "nfp_prefetch"(const void *addr) noexcept nogil
+
+cdef extern from *:
+    """
+    #include <string.h>
+    static inline uint64_t nfp_ld64(const uint8_t *p) { uint64_t v; memcpy(&v, p, 8); return v; }
+    static inline uint32_t nfp_ld16(const uint8_t *p) { uint16_t v; memcpy(&v, p, 2); return __builtin_bswap16(v); }
+    static inline uint32_t nfp_ld32(const uint8_t *p) { uint32_t v; memcpy(&v, p, 4); return __builtin_bswap32(v); }
+    static inline void nfp_st16(uint8_t *p, uint32_t x) { uint16_t v = __builtin_bswap16((uint16_t)x); memcpy(p, &v, 2); }
+    static inline void nfp_st32(uint8_t *p, uint32_t x) { uint32_t v = __builtin_bswap32(x); memcpy(p, &v, 4); }
+    """
+    uint64_t ld64 "nfp_ld64"(const uint8_t *p) noexcept nogil
+    uint32_t ld16 "nfp_ld16"(const uint8_t *p) noexcept nogil
+    uint32_t ld32 "nfp_ld32"(const uint8_t *p) noexcept nogil
+    void st16 "nfp_st16"(uint8_t *p, uint32_t x) noexcept nogil
+    void st32 "nfp_st32"(uint8_t *p, uint32_t x) noexcept nogil
 
 
 # ---- header parsing entry points (as before) ------------------------------------------------------
@@ -132,9 +156,12 @@ cdef enum:
 
 # ---- C structures ---------------------------------------------------------------------------------
 
-ctypedef struct view_t:      # a model Packet
+ctypedef struct view_t:      # a model Packet; its first 16 bytes are the fields a frame carries
     uint32_t src, dst
-    int32_t sport, dport, proto, flags, length, label
+    uint16_t sport, dport
+    uint8_t proto, flags
+    uint16_t length
+    int32_t label
     bint inbound
 
 ctypedef struct layout_t:    # where the view's fields are in the input frame (shared by its copies)
@@ -208,7 +235,7 @@ ctypedef struct pl_t:
     # the input being processed
     Py_ssize_t cur, cur_caplen
     int64_t cur_t
-    layout_t lay
+    layout_t *lay
     uint8_t *scratch                         # copies of the current input's frame
     Py_ssize_t scratch_len, scratch_cap
     uint8_t *stage                           # copies released in this call, for batch.extra
@@ -218,14 +245,16 @@ ctypedef struct pl_t:
 # ---- small helpers ----------------------------------------------------------------------------------
 
 cdef inline void put16(uint8_t *d, Py_ssize_t o, uint32_t v) noexcept nogil:
-    d[o] = (v >> 8) & 0xFF
-    d[o + 1] = v & 0xFF
+    st16(d + o, v)
 
 cdef inline void put32(uint8_t *d, Py_ssize_t o, uint32_t v) noexcept nogil:
-    d[o] = v >> 24
-    d[o + 1] = (v >> 16) & 0xFF
-    d[o + 2] = (v >> 8) & 0xFF
-    d[o + 3] = v & 0xFF
+    st32(d + o, v)
+
+cdef inline uint32_t get16(const uint8_t *d, Py_ssize_t o) noexcept nogil:
+    return ld16(d + o)
+
+cdef inline uint32_t get32(const uint8_t *d, Py_ssize_t o) noexcept nogil:
+    return ld32(d + o)
 
 cdef inline void sum16(uint64_t *acc, uint32_t old, uint32_t new) noexcept nogil:
     """One 16-bit word's change for an RFC 1624 update: ~m + m'."""
@@ -237,9 +266,10 @@ cdef inline void sum32(uint64_t *acc, uint32_t old, uint32_t new) noexcept nogil
 
 cdef inline uint32_t csum_apply(uint32_t c, uint64_t acc) noexcept nogil:
     """HC' = ~(~HC + sum of (~m + m')), ones' complement (end-around carry)."""
-    cdef uint64_t s = (~c & 0xFFFF) + acc
-    while s >> 16:
-        s = (s & 0xFFFF) + (s >> 16)
+    cdef uint64_t s = (~c & 0xFFFF) + acc  # acc: a few dozen 17-bit terms at most, so three folds do
+    s = (s & 0xFFFF) + (s >> 16)
+    s = (s & 0xFFFF) + (s >> 16)
+    s = (s & 0xFFFF) + (s >> 16)
     return ~s & 0xFFFF
 
 cdef inline uint64_t rng_next(uint64_t *state) noexcept nogil:
@@ -331,9 +361,7 @@ cdef void table_delete(table_t *t, slot_t *s) noexcept nogil:
     t.used -= 1
 
 cdef inline void table_prefetch(table_t *t, uint64_t a, uint64_t b) noexcept nogil:
-    cdef size_t i = slot_home(t, a, b)
-    prefetch(&t.s[i])
-    prefetch(&t.s[(i + 2) & t.mask])  # a probe that overflows the line
+    prefetch(&t.s[slot_home(t, a, b)])
 
 
 # ---- results --------------------------------------------------------------------------------------
@@ -416,8 +444,8 @@ cdef void make_view(pkt_t *p, layout_t *L, view_t *v) noexcept nogil:
     cdef Py_ssize_t total, end
     L.l3, L.l4, L.ql3, L.ql4, L.qproto, L.avail = h.l3, h.l4, -1, -1, -1, 0
     v.proto = h.proto
-    v.src = u32(d, h.l3 + 12)
-    v.dst = u32(d, h.l3 + 16)
+    v.src = get32(d, h.l3 + 12)
+    v.dst = get32(d, h.l3 + 16)
     v.sport = v.dport = v.flags = 0
     if h.proto == 6 or h.proto == 17:
         L.kind = L_TCP if h.proto == 6 else L_UDP
@@ -435,7 +463,7 @@ cdef void make_view(pkt_t *p, layout_t *L, view_t *v) noexcept nogil:
         elif (t == 3 or t == 4 or t == 5 or t == 11 or t == 12) and p.has_quoted and q.version == 4 and (
                 ((q.proto == 6 or q.proto == 17) and q.sport >= 0) or (q.proto == 1 and q.icmp_id >= 0)):
             L.ql3, L.ql4, L.qproto = q.l3, q.l4, q.proto
-            total = u16(d, h.l3 + 2)
+            total = get16(d, h.l3 + 2)
             end = p.wirelen if total == 0 else h.l3 + total
             if end > p.wirelen:
                 end = p.wirelen
@@ -450,13 +478,19 @@ cdef void make_view(pkt_t *p, layout_t *L, view_t *v) noexcept nogil:
                 L.kind = L_ERR_REP
                 qs, qd = 0, q.icmp_id
             v.proto = q.proto
-            v.src = u32(d, q.l3 + 16)
-            v.dst = u32(d, q.l3 + 12)
+            v.src = get32(d, q.l3 + 16)
+            v.dst = get32(d, q.l3 + 12)
             v.sport, v.dport = qd, qs
         else:
             L.kind = L_ICMP_OTHER
     else:
         L.kind = L_OTHER
+
+
+cdef inline bint frame_fields_differ(view_t *o, view_t *n) noexcept nogil:
+    """Do the views differ in a field the frame carries (their first 16 bytes)?"""
+    return ld64(<const uint8_t *>o) != ld64(<const uint8_t *>n) or \
+        ld64(<const uint8_t *>o + 8) != ld64(<const uint8_t *>n + 8)
 
 
 cdef int cannot_write(layout_t *L, view_t *o, view_t *n) noexcept nogil:
@@ -476,7 +510,7 @@ cdef int cannot_write(layout_t *L, view_t *o, view_t *n) noexcept nogil:
 
 
 cdef void write_l4_checksum(uint8_t *d, Py_ssize_t at, uint64_t acc, bint udp) noexcept nogil:
-    cdef uint32_t c = u16(d, at)
+    cdef uint32_t c = get16(d, at)
     if udp and c == 0:  # no checksum: stays none
         return
     c = csum_apply(c, acc)
@@ -485,71 +519,80 @@ cdef void write_l4_checksum(uint8_t *d, Py_ssize_t at, uint64_t acc, bint udp) n
     put16(d, at, c)
 
 
-cdef void write_back(uint8_t *d, layout_t *L, view_t *o, view_t *n) noexcept nogil:
+cdef void write_back_error(uint8_t *d, layout_t *L, view_t *o, view_t *n) noexcept nogil:
+    """write_back for an ICMP error, whose view is the reverse of the packet it quotes."""
+    cdef int k = L.kind, l3 = L.l3, l4 = L.l4, ql3 = L.ql3, ql4 = L.ql4
+    cdef uint64_t ip = 0, tl = 0, icmp = 0, qip = 0, ql = 0
+    cdef bint ch_ip = 0, ch_tl = 0, ch_icmp = 0, ch_qip = 0, ch_ql = 0, has_ql, pseudo
+    cdef uint32_t old, new, w
+    if o.src != n.src:  # the quoted destination, and the outer source if it was the same address
+        if get32(d, l3 + 12) == o.src:
+            put32(d, l3 + 12, n.src)
+            sum32(&ip, o.src, n.src)
+            ch_ip = 1
+        sum32(&qip, get32(d, ql3 + 16), n.src)
+        put32(d, ql3 + 16, n.src)
+        ch_qip = 1
+    if o.dst != n.dst:
+        if get32(d, l3 + 16) == o.dst:
+            put32(d, l3 + 16, n.dst)
+            sum32(&ip, o.dst, n.dst)
+            ch_ip = 1
+        sum32(&qip, get32(d, ql3 + 12), n.dst)
+        put32(d, ql3 + 12, n.dst)
+        ch_qip = 1
+    ql = qip  # the quoted transport checksum: the pseudo header (TCP/UDP) and the ports or identifier
+    if k != L_ERR_L4:
+        ql = 0
+    icmp = qip
+    ch_icmp = ch_qip
+    if o.sport != n.sport:  # the quote's "dport": its destination port, or a quoted reply's identifier
+        w = ql4 + 2 if k == L_ERR_L4 else ql4 + 4
+        sum16(&ql, get16(d, w), n.sport)
+        sum16(&icmp, get16(d, w), n.sport)
+        put16(d, w, n.sport)
+        ch_ql = ch_icmp = 1
+    if o.dport != n.dport:  # the quote's "sport": its source port, or a quoted request's identifier
+        w = ql4 if k == L_ERR_L4 else ql4 + 4
+        sum16(&ql, get16(d, w), n.dport)
+        sum16(&icmp, get16(d, w), n.dport)
+        put16(d, w, n.dport)
+        ch_ql = ch_icmp = 1
+    if ch_qip:
+        old = get16(d, ql3 + 10)
+        new = csum_apply(old, qip)
+        put16(d, ql3 + 10, new)
+        sum16(&icmp, old, new)
+        if k == L_ERR_L4:
+            ch_ql = 1
+    # the quoted transport checksum, when its bytes are in the quote
+    if L.qproto == 6:
+        w, has_ql = ql4 + 16, ql4 + 18 <= L.avail
+    elif L.qproto == 17:
+        w, has_ql = ql4 + 6, ql4 + 8 <= L.avail
+    else:
+        w, has_ql = ql4 + 2, ql4 + 8 <= L.avail
+    if ch_ql and has_ql:
+        old = get16(d, w)
+        if L.qproto == 17:
+            write_l4_checksum(d, w, ql, 1)
+        else:
+            put16(d, w, csum_apply(old, ql))
+        sum16(&icmp, old, get16(d, w))
+    if ch_icmp:
+        put16(d, l4 + 2, csum_apply(get16(d, l4 + 2), icmp))
+    if ch_ip:
+        put16(d, l3 + 10, csum_apply(get16(d, l3 + 10), ip))
+
+
+cdef inline void write_back(uint8_t *d, layout_t *L, view_t *o, view_t *n) noexcept nogil:
     """Rewrites the frame d (whose view is o) so that its view is n; cannot_write(L, o, n) was 0."""
     cdef int k = L.kind, l3 = L.l3, l4 = L.l4, ql3 = L.ql3, ql4 = L.ql4
     cdef uint64_t ip = 0, tl = 0, icmp = 0, qip = 0, ql = 0
     cdef bint ch_ip = 0, ch_tl = 0, ch_icmp = 0, ch_qip = 0, ch_ql = 0, has_ql, pseudo
     cdef uint32_t old, new, w
     if k >= L_ERR_L4:  # an ICMP error: the view is the reversed quote
-        if o.src != n.src:  # the quoted destination, and the outer source if it was the same address
-            if u32(d, l3 + 12) == o.src:
-                put32(d, l3 + 12, n.src)
-                sum32(&ip, o.src, n.src)
-                ch_ip = 1
-            sum32(&qip, u32(d, ql3 + 16), n.src)
-            put32(d, ql3 + 16, n.src)
-            ch_qip = 1
-        if o.dst != n.dst:
-            if u32(d, l3 + 16) == o.dst:
-                put32(d, l3 + 16, n.dst)
-                sum32(&ip, o.dst, n.dst)
-                ch_ip = 1
-            sum32(&qip, u32(d, ql3 + 12), n.dst)
-            put32(d, ql3 + 12, n.dst)
-            ch_qip = 1
-        ql = qip  # the quoted transport checksum: the pseudo header (TCP/UDP) and the ports or identifier
-        if k != L_ERR_L4:
-            ql = 0
-        icmp = qip
-        ch_icmp = ch_qip
-        if o.sport != n.sport:  # the quote's "dport": its destination port, or a quoted reply's identifier
-            w = ql4 + 2 if k == L_ERR_L4 else ql4 + 4
-            sum16(&ql, u16(d, w), n.sport)
-            sum16(&icmp, u16(d, w), n.sport)
-            put16(d, w, n.sport)
-            ch_ql = ch_icmp = 1
-        if o.dport != n.dport:  # the quote's "sport": its source port, or a quoted request's identifier
-            w = ql4 if k == L_ERR_L4 else ql4 + 4
-            sum16(&ql, u16(d, w), n.dport)
-            sum16(&icmp, u16(d, w), n.dport)
-            put16(d, w, n.dport)
-            ch_ql = ch_icmp = 1
-        if ch_qip:
-            old = u16(d, ql3 + 10)
-            new = csum_apply(old, qip)
-            put16(d, ql3 + 10, new)
-            sum16(&icmp, old, new)
-            if k == L_ERR_L4:
-                ch_ql = 1
-        # the quoted transport checksum, when its bytes are in the quote
-        if L.qproto == 6:
-            w, has_ql = ql4 + 16, ql4 + 18 <= L.avail
-        elif L.qproto == 17:
-            w, has_ql = ql4 + 6, ql4 + 8 <= L.avail
-        else:
-            w, has_ql = ql4 + 2, ql4 + 8 <= L.avail
-        if ch_ql and has_ql:
-            old = u16(d, w)
-            if L.qproto == 17:
-                write_l4_checksum(d, w, ql, 1)
-            else:
-                put16(d, w, csum_apply(old, ql))
-            sum16(&icmp, old, u16(d, w))
-        if ch_icmp:
-            put16(d, l4 + 2, csum_apply(u16(d, l4 + 2), icmp))
-        if ch_ip:
-            put16(d, l3 + 10, csum_apply(u16(d, l3 + 10), ip))
+        write_back_error(d, L, o, n)
         return
     pseudo = k == L_TCP or k == L_UDP
     if o.src != n.src:
@@ -575,19 +618,19 @@ cdef void write_back(uint8_t *d, layout_t *L, view_t *o, view_t *n) noexcept nog
         sum16(&tl, o.dport, n.dport)
         ch_tl = 1
     if o.flags != n.flags:  # the low 8 bits of the TCP flags; the NS bit (byte l4+12) is kept
-        old = u16(d, l4 + 12)
+        old = get16(d, l4 + 12)
         d[l4 + 13] = n.flags & 0xFF
-        sum16(&tl, old, u16(d, l4 + 12))
+        sum16(&tl, old, get16(d, l4 + 12))
         ch_tl = 1
     if ch_ip:
-        put16(d, l3 + 10, csum_apply(u16(d, l3 + 10), ip))
+        put16(d, l3 + 10, csum_apply(get16(d, l3 + 10), ip))
     if ch_tl:
         if k == L_TCP:
             write_l4_checksum(d, l4 + 16, tl, 0)
         elif k == L_UDP:
             write_l4_checksum(d, l4 + 6, tl, 1)
         elif k == L_ICMP_REQ or k == L_ICMP_REP:
-            put16(d, l4 + 2, csum_apply(u16(d, l4 + 2), tl))
+            put16(d, l4 + 2, csum_apply(get16(d, l4 + 2), tl))
 
 
 # ---- the bundled NFs: each a line-by-line transcription of its model (models/*.py) ----------------
@@ -599,8 +642,7 @@ cdef inline int drop(pl_t *pl, inst_t *t, int which) noexcept nogil:
     record_drop(pl, t.reason[which])
     return 0
 
-cdef inline int emit1(view_t *v, view_t *outs, int *gates, int gate) noexcept nogil:
-    outs[0] = v[0]
+cdef inline int out1(int *gates, int gate) noexcept nogil:
     gates[0] = gate
     return 1
 
@@ -622,7 +664,7 @@ cdef int nat_free_port(inst_t *t) noexcept nogil:
         v = base if v == top else v + 1
     return <int>v
 
-cdef int nf_nat(pl_t *pl, inst_t *t, view_t *v, view_t *outs, int *gates) noexcept nogil:
+cdef inline int nf_nat(pl_t *pl, inst_t *t, view_t *v, int *gates) noexcept nogil:
     cdef pent_t *e
     cdef slot_t *s
     cdef uint64_t a, b
@@ -633,9 +675,9 @@ cdef int nf_nat(pl_t *pl, inst_t *t, view_t *v, view_t *outs, int *gates) noexce
             return drop(pl, t, 0)
         if <uint32_t>e.a != v.src or <int>(e.b & 0xFFFF) != v.sport or <int>((e.b >> 32) & 0xFF) != v.proto:
             return drop(pl, t, 1)
-        emit1(v, outs, gates, t.gate_lan)
-        outs[0].dst = <uint32_t>(e.a >> 32)
-        outs[0].dport = (e.b >> 16) & 0xFFFF
+        out1(gates, t.gate_lan)
+        v.dst = <uint32_t>(e.a >> 32)
+        v.dport = (e.b >> 16) & 0xFFFF
         return 1
     a, b = key_a(v.src, v.dst), key_b(v.proto, v.sport, v.dport)
     s = table_find(&t.tab, a, b)
@@ -652,12 +694,12 @@ cdef int nf_nat(pl_t *pl, inst_t *t, view_t *v, view_t *outs, int *gates) noexce
             pl.error = 2
     else:
         port = s.v0
-    emit1(v, outs, gates, t.gate_wan)
-    outs[0].src = <uint32_t>t.p[0]
-    outs[0].sport = port
+    out1(gates, t.gate_wan)
+    v.src = <uint32_t>t.p[0]
+    v.sport = port
     return 1
 
-cdef int nf_firewall(pl_t *pl, inst_t *t, view_t *v, view_t *outs, int *gates) noexcept nogil:
+cdef inline int nf_firewall(pl_t *pl, inst_t *t, view_t *v, int *gates) noexcept nogil:
     cdef int64_t now = now_of(pl, t)
     cdef int out = opposite(t, v), stage
     cdef uint64_t a, b
@@ -685,10 +727,10 @@ cdef int nf_firewall(pl_t *pl, inst_t *t, view_t *v, view_t *outs, int *gates) n
             s.v3, s.v0 = 1, <uint32_t>now
             if not table_fit(&t.tab):
                 pl.error = 2
-            return emit1(v, outs, gates, out)
+            return out1(gates, out)
         if v.flags & 5:  # FIN or RST
             table_delete(&t.tab, s)
-            return emit1(v, outs, gates, out)
+            return out1(gates, out)
         if stage == 1:
             if v.inbound and syn and ack:
                 s.v3 = 2
@@ -700,7 +742,7 @@ cdef int nf_firewall(pl_t *pl, inst_t *t, view_t *v, view_t *outs, int *gates) n
             elif not (v.inbound and syn and ack):
                 return drop(pl, t, FW_ORDER)
         s.v0 = <uint32_t>now
-        return emit1(v, outs, gates, out)
+        return out1(gates, out)
     if v.proto == 17:
         s = table_find(&t.tab, a, b)
         present = s.b != 0
@@ -717,23 +759,23 @@ cdef int nf_firewall(pl_t *pl, inst_t *t, view_t *v, view_t *outs, int *gates) n
             s.v0 = <uint32_t>now
             if not table_fit(&t.tab):
                 pl.error = 2
-        return emit1(v, outs, gates, out)
+        return out1(gates, out)
     if v.inbound:
         return drop(pl, t, FW_UNTRACKED)
-    return emit1(v, outs, gates, out)
+    return out1(gates, out)
 
-cdef int nf_lb(pl_t *pl, inst_t *t, view_t *v, view_t *outs, int *gates) noexcept nogil:
+cdef inline int nf_lb(pl_t *pl, inst_t *t, view_t *v, int *gates) noexcept nogil:
     cdef uint64_t a, b
     cdef slot_t *s
     cdef uint32_t vip = <uint32_t>t.p[0], backend
     if v.inbound:
         s = table_find(&t.tab, key_a(v.dst, vip), key_b(v.proto, v.dport, v.sport))
-        emit1(v, outs, gates, t.gate_lan)
+        out1(gates, t.gate_lan)
         if s.b != 0 and s.v0 == v.src:
-            outs[0].src = vip
+            v.src = vip
         return 1
     if v.dst != vip:
-        return emit1(v, outs, gates, t.gate_wan)
+        return out1(gates, t.gate_wan)
     a, b = key_a(v.src, v.dst), key_b(v.proto, v.sport, v.dport)
     s = table_find(&t.tab, a, b)
     if s.b == 0:
@@ -744,8 +786,8 @@ cdef int nf_lb(pl_t *pl, inst_t *t, view_t *v, view_t *outs, int *gates) noexcep
             pl.error = 2
     else:
         backend = s.v0
-    emit1(v, outs, gates, t.gate_wan)
-    outs[0].dst = backend
+    out1(gates, t.gate_wan)
+    v.dst = backend
     return 1
 
 cdef inline uint32_t model_flow_hash(int proto, uint32_t src, int sport, uint32_t dst, int dport,
@@ -757,20 +799,20 @@ cdef inline uint32_t model_flow_hash(int proto, uint32_t src, int sport, uint32_
     h = h ^ (h >> 16)
     return <uint32_t>((h & 0xFFFF) % buckets)
 
-cdef int nf_lb_hash(pl_t *pl, inst_t *t, view_t *v, view_t *outs, int *gates) noexcept nogil:
+cdef inline int nf_lb_hash(pl_t *pl, inst_t *t, view_t *v, int *gates) noexcept nogil:
     cdef uint32_t vip = <uint32_t>t.p[0]
     if v.inbound:
-        emit1(v, outs, gates, t.gate_lan)
+        out1(gates, t.gate_lan)
         if t.p[1] + model_flow_hash(v.proto, v.dst, v.dport, vip, v.sport, <uint32_t>t.p[2]) == v.src:
-            outs[0].src = vip
+            v.src = vip
         return 1
     if v.dst != vip:
-        return emit1(v, outs, gates, t.gate_wan)
-    emit1(v, outs, gates, t.gate_wan)
-    outs[0].dst = <uint32_t>(t.p[1] + model_flow_hash(v.proto, v.src, v.sport, v.dst, v.dport, <uint32_t>t.p[2]))
+        return out1(gates, t.gate_wan)
+    out1(gates, t.gate_wan)
+    v.dst = <uint32_t>(t.p[1] + model_flow_hash(v.proto, v.src, v.sport, v.dst, v.dport, <uint32_t>t.p[2]))
     return 1
 
-cdef int nf_ratelimit(pl_t *pl, inst_t *t, view_t *v, view_t *outs, int *gates) noexcept nogil:
+cdef inline int nf_ratelimit(pl_t *pl, inst_t *t, view_t *v, int *gates) noexcept nogil:
     cdef int64_t now = now_of(pl, t), cost = t.tps, full = t.p[0] * t.tps, credit
     cdef slot_t *s = table_find(&t.tab, v.src, USED)
     if s.b == 0:
@@ -787,9 +829,9 @@ cdef int nf_ratelimit(pl_t *pl, inst_t *t, view_t *v, view_t *outs, int *gates) 
     s.v0 = <uint32_t>(credit - cost)
     if not table_fit(&t.tab):
         pl.error = 2
-    return emit1(v, outs, gates, opposite(t, v))
+    return out1(gates, opposite(t, v))
 
-cdef int nf_monitor(pl_t *pl, inst_t *t, view_t *v, view_t *outs, int *gates) noexcept nogil:
+cdef inline int nf_monitor(pl_t *pl, inst_t *t, view_t *v, int *gates) noexcept nogil:
     cdef uint64_t a = key_a(v.src, v.dst), b = key_b(v.proto, v.sport, v.dport)
     cdef slot_t *s = table_find(&t.tab, a, b)
     cdef int64_t packets, octets
@@ -801,20 +843,19 @@ cdef int nf_monitor(pl_t *pl, inst_t *t, view_t *v, view_t *outs, int *gates) no
     else:
         packets, octets = <int64_t>s.v0 + 1, <int64_t>s.v1 + v.length
     s.v0, s.v1 = <uint32_t>packets, <uint32_t>octets
-    emit1(v, outs, gates, opposite(t, v))
+    out1(gates, opposite(t, v))
     heavy = packets >= t.p[0]
     if t.p[1]:
         heavy = heavy or octets >= t.p[1]
     if heavy and not s.v3:
         s.v3 = 1
-        outs[1] = v[0]
         gates[1] = t.gate_alert
         n = 2
     if not table_fit(&t.tab):
         pl.error = 2
     return n
 
-cdef int nf_csfq_edge(pl_t *pl, inst_t *t, view_t *v, view_t *outs, int *gates) noexcept nogil:
+cdef inline int nf_csfq_edge(pl_t *pl, inst_t *t, view_t *v, int *gates) noexcept nogil:
     cdef int64_t now = now_of(pl, t), count, estimate, label, window = t.p[0]
     cdef uint64_t a = key_a(v.src, v.dst), b = key_b(v.proto, v.sport, v.dport)
     cdef slot_t *s = table_find(&t.tab, a, b)
@@ -835,37 +876,37 @@ cdef int nf_csfq_edge(pl_t *pl, inst_t *t, view_t *v, view_t *outs, int *gates) 
         label = 0xFFFF
     if not table_fit(&t.tab):
         pl.error = 2
-    emit1(v, outs, gates, opposite(t, v))
-    outs[0].label = <int32_t>label
+    out1(gates, opposite(t, v))
+    v.label = <int32_t>label
     return 1
 
-cdef int nf_csfq_core(pl_t *pl, inst_t *t, view_t *v, view_t *outs, int *gates) noexcept nogil:
+cdef inline int nf_csfq_core(pl_t *pl, inst_t *t, view_t *v, int *gates) noexcept nogil:
     cdef int64_t r
     if v.label > t.p[0]:
         r = <int64_t>below(t, t.p[1])
         if r * v.label >= t.p[1] * t.p[0]:
             return drop(pl, t, 0)
-    return emit1(v, outs, gates, opposite(t, v))
+    return out1(gates, opposite(t, v))
 
-cdef inline int handle(pl_t *pl, inst_t *t, view_t *v, view_t *outs, int *gates) noexcept nogil:
+cdef inline int handle(pl_t *pl, inst_t *t, view_t *v, int *gates) noexcept nogil:
     cdef int k = t.kind
     if k == K_NAT:
-        return nf_nat(pl, t, v, outs, gates)
+        return nf_nat(pl, t, v, gates)
     if k == K_FW:
-        return nf_firewall(pl, t, v, outs, gates)
+        return nf_firewall(pl, t, v, gates)
     if k == K_LB:
-        return nf_lb(pl, t, v, outs, gates)
+        return nf_lb(pl, t, v, gates)
     if k == K_LBH:
-        return nf_lb_hash(pl, t, v, outs, gates)
+        return nf_lb_hash(pl, t, v, gates)
     if k == K_RL:
-        return nf_ratelimit(pl, t, v, outs, gates)
+        return nf_ratelimit(pl, t, v, gates)
     if k == K_MON:
-        return nf_monitor(pl, t, v, outs, gates)
+        return nf_monitor(pl, t, v, gates)
     if k == K_EDGE:
-        return nf_csfq_edge(pl, t, v, outs, gates)
-    return nf_csfq_core(pl, t, v, outs, gates)
+        return nf_csfq_edge(pl, t, v, gates)
+    return nf_csfq_core(pl, t, v, gates)
 
-cdef void prefetch_first(inst_t *t, view_t *v) noexcept nogil:
+cdef inline void prefetch_first(inst_t *t, view_t *v) noexcept nogil:
     """Touches the slot the instance's first lookup for v will read (a hint: never changes results)."""
     cdef int k = t.kind
     if k == K_NAT:
@@ -934,45 +975,63 @@ cdef int predict(inst_t *t, view_t *v) noexcept nogil:
 
 # ---- routing (models/chain.py Chain.route: run to completion, depth first) ------------------------
 
-cdef int deliver(pl_t *pl, int inst, frame_t *f, view_t *v, bint in_model, int depth) noexcept nogil:
-    """Instance `inst` handles the frame f (view v, or outside the model); what it emits travels on."""
-    cdef inst_t *t = &pl.insts[inst]
-    cdef view_t outs[MAX_OUT]
+cdef int walk(pl_t *pl, int inst, frame_t f, view_t v, bint in_model, int depth) noexcept nogil:
+    """The packet v (None when not in_model) on frame f arrives at instance `inst`: each instance
+    handles it, what it emits travels on, depth first in emission order; all but the last of
+    several outputs on copies of the frame taken before it is rewritten."""
+    cdef inst_t *t
+    cdef view_t o
     cdef int gates[MAX_OUT]
-    cdef int n, k, g, bad
+    cdef int n, k, g, bad, target
     cdef frame_t fk
-    if depth > pl.limit:
-        pl.error = 1
-        return -1
-    if not in_model:  # passes unchanged, away from the side it came from
-        g = t.away_in if v.inbound else t.away_out
-        if g < 0:
-            record_drop(pl, t.r_outside)
-            return 0
-        return hop(pl, inst, g, f, v, in_model, depth)
-    n = handle(pl, t, v, outs, gates)
-    for k in range(n):
-        if k < n - 1:
-            if copy_frame(pl, f, &fk) < 0:
-                return -1
-        else:
-            fk = f[0]
-        bad = cannot_write(&pl.lay, v, &outs[k])
-        if bad:
-            record_drop(pl, t.r_cannot[bad - 1])
-            continue
-        write_back(frame_bytes(pl, &fk), &pl.lay, v, &outs[k])
-        if hop(pl, inst, gates[k], &fk, &outs[k], in_model, depth) < 0:
+    cdef bint changed
+    while True:
+        if depth > pl.limit:
+            pl.error = 1
             return -1
-    return 0
+        t = &pl.insts[inst]
+        if not in_model:  # passes unchanged, away from the side it came from
+            g = t.away_in if v.inbound else t.away_out
+            if g < 0:
+                record_drop(pl, t.r_outside)
+                return 0
+        else:
+            o = v
+            n = handle(pl, t, &v, gates)
+            if n == 0:
+                return 0
+            changed = frame_fields_differ(&o, &v)
+            bad = cannot_write(pl.lay, &o, &v) if changed else 0
+            for k in range(n - 1):
+                if bad:
+                    record_drop(pl, t.r_cannot[bad - 1])
+                    continue
+                if copy_frame(pl, &f, &fk) < 0:
+                    return -1
+                if changed:
+                    write_back(frame_bytes(pl, &fk), pl.lay, &o, &v)
+                if send(pl, inst, gates[k], fk, v, depth) < 0:
+                    return -1
+            if bad:
+                record_drop(pl, t.r_cannot[bad - 1])
+                return 0
+            if changed:
+                write_back(frame_bytes(pl, &f), pl.lay, &o, &v)
+            g = gates[n - 1]
+        target = t.hop_target[g]
+        if target < 0:
+            return release(pl, t.hop_egress[g], inst, v.label, &f)
+        v.inbound = t.hop_inbound[g]
+        inst = target
+        depth += 1
 
-cdef inline int hop(pl_t *pl, int inst, int gate, frame_t *f, view_t *v, bint in_model, int depth) noexcept nogil:
+cdef int send(pl_t *pl, int inst, int gate, frame_t f, view_t v, int depth) noexcept nogil:
+    """An output of instance `inst` on `gate` (a packet in the model) to its egress or next instance."""
     cdef inst_t *t = &pl.insts[inst]
-    cdef int target = t.hop_target[gate]
-    if target < 0:
-        return release(pl, t.hop_egress[gate], inst, v.label, f)
+    if t.hop_target[gate] < 0:
+        return release(pl, t.hop_egress[gate], inst, v.label, &f)
     v.inbound = t.hop_inbound[gate]
-    return deliver(pl, target, f, v, in_model, depth + 1)
+    return walk(pl, t.hop_target[gate], f, v, 1, depth + 1)
 
 
 cdef bint from_outside(pl_t *pl, pkt_t *p) noexcept nogil:
@@ -996,8 +1055,7 @@ cdef bint from_outside(pl_t *pl, pkt_t *p) noexcept nogil:
     return 0
 
 
-ctypedef struct prepared_t:  # an input parsed ahead of its turn (one group)
-    pkt_t p
+ctypedef struct prepared_t:  # an input parsed ahead of its turn
     layout_t lay
     view_t v
     int status                # 0: in the model, 1: outside the model, 2: dropped at ingress (reason)
@@ -1007,7 +1065,8 @@ ctypedef struct prepared_t:  # an input parsed ahead of its turn (one group)
 
 
 cdef void prepare(pl_t *pl, Py_ssize_t i, prepared_t *r) noexcept nogil:
-    cdef pkt_t *p = &r.p
+    cdef pkt_t pkt
+    cdef pkt_t *p = &pkt
     cdef int s, entry
     parse(p, pl.linktype, pl.data + pl.off[i], pl.caplen[i], pl.wirelen[i])
     r.status, r.next = 1, -1
@@ -1048,34 +1107,41 @@ cdef void look_ahead(pl_t *pl, prepared_t *r) noexcept nogil:
     prefetch_first(&pl.insts[r.next], &r.ahead)
 
 
-cdef int run_inputs(pl_t *pl, Py_ssize_t start, Py_ssize_t stop, int group, prepared_t *ahead) noexcept nogil:
-    """Processes inputs [start, stop) in order, parsing `group` of them ahead."""
-    cdef Py_ssize_t g, i, m
-    cdef int step
+cdef int run_inputs(pl_t *pl, Py_ssize_t start, Py_ssize_t stop, int ahead_by, prepared_t *ring,
+                    Py_ssize_t ring_mask) noexcept nogil:
+    """Processes inputs [start, stop) in order, as a software pipeline: at step j input j runs
+    through the chain, while input j + S*D is parsed (prefetching its first slot) and the predicted
+    paths of inputs j + (S-1)*D ... j + D advance one instance each (reading the slot prefetched D
+    steps earlier, prefetching the next one); S = number of instances, D = `ahead_by`. So every
+    slot is asked for D inputs before it is needed, evenly spread. Hints only: results are those
+    of processing the inputs one by one."""
+    cdef Py_ssize_t j, k
+    cdef Py_ssize_t stages = pl.ninst, d = ahead_by
+    cdef int st
     cdef prepared_t *r
     cdef frame_t f
-    g = start
-    while g < stop:
-        m = group if stop - g > group else stop - g
-        for i in range(m):
-            prepare(pl, g + i, &ahead[i])
-        for step in range(pl.ninst - 1):
-            for i in range(m):
-                look_ahead(pl, &ahead[i])
-        for i in range(m):
-            r = &ahead[i]
-            pl.cur, pl.cur_caplen, pl.cur_t = g + i, pl.caplen[g + i], pl.t_ns[g + i]
-            if r.status == 2:
-                record_drop(pl, r.reason)
-                continue
-            pl.lay = r.lay
-            pl.scratch_len = 0
-            f.off, f.copy = 0, 0
-            if deliver(pl, pl.ingress[1 if r.v.inbound else 0], &f, &r.v, r.status == 0, 1) < 0:
-                return -1
-            if pl.error:
-                return -1
-        g += m
+    for j in range(start - stages * d, stop):
+        k = j + stages * d
+        if start <= k < stop:
+            prepare(pl, k, &ring[k & ring_mask])
+        for st in range(1, stages):
+            k = j + (stages - st) * d
+            if start <= k < stop:
+                look_ahead(pl, &ring[k & ring_mask])
+        if j < start:
+            continue
+        r = &ring[j & ring_mask]
+        pl.cur, pl.cur_caplen, pl.cur_t = j, pl.caplen[j], pl.t_ns[j]
+        if r.status == 2:
+            record_drop(pl, r.reason)
+            continue
+        pl.lay = &r.lay
+        pl.scratch_len = 0
+        f.off, f.copy = 0, 0
+        if walk(pl, pl.ingress[1 if r.v.inbound else 0], f, r.v, r.status == 0, 1) < 0:
+            return -1
+        if pl.error:
+            return -1
     return 0
 
 
@@ -1105,6 +1171,7 @@ cdef class Pipeline:
     cdef prepared_t *ahead
     cdef readonly object chain, egresses, instances, reasons
     cdef readonly int group
+    cdef Py_ssize_t ring_mask
     cdef dict _reason_id
     cdef object _bound, _bound_out, _bound_drop
     cdef int32_t[::1] _out_in, _out_len, _drop_in, _caplen, _wirelen
@@ -1118,7 +1185,7 @@ cdef class Pipeline:
         memset(&self.pl, 0, sizeof(pl_t))
         self.ahead = NULL
 
-    def __init__(self, chain, seed: int = 0, linktype: int = 1, inside=None, group: int = 32):
+    def __init__(self, chain, seed: int = 0, linktype: int = 1, inside=None, group: int = 8):
         chain.validate()
         members = list(chain.members.values())
         kinds = []
@@ -1135,7 +1202,11 @@ cdef class Pipeline:
         pl.linktype, pl.ninst, pl.limit = linktype, len(members), 2 * len(members)
         pl.owner = <PyObject *>self
         pl.insts = <inst_t *>calloc(len(members), sizeof(inst_t))
-        self.ahead = <prepared_t *>malloc(group * sizeof(prepared_t))
+        ring = 1
+        while ring < len(members) * group + 1:
+            ring *= 2
+        self.ring_mask = ring - 1
+        self.ahead = <prepared_t *>malloc(ring * sizeof(prepared_t))
         pl.scratch_cap = pl.stage_cap = 4096
         pl.scratch, pl.stage = <uint8_t *>malloc(4096), <uint8_t *>malloc(4096)
         if pl.insts == NULL or self.ahead == NULL or pl.scratch == NULL or pl.stage == NULL:
@@ -1304,7 +1375,7 @@ cdef class Pipeline:
         pl.n_out, pl.n_drop = batch.n_out, batch.n_drop
         pl.extra_base, pl.stage_len, pl.error = len(batch.extra), 0, 0
         with nogil:
-            rc = run_inputs(pl, 0, n, self.group, self.ahead)
+            rc = run_inputs(pl, 0, n, self.group, self.ahead, self.ring_mask)
         batch.n_out, batch.n_drop = pl.n_out, pl.n_drop
         if pl.stage_len:
             batch.extra += PyBytes_FromStringAndSize(<const char *>pl.stage, pl.stage_len)
