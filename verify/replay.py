@@ -437,10 +437,10 @@ def _recorded_attempt(s: Search, unit, t):
     reads: list = []
     original = tr.read
 
-    def read(sid, key):
+    def read(sid, key, storage=None):
         if (sid, key) not in reads:
             reads.append((sid, key))
-        original(sid, key)
+        original(sid, key, storage)
     mark = tr.mark()
     tr.read = read
     try:

@@ -27,6 +27,7 @@ HORIZON open decisions (memory stays flat on long traces); a conflict that reach
 search that runs out of its attempt budget, is `unknown`, never a guess."""
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass, field
 
 from ..models import concrete
@@ -41,6 +42,8 @@ LOOKAHEAD = 64          # observed values of later outputs offered to a choice
 HORIZON = 20_000        # open decisions kept (older ones are committed: completeness is lost there)
 MAX_DEPS = 256          # decisions a state value remembers (more: the oldest are forgotten, soundly)
 BUDGET = 200_000        # attempts beyond the first of each input before the answer is `unknown`
+MEMO_VARIANTS = 4       # recorded steps kept per (input view, clock readings)
+MEMO_KEYS = 1 << 20     # recorded views before the memo starts afresh
 MISSING = object()
 FRESH, EXHAUSTED = "fresh", "exhausted"   # candidate markers: a value no output shows; the pool is full
 EMPTY = frozenset()
@@ -64,16 +67,19 @@ class Tracker:
         self.touched: set | None = set() if track_touched else None
         self.pool_sids: set = set()          # storages some choice drew free values from
         self.pool_writes: list = []          # (sid, key, present) of the running attempt, for pool_sids
+        self.recording: list | None = None   # (storage, key, value read) while a step is recorded (memo)
 
     def mark(self) -> int:
         return self.offset + len(self.journal)
 
-    def read(self, sid, key) -> None:
+    def read(self, sid, key, storage=None) -> None:
         d = self.writer.get((sid, key))
         if d:
             self.deps |= d
         if self.touched is not None:
             self.touched.add((sid, key))
+        if self.recording is not None and storage is not None:
+            self.recording.append((storage, key, storage.raw(key)))
 
     def write(self, storage, sid, key, old, present: bool = True) -> None:
         k = (sid, key)
@@ -102,9 +108,9 @@ class Tracker:
                 storage.restore(key, old)
 
     def forget_before(self, mark: int) -> None:
-        """Journal entries before `mark` will never be undone."""
+        """Journal entries before `mark` will never be undone (dropped in chunks: amortised)."""
         drop = mark - self.offset
-        if drop > 0:
+        if drop > 65536 or drop > 0 and drop == len(self.journal):
             del self.journal[:drop]
             self.offset = mark
 
@@ -116,18 +122,34 @@ class TrackedMap(DictMap):
 
     def get(self, key, default=None):
         k = concrete.wrap(self.decl.key, key)
-        self.tracker.read(self.sid, k)
+        self.tracker.read(self.sid, k, self)
         return dict.get(self, k, default)
 
     def __getitem__(self, key):
         k = concrete.wrap(self.decl.key, key)
-        self.tracker.read(self.sid, k)
+        self.tracker.read(self.sid, k, self)
         return DictMap.__getitem__(self, k)
 
     def __contains__(self, key) -> bool:
         k = concrete.wrap(self.decl.key, key)
-        self.tracker.read(self.sid, k)
+        self.tracker.read(self.sid, k, self)
         return dict.__contains__(self, k)
+
+    def raw(self, key):
+        return dict.get(self, key, MISSING)
+
+    def put(self, key, value) -> None:
+        """Sets a wrapped key to a wrapped value (or MISSING: removes it), journaled."""
+        old = dict.get(self, key, MISSING)
+        if value is MISSING:
+            if old is not MISSING:
+                self.tracker.write(self, self.sid, key, old, False)
+                DictMap.__delitem__(self, key)
+            return
+        self.tracker.write(self, self.sid, key, old)
+        if self._counted and old is MISSING:
+            concrete._count(self._counted, key, 1)
+        dict.__setitem__(self, key, value)
 
     def __setitem__(self, key, value):
         k = concrete.wrap(self.decl.key, key)
@@ -158,8 +180,17 @@ class TrackedSet(PySet):
 
     def __contains__(self, key) -> bool:
         k = concrete.wrap(self.decl.key, key)
-        self.tracker.read(self.sid, k)
+        self.tracker.read(self.sid, k, self)
         return set.__contains__(self, k)
+
+    def raw(self, key):
+        return True if set.__contains__(self, key) else MISSING
+
+    def put(self, key, value) -> None:
+        if value is MISSING:
+            self.discard(key)
+        else:
+            self.add(key)
 
     def add(self, key):
         k = concrete.wrap(self.decl.key, key)
@@ -190,8 +221,14 @@ class TrackedCell(Cell):
 
     @property
     def value(self) -> int:
-        self.tracker.read(self.sid, None)
+        self.tracker.read(self.sid, None, self)
         return self._value
+
+    def raw(self, key):
+        return self._value
+
+    def put(self, key, value) -> None:
+        self.value = value
 
     @value.setter
     def value(self, v: int) -> None:
@@ -276,16 +313,17 @@ class Outcome:
 
 class _Frame:
     __slots__ = ("i", "mark", "tprev", "tdeps", "lo", "times", "ti", "pending", "conflicts", "lost_done",
-                 "first")
+                 "first", "later")
 
     def __init__(self, i, mark, tprev, tdeps, lo):
         self.i, self.mark, self.tprev, self.tdeps, self.lo = i, mark, tprev, tdeps, lo
         self.times, self.ti, self.pending = None, 0, [()]
         self.conflicts: set = set()
         self.lost_done, self.first = False, True
+        self.later = False   # the step reads the clock and its window holds more than lo's clock class
 
     def has_more(self, lossable: bool) -> bool:
-        return bool(self.pending) or (self.times is not None and self.ti + 1 < len(self.times)) \
+        return bool(self.pending) or (self.later if self.times is None else self.ti + 1 < len(self.times)) \
             or (lossable and not self.lost_done)
 
 
@@ -371,10 +409,13 @@ class Search:
         self.deepest: tuple = (-1, [])   # (unit index, [Attempt]) of the deepest failure
         self.pool_events: list = []
         self.positions: dict = {}        # positional matching: channel -> next observed index
-        self.stack: list = []
+        self.stack = deque()
         self._revealed: dict = {}
         self._ahead: dict = {}
         self.stop_at = None              # run() stops when it reaches this unit (to diagnose it)
+        self.memo: dict = {}             # (view, clock readings) -> recorded steps (see _memo_run)
+        self.horizon = HORIZON
+        self.start()
 
     # -- candidates for a choice ---------------------------------------------------------------------
     def candidates(self, chooser: _Chooser, available, small, shared: bool) -> list:
@@ -493,6 +534,48 @@ class Search:
         else:
             self.positions[channel] = old
 
+    def ticks(self, t: int) -> tuple:
+        t0 = self.problem.t0_ns
+        return tuple((t - t0) * tps // NS for tps in self.tps)
+
+    def _memo_run(self, unit, t, chooser):
+        """Like execute, but a step that made no choice is recorded -- the values it read, the
+        values it left -- and replayed without running the models when an input with the same
+        view, at the same clock readings, finds every value it reads unchanged (the handlers are
+        deterministic given what they read, their choices and the clock)."""
+        view = unit.view
+        if view is OUTSIDE or isinstance(view, Drop):
+            return self.execute(unit, t, chooser)
+        key = (view, self.ticks(t))
+        tr, memo = self.tracker, self.memo
+        for entry in memo.get(key, ()):
+            reads, writes, produced, drops, clocked = entry
+            for storage, k, value in reads:
+                tr.read(storage.sid, k)
+                if storage.raw(k) != value:
+                    break
+            else:
+                for storage, k, value in writes:
+                    storage.put(k, value)
+                return produced, drops, clocked
+        tr.recording = reads = []
+        try:
+            produced, drops, clocked = self.execute(unit, t, chooser)
+        finally:
+            tr.recording = None
+        if not chooser.made and not self.pool_events:
+            states = self.state
+            writes = []
+            for sid, k in dict.fromkeys(tr.wrote):
+                storage = states[sid[0]][sid[1]]
+                writes.append((storage, k, storage.raw(k)))
+            entries = memo.setdefault(key, [])
+            entries.insert(0, (reads, writes, produced, drops, clocked))
+            del entries[MEMO_VARIANTS:]
+            if len(memo) > MEMO_KEYS:
+                memo.clear()
+        return produced, drops, clocked
+
     def attempt(self, f: _Frame, unit, t, prefix, lost: bool) -> Attempt | None:
         """Try one alternative; on success the state is left as it made it and the Attempt returned."""
         tr = self.tracker
@@ -503,14 +586,14 @@ class Search:
         else:
             chooser = _Chooser(self, f, prefix, unit)
             try:
-                produced, drops, clocked = self.execute(unit, t, chooser)
+                produced, drops, clocked = self._memo_run(unit, t, chooser)
             except _Skip:
                 return None
             att = Attempt(t, chooser.made, produced, clock=clocked, drops=drops)
             if f.first:
                 f.first = False
                 if clocked:
-                    f.times = self.time_candidates(unit, f.lo)
+                    f.later = self.ticks(unit.time_ns + self.problem.stall_ns) != self.ticks(f.lo)
         att.mismatch = self.match(unit, att.produced)
         if att.mismatch is None:
             if self.pool_events or tr.pool_writes:
@@ -563,6 +646,8 @@ class Search:
         """The next alternative of input f.i that matches (state left as it made it), or None."""
         unit = self.units[f.i]
         while True:
+            if not f.pending and f.later and f.times is None:
+                f.times = self.time_candidates(unit, f.lo)
             if not f.pending and f.times is not None and f.ti + 1 < len(f.times):
                 f.ti += 1
                 f.pending = [()]
@@ -607,16 +692,32 @@ class Search:
         self.tprev = t if not att.lost else f.tprev
         return branch
 
-    def run(self) -> Outcome:
-        """The search; with `stop_at` set, returns None when it first reaches that unit (its
-        state then is the one in which it first failed there: see replay.diagnose)."""
-        units, n, stack = self.units, len(self.units), self.stack
-        horizon_floor, pool, late, clocked = FORGOTTEN, {}, {}, bytearray(n)
+    def run(self) -> Outcome | None:
+        """The whole search over `problem.units`; with `stop_at` set, returns None when it first
+        reaches that unit (its state then is the one in which it first failed there: see
+        replay.diagnose)."""
+        self.start()
+        out = self.proceed()
+        if out is not None or self.stopped:
+            return out
+        return self.finish()
+
+    def start(self) -> None:
+        self.i, self.horizon_floor, self.stopped = 0, FORGOTTEN, False
+        self.pool, self.late, self.clocked = {}, {}, bytearray()
+
+    def proceed(self) -> Outcome | None:
+        """Searches on over the units there are (more may be appended to `units` later: the
+        streaming check feeds them). Returns a final Outcome (violation, unknown), or None when
+        every unit there is has been explained so far (or `stop_at` was reached)."""
+        units, stack = self.units, self.stack
+        pool, late, clocked = self.pool, self.late, self.clocked
         stall = self.problem.stall_ns
-        i = 0
+        n, i = len(units), self.i
         try:
             while i < n:
                 if i == self.stop_at:
+                    self.stopped = True
                     return None
                 unit = units[i]
                 lo = unit.time_ns if self.tprev is None or self.tprev < unit.time_ns else self.tprev
@@ -633,11 +734,12 @@ class Search:
                 while att is None:  # conflict-directed backjumping
                     conflicts = f.conflicts
                     if not conflicts:
-                        return self._outcome("violation", "", late, pool, clocked)
+                        return self._outcome("violation", "")
                     h = max(conflicts)
-                    if h <= horizon_floor:
+                    if h <= self.horizon_floor:
                         raise Unknown(f"explaining input {units[self.deepest[0]].seq} needs a decision the search "
-                                      f"no longer keeps open (it keeps the latest {HORIZON}, and {MAX_DEPS} per value)")
+                                      f"no longer keeps open (it keeps the latest {self.horizon}, and {MAX_DEPS} "
+                                      f"per value)")
                     while stack[-1].i > h:
                         stack.pop()
                     g = stack[-1]
@@ -651,32 +753,42 @@ class Search:
                     f = g
                 if self._commit(f, att):
                     stack.append(f)
-                    if len(stack) > HORIZON:
-                        horizon_floor = max(horizon_floor, stack.pop(0).i)
+                    if len(stack) > self.horizon:
+                        self.horizon_floor = max(self.horizon_floor, stack.popleft().i)
                         self.tracker.forget_before(stack[0].mark)
                 elif not stack:
                     self.tracker.forget_before(self.tracker.mark())
                 if att.pool:
                     pool[f.i] = att.pool
-                if att.clock:
-                    clocked[f.i] = 1
-                    if att.time_ns > units[f.i].time_ns:
-                        late[f.i] = att.time_ns
+                while len(clocked) <= f.i:
+                    clocked.append(0)
+                clocked[f.i] = att.clock
+                if att.clock and att.time_ns > units[f.i].time_ns:
+                    late[f.i] = att.time_ns
                 i = f.i + 1
         except Unknown as e:
-            return self._outcome("unknown", str(e), late, pool, clocked)
+            return self._outcome("unknown", str(e))
+        finally:
+            self.i = i
+        return None
+
+    def oldest_needed(self) -> int:
+        """The first unit a backjump can still return to (units before it may be forgotten)."""
+        return self.stack[0].i if self.stack else self.i
+
+    def finish(self) -> Outcome:
         if not self.problem.aligned:
             leftover = self._positional_leftover()
             if leftover is not None:
-                self.deepest = (n, [Attempt(None, mismatch=leftover)])
-                return self._outcome("violation", "", late, pool, clocked)
-        return self._outcome("explained", "", late, pool, clocked)
+                self.deepest = (len(self.units), [Attempt(None, mismatch=leftover)])
+                return self._outcome("violation", "")
+        return self._outcome("explained", "")
 
-    def _outcome(self, verdict, reason, late, pool, clocked) -> Outcome:
+    def _outcome(self, verdict, reason) -> Outcome:
         i, attempts = self.deepest
         failed = i if verdict != "explained" and i >= 0 else None
         return Outcome(verdict, reason, failed, attempts if failed is not None else [], self.tracker.touched,
-                       pool, late, clocked, self.extra)
+                       self.pool, self.late, self.clocked, self.extra)
 
     def _positional_leftover(self):
         for channel, queue in self.problem.observed.items():

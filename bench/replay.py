@@ -1,0 +1,108 @@
+"""Benchmark of `nfproof replay` (issue 7): a generated trace of N packets in F flows through
+firewall>nat>lb with one failover, checked end to end from the file, in CPU seconds.
+
+The trace: a capture of F outbound UDP flows to the load balancer's VIP (packets of all flows
+interleaved, one every microsecond) is run through the reference runtime (`nfproof run`), and a
+failure and a failover of the NAT are written into the trace halfway (the state kept, as a
+stateful.sync standby would: the run stays explained). Generated files are cached in --dir.
+
+Prints RESULT lines: packets/s (inputs per CPU second, all processes) sequential on one core and
+with --jobs, for each size. Memory: the peak resident size of the checking process."""
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import struct
+import subprocess
+import sys
+import time
+
+from nfproof.models.api import UDP, Packet, addr
+from nfproof.traces.pcap import PcapWriter
+from nfproof.traces.trace import TraceEvent, TracePacket, TraceWriter, read_trace
+from nfproof.verify.frames import frame_of
+
+VIP = addr("198.51.100.1")
+CHAIN = "firewall>nat>lb"
+PARAMS = ["nat.ports=64512", "lb.backends=8"]
+
+
+def capture(path: str, packets: int, flows: int) -> None:
+    """Outbound UDP: flow k from 10.(k>>16).(k>>8).(k) port 1024+k%60000 to VIP:53."""
+    frames = []
+    for k in range(flows):
+        src = addr("10.0.0.0") + 1 + k
+        frames.append(frame_of(Packet(UDP, src, 1024 + k % 60000, VIP, 53), payload=b"x" * 18))
+    t0 = 1_700_000_000 * 10 ** 9
+    with PcapWriter(path, nanosecond=True) as w:
+        for i in range(packets):
+            w.write(t0 + i * 1000, frames[i % flows])
+
+
+def trace(path: str, packets: int, flows: int, folder: str) -> None:
+    pcap = os.path.join(folder, f"in-{packets}-{flows}.pcap")
+    if not os.path.exists(pcap):
+        capture(pcap, packets, flows)
+    plain = os.path.join(folder, f"run-{packets}-{flows}.pcapng")
+    if not os.path.exists(plain):
+        cmd = [sys.executable, "-m", "nfproof", "run", CHAIN, "--pcap", pcap, "-o", plain]
+        for p in PARAMS:
+            cmd += ["--param", p]
+        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+    with read_trace(plain) as t, TraceWriter(path, t.header) as w:
+        half, n = packets // 2, 0
+        for item in t:
+            if isinstance(item, TracePacket) and item.direction == "in":
+                n += 1
+                if n == half:
+                    w.event(TraceEvent("failure", item.time_ns, "nat", {"point": "after-release"}))
+                    w.event(TraceEvent("failover", item.time_ns + 1000, "nat#standby",
+                                       {"standby": "nat#standby", "replica_seq": half - 2, "end_ns": item.time_ns + 1000}))
+            w.write(item)
+
+
+def check(path: str, jobs: int, sequential: bool) -> tuple[str, float, float, int]:
+    """(verdict, CPU seconds of every process, wall seconds, peak RSS kB), from a fresh process."""
+    cmd = [sys.executable, "-m", "nfproof", "replay", path, "--jobs", str(jobs), "--json"]
+    if sequential:
+        cmd.append("--sequential")
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    start = time.monotonic()
+    out = subprocess.run(cmd, capture_output=True, text=True)
+    wall = time.monotonic() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    import json
+    try:
+        verdict = json.loads(out.stdout)["verdict"]
+    except ValueError:
+        verdict = f"error: {out.stderr.strip()[-200:]}"
+    return verdict, cpu, wall, after.ru_maxrss
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--sizes", default="1000000,10000000", help="packets per trace, comma-separated")
+    ap.add_argument("--flows", type=int, default=100_000)
+    ap.add_argument("--jobs", type=int, default=2)
+    ap.add_argument("--dir", default="/tmp/nfproof-bench-replay")
+    ap.add_argument("--skip-sequential", action="store_true")
+    args = ap.parse_args(argv)
+    os.makedirs(args.dir, exist_ok=True)
+    for size in (int(s) for s in args.sizes.split(",")):
+        flows = min(args.flows, size)
+        path = os.path.join(args.dir, f"trace-{size}-{flows}.pcapng")
+        if not os.path.exists(path):
+            trace(path, size, flows, args.dir)
+        runs = [("parallel", args.jobs, False)] + ([] if args.skip_sequential else [("sequential", 1, True)])
+        for label, jobs, sequential in runs:
+            verdict, cpu, wall, rss = check(path, jobs, sequential)
+            print(f"RESULT replay {CHAIN} packets={size} flows={flows} mode={label} jobs={jobs} verdict={verdict} "
+                  f"cpu_s={cpu:.1f} wall_s={wall:.1f} packets_per_cpu_s={size / cpu:,.0f} "
+                  f"packets_per_wall_s={size / wall:,.0f} peak_rss_mb={rss / 1024:.0f}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
