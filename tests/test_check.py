@@ -329,7 +329,7 @@ def test_pytest_nfproof_reports_a_bad_config_as_a_collection_error(pytester):
 
 def test_the_nfproof_verify_fixture_returns_the_verdict(pytester):
     plugin_project(pytester)
-    pytester.makepyfile(test_failover='''
+    pytester.makepyfile(test_fixture_in_a_user_project='''
         def test_nat(nfproof_verify):
             proved = nfproof_verify("nat", strategy="stateful.sync", bound=3)
             assert proved.verdict == "proved" and proved.bound == 3
