@@ -43,7 +43,7 @@ system-deps:
 PACKET_TESTS := tests/test_containers.py tests/test_fast_vs_pure.py tests/test_fuzz_codec.py tests/test_headers.py \
                 tests/test_inspect.py tests/test_inspect_progress.py tests/test_trace_format.py \
                 tests/test_runtime_frames.py tests/test_runtime_pure.py tests/test_runtime_conformance.py \
-                tests/test_cli_run.py
+                tests/test_cli_run.py tests/test_runtime_paths.py
 
 # The whole suite on the Cython fast path, then the packet-path tests on the pure-Python fallback.
 test: $(STAMP) system-deps
