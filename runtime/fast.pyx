@@ -27,6 +27,12 @@ prefetched D inputs earlier, read-only, and prefetches the next instance's), D =
 
 `PassThrough` is the baseline the benchmark compares against: parse every frame and release it
 unchanged on egress 0."""
+cdef extern from *:
+    """
+    /* Small struct copies (views, layouts) must not become wide loads of fields stored one by one just
+       before: that stalls store-to-load forwarding. Nothing here gains from SLP or store merging. */
+    #pragma GCC optimize("no-tree-slp-vectorize", "no-store-merging")
+    """
 include "../traces/_parse.pxi"
 
 from libc.stdint cimport uint16_t, int16_t, int32_t
@@ -34,6 +40,8 @@ from libc.stdlib cimport malloc, calloc, realloc, free
 from libc.string cimport memset
 from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE
 from cpython.ref cimport PyObject
+from posix.mman cimport mmap, munmap, madvise, PROT_READ, PROT_WRITE, MAP_PRIVATE, MAP_ANONYMOUS, MAP_FAILED, \
+    MADV_HUGEPAGE
 
 import ipaddress
 
@@ -123,6 +131,8 @@ cdef extern from *:
     const uint64_t GOLDEN "NFP_GOLDEN"    # the splitmix64 increment (runtime/rng.py)
 
 cdef enum:
+    BIG = 1 << 20                         # allocations from this size on are mmap'd (see zeroed)
+    REWRITTEN = 0x100                     # a handler's result flag: it changed a field the frame carries
     FREE_DRAWS = 64                       # draws before a free-port choice scans (runtime/rng.py)
     MAX_OUT = 2                           # outputs of one bundled handler call (the monitor: packet + alert)
 
@@ -156,7 +166,7 @@ cdef enum:
 
 # ---- C structures ---------------------------------------------------------------------------------
 
-ctypedef struct view_t:      # a model Packet; its first 16 bytes are the fields a frame carries
+ctypedef struct view_t:      # a model Packet
     uint32_t src, dst
     uint16_t sport, dport
     uint8_t proto, flags
@@ -165,7 +175,8 @@ ctypedef struct view_t:      # a model Packet; its first 16 bytes are the fields
     bint inbound
 
 ctypedef struct layout_t:    # where the view's fields are in the input frame (shared by its copies)
-    int kind, l3, l4, ql3, ql4, qproto
+    int kind, l4, qproto, l3, ql4, ql3  # (not in the parser's order: copying two adjacent ints the
+                                        # parser just stored as one 8-byte load stalls store forwarding)
     Py_ssize_t avail         # end of the bytes an ICMP error's quote may use: min(caplen, IP end)
 
 ctypedef struct slot_t:      # a flow-table slot: key (a, b), up to four 32-bit values
@@ -192,6 +203,7 @@ ctypedef struct inst_t:
     table_t tab
     pent_t *by_port                          # NAT: 65536 entries
     int64_t pool_used                        # NAT: by_port keys in the pool
+    int64_t peeked                           # NAT: draws the look-ahead has peeked at beyond the stream
     int reason[5]                            # model reasons, by MODEL_REASONS index
     int r_outside
     int r_cannot[7]                          # "<instance>: cannot write <field> into the frame"
@@ -282,6 +294,13 @@ cdef inline uint64_t rng_next(uint64_t *state) noexcept nogil:
 cdef inline uint64_t below(inst_t *t, uint64_t n) noexcept nogil:
     return rng_next(&t.rng) % n
 
+cdef inline uint64_t rng_peek(uint64_t state, uint64_t k) noexcept nogil:
+    """The k-th next output of a stream (k >= 1), without drawing it."""
+    cdef uint64_t z = state + k * GOLDEN
+    z = (z ^ (z >> 30)) * <uint64_t>0xBF58476D1CE4E5B9
+    z = (z ^ (z >> 27)) * <uint64_t>0x94D049BB133111EB
+    return z ^ (z >> 31)
+
 cdef inline uint64_t key_a(uint32_t src, uint32_t dst) noexcept nogil:
     return (<uint64_t>src << 32) | dst
 
@@ -295,12 +314,33 @@ cdef inline size_t slot_home(table_t *t, uint64_t a, uint64_t b) noexcept nogil:
     """A key's first slot: the first of a cache line's two (probing then reads a whole line)."""
     return <size_t>mum(a ^ K0, b ^ K1) & t.mask & ~(<size_t>1)
 
+cdef void *zeroed(size_t nbytes) noexcept nogil:
+    """nbytes of zeroed memory, cache-line aligned; from 1 MB on, fresh pages from the kernel
+    (zeroed once, by it) on 2 MB pages where it grants them (fewer TLB misses on random probes).
+    Free with release_zeroed(p, nbytes)."""
+    cdef void *p
+    if nbytes >= BIG:
+        p = mmap(NULL, nbytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0)
+        if p == MAP_FAILED:
+            return NULL
+        madvise(p, nbytes, MADV_HUGEPAGE)
+        return p
+    p = aligned_alloc(64, (nbytes + 63) & ~(<size_t>63))
+    if p != NULL:
+        memset(p, 0, nbytes)
+    return p
+
+cdef void release_zeroed(void *p, size_t nbytes) noexcept nogil:
+    if p == NULL:
+        return
+    if nbytes >= BIG:
+        munmap(p, nbytes)
+    else:
+        free(p)
+
 cdef inline slot_t *slots_alloc(size_t n) noexcept nogil:
-    """n zeroed slots, cache-line aligned."""
-    cdef slot_t *s = <slot_t *>aligned_alloc(64, n * sizeof(slot_t))
-    if s != NULL:
-        memset(s, 0, n * sizeof(slot_t))
-    return s
+    """n zeroed slots."""
+    return <slot_t *>zeroed(n * sizeof(slot_t))
 
 cdef int table_init(table_t *t, size_t size) noexcept nogil:
     t.s = slots_alloc(size)
@@ -342,7 +382,7 @@ cdef int table_fit(table_t *t) noexcept nogil:
             while t.s[j].b != 0:
                 j = (j + 1) & t.mask
             t.s[j] = old[i]
-    free(old)
+    release_zeroed(old, n * sizeof(slot_t))
     return 1
 
 cdef void table_delete(table_t *t, slot_t *s) noexcept nogil:
@@ -435,7 +475,7 @@ cdef inline bint icmp_query(int t) noexcept nogil:
 cdef inline bint icmp_request(int t) noexcept nogil:
     return t == 8 or t == 13
 
-cdef void make_view(pkt_t *p, layout_t *L, view_t *v) noexcept nogil:
+cdef inline void make_view(pkt_t *p, layout_t *L, view_t *v) noexcept nogil:
     """The model packet of a well-formed IPv4 frame that is not a later fragment."""
     cdef const uint8_t *d = p.d
     cdef hdr_t *h = &p.ip
@@ -485,12 +525,6 @@ cdef void make_view(pkt_t *p, layout_t *L, view_t *v) noexcept nogil:
             L.kind = L_ICMP_OTHER
     else:
         L.kind = L_OTHER
-
-
-cdef inline bint frame_fields_differ(view_t *o, view_t *n) noexcept nogil:
-    """Do the views differ in a field the frame carries (their first 16 bytes)?"""
-    return ld64(<const uint8_t *>o) != ld64(<const uint8_t *>n) or \
-        ld64(<const uint8_t *>o + 8) != ld64(<const uint8_t *>n + 8)
 
 
 cdef int cannot_write(layout_t *L, view_t *o, view_t *n) noexcept nogil:
@@ -657,6 +691,8 @@ cdef int nat_free_port(inst_t *t) noexcept nogil:
         return -1
     for k in range(FREE_DRAWS):
         v = base + <int64_t>below(t, size)
+        if t.peeked > 0:
+            t.peeked -= 1
         if t.by_port[v].b == 0:
             return <int>v
     top = base + size - 1
@@ -675,10 +711,9 @@ cdef inline int nf_nat(pl_t *pl, inst_t *t, view_t *v, int *gates) noexcept nogi
             return drop(pl, t, 0)
         if <uint32_t>e.a != v.src or <int>(e.b & 0xFFFF) != v.sport or <int>((e.b >> 32) & 0xFF) != v.proto:
             return drop(pl, t, 1)
-        out1(gates, t.gate_lan)
         v.dst = <uint32_t>(e.a >> 32)
         v.dport = (e.b >> 16) & 0xFFFF
-        return 1
+        return out1(gates, t.gate_lan) | REWRITTEN
     a, b = key_a(v.src, v.dst), key_b(v.proto, v.sport, v.dport)
     s = table_find(&t.tab, a, b)
     if s.b == 0:
@@ -694,10 +729,9 @@ cdef inline int nf_nat(pl_t *pl, inst_t *t, view_t *v, int *gates) noexcept nogi
             pl.error = 2
     else:
         port = s.v0
-    out1(gates, t.gate_wan)
     v.src = <uint32_t>t.p[0]
     v.sport = port
-    return 1
+    return out1(gates, t.gate_wan) | REWRITTEN
 
 cdef inline int nf_firewall(pl_t *pl, inst_t *t, view_t *v, int *gates) noexcept nogil:
     cdef int64_t now = now_of(pl, t)
@@ -770,10 +804,10 @@ cdef inline int nf_lb(pl_t *pl, inst_t *t, view_t *v, int *gates) noexcept nogil
     cdef uint32_t vip = <uint32_t>t.p[0], backend
     if v.inbound:
         s = table_find(&t.tab, key_a(v.dst, vip), key_b(v.proto, v.dport, v.sport))
-        out1(gates, t.gate_lan)
         if s.b != 0 and s.v0 == v.src:
             v.src = vip
-        return 1
+            return out1(gates, t.gate_lan) | REWRITTEN
+        return out1(gates, t.gate_lan)
     if v.dst != vip:
         return out1(gates, t.gate_wan)
     a, b = key_a(v.src, v.dst), key_b(v.proto, v.sport, v.dport)
@@ -786,9 +820,8 @@ cdef inline int nf_lb(pl_t *pl, inst_t *t, view_t *v, int *gates) noexcept nogil
             pl.error = 2
     else:
         backend = s.v0
-    out1(gates, t.gate_wan)
     v.dst = backend
-    return 1
+    return out1(gates, t.gate_wan) | REWRITTEN
 
 cdef inline uint32_t model_flow_hash(int proto, uint32_t src, int sport, uint32_t dst, int dport,
                                      uint32_t buckets) noexcept nogil:
@@ -802,15 +835,14 @@ cdef inline uint32_t model_flow_hash(int proto, uint32_t src, int sport, uint32_
 cdef inline int nf_lb_hash(pl_t *pl, inst_t *t, view_t *v, int *gates) noexcept nogil:
     cdef uint32_t vip = <uint32_t>t.p[0]
     if v.inbound:
-        out1(gates, t.gate_lan)
         if t.p[1] + model_flow_hash(v.proto, v.dst, v.dport, vip, v.sport, <uint32_t>t.p[2]) == v.src:
             v.src = vip
-        return 1
+            return out1(gates, t.gate_lan) | REWRITTEN
+        return out1(gates, t.gate_lan)
     if v.dst != vip:
         return out1(gates, t.gate_wan)
-    out1(gates, t.gate_wan)
     v.dst = <uint32_t>(t.p[1] + model_flow_hash(v.proto, v.src, v.sport, v.dst, v.dport, <uint32_t>t.p[2]))
-    return 1
+    return out1(gates, t.gate_wan) | REWRITTEN
 
 cdef inline int nf_ratelimit(pl_t *pl, inst_t *t, view_t *v, int *gates) noexcept nogil:
     cdef int64_t now = now_of(pl, t), cost = t.tps, full = t.p[0] * t.tps, credit
@@ -876,9 +908,8 @@ cdef inline int nf_csfq_edge(pl_t *pl, inst_t *t, view_t *v, int *gates) noexcep
         label = 0xFFFF
     if not table_fit(&t.tab):
         pl.error = 2
-    out1(gates, opposite(t, v))
-    v.label = <int32_t>label
-    return 1
+    v.label = <int32_t>label  # metadata, not a frame field
+    return out1(gates, opposite(t, v))
 
 cdef inline int nf_csfq_core(pl_t *pl, inst_t *t, view_t *v, int *gates) noexcept nogil:
     cdef int64_t r
@@ -936,6 +967,7 @@ cdef int predict(inst_t *t, view_t *v) noexcept nogil:
     cdef int k = t.kind
     cdef slot_t *s
     cdef pent_t *e
+    cdef int64_t port
     cdef uint32_t vip = <uint32_t>t.p[0]
     if k == K_NAT:
         if v.inbound:
@@ -945,9 +977,15 @@ cdef int predict(inst_t *t, view_t *v) noexcept nogil:
             v.dst, v.dport = <uint32_t>(e.a >> 32), (e.b >> 16) & 0xFFFF
             return t.gate_lan
         s = table_find(&t.tab, key_a(v.src, v.dst), key_b(v.proto, v.sport, v.dport))
-        if s.b == 0:
+        if s.b != 0:
+            v.src, v.sport = <uint32_t>t.p[0], s.v0
+            return t.gate_wan
+        if t.pool_used >= t.p[2]:
             return -1
-        v.src, v.sport = <uint32_t>t.p[0], s.v0
+        t.peeked += 1  # a new flow: its port will most likely be the next draw not yet peeked at
+        port = t.p[1] + <int64_t>(rng_peek(t.rng, t.peeked) % <uint64_t>t.p[2])
+        prefetch(&t.by_port[port])
+        v.src, v.sport = <uint32_t>t.p[0], port
         return t.gate_wan
     if k == K_LB:
         if v.inbound:
@@ -975,6 +1013,13 @@ cdef int predict(inst_t *t, view_t *v) noexcept nogil:
 
 # ---- routing (models/chain.py Chain.route: run to completion, depth first) ------------------------
 
+cdef inline void copy_view(view_t *o, view_t *v) noexcept nogil:
+    """o = v field by field: v's fields were just stored one by one, and a block copy (wide loads)
+    would stall store-to-load forwarding."""
+    o.src, o.dst, o.sport, o.dport = v.src, v.dst, v.sport, v.dport
+    o.proto, o.flags, o.length, o.label, o.inbound = v.proto, v.flags, v.length, v.label, v.inbound
+
+
 cdef int walk(pl_t *pl, int inst, frame_t f, view_t v, bint in_model, int depth) noexcept nogil:
     """The packet v (None when not in_model) on frame f arrives at instance `inst`: each instance
     handles it, what it emits travels on, depth first in emission order; all but the last of
@@ -996,11 +1041,12 @@ cdef int walk(pl_t *pl, int inst, frame_t f, view_t v, bint in_model, int depth)
                 record_drop(pl, t.r_outside)
                 return 0
         else:
-            o = v
+            copy_view(&o, &v)
             n = handle(pl, t, &v, gates)
             if n == 0:
                 return 0
-            changed = frame_fields_differ(&o, &v)
+            changed = (n & REWRITTEN) != 0
+            n &= 0xFF
             bad = cannot_write(pl.lay, &o, &v) if changed else 0
             for k in range(n - 1):
                 if bad:
@@ -1067,6 +1113,7 @@ ctypedef struct prepared_t:  # an input parsed ahead of its turn
 cdef void prepare(pl_t *pl, Py_ssize_t i, prepared_t *r) noexcept nogil:
     cdef pkt_t pkt
     cdef pkt_t *p = &pkt
+    cdef view_t v             # built in a local: stored once, never reloaded in pieces just stored
     cdef int s, entry
     parse(p, pl.linktype, pl.data + pl.off[i], pl.caplen[i], pl.wirelen[i])
     r.status, r.next = 1, -1
@@ -1077,18 +1124,19 @@ cdef void prepare(pl_t *pl, Py_ssize_t i, prepared_t *r) noexcept nogil:
         if p.ip.frag_offset > 0:
             r.status, r.reason = 2, pl.r_fragment
             return
-        make_view(p, &r.lay, &r.v)
+        make_view(p, &r.lay, &v)
         r.status = 0
-        r.v.length = pl.wirelen[i] if pl.wirelen[i] < 0xFFFF else 0xFFFF
-    r.v.label = 0
+        v.length = pl.wirelen[i] if pl.wirelen[i] < 0xFFFF else 0xFFFF
+    v.label = 0
     s = pl.side[i]
-    r.v.inbound = s == 1 or (s != 0 and from_outside(pl, p))
-    entry = pl.ingress[1 if r.v.inbound else 0]
+    v.inbound = s == 1 or (s != 0 and from_outside(pl, p))
+    entry = pl.ingress[1 if v.inbound else 0]
+    r.v = v
     if entry < 0:
-        r.status, r.reason = 2, pl.r_no_ingress[1 if r.v.inbound else 0]
+        r.status, r.reason = 2, pl.r_no_ingress[1 if v.inbound else 0]
     elif r.status == 0:
-        prefetch_first(&pl.insts[entry], &r.v)
-        r.next, r.ahead = entry, r.v
+        prefetch_first(&pl.insts[entry], &v)
+        r.next, r.ahead = entry, v
 
 
 cdef void look_ahead(pl_t *pl, prepared_t *r) noexcept nogil:
@@ -1275,7 +1323,7 @@ cdef class Pipeline:
             t.r_cannot[j] = self._reason(f"{name}: cannot write {field} into the frame")
         if kind == K_NAT:
             t.p[0], t.p[1], t.p[2] = nf.external, nf.base, nf.ports
-            t.by_port = <pent_t *>calloc(65536, sizeof(pent_t))
+            t.by_port = <pent_t *>zeroed(65536 * sizeof(pent_t))
             if t.by_port == NULL:
                 raise MemoryError()
         elif kind == K_FW:
@@ -1298,8 +1346,9 @@ cdef class Pipeline:
         cdef int k
         if self.pl.insts != NULL:
             for k in range(self.pl.ninst):
-                free(self.pl.insts[k].tab.s)
-                free(self.pl.insts[k].by_port)
+                if self.pl.insts[k].tab.s != NULL:
+                    release_zeroed(self.pl.insts[k].tab.s, (self.pl.insts[k].tab.mask + 1) * sizeof(slot_t))
+                release_zeroed(self.pl.insts[k].by_port, 65536 * sizeof(pent_t))
             free(self.pl.insts)
         free(self.ahead)
         free(self.pl.scratch)
