@@ -9,7 +9,7 @@ import re
 import sys
 import time
 
-from .cmd_verify import configured, positive_int
+from .cmd_verify import configured, duration, positive_float, positive_int
 from .errors import OK, UsageError
 from .models import NFS, lookup
 from .models.api import ParamError
@@ -24,8 +24,13 @@ DESCRIPTION = ("Run CHAIN on the frames of a capture with the reference runtime:
                "(--clock pcap, reproducible) or the machine's. With -o, the run is recorded as a trace "
                "(pcapng: inputs, outputs by egress, a final summary) for `nfproof replay` and Wireshark.")
 EPILOG = (f"throughput counts the inputs (their wire bytes for Gbps) over the CPU time spent processing them in the "
-          f"pipeline; {LATENCY}. "
+          f"pipeline; {LATENCY}. With --strategy other than none, or with --fail, every instance runs as a worker "
+          "process (its primary; under stateful.* a standby process joined to it by TCP), failures are SIGKILLs, "
+          "and the trace records failures, failovers, protected points and logged choices; throughput then counts "
+          "the CPU time of every process. "
           "exit codes: 0 ok, 2 usage or input error (the trace written so far is closed and readable)")
+STRATEGY_FORMS = ("none", "stateful.checkpoint:N", "stateful.async", "stateful.sync", "stateful.commit:B",
+                  "stateless.sync", "stateless.async", "stateless.batch:B", "stateless.cache", "stateless.commit:B")
 
 
 def non_negative_int(text: str) -> int:
@@ -63,6 +68,29 @@ def add_parser(sub):
                         "batch arrives (wall)")
     p.add_argument("--generic", action="store_true",
                    help="run every NF's own model code (runtime/generic.py) instead of the bundled fast path")
+    f = p.add_argument_group("failover (issue 8: the strategies and switches of `nfproof verify`, run for real)")
+    f.add_argument("--strategy", default="none", metavar="S",
+                   help=f"state management: {', '.join(STRATEGY_FORMS)} (default none: in process, unless --fail)")
+    f.add_argument("--log-choices", action="store_true",
+                   help="the primary logs each input's choices and clock reads to the standby (acknowledged) before "
+                        "releasing its outputs; a promoted standby reuses them for replayed inputs")
+    f.add_argument("--no-replay-input", action="store_true",
+                   help="after a failover the upstream replays nothing: inputs the protected state does not cover are lost")
+    f.add_argument("--no-dedup", action="store_true", help="let duplicate outputs out after a failover")
+    f.add_argument("--fail", action="append", default=[], metavar="NF@PKT",
+                   help="SIGKILL instance NF's primary when it is about to be handed input PKT (0-based, as the "
+                        "trace numbers inputs), e.g. nat@200 (repeatable)")
+    f.add_argument("--fail-random", type=positive_int, metavar="K",
+                   help="K failures at crash points drawn from --seed (instance and input)")
+    f.add_argument("--heartbeat-ms", type=positive_float, default=1.0, metavar="MS",
+                   help="primaries send a heartbeat every MS ms (default 1); silence for 20 periods, or a closed "
+                        "socket, is a failure")
+    f.add_argument("--failover-time", type=duration, default=None, metavar="F",
+                   help="the failover's duration on the capture clock under --clock pcap, in seconds (ms/us accepted; "
+                        "default 1 s): the replacement processes nothing before crash + F")
+    f.add_argument("--standby", metavar="HOST:PORT", default="127.0.0.1:0",
+                   help="where standby processes listen for their primary (default 127.0.0.1:0, any free port; "
+                        "a fixed PORT: the n-th standby takes PORT+n-1)")
     p.add_argument("--progress", action="store_true", help="show progress on stderr even when it is not a terminal")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     return p
@@ -113,6 +141,78 @@ class Progress:
             print("\r\033[K", end="", file=sys.stderr, flush=True)
 
 
+def failover_settings(args, chain: Chain):
+    """The failover run the options ask for (runtime/failover.py FailoverSettings), or None for an
+    in-process run (strategy none, no failure). UsageError for a bad option."""
+    from .models.strategy import Strategy, StrategyError
+    try:
+        strategy = Strategy.parse(args.strategy)
+    except StrategyError as e:
+        raise UsageError(f"--strategy: {e}") from None
+    protected = strategy.name != "none"
+    if args.log_choices and not protected:
+        raise UsageError("--log-choices needs a strategy that protects state (stateful.* or stateless.*): under "
+                         "none there is no standby to log to")
+    failures = [parse_failure(text, chain) for text in args.fail]
+    if args.fail_random:
+        failures += random_failures(args.fail_random, args.seed, chain, count_inputs(args.pcap))
+    if not protected and not failures:
+        for flag, on in (("--no-replay-input", args.no_replay_input), ("--no-dedup", args.no_dedup)):
+            if on:
+                raise UsageError(f"{flag} changes what a failover does: give --fail or --fail-random (or a strategy)")
+        return None
+    from .runtime.failover import FailoverSettings, PlannedFailure, parse_address
+    try:
+        standby = parse_address(args.standby)
+    except ValueError as e:
+        raise UsageError(f"--standby: {e}") from None
+    failover_ns = int((args.failover_time if args.failover_time is not None else 1) * 1_000_000_000)
+    return FailoverSettings(strategy if protected else None, args.log_choices, not args.no_replay_input,
+                            not args.no_dedup, [PlannedFailure(name, seq) for name, seq in sorted(failures, key=lambda f: f[1])],
+                            args.heartbeat_ms, failover_ns, standby)
+
+
+def parse_failure(text: str, chain: Chain) -> tuple[str, int]:
+    """NF@PKT -> (instance name, input seq); NF is an instance name or the NF of exactly one."""
+    name, sep, pkt = text.rpartition("@")
+    if not sep or not name or not re.fullmatch(r"[0-9]+", pkt.strip()):
+        raise UsageError(f"--fail {text!r}: write NF@PKT, e.g. nat@200 (kill nat before it handles input 200)")
+    name = name.strip()
+    if name not in chain.members:
+        by_nf = [m for m, member in chain.members.items() if member.nf.name == name]
+        if len(by_nf) != 1:
+            raise UsageError(f"--fail {text!r}: the chain has no instance {name!r}; its instances: "
+                             f"{', '.join(chain.members)}")
+        name = by_nf[0]
+    return name, int(pkt)
+
+
+def random_failures(k: int, seed: int, chain: Chain, inputs: int) -> list[tuple[str, int]]:
+    """K crash points drawn from the seed: an instance and an input in 1..inputs-1 each (distinct
+    inputs, so each failover is over before the next failure)."""
+    import random
+    if inputs < 2:
+        return []
+    rng = random.Random(f"nfproof-fail:{seed}")
+    seqs = sorted(rng.sample(range(1, inputs), min(k, inputs - 1)))
+    names = list(chain.members)
+    return [(rng.choice(names), s) for s in seqs]
+
+
+def count_inputs(path: str) -> int:
+    from .runtime.ports import CaptureSource
+    n = 0
+    try:
+        with CaptureSource(path) as source:
+            while True:
+                frames = source.receive(4096)
+                if not frames:
+                    return n
+                n += len(frames)
+    except FormatError:
+        return n
+
+
 def run(args) -> int:
     from .runtime.executor import make_pipeline, run as run_chain
     from .runtime.frames import parse_inside
@@ -137,24 +237,44 @@ def run(args) -> int:
         source = CaptureSource(args.pcap)
     except FormatError as e:
         raise UsageError(str(e)) from None
+    settings = failover_settings(args, chain)
     if auto_inside:
         inside = capture_inside(args.pcap)
     cpu0 = time.process_time()
+    failovers, pids = None, None
     with source:
-        pipeline, implementation = make_pipeline(chain, args.seed, source.linktype, inside, args.generic)
+        if settings is None:
+            pipeline, implementation = make_pipeline(chain, args.seed, source.linktype, inside, args.generic)
+        else:
+            implementation = "generic"  # the workers run every model's own code (models/concrete.py)
         recorder = None
         if args.output:
             fields = {"params": list(args.param), "seed": args.seed, "inside": [str(n) for n in inside],
                       "clock": args.clock, "batch": args.batch, "implementation": implementation,
                       "input": os.path.basename(args.pcap)}
+            if settings is not None:
+                fields.update(processes=True, fail=[str(f) for f in settings.failures],
+                              failover_time=settings.failover_ns / 1e9, heartbeat_ms=settings.heartbeat_ms,
+                              standby=args.standby, log_choices=settings.log_choices,
+                              replay_input=settings.replay_input, dedup=settings.dedup)
             try:
-                recorder = Recorder(args.output, args.chain, fields)
+                recorder = Recorder(args.output, args.chain, fields, settings.text() if settings else "none")
             except OSError as e:
                 raise UsageError(f"cannot write the trace {args.output}: {e.strerror or e}") from None
         progress = Progress() if args.progress or sys.stderr.isatty() else None
         try:
-            stats = run_chain(chain, source, pipeline, recorder, args.batch, args.clock,
-                              progress, implementation=implementation, inside=inside)
+            if settings is None:
+                stats = run_chain(chain, source, pipeline, recorder, args.batch, args.clock,
+                                  progress, implementation=implementation, inside=inside)
+            else:
+                from .runtime.failover import FailoverDriver, RunFailed
+                driver = FailoverDriver(chain, args.chain, args.param, args.seed, settings, source.linktype, inside,
+                                        recorder, args.clock, args.batch, progress)
+                try:
+                    stats = driver.run(source)
+                except RunFailed as e:
+                    raise UsageError(f"the run stopped: {e}") from None
+                failovers, pids = driver.failovers, driver.pids()
         except FormatError as e:
             kept = (f" (the trace {args.output} holds the {recorder.inputs} input{'' if recorder.inputs == 1 else 's'} "
                     f"before it)") if recorder else ""
@@ -164,6 +284,11 @@ def run(args) -> int:
                 progress.clear()
     cpu = time.process_time() - cpu0
     result = as_json(stats, args, cpu, inside, auto_inside)
+    if settings is not None:
+        result.update(strategy=settings.text(), processes=pids,
+                      failures=[str(f) for f in settings.failures],
+                      failures_not_reached=[str(f) for f in settings.failures if not f.done],
+                      failovers=[{k: v for k, v in f.items() if not k.startswith("_")} for f in failovers])
     if args.json:
         print(json.dumps(result, indent=2))
     else:
@@ -203,6 +328,15 @@ def render(r: dict) -> str:
     lat = r["latency"]
     lines.append(f"latency: p50 {_us(lat.get('p50'))}, p99 {_us(lat.get('p99'))}, p99.9 {_us(lat.get('p999'))} "
                  f"(batch entering the pipeline to its outputs handed on)")
+    if "strategy" in r:
+        lines.append(f"strategy: {r['strategy']}; worker processes: {len(r['processes'])}; "
+                     f"failures planned: {', '.join(r['failures']) or 'none'}"
+                     + (f" (never reached: {', '.join(r['failures_not_reached'])})" if r["failures_not_reached"] else ""))
+    for k, f in enumerate(r.get("failovers") or [], 1):
+        lines.append(f"failover {k}: {f['instance']} {f['cause']}: detected in {_us(f['detection_ns'])} "
+                     f"({f['detected_by']}), takeover {_us(f['takeover_ns'])}"
+                     + (f", new standby attached in {_us(f['attach_ns'])}" if f.get("attach_ns") is not None else "")
+                     + f"; protected point input {f['replica_seq']}, {f['held']} held, {f['replayed']} replayed")
     lines.append(f"outputs sha256: {r['outputs_sha256']}")
     lines.append(f"trace: {r['trace']}" if r["trace"] else "trace: not recorded (give -o TRACE.pcapng)")
     return "\n".join(lines)

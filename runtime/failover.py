@@ -162,6 +162,11 @@ class Handle(ABC):
         with select); None: the worker polls protected() every heartbeat period."""
         return None
 
+    def pending_since(self) -> float | None:
+        """When (time.monotonic()) the oldest state change not yet sent was queued; None if none
+        is. The worker flushes once it is `policy.flush_seconds` old."""
+        return None
+
     def log(self, n: int, record: Record) -> None:
         """--log-choices: send input n's choices and clock reads now (never batched); they are
         acknowledged before any output of n is released (logged() >= n)."""
@@ -268,3 +273,834 @@ class Conn:
             self.sock.close()
         except OSError:
             pass
+
+
+# -- the stateful paradigm: a standby process joined to its primary by TCP ----------------------------
+def parse_address(text: str) -> tuple[str, int]:
+    """HOST:PORT (PORT 0: any free port); ValueError naming the fix."""
+    host, sep, port = str(text).rpartition(":")
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise ValueError(f"{text!r} is not HOST:PORT (e.g. 127.0.0.1:0, port 0 = any free port)")
+    return host.strip("[]"), int(port)
+
+
+class StandbyLink(Handle):
+    """The primary's end of the replication link (stateful.*). Its `state` records every write as
+    a delta (runtime/deltas.py); `end` queues input n's deltas (and, when outputs are held, the
+    record) and ships the queue as the policy says; the standby acknowledges each message with
+    the highest input its state covers. Until `connect`, records queue up."""
+
+    def __init__(self, nf_cls, strategy: Strategy, state: dict | None = None, log=None, r: int = 0):
+        from . import deltas
+        self.policy = policy(strategy)
+        self.log_ = log if log is not None else deltas.DeltaLog()
+        self.state = state if state is not None else deltas.recording_state(nf_cls, self.log_)
+        self.conn: Conn | None = None
+        self.queue: list = []       # records not shipped yet
+        self.queued_at: float | None = None
+        self.r = self.base = self.shipped = r  # acknowledged protected point; base: what the snapshot covered
+        self.attached = False       # the standby acknowledged the snapshot
+        self._logged = r
+        self._released = 0
+
+    def connect(self, address: tuple[str, int], timeout: float = 10.0) -> None:
+        """Join the standby at `address` and send it the whole state once (covering inputs <= r)."""
+        from .deltas import snapshot
+        sock = socket.create_connection(address, timeout=timeout)
+        sock.settimeout(None)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.conn = Conn(sock)
+        self.conn.send(("snap", self.base, snapshot(self.state)))
+        if self.queue:
+            self.flush()
+
+    def end(self, n: int, record: Record) -> bool:
+        import time
+        self.queue.append((n, record.seq, self.log_.take(), record.wire() if self.policy.hold else None))
+        if self.queued_at is None:
+            self.queued_at = time.monotonic()
+        if len(self.queue) >= self.policy.flush_every:
+            self.flush()
+        return not self.policy.hold
+
+    def pending_since(self) -> float | None:
+        """When the oldest unshipped record was queued (monotonic), None if none is."""
+        return self.queued_at
+
+    def flush(self, wait: bool = False) -> int:
+        if self.queue and self.conn is not None:
+            self.conn.send(("rec", self.queue, self._released))
+            self.shipped = self.queue[-1][0]
+            self.queue, self.queued_at = [], None
+        if wait:
+            while self.conn is not None and not self.conn.closed and self.r < self.shipped:
+                self._take(self.conn.wait(1.0))
+        return self.protected()
+
+    def protected(self) -> int:
+        if self.conn is not None and not self.conn.closed:
+            ready, _, _ = select.select([self.conn.sock], [], [], 0)
+            if ready:
+                self._take(self.conn.read())
+        return self.r
+
+    def _take(self, messages) -> None:
+        for m in messages:
+            if m[0] == "ack":
+                self.r = max(self.r, m[1])
+                self.attached = True
+            elif m[0] == "logack":
+                self._logged = max(self._logged, m[1])
+
+    def fileno(self) -> int | None:
+        return self.conn.fileno() if self.conn is not None and not self.conn.closed else None
+
+    def log(self, n: int, record: Record) -> None:
+        if self.conn is None:
+            raise RuntimeError("--log-choices: no standby attached yet")
+        self.conn.send(("log", n, record.choices, record.clocks))
+
+    def logged(self) -> int:
+        return self._logged
+
+    def released(self, n: int) -> None:
+        self._released = max(self._released, n)
+
+    def recover(self) -> Recovery:
+        return Recovery(self.base)
+
+    def close(self) -> None:
+        if self.conn is not None:
+            self.conn.close()
+
+
+class Replica:
+    """The standby's side: listens for its primary, applies what arrives to its own copy of the
+    state, acknowledges every message with the highest input the copy covers (r), keeps the
+    records whose outputs are held (until the primary says they were released) and the logged
+    choices of inputs > r. `promote()` takes over: the rest of what the dead primary sent is read,
+    and the state, r, the held records and the logs are handed on."""
+
+    def __init__(self, nf_cls, listen: tuple[str, int]):
+        from . import deltas
+        self.nf_cls = nf_cls
+        self.log_ = deltas.DeltaLog()
+        self.state = deltas.recording_state(nf_cls, self.log_)
+        self.listener = socket.create_server(listen, reuse_port=False)
+        self.address = self.listener.getsockname()[:2]
+        self.conn: Conn | None = None
+        self.r = 0
+        self.held: dict = {}        # n -> Record wire tuple
+        self.logs: dict = {}        # n -> (choices, clocks)
+        self.released = 0
+
+    def fileno(self) -> int:
+        return self.conn.fileno() if self.conn is not None else self.listener.fileno()
+
+    def readable(self) -> None:
+        """Call when fileno() is readable: accepts the primary, or applies what it sent."""
+        if self.conn is None:
+            sock, _ = self.listener.accept()
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self.conn = Conn(sock)
+            return
+        messages = self.conn.read()
+        self._apply(messages)
+
+    def _apply(self, messages) -> None:
+        from .deltas import apply, recording_state
+        acks = False
+        for m in messages:
+            kind = m[0]
+            if kind == "snap":
+                self.state = recording_state(self.nf_cls, self.log_)
+                apply(self.state, m[2])
+                self.r = m[1]
+                acks = True
+            elif kind == "rec":
+                for n, _seq, deltas, held in m[1]:
+                    apply(self.state, deltas)
+                    self.r = n
+                    if held is not None:
+                        self.held[n] = held
+                self._forget(m[2])
+                acks = True
+            elif kind == "log":
+                self.logs[m[1]] = (m[2], m[3])
+                if not self.conn.closed:
+                    self._send(("logack", m[1]))
+        if acks and not self.conn.closed:
+            self._send(("ack", self.r))
+        for n in [n for n in self.logs if n <= self.r]:
+            del self.logs[n]
+
+    def _send(self, message) -> None:
+        try:
+            self.conn.send(message)
+        except OSError:  # the primary is gone; what arrived still counts
+            self.conn.closed = True
+
+    def _forget(self, released: int) -> None:
+        self.released = max(self.released, released)
+        for n in [n for n in self.held if n <= self.released]:
+            del self.held[n]
+
+    def promote(self, timeout: float = 2.0) -> Recovery:
+        """Reads what the primary sent until its connection closes (it is dead), then where the
+        copy stands."""
+        import time
+        deadline = time.monotonic() + timeout
+        while self.conn is not None and not self.conn.closed and time.monotonic() < deadline:
+            self._apply(self.conn.wait(max(0.0, deadline - time.monotonic())))
+        if self.conn is not None:
+            self.conn.close()
+        self.listener.close()
+        held = [Record.unwire(self.held[n]) for n in sorted(self.held) if n <= self.r]
+        return Recovery(self.r, held, {n: v for n, v in self.logs.items() if n > self.r})
+
+    def close(self) -> None:
+        for s in (self.conn, self.listener):
+            if s is not None:
+                s.close()
+
+
+class StandbyBackend(Backend):
+    """stateful.*: the state lives in the instance; a standby process holds a copy."""
+
+    paradigm = "stateful"
+
+    def open(self, spec: InstanceSpec, fresh: bool, info: dict | None = None) -> Handle:
+        if not fresh:
+            raise ValueError("a stateful replacement is a promoted standby (worker.py), not opened afresh")
+        from ..cmd_run import build_chain
+        nf = build_chain(spec.chain, spec.params).members[spec.instance].nf
+        return StandbyLink(nf, Strategy.parse(spec.strategy))
+
+
+# -- the driver ---------------------------------------------------------------------------------------
+PIPELINE_WINDOW = 256     # inputs in flight at a one-instance chain (longer chains: one chain input at a time)
+START_SECONDS = 60.0      # a worker must say hello within this (imports on a loaded machine)
+REPLY_SECONDS = 30.0
+
+
+class RunFailed(RuntimeError):
+    """The run could not go on (a worker reported a model error, a standby vanished, ...)."""
+
+
+def _die_with_parent() -> None:  # preexec_fn: the worker gets SIGKILL when the driver dies
+    import ctypes
+    import signal
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+class WorkerProcess:
+    """A worker process (runtime/worker.py) and the driver's end of its socketpair. Messages read
+    ahead of the one being waited for stay in `inbox`, in order."""
+
+    def __init__(self, role: str, spec: InstanceSpec, listen: tuple[str, int] | None = None):
+        import subprocess
+        import sys
+        import time
+        from collections import deque
+        ours, theirs = socket.socketpair()
+        args = [sys.executable, "-m", "nfproof.runtime.worker", "--fd", str(theirs.fileno()), "--role", role,
+                "--spec", spec.to_json()]
+        if listen is not None:
+            args += ["--listen", f"{listen[0]}:{listen[1]}"]
+        self.popen = subprocess.Popen(args, pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL,
+                                      preexec_fn=_die_with_parent)
+        theirs.close()
+        self.pid, self.role, self.spec = self.popen.pid, role, spec
+        self.conn = Conn(ours)
+        self.inbox: deque = deque()
+        self.last_heard = time.monotonic()
+        self.address: tuple | None = None
+        self.said_hello = False
+
+    def fileno(self) -> int:
+        return self.conn.fileno()
+
+    def send(self, message: tuple) -> bool:
+        """False if the worker is gone."""
+        try:
+            self.conn.send(message)
+            return True
+        except OSError:
+            self.conn.closed = True
+            return False
+
+    def poll(self) -> None:
+        import time
+        messages = self.conn.read()
+        if messages:
+            self.last_heard = time.monotonic()
+        for m in messages:
+            if m[0] == "hello":
+                self.said_hello, self.address = True, (m[3], m[4]) if m[3] is not None else None
+        self.inbox.extend(messages)
+
+    def expect(self, kind: str, timeout: float = REPLY_SECONDS) -> tuple:
+        """The first message of `kind` (others stay queued); RunFailed if the worker dies first."""
+        import time
+        deadline = time.monotonic() + timeout
+        while True:
+            for m in self.inbox:
+                if m[0] == kind:
+                    self.inbox.remove(m)
+                    return m
+                if m[0] == "error":
+                    raise RunFailed(m[1])
+            if self.conn.closed:
+                raise RunFailed(f"a {self.role} worker (pid {self.pid}) exited before sending {kind!r}")
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise RunFailed(f"a {self.role} worker (pid {self.pid}) did not send {kind!r} within {timeout:g} s")
+            ready, _, _ = select.select([self.conn.sock], [], [], left)
+            if ready:
+                self.poll()
+
+    def stop(self, grace: float = 2.0) -> None:
+        import subprocess
+        if self.popen.poll() is None:
+            self.send(("stop",))
+            try:
+                self.popen.wait(grace)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait()
+        self.conn.close()
+
+
+@dataclass
+class PlannedFailure:
+    instance: str
+    seq: int                   # kill the primary when it is about to be handed chain input >= seq
+    done: bool = False
+
+    def __str__(self) -> str:
+        return f"{self.instance}@{self.seq}"
+
+
+@dataclass
+class FailoverSettings:
+    strategy: Strategy | None              # None: `none`
+    log_choices: bool = False
+    replay_input: bool = True
+    dedup: bool = True
+    failures: list = field(default_factory=list)   # [PlannedFailure]
+    heartbeat_ms: float = 1.0
+    failover_ns: int = 1_000_000_000       # F: the failover's duration on the capture clock
+    standby: tuple = ("127.0.0.1", 0)      # where standbys listen (port 0: any free; else port, port+1, ...)
+
+    @property
+    def paradigm(self) -> str:
+        return "none" if self.strategy is None else self.strategy.name.split(".", 1)[0]
+
+    def text(self) -> str:
+        """The run header's strategy: e.g. `stateful.commit:8 --log-choices`."""
+        words = [str(self.strategy) if self.strategy is not None else "none"]
+        words += [flag for flag, on in (("--log-choices", self.log_choices), ("--no-replay-input", not self.replay_input),
+                                        ("--no-dedup", not self.dedup)) if on]
+        return " ".join(words)
+
+
+@dataclass(slots=True)
+class Hop:
+    """A packet handed to an instance: what is needed to route its outputs and to replay it."""
+
+    seq: int                   # the chain input
+    n: int                     # its number at the instance
+    frame: bytes               # the frame as handed over
+    parsed: object             # the chain input's parse (frames.write_back needs it)
+    packet: object             # the model packet handed over (models.api.Packet)
+    wire: tuple                # the packet as sent (label set), for replays
+    label: int
+    depth: int
+    arrival: int               # the chain input's time, ns since the run's first input
+    src: tuple                 # the chain input (data, wirelen)
+    done: bool = False         # its outputs were released
+
+
+class Running:
+    """One chain instance of the run, as the driver sees it."""
+
+    def __init__(self, name: str, k: int, member):
+        self.name, self.k, self.member = name, k, member
+        self.generation = 0
+        self.primary: WorkerProcess | None = None
+        self.standby: WorkerProcess | None = None
+        self.attached = True
+        self.next_n = 1
+        self.hops: dict = {}               # n -> Hop: the upstream buffer (and routing of what is not released)
+        self.arrivals: dict = {}           # n -> (seq, arrival ns) for the crash time and the trace
+        self.released = 0                  # highest n whose outputs came back
+        self.r = 0                         # highest n covered by protected state
+        self.last_out = (0, -1)            # duplicate suppression: highest (n, output index) let through
+        self.floor: int | None = None      # after a failover: its end (ns since the first input)
+        self.prev = 0                      # the replacement's previous processing time
+        self.info: dict = {}
+        self.killed_at: int | None = None  # perf_counter_ns of the kill, while one is being detected
+        self.cause = ""
+        self.suspected = False
+
+
+class FailoverDriver:
+    """Runs a chain on a Source with every instance in worker processes (see the module
+    docstring); `run(source)` returns executor.RunStats, `failovers` the measured failovers."""
+
+    def __init__(self, chain, chain_text: str, params: list, seed: int, settings: FailoverSettings,
+                 linktype: int = 1, inside=None, recorder=None, clock: str = "pcap", batch: int = 32, progress=None):
+        from .frames import DEFAULT_INSIDE, Sides
+        chain.validate()
+        self.chain, self.chain_text, self.params, self.seed = chain, chain_text, list(params), seed
+        self.settings, self.linktype, self.recorder, self.clock = settings, linktype, recorder, clock
+        self.batch, self.progress = batch, progress
+        self.sides = Sides(DEFAULT_INSIDE if inside is None else inside)
+        self.routes = chain._routes()
+        self.egresses = chain.egress_names
+        self.instances = {name: Running(name, k, m) for k, (name, m) in enumerate(chain.members.items())}
+        self.window = PIPELINE_WINDOW if len(self.instances) == 1 else 1
+        self.period = settings.heartbeat_ms / 1000
+        self.spare: WorkerProcess | None = None
+        self.workers: list[WorkerProcess] = []     # every process started (all are stopped at the end)
+        self.options: dict = {}
+        self.stop_backend = None
+        self.pending: dict = {}            # chain input seq -> hops in flight
+        self.started: dict = {}            # chain input seq -> perf_counter_ns when it entered
+        self.in_flight = 0
+        self.out_count: dict = {}          # seq -> outputs recorded so far (out_index)
+        self.failovers: list[dict] = []
+        self.failing = False
+        self.t0 = None
+        self.wall0 = None
+        self.standbys_started = 0
+        self.lost = self.suppressed = 0
+        import hashlib
+        from collections import Counter
+        self.digest = hashlib.sha256()
+        self.drops: Counter = Counter()
+        self.by_egress = dict.fromkeys(self.egresses, 0)
+        self.latencies: list = []
+        self.packets_out = self.bytes_out = 0
+
+    # -- processes
+    def spec(self, running: Running, generation: int) -> InstanceSpec:
+        s = self.settings
+        return InstanceSpec(self.chain_text, self.params, running.name if running else "", running.k if running else -1,
+                            self.seed, generation, str(s.strategy) if s.strategy else "none", s.log_choices,
+                            s.heartbeat_ms, self.options)
+
+    def start_worker(self, role: str, spec: InstanceSpec, listen=None) -> WorkerProcess:
+        w = WorkerProcess(role, spec, listen)
+        self.workers.append(w)
+        return w
+
+    def standby_address(self) -> tuple[str, int]:
+        host, port = self.settings.standby
+        self.standbys_started += 1
+        return host, port + self.standbys_started - 1 if port else 0
+
+    def start(self) -> None:
+        s = self.settings
+        if s.strategy is not None:
+            self.options, self.stop_backend = backend_class(s.strategy).serve(s.strategy, {})
+        for x in self.instances.values():
+            x.primary = self.start_worker("primary", self.spec(x, 0))
+            if s.paradigm == "stateful":
+                x.standby = self.start_worker("standby", self.spec(x, 1), self.standby_address())
+        if s.failures:
+            self.spawn_spare()
+        for x in self.instances.values():
+            x.primary.expect("hello", START_SECONDS)
+            if x.standby is not None:
+                x.standby.expect("hello", START_SECONDS)
+                x.primary.send(("attach", *x.standby.address))
+        for x in self.instances.values():
+            if x.standby is not None:
+                x.primary.expect("attached")
+            x.attached = True
+
+    def spawn_spare(self) -> None:
+        self.spare = self.start_worker("spare", self.spec(None, 0))
+
+    def take_spare(self) -> WorkerProcess:
+        if self.spare is None:
+            self.spawn_spare()
+        spare, self.spare = self.spare, None
+        spare.expect("hello", START_SECONDS)
+        return spare
+
+    def stop(self) -> None:
+        for w in self.workers:
+            w.send(("stop",))
+        for w in self.workers:
+            w.stop()
+        if self.stop_backend is not None:
+            self.stop_backend()
+
+    def pids(self) -> list[int]:
+        return [w.pid for w in self.workers]
+
+    # -- the run
+    def run(self, source):
+        import time
+        from collections import Counter
+        from ..traces import parse_frame
+        from . import frames
+        from .batch import CLASSIFY, FROM_INSIDE, FROM_OUTSIDE
+        from .executor import RunStats, percentiles
+        stats = RunStats("generic")
+        perf = time.perf_counter_ns
+        run_start, cpu0 = perf(), time.process_time()
+        import resource
+        children0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        last, seq, error = None, 0, None
+        try:
+            self.start()
+            while True:
+                frames_in = source.receive(self.batch)
+                if not frames_in:
+                    break
+                for data, wirelen, t, side in frames_in:
+                    if t is None or (last is not None and t < last):
+                        t = last if last is not None else 0
+                    last = t
+                    if self.t0 is None:
+                        self.t0, self.wall0 = t, time.monotonic_ns()
+                        if self.recorder is not None:
+                            self.recorder.begin(self.linktype, self.egresses, t)
+                    parsed = parse_frame(self.linktype, data, wirelen)
+                    inbound = self.sides.inbound(parsed) if side == CLASSIFY else side == FROM_OUTSIDE
+                    if self.recorder is not None:
+                        self.recorder.input(seq, (data, wirelen), t, FROM_OUTSIDE if inbound else FROM_INSIDE)
+                    stats.packets_in += 1
+                    stats.bytes_in += wirelen
+                    self.enter(seq, data, wirelen, parsed, inbound, t - self.t0, frames)
+                    seq += 1
+                    while self.in_flight >= self.window:
+                        self.pump(self.period)
+                if self.progress is not None:
+                    self.progress(stats.packets_in, *source.progress())
+            while self.in_flight:
+                self.pump(self.period)
+        except BaseException as e:
+            error = e
+            raise
+        finally:
+            try:
+                self.stop()
+            finally:
+                children = resource.getrusage(resource.RUSAGE_CHILDREN)
+                stats.run_seconds = (perf() - run_start) / 1e9
+                stats.process_wall_seconds = stats.run_seconds
+                stats.process_seconds = (time.process_time() - cpu0 + children.ru_utime + children.ru_stime
+                                         - children0.ru_utime - children0.ru_stime)
+                stats.packets_out, stats.bytes_out = self.packets_out, self.bytes_out
+                stats.dropped = dict(sorted(self.drops.items(), key=lambda rc: (-rc[1], rc[0])))
+                stats.by_egress = dict(self.by_egress)
+                if self.packets_out:
+                    stats.outputs_sha256 = self.digest.hexdigest()
+                stats.latency_ns = percentiles([(ns, 1) for ns in self.latencies])
+                if self.recorder is not None:
+                    summary = stats.summary()
+                    summary.update(failovers=len(self.failovers), lost=self.lost, duplicates_suppressed=self.suppressed)
+                    if error is not None:
+                        summary["error"] = str(error) or type(error).__name__
+                    self.recorder.close(summary, self.egresses, self.linktype)
+        return stats
+
+    def enter(self, seq, data, wirelen, parsed, inbound, arrival, frames) -> None:
+        """Chain input seq at the chain ingress (runtime contract: drops at the ingress first)."""
+        import time
+        packet = frames.view(parsed, inbound, wirelen)
+        if isinstance(packet, str):
+            self.drops[packet] += 1
+            return
+        entry = self.chain.ingresses.get("outside" if inbound else "inside")
+        if entry is None:
+            self.drops[f"the chain has no {'outside' if inbound else 'inside'} ingress"] += 1
+            return
+        self.started[seq] = time.perf_counter_ns()
+        self.pending[seq] = 0
+        self.deliver(self.instances[entry], seq, data, parsed, packet, inbound, 0, 1, arrival, (data, wirelen))
+        self.settle(seq)
+
+    def settle(self, seq) -> None:
+        import time
+        if self.pending.get(seq) == 0:
+            del self.pending[seq]
+            self.latencies.append(time.perf_counter_ns() - self.started.pop(seq))
+
+    def processing_time(self, x: Running, arrival: int) -> int:
+        """When x processes an input that arrived at `arrival` (DESIGN.md "Time"): at its arrival;
+        after a failover at max(arrival, the failover's end, x's previous processing time)."""
+        import time
+        if self.clock == "wall":
+            arrival = time.monotonic_ns() - self.wall0
+        if x.floor is None:
+            return arrival
+        x.prev = max(arrival, x.floor, x.prev)
+        return x.prev
+
+    def deliver(self, x: Running, seq, frame, parsed, packet, inbound, label, depth, arrival, src) -> None:
+        """Hands a packet to instance x (models/chain.py routing: run to completion, depth first)."""
+        from ..models.chain import ChainError
+        if depth > 2 * len(self.instances):
+            raise ChainError(f"chain {self.chain.name!r}: a packet crossed more than {2 * len(self.instances)} "
+                             f"instances (a routing loop through NFs that turn packets around?)")
+        self.inject(x, seq)
+        if packet is None:  # outside the models: passes unchanged, away from the side it came from
+            gates = x.member.inside if inbound else x.member.outside
+            if not gates:
+                self.drops[f"{x.name}: outside the model"] += 1
+                return
+            hop = Hop(seq, 0, frame, parsed, None, (), label, depth, arrival, src, True)
+            return self.route(x, hop, gates[0], None)
+        n = x.next_n
+        x.next_n += 1
+        wire = packet_fields_of(packet.rewrite(label=label))
+        hop = Hop(seq, n, frame, parsed, packet, wire, label, depth, arrival, src)
+        x.hops[n] = hop
+        x.arrivals[n] = (seq, arrival)
+        self.pending[seq] = self.pending.get(seq, 0) + 1
+        self.in_flight += 1
+        x.primary.send(("in", n, seq, wire, self.processing_time(x, arrival)))  # a dead primary: found by pump
+
+    def route(self, x: Running, hop: Hop, gate: str, out) -> None:
+        """One output of x for hop, written back onto its frame and carried on."""
+        from ..models.api import Packet
+        from ..models.chain import _carried
+        from . import frames
+        buf = bytearray(hop.frame)
+        label = hop.label
+        if out is not None:
+            out = Packet(*out)
+            try:
+                frames.write_back(buf, hop.parsed, hop.packet, out, x.name)
+            except frames.FrameError as e:  # the output is not released; the state change stands
+                self.drops[e.drop_reason(x.name)] += 1
+                return
+            label = out.label
+        to = self.routes[(x.name, gate)]
+        if to.egress is not None:
+            return self.emit(hop.seq, to.egress, x.name, bytes(buf), hop.src, hop.arrival)
+        carried = None if out is None else _carried(out, to.inbound)
+        self.deliver(self.instances[to.target], hop.seq, bytes(buf), hop.parsed, carried, to.inbound, label,
+                     hop.depth + 1, hop.arrival, hop.src)
+
+    def emit(self, seq, egress, instance, frame: bytes, src, arrival) -> None:
+        out_index = self.out_count.get(seq, 0)
+        self.out_count[seq] = out_index + 1
+        data, wirelen = src
+        if len(frame) != len(data):
+            wirelen = wirelen - len(data) + len(frame)
+        if self.recorder is not None:
+            self.recorder.output(seq, out_index, egress, instance, frame, self.t0 + arrival, wirelen)
+        self.digest.update(egress.encode() + b"\0" + struct.pack("<I", len(frame)) + frame)
+        self.packets_out += 1
+        self.bytes_out += wirelen
+        self.by_egress[egress] += 1
+
+    # -- what workers say
+    def pump(self, timeout: float) -> None:
+        """Reads what the workers sent (waiting up to `timeout` for something) and acts on it:
+        releases, acknowledgements, failures (a closed socket, or silence: missed heartbeats)."""
+        import time
+        live = [w for w in self.workers if not w.conn.closed]
+        if any(w.inbox for w in live):
+            timeout = 0
+        ready, _, _ = select.select(live, [], [], timeout)
+        for w in ready:
+            w.poll()
+        for x in list(self.instances.values()):
+            w = x.primary
+            while w.inbox:
+                self.message(x, w.inbox.popleft())
+                if x.primary is not w:
+                    break
+            if w.conn.closed and x.primary is w and not w.inbox:
+                self.failover(x)
+        now = time.monotonic()
+        for x in self.instances.values():
+            w = x.primary
+            if w not in ready and not w.conn.closed and not x.suspected \
+                    and now - w.last_heard > HEARTBEAT_MISSES * self.period:
+                x.suspected = True
+                self.kill(x, f"missed heartbeats ({(now - w.last_heard) * 1000:.1f} ms silent)")
+        for w in live:  # standbys and spares speak when asked; an early death is fatal
+            if w.conn.closed and all(w is not x.primary for x in self.instances.values()):
+                if any(w is x.standby for x in self.instances.values()) or w is self.spare:
+                    raise RunFailed(f"a {w.role} worker (pid {w.pid}) exited: {w.popen.poll()}")
+
+    def message(self, x: Running, m: tuple) -> None:
+        kind = m[0]
+        if kind == "out":
+            self.released(x, *m[1:])
+        elif kind == "ack":
+            self.acked(x, m[1])
+        elif kind == "attached":
+            x.attached = True
+            if self.failovers and self.failovers[-1]["instance"] == x.name and "attach_ns" not in self.failovers[-1]:
+                f = self.failovers[-1]
+                f["attach_ns"] = _perf_ns() - f["_detected"]
+        elif kind == "info":
+            x.info = m[1]
+        elif kind == "error":
+            raise RunFailed(m[1])
+
+    def released(self, x: Running, n, outputs, drops, choices, clocks) -> None:
+        hop = x.hops.get(n)
+        if hop is None:  # protected and released before: a promoted standby's copy
+            return
+        if n > x.released:
+            x.released = n
+            for reason in drops:
+                self.drops[f"{x.name}: {reason}"] += 1
+            if self.settings.log_choices and self.recorder is not None:
+                t = self.t0 + hop.arrival
+                for value in choices:
+                    self.recorder.event("choice", t, x.name, {"seq": hop.seq, "name": "choose", "value": value})
+                for value in clocks:
+                    self.recorder.event("choice", t, x.name, {"seq": hop.seq, "name": "now", "value": value})
+        for j, (gate, out) in enumerate(outputs):
+            if self.settings.dedup and (n, j) <= x.last_out:
+                self.suppressed += 1
+                continue
+            x.last_out = max(x.last_out, (n, j))
+            self.route(x, hop, gate, out)
+        if not hop.done:
+            hop.done = True
+            self.in_flight -= 1
+            self.pending[hop.seq] -= 1
+            self.settle(hop.seq)
+        if n <= x.r or self.settings.strategy is None:
+            del x.hops[n]
+
+    def acked(self, x: Running, r: int) -> None:
+        if r <= x.r:
+            return
+        x.r = r
+        for n in [n for n, hop in x.hops.items() if n <= r and hop.done]:
+            del x.hops[n]
+        if self.recorder is not None and r in x.arrivals:
+            seq, arrival = x.arrivals[r]
+            self.recorder.event("sync", self.t0 + arrival, x.name, {"seq": seq, "input": r})
+        if len(x.arrivals) > 4096:
+            keep = min(x.r, x.released)
+            for n in [n for n in x.arrivals if n < keep]:
+                del x.arrivals[n]
+
+    # -- failures
+    def inject(self, x: Running, seq: int) -> None:
+        """--fail: kills x's primary when it is about to be handed chain input >= the planned one,
+        then waits until the failover is done."""
+        if self.failing:
+            return
+        for plan in self.settings.failures:
+            if not plan.done and plan.instance == x.name and seq >= plan.seq:
+                plan.done = True
+                while not x.attached:  # a new standby still loading the state: wait for it
+                    self.pump(self.period)
+                generation = x.generation
+                self.kill(x, f"before input {seq}")
+                while x.generation == generation:
+                    self.pump(self.period)
+
+    def kill(self, x: Running, cause: str) -> None:
+        import os
+        import signal
+        x.killed_at, x.cause = _perf_ns(), cause
+        try:
+            os.kill(x.primary.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+    def failover(self, x: Running) -> None:
+        """x's primary is gone: the replacement takes over (see the module docstring)."""
+        detected = _perf_ns()
+        old = x.primary
+        old.popen.wait()
+        killed_at, cause = x.killed_at, x.cause or f"the process exited ({old.popen.returncode})"
+        by = "missed heartbeats" if x.suspected else "closed socket"
+        s = self.settings
+        self.failing = True
+        try:
+            if s.paradigm == "stateful":
+                spare = self.take_spare()
+                spare.send(("assign", self.spec(x, x.generation + 2).to_json(), "standby", True, {},
+                            self.standby_address()))
+                host, port = spare.expect("hello")[3:5]
+                x.standby.send(("promote", x.generation + 1, host, port))
+                ready = x.standby.expect("ready")
+                x.primary, x.standby, x.attached = x.standby, spare, False
+                x.primary.role, spare.role = "primary", "standby"
+            else:
+                spare = self.take_spare()
+                spare.send(("assign", self.spec(x, x.generation + 1).to_json(), "primary", s.strategy is None,
+                            x.info, None))
+                ready = spare.expect("ready")
+                x.primary, spare.role = spare, "primary"
+            x.primary.last_heard = __import__("time").monotonic()
+            x.generation += 1
+            takeover = _perf_ns() - detected
+            if s.failures or self.spare is None:
+                self.spawn_spare()
+            self.takeover(x, ready, killed_at, detected, takeover, cause, by, old.pid)
+        finally:
+            self.failing = False
+            x.killed_at, x.cause, x.suspected = None, "", False
+
+    def takeover(self, x: Running, ready: tuple, killed_at, detected, takeover, cause, by, old_pid) -> None:
+        _, r, held, logged = ready
+        s = self.settings
+        visible = max(x.released, r, max(logged, default=0))
+        first = min(x.arrivals, default=None)
+        crash = x.arrivals[visible][1] if visible in x.arrivals else x.arrivals[first][1] if first else 0
+        x.floor = x.prev = crash + s.failover_ns
+        base = x.released if s.strategy is None else max(x.r, r)
+        x.r = max(x.r, r)
+        replay = [n for n in sorted(x.hops) if n > base]
+        record = {"instance": x.name, "cause": cause, "detected_by": by, "detection_ns": None if killed_at is None
+                  else detected - killed_at, "takeover_ns": takeover, "replica_input": r,
+                  "replica_seq": x.arrivals[r][0] if r in x.arrivals else -1, "held": len(held),
+                  "replayed": len(replay) if s.replay_input else 0, "crash_ns": self.t0 + crash,
+                  "end_ns": self.t0 + crash + s.failover_ns, "generation": x.generation, "_detected": detected}
+        self.failovers.append(record)
+        if self.recorder is not None:
+            self.recorder.event("failure", self.t0 + crash, x.name,
+                                {"point": cause, "pid": old_pid, "detected_by": by,
+                                 "released_seq": x.arrivals[x.released][0] if x.released in x.arrivals else -1})
+            self.recorder.event("failover", self.t0 + crash + s.failover_ns, x.name,
+                                {"standby": f"{x.name}@{x.generation}", "replica_seq": record["replica_seq"],
+                                 "end_ns": record["end_ns"], "crash_ns": record["crash_ns"],
+                                 "failover_time": s.failover_ns / 1e9, "detection_ns": record["detection_ns"],
+                                 "takeover_ns": takeover, "held": len(held), "replayed": record["replayed"]})
+        for h in held:  # the standby releases the protected outputs the egress has not seen
+            self.released(x, h[0], *h[2:])
+        for n in [n for n, hop in x.hops.items() if n <= x.r and hop.done]:
+            del x.hops[n]
+        for n in replay:
+            hop = x.hops[n]
+            if not s.replay_input:  # the upstream kept nothing: the input is lost
+                del x.hops[n]
+                self.lost += 1
+                if not hop.done:
+                    hop.done = True
+                    self.in_flight -= 1
+                    self.pending[hop.seq] -= 1
+                    self.settle(hop.seq)
+                continue
+            x.primary.send(("in", n, hop.seq, hop.wire, self.processing_time(x, hop.arrival)))
+
+
+def packet_fields_of(packet) -> tuple:
+    from ..models.api import PACKET_FIELDS
+    return tuple(getattr(packet, f) for f in PACKET_FIELDS)
+
+
+def _perf_ns() -> int:
+    import time
+    return time.perf_counter_ns()

@@ -1,15 +1,19 @@
 """Writes a run as a trace (traces/README.md, "What `nfproof run` records"): the run header, every
 input on `ingress:inside` / `ingress:outside`, every output on `egress:NAME` right after the input
-it descends from, and a final `summary` event. The file is always closed well-formed: `close`
+it descends from, control events (`failure`, `failover`, `sync`, `choice`: runtime/failover.py)
+where they happened, and a final `summary` event. The file is always closed well-formed: `close`
 writes the header (if no input came), the summary and the end, also when the run stopped on an
-error."""
+error.
+
+The executor hands over a batch at a time (`record`); the failover driver, whose outputs come back
+from worker processes one input at a time, writes item by item (`input`, `output`, `event`)."""
 from __future__ import annotations
 
 from nfproof.traces.trace import TraceEvent, TraceHeader, TracePacket, TraceWriter
 
 from .batch import FROM_OUTSIDE
 
-STRATEGY = "none"  # issue 8 adds the state-management strategies
+STRATEGY = "none"  # the in-process run; failover runs name theirs (e.g. "stateful.commit:8 --log-choices")
 INGRESS = ("ingress:inside", "ingress:outside")  # by side: batch.FROM_INSIDE, FROM_OUTSIDE
 
 
@@ -17,9 +21,9 @@ class Recorder:
     """Records one run into `path`. The executor calls `begin` once (before the first input, or
     from `close` for a run without any), `record` per batch, then `close`."""
 
-    def __init__(self, path, chain_text: str, fields: dict):
+    def __init__(self, path, chain_text: str, fields: dict, strategy: str = STRATEGY):
         """Opens (creates) `path` now, so that an unwritable path fails before the run (OSError)."""
-        self.path, self.chain_text = path, chain_text
+        self.path, self.chain_text, self.strategy = path, chain_text, strategy
         self._file = open(path, "wb")
         self.fields = dict(fields)  # params, seed, inside, clock, batch, implementation, input
         self.inputs = self.outputs = 0
@@ -34,7 +38,7 @@ class Recorder:
                   "inside": f.get("inside", []), "clock": f.get("clock"), "batch": f.get("batch"),
                   "implementation": f.get("implementation"), "input": f.get("input"), "t0_ns": t0_ns}
         header.update((k, v) for k, v in f.items() if k not in header)
-        self._w = TraceWriter(self._file, TraceHeader(self.chain_text, STRATEGY, header))
+        self._w = TraceWriter(self._file, TraceHeader(self.chain_text, self.strategy, header))
         self._linktype, self.last_ns = linktype, t0_ns or 0
         for name in INGRESS + tuple(f"egress:{e}" for e in egresses):
             self._w.interface(name, linktype)
@@ -69,6 +73,25 @@ class Recorder:
         self.outputs += len(outputs)
         if times:
             self.last_ns = times[-1]
+
+    def input(self, seq: int, frame, time_ns: int, side: int) -> None:
+        """One input: `frame` (data, wirelen, ...) as it arrived, `side` 0 inside / 1 outside."""
+        self._w.packet(TracePacket(INGRESS[side == FROM_OUTSIDE], time_ns, frame[0], seq=seq, wirelen=frame[1],
+                                   linktype=self._linktype))
+        self.inputs += 1
+        self.last_ns = max(self.last_ns, time_ns)
+
+    def output(self, seq: int, out_index: int, egress: str, instance: str, frame: bytes, time_ns: int,
+               wirelen: int) -> None:
+        """One output of input `seq` (its `out_index`-th), released onto `egress` by `instance`."""
+        self._w.packet(TracePacket(f"egress:{egress}", time_ns, frame, instance=instance, direction="out", seq=seq,
+                                   out_index=out_index, wirelen=max(wirelen, len(frame)), linktype=self._linktype))
+        self.outputs += 1
+
+    def event(self, kind: str, time_ns: int, instance: str, fields: dict) -> None:
+        """A control event (traces/README.md: failure, failover, sync, choice)."""
+        self._w.event(TraceEvent(kind, time_ns, instance, fields))
+        self.last_ns = max(self.last_ns, time_ns)
 
     def close(self, summary: dict, egresses=(), linktype: int = 1) -> None:
         """The summary event (packets_in, packets_out, dropped, outputs_sha256 and, when the run

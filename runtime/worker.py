@@ -1,0 +1,276 @@
+"""A worker process of the failover runtime (runtime/failover.py): one chain instance's primary,
+its standby, or a spare waiting to become either.
+
+    python -m nfproof.runtime.worker --fd FD --role primary|standby|spare --spec JSON [--listen HOST:PORT]
+
+`--fd` is the worker's end of a socketpair to the driver (`nfproof run`); the worker exits when
+the driver goes away. Messages (runtime/failover.py `Conn`):
+
+driver -> worker: ("in", n, seq, packet, t_ns) input n of this instance (chain input seq, the
+    model packet as a tuple of models.api.PACKET_FIELDS, its processing time in ns since the
+    run's first input); ("attach", host, port) join the standby there; ("promote", generation,
+    host, port) a standby takes over (host None: no new standby); ("assign", spec, role, fresh,
+    info, listen) a spare becomes a primary or a standby; ("stop",).
+worker -> driver: ("hello", pid, role, host, port); ("out", n, outputs, drops, choices, clocks)
+    the release of input n's outputs [(gate, packet tuple)]; ("ack", r) protected point;
+    ("attached", r) the standby holds the state; ("ready", r, held records, logged inputs) a
+    replacement's starting point; ("info", dict); ("hb",) heartbeat; ("error", text).
+
+A primary steps its instance with models.concrete.step (the generic executor's semantics) on the
+handle's storages, which record every write as a delta, and protects and releases per the
+strategy's Policy (runtime/failover.py): it applies queued inputs in order, calls `end` (which
+ships the deltas as the policy says), releases outputs when `end` allows it or, held, once
+protected() covers them (and, under --log-choices, once their choices and clock reads are
+acknowledged), forwards every new protected point to the driver, and sends a heartbeat whenever
+it has been silent for a heartbeat period. Choices: the instance's stream of the runtime
+contract for generation 0; every later generation (a standby, a fresh instance) draws from its own
+stream, except that a replayed input reuses the choices and clock reads logged for it."""
+from __future__ import annotations
+
+import argparse
+import os
+import select
+import signal
+import socket
+import sys
+import time
+from collections import deque
+from operator import attrgetter
+
+from ..models.api import PACKET_FIELDS, Packet
+from ..models.concrete import initial_state, step
+from ..models.strategy import Strategy
+from .deltas import plain
+from .failover import Conn, InstanceSpec, Record, Recovery, Replica, StandbyLink, backend_class, parse_address
+from .rng import MASK64, InstanceRng, StreamChooser
+
+NS = 1_000_000_000
+GENERATION_STEP = 0xA24BAED4963EE407  # separates a generation's choice stream from the others
+APPLY_PER_ROUND = 64                  # inputs applied between two looks at the sockets
+packet_fields = attrgetter(*PACKET_FIELDS)
+
+
+def generation_rng(seed: int, k: int, generation: int) -> InstanceRng:
+    """Instance k's choice stream for one generation: the contract's stream for generation 0."""
+    rng = InstanceRng(seed, k)
+    rng.state = (rng.state + generation * GENERATION_STEP) & MASK64
+    return rng
+
+
+class LoggedChooser:
+    """Reuses an input's logged choices in order, as they are (FTMB); past them, `fresh`."""
+
+    def __init__(self, values, fresh):
+        self.pending, self.fresh = list(values), fresh
+
+    def __call__(self, values):
+        return self.pending.pop(0) if self.pending else self.fresh(values)
+
+    def choose_domain(self, domain):
+        return self.pending.pop(0) if self.pending else self.fresh.choose_domain(domain)
+
+
+class Worker:
+    def __init__(self, conn: Conn, spec: InstanceSpec):
+        from ..cmd_run import build_chain
+        self.conn, self.spec = conn, spec
+        self.chain = build_chain(spec.chain, spec.params)
+        self.last_sent = time.monotonic()
+
+    def send(self, message: tuple) -> None:
+        try:
+            self.conn.send(message)
+        except OSError:  # the driver is gone
+            sys.exit(0)
+        self.last_sent = time.monotonic()
+
+    def driver_messages(self, timeout: float | None) -> list:
+        messages = self.conn.wait(timeout)
+        if self.conn.closed:
+            sys.exit(0)
+        return messages
+
+    # -- roles
+    def spare(self) -> None:
+        self.send(("hello", os.getpid(), "spare", None, None))
+        while True:
+            for m in self.driver_messages(None):
+                if m[0] == "assign":
+                    _, spec_json, role, fresh, info, listen = m
+                    self.spec = InstanceSpec.from_json(spec_json)
+                    if role == "standby":
+                        return self.standby(tuple(listen))
+                    return self.replacement(fresh, info)
+                if m[0] == "stop":
+                    return
+
+    @property
+    def nf(self):
+        return self.chain.members[self.spec.instance].nf
+
+    @property
+    def strategy(self) -> Strategy | None:
+        return None if self.spec.strategy == "none" else Strategy.parse(self.spec.strategy)
+
+    def primary(self) -> None:
+        """Generation 0: the initial state (a stateful handle attaches its standby on "attach")."""
+        handle = None
+        if self.strategy is not None:
+            handle = backend_class(self.strategy)().open(self.spec, True)
+        self.send(("hello", os.getpid(), "primary", None, None))
+        if handle is not None and handle.info():
+            self.send(("info", handle.info()))
+        self.serve(handle, handle.state if handle else initial_state(self.nf), {})
+
+    def replacement(self, fresh: bool, info: dict) -> None:
+        """A spare made the instance's next primary: none starts from the initial state, a
+        stateless instance from what the store holds."""
+        handle, recovery = None, Recovery(0)
+        if self.strategy is not None:
+            handle = backend_class(self.strategy)().open(self.spec, fresh, info)
+            recovery = handle.recover() if not fresh else recovery
+        self.send(("ready", recovery.r, [h.wire() for h in recovery.held], sorted(recovery.logs)))
+        if handle is not None and handle.info():
+            self.send(("info", handle.info()))
+        self.serve(handle, handle.state if handle else initial_state(self.nf), recovery.logs)
+
+    def standby(self, listen: tuple[str, int]) -> None:
+        replica = Replica(self.nf, listen)
+        self.send(("hello", os.getpid(), "standby", *replica.address))
+        while True:
+            ready, _, _ = select.select([self.conn.sock, replica.fileno()], [], [])
+            if replica.fileno() in ready:
+                replica.readable()
+            if self.conn.sock in ready:
+                for m in self.driver_messages(0):
+                    if m[0] == "promote":
+                        _, self.spec.generation, host, port = m
+                        return self.promoted(replica, None if host is None else (host, port))
+                    if m[0] == "stop":
+                        return
+
+    def promoted(self, replica: Replica, standby) -> None:
+        recovery = replica.promote()
+        handle = StandbyLink(self.nf, self.strategy, replica.state, replica.log_, recovery.r)
+        self.send(("ready", recovery.r, [h.wire() for h in recovery.held], sorted(recovery.logs)))
+        if standby is not None:
+            handle.connect(standby)
+        self.serve(handle, handle.state, recovery.logs)
+
+    # -- the primary's loop
+    def serve(self, handle, state: dict, logs: dict) -> None:
+        spec, nf = self.spec, self.nf
+        ticks = nf.ticks_per_second
+        log_choices = spec.log_choices and handle is not None
+        pol = handle.policy if handle is not None else None
+        serial = pol is not None and pol.serial
+        chooser = StreamChooser(generation_rng(spec.seed, spec.index, spec.generation))
+        period = spec.heartbeat_ms / 1000
+        queue: deque = deque()   # inputs waiting: (n, seq, packet, t_ns)
+        held: deque = deque()    # (record, needs protection) waiting for their release
+        forwarded, attached = -1, False
+        r = logged = 0
+        while True:
+            now = time.monotonic()
+            timeout = 0.0 if queue and not (serial and held) else max(0.0, self.last_sent + period - now)
+            since = handle.pending_since() if pol is not None and pol.flush_seconds else None
+            if since is not None:
+                timeout = min(timeout, max(0.0, since + pol.flush_seconds - now))
+            fds = [self.conn.sock]
+            link = handle.fileno() if handle is not None else None
+            if link is not None:
+                fds.append(link)
+            ready, _, _ = select.select(fds, [], [], timeout)
+            if self.conn.sock in ready:
+                for m in self.driver_messages(0):
+                    kind = m[0]
+                    if kind == "in":
+                        queue.append(m[1:])
+                    elif kind == "attach":
+                        handle.connect((m[1], m[2]))
+                    elif kind == "stop":
+                        return
+            if handle is not None:
+                r = handle.protected()
+                logged = handle.logged() if log_choices else 0
+                if getattr(handle, "conn", None) is not None and handle.conn.closed:
+                    self.send(("error", f"{spec.instance}: the standby went away; the instance is not protected"))
+                    sys.exit(1)
+            while held and (not held[0][1] or held[0][0].n <= r) and (not log_choices or held[0][0].n <= logged):
+                record = held.popleft()[0]
+                self.release(record)
+                handle.released(record.n)
+            if handle is not None:
+                if r > forwarded:
+                    self.send(("ack", r))
+                    forwarded = r
+                if not attached and getattr(handle, "attached", False):
+                    self.send(("attached", r))
+                    attached = True
+            applied = 0
+            while queue and not (serial and held) and applied < APPLY_PER_ROUND:
+                record = self.apply(handle, state, queue.popleft(), chooser, logs, ticks)
+                applied += 1
+                if log_choices:
+                    handle.log(record.n, record)
+                release_now = handle.end(record.n, record) if handle is not None else True
+                if release_now and not log_choices and not held:
+                    self.release(record)
+                    if handle is not None:
+                        handle.released(record.n)
+                else:
+                    held.append((record, not release_now))
+            if pol is not None:
+                if pol.flush_idle and not queue:
+                    handle.flush()
+                since = handle.pending_since() if pol.flush_seconds else None
+                if since is not None and time.monotonic() - since >= pol.flush_seconds:
+                    handle.flush()
+            if time.monotonic() - self.last_sent >= period:
+                self.send(("hb",))
+
+    def apply(self, handle, state, item, chooser, logs: dict, ticks: int) -> Record:
+        n, seq, packet, t_ns = item
+        logged = logs.pop(n, None)
+        now_ticks = t_ns * ticks // NS
+        if logged is not None:  # a replay of an input whose choices and clock reads were logged
+            choices, clocks = logged
+            use, reads = LoggedChooser(choices, chooser), list(clocks)
+            clock = lambda: reads.pop(0) if reads else now_ticks  # noqa: E731
+        else:
+            use, clock = chooser, lambda: now_ticks  # noqa: E731
+        if handle is not None:
+            handle.begin(n)
+        try:
+            result = step(self.nf, state, Packet(*packet), use, clock)
+        except Exception as e:  # a model error: the run cannot go on
+            self.send(("error", f"{self.spec.instance}: {type(e).__name__}: {e}"))
+            sys.exit(1)
+        return Record(n, seq, [(gate, packet_fields(p)) for gate, p in result.outputs], result.drops,
+                      [plain(c) for c in result.choices], list(result.clock_reads))
+
+    def release(self, record: Record) -> None:
+        self.send(("out", record.n, record.outputs, record.drops, record.choices, record.clocks))
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m nfproof.runtime.worker", description=__doc__.split("\n\n")[0])
+    p.add_argument("--fd", type=int, required=True, help="this worker's end of the socketpair to the driver")
+    p.add_argument("--role", choices=("primary", "standby", "spare"), required=True)
+    p.add_argument("--spec", required=True, help="the instance (runtime/failover.py InstanceSpec as JSON)")
+    p.add_argument("--listen", default="127.0.0.1:0", help="a standby's replication address HOST:PORT")
+    args = p.parse_args(argv)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the driver handles ^C and stops the workers
+    conn = Conn(socket.socket(fileno=args.fd))
+    worker = Worker(conn, InstanceSpec.from_json(args.spec))
+    if args.role == "spare":
+        worker.spare()
+    elif args.role == "standby":
+        worker.standby(parse_address(args.listen))
+    else:
+        worker.primary()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
