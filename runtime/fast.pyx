@@ -27,12 +27,6 @@ prefetched D inputs earlier, read-only, and prefetches the next instance's), D =
 
 `PassThrough` is the baseline the benchmark compares against: parse every frame and release it
 unchanged on egress 0."""
-cdef extern from *:
-    """
-    /* Small struct copies (views, layouts) must not become wide loads of fields stored one by one just
-       before: that stalls store-to-load forwarding. Nothing here gains from SLP or store merging. */
-    #pragma GCC optimize("no-tree-slp-vectorize", "no-store-merging")
-    """
 include "../traces/_parse.pxi"
 
 from libc.stdint cimport uint16_t, int16_t, int32_t
@@ -85,13 +79,11 @@ cdef extern from *:
 cdef extern from *:
     """
     #include <string.h>
-    static inline uint64_t nfp_ld64(const uint8_t *p) { uint64_t v; memcpy(&v, p, 8); return v; }
     static inline uint32_t nfp_ld16(const uint8_t *p) { uint16_t v; memcpy(&v, p, 2); return __builtin_bswap16(v); }
     static inline uint32_t nfp_ld32(const uint8_t *p) { uint32_t v; memcpy(&v, p, 4); return __builtin_bswap32(v); }
     static inline void nfp_st16(uint8_t *p, uint32_t x) { uint16_t v = __builtin_bswap16((uint16_t)x); memcpy(p, &v, 2); }
     static inline void nfp_st32(uint8_t *p, uint32_t x) { uint32_t v = __builtin_bswap32(x); memcpy(p, &v, 4); }
     """
-    uint64_t ld64 "nfp_ld64"(const uint8_t *p) noexcept nogil
     uint32_t ld16 "nfp_ld16"(const uint8_t *p) noexcept nogil
     uint32_t ld32 "nfp_ld32"(const uint8_t *p) noexcept nogil
     void st16 "nfp_st16"(uint8_t *p, uint32_t x) noexcept nogil
@@ -1013,13 +1005,6 @@ cdef int predict(inst_t *t, view_t *v) noexcept nogil:
 
 # ---- routing (models/chain.py Chain.route: run to completion, depth first) ------------------------
 
-cdef inline void copy_view(view_t *o, view_t *v) noexcept nogil:
-    """o = v field by field: v's fields were just stored one by one, and a block copy (wide loads)
-    would stall store-to-load forwarding."""
-    o.src, o.dst, o.sport, o.dport = v.src, v.dst, v.sport, v.dport
-    o.proto, o.flags, o.length, o.label, o.inbound = v.proto, v.flags, v.length, v.label, v.inbound
-
-
 cdef int walk(pl_t *pl, int inst, frame_t f, view_t v, bint in_model, int depth) noexcept nogil:
     """The packet v (None when not in_model) on frame f arrives at instance `inst`: each instance
     handles it, what it emits travels on, depth first in emission order; all but the last of
@@ -1041,7 +1026,7 @@ cdef int walk(pl_t *pl, int inst, frame_t f, view_t v, bint in_model, int depth)
                 record_drop(pl, t.r_outside)
                 return 0
         else:
-            copy_view(&o, &v)
+            o = v
             n = handle(pl, t, &v, gates)
             if n == 0:
                 return 0
