@@ -120,6 +120,20 @@ def load(args, progress=None):
         raise UsageError(message) from None
 
 
+def stream(args, eq, jobs: int, progress):
+    from .verify.replay_load import ReplayInputError
+    from .verify.replay_stream import check_trace
+    inside = [s.strip() for s in args.inside.split(",") if s.strip()] if args.inside else None
+    try:
+        return check_trace(args.trace, args.chain, args.param, inside, eq, args.max_stall, jobs, progress)
+    except ReplayInputError as e:
+        message = str(e)
+        if "not an nfproof trace" in message:
+            message += (f"; {args.trace} is a plain capture: replay it as --input (with --output and --chain), "
+                        f"or inspect it with `nfproof inspect`")
+        raise UsageError(message) from None
+
+
 def run(args) -> int:
     from .verify.equivalence import Equivalence
     from .verify.replay import replay
@@ -130,12 +144,16 @@ def run(args) -> int:
         if path:
             _writable(path)
     progress = _Progress(sys.stderr.isatty() and not args.json, args.trace or args.input)
-    rec = load(args, progress.reading)
-    progress.clear()
     eq = Equivalence(args.equivalence, args.allow_duplicates)
-    result = replay(rec, eq, args.max_stall, args.jobs or default_jobs(), partition=not args.sequential,
-                    progress=progress.checking)
+    jobs = args.jobs or default_jobs()
+    if args.trace is not None and not (args.input or args.output) and not args.sequential:
+        result = stream(args, eq, jobs, progress.reading)   # memory flat, parts in parallel
+    else:
+        rec = load(args, progress.reading)
+        progress.clear()
+        result = replay(rec, eq, args.max_stall, jobs, partition=not args.sequential, progress=progress.checking)
     progress.clear()
+    rec = result.recording
     notes = []
     if args.window:
         if result.verdict == "violation":

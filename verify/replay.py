@@ -25,7 +25,7 @@ from .equivalence import Equivalence, order_inversions
 from .frames import outside_route
 from .replay_load import CLOCK_NAMES, Recording, lossable_inputs
 from .replay_partition import conflicts, partition_kinds, run_parts, split
-from .replay_search import BUDGET, NS, Attempt, Problem, Search, Unknown
+from .replay_search import BUDGET, NS, Attempt, Problem, Search, Unknown, paused_gc
 from .simulate import DEFAULT_FAILOVER_SECONDS
 
 MAX_REPAIRS = 4         # changes reported as "what would have explained it"
@@ -115,14 +115,19 @@ def base_problem(rec: Recording, eq: Equivalence, stall_ns: int, budget: int = B
 
 
 def replay(rec: Recording, eq: Equivalence, stall_ns: int | None = None, jobs: int = 1, partition: bool = True,
-           budget: int = BUDGET, progress=None) -> ReplayResult:
+           budget: int = BUDGET, progress=None, lossable_marked: bool = False) -> ReplayResult:
     """The verdict on a recording (see the module docstring). `stall_ns`: S (default: the
     failover time); `jobs`: worker processes for the parts; `partition=False`: one sequential
     search even where the models allow splitting."""
+    with paused_gc():
+        return _replay(rec, eq, stall_ns, jobs, partition, budget, progress, lossable_marked)
+
+
+def _replay(rec, eq, stall_ns, jobs, partition, budget, progress, lossable_marked) -> ReplayResult:
     started = time.process_time()
     failover_ns = failover_time_ns(rec)
     stall = failover_ns if stall_ns is None else stall_ns
-    if eq.lossy:
+    if eq.lossy and not lossable_marked:
         lossable_inputs(rec)
     result = ReplayResult("explained", rec, eq, stall, failover_ns)
     base = base_problem(rec, eq, stall, budget)

@@ -128,6 +128,7 @@ class _Builder:
         self.keyer = FlowKeyer()
         self.egresses = set(rec.chain.egress_names)
         self.by_seq: dict = {}      # seq -> list of (egress, key) seen (for duplicates)
+        self.outputs = 0
 
     def add_input(self, seq, time_ns, data, wirelen, linktype, side, number):
         parsed = parse_frame(linktype, data, wirelen)
@@ -138,7 +139,7 @@ class _Builder:
         self.last_time = time_ns
         v = view(parsed, wirelen, side == "outside")
         raw = ("raw", bytes(data), parsed.flow_key) if v is OUTSIDE else None
-        self.rec.inputs.append(Input(seq, time_ns, side, v, number, raw))
+        return Input(seq, time_ns, side, v, number, raw)
 
     def add_output(self, egress, seq, out_index, instance, time_ns, data, wirelen, linktype, number, where):
         if egress not in self.egresses:
@@ -152,14 +153,34 @@ class _Builder:
         duplicate = seen is not None and (egress, key) in seen
         if seen is not None:
             seen.append((egress, key))
-        self.rec.outputs.append(Output(egress, key, seq, out_index, instance, time_ns, number, duplicate,
-                                       len(self.rec.outputs)))
+        self.outputs += 1
+        return Output(egress, key, seq, out_index, instance, time_ns, number, duplicate, self.outputs - 1)
+
+    def forget_before(self, seq: int) -> None:
+        """Duplicates are looked for among the outputs of recent inputs only (memory stays flat)."""
+        for old in [k for k in self.by_seq if k < seq]:
+            del self.by_seq[old]
 
 
 def load_trace(path: str, chain_text: str | None = None, params: list[str] | None = None,
                inside=None, progress=None) -> Recording:
-    """Read a trace. `chain_text` must match the run header's chain (if given); `params` add to
-    (and override) the header's; `inside` overrides the header's inside networks."""
+    """Read a whole trace into memory. `chain_text` must match the run header's chain (if given);
+    `params` add to (and override) the header's; `inside` overrides the header's inside networks."""
+    rec, items = open_trace(path, chain_text, params, inside, progress)
+    for item in items:
+        (rec.inputs if type(item) is Input else rec.outputs if type(item) is Output else rec.events).append(item)
+    _finish(rec, rec.header_fields.get("t0_ns"))
+    return rec
+
+
+DUPLICATE_WINDOW = 1 << 16   # inputs back that duplicates are looked for among (streaming)
+
+
+def open_trace(path: str, chain_text: str | None = None, params: list[str] | None = None, inside=None,
+               progress=None):
+    """(Recording with the run's description and no packets yet, iterator over its Inputs, Outputs
+    and Events in file order): the one way traces are read, streamed. `rec.t0_ns` is set by the
+    first input; `rec.foreign_blocks` and the counts when the iterator ends."""
     try:
         with open(path, "rb") as f:
             magic = f.read(4)
@@ -178,50 +199,68 @@ def load_trace(path: str, chain_text: str | None = None, params: list[str] | Non
     fields = header.fields if isinstance(header.fields, dict) else {}
     recorded = fields.get("params", [])
     recorded = [str(p) for p in recorded] if isinstance(recorded, list) else []
-    chain = configured_chain(header.chain, recorded + list(params or []))
+    try:
+        chain = configured_chain(header.chain, recorded + list(params or []))
+    except ReplayInputError:
+        trace.close()
+        raise
     rec = Recording(str(path), header.chain, chain, recorded + list(params or []), header.strategy, fields)
+    t0 = fields.get("t0_ns")
+    rec.t0_ns = t0 if isinstance(t0, int) else None
     nets = inside if inside is not None else fields.get("inside") or DEFAULT_INSIDE
     try:
         sides = Sides(nets)
     except ValueError as e:
+        trace.close()
         raise ReplayInputError(f"{path}: {e}") from None
-    b = _Builder(rec, sides)
-    number, inputs_seen = 0, 0
+    return rec, _items(rec, trace, _Builder(rec, sides), progress)
+
+
+INGRESS = {"ingress": None, "ingress:inside": "inside", "ingress:outside": "outside"}
+
+
+def _items(rec: Recording, trace, b: _Builder, progress):
+    path, number, inputs_seen = rec.path, 0, 0
     try:
         for item in trace:
-            if isinstance(item, TraceEvent):
-                rec.events.append(Event(item.kind, item.time_ns, item.instance, item.fields, number))
+            if type(item) is TraceEvent:
+                yield Event(item.kind, item.time_ns, item.instance, item.fields, number)
                 continue
             number += 1
             if progress and number % 65536 == 0:
                 progress(number)
             name = item.interface
             rec.linktype = item.linktype
-            if name == "ingress" or name.startswith("ingress:"):
-                side = {"ingress": None, "ingress:inside": "inside", "ingress:outside": "outside"}.get(name)
-                if name not in ("ingress", "ingress:inside", "ingress:outside"):
-                    raise ReplayInputError(f"{path}: packet {number} is on interface {name!r}; ingress interfaces are "
-                                           f"'ingress', 'ingress:inside' and 'ingress:outside'")
-                seq = item.seq if item.seq is not None else inputs_seen
-                inputs_seen += 1
-                b.add_input(seq, item.time_ns, item.data, item.wirelen, item.linktype, side, number)
-            elif name.startswith("egress:"):
+            if name.startswith("egress:"):
                 if item.seq is None:
                     rec.annotated = False
-                b.add_output(name[len("egress:"):], item.seq, item.out_index, item.instance, item.time_ns,
-                             item.data, item.wirelen, item.linktype, number, f"{path}: packet {number}")
+                yield b.add_output(name[7:], item.seq, item.out_index, item.instance, item.time_ns,
+                                   item.data, item.wirelen, item.linktype, number, f"{path}: packet {number}")
+            elif name in INGRESS:
+                seq = item.seq if item.seq is not None else inputs_seen
+                inputs_seen += 1
+                if rec.t0_ns is None:
+                    rec.t0_ns = item.time_ns
+                if inputs_seen % DUPLICATE_WINDOW == 0:
+                    b.forget_before(seq - DUPLICATE_WINDOW)
+                yield b.add_input(seq, item.time_ns, item.data, item.wirelen, item.linktype, INGRESS[name], number)
+            elif name.startswith("ingress"):
+                raise ReplayInputError(f"{path}: packet {number} is on interface {name!r}; ingress interfaces are "
+                                       f"'ingress', 'ingress:inside' and 'ingress:outside'")
             else:
                 rec.other_packets += 1
     except FormatError as e:
         raise ReplayInputError(f"{e} (the trace is corrupt after packet {number}; the first {number} packets "
                                f"were read)") from None
+    finally:
+        trace.close()
     rec.foreign_blocks = trace.foreign_blocks
-    _finish(rec, fields.get("t0_ns"))
-    return rec
 
 
 def _finish(rec: Recording, t0) -> None:
     rec.t0_ns = t0 if isinstance(t0, int) else (rec.inputs[0].time_ns if rec.inputs else 0)
+    for k, o in enumerate(rec.outputs):
+        o.index = k
     seqs = set()
     for u in rec.inputs:
         if u.seq in seqs:
@@ -244,7 +283,8 @@ def load_captures(input_path: str, outputs: list[tuple[str | None, str]], chain_
         raise ReplayInputError(str(e)) from None
     b = _Builder(rec, sides)
     for number, (rec_, _) in enumerate(_records(input_path, rec), 1):
-        b.add_input(number - 1, rec_.time_ns or 0, rec_.data, rec_.wirelen, rec_.linktype, None, number)
+        rec.inputs.append(b.add_input(number - 1, rec_.time_ns or 0, rec_.data, rec_.wirelen, rec_.linktype, None,
+                                      number))
         rec.linktype = rec_.linktype
     egresses = chain.egress_names
     for egress, path in outputs:
@@ -256,8 +296,8 @@ def load_captures(input_path: str, outputs: list[tuple[str | None, str]], chain_
                 parsed = parse_frame(r.linktype, r.data, r.wirelen)
                 to_inside = sides.inside_address(parsed.ip_version, parsed.dst)
                 target = "inside" if to_inside and "inside" in egresses else "outside"
-            b.add_output(target, None, None, "", r.time_ns or 0, r.data, r.wirelen, r.linktype, number,
-                         f"{path}: packet {number}")
+            rec.outputs.append(b.add_output(target, None, None, "", r.time_ns or 0, r.data, r.wirelen, r.linktype,
+                                            number, f"{path}: packet {number}"))
     _finish(rec, None)
     return rec
 

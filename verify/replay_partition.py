@@ -62,30 +62,39 @@ def _connection(key: tuple):
     return ("c", proto) + (a + b if a <= b else b + a)
 
 
+def tags_of(u, observed: list, by_source: bool) -> list:
+    """What puts an input (or, with u None, just outputs) into a part: the connections it and its
+    observed outputs show (5-tuples either way round) and, for "source" models, their source
+    addresses; an input dropped at the ingress is a part of its own."""
+    tags = []
+    if u is not None:
+        v = u.view
+        if v is OUTSIDE:
+            tags.append(("raw", u.raw_key[2]) if u.raw_key[2] is not None else ("input", u.seq))
+        elif isinstance(v, Drop):
+            tags.append(("input", u.seq))
+        else:
+            tags.append(_connection((v.proto, v.src, v.sport, v.dst, v.dport)))
+            if by_source:
+                tags.append(("a", v.src))
+    for _, key in observed:
+        if key[0] == "raw":
+            if key[2] is not None:
+                tags.append(("raw", key[2]))
+        else:
+            tags.append(_connection(key))
+            if by_source:
+                tags.append(("a", key[1]))
+    return tags or [("output", id(observed))]
+
+
 def split(rec, observed: dict, kinds: list) -> list[list[int]]:
     """Indices into rec.inputs, grouped into parts (each in input order)."""
     uf = _UnionFind()
     by_source = "source" in kinds
     roots = []
-    for k, u in enumerate(rec.inputs):
-        tags = []
-        v = u.view
-        if v is OUTSIDE:
-            tags.append(("raw", u.raw_key[2]) if u.raw_key[2] is not None else ("input", k))
-        elif isinstance(v, Drop):
-            tags.append(("input", k))
-        else:
-            tags.append(_connection((v.proto, v.src, v.sport, v.dst, v.dport)))
-            if by_source:
-                tags.append(("a", v.src))
-        for _, key in observed.get(u.seq, ()):
-            if key[0] == "raw":
-                if key[2] is not None:
-                    tags.append(("raw", key[2]))
-            else:
-                tags.append(_connection(key))
-                if by_source:
-                    tags.append(("a", key[1]))
+    for u in rec.inputs:
+        tags = tags_of(u, observed.get(u.seq, ()), by_source)
         root = tags[0]
         for t in tags[1:]:
             root = uf.union(root, t)

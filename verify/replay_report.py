@@ -55,7 +55,8 @@ def error_line(result: ReplayResult) -> str:
     where = f"{rec.path}"
     if result.verdict == "explained":
         return (f"explained: {where}: a failure-free execution of {rec.chain_text} on the same "
-                f"{len(rec.inputs)} input(s) produces the {len(rec.outputs)} observed output(s) "
+                f"{result.stats.get('inputs', len(rec.inputs))} input(s) produces the "
+                f"{result.stats.get('outputs', len(rec.outputs))} observed output(s) "
                 f"({result.eq}, max stall {result.stall_ns / NS:g} s)")
     if result.verdict == "unknown":
         return f"unknown: {where}: {result.reason}"
@@ -78,7 +79,8 @@ def error_line(result: ReplayResult) -> str:
 
 def story(result: ReplayResult) -> str:
     rec, f = result.recording, result.failure
-    lines = [f"trace: {rec.chain_text} under {rec.strategy}, {len(rec.inputs)} inputs, {len(rec.outputs)} outputs, "
+    lines = [f"trace: {rec.chain_text} under {rec.strategy}, {result.stats.get('inputs', len(rec.inputs))} inputs, "
+             f"{result.stats.get('outputs', len(rec.outputs))} outputs, "
              f"{len(rec.events)} events; checked {result.eq}, max stall {result.stall_ns / NS:g} s "
              f"(failover time {result.failover_ns / NS:g} s)"]
     if f is None:
