@@ -179,6 +179,12 @@ def copy_state(state: dict) -> dict:
     return {name: storage.copy() for name, storage in state.items()}
 
 
+def plain_state(state: dict) -> dict:
+    """A state as plain dicts, sets and ints (what the runtime's pipelines report, for comparisons)."""
+    return {name: dict(dict.items(s)) if isinstance(s, dict) else set(set.__iter__(s)) if isinstance(s, set)
+            else s.value for name, s in state.items()}
+
+
 def freeze_state(state: dict):
     """A hashable image of a state (for memoising searches)."""
     return tuple((name, storage.frozen()) for name, storage in sorted(state.items()))

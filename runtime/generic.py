@@ -11,7 +11,7 @@ outputs) and hand it to the batch. Frames outside the models pass each instance 
 from __future__ import annotations
 
 from ..models.chain import ChainError, _carried, initial_chain_state
-from ..models.concrete import step
+from ..models.concrete import plain_state, step
 from ..traces import parse_frame
 from . import frames
 from .batch import CLASSIFY, FROM_OUTSIDE
@@ -46,11 +46,7 @@ class GenericPipeline:
 
     def state(self, instance: str) -> dict:
         """The instance's state as plain dicts, sets and ints (model values)."""
-        out = {}
-        for name, storage in self.states[instance].items():
-            out[name] = storage.frozen() if not hasattr(storage, "decl") else (
-                dict(dict.items(storage)) if isinstance(storage, dict) else set(set.__iter__(storage)))
-        return out
+        return plain_state(self.states[instance])
 
     def process(self, batch) -> None:
         data = memoryview(batch.data)

@@ -17,7 +17,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, ru
 import frames_gen as g
 from nfproof import models
 from nfproof.models.chain import Chain
-from nfproof.models.concrete import initial_state, step
+from nfproof.models.concrete import initial_state, plain_state, step
 from nfproof.runtime import frames, pure
 from nfproof.runtime.batch import Batch
 from nfproof.runtime.generic import GenericPipeline
@@ -74,19 +74,6 @@ def frames_(draw):
         reporter = draw(st.sampled_from([dst, "192.0.2.254"]))
         return g.eth(g.icmp_error(reporter, src, quoted), vlans=vlans)
     return g.eth(_l4(kind, src, dst, sport, dport, flags), vlans=vlans)
-
-
-def _plain(state: dict) -> dict:
-    """A model state as plain values (what Pipeline.state returns)."""
-    out = {}
-    for name, storage in state.items():
-        if isinstance(storage, dict):
-            out[name] = dict(dict.items(storage))
-        elif isinstance(storage, set):
-            out[name] = set(set.__iter__(storage))
-        else:
-            out[name] = storage.value
-    return out
 
 
 class Conformance(RuleBasedStateMachine):
@@ -181,7 +168,7 @@ class Conformance(RuleBasedStateMachine):
         for instance in self.chain.members:
             expected = self.paths["generic"].state(instance)
             if len(self.chain.members) == 1:
-                assert expected == _plain(self.model_state), "the generic executor's state differs from the model's"
+                assert expected == plain_state(self.model_state), "the generic executor's state differs from the model's"
             for name, pipeline in self.paths.items():
                 assert pipeline.state(instance) == expected, f"{name}'s state of {instance} differs"
 

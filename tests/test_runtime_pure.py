@@ -21,7 +21,7 @@ import pytest
 from nfproof.models import lookup
 from nfproof.models.api import PACKET_FIELDS, Flow, Map, Packet, Pool, Port, addr
 from nfproof.models.chain import Chain, initial_chain_state, run_chain
-from nfproof.models.concrete import DictMap, initial_state, step
+from nfproof.models.concrete import DictMap, initial_state, plain_state, step
 from nfproof.models.firewall import Firewall
 from nfproof.models.monitor import Monitor
 from nfproof.models.nat import Nat
@@ -170,18 +170,6 @@ class Replay:
         return value
 
 
-def model_state(state: dict) -> dict:
-    out = {}
-    for name, storage in state.items():
-        if isinstance(storage, dict):
-            out[name] = dict(dict.items(storage))
-        elif isinstance(storage, set):
-            out[name] = set(set.__iter__(storage))
-        else:
-            out[name] = storage.value
-    return out
-
-
 def passthrough(chain: Chain, inbound: bool):
     """What the contract says happens to a frame outside the model, routed by models/chain.py."""
     outputs, drops = [], []
@@ -287,7 +275,7 @@ class Checker:
 
     def check_state(self):
         for name in self.chain.members:
-            assert self.pipeline.state(name) == model_state(self.state[name]), name
+            assert self.pipeline.state(name) == plain_state(self.state[name]), name
 
     def check_batched(self, size=32):
         """The same inputs in batches of `size` give the same outputs, drops and state."""
