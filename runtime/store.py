@@ -46,8 +46,9 @@ applied at the store). `fresh_instance()` is what a failover gets: a new instanc
 connection, empty cache) reading the store; it raises StoreLost when the store no longer holds
 the namespace (a restart without persistence) and StoreBehind when the store holds fewer inputs
 than were acknowledged (a lagging replica promoted). Failure injection for tests and runs:
-`RedisServer.restart()` (killed and restarted, state lost), `pause()`/`resume()` (SIGSTOP/SIGCONT:
-replication stalls), `promote()` (`REPLICAOF NO ONE`).
+`RedisServer.restart()` (killed and restarted, state lost); a lagging replica: `replica.pause()`
+(SIGSTOP), `primary.disconnect_replicas()` (the link closes: later writes reach no replica),
+`primary.kill()`, `replica.resume()`, `replica.promote()` (`REPLICAOF NO ONE`).
 """
 from __future__ import annotations
 
@@ -68,7 +69,9 @@ from typing import Callable
 
 import redis
 from hiredis import pack_command
+from redis.backoff import NoBackoff
 from redis.connection import Connection
+from redis.retry import Retry
 
 from ..models.api import Bits, Counter, Map, MapStorage, ModelError, Set, wrap
 from ..models.concrete import NO_ITERATION, Cell, DictMap, PySet, StepResult, step, unsupported
@@ -78,6 +81,7 @@ from .failover import Backend, Handle, InstanceSpec, Record, Recovery, policy
 MODES = ("sync", "async", "batch", "cache", "commit")
 LOOPBACK = "127.0.0.1"
 START_TIMEOUT = 10.0  # seconds for a redis-server to answer PING
+NO_RETRY = Retry(NoBackoff(), 0)  # a failed connection is reported at once (redis-py retries for 2 s)
 
 
 class StoreError(Exception):
@@ -180,7 +184,7 @@ class RedisServer:
     def _args(self) -> list[str]:
         args = [_binary("redis-server"), "--port", str(self.port), "--bind", self.host, "--save", "",
                 "--appendonly", "no", "--dir", self.dir, "--daemonize", "no", "--logfile", "server.log",
-                "--dbfilename", "dump.rdb"]
+                "--dbfilename", "dump.rdb", "--repl-diskless-sync-delay", "0"]
         if self.replicaof:
             args += ["--replicaof", str(self.replicaof[0]), str(self.replicaof[1])]
         if self.cluster:
@@ -215,7 +219,7 @@ class RedisServer:
             if self.process.poll() is not None:
                 return False
             try:
-                with redis.Redis(self.host, self.port, socket_timeout=1) as client:
+                with redis.Redis(self.host, self.port, socket_timeout=1, retry=NO_RETRY) as client:
                     if client.ping():
                         return True
             except (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError):
@@ -230,7 +234,7 @@ class RedisServer:
             return ""
 
     def client(self, **kwargs) -> redis.Redis:
-        return redis.Redis(self.host, self.port, **kwargs)
+        return redis.Redis(self.host, self.port, **{"retry": NO_RETRY, **kwargs})
 
     def _reap(self) -> None:
         if self.process is not None:
@@ -262,6 +266,12 @@ class RedisServer:
 
     def resume(self) -> None:
         os.kill(self.process.pid, signal.SIGCONT)
+
+    def disconnect_replicas(self) -> int:
+        """Close this primary's replication links: what it writes from now on reaches no replica
+        until one reconnects (pause() the replica first so it cannot). Returns how many closed."""
+        with self.client(socket_timeout=5) as client:
+            return int(client.execute_command("CLIENT", "KILL", "TYPE", "replica"))
 
     def promote(self) -> None:
         """A replica becomes a master (`REPLICAOF NO ONE`) with whatever it has received."""
@@ -355,7 +365,7 @@ class Link:
 
     def __init__(self, host: str, port: int, db: int = 0, **kwargs):
         self.where = f"{host}:{port}"
-        self.conn = Connection(host=host, port=port, db=db, **kwargs)
+        self.conn = Connection(host=host, port=port, db=db, retry=NO_RETRY, **kwargs)
         self.pending: deque = deque()  # (number of replies, callback or None)
         self._replies: list | None = None
 
@@ -465,7 +475,7 @@ class Store:
         self.kwargs["port"] = int(self.kwargs.get("port", 6379))
         self.url = url
         try:
-            with redis.Redis(**self.kwargs, socket_timeout=5) as client:
+            with redis.Redis(**self.kwargs, socket_timeout=5, retry=NO_RETRY) as client:
                 client.ping()
         except (redis.RedisError, OSError) as e:
             raise StoreError(f"--redis {url}: cannot reach the server ({e}); start it or give another URL") from None
@@ -823,17 +833,20 @@ class StoreCell(_Stored):
 
 def parse_mode(mode) -> Strategy:
     """A stateless strategy: "sync", "batch:8", "stateless.commit:8" or a models.strategy.Strategy."""
+    valid = "valid: sync, async, batch:B, cache, commit:B (or stateless.MODE)"
     if isinstance(mode, Strategy):
         strategy = mode
     else:
         text = str(mode).strip()
         try:
-            strategy = Strategy.parse(text if text.startswith("stateless.") else "stateless." + text)
+            strategy = Strategy.parse(text if "." in text else "stateless." + text)
         except StrategyError as e:
-            raise StoreError(f"store mode {mode!r}: {e}".replace("stateless.", "")) from None
+            if "needs a positive integer" in str(e):
+                raise StoreError(f"store mode {mode!r}: {text.split(':')[0]} needs a positive integer "
+                                 f"parameter, e.g. {text.split(':')[0]}:8; {valid}") from None
+            raise StoreError(f"store mode {mode!r} is unknown; {valid}") from None
     if not strategy.name.startswith("stateless."):
-        raise StoreError(f"store mode {mode!r}: the store runs the stateless strategies "
-                         f"({', '.join(MODES)}); {strategy.name} keeps state in the instance")
+        raise StoreError(f"store mode {mode!r}: {strategy.name} keeps state in the instance, not the store; {valid}")
     return strategy
 
 
@@ -945,9 +958,7 @@ class StoreInstance(Handle):
         if n <= self._ended:
             raise StoreError(f"begin({n}) after input {self._ended}: inputs are numbered upwards")
         self._current = n
-        self._seen.clear()
-        if self._cache is None:
-            self._known.clear()
+        self._forget_reads()  # (what was read between inputs, e.g. by frozen())
         if self.mode == "sync":  # other instances may have changed the counts since
             for s in self._storages:
                 s._counts.clear()
@@ -969,12 +980,14 @@ class StoreInstance(Handle):
         if policy_.serial:
             try:
                 self._apply_awaited(n)
-            except StoreConflict:
+            except BaseException:  # a conflict (run n again), or a store failure
                 self._current = None
                 raise
             self._current, self._ended = None, n
+            self._forget_reads()
             return True
         self._current, self._ended = None, n
+        self._forget_reads()
         if self._queued_since is None:
             self._queued_since = time.monotonic()
         if n - self._closed >= policy_.flush_every or self._overdue():
@@ -983,6 +996,16 @@ class StoreInstance(Handle):
             self._link.poll()
         self._raise_failure()
         return not policy_.hold or self._protected >= n
+
+    def _forget_reads(self) -> None:
+        """The input's reads are its own: later reads see the store (and this instance's writes)."""
+        self._seen.clear()
+        if self._cache is None:
+            self._known.clear()
+
+    def pending_since(self) -> float | None:
+        """When (time.monotonic()) the oldest input not sent yet ended; None if none waits."""
+        return self._queued_since if self._ended > self._closed else None
 
     def _overdue(self) -> bool:
         seconds = self.policy.flush_seconds
@@ -1351,12 +1374,6 @@ class StoreInstance(Handle):
 
 # ---------------------------------------------------------------- the stateless paradigm for the worker processes
 
-def spec_nf(spec: InstanceSpec):
-    """The NF class of the instance a worker's InstanceSpec names (its chain and --param settings)."""
-    from ..cmd_run import build_chain
-    return build_chain(spec.chain, list(spec.params)).members[spec.instance].nf
-
-
 class StoreBackend(Backend):
     """runtime/failover.py's Backend of the stateless strategies: state at the store. The driver's
     `serve` starts the private server unless the settings name one (`redis`: a URL,
@@ -1380,10 +1397,12 @@ class StoreBackend(Backend):
         if options.get("redis") is None and options.get("redis_cluster") is None:
             raise StoreError(f"instance {spec.instance}: its spec names no store (options redis or redis_cluster); "
                              f"StoreBackend.serve gives them")
+        from ..models import lookup
+        nf_cls = lookup(spec.nf)
         store = connect(options.get("redis"), options.get("redis_cluster"))
         token = info.get("token") if info else None
         try:
-            handle = StoreInstance(store, spec_nf(spec), spec.chain, spec.instance, spec.strategy,
+            handle = StoreInstance(store, nf_cls, spec.chain, spec.instance, spec.strategy,
                                    writer=int(options.get("writer", 0)), attach="new" if fresh else "resume",
                                    token=token.encode() if token else None, replicas=int(options.get("replicas", 0)))
         except BaseException:
