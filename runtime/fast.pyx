@@ -12,7 +12,8 @@ through the chain depth first in gate-emission order exactly as models/chain.py 
 `chain._routes()`). Each instance is a C handler transcribing its model line by line: values are
 64-bit (the model's Python ints never exceed that here) and wrap to the declared widths only when
 stored, like the model's Bits(32) maps. State lives in open-addressing flow tables (linear probing,
-backward-shift deletion, doubling at half load) in malloc'd memory: no Python object per packet.
+backward-shift deletion, doubling at half load) in malloc'd memory (large ones mmap'd, on 2 MB
+pages where granted): no Python object per packet.
 Choices are per-instance splitmix64 streams with the choice protocol of runtime/rng.py; clocks are
 (t_ns * ticks_per_second) // 1e9 per NF. Outputs are written back onto the frame in place (or onto
 a copy for all but the last of several outputs) with incremental RFC 1624 checksum updates,
@@ -22,8 +23,8 @@ including the header quoted inside ICMP errors; copies that leave the chain are 
 Memory latency is hidden by a software pipeline (`run_inputs`): while input j runs, input
 j + S*D is parsed and the flow-table slot its first instance will read is prefetched, and the
 predicted paths of the inputs in between advance one instance each (`predict` reads the slot
-prefetched D inputs earlier, read-only, and prefetches the next instance's), D = `group`
-(default 8). Results never depend on the batch size or D (only memory timing does).
+prefetched D inputs earlier, read-only, and prefetches the next instance's; for a new NAT flow it
+peeks at the instance's next draw), D = `group` (default 8). Results never depend on the batch size or D (only memory timing does).
 
 `PassThrough` is the baseline the benchmark compares against: parse every frame and release it
 unchanged on egress 0."""
