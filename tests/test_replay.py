@@ -287,3 +287,42 @@ def test_pure_python_and_cython_parsers_give_the_same_report(tmp_path):
         data["stats"].pop("cpu_seconds")
         outs.append(data)
     assert outs[0] == outs[1]
+
+
+def _all_traces(tmp_path):
+    runs = {"nat_bad": nat_run([1024, 1024, 1025]), "nat_logged": nat_run([1030] * 3, log_choices=True),
+            "fw": firewall_run(), "loss": lb_run(lose_at_crash=True), "dup": lb_run(duplicate=True),
+            "swap": lb_run(swap=True), "swap_same": lb_run(swap=True, same_flow=True), "ok": lb_run()}
+    return {name: run.write(tmp_path / f"{name}.pcapng") for name, run in runs.items()}
+
+
+def test_the_streamed_check_agrees_with_the_in_memory_one(tmp_path):
+    from nfproof.verify.replay_stream import check_trace
+    for name, path in _all_traces(tmp_path).items():
+        for relation in ("strict", "per-flow", "loss-at-failover"):
+            for dups in (False, True):
+                for stall in (None, 7 * 10 ** 9):
+                    eq = Equivalence(relation, dups)
+                    a, b = verdict(path, relation, dups, stall), check_trace(path, eq=eq, stall_ns=stall)
+                    where = (name, relation, dups, stall)
+                    assert a.verdict == b.verdict, where
+                    assert (a.failure and a.failure.number) == (b.failure and b.failure.number), where
+
+
+def test_jobs_and_sequential_give_the_same_report(tmp_path, capsys):
+    run = nat_run([1024, 1024, 1025])
+    for k in range(40):   # other flows, some inbound replies among them
+        pkt = udp(HOST2, 3000 + k, REMOTE, 53)
+        seq = run.input(pkt, 0.2 + k / 100)
+        run.output(seq, pkt.rewrite(src=EXT, sport=1030 + k), "outside", "nat")
+        if k % 3 == 0:
+            reply = udp(REMOTE, 53, EXT, 1030 + k, inbound=True)
+            run.output(run.input(reply, 0.2 + k / 100), reply.rewrite(dst=HOST2, dport=3000 + k), "inside", "nat")
+    path = run.write(tmp_path / "many.pcapng")
+    reports = []
+    for extra in (["--jobs", "1"], ["--jobs", "2"], ["--sequential"]):
+        code, out, _ = cli(capsys, path, "--json", *extra)
+        data = json.loads(out)
+        assert code == 1, out
+        reports.append((data["verdict"], data["failure"]["output"], data["failure"]["expected"]))
+    assert reports[0] == reports[1] == reports[2]

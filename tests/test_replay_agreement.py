@@ -29,6 +29,7 @@ from nfproof.verify.equivalence import Equivalence
 from nfproof.verify.frames import frame_of, frame_view
 from nfproof.verify.replay import replay
 from nfproof.verify.replay_load import configured_chain, load_trace
+from nfproof.verify.replay_stream import check_trace
 from nfproof.verify.simulate import explain, simulate
 
 from nfproof.cmd_verify import ALL_STRATEGIES
@@ -209,6 +210,7 @@ def test_replay_verdicts_agree_with_the_verifier(name, tmp_path):
             + "\n".join(f"{e.actor} {e.text}" for e in run.events))
         if result.verdict == "explained":
             assert verdict_sequential(path, stall) == "explained"
+        assert check_trace(str(path), eq=Equivalence(), stall_ns=stall * NS).verdict == result.verdict  # streamed
         seen[result.verdict] += 1
     assert seen["violation"] > 0 or name in ("lb-hash", "monitor"), seen   # the runs exercise both answers
     assert seen["explained"] > 0, seen
