@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import json
 import marshal
+import os
 import select
 import socket
 import struct
@@ -41,7 +42,8 @@ from dataclasses import asdict, dataclass, field
 
 from ..models.strategy import Strategy
 
-HEARTBEAT_MISSES = 20     # a primary silent for this many heartbeat periods has failed
+HEARTBEAT_MISSES = 50     # a primary silent for this many heartbeat periods has failed (a loaded 2-core
+                          # machine deschedules a process for 20 ms at times: fewer misses kill live ones)
 ASYNC_FLUSH_RECORDS = 64  # async: queued records shipped at the latest when this many are waiting...
 ASYNC_FLUSH_SECONDS = 0.001  # ...or when the oldest has waited this long
 
@@ -54,6 +56,7 @@ class InstanceSpec:
     chain: str                 # the chain text, e.g. "firewall>nat>lb"
     params: list               # --param settings as given
     instance: str              # the instance name in the chain, e.g. "nat"
+    nf: str                    # its model, as models.lookup loads it (models.model_ref: "nat[ports=64512]")
     index: int                 # k: its 0-based position in list(chain.members) (its choice stream)
     seed: int
     generation: int = 0        # 0: the first primary; each standby / fresh instance takes the next
@@ -472,9 +475,8 @@ class StandbyBackend(Backend):
     def open(self, spec: InstanceSpec, fresh: bool, info: dict | None = None) -> Handle:
         if not fresh:
             raise ValueError("a stateful replacement is a promoted standby (worker.py), not opened afresh")
-        from ..cmd_run import build_chain
-        nf = build_chain(spec.chain, spec.params).members[spec.instance].nf
-        return StandbyLink(nf, Strategy.parse(spec.strategy))
+        from ..models import lookup
+        return StandbyLink(lookup(spec.nf), Strategy.parse(spec.strategy))
 
 
 # -- the driver ---------------------------------------------------------------------------------------
@@ -501,6 +503,7 @@ class WorkerProcess:
     ahead of the one being waited for stay in `inbox`, in order."""
 
     def __init__(self, role: str, spec: InstanceSpec, listen: tuple[str, int] | None = None):
+        import os
         import subprocess
         import sys
         import time
@@ -510,8 +513,10 @@ class WorkerProcess:
                 "--spec", spec.to_json()]
         if listen is not None:
             args += ["--listen", f"{listen[0]}:{listen[1]}"]
+        # NFPROOF_PUREPYTHON: a worker uses neither pipeline; the fallback's import is the lighter
+        # (no numpy), and a smaller process dies, and closes its sockets, sooner
         self.popen = subprocess.Popen(args, pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL,
-                                      preexec_fn=_die_with_parent)
+                                      preexec_fn=_die_with_parent, env={**os.environ, "NFPROOF_PUREPYTHON": "1"})
         theirs.close()
         self.pid, self.role, self.spec = self.popen.pid, role, spec
         self.conn = Conn(ours)
@@ -519,6 +524,8 @@ class WorkerProcess:
         self.last_heard = time.monotonic()
         self.address: tuple | None = None
         self.said_hello = False
+        self.closed_at: int | None = None  # perf_counter_ns when its socket was seen closed
+        self.cpu0 = self.cpu_end = None
 
     def fileno(self) -> int:
         return self.conn.fileno()
@@ -535,6 +542,8 @@ class WorkerProcess:
     def poll(self) -> None:
         import time
         messages = self.conn.read()
+        if self.conn.closed and self.closed_at is None:
+            self.closed_at = time.perf_counter_ns()
         if messages:
             self.last_heard = time.monotonic()
         for m in messages:
@@ -561,6 +570,32 @@ class WorkerProcess:
             ready, _, _ = select.select([self.conn.sock], [], [], left)
             if ready:
                 self.poll()
+
+    def greeted(self) -> None:
+        """Waits for the worker's hello, unless it came already."""
+        if not self.said_hello:
+            self.expect("hello", START_SECONDS)
+        self.inbox = type(self.inbox)(m for m in self.inbox if m[0] != "hello")
+        if self.cpu0 is None:
+            self.mark_cpu()
+
+    def cpu(self) -> float | None:
+        """Its CPU time so far (user + system, s) from /proc; None once it is gone."""
+        try:
+            with open(f"/proc/{self.pid}/stat") as f:
+                fields = f.read().rpartition(")")[2].split()
+            return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        except (OSError, ValueError, IndexError):
+            return None
+
+    def mark_cpu(self) -> None:
+        """Starts counting its CPU time (after start-up)."""
+        self.cpu0 = self.cpu()
+
+    def cpu_used(self) -> float:
+        """CPU time since mark_cpu, up to now or to its kill."""
+        end = self.cpu_end if self.cpu_end is not None else self.cpu()
+        return max(0.0, end - self.cpu0) if end is not None and self.cpu0 is not None else 0.0
 
     def stop(self, grace: float = 2.0) -> None:
         import subprocess
@@ -645,6 +680,7 @@ class Running:
         self.killed_at: int | None = None  # perf_counter_ns of the kill, while one is being detected
         self.cause = ""
         self.suspected = False
+        self.silence_ns = 0                # how long it had been silent when heartbeats were missed
 
 
 class FailoverDriver:
@@ -687,9 +723,11 @@ class FailoverDriver:
         self.packets_out = self.bytes_out = 0
 
     # -- processes
-    def spec(self, running: Running, generation: int) -> InstanceSpec:
+    def spec(self, running: Running | None, generation: int) -> InstanceSpec:
+        from ..models import model_ref
         s = self.settings
-        return InstanceSpec(self.chain_text, self.params, running.name if running else "", running.k if running else -1,
+        return InstanceSpec(self.chain_text, self.params, running.name if running else "",
+                            model_ref(running.member.nf) if running else "", running.k if running else -1,
                             self.seed, generation, str(s.strategy) if s.strategy else "none", s.log_choices,
                             s.heartbeat_ms, self.options)
 
@@ -722,6 +760,8 @@ class FailoverDriver:
             if x.standby is not None:
                 x.primary.expect("attached")
             x.attached = True
+        if self.spare is not None:  # started and idle before the first input: no start-up in the measurements
+            self.spare.greeted()
 
     def spawn_spare(self) -> None:
         self.spare = self.start_worker("spare", self.spec(None, 0))
@@ -730,7 +770,7 @@ class FailoverDriver:
         if self.spare is None:
             self.spawn_spare()
         spare, self.spare = self.spare, None
-        spare.expect("hello", START_SECONDS)
+        spare.greeted()
         return spare
 
     def stop(self) -> None:
@@ -754,12 +794,14 @@ class FailoverDriver:
         from .executor import RunStats, percentiles
         stats = RunStats("generic")
         perf = time.perf_counter_ns
-        run_start, cpu0 = perf(), time.process_time()
-        import resource
-        children0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        run_start = perf()
         last, seq, error = None, 0, None
+        cpu0 = None
         try:
             self.start()
+            cpu0 = time.process_time()
+            for w in self.workers:
+                w.mark_cpu()
             while True:
                 frames_in = source.receive(self.batch)
                 if not frames_in:
@@ -790,14 +832,13 @@ class FailoverDriver:
             error = e
             raise
         finally:
+            if cpu0 is not None:  # the CPU time of every process once all were up (not their start-up)
+                stats.process_seconds = time.process_time() - cpu0 + sum(w.cpu_used() for w in self.workers)
             try:
                 self.stop()
             finally:
-                children = resource.getrusage(resource.RUSAGE_CHILDREN)
                 stats.run_seconds = (perf() - run_start) / 1e9
                 stats.process_wall_seconds = stats.run_seconds
-                stats.process_seconds = (time.process_time() - cpu0 + children.ru_utime + children.ru_stime
-                                         - children0.ru_utime - children0.ru_stime)
                 stats.packets_out, stats.bytes_out = self.packets_out, self.bytes_out
                 stats.dropped = dict(sorted(self.drops.items(), key=lambda rc: (-rc[1], rc[0])))
                 stats.by_egress = dict(self.by_egress)
@@ -923,13 +964,16 @@ class FailoverDriver:
                     break
             if w.conn.closed and x.primary is w and not w.inbox:
                 self.failover(x)
-        now = time.monotonic()
         for x in self.instances.values():
             w = x.primary
-            if w not in ready and not w.conn.closed and not x.suspected \
-                    and now - w.last_heard > HEARTBEAT_MISSES * self.period:
+            if not w.conn.closed and not x.suspected and time.monotonic() - w.last_heard > HEARTBEAT_MISSES * self.period:
+                if select.select([w], [], [], 0)[0]:  # it spoke; we were busy (another failover, the trace)
+                    w.poll()
+                    continue
                 x.suspected = True
-                self.kill(x, f"missed heartbeats ({(now - w.last_heard) * 1000:.1f} ms silent)")
+                silence = time.monotonic() - w.last_heard
+                self.kill(x, f"missed heartbeats ({silence * 1000:.1f} ms silent)")
+                x.silence_ns = int(silence * 1e9)
         for w in live:  # standbys and spares speak when asked; an early death is fatal
             if w.conn.closed and all(w is not x.primary for x in self.instances.values()):
                 if any(w is x.standby for x in self.instances.values()) or w is self.spare:
@@ -1012,6 +1056,7 @@ class FailoverDriver:
     def kill(self, x: Running, cause: str) -> None:
         import os
         import signal
+        x.primary.cpu_end = x.primary.cpu()
         x.killed_at, x.cause = _perf_ns(), cause
         try:
             os.kill(x.primary.pid, signal.SIGKILL)
@@ -1020,21 +1065,23 @@ class FailoverDriver:
 
     def failover(self, x: Running) -> None:
         """x's primary is gone: the replacement takes over (see the module docstring)."""
-        detected = _perf_ns()
+        started = _perf_ns()
         old = x.primary
+        detected = old.closed_at or started
         old.popen.wait()
         killed_at, cause = x.killed_at, x.cause or f"the process exited ({old.popen.returncode})"
         by = "missed heartbeats" if x.suspected else "closed socket"
         s = self.settings
         self.failing = True
         try:
-            if s.paradigm == "stateful":
+            if s.paradigm == "stateful":  # promote the standby and ready the next one, both at once
+                x.standby.send(("promote", x.generation + 1, None, None))
                 spare = self.take_spare()
                 spare.send(("assign", self.spec(x, x.generation + 2).to_json(), "standby", True, {},
                             self.standby_address()))
-                host, port = spare.expect("hello")[3:5]
-                x.standby.send(("promote", x.generation + 1, host, port))
                 ready = x.standby.expect("ready")
+                host, port = spare.expect("hello")[3:5]
+                x.standby.send(("attach", host, port))
                 x.primary, x.standby, x.attached = x.standby, spare, False
                 x.primary.role, spare.role = "primary", "standby"
             else:
@@ -1045,7 +1092,7 @@ class FailoverDriver:
                 x.primary, spare.role = spare, "primary"
             x.primary.last_heard = __import__("time").monotonic()
             x.generation += 1
-            takeover = _perf_ns() - detected
+            takeover = _perf_ns() - started
             if s.failures or self.spare is None:
                 self.spawn_spare()
             self.takeover(x, ready, killed_at, detected, takeover, cause, by, old.pid)
@@ -1063,8 +1110,9 @@ class FailoverDriver:
         base = x.released if s.strategy is None else max(x.r, r)
         x.r = max(x.r, r)
         replay = [n for n in sorted(x.hops) if n > base]
-        record = {"instance": x.name, "cause": cause, "detected_by": by, "detection_ns": None if killed_at is None
-                  else detected - killed_at, "takeover_ns": takeover, "replica_input": r,
+        detection = x.silence_ns if x.suspected else None if killed_at is None else detected - killed_at
+        record = {"instance": x.name, "cause": cause, "detected_by": by, "detection_ns": detection,
+                  "takeover_ns": takeover, "replica_input": r,
                   "replica_seq": x.arrivals[r][0] if r in x.arrivals else -1, "held": len(held),
                   "replayed": len(replay) if s.replay_input else 0, "crash_ns": self.t0 + crash,
                   "end_ns": self.t0 + crash + s.failover_ns, "generation": x.generation, "_detected": detected}

@@ -72,9 +72,7 @@ class LoggedChooser:
 
 class Worker:
     def __init__(self, conn: Conn, spec: InstanceSpec):
-        from ..cmd_run import build_chain
         self.conn, self.spec = conn, spec
-        self.chain = build_chain(spec.chain, spec.params)
         self.last_sent = time.monotonic()
 
     def send(self, message: tuple) -> None:
@@ -106,7 +104,11 @@ class Worker:
 
     @property
     def nf(self):
-        return self.chain.members[self.spec.instance].nf
+        """The instance's model (loaded once: a spare learns its instance on "assign")."""
+        if getattr(self, "_nf", None) is None:
+            from ..models import lookup
+            self._nf = lookup(self.spec.nf)
+        return self._nf
 
     @property
     def strategy(self) -> Strategy | None:
