@@ -125,6 +125,26 @@ def test_captures_through_every_bundled_nf_and_chain(path):
                     run(pure.Pipeline, text, inputs, seed, 32, linktype), f"{path.name} {text}")
 
 
+@pytest.mark.parametrize("linktype", [101, 228, 12])
+def test_raw_ip_link_types(linktype):
+    """Frames without a link header (raw IP): the capture's frames with their Ethernet header cut."""
+    path = next(p for p in CAPTURES if p.name.startswith("E02"))
+    inputs = [(frame[14:], wirelen - 14, t, side) for frame, wirelen, t, side in timed(records(path))
+              if frame[12:14] == b"\x08\x00"]
+    for text in ("nat[ports=64512]", "firewall>nat[ports=64512]>lb", "monitor[threshold=2]>nat"):
+        assert_same(run(fast.Pipeline, text, inputs, 5, 32, linktype), run(pure.Pipeline, text, inputs, 5, 32, linktype),
+                    f"linktype {linktype} {text}")
+
+
+@pytest.mark.parametrize("inside", [("128.2.6.136/32",), ("192.168.0.0/16", "2001:db8::/32"), ()])
+def test_sides_by_other_inside_networks(inside):
+    for path in CAPTURES[:10]:
+        recs = records(path)
+        for text in ("firewall>nat[ports=64512]>lb", "ratelimit"):
+            assert_same(run(fast.Pipeline, text, timed(recs), 2, 32, recs[0][0], inside),
+                        run(pure.Pipeline, text, timed(recs), 2, 32, recs[0][0], inside), f"{path.name} {inside}")
+
+
 def test_captures_exercise_the_nfs():
     """The captures do reach the interesting paths (else the test above proves little)."""
     reasons, changed, copies = set(), 0, 0
@@ -304,6 +324,17 @@ def test_copies_travel_on_and_land_in_extra():
     assert (e0, k0, c0, e1, k1, c1) == ("outside", "nat", 1, "monitor.alert", "monitor", 0)
     assert out1 == frame == batch.frame(0) and out0 != frame and parse_frame(1, out0, 64).src == bytes([203, 0, 113, 1])
     assert bytes(batch.extra) == b"old" + out0 and batch.out_off[0] == 3
+
+
+def test_jumbo_frames_copied_several_times():
+    """Copies of 9000-byte frames outgrow the scratch and release buffers."""
+    inputs = [(eth(udp(f"10.0.0.{k % 3 + 1}", 1000 + k, "93.184.216.34", 53, b"j" * 8900)), 8950, k, 0)
+              for k in range(12)]
+    text = "monitor[threshold=1]>monitor[threshold=1]>nat>monitor[threshold=1]"
+    for size in (1, 12):
+        got = run(fast.Pipeline, text, inputs, 0, size)
+        assert got == run(pure.Pipeline, text, inputs, 0, size)
+        assert sum(o[4] for o in got[0]) >= 12 and len(got[0][0][5]) > 8900
 
 
 def test_output_and_drop_arrays_grow():
