@@ -884,6 +884,8 @@ class StoreInstance(Handle):
         self._overlay: dict = {}  # (index, key) -> [value or ABSENT, present at the store before?]: unsent writes
         self._seen: dict = {}     # (index, key) -> value the input read from the store or the cache
         self._known: dict = self._cache if self._cache is not None else {}  # read ahead (this input's)
+        self._ranges: list = []   # (storage, counts field) of every pool range count_in asked for
+        self._count_ahead = False  # sync: read those counts with the input's first read
         self._records: list = []  # (n, packed Record) of the inputs not sent yet
         self._stored: deque = deque()  # n of the records held at the store
         self._logged_at_store: deque = deque()  # n of the logged choices held at the store
@@ -959,9 +961,10 @@ class StoreInstance(Handle):
             raise StoreError(f"begin({n}) after input {self._ended}: inputs are numbered upwards")
         self._current = n
         self._forget_reads()  # (what was read between inputs, e.g. by frozen())
-        if self.mode == "sync":  # other instances may have changed the counts since
+        if self.mode == "sync":  # other instances may have changed the counts since: read them again
             for s in self._storages:
                 s._counts.clear()
+            self._count_ahead = bool(self._ranges)
         if self._link.pending:
             self._link.poll()
             self._raise_failure()
@@ -1163,7 +1166,12 @@ class StoreInstance(Handle):
             k = (other.index, key)
             if k not in known and k not in self._seen and k not in self._overlay:
                 group.append(other)
-        replies = self._link.call(*[s.read_command(key) for s in group], ("HGET", self.meta_key, "run"))
+        commands = [s.read_command(key) for s in group]
+        counts = ()
+        if self._count_ahead:  # sync: the pool counts this instance uses, fresh with the input's first read
+            counts, self._count_ahead = self._ranges, False
+            commands += [("HGET", counted.counts_key, field) for counted, field in counts]
+        replies = self._link.call(*commands, ("HGET", self.meta_key, "run"))
         for reply in replies:
             if isinstance(reply, Exception):
                 raise StoreError(f"redis at {self._link.where}: {reply} reading {storage.data_key.decode()}")
@@ -1171,6 +1179,9 @@ class StoreInstance(Handle):
             self._lost("a read")
         for s, reply in zip(group, replies):
             known[(s.index, key)] = s.decode(reply)
+        for (counted, field), reply in zip(counts, replies[len(group):]):
+            if reply is not None:
+                known[(-counted.index, field)] = int(reply)
         return known[(storage.index, key)]
 
     def _write(self, storage: _Stored, key, value) -> None:
@@ -1200,14 +1211,16 @@ class StoreInstance(Handle):
         k = (-storage.index, field)
         observed = self._seen.get(k, _MISS)
         if observed is _MISS:
-            observed = self._cache.get(k, _MISS) if self._cache is not None else _MISS
-            if observed is _MISS:
+            observed = self._known.get(k, _MISS)
+            if observed is _MISS:  # counted once at the store, then kept there by every application
                 observed = self._link.call(("EVALSHA", self._count_sha, 3, self.meta_key, storage.data_key,
                                             storage.counts_key, self.token, field, storage.kind.upper()))[0]
                 if isinstance(observed, Exception):
                     self._script_error(observed, "counting a pool")
                 if observed < 0:
                     self._lost("a pool count")
+                if (storage, field) not in self._ranges:
+                    self._ranges.append((storage, field))
             self._seen[k] = observed
         count = observed + self._pending_change(storage, base, size)
         storage._counts[(base, size)] = count
@@ -1273,8 +1286,9 @@ class StoreInstance(Handle):
 
     def _apply_awaited(self, n: int) -> None:
         """sync, cache: validate what n read and apply its writes and record, awaited."""
-        if not self._overlay and not self._records and len(self._seen) <= 1 and not self._forget_records:
-            self._protected = self._closed = n  # nothing to apply, and one read is consistent by itself
+        if (self.mode == "sync" and not self._overlay and not self._records and len(self._seen) <= 1
+                and not self._forget_records):
+            self._protected = self._closed = n  # nothing to apply, and one fresh read is consistent by itself
             return
         stored_before = len(self._stored)
         replies = self._link.call(*self._commands(n, checks=True))
