@@ -12,7 +12,7 @@ Sides are given (0 outbound, 1 inbound); times advance 67 ns per frame (14.88 Mp
 
 Measured, each on a fresh pipeline over a fresh copy of the frames (time.process_time):
 - `passthrough`: runtime.fast.PassThrough, parse only: every frame parsed and released unchanged;
-- `fast`: runtime.fast.Pipeline over all frames in one call (its C loop, in groups of `--batch`);
+- `fast`: runtime.fast.Pipeline over all frames in one call (its C loop);
 - `fast_batch_calls`: the same through `process()` once per batch of `--batch` frames (one Batch
   object refilled between calls; the time of the loop minus that of the same loop filling only):
   what the executor pays per call;
@@ -182,7 +182,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--frames", type=int, default=1_000_000)
     ap.add_argument("--flows", type=int, default=100_000)
-    ap.add_argument("--batch", type=int, default=32, help="batch size of the per-call run and group of the C loop")
+    ap.add_argument("--batch", type=int, default=32, help="batch size of the per-call run")
     ap.add_argument("--pure-frames", type=int, default=50_000)
     ap.add_argument("--generic-frames", type=int, default=10_000)
     ap.add_argument("--seed", type=int, default=1)
@@ -207,7 +207,7 @@ def main(argv=None) -> int:
         base = fast.PassThrough()
         best["passthrough"] = min(best.get("passthrough", 1e9), cpu(lambda: base.process(batch)))
         batch = whole(data, sides, n)
-        pipeline = fast.Pipeline(chain(), a.seed, group=a.batch)
+        pipeline = fast.Pipeline(chain(), a.seed)
         best["fast"] = min(best.get("fast", 1e9), cpu(lambda: pipeline.process(batch)))
         if reference is None:
             reference = results(pipeline, batch)

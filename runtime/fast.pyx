@@ -24,7 +24,7 @@ Memory latency is hidden by a software pipeline (`run_inputs`): while input j ru
 j + S*D is parsed and the flow-table slot its first instance will read is prefetched, and the
 predicted paths of the inputs in between advance one instance each (`predict` reads the slot
 prefetched D inputs earlier, read-only, and prefetches the next instance's; for a new NAT flow it
-peeks at the instance's next draw), D = `group` (default 8). Results never depend on the batch size or D (only memory timing does).
+peeks at the instance's next draw), D = `ahead` (default 8). Results never depend on the batch size or D (only memory timing does).
 
 `PassThrough` is the baseline the benchmark compares against: parse every frame and release it
 unchanged on egress 0."""
@@ -1204,7 +1204,7 @@ cdef class Pipeline:
     cdef pl_t pl
     cdef prepared_t *ahead
     cdef readonly object chain, egresses, instances, reasons
-    cdef readonly int group
+    cdef readonly int ahead_by
     cdef Py_ssize_t ring_mask
     cdef dict _reason_id
     cdef object _bound, _bound_out, _bound_drop
@@ -1219,7 +1219,7 @@ cdef class Pipeline:
         memset(&self.pl, 0, sizeof(pl_t))
         self.ahead = NULL
 
-    def __init__(self, chain, seed: int = 0, linktype: int = 1, inside=None, group: int = 8):
+    def __init__(self, chain, seed: int = 0, linktype: int = 1, inside=None, ahead: int = 8):
         chain.validate()
         members = list(chain.members.values())
         kinds = []
@@ -1229,15 +1229,15 @@ cdef class Pipeline:
         self.instances = tuple(chain.members)
         self.egresses = tuple(chain.egress_names)
         self.reasons, self._reason_id = [], {}
-        if group < 1:
-            raise ValueError(f"group must be at least 1, not {group}")
-        self.group = group
+        if ahead < 1:
+            raise ValueError(f"ahead (the look-ahead distance, in inputs) must be at least 1, not {ahead}")
+        self.ahead_by = ahead
         pl = &self.pl
         pl.linktype, pl.ninst, pl.limit = linktype, len(members), 2 * len(members)
         pl.owner = <PyObject *>self
         pl.insts = <inst_t *>calloc(len(members), sizeof(inst_t))
         ring = 1
-        while ring < len(members) * group + 1:
+        while ring < len(members) * ahead + 1:
             ring *= 2
         self.ring_mask = ring - 1
         self.ahead = <prepared_t *>malloc(ring * sizeof(prepared_t))
@@ -1410,7 +1410,7 @@ cdef class Pipeline:
         pl.n_out, pl.n_drop = batch.n_out, batch.n_drop
         pl.extra_base, pl.stage_len, pl.error = len(batch.extra), 0, 0
         with nogil:
-            rc = run_inputs(pl, 0, n, self.group, self.ahead, self.ring_mask)
+            rc = run_inputs(pl, 0, n, self.ahead_by, self.ahead, self.ring_mask)
         batch.n_out, batch.n_drop = pl.n_out, pl.n_drop
         if pl.stage_len:
             batch.extra += PyBytes_FromStringAndSize(<const char *>pl.stage, pl.stage_len)

@@ -3,7 +3,7 @@ byte for byte: outputs (input, egress, instance, label, copy flag, frame bytes),
 reason text) and every instance's state, on every capture and on random traffic that talks back
 (replies to what the chain released, ICMP errors quoting it, frames outside the model, frames the
 runtime drops), through every bundled NF and chains of them, with several seeds and batch sizes;
-results never depend on the batch size or the prefetch group. Plus what only the fast path has
+results never depend on the batch size or the look-ahead distance. Plus what only the fast path has
 (the parse-only baseline, the benchmark)."""
 from __future__ import annotations
 
@@ -209,15 +209,15 @@ def test_a_nearly_full_pool_draws_then_scans_then_is_exhausted():
     assert "nat: pool exhausted" in f.reasons
 
 
-def test_results_do_not_depend_on_batch_size_or_prefetch_group():
+def test_results_do_not_depend_on_batch_size_or_look_ahead():
     recs = records(next(p for p in CAPTURES if p.name.startswith("E06")))
     inputs = timed(recs)[:1500]
     gen = Traffic(random.Random(4))
     inputs += [gen.next() for _ in range(500)]
     for text in ("firewall>nat[ports=64512]>lb", "monitor[threshold=1]>nat"):
         want = run(fast.Pipeline, text, inputs, 11, len(inputs))
-        for size, group in ((1, 32), (7, 3), (32, 1), (100, 64), (len(inputs), 32)):
-            assert run(fast.Pipeline, text, inputs, 11, size, group=group) == want, (text, size, group)
+        for size, ahead in ((1, 32), (7, 3), (32, 1), (100, 64), (len(inputs), 8)):
+            assert run(fast.Pipeline, text, inputs, 11, size, ahead=ahead) == want, (text, size, ahead)
         assert run(pure.Pipeline, text, inputs, 11, 13) == want
 
 
