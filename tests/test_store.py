@@ -91,7 +91,7 @@ def port_is_free(port: int) -> bool:
 # ---- a model with every kind of declaration --------------------------------------------------------
 
 Slot = Bits(10, "Slot")
-Total = Bits(8, "Total")
+Total = Bits(6, "Total")
 
 
 class Pair(NamedTuple):  # a record kind of odd widths: the codec's generic path
@@ -106,7 +106,7 @@ FIN = flags("F")
 class Ledger(NF):
     """Outbound: a new flow takes a free slot of 16 (a pool choice from an int-keyed Map) and is
     remembered three ways; a FIN frees it. Inbound: toggles a slot in an int-keyed Set and picks a
-    free one of it into the label. Every packet counts in an 8-bit Counter (wraps)."""
+    free one of it into the label. Every packet counts in a 6-bit Counter (wraps at 64)."""
 
     name = "ledger"
     gates = ("wan", "lan")
@@ -314,6 +314,24 @@ def test_pool_counts_stay_right_across_deletions_and_writers(store):
     fresh.close()
     a.close()
     b.close()
+
+
+def test_count_in_is_one_command_on_a_large_pool(store):
+    nat = Nat.configure({"ports": 64512})
+    inst = store.instance(nat, "c", "big", "batch:64")
+    flows = [Packet(UDP, 0x0A000000 + k // 1000, k % 1000, REMOTES[0], 53) for k in range(3000)]
+    draws = chooser()
+    for n, pkt in enumerate(flows, 1):
+        inst.run(n, pkt, draws)
+    inst.flush(wait=True)
+    fresh = inst.fresh_instance()
+    calls, call = [], fresh._link.call
+    fresh._link.call = lambda *commands: (calls.append(commands), call(*commands))[1]
+    assert fresh.state["by_port"].count_in(nat.base, nat.ports) == 3000
+    assert len(calls) == 1 and len(calls[0]) == 1        # one command: the kept count, no scan of the keys
+    assert fresh.state["by_port"].count_in(nat.base, nat.ports) == 3000 and len(calls) == 1  # then local
+    fresh.close()
+    inst.close()
 
 
 def test_iterating_store_state_in_a_handler_is_a_model_error(store):
