@@ -17,6 +17,9 @@ FROM_INSIDE, FROM_OUTSIDE, CLASSIFY = 0, 1, 2
 
 
 class Batch:
+    __slots__ = ("capacity", "data", "extra", "n", "off", "caplen", "wirelen", "t_ns", "side", "out_in", "out_egress",
+                 "out_inst", "out_off", "out_len", "out_label", "out_copy", "drop_in", "drop_reason", "n_out", "n_drop")
+
     def __init__(self, capacity: int = 32, outputs_per_input: int = 4):
         self.capacity = capacity
         self.data = bytearray()
