@@ -278,6 +278,7 @@ class Problem:
     shown_values: frozenset = frozenset()
     lower_bounds: dict = field(default_factory=dict)   # unit index -> earliest processing time allowed
     no_exhaust: frozenset = frozenset()   # input seqs at which "the pool is exhausted" is known false
+    fresh_from: dict = field(default_factory=dict)  # (base, size) -> first pool value no output shows (shared)
     budget: int = BUDGET
     outside_routes: dict = field(default_factory=dict)  # side -> (egress or None, instance)
 
@@ -464,11 +465,18 @@ class Search:
         return self.problem.observed.get(self.units[i].seq, ()) if self.problem.aligned else ()
 
     def fresh(self, base: int, size: int, available):
-        """A value of [base, base+size) that no observed output shows and the state has free."""
-        shown = self.problem.shown_values
-        for v in range(base, base + size):
+        """A value of [base, base+size) that no observed output shows and the state has free.
+        Values shown are skipped once for all searches of a check (`fresh_from`, shared: the
+        set of values shown only grows), so a pool that outputs have used up costs O(1)."""
+        shown, cursors = self.problem.shown_values, self.problem.fresh_from
+        v, end = cursors.get((base, size), base), base + size
+        while v < end and v in shown:
+            v += 1
+        cursors[(base, size)] = v
+        while v < end:
             if v not in shown and available(v):
                 return v
+            v += 1
         return None
 
     # -- one attempt -----------------------------------------------------------------------------------

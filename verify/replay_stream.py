@@ -142,7 +142,7 @@ def first_pass(path, chain_text, params, inside, eq: Equivalence, stall_ns: int,
     by_source = kinds is not None and "source" in kinds
     out = PassReport(partitioned=kinds is not None)
     uf, root_name, parts, order = _UnionFind(), {}, {}, {}
-    logged, logged_clock, shown = {}, {}, set()
+    logged, logged_clock, shown, fresh_from = {}, {}, set(), {}
     routes = {side: outside_route(rec.chain, side)[:2] for side in ("inside", "outside")}
     released, crashed = -1, False   # highest seq with an output so far; between a failure and a failover
 
@@ -150,7 +150,7 @@ def first_pass(path, chain_text, params, inside, eq: Equivalence, stall_ns: int,
         observed: dict = {}
         problem = Problem(rec.chain, Window(), observed, eq, rec.t0_ns, stall_ns, aligned=True,
                           partitioned=kinds is not None, flow_of=rec.flow_of, logged=logged,
-                          logged_clock=logged_clock, shown_values=shown, outside_routes=routes)
+                          logged_clock=logged_clock, shown_values=shown, outside_routes=routes, fresh_from=fresh_from)
         search = Search(problem)
         search.horizon = PART_HORIZON
         return _Part(name, search, observed)
