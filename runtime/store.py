@@ -284,14 +284,22 @@ class RedisServer:
             return client.info("replication")
 
     def wait_replicated(self, primary: "RedisServer", timeout: float = START_TIMEOUT) -> None:
-        """Wait until this replica is linked to `primary` and has everything it has written."""
+        """Wait until this replica is linked to `primary`, has everything it has written, and has
+        acknowledged it (a fresh replica gets the command stream only once it acknowledged; WAIT
+        counts it from then on). A probe key written and deleted at the primary moves the stream."""
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            mine, theirs = self.replication(), primary.replication()
-            if (mine.get("master_link_status") == "up"
-                    and mine.get("slave_repl_offset", -1) >= theirs.get("master_repl_offset", 0)):
-                return
-            time.sleep(0.01)
+        with primary.client(socket_timeout=5) as client:
+            client.set("nfproof:probe", 1)
+            client.delete("nfproof:probe")
+            while time.monotonic() < deadline:
+                client.execute_command("WAIT", 1, 20)  # asks the replicas for their offsets
+                mine, theirs = self.replication(), primary.replication()
+                seen = [v for k, v in theirs.items() if k.startswith("slave") and isinstance(v, dict)
+                        and int(v.get("port", -1)) == self.port]
+                if (mine.get("master_link_status") == "up" and seen and seen[0].get("state") == "online"
+                        and int(seen[0].get("offset", -1)) >= theirs.get("master_repl_offset", 1) > 0):
+                    return
+                time.sleep(0.01)
         raise StoreError(f"replica {self.host}:{self.port} did not catch up with {primary.host}:{primary.port} "
                          f"in {timeout} s: {self.log_tail()}")
 

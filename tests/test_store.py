@@ -631,7 +631,7 @@ def test_wait_acknowledged_writes_refuse_to_run_ahead_of_the_replica():
     with RedisServer() as primary, RedisServer(replicaof=primary) as replica:
         replica.wait_replicated(primary)
         st = connect(primary.url)
-        inst = st.instance(Monitor, "c", "monitor", "sync", replicas=1, replica_timeout_ms=100)
+        inst = st.instance(Monitor, "c", "monitor", "sync", replicas=1, replica_timeout_ms=300)
         res, release = inst.run(1, new_flow(1), chooser())
         assert release and inst.protected() == 1
         replica.pause()
