@@ -22,7 +22,7 @@ import ipaddress
 import re
 import sys
 from fractions import Fraction
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, fields
 from typing import Any, Iterable, NamedTuple
 
 TCP, UDP, ICMP = 6, 17, 1
@@ -138,9 +138,15 @@ def wrap(kind, value):
         if not isinstance(value, int):
             raise ModelError(f"a {kind} ({kind.width}-bit integer) cannot hold {value!r}")
         return value & ((1 << kind.width) - 1)
-    if not isinstance(value, tuple) or len(value) != len(kind.widths) or not all(isinstance(v, int) for v in value):
-        raise ModelError(f"a {kind.__name__} ({', '.join(kind._fields)}) cannot hold {value!r}")
-    return kind(*(v & ((1 << w) - 1) for v, w in zip(value, kind.widths)))
+    masks = kind.__dict__.get("_masks") or _masks_of(kind)
+    if isinstance(value, tuple) and len(value) == len(masks) and all(type(v) is int or isinstance(v, int) for v in value):
+        return kind._make([v & m for v, m in zip(value, masks)])
+    raise ModelError(f"a {kind.__name__} ({', '.join(kind._fields)}) cannot hold {value!r}")
+
+
+def _masks_of(kind) -> tuple:
+    kind._masks = tuple((1 << w) - 1 for w in kind.widths)
+    return kind._masks
 
 
 def ip(value) -> str:
@@ -171,15 +177,24 @@ class Packet:
         return Flow(self.proto, self.src, self.sport, self.dst, self.dport)
 
     def rewrite(self, **changes) -> "Packet":
-        return replace(self, **changes)
+        if not changes.keys() <= _FIELD_SET:
+            raise TypeError(f"Packet has no field {sorted(changes.keys() - _FIELD_SET)[0]!r}")
+        new = object.__new__(type(self))  # dataclasses.replace, without its cost (the runtime's generic path)
+        new.__dict__.update(self.__dict__)
+        new.__dict__.update(changes)
+        return new
 
     def wrapped(self) -> "Packet":
         """The packet as a gate carries it: integer fields reduced to their wire width (field
         arithmetic wraps, as on the wire and in the symbolic interpreter's bit-vectors), `inbound`
         a bool. A value of another kind is a ModelError, as in the symbolic interpreter."""
         check_bool_field(self.inbound)
-        return replace(self, **{f: check_int_field(f, getattr(self, f)) & ((1 << w) - 1)
-                                for f, w in PACKET_WIDTHS.items()})
+        new = object.__new__(type(self))
+        fields_, wrapped_ = self.__dict__, new.__dict__
+        wrapped_["inbound"] = fields_["inbound"]
+        for f, mask in _FIELD_MASKS:
+            wrapped_[f] = check_int_field(f, fields_[f]) & mask
+        return new
 
     def __str__(self) -> str:
         text = f"{PROTO_NAMES.get(self.proto, self.proto)} {ip(self.src)}:{self.sport} > {ip(self.dst)}:{self.dport}"
@@ -207,6 +222,8 @@ def check_int_field(name: str, value):
 PACKET_FIELDS = tuple(f.name for f in fields(Packet))
 PACKET_WIDTHS = {"proto": 8, "src": 32, "sport": 16, "dst": 32, "dport": 16, "flags": 8,
                  "length": 16, "label": 16}  # inbound: bool
+_FIELD_SET = frozenset(PACKET_FIELDS)
+_FIELD_MASKS = tuple((f, (1 << w) - 1) for f, w in PACKET_WIDTHS.items())
 
 
 def flags(text: str) -> int:
