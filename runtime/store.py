@@ -939,9 +939,9 @@ class StoreInstance(Handle):
         self._apply_sha, self._count_sha = apply_sha, count_sha
 
     def _open(self, how: str, token: bytes | None) -> bytes:
-        if how == "new":
+        if how == "new":  # every key of the namespace goes (other writers' records and logs too)
             new = secrets.token_hex(8).encode()
-            self._link.call(("DEL", *self._keys, self.log_key),
+            self._link.call(("DEL", *self._keys, self.log_key, *self._namespace_keys()),
                             ("HSET", self.meta_key, "run", new, "created_ns", time.time_ns()))
             return new
         if how == "join":
@@ -957,6 +957,16 @@ class StoreInstance(Handle):
         if how == "resume":
             self._ended = self._closed = self._protected = self._written = int(applied or 0)
         return run
+
+    def _namespace_keys(self) -> list:
+        """Every key stored under this namespace's prefix (SCAN on its node)."""
+        pattern = "".join("\\" + c if c in "*?[]\\" else c for c in self.prefix) + ":*"
+        keys, cursor = [], b"0"
+        while True:
+            cursor, batch = self._link.call(("SCAN", cursor, "MATCH", pattern, "COUNT", 1000))[0]
+            keys += batch
+            if cursor in (b"0", 0):
+                return keys
 
     # -- the per-input protocol (runtime/failover.py's Handle)
 

@@ -334,6 +334,22 @@ def test_count_in_is_one_command_on_a_large_pool(store):
     inst.close()
 
 
+def test_a_new_life_empties_its_namespace_and_nothing_else(store):
+    client = raw(store)
+    other = store.instance(Monitor, "aXb", "monitor", "sync")  # a namespace the glob a*b would match
+    other.run(1, new_flow(1), chooser())
+    second = StoreInstance(store, Monitor, "a*b", "monitor", "sync", writer=1, attach="join")
+    second.begin(1)
+    step(Monitor, second.state, new_flow(1), chooser())
+    second.end(1, record(1))                                  # leaves writer 1's held record
+    assert client.exists("nfproof:{a*b:monitor}:held:1")
+    fresh = store.instance(Monitor, "a*b", "monitor", "sync")  # a new life: writer 1's records go too
+    assert client.keys("nfproof:{a\\*b:monitor}*") == [b"nfproof:{a*b:monitor}:meta"]
+    assert client.hlen("nfproof:{aXb:monitor}:packets") == 1
+    for inst in (other, second, fresh):
+        inst.close()
+
+
 def test_iterating_store_state_in_a_handler_is_a_model_error(store):
     class Lister(NF):
         name = "lister"
