@@ -868,13 +868,16 @@ class StoreInstance(Handle):
     failover: the namespace must exist, its life token must match `token` when given). `writer`
     names this instance's progress (`applied:W`) and held records among the namespace's writers.
     `replicas`: every application also waits (`WAIT`) until that many replicas have it, else
-    StoreError (so a promoted replica never lags behind what was acknowledged)."""
+    StoreError (so a promoted replica never lags behind what was acknowledged). `read_cache`
+    (async, batch, commit): reads served from a local cache of what this instance read and wrote,
+    as `cache` does: the same values for a single writer (the namespace changes only through it;
+    these modes do not validate against other writers anyway), without a round trip per read."""
 
     owned_store: Store | None = None  # closed with the instance (StoreBackend.open's connection)
 
     def __init__(self, store: Store, nf_cls, chain: str, instance: str, mode, writer: int = 0,
                  attach: str = "new", token: bytes | None = None, replicas: int = 0,
-                 replica_timeout_ms: int = 1000):
+                 replica_timeout_ms: int = 1000, read_cache: bool = False):
         if attach not in ("new", "join", "resume"):
             raise StoreError(f"attach={attach!r}: give new, join or resume")
         self.store, self.nf_cls, self.chain, self.instance = store, nf_cls, chain, instance
@@ -888,7 +891,11 @@ class StoreInstance(Handle):
         self._writer_field = b"applied:%d" % writer
         self._link = store.link(self.meta_key)
         self._validating = self.mode in ("sync", "cache")
-        self._cache: dict | None = {} if self.mode == "cache" else None
+        if read_cache and self.mode not in ("async", "batch", "commit"):
+            raise StoreError(f"read_cache is for async, batch and commit (a single writer's own view of its "
+                             f"namespace); {self.mode} " + ("reads the store" if self.mode == "sync" else "caches already"))
+        self.read_cache = read_cache
+        self._cache: dict | None = {} if self.mode == "cache" or read_cache else None
         self._overlay: dict = {}  # (index, key) -> [value or ABSENT, present at the store before?]: unsent writes
         self._seen: dict = {}     # (index, key) -> value the input read from the store or the cache
         self._known: dict = self._cache if self._cache is not None else {}  # read ahead (this input's)
@@ -1133,7 +1140,7 @@ class StoreInstance(Handle):
         saw acknowledged)."""
         fresh = StoreInstance(store or self.store, self.nf_cls, self.chain, self.instance, mode or self.strategy,
                               writer=self.writer, attach="resume", token=self.token, replicas=self.replicas,
-                              replica_timeout_ms=self.replica_timeout_ms)
+                              replica_timeout_ms=self.replica_timeout_ms, read_cache=self.read_cache)
         expected = self.written() if expect_written is None else expect_written
         if fresh._protected < expected:
             fresh.close()
@@ -1343,6 +1350,9 @@ class StoreInstance(Handle):
         self._closed, self._queued_since = seq, None
         if self._overlay or self._records:
             commands = self._commands(seq, checks=False)
+            if self._cache is not None:  # read_cache: what was written is what the store will hold
+                for k, (value, _) in self._overlay.items():
+                    self._cache[k] = value
             self._overlay.clear()
             self._records.clear()
             self._in_flight += 1
@@ -1416,7 +1426,7 @@ class StoreBackend(Backend):
     @classmethod
     def serve(cls, strategy: Strategy, settings: dict) -> tuple[dict, object]:
         parse_mode(strategy)
-        options = {k: settings[k] for k in ("replicas",) if settings.get(k)}
+        options = {k: settings[k] for k in ("replicas", "read_cache") if settings.get(k)}
         url, cluster = settings.get("redis"), settings.get("redis_cluster")
         if url is not None or cluster is not None:
             connect(url, cluster).close()  # reachable now, or a one-line error before any worker starts
@@ -1436,7 +1446,8 @@ class StoreBackend(Backend):
         try:
             handle = StoreInstance(store, nf_cls, spec.chain, spec.instance, spec.strategy,
                                    writer=int(options.get("writer", 0)), attach="new" if fresh else "resume",
-                                   token=token.encode() if token else None, replicas=int(options.get("replicas", 0)))
+                                   token=token.encode() if token else None, replicas=int(options.get("replicas", 0)),
+                                   read_cache=bool(options.get("read_cache", False)))
         except BaseException:
             store.close()
             raise

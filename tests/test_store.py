@@ -45,7 +45,7 @@ from nfproof.models.strategy import Strategy
 from nfproof.runtime.store import (RedisClusterServers, RedisServer, Store, StoreBehind, StoreConflict, StoreError,
                                    StoreInstance, StoreLost, StoreUnavailable, codec, connect, namespace)
 
-MODES = ["sync", "cache", "async", "batch:3", "commit:3"]
+MODES = ["sync", "cache", "async", "batch:3", "commit:3", "batch:3+read_cache", "commit:3+read_cache"]
 EXTERNAL = Nat.external
 
 
@@ -467,6 +467,22 @@ def test_commit_holds_outputs_until_the_batch_is_acknowledged(store):
     inst.close()
 
 
+def test_read_cache_reads_once_and_is_for_the_unvalidated_modes(store):
+    inst = store.instance(Monitor, "m-rc", "monitor", "commit:4", read_cache=True)
+    calls, call = [], inst._link.call
+    inst._link.call = lambda *commands: (calls.append(commands), call(*commands))[1]
+    flow = new_flow(1)
+    for n in range(1, 9):
+        inst.run(n, flow, chooser())
+    assert len(calls) == 1                                    # one read of the flow's three entries, then local
+    inst.flush(wait=True)
+    assert inst.fresh_instance().state["packets"].get(flow.flow) == 8
+    for mode in ("sync", "cache"):
+        with pytest.raises(StoreError, match="read_cache is for async, batch and commit"):
+            store.instance(Monitor, "m-rc", "monitor", mode, read_cache=True)
+    inst.close()
+
+
 def test_reads_see_the_inputs_not_sent_yet(store):
     """Under batch and commit the store lags the instance: the handler reads its own unsent writes."""
     inst = store.instance(Monitor, "m-own", "monitor", "batch:50")
@@ -668,7 +684,7 @@ def test_handlers_step_alike_on_the_store_and_on_concrete_storages(store, name, 
     rng = random.Random(f"{name}/{mode}")
     inputs = random_inputs(rng, nf_cls, 160)
     reference = initial_state(nf_cls)
-    inst = store.instance(nf_cls, f"eq-{mode}", name, mode)
+    inst = store.instance(nf_cls, f"eq-{mode}", name, mode.split("+")[0], read_cache=mode.endswith("+read_cache"))
     ref_chooser, inst_chooser = chooser(3), chooser(3)
     emitted = dropped = 0
     for n, (pkt, now) in enumerate(inputs, 1):
