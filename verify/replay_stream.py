@@ -22,11 +22,12 @@ from multiprocessing import get_context
 
 from .equivalence import Equivalence
 from .frames import outside_route
-from .replay_load import CLOCK_NAMES, Input, Output, Recording, open_trace
+from .replay_load import CLOCK_NAMES, Event, Input, Output, Recording, open_trace
 from .replay_partition import _UnionFind, partition_kinds, tags_of
 from .replay_search import Problem, Search, paused_gc
 
 LAG = 4096            # inputs read past an input before its outputs are taken to be complete
+PREVIEW = 400         # packets kept from the start of an explained trace for its timeline
 PART_HORIZON = 256    # open decisions a part keeps (a conflict reaching further: unknown, then pass 2)
 ALL = ("all",)        # the one part of a chain that is not partitionable
 
@@ -124,6 +125,7 @@ class PassReport:
     outputs: int = 0
     events: list = field(default_factory=list)
     partitioned: bool = False
+    preview: list = field(default_factory=list)   # the first PREVIEW inputs and outputs (for the HTML timeline)
 
 
 class _Part:
@@ -188,6 +190,8 @@ def first_pass(path, chain_text, params, inside, eq: Equivalence, stall_ns: int,
     releaser = _Releaser(sink)
     for item in items:
         kind = type(item)
+        if worker == 0 and len(out.preview) < PREVIEW and kind is not Event:
+            out.preview.append(item)
         if kind is Input:
             if crashed and eq.lossy and item.seq > released:
                 item.lossable = True
@@ -316,7 +320,9 @@ def check_trace(path, chain_text=None, params=(), inside=None, eq: Equivalence =
                  streamed=True, workers=len(reports), second_pass_parts=0)
     if not selected and not main.orphans and not windows:
         from .replay import ReplayResult
-        rec.inputs, rec.outputs = [], []
+        rec.inputs = [x for x in main.preview if type(x) is Input]
+        rec.outputs = [x for x in main.preview if type(x) is Output]
+        rec.events = main.events
         result = ReplayResult("explained", rec, eq, stall, failover, stats=stats)
         stats["cpu_seconds"] = time.process_time() - started
         return result

@@ -53,7 +53,7 @@ def html(result: ReplayResult) -> str:
         focus = f.output.number if f.output is not None else (f.unit.number if f.unit is not None else None)
     items = [("in", u.number, u) for u in rec.inputs] + [("out", o.number, o) for o in rec.outputs]
     items.sort(key=lambda x: (x[1], x[0] != "in"))
-    total = len(items)
+    total = max(len(items), result.stats.get("inputs", 0) + result.stats.get("outputs", 0))
     if total > MAX_ROWS:
         if focus is not None:
             items = [x for x in items if focus - CONTEXT <= x[1] <= focus + 10] or items[:MAX_ROWS]
