@@ -82,6 +82,11 @@ MODES = ("sync", "async", "batch", "cache", "commit")
 LOOPBACK = "127.0.0.1"
 START_TIMEOUT = 10.0  # seconds for a redis-server to answer PING
 NO_RETRY = Retry(NoBackoff(), 0)  # a failed connection is reported at once (redis-py retries for 2 s)
+try:  # redis-py >= 7 looks its own version up (importlib.metadata, ~1 ms) for every new client: once here
+    from redis.driver_info import DriverInfo
+    CLIENT_OPTIONS: dict = {"retry": NO_RETRY, "driver_info": DriverInfo()}
+except ImportError:
+    CLIENT_OPTIONS = {"retry": NO_RETRY}
 
 
 class StoreError(Exception):
@@ -219,7 +224,7 @@ class RedisServer:
             if self.process.poll() is not None:
                 return False
             try:
-                with redis.Redis(self.host, self.port, socket_timeout=1, retry=NO_RETRY) as client:
+                with redis.Redis(self.host, self.port, socket_timeout=1, **CLIENT_OPTIONS) as client:
                     if client.ping():
                         return True
             except (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError):
@@ -234,7 +239,7 @@ class RedisServer:
             return ""
 
     def client(self, **kwargs) -> redis.Redis:
-        return redis.Redis(self.host, self.port, **{"retry": NO_RETRY, **kwargs})
+        return redis.Redis(self.host, self.port, **{**CLIENT_OPTIONS, **kwargs})
 
     def _reap(self) -> None:
         if self.process is not None:
@@ -373,7 +378,7 @@ class Link:
 
     def __init__(self, host: str, port: int, db: int = 0, **kwargs):
         self.where = f"{host}:{port}"
-        self.conn = Connection(host=host, port=port, db=db, retry=NO_RETRY, **kwargs)
+        self.conn = Connection(host=host, port=port, db=db, **CLIENT_OPTIONS, **kwargs)
         self.pending: deque = deque()  # (number of replies, callback or None)
         self._replies: list | None = None
 
@@ -483,7 +488,7 @@ class Store:
         self.kwargs["port"] = int(self.kwargs.get("port", 6379))
         self.url = url
         try:
-            with redis.Redis(**self.kwargs, socket_timeout=5, retry=NO_RETRY) as client:
+            with redis.Redis(**self.kwargs, socket_timeout=5, **CLIENT_OPTIONS) as client:
                 client.ping()
         except (redis.RedisError, OSError) as e:
             raise StoreError(f"--redis {url}: cannot reach the server ({e}); start it or give another URL") from None
