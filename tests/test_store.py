@@ -6,7 +6,8 @@ free loopback ports (and a real 3-master Redis Cluster): nothing mocked.
 - Keys and encodings: one hash-tagged namespace (one cluster slot), Maps as hashes, Sets as sets,
   Counters as strings, ints in decimal, Flows in 13 bytes, odd record widths; pool counts kept
   by the write script, right across writers and deletions.
-- Every mode's semantics: what is in Redis after each input, what end() and protected() say.
+- Every mode's semantics: what is in Redis after each input, what end() and protected() say;
+  read_cache (batched modes reading their own local view) reads once.
 - Atomic read-modify-write: two NAT instances sharing a namespace never take the same port (in
   an interleaving that forces the race and in two real processes), where the unvalidated async
   mode does take it twice (so the test can fail).
@@ -15,7 +16,9 @@ free loopback ports (and a real 3-master Redis Cluster): nothing mocked.
   (StoreBehind), and WAIT-acknowledged writes (replicas=1) refuse to acknowledge instead.
 - Handlers of nat, firewall, ratelimit, monitor (and a model with every kind of declaration)
   stepping on the store-backed state give the outputs, drops, choices and state of
-  models/concrete.py's storages, for random inputs, in every mode; a fresh instance reads it back.
+  models/concrete.py's storages, for random inputs, in every mode; a fresh instance reads it back
+  and goes on alike; count_in on a 64512-port pool is one command; a new life empties only its
+  own namespace.
 - runtime/failover.py's interface: StoreBackend.serve/open, records held until released,
   --log-choices logs, recover().
 """
