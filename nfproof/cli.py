@@ -13,7 +13,7 @@ import traceback
 from .errors import OK, UNKNOWN, USAGE, VIOLATION, UsageError  # noqa: F401  (re-exported for commands)
 from .models.api import ModelError
 
-COMMANDS = ["verify", "run", "replay", "inspect", "check"]
+COMMANDS = ["verify", "run", "replay", "check", "bench", "inspect"]
 
 
 class Parser(argparse.ArgumentParser):
