@@ -288,8 +288,8 @@ class ProgressBar:
 
     WIDTH = 30
 
-    def __init__(self, phases: int, stream=sys.stderr):
-        self.phases, self.stream = phases, stream
+    def __init__(self, phases: int, stream=None):
+        self.phases, self.stream = phases, stream or sys.stderr
         self.done = -1
         self.label = ""
         self.shown_at = 0.0
@@ -375,6 +375,7 @@ def run(args) -> int:
     writable(csv_path, "--csv")
     writable(plot_path, "--plot")
     capture = LoopedCapture(pcap)
+    load_before = os.getloadavg()[0]
 
     progress = ProgressBar(2 * len(strategies))
     bench = Bench(args.chain, args.param, capture, args.seed, args.duration, fail_instance, fail_at,
@@ -392,6 +393,7 @@ def run(args) -> int:
               "duration": args.duration, "seed": args.seed, "params": list(args.param),
               "fail_at": f"{fail_instance}@{fail_at}", "heartbeat_ms": args.heartbeat_ms,
               "machine": machine(), "date": time.strftime("%Y-%m-%d"),
+              "load_average": [round(load_before, 2), round(os.getloadavg()[0], 2)],
               "rows": rows, "csv": csv_path, "plot": plot_path}
     if args.json:
         print(json.dumps(result, indent=2))
@@ -492,7 +494,8 @@ def render(r: dict) -> str:
              f"{r['duration']:g} s per strategy), seed {r['seed']}"
              + (f", {' '.join('--param ' + p for p in r['params'])}" if r["params"] else "")
              + f"; failure {r['fail_at']}, heartbeat {r['heartbeat_ms']:g} ms",
-             f"machine: {r['machine']}; {r['date']}"]
+             f"machine: {r['machine']}; {r['date']}; load average {r['load_average'][0]:g} before, "
+             f"{r['load_average'][1]:g} after"]
     lines += ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(line, widths)))
               for line in table]
     lines.append("Mpps, pkt/s: inputs over the CPU time of every process (driver, workers, redis-server); wall pkt/s: "
