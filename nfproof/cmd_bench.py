@@ -11,7 +11,9 @@ path, so the ratios compare strategies, not architectures. Per strategy:
   no failure. Throughput = inputs / CPU time of every process of the run after start-up (the
   driver, the workers and, under stateless.*, the redis-server), in Mpps and packets/s; also
   inputs / wall time from the first input to the last output. Latency: per chain input, from
-  entering the chain to its last output (p50, p99).
+  entering the chain to its last output (p50, p99). With --rounds K, K such runs per strategy,
+  round-robin: figures are medians, ratios medians of each round's ratio to that round's none
+  (the machine's load drifts; a none measured beside each strategy follows it).
 - a failover run: the capture looped up to --fail-at + FAIL_TAIL inputs, the primary of one
   instance SIGKILLed before it is handed input --fail-at; failover time = detection (kill to
   closed socket, or the silence of missed heartbeats) + takeover (the replacement ready).
@@ -31,7 +33,7 @@ import time
 from pathlib import Path
 
 from .cmd_run import build_chain, non_negative_int
-from .cmd_verify import positive_float
+from .cmd_verify import positive_float, positive_int
 from .errors import OK, USAGE, UsageError
 from .models import NFS
 
@@ -41,8 +43,8 @@ DEFAULT_STRATEGIES = ("none", "stateful.checkpoint:8", "stateful.async", "statef
 DEFAULT_CAPTURE = "tests/data/E02_http_49flows.pcap"
 DEFAULT_FAIL_AT = 200
 FAIL_TAIL = 100            # inputs a failover run hands over after the crash point
-CSV_COLUMNS = ("chain", "strategy", "packets", "cpu_seconds", "store_cpu_seconds", "wall_seconds",
-               "mpps", "pps", "pps_ratio", "wall_pps", "wall_pps_ratio", "p50_us", "p50_ratio", "p99_us",
+CSV_COLUMNS = ("chain", "strategy", "rounds", "packets", "cpu_seconds", "store_cpu_seconds", "wall_seconds",
+               "mpps", "pps", "pps_min", "pps_max", "pps_ratio", "wall_pps", "wall_pps_ratio", "p50_us", "p50_ratio", "p99_us",
                "p99_ratio", "unplanned_failovers", "fail_at", "detection_ms", "takeover_ms", "failover_ms",
                "failover_ratio", "detected_by", "error")
 DESCRIPTION = ("The seed paper's comparison (LANMAN 2020, \"Managing State for Failure Resiliency in NFV\") on this "
@@ -70,6 +72,10 @@ def add_parser(sub):
                         "as the baseline of the ratios")
     p.add_argument("--duration", type=positive_float, default=2.0, metavar="SECONDS",
                    help="wall seconds of each strategy's throughput run (default 2)")
+    p.add_argument("--rounds", type=positive_int, default=1, metavar="K",
+                   help="measure every strategy's throughput K times, round-robin (each round's none beside the "
+                        "others); figures are medians over the rounds, ratios medians of each round's ratio to that "
+                        "round's none (default 1)")
     p.add_argument("--param", action="append", default=[], metavar="NF.NAME=VALUE",
                    help="set a model parameter of every instance of NF, e.g. nat.ports=64512 (repeatable)")
     p.add_argument("--seed", type=non_negative_int, default=0, help="seed of every nondeterministic choice (default 0)")
@@ -209,7 +215,9 @@ def measured_driver_class():
 
 
 class Bench:
-    """One benchmark: the chain, the capture, the settings; `measure(strategy)` -> a row."""
+    """One benchmark: the chain, the capture, the settings. `rows(strategies, rounds)` measures
+    every strategy's throughput `rounds` times (round-robin, so each round's none is measured
+    beside the others), then its failover once, and returns one row (CSV_COLUMNS) per strategy."""
 
     def __init__(self, chain_text: str, params: list, capture: LoopedCapture, seed: int, duration: float,
                  fail_instance: str, fail_at: int, heartbeat_ms: float, progress):
@@ -227,64 +235,109 @@ class Bench:
         return self.Driver(build_chain(self.chain_text, self.params), self.chain_text, self.params, self.seed,
                            settings, self.capture.linktype, self.inside, None, "pcap", 32, progress)
 
-    def measure(self, strategy) -> dict:
-        from .runtime.failover import PlannedFailure, RunFailed
-        row = dict.fromkeys(CSV_COLUMNS)
-        row.update(chain=self.chain_text, strategy=str(strategy), fail_at=f"{self.fail_instance}@{self.fail_at}")
-        try:
-            source = LoopedSource(self.capture, duration=self.duration)
-            driver = self.driver(strategy, [], self.progress.phase(f"{strategy}: throughput"))
-            stats = driver.run(source)
-            cpu = stats.process_seconds + driver.store_cpu
-            wall = driver.stopped_at - source.started
-            row.update(packets=stats.packets_in, cpu_seconds=round(cpu, 6), store_cpu_seconds=round(driver.store_cpu, 6),
-                       wall_seconds=round(wall, 6), pps=stats.packets_in / cpu if cpu else None,
-                       wall_pps=stats.packets_in / wall if wall else None,
-                       p50_us=_us(stats.latency_ns.get("p50")), p99_us=_us(stats.latency_ns.get("p99")),
-                       unplanned_failovers=len(driver.failovers))
-            row["mpps"] = row["pps"] / 1e6 if row["pps"] else None
+    def throughput(self, strategy, label: str) -> dict:
+        """One throughput run: the capture looped for `duration` seconds, no failure."""
+        source = LoopedSource(self.capture, duration=self.duration)
+        driver = self.driver(strategy, [], self.progress.phase(label))
+        stats = driver.run(source)
+        cpu = stats.process_seconds + driver.store_cpu
+        wall = driver.stopped_at - source.started
+        return {"packets": stats.packets_in, "cpu_seconds": cpu, "store_cpu_seconds": driver.store_cpu,
+                "wall_seconds": wall, "pps": stats.packets_in / cpu if cpu else None,
+                "wall_pps": stats.packets_in / wall if wall else None,
+                "p50_us": _us(stats.latency_ns.get("p50")), "p99_us": _us(stats.latency_ns.get("p99")),
+                "unplanned_failovers": len(driver.failovers)}
 
-            source = LoopedSource(self.capture, inputs=self.fail_at + FAIL_TAIL)
-            driver = self.driver(strategy, [PlannedFailure(self.fail_instance, self.fail_at)],
-                                 self.progress.phase(f"{strategy}: failover"))
-            driver.run(source)
-            planned = [f for f in driver.failovers if f["cause"].startswith("before input")]
-            if planned and planned[0]["detection_ns"] is not None:
-                f = planned[0]
-                row.update(detection_ms=f["detection_ns"] / 1e6, takeover_ms=f["takeover_ns"] / 1e6,
-                           failover_ms=(f["detection_ns"] + f["takeover_ns"]) / 1e6, detected_by=f["detected_by"])
-            elif not planned:
-                row["error"] = (f"the failure {self.fail_instance}@{self.fail_at} was never reached: no input "
-                                f">= {self.fail_at} came to {self.fail_instance} within {self.fail_at + FAIL_TAIL} inputs")
-        except RunFailed as e:
-            row["error"] = f"the run stopped: {e}"
-        except Exception as e:  # a store that cannot start, a model error: this row fails, the others run
-            from .models.api import ModelError
-            from .runtime.store import StoreError
-            if not isinstance(e, (ModelError, StoreError, OSError)):
-                raise
-            row["error"] = f"{type(e).__name__}: {e}"
-        return row
+    def failover(self, strategy) -> dict:
+        """One failover run: the capture looped up to fail_at + FAIL_TAIL inputs, one planned kill."""
+        from .runtime.failover import PlannedFailure
+        source = LoopedSource(self.capture, inputs=self.fail_at + FAIL_TAIL)
+        driver = self.driver(strategy, [PlannedFailure(self.fail_instance, self.fail_at)],
+                             self.progress.phase(f"{strategy}: failover"))
+        driver.run(source)
+        planned = [f for f in driver.failovers if f["cause"].startswith("before input")]  # the kill's cause
+        if not planned or planned[0]["detection_ns"] is None:
+            return {"error": f"the failure {self.fail_instance}@{self.fail_at} was never reached: no input >= "
+                             f"{self.fail_at} came to {self.fail_instance} within {self.fail_at + FAIL_TAIL} inputs"}
+        f = planned[0]
+        return {"detection_ms": f["detection_ns"] / 1e6, "takeover_ms": f["takeover_ns"] / 1e6,
+                "failover_ms": (f["detection_ns"] + f["takeover_ns"]) / 1e6, "detected_by": f["detected_by"]}
+
+    def rows(self, strategies: list, rounds: int) -> list[dict]:
+        runs: dict = {s: [] for s in strategies}
+        errors: dict = {}
+        for k in range(rounds):
+            for s in strategies:
+                if s not in errors:
+                    label = f"{s}: throughput" + (f" (round {k + 1}/{rounds})" if rounds > 1 else "")
+                    result, errors[s] = attempt(self.throughput, s, label)
+                    if result is not None:
+                        runs[s].append(result)
+                        del errors[s]
+        rows = []
+        none = runs[strategies[0]]  # parse_strategies puts none first
+        for s in strategies:
+            row = dict.fromkeys(CSV_COLUMNS)
+            row.update(chain=self.chain_text, strategy=str(s), rounds=len(runs[s]),
+                       fail_at=f"{self.fail_instance}@{self.fail_at}")
+            if runs[s]:
+                for column in THROUGHPUT:
+                    row[column] = median([r[column] for r in runs[s]])
+                row["packets"] = int(row["packets"])
+                row["unplanned_failovers"] = sum(r["unplanned_failovers"] for r in runs[s])
+                row["mpps"] = row["pps"] / 1e6 if row["pps"] else None
+                row["pps_min"], row["pps_max"] = min(r["pps"] for r in runs[s]), max(r["pps"] for r in runs[s])
+                if len(none) == rounds == len(runs[s]):  # each round's figure over that round's none
+                    for ratio, column in RATIOS:
+                        row[ratio] = median([_ratio(r[column], b[column]) for r, b in zip(runs[s], none)])
+            result, error = attempt(self.failover, s)
+            row.update(result or {})
+            row["error"] = "; ".join(e for e in (errors.get(s), row.get("error"), error) if e) or None
+            rows.append(row)
+        if rows[0]["failover_ms"]:
+            for row in rows:
+                row["failover_ratio"] = _ratio(row["failover_ms"], rows[0]["failover_ms"])
+        return rows
+
+
+THROUGHPUT = ("packets", "cpu_seconds", "store_cpu_seconds", "wall_seconds", "pps", "wall_pps", "p50_us", "p99_us")
+RATIOS = (("pps_ratio", "pps"), ("wall_pps_ratio", "wall_pps"), ("p50_ratio", "p50_us"), ("p99_ratio", "p99_us"))
+
+
+def attempt(measure, *args) -> tuple[dict | None, str | None]:
+    """(measure(*args), None), or (None, why) when the run failed: this strategy's row says so and
+    the others still run."""
+    from .models.api import ModelError
+    from .runtime.failover import RunFailed
+    from .runtime.store import StoreError
+    try:
+        return measure(*args), None
+    except RunFailed as e:
+        return None, f"the run stopped: {e}"
+    except (ModelError, StoreError, OSError) as e:  # a store that cannot start, a model error
+        return None, f"{type(e).__name__}: {e}"
+
+
+def median(values: list):
+    values = sorted(v for v in values if v is not None)
+    if not values:
+        return None
+    mid = len(values) // 2
+    return values[mid] if len(values) % 2 else (values[mid - 1] + values[mid]) / 2
+
+
+def _ratio(a, b):
+    return a / b if a is not None and b else None
 
 
 def _us(ns) -> float | None:
     return None if ns is None else ns / 1000
 
 
-def add_ratios(rows: list[dict]) -> None:
-    """Every figure as a ratio to none's (throughput: higher is better; latency, failover: lower)."""
-    base = next((r for r in rows if r["strategy"] == "none"), None)
-    for row in rows:
-        for column, value in (("pps_ratio", "pps"), ("wall_pps_ratio", "wall_pps"), ("p50_ratio", "p50_us"),
-                              ("p99_ratio", "p99_us"), ("failover_ratio", "failover_ms")):
-            a, b = row.get(value), base.get(value) if base else None
-            row[column] = a / b if a is not None and b else None
-
-
 # -- progress -------------------------------------------------------------------------------------------
 class ProgressBar:
-    """A bar on stderr over every phase of the benchmark (a throughput and a failover run per
-    strategy), redrawn at most a few times a second."""
+    """A bar on stderr over every phase of the benchmark (per strategy: a throughput run per round
+    and a failover run), redrawn at most a few times a second."""
 
     WIDTH = 30
 
@@ -377,20 +430,17 @@ def run(args) -> int:
     capture = LoopedCapture(pcap)
     load_before = os.getloadavg()[0]
 
-    progress = ProgressBar(2 * len(strategies))
+    progress = ProgressBar((args.rounds + 1) * len(strategies))
     bench = Bench(args.chain, args.param, capture, args.seed, args.duration, fail_instance, fail_at,
                   args.heartbeat_ms, progress)
-    rows = []
     try:
-        for strategy in strategies:
-            rows.append(bench.measure(strategy))
+        rows = bench.rows(strategies, args.rounds)
     finally:
         progress.clear()
-    add_ratios(rows)
     write_csv(csv_path, rows)
     plot(plot_path, rows, args.chain)
     result = {"chain": args.chain, "input": pcap, "frames": len(capture.frames), "flows": capture.flows,
-              "duration": args.duration, "seed": args.seed, "params": list(args.param),
+              "duration": args.duration, "rounds": args.rounds, "seed": args.seed, "params": list(args.param),
               "fail_at": f"{fail_instance}@{fail_at}", "heartbeat_ms": args.heartbeat_ms,
               "machine": machine(), "date": time.strftime("%Y-%m-%d"),
               "load_average": [round(load_before, 2), round(os.getloadavg()[0], 2)],
@@ -491,7 +541,8 @@ def render(r: dict) -> str:
                       _fmt(row["failover_ms"], ".2f"), _fmt(row["failover_ratio"], ".2f")))
     widths = [max(len(line[i]) for line in table) for i in range(len(head))]
     lines = [f"nfproof bench {r['chain']} on {r['input']} ({r['frames']:,} frames, {r['flows']:,} flows, looped "
-             f"{r['duration']:g} s per strategy), seed {r['seed']}"
+             f"{r['duration']:g} s per strategy"
+             + (f", {r['rounds']} rounds: medians" if r["rounds"] > 1 else "") + f"), seed {r['seed']}"
              + (f", {' '.join('--param ' + p for p in r['params'])}" if r["params"] else "")
              + f"; failure {r['fail_at']}, heartbeat {r['heartbeat_ms']:g} ms",
              f"machine: {r['machine']}; {r['date']}; load average {r['load_average'][0]:g} before, "

@@ -112,17 +112,20 @@ def test_progress_bar_on_stderr_and_no_process_left(short_run):
     assert short_run["children"] == []  # workers, standbys, spares and redis-servers all gone
 
 
-def test_json_and_the_default_csv_path(capsys, tmp_path, monkeypatch):
+def test_json_rounds_and_the_default_csv_path(capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     code, out, err = cli(capsys, "bench", "firewall>nat>lb", "--pcap", E02, "--param", PORTS, "--strategies", "none",
-                         "--duration", "0.1", "--json")
+                         "--duration", "0.1", "--rounds", "2", "--json")
     assert code == 0, err
     result = json.loads(out)
     assert result["csv"] == "bench-firewall_nat_lb.csv" and (tmp_path / "bench-firewall_nat_lb.csv").stat().st_size
     assert (tmp_path / "bench-firewall_nat_lb.png").stat().st_size > 0
     assert [r["strategy"] for r in result["rows"]] == ["none"]
-    assert result["rows"][0]["pps_ratio"] == 1.0 and result["fail_at"] == "firewall@200"
+    row = result["rows"][0]
+    assert row["rounds"] == 2 and row["pps_min"] <= row["pps"] <= row["pps_max"]
+    assert row["pps_ratio"] == 1.0 and row["failover_ratio"] == 1.0 and result["fail_at"] == "firewall@200"
     assert result["frames"] == 655 and result["flows"] > 0
+    assert "none: throughput (round 2/2)" in err
 
 
 # -- the looped source ---------------------------------------------------------------------------------
@@ -164,6 +167,7 @@ def test_looped_source_stops_after_its_duration():
     (["nat", "--csv", "/nonexistent/dir/b.csv"], "not a writable folder"),
     (["nat", "--param", "nat.bogus=1"], "bogus"),
     (["nat", "--duration", "0"], "--duration"),
+    (["nat", "--rounds", "0"], "--rounds"),
 ])
 def test_bad_input_is_one_line_and_exit_2(capsys, argv, expected):
     code, out, err = cli(capsys, "bench", *argv)
