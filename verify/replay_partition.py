@@ -178,16 +178,17 @@ def _pool_conflicts(rec, parts, outcomes, groups, forbid) -> bool:
             seq = rec.inputs[indices[local]].seq
             events.extend((seq, p, n, ev) for n, ev in enumerate(evs))
     events.sort(key=lambda e: (e[0], e[1], e[2]))
+    from .replay_stream import PoolCounts
     held: dict = {}     # sid -> {value: part}
-    found = False
+    found, pools = False, PoolCounts()
     for seq, p, _, ev in events:
         kind, sid = ev[0], ev[1]
         values = held.setdefault(sid, {})
         if kind == "choose":
             value, (base, size) = ev[2], ev[3]
             if value is None:
-                in_pool = {q for v, q in values.items() if base <= v < base + size}
-                if sum(1 for v in values if base <= v < base + size) < size:  # "exhausted" while it was not
+                if pools.count(sid, base, size, values) < size:  # "exhausted" while it was not
+                    in_pool = {q for v, q in values.items() if base <= v < base + size}
                     others = in_pool - {p}
                     if others:  # check it with every holder
                         for q in others:
@@ -204,9 +205,12 @@ def _pool_conflicts(rec, parts, outcomes, groups, forbid) -> bool:
                 if key in values and values[key] != p:
                     groups.union(p, values[key])
                     found = True
+                if key not in values:
+                    pools.added(sid, key)
                 values[key] = p
             elif values.get(key) == p:
                 del values[key]
+                pools.removed(sid, key)
     return found
 
 

@@ -441,8 +441,8 @@ class Search:
                 offer(v)
         else:
             out.append(FRESH)
-        if shared:
-            out.append(EXHAUSTED)
+        if shared:  # an input that shows nothing was most likely dropped for want of a value: try that first
+            out.insert(0, EXHAUSTED) if not self._observed_for(chooser.frame.i) else out.append(EXHAUSTED)
         return out
 
     def revealed(self, i: int) -> list:

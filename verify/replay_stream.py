@@ -351,13 +351,14 @@ def _pool_conflicts(parts: dict) -> set:
     or "exhausted" while it was not (replay_partition._pool_conflicts, by seq)."""
     events = sorted(((seq, repr(name), n, name, ev) for name, r in parts.items() for seq, evs in r.pool.items()
                      for n, ev in enumerate(evs)), key=lambda e: e[:3])
-    held, out = {}, set()
+    held, out, pools = {}, set(), PoolCounts()
     for _, _, _, name, ev in events:
-        values = held.setdefault(ev[1], {})
+        sid = ev[1]
+        values = held.setdefault(sid, {})
         if ev[0] == "choose":
             value, (base, size) = ev[2], ev[3]
             if value is None:
-                if sum(1 for v in values if base <= v < base + size) < size:
+                if pools.count(sid, base, size, values) < size:
                     out.add(name)
                     out |= {q for v, q in values.items() if base <= v < base + size}
             elif value in values and values[value] != name:
@@ -365,10 +366,37 @@ def _pool_conflicts(parts: dict) -> set:
         elif ev[3]:
             if ev[2] in values and values[ev[2]] != name:
                 out |= {name, values[ev[2]]}
+            if ev[2] not in values:
+                pools.added(sid, ev[2])
             values[ev[2]] = name
         elif values.get(ev[2]) == name:
             del values[ev[2]]
+            pools.removed(sid, ev[2])
     return out
+
+
+class PoolCounts:
+    """How many values of each pool a storage holds, kept up to date (a sweep over millions of
+    "the pool is exhausted" claims must not count the pool each time)."""
+
+    def __init__(self):
+        self.counts: dict = {}   # sid -> {(base, size): count}
+
+    def count(self, sid, base, size, values) -> int:
+        pools = self.counts.setdefault(sid, {})
+        if (base, size) not in pools:
+            pools[(base, size)] = sum(1 for v in values if isinstance(v, int) and base <= v < base + size)
+        return pools[(base, size)]
+
+    def added(self, sid, v) -> None:
+        for (base, size) in self.counts.get(sid, ()):
+            if isinstance(v, int) and base <= v < base + size:
+                self.counts[sid][(base, size)] += 1
+
+    def removed(self, sid, v) -> None:
+        for (base, size) in self.counts.get(sid, ()):
+            if isinstance(v, int) and base <= v < base + size:
+                self.counts[sid][(base, size)] -= 1
 
 
 def _subset(path, chain_text, params, inside, eq, main: PassReport, uf, selected: set, windows: list,
