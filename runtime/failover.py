@@ -229,21 +229,34 @@ _LEN = struct.Struct("<I")
 
 
 class Conn:
-    """A message connection over a stream socket: `send(tuple)`, and `read()` -> every complete
-    message that has arrived (non-blocking after select said readable); `closed` once the peer
-    is gone (EOF or reset)."""
+    """A message connection over a stream socket: `send(tuple)` (or `queue` several, then `flush`:
+    one write, so that many small messages do not fill the socket's buffer with per-write
+    overhead while the peer is busy sending too), and `read()` -> every complete message that
+    has arrived (non-blocking after select said readable); `closed` once the peer is gone (EOF or
+    reset)."""
 
     def __init__(self, sock: socket.socket):
         self.sock = sock
         self.buf = bytearray()
+        self.out = bytearray()
         self.closed = False
 
     def fileno(self) -> int:
         return self.sock.fileno()
 
-    def send(self, message: tuple) -> None:
+    def queue(self, message: tuple) -> None:
         data = marshal.dumps(message)
-        self.sock.sendall(_LEN.pack(len(data)) + data)
+        self.out += _LEN.pack(len(data))
+        self.out += data
+
+    def flush(self) -> None:
+        if self.out:
+            out, self.out = self.out, bytearray()
+            self.sock.sendall(out)
+
+    def send(self, message: tuple) -> None:
+        self.queue(message)
+        self.flush()
 
     def read(self) -> list:
         """The messages that arrived (reads once; call when readable)."""
@@ -480,9 +493,10 @@ class StandbyBackend(Backend):
 
 
 # -- the driver ---------------------------------------------------------------------------------------
-PIPELINE_WINDOW = 256     # inputs in flight at a one-instance chain (longer chains: one chain input at a time)
+PIPELINE_WINDOW = 32      # inputs in flight at a one-instance chain (longer chains: one chain input at a time)
 START_SECONDS = 60.0      # a worker must say hello within this (imports on a loaded machine)
 REPLY_SECONDS = 30.0
+SWEEP_SECONDS = 0.005     # how often the driver reads idle primaries (heartbeats, a closed socket)
 
 
 class RunFailed(RuntimeError):
@@ -530,14 +544,22 @@ class WorkerProcess:
     def fileno(self) -> int:
         return self.conn.fileno()
 
-    def send(self, message: tuple) -> bool:
-        """False if the worker is gone."""
+    def send(self, message: tuple, now: bool = True) -> bool:
+        """False if the worker is gone. now=False: queued until `flush` (before the driver waits)."""
         try:
-            self.conn.send(message)
+            self.conn.queue(message)
+            if now:
+                self.conn.flush()
             return True
         except OSError:
             self.conn.closed = True
             return False
+
+    def flush(self) -> None:
+        try:
+            self.conn.flush()
+        except OSError:
+            self.conn.closed = True
 
     def poll(self) -> None:
         import time
@@ -555,6 +577,7 @@ class WorkerProcess:
         """The first message of `kind` (others stay queued); RunFailed if the worker dies first."""
         import time
         deadline = time.monotonic() + timeout
+        self.flush()
         while True:
             for m in self.inbox:
                 if m[0] == kind:
@@ -680,7 +703,8 @@ class Running:
         self.killed_at: int | None = None  # perf_counter_ns of the kill, while one is being detected
         self.cause = ""
         self.suspected = False
-        self.silence_ns = 0                # how long it had been silent when heartbeats were missed
+        self.busy = 0                      # hops handed over whose outputs have not come back
+        self.silence_ns = 0                # how long it had been silent when heartbeats were missed                # how long it had been silent when heartbeats were missed
 
 
 class FailoverDriver:
@@ -710,6 +734,7 @@ class FailoverDriver:
         self.out_count: dict = {}          # seq -> outputs recorded so far (out_index)
         self.failovers: list[dict] = []
         self.failing = False
+        self.next_sweep = 0.0
         self.t0 = None
         self.wall0 = None
         self.standbys_started = 0
@@ -774,10 +799,19 @@ class FailoverDriver:
         return spare
 
     def stop(self) -> None:
+        """Every worker told to stop, waited for (its socket closes as it exits), killed if it lingers."""
+        import time
         for w in self.workers:
-            w.send(("stop",))
+            if w.popen.poll() is None:
+                w.send(("stop",))
+        deadline = time.monotonic() + 2.0
+        waiting = [w for w in self.workers if not w.conn.closed]
+        while waiting and time.monotonic() < deadline:
+            for w in select.select(waiting, [], [], max(0.0, deadline - time.monotonic()))[0]:
+                w.poll()
+            waiting = [w for w in waiting if not w.conn.closed]
         for w in self.workers:
-            w.stop()
+            w.stop(grace=0.5)
         if self.stop_backend is not None:
             self.stop_backend()
 
@@ -824,6 +858,8 @@ class FailoverDriver:
                     seq += 1
                     while self.in_flight >= self.window:
                         self.pump(self.period)
+                for x in self.instances.values():
+                    x.primary.flush()
                 if self.progress is not None:
                     self.progress(stats.packets_in, *source.progress())
             while self.in_flight:
@@ -873,7 +909,8 @@ class FailoverDriver:
         import time
         if self.pending.get(seq) == 0:
             del self.pending[seq]
-            self.latencies.append(time.perf_counter_ns() - self.started.pop(seq))
+            if seq in self.started:  # (an input replayed after it was done, --no-dedup, settles again)
+                self.latencies.append(time.perf_counter_ns() - self.started.pop(seq))
 
     def processing_time(self, x: Running, arrival: int) -> int:
         """When x processes an input that arrived at `arrival` (DESIGN.md "Time"): at its arrival;
@@ -908,7 +945,8 @@ class FailoverDriver:
         x.arrivals[n] = (seq, arrival)
         self.pending[seq] = self.pending.get(seq, 0) + 1
         self.in_flight += 1
-        x.primary.send(("in", n, seq, wire, self.processing_time(x, arrival)))  # a dead primary: found by pump
+        x.busy += 1
+        x.primary.send(("in", n, seq, wire, self.processing_time(x, arrival)), now=False)  # a dead one: pump finds it
 
     def route(self, x: Running, hop: Hop, gate: str, out) -> None:
         """One output of x for hop, written back onto its frame and carried on."""
@@ -951,9 +989,19 @@ class FailoverDriver:
         releases, acknowledgements, failures (a closed socket, or silence: missed heartbeats)."""
         import time
         live = [w for w in self.workers if not w.conn.closed]
+        for w in live:
+            w.flush()
         if any(w.inbox for w in live):
             timeout = 0
-        ready, _, _ = select.select(live, [], [], timeout)
+        now = time.monotonic()
+        sweep = now >= self.next_sweep
+        if sweep:  # every socket, now and then: idle primaries' heartbeats need not wake the driver each time
+            watch, self.next_sweep = live, now + SWEEP_SECONDS
+        else:
+            idle = {x.primary for x in self.instances.values() if not x.busy and x.killed_at is None}
+            watch = [w for w in live if w not in idle]
+            timeout = min(timeout, max(0.0, self.next_sweep - now))
+        ready, _, _ = select.select(watch, [], [], timeout)
         for w in ready:
             w.poll()
         for x in list(self.instances.values()):
@@ -964,7 +1012,7 @@ class FailoverDriver:
                     break
             if w.conn.closed and x.primary is w and not w.inbox:
                 self.failover(x)
-        for x in self.instances.values():
+        for x in self.instances.values() if sweep else ():
             w = x.primary
             if not w.conn.closed and not x.suspected and time.monotonic() - w.last_heard > HEARTBEAT_MISSES * self.period:
                 if select.select([w], [], [], 0)[0]:  # it spoke; we were busy (another failover, the trace)
@@ -1016,12 +1064,17 @@ class FailoverDriver:
             x.last_out = max(x.last_out, (n, j))
             self.route(x, hop, gate, out)
         if not hop.done:
-            hop.done = True
-            self.in_flight -= 1
-            self.pending[hop.seq] -= 1
-            self.settle(hop.seq)
+            self.finish(x, hop)
         if n <= x.r or self.settings.strategy is None:
             del x.hops[n]
+
+    def finish(self, x: Running, hop: Hop) -> None:
+        """A hop is over: its outputs came back (or it was lost)."""
+        hop.done = True
+        self.in_flight -= 1
+        x.busy -= 1
+        self.pending[hop.seq] -= 1
+        self.settle(hop.seq)
 
     def acked(self, x: Running, r: int) -> None:
         if r <= x.r:
@@ -1049,6 +1102,7 @@ class FailoverDriver:
                 while not x.attached:  # a new standby still loading the state: wait for it
                     self.pump(self.period)
                 generation = x.generation
+                x.primary.flush()  # inputs before seq were handed over
                 self.kill(x, f"before input {seq}")
                 while x.generation == generation:
                     self.pump(self.period)
@@ -1136,12 +1190,9 @@ class FailoverDriver:
                 del x.hops[n]
                 self.lost += 1
                 if not hop.done:
-                    hop.done = True
-                    self.in_flight -= 1
-                    self.pending[hop.seq] -= 1
-                    self.settle(hop.seq)
+                    self.finish(x, hop)
                 continue
-            x.primary.send(("in", n, hop.seq, hop.wire, self.processing_time(x, hop.arrival)))
+            x.primary.send(("in", n, hop.seq, hop.wire, self.processing_time(x, hop.arrival)), now=False)
 
 
 def packet_fields_of(packet) -> tuple:

@@ -74,13 +74,20 @@ class Worker:
     def __init__(self, conn: Conn, spec: InstanceSpec):
         self.conn, self.spec = conn, spec
         self.last_sent = time.monotonic()
+        self.batching = False  # the primary's loop sends a round's messages in one write
 
     def send(self, message: tuple) -> None:
+        """Queued; `flush` writes every queued message at once (the primary's loop, each round)."""
+        self.conn.queue(message)
+        self.last_sent = time.monotonic()
+        if not self.batching:
+            self.flush()
+
+    def flush(self) -> None:
         try:
-            self.conn.send(message)
+            self.conn.flush()
         except OSError:  # the driver is gone
             sys.exit(0)
-        self.last_sent = time.monotonic()
 
     def driver_messages(self, timeout: float | None) -> list:
         messages = self.conn.wait(timeout)
@@ -172,7 +179,9 @@ class Worker:
         held: deque = deque()    # (record, needs protection) waiting for their release
         forwarded, attached = -1, False
         r = logged = 0
+        self.batching = True
         while True:
+            self.flush()
             now = time.monotonic()
             timeout = 0.0 if queue and not (serial and held) else max(0.0, self.last_sent + period - now)
             since = handle.pending_since() if pol is not None and pol.flush_seconds else None
@@ -197,6 +206,7 @@ class Worker:
                 logged = handle.logged() if log_choices else 0
                 if getattr(handle, "conn", None) is not None and handle.conn.closed:
                     self.send(("error", f"{spec.instance}: the standby went away; the instance is not protected"))
+                    self.flush()
                     sys.exit(1)
             while held and (not held[0][1] or held[0][0].n <= r) and (not log_choices or held[0][0].n <= logged):
                 record = held.popleft()[0]
@@ -247,6 +257,7 @@ class Worker:
             result = step(self.nf, state, Packet(*packet), use, clock)
         except Exception as e:  # a model error: the run cannot go on
             self.send(("error", f"{self.spec.instance}: {type(e).__name__}: {e}"))
+            self.flush()
             sys.exit(1)
         return Record(n, seq, [(gate, packet_fields(p)) for gate, p in result.outputs], result.drops,
                       [plain(c) for c in result.choices], list(result.clock_reads))
