@@ -7,8 +7,6 @@ from __future__ import annotations
 import json
 import struct
 
-import pytest
-
 from nfproof.cli import main
 from nfproof.traces.pcapng import PcapngWriter
 from nfproof.traces.trace import PEN

@@ -13,7 +13,11 @@ How (the modules it uses, one concern each):
 - verify/replay_search.py searches for the failure-free execution (choices and clock reads
   inferred from the outputs, processing times in the DESIGN.md "Time" window [a_i, a_i + S]);
 - verify/replay_partition.py splits the trace by flow where the models allow it and checks that
-  the parts were independent (so the verdict is the sequential one).
+  the parts were independent (so the verdict is the sequential one);
+- verify/replay_stream.py runs all of it over a trace file in one streamed pass (memory flat in
+  the trace's length, parts in parallel), coming back here only for the parts it cannot explain;
+- verify/replay_z3.py decides, through verify/solver.py, what the search cannot;
+- verify/replay_report.py, verify/timeline.py and verify/replay_window.py show the verdict.
 """
 from __future__ import annotations
 

@@ -17,12 +17,12 @@ from dataclasses import dataclass, field
 from ..models import lookup
 from ..models.api import ModelError, ParamError
 from ..models.chain import Chain
-from ..traces import FlowKeyer, parse_frame
+from ..traces import parse_frame
 from ..traces.errors import FormatError
 from ..traces.reader import _PCAP_MAGICS as PCAP_MAGICS, open_capture
 from ..traces.record import CustomBlock, Record
-from ..traces.trace import TraceEvent, TracePacket, read_trace
-from .frames import DEFAULT_INSIDE, OUTSIDE, Drop, Sides, observable, outside_route, view
+from ..traces.trace import TraceEvent, read_trace
+from .frames import DEFAULT_INSIDE, OUTSIDE, Drop, Sides, observable, view
 
 CLOCK_NAMES = ("now", "clock", "time")
 
@@ -125,7 +125,6 @@ class _Builder:
     def __init__(self, rec: Recording, sides: Sides):
         self.rec, self.sides = rec, sides
         self.last_time = None
-        self.keyer = FlowKeyer()
         self.egresses = set(rec.chain.egress_names)
         self.by_seq: dict = {}      # seq -> list of (egress, key) seen (for duplicates)
         self.outputs = 0

@@ -51,7 +51,7 @@ class Window:
 
     def forget_before(self, i: int) -> list:
         drop = i - self.offset
-        if drop < 256:
+        if drop < 8:
             return []
         gone = self.items[:drop]
         del self.items[:drop]

@@ -96,7 +96,7 @@ def html(result: ReplayResult) -> str:
             note = f" <small>of input {x.seq}</small>" if x.seq is not None else ""
             if bad:
                 note += " <b>&larr; no failure-free execution produces this</b>"
-            inst = "".join(f"<td class=rel>released</td>" if i == x.instance else "<td></td>" for i in instances)
+            inst = "".join("<td class=rel>released</td>" if i == x.instance else "<td></td>" for i in instances)
             outs = "".join(_packet_cell(x.key, css, note) if e == x.egress else "<td></td>" for e in egresses)
             rows.append(f"<tr>{t}" + "<td></td>" * len(sides) + inst + outs + "</tr>")
             if bad and f.expected:
