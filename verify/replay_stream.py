@@ -28,7 +28,7 @@ from .replay_search import Problem, Search, paused_gc
 
 LAG = 4096            # inputs read past an input before its outputs are taken to be complete
 PREVIEW = 400         # packets kept from the start of an explained trace for its timeline
-PART_HORIZON = 256    # open decisions a part keeps (a conflict reaching further: unknown, then pass 2)
+PART_HORIZON = 16     # open decisions a part keeps (a conflict reaching further: unknown, then pass 2)
 ALL = ("all",)        # the one part of a chain that is not partitionable
 
 
