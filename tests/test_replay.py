@@ -324,3 +324,23 @@ def test_jobs_and_sequential_give_the_same_report(tmp_path, capsys):
         assert code == 1, out
         reports.append((data["verdict"], data["failure"]["output"], data["failure"]["expected"]))
     assert reports[0] == reports[1] == reports[2]
+
+
+def test_captures_with_an_output_capture_per_egress(tmp_path, capsys):
+    def capture(name, packets):
+        path = tmp_path / name
+        with PcapngWriter(str(path)) as w:
+            iface = w.add_interface(1)
+            for k, pkt in enumerate(packets):
+                w.write_packet(iface, 1_700_000_000 * 10 ** 9 + k * 1000, frame_of(pkt))
+        return str(path)
+    syn, synack = tcp(HOST, 1000, REMOTE, 80, "S"), tcp(REMOTE, 80, EXT, 1024, "SA", True)
+    src = capture("in.pcapng", [syn, synack])
+    wan = capture("wan.pcapng", [syn.rewrite(src=EXT, sport=1024)])
+    lan = capture("lan.pcapng", [synack.rewrite(dst=HOST, dport=1000)])
+    code, out, _ = cli(capsys, "--input", src, "--output", f"outside={wan}", "--output", f"inside={lan}",
+                       "--chain", "nat")
+    assert code == 0, out
+    code, out, _ = cli(capsys, "--input", src, "--output", f"inside={wan}", "--output", f"outside={lan}",
+                       "--chain", "nat")
+    assert code == 1 and "on egress outside is not produced" in out

@@ -286,6 +286,7 @@ def check_trace(path, chain_text=None, params=(), inside=None, eq: Equivalence =
     from .replay import failover_time_ns, replay
     started = time.process_time()
     rec, items = open_trace(path, chain_text, params, inside)   # the run's description, errors early
+    next(items, None)
     items.close()
     rec.events = scan_events(path)
     failover = failover_time_ns(rec)
