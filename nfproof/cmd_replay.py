@@ -78,10 +78,17 @@ class _Progress:
         self.enabled, self.path = enabled, path
         self.shown = False
 
-    def reading(self, packets: int) -> None:
+    def reading(self, packets: int, offset: int | None = None) -> None:
         if self.enabled:
             self.shown = True
-            print(f"\r  reading {self.path}: {packets:,} packets", end="", file=sys.stderr, flush=True)
+            size = os.path.getsize(self.path) if self.path and os.path.isfile(self.path) else 0
+            if offset is not None and size:
+                width, done = 30, min(1.0, offset / size)
+                bar = "#" * int(width * done)
+                print(f"\r  checking [{bar:{width}}] {100 * done:3.0f}% of {self.path}, {packets:,} packets",
+                      end="", file=sys.stderr, flush=True)
+            else:
+                print(f"\r  reading {self.path}: {packets:,} packets", end="", file=sys.stderr, flush=True)
 
     def checking(self, done: int, total: int) -> None:
         if self.enabled and total > 1:

@@ -227,7 +227,7 @@ def _items(rec: Recording, trace, b: _Builder, progress):
                 continue
             number += 1
             if progress and number % 65536 == 0:
-                progress(number)
+                progress(number, trace._r.block_offset)
             name = item.interface
             rec.linktype = item.linktype
             if name.startswith("egress:"):
