@@ -28,7 +28,9 @@ import json
 import math
 import os
 import re
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -43,6 +45,7 @@ DEFAULT_STRATEGIES = ("none", "stateful.checkpoint:8", "stateful.async", "statef
 DEFAULT_CAPTURE = "tests/data/E02_http_49flows.pcap"
 DEFAULT_FAIL_AT = 200
 FAIL_TAIL = 100            # inputs a failover run hands over after the crash point
+HANG_SECONDS = 120.0       # a run still going this long past its duration is stopped, its row failed
 CSV_COLUMNS = ("chain", "strategy", "rounds", "packets", "cpu_seconds", "store_cpu_seconds", "wall_seconds",
                "mpps", "pps", "pps_min", "pps_max", "pps_ratio", "wall_pps", "wall_pps_ratio", "p50_us", "p50_ratio", "p99_us",
                "p99_ratio", "unplanned_failovers", "fail_at", "detection_ms", "takeover_ms", "failover_ms",
@@ -239,7 +242,7 @@ class Bench:
         """One throughput run: the capture looped for `duration` seconds, no failure."""
         source = LoopedSource(self.capture, duration=self.duration)
         driver = self.driver(strategy, [], self.progress.phase(label))
-        stats = driver.run(source)
+        stats = guarded(driver, source, self.duration + HANG_SECONDS)
         cpu = stats.process_seconds + driver.store_cpu
         wall = driver.stopped_at - source.started
         return {"packets": stats.packets_in, "cpu_seconds": cpu, "store_cpu_seconds": driver.store_cpu,
@@ -254,7 +257,7 @@ class Bench:
         source = LoopedSource(self.capture, inputs=self.fail_at + FAIL_TAIL)
         driver = self.driver(strategy, [PlannedFailure(self.fail_instance, self.fail_at)],
                              self.progress.phase(f"{strategy}: failover"))
-        driver.run(source)
+        guarded(driver, source, HANG_SECONDS)
         planned = [f for f in driver.failovers if f["cause"].startswith("before input")]  # the kill's cause
         if not planned or planned[0]["detection_ns"] is None:
             return {"error": f"the failure {self.fail_instance}@{self.fail_at} was never reached: no input >= "
@@ -304,6 +307,29 @@ THROUGHPUT = ("packets", "cpu_seconds", "store_cpu_seconds", "wall_seconds", "pp
 RATIOS = (("pps_ratio", "pps"), ("wall_pps_ratio", "wall_pps"), ("p50_ratio", "p50_us"), ("p99_ratio", "p99_us"))
 
 
+class RunHung(Exception):
+    """A run went on far past its time (a runtime bug); it was stopped."""
+
+
+def guarded(driver, source, seconds: float):
+    """driver.run(source), stopped with RunHung if it has not returned after `seconds` (SIGALRM;
+    only in the main thread, elsewhere unguarded). The driver stops its processes as it unwinds."""
+    if threading.current_thread() is not threading.main_thread():
+        return driver.run(source)
+
+    def fire(signum, frame):
+        raise RunHung(f"the run did not end within {seconds:g} s (in flight: {driver.in_flight} inputs, "
+                      f"{len(driver.failovers)} failovers so far): stopped; a bug in the runtime")
+
+    previous = signal.signal(signal.SIGALRM, fire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        return driver.run(source)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
 def attempt(measure, *args) -> tuple[dict | None, str | None]:
     """(measure(*args), None), or (None, why) when the run failed: this strategy's row says so and
     the others still run."""
@@ -314,6 +340,8 @@ def attempt(measure, *args) -> tuple[dict | None, str | None]:
         return measure(*args), None
     except RunFailed as e:
         return None, f"the run stopped: {e}"
+    except RunHung as e:
+        return None, str(e)
     except (ModelError, StoreError, OSError) as e:  # a store that cannot start, a model error
         return None, f"{type(e).__name__}: {e}"
 

@@ -8,12 +8,13 @@ import csv
 import io
 import json
 import os
+import time
 from pathlib import Path
 
 import pytest
 
 from nfproof.cli import main
-from nfproof.cmd_bench import CSV_COLUMNS, LoopedCapture, LoopedSource
+from nfproof.cmd_bench import CSV_COLUMNS, LoopedCapture, LoopedSource, RunHung, guarded
 
 DATA = Path(__file__).resolve().parent / "data"
 E02 = DATA / "E02_http_49flows.pcap"
@@ -150,6 +151,19 @@ def test_looped_source_stops_after_its_duration():
         handed += len(batch)
     assert handed > len(source.capture.frames)  # looped at least once in 50 ms
     assert source.progress() == (50, 50)
+
+
+def test_a_run_that_does_not_end_is_stopped():
+    class EndlessRun:  # the shape of FailoverDriver that guarded reads, stuck as a hung driver would be
+        in_flight, failovers = 3, []
+
+        def run(self, source):
+            time.sleep(10)
+
+    started = time.monotonic()
+    with pytest.raises(RunHung, match="did not end within 0.2 s"):
+        guarded(EndlessRun(), None, 0.2)
+    assert time.monotonic() - started < 2
 
 
 # -- bad input: one line, exit 2, no process started ---------------------------------------------------
