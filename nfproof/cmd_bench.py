@@ -273,10 +273,11 @@ class Bench:
             for s in strategies:
                 if s not in errors:
                     label = f"{s}: throughput" + (f" (round {k + 1}/{rounds})" if rounds > 1 else "")
-                    result, errors[s] = attempt(self.throughput, s, label)
-                    if result is not None:
+                    result, error = attempt(self.throughput, s, label)
+                    if result is None:  # its later rounds are skipped
+                        errors[s] = f"throughput: {error}"
+                    else:
                         runs[s].append(result)
-                        del errors[s]
         rows = []
         none = runs[strategies[0]]  # parse_strategies puts none first
         for s in strategies:
@@ -295,7 +296,9 @@ class Bench:
                         row[ratio] = median([_ratio(r[column], b[column]) for r, b in zip(runs[s], none)])
             result, error = attempt(self.failover, s)
             row.update(result or {})
-            row["error"] = "; ".join(e for e in (errors.get(s), row.get("error"), error) if e) or None
+            failover_error = row.get("error") or error
+            row["error"] = "; ".join(e for e in (errors.get(s), failover_error and f"failover: {failover_error}")
+                                     if e) or None
             rows.append(row)
         if rows[0]["failover_ms"]:
             for row in rows:
@@ -512,33 +515,41 @@ def _csv_value(v):
 
 
 def plot(path: str, rows: list[dict], chain_text: str) -> None:
-    """Two panels: the ratios to none (throughput, p50, p99) and the failover times (detection +
-    takeover, stacked) per strategy."""
+    """Two panels, one above the other: the ratios to none (throughput, p50, p99) and the failover
+    times (detection + takeover, stacked) per strategy."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     names = [r["strategy"] for r in rows]
     xs = range(len(rows))
-    fig, (left, right) = plt.subplots(1, 2, figsize=(max(10, 1.3 * len(rows) + 4), 5))
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(max(8.0, 0.8 * len(rows) + 3), 9))
     width = 0.27
     for k, (column, label) in enumerate((("pps_ratio", "throughput"), ("p50_ratio", "latency p50"),
                                          ("p99_ratio", "latency p99"))):
-        left.bar([x + (k - 1) * width for x in xs], [_num(r[column]) for r in rows], width, label=label)
-    left.axhline(1.0, color="black", linewidth=0.8)
-    left.set_yscale("log")  # 0.1x throughput and 10x latency both readable
-    left.set_ylabel("ratio to none (same run, log scale)")
-    left.set_title("throughput and latency relative to none")
-    left.legend()
+        top.bar([x + (k - 1) * width for x in xs], [_num(r[column]) for r in rows], width, label=label)
+    top.axhline(1.0, color="black", linewidth=0.8)
+    top.set_yscale("log")  # 0.1x throughput and 10x latency both readable
+    from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter
+    top.yaxis.set_major_locator(FixedLocator([0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 20, 50, 100]))
+    top.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}x"))
+    top.yaxis.set_minor_formatter(NullFormatter())
+    top.set_ylabel("ratio to none (same run, log scale)")
+    top.set_title("throughput and latency relative to none")
+    top.legend(fontsize=8)
     detection = [_num(r["detection_ms"]) for r in rows]
     takeover = [_num(r["takeover_ms"]) for r in rows]
-    right.bar(xs, detection, 0.6, label="detection")
-    right.bar(xs, takeover, 0.6, bottom=detection, label="takeover")
-    right.set_ylabel("ms")
-    right.set_title("failover time (one injected failure)")
-    right.legend()
-    for ax in (left, right):
+    bottom.bar(xs, detection, 0.6, label="detection")
+    bottom.bar(xs, takeover, 0.6, bottom=detection, label="takeover")
+    bottom.set_ylabel("ms")
+    bottom.set_title("failover time (detection + takeover, one injected failure)")
+    bottom.legend(fontsize=8)
+    for ax in (top, bottom):
         ax.set_xticks(list(xs))
-        ax.set_xticklabels(names, rotation=40, ha="right", fontsize=8)
+        ax.set_xticklabels(names, rotation=30, ha="right", fontsize=8)
+        for x, r in zip(xs, rows):
+            if r["error"]:  # a failed run has no bar: say so where it would be
+                ax.annotate("failed", (x, 0.5), xycoords=("data", "axes fraction"), ha="center", rotation=90,
+                            color="red", fontsize=8)
     fig.suptitle(f"nfproof bench {chain_text}")
     fig.tight_layout()
     try:

@@ -107,6 +107,18 @@ def test_plot_is_a_non_empty_png(short_run):
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
 
 
+def test_plot_of_a_failed_row(short_run, tmp_path):
+    """A strategy whose runs failed has no bars; the plot still comes out (marked there)."""
+    from nfproof.cmd_bench import plot
+    rows = [{k: (None if v == "" else float(v) if k.endswith(("_ms", "_us", "ratio")) else v) for k, v in r.items()}
+            for r in short_run["rows"].values()]
+    for column in ("pps_ratio", "p50_ratio", "p99_ratio", "detection_ms", "takeover_ms"):
+        rows[1][column] = None
+    rows[1]["error"] = "throughput: the run stopped"
+    plot(str(tmp_path / "failed.png"), rows, "nat")
+    assert (tmp_path / "failed.png").read_bytes()[:4] == b"\x89PNG"
+
+
 def test_progress_bar_on_stderr_and_no_process_left(short_run):
     err = short_run["err"]
     assert "[" in err and "stateful.commit:8: throughput" in err and "stateless.commit:8: failover" in err
