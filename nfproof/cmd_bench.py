@@ -18,6 +18,9 @@ path, so the ratios compare strategies, not architectures. Per strategy:
   instance SIGKILLed before it is handed input --fail-at; failover time = detection (kill to
   closed socket, or the silence of missed heartbeats) + takeover (the replacement ready).
 
+For reference only (no row, no ratio): `none` in this process, as `nfproof run` runs it without
+--strategy (the fast path when built), inputs over the CPU time of the whole loop.
+
 Prints a table, writes a CSV and a PNG bar plot (matplotlib, Agg) of the ratios and the failover
 times, and shows a progress bar on stderr while it runs."""
 from __future__ import annotations
@@ -266,6 +269,20 @@ class Bench:
         return {"detection_ms": f["detection_ns"] / 1e6, "takeover_ms": f["takeover_ns"] / 1e6,
                 "failover_ms": (f["detection_ns"] + f["takeover_ns"]) / 1e6, "detected_by": f["detected_by"]}
 
+    def in_process(self) -> dict:
+        """For reference, not a row: `none` as `nfproof run` runs it without --strategy (in this
+        process, the fast path when built): inputs over the CPU time of the whole loop."""
+        from .runtime.executor import make_pipeline, run as run_chain
+        chain = build_chain(self.chain_text, self.params)
+        pipeline, implementation = make_pipeline(chain, self.seed, self.capture.linktype, self.inside)
+        source = LoopedSource(self.capture, duration=self.duration)
+        cpu0 = time.process_time()
+        stats = run_chain(chain, source, pipeline, None, 32, "pcap", self.progress.phase("none in process (reference)"),
+                          implementation=implementation, inside=self.inside)
+        cpu = time.process_time() - cpu0
+        return {"implementation": implementation, "packets": stats.packets_in,
+                "pps": stats.packets_in / cpu if cpu else None, "cpu_seconds": cpu}
+
     def rows(self, strategies: list, rounds: int) -> list[dict]:
         runs: dict = {s: [] for s in strategies}
         errors: dict = {}
@@ -461,11 +478,12 @@ def run(args) -> int:
     capture = LoopedCapture(pcap)
     load_before = os.getloadavg()[0]
 
-    progress = ProgressBar((args.rounds + 1) * len(strategies))
+    progress = ProgressBar((args.rounds + 1) * len(strategies) + 1)
     bench = Bench(args.chain, args.param, capture, args.seed, args.duration, fail_instance, fail_at,
                   args.heartbeat_ms, progress)
     try:
         rows = bench.rows(strategies, args.rounds)
+        reference = bench.in_process()
     finally:
         progress.clear()
     write_csv(csv_path, rows)
@@ -475,7 +493,7 @@ def run(args) -> int:
               "fail_at": f"{fail_instance}@{fail_at}", "heartbeat_ms": args.heartbeat_ms,
               "machine": machine(), "date": time.strftime("%Y-%m-%d"),
               "load_average": [round(load_before, 2), round(os.getloadavg()[0], 2)],
-              "rows": rows, "csv": csv_path, "plot": plot_path}
+              "rows": rows, "in_process": reference, "csv": csv_path, "plot": plot_path}
     if args.json:
         print(json.dumps(result, indent=2))
     else:
@@ -590,6 +608,10 @@ def render(r: dict) -> str:
               for line in table]
     lines.append("Mpps, pkt/s: inputs over the CPU time of every process (driver, workers, redis-server); wall pkt/s: "
                  "over the wall time; latency per chain input; x none: ratio to none's figure in this run")
+    ref, base = r["in_process"], r["rows"][0]
+    lines.append(f"for reference, none in this process as `nfproof run` runs it without --strategy ({ref['implementation']} "
+                 f"path): {ref['packets']:,} packets, {_fmt(ref['pps'], ',.0f')} pkt/s of CPU"
+                 + (f", {ref['pps'] / base['pps']:,.0f}x the worker processes' none" if ref["pps"] and base["pps"] else ""))
     for row in r["rows"]:
         if row["unplanned_failovers"]:
             lines.append(f"note: {row['strategy']}: {row['unplanned_failovers']} failover(s) nobody planned during its "

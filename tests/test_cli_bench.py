@@ -74,6 +74,8 @@ def test_short_run_exits_0_and_prints_the_table(short_run):
     assert [b[0] for b in body] == ["none", "stateful.commit:8", "stateless.commit:8"]
     assert body[0][4] == "1.00"  # none's throughput ratio to itself
     assert f"csv: {short_run['folder'] / 'b.csv'}" in lines
+    reference = next(line for line in lines if line.startswith("for reference, none in this process"))
+    assert "x the worker processes' none" in reference
 
 
 def test_csv_columns_and_ratios_relative_to_none(short_run):
@@ -139,6 +141,7 @@ def test_json_rounds_and_the_default_csv_path(capsys, tmp_path, monkeypatch):
     assert row["pps_ratio"] == 1.0 and row["failover_ratio"] == 1.0 and result["fail_at"] == "firewall@200"
     assert result["frames"] == 655 and result["flows"] > 0
     assert "none: throughput (round 2/2)" in err
+    assert result["in_process"]["packets"] > 0 and result["in_process"]["pps"] > row["pps"]
 
 
 # -- the looped source ---------------------------------------------------------------------------------
