@@ -25,7 +25,6 @@ Prints a table, writes a CSV and a PNG bar plot (matplotlib, Agg) of the ratios 
 times, and shows a progress bar on stderr while it runs."""
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import math
@@ -307,7 +306,8 @@ class Bench:
                 row["packets"] = int(row["packets"])
                 row["unplanned_failovers"] = sum(r["unplanned_failovers"] for r in runs[s])
                 row["mpps"] = row["pps"] / 1e6 if row["pps"] else None
-                row["pps_min"], row["pps_max"] = min(r["pps"] for r in runs[s]), max(r["pps"] for r in runs[s])
+                measured = [r["pps"] for r in runs[s] if r["pps"] is not None]
+                row["pps_min"], row["pps_max"] = (min(measured), max(measured)) if measured else (None, None)
                 if len(none) == rounds == len(runs[s]):  # each round's figure over that round's none
                     for ratio, column in RATIOS:
                         row[ratio] = median([_ratio(r[column], b[column]) for r, b in zip(runs[s], none)])
