@@ -91,6 +91,9 @@ def add_parser(sub):
     f.add_argument("--standby", metavar="HOST:PORT", default="127.0.0.1:0",
                    help="where standby processes listen for their primary (default 127.0.0.1:0, any free port; "
                         "a fixed PORT: the n-th standby takes PORT+n-1)")
+    f.add_argument("--redis", metavar="URL", help="stateless.*: keep the state in this Redis (redis://host:port/db) "
+                                                  "instead of a private redis-server on a free loopback port")
+    f.add_argument("--redis-cluster", metavar="HOST:PORT,...", help="stateless.*: keep the state in this Redis Cluster")
     p.add_argument("--progress", action="store_true", help="show progress on stderr even when it is not a terminal")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     return p
@@ -167,9 +170,13 @@ def failover_settings(args, chain: Chain):
     except ValueError as e:
         raise UsageError(f"--standby: {e}") from None
     failover_ns = int((args.failover_time if args.failover_time is not None else 1) * 1_000_000_000)
+    store = {k: v for k, v in (("redis", args.redis), ("redis_cluster", args.redis_cluster)) if v}
+    if store and not strategy.name.startswith("stateless."):
+        raise UsageError(f"--{next(iter(store)).replace('_', '-')} is for the stateless strategies (stateless.*), "
+                         f"not {strategy}")
     return FailoverSettings(strategy if protected else None, args.log_choices, not args.no_replay_input,
                             not args.no_dedup, [PlannedFailure(name, seq) for name, seq in sorted(failures, key=lambda f: f[1])],
-                            args.heartbeat_ms, failover_ns, standby)
+                            args.heartbeat_ms, failover_ns, standby, store)
 
 
 def parse_failure(text: str, chain: Chain) -> tuple[str, int]:
@@ -335,8 +342,10 @@ def render(r: dict) -> str:
     for k, f in enumerate(r.get("failovers") or [], 1):
         lines.append(f"failover {k}: {f['instance']} {f['cause']}: detected in {_us(f['detection_ns'])} "
                      f"({f['detected_by']}), takeover {_us(f['takeover_ns'])}"
+                     + ("" if f["spare_ready"] else " (no spare process was ready: one was started)")
                      + (f", new standby attached in {_us(f['attach_ns'])}" if f.get("attach_ns") is not None else "")
-                     + f"; protected point input {f['replica_seq']}, {f['held']} held, {f['replayed']} replayed")
+                     + f"; protected point input {f['replica_seq']}, {f['held']} held, {f['replayed']} replayed"
+                     + (f", {f['outputs_lost']} protected inputs' outputs lost" if f.get("outputs_lost") else ""))
     lines.append(f"outputs sha256: {r['outputs_sha256']}")
     lines.append(f"trace: {r['trace']}" if r["trace"] else "trace: not recorded (give -o TRACE.pcapng)")
     return "\n".join(lines)

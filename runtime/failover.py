@@ -112,6 +112,7 @@ class Policy:
     - `flush_idle`: also when no input is waiting (commit: opportunistic batches, several in flight);
     - `flush_seconds`: also when the oldest queued record has waited this long (async);
     - `hold`: outputs wait until their record is protected (sync, cache, commit: output commit);
+      otherwise they are released as soon as the input is applied, before its state change is sent;
     - `serial`: the next input waits until the previous one is protected (sync, cache)."""
 
     flush_every: int
@@ -332,7 +333,8 @@ class StandbyLink(Handle):
 
     def end(self, n: int, record: Record) -> bool:
         import time
-        self.queue.append((n, record.seq, self.log_.take(), record.wire() if self.policy.hold else None))
+        self.queue.append((n, record.seq, self.log_.take(), record.wire()))  # outputs too: the standby
+        # releases those of protected inputs the primary did not release (DESIGN.md, the protocol)
         if self.queued_at is None:
             self.queued_at = time.monotonic()
         if len(self.queue) >= self.policy.flush_every:
@@ -652,6 +654,7 @@ class FailoverSettings:
     heartbeat_ms: float = 1.0
     failover_ns: int = 1_000_000_000       # F: the failover's duration on the capture clock
     standby: tuple = ("127.0.0.1", 0)      # where standbys listen (port 0: any free; else port, port+1, ...)
+    backend: dict = field(default_factory=dict)  # the paradigm's settings for Backend.serve (e.g. redis URL)
 
     @property
     def paradigm(self) -> str:
@@ -769,7 +772,7 @@ class FailoverDriver:
     def start(self) -> None:
         s = self.settings
         if s.strategy is not None:
-            self.options, self.stop_backend = backend_class(s.strategy).serve(s.strategy, {})
+            self.options, self.stop_backend = backend_class(s.strategy).serve(s.strategy, dict(s.backend))
         for x in self.instances.values():
             x.primary = self.start_worker("primary", self.spec(x, 0))
             if s.paradigm == "stateful":
@@ -1127,6 +1130,9 @@ class FailoverDriver:
         by = "missed heartbeats" if x.suspected else "closed socket"
         s = self.settings
         self.failing = True
+        if self.spare is not None and not self.spare.said_hello and select.select([self.spare], [], [], 0)[0]:
+            self.spare.poll()
+        spare_ready = self.spare is not None and self.spare.said_hello  # else the takeover waits for one to start
         try:
             if s.paradigm == "stateful":  # promote the standby and ready the next one, both at once
                 x.standby.send(("promote", x.generation + 1, None, None))
@@ -1147,14 +1153,15 @@ class FailoverDriver:
             x.primary.last_heard = __import__("time").monotonic()
             x.generation += 1
             takeover = _perf_ns() - started
-            if s.failures or self.spare is None:
+            if self.spare is None:
                 self.spawn_spare()
-            self.takeover(x, ready, killed_at, detected, takeover, cause, by, old.pid)
+            self.takeover(x, ready, killed_at, detected, takeover, cause, by, old.pid, spare_ready)
         finally:
             self.failing = False
             x.killed_at, x.cause, x.suspected = None, "", False
 
-    def takeover(self, x: Running, ready: tuple, killed_at, detected, takeover, cause, by, old_pid) -> None:
+    def takeover(self, x: Running, ready: tuple, killed_at, detected, takeover, cause, by, old_pid,
+                 spare_ready: bool) -> None:
         _, r, held, logged = ready
         s = self.settings
         visible = max(x.released, r, max(logged, default=0))
@@ -1164,12 +1171,17 @@ class FailoverDriver:
         base = x.released if s.strategy is None else max(x.r, r)
         x.r = max(x.r, r)
         replay = [n for n in sorted(x.hops) if n > base]
+        held_inputs = {h[0] for h in held}
+        # protected, never released, and the replacement does not hold their outputs: they are lost
+        # (a stateless store keeps state, not outputs; a stateful standby holds every record's)
+        unreleased = [n for n, hop in x.hops.items() if n <= base and not hop.done and n not in held_inputs]
         detection = x.silence_ns if x.suspected else None if killed_at is None else detected - killed_at
         record = {"instance": x.name, "cause": cause, "detected_by": by, "detection_ns": detection,
                   "takeover_ns": takeover, "replica_input": r,
                   "replica_seq": x.arrivals[r][0] if r in x.arrivals else -1, "held": len(held),
                   "replayed": len(replay) if s.replay_input else 0, "crash_ns": self.t0 + crash,
-                  "end_ns": self.t0 + crash + s.failover_ns, "generation": x.generation, "_detected": detected}
+                  "end_ns": self.t0 + crash + s.failover_ns, "generation": x.generation, "spare_ready": spare_ready,
+                  "outputs_lost": len(unreleased), "_detected": detected}
         self.failovers.append(record)
         if self.recorder is not None:
             self.recorder.event("failure", self.t0 + crash, x.name,
@@ -1179,10 +1191,13 @@ class FailoverDriver:
                                 {"standby": f"{x.name}@{x.generation}", "replica_seq": record["replica_seq"],
                                  "end_ns": record["end_ns"], "crash_ns": record["crash_ns"],
                                  "failover_time": s.failover_ns / 1e9, "detection_ns": record["detection_ns"],
-                                 "takeover_ns": takeover, "held": len(held), "replayed": record["replayed"]})
+                                 "takeover_ns": takeover, "spare_ready": spare_ready, "held": len(held),
+                                 "replayed": record["replayed"], "outputs_lost": len(unreleased)})
         for h in held:  # the standby releases the protected outputs the egress has not seen
             self.released(x, h[0], *h[2:])
-        for n in [n for n, hop in x.hops.items() if n <= x.r and hop.done]:
+        for n in unreleased:
+            self.finish(x, x.hops[n])
+        for n in [n for n, hop in x.hops.items() if n <= base and hop.done]:
             del x.hops[n]
         for n in replay:
             hop = x.hops[n]

@@ -208,10 +208,14 @@ class Worker:
                     self.send(("error", f"{spec.instance}: the standby went away; the instance is not protected"))
                     self.flush()
                     sys.exit(1)
+            released = 0
             while held and (not held[0][1] or held[0][0].n <= r) and (not log_choices or held[0][0].n <= logged):
                 record = held.popleft()[0]
                 self.release(record)
-                handle.released(record.n)
+                released = record.n
+            if released:  # on the wire before the standby may forget what it holds for them
+                self.flush()
+                handle.released(released)
             if handle is not None:
                 if r > forwarded:
                     self.send(("ack", r))
@@ -225,12 +229,16 @@ class Worker:
                 applied += 1
                 if log_choices:
                     handle.log(record.n, record)
-                release_now = handle.end(record.n, record) if handle is not None else True
-                if release_now and not log_choices and not held:
+                if pol is None or not (pol.hold or log_choices or held):
+                    # released at once (none, async, checkpoint, batch): the outputs go out before the
+                    # state change is shipped, as models/strategy.py orders release and protect
                     self.release(record)
+                    self.flush()
                     if handle is not None:
+                        handle.end(record.n, record)
                         handle.released(record.n)
                 else:
+                    release_now = handle.end(record.n, record)
                     held.append((record, not release_now))
             if pol is not None:
                 if pol.flush_idle and not queue:

@@ -190,17 +190,17 @@ def test_failover_time_and_fixed_standby_port(capsys, tmp_path):
 
 
 def test_a_hung_primary_is_detected_by_missed_heartbeats(tmp_path):
-    """SIGSTOP (a hang, not a crash): the heartbeats stop, the driver kills it and fails over."""
+    """SIGSTOP (a hang, not a crash) as input 300 is handed over: the heartbeats stop, the driver
+    kills it after 50 silent periods and fails over; nothing is lost or doubled."""
     chain = __import__("nfproof.cmd_run", fromlist=["build_chain"]).build_chain("nat", [PORTS])
     settings = FailoverSettings(Strategy.parse("stateful.sync"), heartbeat_ms=1.0)
-    driver = FailoverDriver(chain, "nat", [PORTS], 1, settings, inside=capture_inside(E02))
-    start = driver.start
 
-    def start_then_hang():
-        start()
-        pid = driver.instances["nat"].primary.pid
-        threading.Timer(0.2, os.kill, (pid, signal.SIGSTOP)).start()
-    driver.start = start_then_hang
+    class Hanging(FailoverDriver):
+        def inject(self, x, seq):
+            if seq == 300 and x.generation == 0:
+                os.kill(x.primary.pid, signal.SIGSTOP)
+            super().inject(x, seq)
+    driver = Hanging(chain, "nat", [PORTS], 1, settings, inside=capture_inside(E02))
     with CaptureSource(E02) as source:
         stats = driver.run(source)
     assert_gone(driver.pids())
