@@ -29,9 +29,9 @@ demo: $(STAMP)
 	@echo "== the replay checker: is that recorded run explained by a failure-free execution?"
 	$(NFPROOF) replay out/demo-run.pcapng
 
-# redis-server and tshark: installed with apt-get when missing and running as root.
+# redis-server, tshark and chromium (the replay HTML test): installed with apt-get when missing and running as root.
 system-deps:
-	@missing=""; for p in redis-server:redis-server tshark:tshark; do \
+	@missing=""; for p in redis-server:redis-server tshark:tshark chromium:chromium; do \
 	  command -v $${p%%:*} >/dev/null || missing="$$missing $${p##*:}"; done; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then \
@@ -43,7 +43,7 @@ system-deps:
 PACKET_TESTS := tests/test_containers.py tests/test_fast_vs_pure.py tests/test_fuzz_codec.py tests/test_headers.py \
                 tests/test_inspect.py tests/test_inspect_progress.py tests/test_trace_format.py \
                 tests/test_runtime_frames.py tests/test_runtime_pure.py tests/test_runtime_conformance.py \
-                tests/test_cli_run.py tests/test_runtime_paths.py
+                tests/test_cli_run.py tests/test_runtime_paths.py tests/test_replay.py
 
 # The whole suite on the Cython fast path, then the packet-path tests on the pure-Python fallback.
 test: $(STAMP) system-deps
