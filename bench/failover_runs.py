@@ -101,8 +101,8 @@ def main(argv=None) -> int:
         args.runs, args.unsafe_runs = 12, 4
     safe = [["stateful.sync"], [f"stateful.commit:{args.batch}", "--log-choices"]]
     unsafe = [["none"], ["stateful.async"]]
-    plan = [(s, True) for k in range(args.runs) for s in [safe[k % 2]]] + \
-           [(s, False) for s in unsafe for _ in range(args.unsafe_runs)]
+    # (strategy, which pair): the safe runs alternate over the pairs; each unsafe strategy starts at the first
+    plan = [(safe[k % 2], k) for k in range(args.runs)] + [(s, k) for s in unsafe for k in range(args.unsafe_runs)]
     captures = everyday()
     rows, started, cpu0 = [], time.monotonic(), time.process_time()
     with tempfile.TemporaryDirectory(prefix="nfproof-failover-runs-") as folder:
@@ -113,8 +113,8 @@ def main(argv=None) -> int:
                 (combos if verdict == "explained" else left_out).append((capture, chain, verdict))
         for capture, chain, verdict in left_out:
             print(f"left out: {chain} on {capture.name}: replay does not explain its failure-free run: {verdict}")
-        for k, (strategy, _) in enumerate(plan):
-            capture, chain, _ = combos[k % len(combos)]
+        for k, (strategy, pair) in enumerate(plan):
+            capture, chain, _ = combos[pair % len(combos)]
             row = one_run(k, strategy, capture, chain, Path(folder))
             rows.append(row)
             if args.verbose or row["verdict"] not in ("explained", "violation"):

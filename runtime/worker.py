@@ -180,6 +180,29 @@ class Worker:
         forwarded, attached = -1, False
         r = logged = 0
         self.batching = True
+
+        def release_ready() -> None:
+            """Releases the held records whose conditions hold, in order; forwards r."""
+            nonlocal r, logged, forwarded, attached
+            if handle is None:
+                return
+            r = handle.protected()
+            logged = handle.logged() if log_choices else 0
+            released = 0
+            while held and (not held[0][1] or held[0][0].n <= r) and (not log_choices or held[0][0].n <= logged):
+                record = held.popleft()[0]
+                self.release(record)
+                released = record.n
+            if released:  # on the wire before the standby may forget what it holds for them
+                self.flush()
+                handle.released(released)
+            if r > forwarded:
+                self.send(("ack", r))
+                forwarded = r
+            if not attached and getattr(handle, "attached", False):
+                self.send(("attached", r))
+                attached = True
+
         while True:
             self.flush()
             now = time.monotonic()
@@ -201,28 +224,11 @@ class Worker:
                         handle.connect((m[1], m[2]))
                     elif kind == "stop":
                         return
-            if handle is not None:
-                r = handle.protected()
-                logged = handle.logged() if log_choices else 0
-                if getattr(handle, "conn", None) is not None and handle.conn.closed:
-                    self.send(("error", f"{spec.instance}: the standby went away; the instance is not protected"))
-                    self.flush()
-                    sys.exit(1)
-            released = 0
-            while held and (not held[0][1] or held[0][0].n <= r) and (not log_choices or held[0][0].n <= logged):
-                record = held.popleft()[0]
-                self.release(record)
-                released = record.n
-            if released:  # on the wire before the standby may forget what it holds for them
+            release_ready()
+            if getattr(handle, "conn", None) is not None and handle.conn.closed:
+                self.send(("error", f"{spec.instance}: the standby went away; the instance is not protected"))
                 self.flush()
-                handle.released(released)
-            if handle is not None:
-                if r > forwarded:
-                    self.send(("ack", r))
-                    forwarded = r
-                if not attached and getattr(handle, "attached", False):
-                    self.send(("attached", r))
-                    attached = True
+                sys.exit(1)
             applied = 0
             while queue and not (serial and held) and applied < APPLY_PER_ROUND:
                 record = self.apply(handle, state, queue.popleft(), chooser, logs, ticks)
@@ -240,6 +246,8 @@ class Worker:
                 else:
                     release_now = handle.end(record.n, record)
                     held.append((record, not release_now))
+            if applied:
+                release_ready()  # what end() let out at once (a store's awaited write), acks that came meanwhile
             if pol is not None:
                 if pol.flush_idle and not queue:
                     handle.flush()

@@ -361,3 +361,16 @@ def test_the_wire_frames_messages():
     cb.wait(1.0)
     assert cb.closed
     b.close()
+
+
+@pytest.mark.slow
+def test_runs_with_random_crash_points():
+    """bench/failover_runs.py on a sample of its runs: random crash points over the everyday
+    captures; sync and commit:8 --log-choices are always explained, none and async are caught."""
+    script = Path(__file__).resolve().parents[1] / "bench" / "failover_runs.py"
+    r = subprocess.run([sys.executable, str(script), "--runs", "24", "--unsafe-runs", "8"], capture_output=True,
+                       text=True, timeout=1800)
+    assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
+    results = dict(line.split()[1:3] for line in r.stdout.splitlines() if line.startswith("RESULT "))
+    assert results["sync_violations"] == results["commit8_violations"] == "0"
+    assert int(results["none_violations"]) >= 1 and int(results["async_violations"]) >= 1
