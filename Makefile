@@ -28,6 +28,14 @@ demo: $(STAMP)
 	$(NFPROOF) run 'firewall>nat>lb' --param nat.ports=64512 --pcap tests/data/E02_http_49flows.pcap --seed 7 -o out/demo-run.pcapng
 	@echo "== the replay checker: is that recorded run explained by a failure-free execution?"
 	$(NFPROOF) replay out/demo-run.pcapng
+	@echo "== a real crash: the NAT's primary process killed at input 200 with nothing protected (none), then judged"
+	$(NFPROOF) run nat --param nat.ports=64512 --pcap tests/data/E02_http_49flows.pcap --strategy none --fail nat@200 \
+	    --seed 1 -o out/demo-crash-none.pcapng
+	$(NFPROOF) replay out/demo-crash-none.pcapng; test $$? -le 1
+	@echo "== the same crash under output commit with logged choices: a standby process takes over, nothing is seen wrong"
+	$(NFPROOF) run nat --param nat.ports=64512 --pcap tests/data/E02_http_49flows.pcap --strategy stateful.commit:8 \
+	    --log-choices --fail nat@200 --seed 1 -o out/demo-crash-commit.pcapng
+	$(NFPROOF) replay out/demo-crash-commit.pcapng
 
 # redis-server, tshark and chromium (the replay HTML test): installed with apt-get when missing and running as root.
 system-deps:
