@@ -17,6 +17,27 @@ state S_r, releases the protected outputs the egress has not seen, the driver re
 buffered inputs > r, and a new standby is attached. Under `none` a fresh instance starts from the
 initial state and only the inputs whose outputs were not released are replayed.
 
+Order (models/chain.py: one input at a time, run to completion). A one-instance chain has up to
+PIPELINE_WINDOW inputs in flight (its instance applies them in order, so nothing changes); a
+longer chain hands over one chain input at a time (an input going out and one coming back
+could otherwise cross at an instance in the wrong order).
+
+Time (DESIGN.md "Time", `--clock pcap`). An instance processes an input at its arrival; after a
+failover its replacement processes each input at max(arrival, c + F, its previous time), F the
+`--failover-time`, c the crash's time on the capture clock: the arrival of the last input whose
+effect the crash left visible (released, protected, or logged), i.e. the crash right after the
+primary's last visible event. (The kill comes as input PKT is handed over, but a primary with
+inputs still queued has not processed them at their arrival; taking c = a_PKT would stall their
+replay beyond F, what no failure-free run may do.) A replayed input whose clock reads were
+logged (--log-choices) reuses them.
+
+Trace (traces/README.md): `failure` at c {point, pid, detected_by, released_seq}, `failover` at
+c + F {standby, replica_seq (r as a chain input, -1: none), end_ns, crash_ns, failover_time,
+detection_ns (kill to closed socket; missed heartbeats: the silence), takeover_ns (from then to
+the replacement ready), spare_ready, held, replayed, outputs_lost}, `sync` {seq, input} at each
+new protected point, `choice` {seq, name: choose | now, value} for every logged choice and clock
+read (--log-choices), and the summary (with failovers, lost inputs, duplicates suppressed).
+
 Interface for a paradigm (stateful: `StandbyBackend` here; stateless: runtime/store.py):
 
     backend = BACKENDS[paradigm]()            # in every worker process
@@ -31,16 +52,25 @@ The worker (runtime/worker.py) runs that loop for every strategy and releases pe
 """
 from __future__ import annotations
 
+import hashlib
+import importlib
 import json
 import marshal
 import os
 import select
+import signal
 import socket
 import struct
+import subprocess
+import sys
+import time
 from abc import ABC, abstractmethod
+from collections import Counter, deque
 from dataclasses import asdict, dataclass, field
 
+from ..models.api import PACKET_FIELDS, Packet
 from ..models.strategy import Strategy
+from . import deltas
 
 HEARTBEAT_MISSES = 50     # a primary silent for this many heartbeat periods has failed (a loaded 2-core
                           # machine deschedules a process for 20 ms at times: fewer misses kill live ones)
@@ -219,7 +249,6 @@ BACKENDS = {"stateful": "nfproof.runtime.failover:StandbyBackend",
 
 
 def backend_class(strategy: Strategy) -> type[Backend]:
-    import importlib
     paradigm = strategy.name.split(".", 1)[0]
     module, _, name = BACKENDS[paradigm].partition(":")
     return getattr(importlib.import_module(module), name)
@@ -303,12 +332,11 @@ def parse_address(text: str) -> tuple[str, int]:
 
 class StandbyLink(Handle):
     """The primary's end of the replication link (stateful.*). Its `state` records every write as
-    a delta (runtime/deltas.py); `end` queues input n's deltas (and, when outputs are held, the
-    record) and ships the queue as the policy says; the standby acknowledges each message with
-    the highest input its state covers. Until `connect`, records queue up."""
+    a delta (runtime/deltas.py); `end` queues input n's deltas with its record (outputs, drops,
+    choices, clock reads) and ships the queue as the policy says; the standby acknowledges each
+    message with the highest input its state covers. Until `connect`, records queue up."""
 
     def __init__(self, nf_cls, strategy: Strategy, state: dict | None = None, log=None, r: int = 0):
-        from . import deltas
         self.policy = policy(strategy)
         self.log_ = log if log is not None else deltas.DeltaLog()
         self.state = state if state is not None else deltas.recording_state(nf_cls, self.log_)
@@ -322,17 +350,15 @@ class StandbyLink(Handle):
 
     def connect(self, address: tuple[str, int], timeout: float = 10.0) -> None:
         """Join the standby at `address` and send it the whole state once (covering inputs <= r)."""
-        from .deltas import snapshot
         sock = socket.create_connection(address, timeout=timeout)
         sock.settimeout(None)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.conn = Conn(sock)
-        self.conn.send(("snap", self.base, snapshot(self.state)))
+        self.conn.send(("snap", self.base, deltas.snapshot(self.state)))
         if self.queue:
             self.flush()
 
     def end(self, n: int, record: Record) -> bool:
-        import time
         self.queue.append((n, record.seq, self.log_.take(), record.wire()))  # outputs too: the standby
         # releases those of protected inputs the primary did not release (DESIGN.md, the protocol)
         if self.queued_at is None:
@@ -400,7 +426,6 @@ class Replica:
     and the state, r, the held records and the logs are handed on."""
 
     def __init__(self, nf_cls, listen: tuple[str, int]):
-        from . import deltas
         self.nf_cls = nf_cls
         self.log_ = deltas.DeltaLog()
         self.state = deltas.recording_state(nf_cls, self.log_)
@@ -426,18 +451,17 @@ class Replica:
         self._apply(messages)
 
     def _apply(self, messages) -> None:
-        from .deltas import apply, recording_state
         acks = False
         for m in messages:
             kind = m[0]
             if kind == "snap":
-                self.state = recording_state(self.nf_cls, self.log_)
-                apply(self.state, m[2])
+                self.state = deltas.recording_state(self.nf_cls, self.log_)
+                deltas.apply(self.state, m[2])
                 self.r = m[1]
                 acks = True
             elif kind == "rec":
-                for n, _seq, deltas, held in m[1]:
-                    apply(self.state, deltas)
+                for n, _seq, changes, held in m[1]:
+                    deltas.apply(self.state, changes)
                     self.r = n
                     if held is not None:
                         self.held[n] = held
@@ -466,7 +490,6 @@ class Replica:
     def promote(self, timeout: float = 2.0) -> Recovery:
         """Reads what the primary sent until its connection closes (it is dead), then where the
         copy stands."""
-        import time
         deadline = time.monotonic() + timeout
         while self.conn is not None and not self.conn.closed and time.monotonic() < deadline:
             self._apply(self.conn.wait(max(0.0, deadline - time.monotonic())))
@@ -507,7 +530,6 @@ class RunFailed(RuntimeError):
 
 def _die_with_parent() -> None:  # preexec_fn: the worker gets SIGKILL when the driver dies
     import ctypes
-    import signal
     try:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     except OSError:
@@ -519,11 +541,6 @@ class WorkerProcess:
     ahead of the one being waited for stay in `inbox`, in order."""
 
     def __init__(self, role: str, spec: InstanceSpec, listen: tuple[str, int] | None = None):
-        import os
-        import subprocess
-        import sys
-        import time
-        from collections import deque
         ours, theirs = socket.socketpair()
         args = [sys.executable, "-m", "nfproof.runtime.worker", "--fd", str(theirs.fileno()), "--role", role,
                 "--spec", spec.to_json()]
@@ -564,7 +581,6 @@ class WorkerProcess:
             self.conn.closed = True
 
     def poll(self) -> None:
-        import time
         messages = self.conn.read()
         if self.conn.closed and self.closed_at is None:
             self.closed_at = time.perf_counter_ns()
@@ -577,7 +593,6 @@ class WorkerProcess:
 
     def expect(self, kind: str, timeout: float = REPLY_SECONDS) -> tuple:
         """The first message of `kind` (others stay queued); RunFailed if the worker dies first."""
-        import time
         deadline = time.monotonic() + timeout
         self.flush()
         while True:
@@ -623,7 +638,6 @@ class WorkerProcess:
         return max(0.0, end - self.cpu0) if end is not None and self.cpu0 is not None else 0.0
 
     def stop(self, grace: float = 2.0) -> None:
-        import subprocess
         if self.popen.poll() is None:
             self.send(("stop",))
             try:
@@ -716,7 +730,7 @@ class FailoverDriver:
 
     def __init__(self, chain, chain_text: str, params: list, seed: int, settings: FailoverSettings,
                  linktype: int = 1, inside=None, recorder=None, clock: str = "pcap", batch: int = 32, progress=None):
-        from .frames import DEFAULT_INSIDE, Sides
+        from .frames import DEFAULT_INSIDE, Sides  # the driver's frame handling: not imported by workers
         chain.validate()
         self.chain, self.chain_text, self.params, self.seed = chain, chain_text, list(params), seed
         self.settings, self.linktype, self.recorder, self.clock = settings, linktype, recorder, clock
@@ -742,8 +756,6 @@ class FailoverDriver:
         self.wall0 = None
         self.standbys_started = 0
         self.lost = self.suppressed = 0
-        import hashlib
-        from collections import Counter
         self.digest = hashlib.sha256()
         self.drops: Counter = Counter()
         self.by_egress = dict.fromkeys(self.egresses, 0)
@@ -803,7 +815,6 @@ class FailoverDriver:
 
     def stop(self) -> None:
         """Every worker told to stop, waited for (its socket closes as it exits), killed if it lingers."""
-        import time
         for w in self.workers:
             if w.popen.poll() is None:
                 w.send(("stop",))
@@ -823,8 +834,6 @@ class FailoverDriver:
 
     # -- the run
     def run(self, source):
-        import time
-        from collections import Counter
         from ..traces import parse_frame
         from . import frames
         from .batch import CLASSIFY, FROM_INSIDE, FROM_OUTSIDE
@@ -894,7 +903,6 @@ class FailoverDriver:
 
     def enter(self, seq, data, wirelen, parsed, inbound, arrival, frames) -> None:
         """Chain input seq at the chain ingress (runtime contract: drops at the ingress first)."""
-        import time
         packet = frames.view(parsed, inbound, wirelen)
         if isinstance(packet, str):
             self.drops[packet] += 1
@@ -909,7 +917,6 @@ class FailoverDriver:
         self.settle(seq)
 
     def settle(self, seq) -> None:
-        import time
         if self.pending.get(seq) == 0:
             del self.pending[seq]
             if seq in self.started:  # (an input replayed after it was done, --no-dedup, settles again)
@@ -918,7 +925,6 @@ class FailoverDriver:
     def processing_time(self, x: Running, arrival: int) -> int:
         """When x processes an input that arrived at `arrival` (DESIGN.md "Time"): at its arrival;
         after a failover at max(arrival, the failover's end, x's previous processing time)."""
-        import time
         if self.clock == "wall":
             arrival = time.monotonic_ns() - self.wall0
         if x.floor is None:
@@ -953,7 +959,6 @@ class FailoverDriver:
 
     def route(self, x: Running, hop: Hop, gate: str, out) -> None:
         """One output of x for hop, written back onto its frame and carried on."""
-        from ..models.api import Packet
         from ..models.chain import _carried
         from . import frames
         buf = bytearray(hop.frame)
@@ -990,7 +995,6 @@ class FailoverDriver:
     def pump(self, timeout: float) -> None:
         """Reads what the workers sent (waiting up to `timeout` for something) and acts on it:
         releases, acknowledgements, failures (a closed socket, or silence: missed heartbeats)."""
-        import time
         live = [w for w in self.workers if not w.conn.closed]
         for w in live:
             w.flush()
@@ -1040,7 +1044,7 @@ class FailoverDriver:
             x.attached = True
             if self.failovers and self.failovers[-1]["instance"] == x.name and "attach_ns" not in self.failovers[-1]:
                 f = self.failovers[-1]
-                f["attach_ns"] = _perf_ns() - f["_detected"]
+                f["attach_ns"] = time.perf_counter_ns() - f["_detected"]
         elif kind == "info":
             x.info = m[1]
         elif kind == "error":
@@ -1111,10 +1115,8 @@ class FailoverDriver:
                     self.pump(self.period)
 
     def kill(self, x: Running, cause: str) -> None:
-        import os
-        import signal
         x.primary.cpu_end = x.primary.cpu()
-        x.killed_at, x.cause = _perf_ns(), cause
+        x.killed_at, x.cause = time.perf_counter_ns(), cause
         try:
             os.kill(x.primary.pid, signal.SIGKILL)
         except ProcessLookupError:
@@ -1122,7 +1124,7 @@ class FailoverDriver:
 
     def failover(self, x: Running) -> None:
         """x's primary is gone: the replacement takes over (see the module docstring)."""
-        started = _perf_ns()
+        started = time.perf_counter_ns()
         old = x.primary
         detected = old.closed_at or started
         old.popen.wait()
@@ -1150,9 +1152,9 @@ class FailoverDriver:
                             x.info, None))
                 ready = spare.expect("ready")
                 x.primary, spare.role = spare, "primary"
-            x.primary.last_heard = __import__("time").monotonic()
+            x.primary.last_heard = time.monotonic()
             x.generation += 1
-            takeover = _perf_ns() - started
+            takeover = time.perf_counter_ns() - started
             if self.spare is None:
                 self.spawn_spare()
             self.takeover(x, ready, killed_at, detected, takeover, cause, by, old.pid, spare_ready)
@@ -1211,10 +1213,4 @@ class FailoverDriver:
 
 
 def packet_fields_of(packet) -> tuple:
-    from ..models.api import PACKET_FIELDS
     return tuple(getattr(packet, f) for f in PACKET_FIELDS)
-
-
-def _perf_ns() -> int:
-    import time
-    return time.perf_counter_ns()
