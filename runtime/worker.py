@@ -21,8 +21,8 @@ handle's storages, which record every write as a delta, and protects and release
 strategy's Policy (runtime/failover.py): it applies queued inputs in order, calls `end` (which
 ships the deltas as the policy says), releases outputs when `end` allows it or, held, once
 protected() covers them (and, under --log-choices, once their choices and clock reads are
-acknowledged), forwards every new protected point to the driver, and sends a heartbeat whenever
-it has been silent for a heartbeat period. Choices: the instance's stream of the runtime
+acknowledged) and forwards every new protected point to the driver; a thread sends a heartbeat
+whenever the worker has been silent for a heartbeat period. Choices: the instance's stream of the runtime
 contract for generation 0; every later generation (a standby, a fresh instance) draws from its own
 stream, except that a replayed input reuses the choices and clock reads logged for it."""
 from __future__ import annotations
@@ -33,6 +33,7 @@ import select
 import signal
 import socket
 import sys
+import threading
 import time
 from collections import deque
 from operator import attrgetter
@@ -75,19 +76,36 @@ class Worker:
         self.conn, self.spec = conn, spec
         self.last_sent = time.monotonic()
         self.batching = False  # the primary's loop sends a round's messages in one write
+        self.lock = threading.Lock()  # the heartbeat thread writes to the driver too
 
     def send(self, message: tuple) -> None:
         """Queued; `flush` writes every queued message at once (the primary's loop, each round)."""
-        self.conn.queue(message)
-        self.last_sent = time.monotonic()
+        with self.lock:
+            self.conn.queue(message)
+            self.last_sent = time.monotonic()
         if not self.batching:
             self.flush()
 
     def flush(self) -> None:
         try:
-            self.conn.flush()
+            with self.lock:
+                self.conn.flush()
         except OSError:  # the driver is gone
-            sys.exit(0)
+            os._exit(0)
+
+    def heartbeats(self, period: float) -> None:
+        """A primary's heartbeat thread: a message at least every period, also while the loop
+        waits on its standby or its store (a slow write is a stall, not a failure; a stopped or
+        dead process sends nothing)."""
+        while True:
+            time.sleep(max(0.0, self.last_sent + period - time.monotonic()))
+            with self.lock:
+                due = time.monotonic() - self.last_sent >= period
+                if due:
+                    self.conn.queue(("hb",))
+                    self.last_sent = time.monotonic()
+            if due:
+                self.flush()
 
     def driver_messages(self, timeout: float | None) -> list:
         messages = self.conn.wait(timeout)
@@ -180,6 +198,7 @@ class Worker:
         forwarded, attached = -1, False
         r = logged = 0
         self.batching = True
+        threading.Thread(target=self.heartbeats, args=(period,), daemon=True).start()
 
         def release_ready() -> None:
             """Releases the held records whose conditions hold, in order; forwards r."""
@@ -206,10 +225,12 @@ class Worker:
         while True:
             self.flush()
             now = time.monotonic()
-            timeout = 0.0 if queue and not (serial and held) else max(0.0, self.last_sent + period - now)
+            timeout = 0.0 if queue and not (serial and held) else None
             since = handle.pending_since() if pol is not None and pol.flush_seconds else None
             if since is not None:
-                timeout = min(timeout, max(0.0, since + pol.flush_seconds - now))
+                timeout = min(timeout if timeout is not None else 1.0, max(0.0, since + pol.flush_seconds - now))
+            if timeout is None and handle is not None and handle.fileno() is None:
+                timeout = period  # a handle without a descriptor is polled
             fds = [self.conn.sock]
             link = handle.fileno() if handle is not None else None
             if link is not None:
@@ -254,8 +275,7 @@ class Worker:
                 since = handle.pending_since() if pol.flush_seconds else None
                 if since is not None and time.monotonic() - since >= pol.flush_seconds:
                     handle.flush()
-            if time.monotonic() - self.last_sent >= period:
-                self.send(("hb",))
+                release_ready()  # flush() may have read the acknowledgements select would wait for
 
     def apply(self, handle, state, item, chooser, logs: dict, ticks: int) -> Record:
         n, seq, packet, t_ns = item
