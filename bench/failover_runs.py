@@ -24,7 +24,6 @@ import contextlib
 import io
 import json
 import random
-import statistics
 import sys
 import tempfile
 import time

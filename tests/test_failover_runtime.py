@@ -25,8 +25,8 @@ from nfproof.models.api import TCP, UDP, Packet
 from nfproof.models.concrete import initial_state, step
 from nfproof.models.strategy import Strategy
 from nfproof.runtime import deltas
-from nfproof.runtime.failover import (Conn, FailoverDriver, FailoverSettings, PlannedFailure, Record, Replica,
-                                      StandbyLink, policy)
+from nfproof.runtime.failover import (Conn, FailoverDriver, FailoverSettings, Record, Replica, StandbyLink,
+                                      policy)
 from nfproof.runtime.ports import CaptureSource, capture_inside
 from nfproof.runtime.rng import InstanceRng, StreamChooser
 from nfproof.runtime.worker import generation_rng
