@@ -1,11 +1,11 @@
 """`nfproof replay TRACE`: does a failure-free execution of the chain explain a recorded run?"""
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
 
+from .cmd_verify import duration, positive_int
 from .errors import OK, UNKNOWN, USAGE, VIOLATION, UsageError
 
 EXIT = {"explained": OK, "violation": VIOLATION, "unknown": UNKNOWN}
@@ -13,18 +13,7 @@ EQUIVALENCES = ("strict", "per-flow", "loss-at-failover")
 
 
 def _duration_ns(text: str) -> int:
-    from .models.api import parse_seconds
-    try:
-        value = parse_seconds(text) * 1_000_000_000
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
-    return int(value)
-
-
-def _jobs(text: str) -> int:
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
-    return int(text)
+    return int(duration(text) * 1_000_000_000)
 
 
 def add_parser(sub):
@@ -55,7 +44,7 @@ def add_parser(sub):
                         "trace's failover time, else 1 s)")
     p.add_argument("--inside", metavar="CIDR,...", help="the inside networks for classifying sides (default: the "
                    "trace's, else the RFC 1918 ranges and fc00::/7)")
-    p.add_argument("--jobs", type=_jobs, default=None, help="worker processes for the flows (default: all cores)")
+    p.add_argument("--jobs", type=positive_int, default=None, help="worker processes for the flows (default: all cores)")
     p.add_argument("--sequential", action="store_true", help="check the trace as one part, even where the models "
                    "allow splitting it by flow (same verdict, slower)")
     p.add_argument("--html", metavar="FILE", help="write a self-contained HTML timeline of the run")
