@@ -423,9 +423,14 @@ class ChainNF(NF):
             member = chain.members[instance]
             inner = _MemberContext(ctx, member)
             member.nf({d: self.state[ns] for d, ns in member.state_names}).handle(p, inner)
-            return inner.emitted
+            return self.released(instance, p, inner.emitted, ctx)
 
         chain.route(pkt, process, ctx.emit, ctx.drop)
+
+    def released(self, instance: str, pkt: Packet, emitted: list, ctx) -> list:
+        """What of an instance's emissions ([(gate, Packet)]) for `pkt` travels on: all of them. A
+        checker's subclass may hold some back (a trace checker: what a frame cannot carry)."""
+        return emitted
 
 
 # -- concrete execution with per-instance state ---------------------------------------------------

@@ -8,14 +8,17 @@ import json
 import struct
 
 from nfproof.cli import main
+from nfproof.models.api import ICMP, Packet
 from nfproof.traces.pcapng import PcapngWriter
 from nfproof.traces.trace import PEN
 from nfproof.verify.equivalence import Equivalence
+from nfproof.verify.solver import Budget
 from nfproof.verify.frames import frame_of
+from nfproof.verify import replay_z3
 from nfproof.verify.replay import replay
 from nfproof.verify.replay_load import load_trace
 
-from replay_traces import EXT, HOST, HOST2, REMOTE, Run, tcp, udp
+from replay_traces import EXT, HOST, HOST2, REMOTE, S, Run, tcp, udp
 
 
 def cli(capsys, *args):
@@ -193,6 +196,38 @@ def _foreign_capture(path, packets):
             w.write_packet(iface, 1_700_000_000 * 10 ** 9 + k * 10 ** 6, frame_of(pkt))
         w.write_custom(PEN, b"\x00\x01\x02\x03 still not ours")
     return str(path)
+
+
+def test_an_output_the_frame_cannot_carry_is_dropped(tmp_path):
+    """An ICMP echo reply leaving the inside: the NAT maps it and gives it a port, which a reply
+    (its identifier is in dport) cannot carry, so the runtime drops that output (runtime/README.md
+    section 2). A run without it is explained; one that released the reply is a violation -- by
+    the search and by Z3."""
+    reply = Packet(ICMP, HOST, 0, REMOTE, 7)
+    dropped, released = Run("nat", ["nat.ports=64"]), Run("nat", ["nat.ports=64"])
+    dropped.input(reply, 0.0)
+    released.output(released.input(reply, 0.0), reply, "outside", "nat")
+    for run, expected in ((dropped, "explained"), (released, "violation")):
+        path = run.write(tmp_path / f"{expected}.pcapng")
+        assert verdict(path).verdict == expected
+        rec = load_trace(path)
+        observed = {}
+        for o in rec.outputs:
+            observed.setdefault(o.egress, []).append(o.key)
+        assert replay_z3.decide(rec.chain, rec.inputs, observed, rec.t0_ns, S, Budget(timeout=60)) == expected
+
+
+def test_a_port_taken_by_a_dropped_output_is_chosen_again(tmp_path):
+    """IGMP cannot carry the port the NAT maps it to: its outputs are dropped, but its mapping
+    holds a port that no output shows. The search first gives it the port a later flow reveals;
+    that flow's failure must lead back to the IGMP choice (it took the port), not to a violation."""
+    run = Run("nat", ["nat.ports=64512"])
+    igmp, ssdp = Packet(2, HOST, 0, REMOTE, 0), udp(HOST, 62923, REMOTE, 1900)
+    run.input(igmp, 0.0)
+    run.output(run.input(ssdp, 1.0), ssdp.rewrite(src=EXT, sport=25558), "outside", "nat")
+    run.input(igmp, 2.0)
+    r = verdict(run.write(tmp_path / "t.pcapng"))
+    assert r.verdict == "explained", r.reason
 
 
 def test_a_capture_with_other_tools_pen_32473_blocks_is_a_plain_capture(tmp_path, capsys):

@@ -1,5 +1,5 @@
-"""The trace checker's own view of frames as model packets (the runtime contract, /work/notes
-runtime.md sections 1 and 3, re-implemented here from the written rule: verify/ never imports
+"""The trace checker's own view of frames as model packets (the runtime contract, runtime/README.md
+sections 1 to 3, re-implemented here from the written rule: verify/ never imports
 runtime/, because the checker judges the runtime).
 
 `view(parsed, wirelen, inbound)` says what the chain does with a frame at its ingress:
@@ -9,6 +9,11 @@ runtime/, because the checker judges the runtime).
   unchanged to its first gate facing away from the side it came from (`outside_route`);
 - a `Packet`: the header fields the models act on (ICMP queries by identifier, ICMP errors as the
   reverse of the packet they quote, `length` = min(wire length, 0xFFFF), `label` 0).
+
+`writable(parsed)` is what a model may change in the frame (addresses always; ports, identifiers
+and flags where the frame has them; never the protocol or the length): an output that changes
+anything else is not released, `refusal` names the field and the chain drops it as "<instance>:
+cannot write <field> into the frame" (the runtime contract, section 2); the state change stands.
 
 Outputs are compared by `observable(pkt)`: the fields a frame carries (the label travels beside
 the frame, not in it, and `inbound` is the side, not a field), so a model's output and the frame
@@ -93,6 +98,46 @@ def _fields(p) -> tuple[int, int, int, int, int, int]:
             if ports is not None:  # the reverse of the quoted packet
                 return q.proto, _u32(q.dst), ports[1], _u32(q.src), ports[0], 0
     return proto, src, 0, dst, 0, 0
+
+
+TCP_WRITES = frozenset(("src", "dst", "sport", "dport", "flags"))
+PORT_WRITES = frozenset(("src", "dst", "sport", "dport"))
+SPORT_WRITES = frozenset(("src", "dst", "sport"))
+DPORT_WRITES = frozenset(("src", "dst", "dport"))
+ADDRESS_WRITES = frozenset(("src", "dst"))
+REFUSABLE = ("proto", "sport", "dport", "flags", "length")
+
+
+def writable(parsed) -> frozenset:
+    """The fields of an in-model frame's view that an output may change and the frame still carry."""
+    proto = parsed.proto
+    if proto == TCP:
+        return TCP_WRITES
+    if proto == UDP:
+        return PORT_WRITES
+    if proto != ICMP or parsed.icmp_type is None:
+        return ADDRESS_WRITES
+    t = parsed.icmp_type
+    if t in ICMP_REQUESTS:       # the identifier is the view's sport
+        return SPORT_WRITES
+    if t in ICMP_REPLIES:        # ... and a reply's its dport
+        return DPORT_WRITES
+    q = parsed.quoted
+    if t in ICMP_ERRORS and q is not None and q.ip_version == 4 and _quoted_ports(q) is not None:
+        if q.proto in (TCP, UDP):
+            return PORT_WRITES
+        # the reverse of a quoted request shows its identifier as dport, of a quoted reply as sport
+        return DPORT_WRITES if q.icmp_type in ICMP_REQUESTS else SPORT_WRITES
+    return ADDRESS_WRITES
+
+
+def refusal(writes: frozenset, old: Packet, new: Packet) -> str | None:
+    """The first field (proto, sport, dport, flags, length) that `new` changes from `old` and a
+    frame that can write `writes` cannot carry; None when the frame carries every change."""
+    for f in REFUSABLE:
+        if f not in writes and getattr(old, f) != getattr(new, f):
+            return f
+    return None
 
 
 def frame_view(linktype: int, data: bytes, wirelen: int, inbound: bool):

@@ -15,14 +15,14 @@ import re
 from dataclasses import dataclass, field
 
 from ..models import lookup
-from ..models.api import ModelError, ParamError
+from ..models.api import ModelError, Packet, ParamError
 from ..models.chain import Chain
 from ..traces import parse_frame
 from ..traces.errors import FormatError
 from ..traces.reader import _PCAP_MAGICS as PCAP_MAGICS, open_capture
 from ..traces.record import CustomBlock, Record
 from ..traces.trace import TraceEvent, read_trace
-from .frames import DEFAULT_INSIDE, OUTSIDE, Drop, Sides, observable, view
+from .frames import ADDRESS_WRITES, DEFAULT_INSIDE, OUTSIDE, Drop, Sides, observable, view, writable
 
 CLOCK_NAMES = ("now", "clock", "time")
 
@@ -41,6 +41,7 @@ class Input:
     number: int             # packet number in the file (1-based, every packet counted)
     raw_key: tuple | None = None
     lossable: bool = False
+    writes: frozenset = ADDRESS_WRITES  # what an output may change in the frame (frames.writable)
 
 
 @dataclass(slots=True)
@@ -137,8 +138,9 @@ class _Builder:
             time_ns = self.last_time
         self.last_time = time_ns
         v = view(parsed, wirelen, side == "outside")
-        raw = ("raw", bytes(data), parsed.flow_key) if v is OUTSIDE else None
-        return Input(seq, time_ns, side, v, number, raw)
+        if v is OUTSIDE:
+            return Input(seq, time_ns, side, v, number, ("raw", bytes(data), parsed.flow_key))
+        return Input(seq, time_ns, side, v, number, writes=writable(parsed) if type(v) is Packet else ADDRESS_WRITES)
 
     def add_output(self, egress, seq, out_index, instance, time_ns, data, wirelen, linktype, number, where):
         if egress not in self.egresses:

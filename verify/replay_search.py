@@ -34,7 +34,7 @@ from ..models import concrete
 from ..models.api import Map, Set
 from ..models.concrete import Cell, DictMap, PySet, step
 from .equivalence import Equivalence, Mismatch, compare
-from .frames import OUTSIDE, Drop, observable
+from .frames import OUTSIDE, Drop, observable, refusal
 
 NS = 1_000_000_000
 SMALL_DOMAIN = 64       # domains at most this big have every value tried
@@ -387,7 +387,8 @@ class _Chooser:
                 return None
         small = range(base, base + size) if size <= SMALL_DOMAIN else None
         shared = search.problem.partitioned and used is not None and self.unit.seq not in search.problem.no_exhaust
-        cands = search.candidates(self, available, small, shared)
+        taken_by = None if used is None else (lambda v: search.tracker.read(sid, v))
+        cands = search.candidates(self, available, small, shared, taken_by)
         value = self._decide(cands, lambda: search.fresh(base, size, available))
         if used is not None:
             search.pool_events.append(("choose", sid, None if value is EXHAUSTED else value, (base, size)))
@@ -419,13 +420,19 @@ class Search:
         self.start()
 
     # -- candidates for a choice ---------------------------------------------------------------------
-    def candidates(self, chooser: _Chooser, available, small, shared: bool) -> list:
+    def candidates(self, chooser: _Chooser, available, small, shared: bool, taken_by=None) -> list:
+        """The values to try for a choice, best first. A logged or revealed value that is not
+        available makes the attempt depend on `taken_by(v)` (the decisions that took it): another
+        choice there may leave it free."""
         unit, p, out, seen = chooser.unit, self.problem, [], set()
 
         def offer(v):
-            if v not in seen and isinstance(v, int) and available(v):
+            if v not in seen and isinstance(v, int):
                 seen.add(v)
-                out.append(v)
+                if available(v):
+                    out.append(v)
+                elif taken_by is not None:
+                    taken_by(v)
 
         k = chooser.per_instance.get(chooser.instance, 0)
         chooser.per_instance[chooser.instance] = k + 1
@@ -437,6 +444,7 @@ class Search:
         for v in self.ahead(chooser.frame.i):
             offer(v)
         if small is not None:
+            taken_by = None  # every value is tried: the others were not revealed
             for v in small:
                 offer(v)
         else:
@@ -491,7 +499,7 @@ class Search:
                 return [], [f"{instance}: outside the model" if instance else f"the chain has no {unit.side} ingress"], False
             return [(egress, unit.raw_key)], [], False
         produced, drops, clock = [], [], [False]
-        t0 = self.problem.t0_ns
+        t0, writes = self.problem.t0_ns, unit.writes
 
         def process(instance, pkt):
             member = self.members[instance]
@@ -503,7 +511,14 @@ class Search:
                 return (t - t0) * tps // NS
             res = step(member.nf, self.state[instance], pkt, chooser, now)
             drops.extend(f"{instance}: {r}" for r in res.drops)
-            return res.outputs
+            released = []
+            for gate, out in res.outputs:
+                field = refusal(writes, pkt, out)
+                if field is None:
+                    released.append((gate, out))
+                else:  # the frame cannot show it: not released, the state change stands
+                    drops.append(f"{instance}: cannot write {field} into the frame")
+            return released
 
         self.chain.route(view, process, lambda pkt, egress: produced.append((egress, observable(pkt.wrapped()))),
                          drops.append)
@@ -558,7 +573,7 @@ class Search:
         view = unit.view
         if view is OUTSIDE or isinstance(view, Drop):
             return self.execute(unit, t, chooser)
-        key = (view, self.ticks(t))
+        key = (view, unit.writes, self.ticks(t))
         tr, memo = self.tracker, self.memo
         for entry in memo.get(key, ()):
             reads, writes, produced, drops, clocked = entry

@@ -3,7 +3,7 @@ a conflict past the decisions it keeps), one query -- through verify/solver.py, 
 that talks to Z3 -- asks whether some failure-free execution explains it.
 
 Encoding (strict equivalence, outputs matched freely as the exact relation says): the chain as
-one NF (`Chain.as_nf`) stepped by the symbolic interpreter from its initial state over the part's
+one NF (`Chain.as_nf`, its instances releasing only what the input's frame can carry) stepped by the symbolic interpreter from its initial state over the part's
 inputs (concrete packets), every choice a variable that must be available, every processing time
 a variable in ticks with tick(a_i) <= T_i <= tick(a_i + S) and T_i non-decreasing (exactly the
 non-decreasing times of the DESIGN.md window, seen through the clock); then, per egress, the
@@ -14,7 +14,7 @@ from __future__ import annotations
 import z3
 
 from . import solver as smt
-from .frames import OUTSIDE, Drop
+from .frames import OUTSIDE, Drop, refusal
 from .symbolic import TIME_WIDTH, initial_state, packet_terms, step
 
 MAX_INPUTS = 48       # parts larger than this are left unknown
@@ -31,6 +31,7 @@ def decide(chain, units: list, observed: dict, t0_ns: int, stall_ns: int, budget
         return "unknown"
     (tps,) = rates
     nf = chain.as_nf()
+    framed = {}
     gates = list(nf.gates)
     state = initial_state(nf)
     constraints, slots, previous = [], [], None
@@ -52,7 +53,9 @@ def decide(chain, units: list, observed: dict, t0_ns: int, stall_ns: int, budget
 
             def choice(j, width, k=k):
                 return z3.BitVec(f"in{k}.choice{j}", width)
-            s = step(nf, state, packet_terms(u.view), choice, lambda t=t: t)
+            if u.writes not in framed:
+                framed[u.writes] = _framed(nf, u.writes)
+            s = step(framed[u.writes], state, packet_terms(u.view), choice, lambda t=t: t)
             constraints.append(s.valid)
             state = s.state
             slots += s.outputs
@@ -79,3 +82,20 @@ def decide(chain, units: list, observed: dict, t0_ns: int, stall_ns: int, budget
     except smt.BudgetExhausted:
         return "unknown"
     return "explained" if result == z3.sat else "violation"
+
+
+def _framed(nf, writes: frozenset):
+    """The chain NF whose instances release only what a frame that can write `writes` carries
+    (the runtime contract, section 2: the rest is dropped, the state change stands)."""
+
+    class Framed(nf):
+        def released(self, instance, pkt, emitted, ctx):
+            kept = []
+            for gate, out in emitted:
+                field = refusal(writes, pkt, out)
+                if field is None:
+                    kept.append((gate, out))
+                else:
+                    ctx.drop(f"{instance}: cannot write {field} into the frame")
+            return kept
+    return Framed
