@@ -80,6 +80,10 @@ def add_parser(sub):
     f.add_argument("--fail", action="append", default=[], metavar="NF@PKT",
                    help="SIGKILL instance NF's primary when it is about to be handed input PKT (0-based, as the "
                         "trace numbers inputs), e.g. nat@200 (repeatable)")
+    f.add_argument("--schedule", metavar="FILE",
+                   help="force one failover timeline: the schedule.json of `nfproof verify --reproduce DIR` (its "
+                        "choices, crash point, protected point and clock; its strategy, --param, --log-choices, "
+                        "--failover-time and --inside apply unless given the same)")
     f.add_argument("--fail-random", type=positive_int, metavar="K",
                    help="K failures at crash points drawn from --seed (instance and input)")
     f.add_argument("--heartbeat-ms", type=positive_float, default=1.0, metavar="MS",
@@ -159,7 +163,7 @@ def failover_settings(args, chain: Chain):
     failures = [parse_failure(text, chain) for text in args.fail]
     if args.fail_random:
         failures += random_failures(args.fail_random, args.seed, chain, count_inputs(args.pcap))
-    if not protected and not failures:
+    if not protected and not failures and not args.schedule:
         for flag, on in (("--no-replay-input", args.no_replay_input), ("--no-dedup", args.no_dedup)):
             if on:
                 raise UsageError(f"{flag} changes what a failover does: give --fail or --fail-random (or a strategy)")
@@ -176,7 +180,34 @@ def failover_settings(args, chain: Chain):
                          f"not {strategy}")
     return FailoverSettings(strategy if protected else None, args.log_choices, not args.no_replay_input,
                             not args.no_dedup, [PlannedFailure(name, seq) for name, seq in sorted(failures, key=lambda f: f[1])],
-                            args.heartbeat_ms, failover_ns, standby, store)
+                            args.heartbeat_ms, failover_ns, standby, store, args.schedule)
+
+
+def apply_schedule(args, parser_defaults: dict) -> None:
+    """--schedule FILE: loads it into args.schedule and takes its settings for the options not
+    given; one given differently is a UsageError (the run would not be the schedule's)."""
+    from .runtime.schedule import ScheduleError, load
+    try:
+        schedule = load(args.schedule)
+    except ScheduleError as e:
+        raise UsageError(str(e)) from None
+    if " ".join(args.chain.split()) != " ".join(schedule.chain.split()):
+        raise UsageError(f"--schedule {args.schedule} is for the chain {schedule.chain!r}, not {args.chain!r}")
+    if args.fail or args.fail_random:
+        raise UsageError("--schedule sets the crash itself: drop --fail and --fail-random")
+    inputs = count_inputs(args.pcap)
+    if schedule.crash["applied"] > inputs:
+        raise UsageError(f"--schedule {args.schedule}: its crash comes after input {schedule.crash['applied']}, but "
+                         f"{args.pcap} has {inputs}: is this the schedule's capture?")
+    wanted = {"strategy": schedule.strategy, "log_choices": schedule.log_choices, "param": schedule.params,
+              "failover_time": schedule.failover_time, "inside": ",".join(schedule.inside) or parser_defaults["inside"]}
+    for key, value in wanted.items():
+        given = getattr(args, key)
+        if given != parser_defaults[key] and given != value and not (key == "param" and sorted(given) == sorted(value)):
+            raise UsageError(f"--{key.replace('_', '-')} {given!r} differs from the schedule's {value!r} "
+                             f"({args.schedule}); leave it out")
+        setattr(args, key, value)
+    args.schedule = schedule
 
 
 def parse_failure(text: str, chain: Chain) -> tuple[str, int]:
@@ -226,6 +257,9 @@ def run(args) -> int:
     from .runtime.ports import CaptureSource, capture_inside
     from .runtime.recorder import Recorder
 
+    if args.schedule:
+        apply_schedule(args, {"strategy": "none", "log_choices": False, "param": [], "failover_time": None,
+                              "inside": "auto"})
     auto_inside = args.inside.strip() == "auto"
     if not auto_inside:
         try:
@@ -264,6 +298,10 @@ def run(args) -> int:
                               failover_time=settings.failover_ns / 1e9, heartbeat_ms=settings.heartbeat_ms,
                               standby=args.standby, log_choices=settings.log_choices,
                               replay_input=settings.replay_input, dedup=settings.dedup)
+                if settings.schedule is not None:
+                    fields.update(schedule=os.path.basename(settings.schedule.path))
+                    if settings.schedule.max_stall is not None:
+                        fields.update(max_stall=settings.schedule.max_stall)
             try:
                 recorder = Recorder(args.output, args.chain, fields, settings.text() if settings else "none")
             except OSError as e:
@@ -290,6 +328,11 @@ def run(args) -> int:
             if progress is not None:
                 progress.clear()
     cpu = time.process_time() - cpu0
+    if settings is not None and settings.schedule is not None \
+            and not any(f["instance"] == settings.schedule.instance for f in failovers):
+        raise UsageError(f"--schedule {settings.schedule.path}: its crash of {settings.schedule.instance} after input "
+                         f"{settings.schedule.crash['applied']} was not reached (of {stats.packets_in} inputs, fewer "
+                         f"reached {settings.schedule.instance}): is this the schedule's capture?")
     result = as_json(stats, args, cpu, inside, auto_inside)
     if settings is not None:
         result.update(strategy=settings.text(), processes=pids,

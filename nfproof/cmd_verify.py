@@ -6,6 +6,7 @@ import json
 import math
 import os
 import re
+import shlex
 import sys
 
 from .models import NFS, lookup
@@ -127,6 +128,11 @@ def add_parser(sub):
                         "output equivalence; 'all' for every property of the model")
     p.add_argument("--json", action="store_true", help="print the result as JSON (a list with --strategy all)")
     p.add_argument("--html", metavar="FILE", help="also write a counterexample as a self-contained HTML timeline")
+    p.add_argument("--reproduce", metavar="DIR",
+                   help="also write a counterexample as files the runtime replays: DIR/inputs.pcap (its packets as "
+                        "frames), DIR/schedule.json (crash point, protected point, choices, clock) and DIR/README.md "
+                        "(`nfproof run CHAIN --pcap DIR/inputs.pcap --schedule DIR/schedule.json -o t.pcapng`, then "
+                        "`nfproof replay t.pcapng`); with --strategy all, one DIR/STRATEGY per counterexample")
     return p
 
 
@@ -182,6 +188,8 @@ def run(args) -> int:
             raise UsageError(f"cannot write {args.html}: {e.strerror}") from None
     elif args.html:
         print(f"nfproof verify: no counterexample, {args.html} not written", file=sys.stderr)
+    if args.reproduce:
+        _reproduce(args, failing, len(results) > 1)
     if args.json:
         out = [as_json(r) for r in results]
         print(json.dumps(out if len(out) > 1 else out[0], indent=2))
@@ -211,6 +219,27 @@ def run(args) -> int:
             print(f"{r.strategy:34} {verdict:22} {r.bound:>5} {r.seconds:>8.3f}  {length}{note}")
     verdicts = {r.verdict for r in results}
     return VIOLATION if "counterexample" in verdicts else UNKNOWN if "unknown" in verdicts else OK
+
+
+def _reproduce(args, failing: list, per_strategy: bool) -> None:
+    """--reproduce DIR: each counterexample as inputs.pcap + schedule.json + README.md."""
+    from .models.chain import Chain
+    from .verify.report import story
+    from .verify.reproduce import ReproduceError, write
+    if not failing:
+        print(f"nfproof verify: no counterexample, {args.reproduce} not written", file=sys.stderr)
+        return
+    instance = next(iter(Chain.parse(args.chain, lookup).members))
+    for r in failing:
+        folder = os.path.join(args.reproduce, str(r.strategy).replace(":", "-")) if per_strategy else args.reproduce
+        try:
+            paths = write(r, folder, args.chain, instance, args.param, story)
+        except ReproduceError as e:
+            raise UsageError(f"--reproduce: {r.nf} under {r.strategy}: {e}") from None
+        except OSError as e:
+            raise UsageError(f"--reproduce {folder}: {e.strerror or e}") from None
+        print(f"reproduction: {', '.join(paths)}; run it with: nfproof run {shlex.quote(args.chain)} --pcap {paths[0]} "
+              f"--schedule {paths[1]} -o t.pcapng && nfproof replay t.pcapng", file=sys.stderr)
 
 
 def _run_properties(args, nf_cls, strategies) -> int:

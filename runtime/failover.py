@@ -94,6 +94,7 @@ class InstanceSpec:
     log_choices: bool = False
     heartbeat_ms: float = 1.0
     options: dict = field(default_factory=dict)  # the paradigm's own (e.g. the store's URL)
+    schedule: dict = field(default_factory=dict)  # a schedule's part for this worker (runtime/worker.py)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -669,6 +670,7 @@ class FailoverSettings:
     failover_ns: int = 1_000_000_000       # F: the failover's duration on the capture clock
     standby: tuple = ("127.0.0.1", 0)      # where standbys listen (port 0: any free; else port, port+1, ...)
     backend: dict = field(default_factory=dict)  # the paradigm's settings for Backend.serve (e.g. redis URL)
+    schedule: object = None                # runtime/schedule.py Schedule: forced choices and crash (--schedule)
 
     @property
     def paradigm(self) -> str:
@@ -769,7 +771,8 @@ class FailoverDriver:
         return InstanceSpec(self.chain_text, self.params, running.name if running else "",
                             model_ref(running.member.nf) if running else "", running.k if running else -1,
                             self.seed, generation, str(s.strategy) if s.strategy else "none", s.log_choices,
-                            s.heartbeat_ms, self.options)
+                            s.heartbeat_ms, self.options,
+                            s.schedule.part(running.name, generation) if s.schedule and running else {})
 
     def start_worker(self, role: str, spec: InstanceSpec, listen=None) -> WorkerProcess:
         w = WorkerProcess(role, spec, listen)
@@ -789,7 +792,7 @@ class FailoverDriver:
             x.primary = self.start_worker("primary", self.spec(x, 0))
             if s.paradigm == "stateful":
                 x.standby = self.start_worker("standby", self.spec(x, 1), self.standby_address())
-        if s.failures:
+        if s.failures or s.schedule is not None:
             self.spawn_spare()
         for x in self.instances.values():
             x.primary.expect("hello", START_SECONDS)
@@ -858,8 +861,10 @@ class FailoverDriver:
                     last = t
                     if self.t0 is None:
                         self.t0, self.wall0 = t, time.monotonic_ns()
+                        if self.settings.schedule is not None:  # the clock's origin the schedule was made for
+                            self.t0 = self.settings.schedule.origin(t)
                         if self.recorder is not None:
-                            self.recorder.begin(self.linktype, self.egresses, t)
+                            self.recorder.begin(self.linktype, self.egresses, self.t0)
                     parsed = parse_frame(self.linktype, data, wirelen)
                     inbound = self.sides.inbound(parsed) if side == CLASSIFY else side == FROM_OUTSIDE
                     if self.recorder is not None:
@@ -1169,6 +1174,9 @@ class FailoverDriver:
         visible = max(x.released, r, max(logged, default=0))
         first = min(x.arrivals, default=None)
         crash = x.arrivals[visible][1] if visible in x.arrivals else x.arrivals[first][1] if first else 0
+        if s.schedule is not None and s.schedule.crash_ns is not None and x.name == s.schedule.instance \
+                and x.generation == 1:  # the schedule's crash time (its first failover of that instance)
+            crash = s.schedule.crash_ns - self.t0
         x.floor = x.prev = crash + s.failover_ns
         base = x.released if s.strategy is None else max(x.r, r)
         x.r = max(x.r, r)

@@ -70,9 +70,16 @@ class Sink:
         pass
 
 
+PORT_SIDES = {"inside": FROM_INSIDE, "outside": FROM_OUTSIDE, "ingress:inside": FROM_INSIDE,
+              "ingress:outside": FROM_OUTSIDE}  # pcapng interface names that say a frame's side
+
+
 class CaptureSource(Source):
     """The frames of a pcap or pcapng file (any link type the codec reads; a pcapng may have
-    several interfaces as long as they share one link type). Every frame gets `side`."""
+    several interfaces as long as they share one link type). Every frame gets `side`; with the
+    default (CLASSIFY), a frame captured on a pcapng interface named `inside` or `outside` (or
+    `ingress:inside`, `ingress:outside`, as nfproof's traces and reproductions name theirs) gets
+    that port's side, and the others are classified by source address."""
 
     def __init__(self, path, side: int = CLASSIFY):
         if side not in SIDES:
@@ -83,6 +90,7 @@ class CaptureSource(Source):
         self._ahead: Record | None = None   # the first record, read to learn the link type
         self._fault: FormatError | None = None
         self._ended = False
+        self._port_sides: dict[int, int] = {}
         self.linktype = self._first_linktype()
 
     def _first_linktype(self) -> int:
@@ -118,7 +126,8 @@ class CaptureSource(Source):
                     break
                 if rec.linktype != linktype:
                     raise self._mixed(rec)
-                frames.append((rec.data, rec.wirelen, rec.time_ns, side))  # an InputFrame, built faster
+                frames.append((rec.data, rec.wirelen, rec.time_ns,  # an InputFrame, built faster
+                               side if side != CLASSIFY else self._port_side(rec)))
         except FormatError as e:  # hand over what came before the fault first
             self._ended = True
             if not frames:
@@ -127,7 +136,17 @@ class CaptureSource(Source):
         return frames
 
     def _frame(self, rec: Record) -> tuple:
-        return (rec.data, rec.wirelen, rec.time_ns, self.side)
+        return (rec.data, rec.wirelen, rec.time_ns, self.side if self.side != CLASSIFY else self._port_side(rec))
+
+    def _port_side(self, rec: Record) -> int:
+        """The side its interface's name says (PORT_SIDES), else CLASSIFY."""
+        sides = self._port_sides
+        side = sides.get(rec.interface)
+        if side is None:
+            interfaces = self._reader.interfaces
+            name = interfaces[rec.interface].name if rec.interface < len(interfaces) else None
+            side = sides[rec.interface] = PORT_SIDES.get(name, CLASSIFY)
+        return side
 
     def _mixed(self, rec: Record) -> FormatError:
         n = self._reader.count

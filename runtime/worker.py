@@ -24,7 +24,14 @@ protected() covers them (and, under --log-choices, once their choices and clock 
 acknowledged) and forwards every new protected point to the driver; a thread sends a heartbeat
 whenever the worker has been silent for a heartbeat period. Choices: the instance's stream of the runtime
 contract for generation 0; every later generation (a standby, a fresh instance) draws from its own
-stream, except that a replayed input reuses the choices and clock reads logged for it."""
+stream, except that a replayed input reuses the choices and clock reads logged for it.
+
+A schedule (`nfproof run --schedule`, runtime/schedule.py) reaches a worker as `spec.schedule`:
+`choices` {n: values} forces input n's choices (past them, the stream); `crash` {applied,
+released, protected} makes a primary die by its own SIGKILL at that point of its timeline: it
+replicates inputs <= protected (awaited), runs the inputs after them on a copy of its state that
+nothing replicates, releases the outputs of inputs <= released only, and kills itself once input
+`applied` is done (before any later input) -- the crash a counterexample of `nfproof verify` names."""
 from __future__ import annotations
 
 import argparse
@@ -39,7 +46,7 @@ from collections import deque
 from operator import attrgetter
 
 from ..models.api import PACKET_FIELDS, Packet
-from ..models.concrete import initial_state, step
+from ..models.concrete import copy_state, initial_state, step
 from ..models.strategy import Strategy
 from .deltas import plain
 from .failover import Conn, InstanceSpec, Record, Recovery, Replica, StandbyLink, backend_class, parse_address
@@ -197,6 +204,10 @@ class Worker:
         held: deque = deque()    # (record, needs protection) waiting for their release
         forwarded, attached = -1, False
         r = logged = 0
+        forced = {int(n): list(values) for n, values in spec.schedule.get("choices", {}).items()}
+        crash = spec.schedule.get("crash")
+        release_cap = crash["released"] if crash else float("inf")
+        detached = None  # a scheduled crash, past its protected point: the copy of the state nothing replicates
         self.batching = True
         threading.Thread(target=self.heartbeats, args=(period,), daemon=True).start()
 
@@ -208,7 +219,8 @@ class Worker:
             r = handle.protected()
             logged = handle.logged() if log_choices else 0
             released = 0
-            while held and (not held[0][1] or held[0][0].n <= r) and (not log_choices or held[0][0].n <= logged):
+            while held and (not held[0][1] or held[0][0].n <= r) and (not log_choices or held[0][0].n <= logged) \
+                    and held[0][0].n <= release_cap:
                 record = held.popleft()[0]
                 self.release(record)
                 released = record.n
@@ -221,6 +233,28 @@ class Worker:
             if not attached and getattr(handle, "attached", False):
                 self.send(("attached", r))
                 attached = True
+
+        def after_protected(item) -> None:
+            """A scheduled crash's inputs after its protected point: applied on a copy of the state
+            that nothing replicates (choices still logged first under --log-choices), then the crash."""
+            nonlocal detached
+            if item[0] > crash["applied"]:
+                self.crash(handle, release_ready)
+            if detached is None:
+                if handle is not None:  # the protected point is reached: awaited, and no further
+                    handle.flush(wait=True)
+                    release_ready()
+                detached = copy_state(state)
+            record = self.apply(None, detached, item, chooser, logs, ticks, forced)
+            if log_choices:
+                handle.log(record.n, record)
+                while handle.logged() < record.n:
+                    handle.protected()
+                    time.sleep(0.0005)
+            if record.n <= release_cap:
+                self.release(record)
+            if record.n == crash["applied"]:
+                self.crash(handle, release_ready)
 
         while True:
             self.flush()
@@ -252,11 +286,17 @@ class Worker:
                 sys.exit(1)
             applied = 0
             while queue and not (serial and held) and applied < APPLY_PER_ROUND:
-                record = self.apply(handle, state, queue.popleft(), chooser, logs, ticks)
+                if crash is not None and queue[0][0] > crash["protected"]:
+                    after_protected(queue.popleft())
+                    continue
+                record = self.apply(handle, state, queue.popleft(), chooser, logs, ticks, forced)
                 applied += 1
                 if log_choices:
                     handle.log(record.n, record)
-                if pol is None or not (pol.hold or log_choices or held):
+                if record.n > release_cap:  # a scheduled crash: protected, not released before it
+                    handle.end(record.n, record)
+                    held.append((record, True))
+                elif pol is None or not (pol.hold or log_choices or held):
                     # released at once (none, async, checkpoint, batch): the outputs go out before the
                     # state change is shipped, as models/strategy.py orders release and protect
                     self.release(record)
@@ -267,6 +307,8 @@ class Worker:
                 else:
                     release_now = handle.end(record.n, record)
                     held.append((record, not release_now))
+                if crash is not None and record.n == crash["applied"]:
+                    self.crash(handle, release_ready)
             if applied:
                 release_ready()  # what end() let out at once (a store's awaited write), acks that came meanwhile
             if pol is not None:
@@ -277,7 +319,7 @@ class Worker:
                     handle.flush()
                 release_ready()  # flush() may have read the acknowledgements select would wait for
 
-    def apply(self, handle, state, item, chooser, logs: dict, ticks: int) -> Record:
+    def apply(self, handle, state, item, chooser, logs: dict, ticks: int, forced: dict) -> Record:
         n, seq, packet, t_ns = item
         logged = logs.pop(n, None)
         now_ticks = t_ns * ticks // NS
@@ -287,6 +329,8 @@ class Worker:
             clock = lambda: reads.pop(0) if reads else now_ticks  # noqa: E731
         else:
             use, clock = chooser, lambda: now_ticks  # noqa: E731
+            if n in forced:  # a schedule's choices
+                use = LoggedChooser(forced.pop(n), chooser)
         if handle is not None:
             handle.begin(n)
         try:
@@ -297,6 +341,14 @@ class Worker:
             sys.exit(1)
         return Record(n, seq, [(gate, packet_fields(p)) for gate, p in result.outputs], result.drops,
                       [plain(c) for c in result.choices], list(result.clock_reads))
+
+    def crash(self, handle, release_ready) -> None:
+        """A schedule's crash: what the timeline reached is protected and released, then SIGKILL."""
+        if handle is not None:
+            handle.flush(wait=True)
+        release_ready()
+        self.flush()
+        os.kill(os.getpid(), signal.SIGKILL)
 
     def release(self, record: Record) -> None:
         self.send(("out", record.n, record.outputs, record.drops, record.choices, record.clocks))

@@ -1,0 +1,164 @@
+"""Executable counterexamples (`nfproof verify ... --reproduce DIR`): a counterexample as files the
+real runtime can replay.
+
+- `inputs.pcapng`: the counterexample's input packets as Ethernet/IPv4 frames (`frames.frame_of`,
+  valid checksums), one per input, at its arrival time on the NF's clock (tick 0 = `t0_ns`), on
+  the interface of its side (`ingress:inside`, `ingress:outside`: the runtime takes a frame's side
+  from its port, so no address needs to belong to a side); a
+  field no frame carries (a UDP packet's flags, say: the solver leaves what a model ignores at any
+  value) is set as a frame shows it and the counterexample re-executed (`framed_result`);
+- `schedule.json`: what the run must force (format "nfproof-schedule/1", runtime/README.md
+  section 8): the strategy and settings, the crash point (inputs applied, released, protected), the crash time, and the primary's and the
+  standby's choices per input;
+- `README.md`: the story, and the three commands: `nfproof run --schedule` replays it on the
+  runtime, `nfproof replay` judges the trace, and reports the same violation.
+
+Written here from the format's description, not with the runtime's code (verify/ never imports
+runtime/). `ReproduceError` when a counterexample has no frames that show it (a packet label,
+which travels beside frames, a length no frame has, a chain verified as one unit)."""
+from __future__ import annotations
+
+import json
+import os
+
+from ..models.api import ICMP, TCP, UDP
+from ..traces.pcapng import PcapngWriter
+from .frames import frame_of
+
+FORMAT = "nfproof-schedule/1"
+T0_NS = 1_700_000_000 * 10 ** 9   # the capture time of clock tick 0 (any fixed instant would do)
+NS = 10 ** 9
+UNTIMED_GAP_NS = 1_000_000        # inputs of an NF that reads no clock: 1 ms apart
+
+
+class ReproduceError(ValueError):
+    """A counterexample the runtime cannot be made to replay (the message says why)."""
+
+
+def as_framed(pkt):
+    """The packet as a frame shows it: flags only on TCP, ports only on TCP, UDP and ICMP (one
+    identifier: an echo request's in sport, a reply's in dport)."""
+    if pkt.proto == TCP:
+        return pkt
+    if pkt.proto == UDP:
+        return pkt.rewrite(flags=0)
+    if pkt.proto == ICMP:
+        return pkt.rewrite(flags=0, dport=0 if pkt.sport else pkt.dport)
+    return pkt.rewrite(sport=0, dport=0, flags=0)
+
+
+def framed_result(result):
+    """The counterexample with its inputs as frames show them (a solver leaves the fields a model
+    ignores, such as a UDP packet's flags, at any value), re-executed: the same crash and choices
+    must still give an output no failure-free execution explains, else ReproduceError."""
+    from dataclasses import replace
+
+    from ..models.concrete import scripted
+    from .simulate import explain, simulate
+    cex = result.counterexample
+    run = cex.run
+    inputs = [as_framed(p) for p in run.inputs]
+    if inputs == list(run.inputs):
+        return result
+    again = simulate(cex.nf, run.strategy, inputs, run.cut, run.protected,
+                     lambda i: scripted(run.primary_choices.get(i, [])), lambda i: scripted(run.standby_choices.get(i, [])),
+                     cex.log_choices, run.arrivals, run.crash_time,
+                     (run.failover_end - run.crash_time) if run.arrivals is not None else 0)
+    why = explain(cex.nf, inputs, again.observed_outputs, run.arrivals, cex.max_stall)
+    if why.explained:
+        changed = next(i for i, (a, b) in enumerate(zip(run.inputs, inputs), 1) if a != b)
+        raise ReproduceError(f"the counterexample needs input {changed} as {run.inputs[changed - 1]!r}, fields no "
+                             f"frame carries (as a frame: {inputs[changed - 1]})")
+    return replace(result, counterexample=replace(cex, run=again, explanation=why))
+
+
+def _frame(pkt, i: int) -> bytes:
+    """The frame of input i: its view is the packet, its wire length the packet's length (if any)."""
+    if pkt.label:
+        raise ReproduceError(f"input {i} carries label {pkt.label}; labels travel beside frames and are 0 at the "
+                             f"chain's ingress, so no capture holds this input")
+    if pkt.proto not in (TCP, UDP, ICMP) and (pkt.sport or pkt.dport):
+        raise ReproduceError(f"input {i} ({pkt}) has ports, which a frame of protocol {pkt.proto} does not carry")
+    try:
+        frame = frame_of(pkt)
+    except ValueError as e:
+        raise ReproduceError(f"input {i}: {e}") from None
+    if pkt.length:
+        if pkt.length < len(frame):
+            raise ReproduceError(f"input {i} ({pkt}) is {pkt.length} bytes long, shorter than its headers "
+                                 f"({len(frame)} bytes)")
+        frame = frame_of(pkt, b"\0" * (pkt.length - len(frame)))
+    return frame
+
+
+def _ns(ticks: int, tps: int) -> int:
+    """The capture time of a tick (the earliest ns the runtime's clock reads as that tick)."""
+    return T0_NS + -(-ticks * NS // tps)
+
+
+def schedule(result, chain_text: str, instance: str, params: list) -> tuple[dict, list[tuple[int, bytes]]]:
+    """(schedule.json's content, [(capture time ns, frame)]) of a counterexample Result."""
+    cex = result.counterexample
+    run, nf = cex.run, cex.nf
+    if run.strategy.mutation:
+        raise ReproduceError(f"the strategy carries the injected bug {run.strategy.mutation!r}, which only the "
+                             f"verifier simulates; the runtime implements the real strategies")
+    if callable(getattr(nf, "chain", None)) and len(nf.chain().members) > 1:
+        raise ReproduceError("the chain was verified as one failing unit; the runtime crashes one instance at a time "
+                             "(reproduce a counterexample of one NF)")
+    tps = getattr(nf, "ticks_per_second", 1)
+    timed = run.arrivals is not None
+    times = [_ns(a, tps) if timed else T0_NS + i * UNTIMED_GAP_NS for i, a in enumerate(run.arrivals or run.inputs)]
+    frames = [(t, p.inbound, _frame(p, i)) for i, (t, p) in enumerate(zip(times, run.inputs), 1)]
+    failover_ticks = (run.failover_end - run.crash_time) if timed else None
+    doc = {
+        "format": FORMAT,
+        "chain": chain_text,
+        "params": list(params),
+        "strategy": str(run.strategy),
+        "log_choices": cex.log_choices,
+        "t0_ns": T0_NS,
+        "crash": {"instance": instance, "applied": run.cut.applied, "released": run.cut.released,
+                  "protected": run.protected, "time_ns": _ns(run.crash_time, tps) if timed else None},
+        "choices": {instance: {
+            "primary": {str(i): list(v) for i, v in sorted(run.primary_choices.items()) if v},
+            "standby": {str(i): list(v) for i, v in sorted(run.standby_choices.items()) if v}}},
+        "expect": "violation",
+    }
+    if timed:
+        doc["failover_time"] = failover_ticks / tps
+        doc["max_stall"] = cex.max_stall / tps
+    return doc, frames
+
+
+def write(result, folder: str, chain_text: str, instance: str, params: list, story) -> list[str]:
+    """Writes inputs.pcap, schedule.json and README.md (with `story(result)`) into `folder`
+    (created), for the counterexample as frames show it (`framed_result`); returns their paths."""
+    result = framed_result(result)
+    doc, frames = schedule(result, chain_text, instance, params)
+    story = story(result)
+    os.makedirs(folder, exist_ok=True)
+    pcap, sched, readme = (os.path.join(folder, n) for n in ("inputs.pcapng", "schedule.json", "README.md"))
+    with PcapngWriter(pcap, userappl="nfproof verify --reproduce") as w:  # the side of a frame is its port's
+        ports = {False: w.add_interface(1, 0, name="ingress:inside"), True: w.add_interface(1, 0, name="ingress:outside")}
+        for t, inbound, frame in frames:
+            w.write_packet(ports[inbound], t, frame)
+    with open(sched, "w") as f:
+        json.dump(doc, f, indent=2)
+        f.write("\n")
+    stall = f" --max-stall {doc['max_stall']:g}" if doc.get("max_stall") not in (None, doc.get("failover_time")) else ""
+    quoted = f"'{chain_text}'" if any(c in chain_text for c in "> ") else chain_text
+    with open(readme, "w") as f:
+        f.write(f"# A counterexample of `nfproof verify {chain_text} --strategy {doc['strategy']}`, executable\n\n"
+                f"Replay it on the reference runtime (real processes: the primary is killed at the crash point, the "
+                f"{'standby' if doc['strategy'].startswith('stateful') else 'replacement'} takes over) and judge the "
+                f"recorded run:\n\n"
+                f"    nfproof run {quoted} --pcap {pcap} --schedule {sched} -o t.pcapng\n"
+                f"    nfproof replay t.pcapng{stall}     # exit 1: the same violation\n\n"
+                f"- `inputs.pcapng`: the {len(frames)} input packets as frames, at their arrival times, on the "
+                f"interface of their side\n"
+                f"- `schedule.json`: the crash (after input {doc['crash']['applied']} applied, "
+                f"{doc['crash']['released']} released, state protected up to input {doc['crash']['protected']}), "
+                f"the choices the primary and the standby make, the clock\n\n"
+                f"What the verifier found:\n\n```\n{story}\n```\n")
+    return [pcap, sched, readme]
