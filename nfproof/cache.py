@@ -4,7 +4,8 @@ A verdict is stored under a hash of everything it depends on: the source of the 
 verifier and the model API (every source file of the nfproof package and of its models/, verify/
 and traces/ subpackages), the source files of the check's NF classes (each class of each chain
 member's MRO outside nfproof: a user model's file), a replay check's trace, the check's options
-(`Check.settings`: chain, parameters, strategy, bound, ...), and the versions of nfproof, Z3 and
+(`Check.settings`: chain, parameters, strategy, bound, ...; for a check that runs a capture, the
+capture and the runtime's sources), and the versions of nfproof, Z3 and
 Python. File contents are hashed, not times, so a fresh CI checkout
 hits the cache. Only decided verdicts are stored: an unknown (a timeout) is tried again.
 
@@ -51,6 +52,18 @@ def _package_digest() -> str:
         for entry in sorted(os.listdir(folder)):
             if entry.endswith(SOURCE_SUFFIXES):
                 _hash_file(h, os.path.join(folder, entry), f"{name}/{entry}")
+    return h.hexdigest()
+
+
+@functools.lru_cache(maxsize=None)
+def runtime_digest() -> str:
+    """Hash of the runtime's sources (a check that runs a capture: the runtime's code decides too)."""
+    import importlib.util
+    folder = os.path.dirname(importlib.util.find_spec("nfproof.runtime").origin)
+    h = hashlib.sha256()
+    for entry in sorted(os.listdir(folder)):
+        if entry.endswith(SOURCE_SUFFIXES):
+            _hash_file(h, os.path.join(folder, entry), f"runtime/{entry}")
     return h.hexdigest()
 
 

@@ -93,25 +93,57 @@ REPLAY_VERDICTS = {OK: "explained", VIOLATION: "violation", UNKNOWN: "unknown"} 
 
 def replay(check: Check) -> dict:
     """A replay check's record: `nfproof replay TRACE --chain CHAIN ...` run in this process, its
-    verdict read from its exit code and its text (the violation's story) from what it prints."""
+    verdict read from its exit code and its text (the violation's story) from what it prints. A
+    check with `pcap` makes its trace first: `nfproof run CHAIN --pcap FILE --fail ... -o TRACE`."""
+    import tempfile
+
+    if check.replay["run"] is None:
+        return _replay(check, check.replay["trace"])
+    from .config import resolved
+    r = check.replay["run"]
+    with tempfile.TemporaryDirectory(prefix="nfproof-check-") as folder:
+        trace = os.path.join(folder, "run.pcapng")
+        argv = ["run", resolved(check.chain, check.base_dir), "--pcap", check.replay["pcap"], "--strategy", r["strategy"],
+                "--seed", str(r["seed"]), *[a for p in check.params for a in ("--param", p)],
+                *[a for f in r["fail"] for a in ("--fail", f)], "-o", trace]
+        if r["log_choices"]:
+            argv.append("--log-choices")
+        if r["failover_time"] is not None:
+            argv += ["--failover-time", r["failover_time"]]
+        code, text, seconds = _command(argv)
+        if code != OK:
+            return {"verdict": "error", "seconds": seconds, "text": text, "data": {"argv": argv, "exit": code},
+                    "reason": text.splitlines()[-1] if text else f"nfproof run: exit {code}"}
+        record = _replay(check, trace)
+        record["seconds"] += seconds
+        record["data"]["run"] = argv[:-2] + ["-o", "TRACE"]
+        return record
+
+
+def _command(argv: list) -> tuple[int, str, float]:
+    """An nfproof command run in this process: (exit code, what it printed, seconds)."""
     import contextlib
     import io
 
     from .cli import main
+    out, err, start = io.StringIO(), io.StringIO(), time.monotonic()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(argv)
+    return code, (out.getvalue() + err.getvalue()).strip(), time.monotonic() - start
+
+
+def _replay(check: Check, trace: str) -> dict:
     from .config import resolved
 
-    argv = ["replay", check.replay["trace"], "--chain", resolved(check.chain, check.base_dir),
+    argv = ["replay", trace, "--chain", resolved(check.chain, check.base_dir),
             *[arg for p in check.params for arg in ("--param", p)], "--equivalence", check.equivalence]
     if check.replay["max_stall"] is not None:
         argv += ["--max-stall", check.replay["max_stall"]]
     if check.replay["allow_duplicates"]:
         argv.append("--allow-duplicates")
-    out, err, start = io.StringIO(), io.StringIO(), time.monotonic()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = main(argv)
-    text = (out.getvalue() + err.getvalue()).strip()
+    code, text, seconds = _command(argv)
     verdict = REPLAY_VERDICTS.get(code, "error")
-    return {"verdict": verdict, "seconds": time.monotonic() - start, "text": text, "data": {"argv": argv, "exit": code},
+    return {"verdict": verdict, "seconds": seconds, "text": text, "data": {"argv": argv, "exit": code},
             "reason": "" if verdict in ("explained", "violation") else text.splitlines()[0] if text else f"exit {code}"}
 
 
@@ -150,7 +182,7 @@ def evaluate(check: Check, cache: verdict_cache.Cache) -> CheckOutcome:
     """Every run of the check, from the cache where nothing it depends on changed."""
     outcome, start = CheckOutcome(check), time.monotonic()
     for strategy, prop in check.runs():
-        inputs = (check.replay["trace"],) if check.replay else ()
+        inputs = (check.replay["trace"] or check.replay["pcap"],) if check.replay else ()
         run_key = verdict_cache.key(check.nf, check.settings(strategy, prop), inputs)
         record, cached = cache.get(run_key), True
         if record is None:

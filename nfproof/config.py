@@ -46,11 +46,13 @@ KEYS = {  # every key a check may have -> what it holds (for error messages)
     "mutation": "a known protocol bug to inject (" + ", ".join(MUTATIONS) + ")",
     "timeout": "seconds per strategy (default 60)",
     "trace": "a recorded run to replay (replay check)",
-    "pcap": "a capture to run and replay (replay check, with `fail`)",
-    "fail": "the failure to inject into the pcap's run, e.g. nat@5000 (replay check)",
+    "pcap": "a capture to run with an injected failure and replay (replay check, with `fail`)",
+    "fail": "the failure(s) to inject into the pcap's run, NF@PKT as `nfproof run --fail` takes it, e.g. nat@200",
+    "seed": "the pcap run's seed (default 0)",
 }
 REPLAY_KEYS = ("trace", "pcap", "fail")
 VERIFY_ONLY_KEYS = ("strategy", "bound", "unbounded", "log-choices", "failover-time", "property", "mutation", "timeout")
+RUN_KEYS = ("strategy", "log-choices", "failover-time", "seed")  # a pcap check's run options
 
 
 class ConfigError(UsageError):
@@ -97,9 +99,13 @@ class Check:
     def settings(self, strategy: Strategy | None, prop: str | None) -> dict:
         """Everything a run's verdict depends on besides the code and the files (the cache key's options)."""
         if self.replay:
-            return {"replay": self.replay["trace"], "chain": self.chain, "params": sorted(self.params),
-                    "equivalence": self.equivalence, "max_stall": self.replay["max_stall"],
-                    "allow_duplicates": self.replay["allow_duplicates"]}
+            settings = {"replay": self.replay["trace"], "chain": self.chain, "params": sorted(self.params),
+                        "equivalence": self.equivalence, "max_stall": self.replay["max_stall"],
+                        "allow_duplicates": self.replay["allow_duplicates"]}
+            if self.replay["run"] is not None:  # the runtime makes the run: its code decides too
+                from .cache import runtime_digest
+                settings.update(pcap=self.replay["pcap"], run=self.replay["run"], runtime=runtime_digest())
+            return settings
         return {"chain": self.chain, "params": sorted(self.params), "strategy": str(strategy), "property": prop,
                 "bound": self.bound, "unbounded": self.unbounded, "log_choices": self.log_choices,
                 "equivalence": self.equivalence, "failover_time": self.failover_time, "max_stall": self.max_stall}
@@ -280,28 +286,31 @@ def from_table(entry: dict, index: int, base_dir: str, expect_required: bool = T
 
 
 def _replay_check(entry, index, name, label, expect, chain, nf_cls, params, base_dir, bad, errors) -> Check:
-    """A check of a recorded run by `nfproof replay` (`trace`)."""
-    import importlib.util
-
+    """A check by `nfproof replay` of a recorded run (`trace`), or of a run of a capture with
+    injected failures (`pcap` and `fail`, run by `nfproof run` first)."""
+    run = "pcap" in entry or "fail" in entry
     for key in VERIFY_ONLY_KEYS:
-        if key in entry:
-            bad(key, "does not apply to a replay check (one with `trace`); remove it")
-    for key in ("pcap", "fail"):
-        if key in entry:
-            bad(key, "a check that runs a capture with an injected failure needs `nfproof run` to inject failures, "
-                     "which it does not yet; record a run (nfproof run CHAIN --pcap FILE -o run.pcapng) and give it "
-                     "as trace = \"run.pcapng\"")
-    if importlib.util.find_spec("nfproof.cmd_replay") is None:
-        errors.append(f"{label}: replay checks need nfproof replay, which this installation does not have; remove "
-                      f"the check")
-    trace, path = entry.get("trace"), None
-    if "trace" in entry:
-        if not isinstance(trace, str) or not trace:
-            bad("trace", "give the recorded run's file as a string, e.g. trace = \"runs/nat.pcapng\"")
+        if key in entry and not (run and key in RUN_KEYS):
+            bad(key, "does not apply to a replay check; remove it" + (
+                f" (a run of a capture takes {', '.join(RUN_KEYS)})" if key not in RUN_KEYS else
+                f" (or run a capture: pcap = \"in.pcap\" and fail = \"NF@PKT\")"))
+    if "seed" in entry and not run:
+        bad("seed", "applies to a run of a capture (with `pcap`); remove it")
+    if "trace" in entry and run:
+        bad("trace", "a replay check has either `trace` (a recorded run) or `pcap` and `fail` (a run to make)")
+    files = {}
+    for key in ("trace", "pcap"):
+        value = entry.get(key)
+        if key not in entry:
+            continue
+        if not isinstance(value, str) or not value:
+            bad(key, f"give the file as a string, e.g. {key} = \"runs/nat.{'pcapng' if key == 'trace' else 'pcap'}\"")
         else:
-            path = os.path.normpath(os.path.join(base_dir, trace))
-            if not os.path.isfile(path):
-                bad("trace", f"{trace} not found in {base_dir} (paths are relative to the config file's folder)")
+            files[key] = os.path.normpath(os.path.join(base_dir, value))
+            if not os.path.isfile(files[key]):
+                bad(key, f"{value} not found in {base_dir} (paths are relative to the config file's folder)")
+    path = files.get("trace")
+    run_options = _run_options(entry, bad) if run else None
     equivalence = entry.get("equivalence", "strict")
     if equivalence not in EQUIVALENCES:
         bad("equivalence", f"unknown equivalence {equivalence!r}; valid: {', '.join(EQUIVALENCES)}")
@@ -316,10 +325,46 @@ def _replay_check(entry, index, name, label, expect, chain, nf_cls, params, base
     allow_duplicates = _bool(entry, "allow-duplicates", bad)
     if errors:
         raise ConfigError(errors)
+    shown = entry.get("trace") or entry.get("pcap")
     return Check(index=index, name=name, expect=expect, chain=chain, nf=nf_cls, equivalence=equivalence,
                  params=params, base_dir=base_dir, strategies=[],
-                 replay={"trace": path, "shown": trace, "max_stall": None if stall is None else str(stall),
-                         "allow_duplicates": allow_duplicates})
+                 replay={"trace": path, "pcap": files.get("pcap"), "shown": shown, "run": run_options,
+                         "max_stall": None if stall is None else str(stall), "allow_duplicates": allow_duplicates})
+
+
+def _run_options(entry: dict, bad) -> dict:
+    """A pcap check's `nfproof run` options: fail, strategy, log-choices, failover-time, seed."""
+    if "pcap" not in entry:
+        bad("fail", "injects a failure into a run of a capture: give the capture too, pcap = \"in.pcap\"")
+    fail = entry.get("fail")
+    fails = [fail] if isinstance(fail, str) else fail if isinstance(fail, list) else None
+    if fail is None:
+        bad("pcap", "a run of a capture needs the failure to inject: fail = \"NF@PKT\", e.g. fail = \"nat@200\"")
+        fails = []
+    elif not fails or not all(isinstance(f, str) and re.fullmatch(r"\s*[^@\s]+\s*@\s*[0-9]+\s*", f) for f in fails):
+        bad("fail", f"{fail!r}: write NF@PKT (the instance and the input before which it is killed), e.g. "
+                    f"fail = \"nat@200\", or a list of them")
+        fails = []
+    strategy = entry.get("strategy", "none")
+    try:
+        if not isinstance(strategy, str):
+            raise StrategyError(f"a run takes one strategy, as a string, not {strategy!r}")
+        Strategy.parse(strategy)
+    except StrategyError as e:
+        bad("strategy", str(e))
+    seed = entry.get("seed", 0)
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 1 << 64:
+        bad("seed", f"{seed!r} is not an integer from 0 to 2^64-1")
+    failover = entry.get("failover-time")
+    if failover is not None:
+        try:
+            if isinstance(failover, bool) or not isinstance(failover, (int, float, str)):
+                raise argparse.ArgumentTypeError(f"{failover!r} is not a duration: give seconds, e.g. failover-time = 1")
+            duration(str(failover))
+        except argparse.ArgumentTypeError as e:
+            bad("failover-time", str(e))
+    return {"fail": [f.strip() for f in fails], "strategy": strategy, "log_choices": _bool(entry, "log-choices", bad),
+            "failover_time": None if failover is None else str(failover), "seed": seed}
 
 
 def _default_name(entry: dict) -> str:
@@ -327,6 +372,11 @@ def _default_name(entry: dict) -> str:
     values as written."""
     if "trace" in entry:
         return f"{entry.get('chain')} replay {entry['trace']}"
+    if "pcap" in entry:
+        fail = entry.get("fail")
+        return (f"{entry.get('chain')} run {entry['pcap']} {entry.get('strategy', 'none')}"
+                + (" --log-choices" if entry.get("log-choices") is True else "")
+                + "".join(f" --fail {f}" for f in (fail if isinstance(fail, list) else [fail]) if isinstance(f, str)))
     strategy = entry.get("strategy")
     parts = [entry.get("chain"), ",".join(map(str, strategy)) if isinstance(strategy, list) else strategy,
              "--log-choices" if entry.get("log-choices") is True else None, entry.get("mutation"),

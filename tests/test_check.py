@@ -400,10 +400,49 @@ def test_replay_check_configuration(tmp_path, monkeypatch, capsys):
     prefix = "nfproof check: error: pyproject.toml: check 1 ('nat-run-explained'): "
     lines = r.stderr.strip().splitlines()
     expected = ["expect: 'proved' is a verify verdict (checks with `bound`); valid here: explained, violation",
-                "bound: does not apply to a replay check (one with `trace`); remove it",
-                "pcap: a check that runs a capture with an injected failure needs `nfproof run` to inject failures",
-                f"trace: runs/nat.pcapng not found in {tmp_path}"]
-    if not REPLAY:
-        expected.append("replay checks need nfproof replay, which this installation does not have")
+                "bound: does not apply to a replay check; remove it (a run of a capture takes strategy, log-choices, "
+                "failover-time, seed)",
+                "trace: a replay check has either `trace` (a recorded run) or `pcap` and `fail` (a run to make)",
+                f"trace: runs/nat.pcapng not found in {tmp_path}",
+                f"pcap: in.pcap not found in {tmp_path}",
+                "pcap: a run of a capture needs the failure to inject: fail = \"NF@PKT\""]
     for text in expected:
         assert any(line.startswith(prefix + text) for line in lines), (text, lines)
+
+
+RUN_CHECKS = f'''[[tool.nfproof.check]]
+name = "nat-crash-none"
+chain = "nat"
+pcap = "{os.path.join(DATA, "E02_http_49flows.pcap")}"
+params = {{ nat.ports = 64512 }}
+fail = "nat@200"
+seed = 1
+expect = "violation"
+
+[[tool.nfproof.check]]
+name = "nat-crash-commit"
+chain = "nat"
+pcap = "{os.path.join(DATA, "E02_http_49flows.pcap")}"
+params = {{ nat.ports = 64512 }}
+strategy = "stateful.commit:8"
+log-choices = true
+fail = ["nat@200"]
+expect = "explained"
+'''
+
+
+def test_replay_checks_of_a_run_with_a_failure(tmp_path):
+    """`pcap` + `fail`: nfproof run with the failure injected (real processes), then replay: issue 8's
+    acceptance pair as checks; the second run comes from the cache."""
+    write_config(tmp_path, RUN_CHECKS)
+    r = nfproof(tmp_path, "check", "--junit", "report.xml")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "PASS    nat-crash-none: violation (expected violation)" in r.stderr
+    assert "PASS    nat-crash-commit: explained (expected explained)" in r.stderr
+    assert set(junit_cases(tmp_path / "report.xml")) == {"nat-crash-none", "nat-crash-commit"}
+    replace_line(tmp_path / "pyproject.toml", 'expect = "violation"', 'expect = "explained"')
+    r = nfproof(tmp_path, "check")
+    assert r.returncode == 1 and "2 verdict(s) from the cache" in r.stdout
+    replace_line(tmp_path / "pyproject.toml", 'fail = "nat@200"', 'fail = "nat200"')
+    r = nfproof(tmp_path, "check")
+    assert r.returncode == 2 and "fail: 'nat200': write NF@PKT" in r.stderr
