@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 
 .PHONY: demo test test-fast system-deps bench clean
 
-$(STAMP): pyproject.toml setup.py runtime/fast.pyx traces/_fast.pyx traces/_parse.pxi
+$(STAMP): pyproject.toml setup.py runtime/fast.pyx traces/_fast.pyx traces/_parse.pxi verify/_fast.pyx
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[dev]'
@@ -51,12 +51,13 @@ system-deps:
 	    (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing) >/dev/null; \
 	  else echo "missing:$$missing -- run: sudo apt-get install -y$$missing"; exit 2; fi; fi
 
-# Tests of the code that has a Cython fast path (traces/, runtime/): run again on the pure-Python
-# fallback. (The verifier is pure Python: running it twice would test nothing new.)
+# Tests of the code that has a Cython fast path (traces/, runtime/, the replay reader verify/_fast.pyx):
+# run again on the pure-Python fallback. (The rest of the verifier is pure Python.)
 PACKET_TESTS := tests/test_containers.py tests/test_fast_vs_pure.py tests/test_fuzz_codec.py tests/test_headers.py \
                 tests/test_inspect.py tests/test_inspect_progress.py tests/test_trace_format.py \
                 tests/test_runtime_frames.py tests/test_runtime_pure.py tests/test_runtime_conformance.py \
-                tests/test_cli_run.py tests/test_runtime_paths.py tests/test_replay.py
+                tests/test_cli_run.py tests/test_runtime_paths.py tests/test_replay.py \
+                tests/test_replay_agreement.py tests/test_replay_rows.py
 
 # The whole suite on the Cython fast path, then the packet-path tests on the pure-Python fallback.
 test: $(STAMP) system-deps
@@ -73,4 +74,4 @@ bench: $(STAMP)
 	$(PY) bench/verify_nat.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info runtime/*.so runtime/*.c traces/*.so traces/*.c
+	rm -rf $(VENV) build *.egg-info runtime/*.so runtime/*.c traces/*.so traces/*.c verify/*.so verify/*.c

@@ -22,6 +22,8 @@ from ..traces.errors import FormatError
 from ..traces.reader import _PCAP_MAGICS as PCAP_MAGICS, open_capture
 from ..traces.record import CustomBlock, Record
 from ..traces.trace import TraceEvent, read_trace
+from . import replay_rows
+from .replay_rows import WRITES
 from .frames import ADDRESS_WRITES, DEFAULT_INSIDE, OUTSIDE, Drop, Sides, observable, view, writable
 
 CLOCK_NAMES = ("now", "clock", "time")
@@ -144,18 +146,48 @@ class _Builder:
 
     def add_output(self, egress, seq, out_index, instance, time_ns, data, wirelen, linktype, number, where):
         if egress not in self.egresses:
-            raise ReplayInputError(f"{where}: an output on egress {egress!r}, but the chain "
-                                   f"{self.rec.chain_text!r} has egresses {', '.join(self.rec.chain.egress_names)}; "
-                                   f"is --chain right?")
+            self._unknown_egress(egress, where)
         parsed = parse_frame(linktype, data, wirelen)
         v = view(parsed, wirelen, False)
         key = observable(v) if not (v is OUTSIDE or isinstance(v, Drop)) else ("raw", bytes(data), parsed.flow_key)
+        return self._output(egress, key, seq, out_index, instance, time_ns, number)
+
+    def _unknown_egress(self, egress, where):
+        raise ReplayInputError(f"{where}: an output on egress {egress!r}, but the chain "
+                               f"{self.rec.chain_text!r} has egresses {', '.join(self.rec.chain.egress_names)}; "
+                               f"is --chain right?")
+
+    def _output(self, egress, key, seq, out_index, instance, time_ns, number):
         seen = self.by_seq.setdefault(seq, []) if seq is not None else None
         duplicate = seen is not None and (egress, key) in seen
         if seen is not None:
             seen.append((egress, key))
         self.outputs += 1
         return Output(egress, key, seq, out_index, instance, time_ns, number, duplicate, self.outputs - 1)
+
+    def add_input_row(self, seq, side, row, number):
+        """add_input of a replay_rows row (the view's fields taken out of the frame already)."""
+        key = row[8]
+        if key is None:
+            return self.add_input(seq, row[2], row[7], row[6], row[1], side, number)
+        if side is None:
+            side = "inside" if self.sides.inside_address(4, row[10].to_bytes(4, "big")) else "outside"
+        time_ns = row[2]
+        if self.last_time is not None and time_ns < self.last_time:
+            time_ns = self.last_time
+        self.last_time = time_ns
+        v = Packet(key[0], key[1], key[2], key[3], key[4], key[5], side == "outside", key[6])
+        return Input(seq, time_ns, side, v, number, writes=WRITES[row[9]])
+
+    def add_output_row(self, egress, row, number):
+        """add_output of a replay_rows row."""
+        key = row[8]
+        if key is None:
+            return self.add_output(egress, row[3], row[4], row[5], row[2], row[7], row[6], row[1], number,
+                                   f"{self.rec.path}: packet {number}")
+        if egress not in self.egresses:
+            self._unknown_egress(egress, f"{self.rec.path}: packet {number}")
+        return self._output(egress, key, row[3], row[4], row[5], row[2], number)
 
     def forget_before(self, seq: int) -> None:
         """Duplicates are looked for among the outputs of recent inputs only (memory stays flat)."""
@@ -220,32 +252,50 @@ def open_trace(path: str, chain_text: str | None = None, params: list[str] | Non
 INGRESS = {"ingress": None, "ingress:inside": "inside", "ingress:outside": "outside"}
 
 
+def _interface_kind(name: str):
+    """(0, egress) for `egress:NAME`, (1, side or None) for an ingress, (2, None) for an internal
+    link, (3, None) for an interface named like an ingress that is none."""
+    if name.startswith("egress:"):
+        return 0, name[7:]
+    if name in INGRESS:
+        return 1, INGRESS[name]
+    if name.startswith("ingress"):
+        return 3, None
+    return 2, None
+
+
 def _items(rec: Recording, trace, b: _Builder, progress):
     path, number, inputs_seen = rec.path, 0, 0
+    rows = replay_rows.rows(trace)
+    kinds: dict = {}
+    add_input, add_output = b.add_input_row, b.add_output_row
     try:
-        for item in trace:
-            if type(item) is TraceEvent:
-                yield Event(item.kind, item.time_ns, item.instance, item.fields, number)
+        for row in rows:
+            if type(row) is not tuple:
+                yield Event(row.kind, row.time_ns, row.instance, row.fields, number)
                 continue
             number += 1
             if progress and number % 65536 == 0:
-                progress(number, trace._r.block_offset)
-            name = item.interface
-            rec.linktype = item.linktype
-            if name.startswith("egress:"):
-                if item.seq is None:
+                progress(number, rows.offset())
+            name = row[0]
+            kind = kinds.get(name)
+            if kind is None:
+                kind = kinds[name] = _interface_kind(name)
+            rec.linktype = row[1]
+            what = kind[0]
+            if what == 0:
+                if row[3] is None:
                     rec.annotated = False
-                yield b.add_output(name[7:], item.seq, item.out_index, item.instance, item.time_ns,
-                                   item.data, item.wirelen, item.linktype, number, f"{path}: packet {number}")
-            elif name in INGRESS:
-                seq = item.seq if item.seq is not None else inputs_seen
+                yield add_output(kind[1], row, number)
+            elif what == 1:
+                seq = row[3] if row[3] is not None else inputs_seen
                 inputs_seen += 1
                 if rec.t0_ns is None:
-                    rec.t0_ns = item.time_ns
+                    rec.t0_ns = row[2]
                 if inputs_seen % DUPLICATE_WINDOW == 0:
                     b.forget_before(seq - DUPLICATE_WINDOW)
-                yield b.add_input(seq, item.time_ns, item.data, item.wirelen, item.linktype, INGRESS[name], number)
-            elif name.startswith("ingress"):
+                yield add_input(seq, kind[1], row, number)
+            elif what == 3:
                 raise ReplayInputError(f"{path}: packet {number} is on interface {name!r}; ingress interfaces are "
                                        f"'ingress', 'ingress:inside' and 'ingress:outside'")
             else:
@@ -255,7 +305,7 @@ def _items(rec: Recording, trace, b: _Builder, progress):
                                f"were read)") from None
     finally:
         trace.close()
-    rec.foreign_blocks = trace.foreign_blocks
+    rec.foreign_blocks = rows.foreign_blocks()
 
 
 def _finish(rec: Recording, t0) -> None:

@@ -387,7 +387,8 @@ class _Chooser:
                 return None
         small = range(base, base + size) if size <= SMALL_DOMAIN else None
         shared = search.problem.partitioned and used is not None and self.unit.seq not in search.problem.no_exhaust
-        taken_by = None if used is None else (lambda v: search.tracker.read(sid, v))
+        # a value outside the pool is unavailable whatever the state holds: no decision took it
+        taken_by = None if used is None else (lambda v: base <= v < base + size and search.tracker.read(sid, v))
         cands = search.candidates(self, available, small, shared, taken_by)
         value = self._decide(cands, lambda: search.fresh(base, size, available))
         if used is not None:
