@@ -79,7 +79,8 @@ def add_parser(sub):
     f.add_argument("--no-dedup", action="store_true", help="let duplicate outputs out after a failover")
     f.add_argument("--fail", action="append", default=[], metavar="NF@PKT",
                    help="SIGKILL instance NF's primary when it is about to be handed input PKT (0-based, as the "
-                        "trace numbers inputs), e.g. nat@200 (repeatable)")
+                        "trace numbers inputs), e.g. nat@200 (repeatable); store@PKT: restart a stateless strategy's "
+                        "private redis-server without persistence before input PKT (its state is lost)")
     f.add_argument("--schedule", metavar="FILE",
                    help="force one failover timeline: the schedule.json of `nfproof verify --reproduce DIR` (its "
                         "choices, crash point, protected point and clock; its strategy, --param, --log-choices, "
@@ -175,6 +176,9 @@ def failover_settings(args, chain: Chain):
         raise UsageError(f"--standby: {e}") from None
     failover_ns = int((args.failover_time if args.failover_time is not None else 1) * 1_000_000_000)
     store = {k: v for k, v in (("redis", args.redis), ("redis_cluster", args.redis_cluster)) if v}
+    if any(name == "store" for name, _ in failures) and (not strategy.name.startswith("stateless.") or store):
+        raise UsageError("--fail store@PKT restarts the private redis-server of a stateless strategy (stateless.*, "
+                         "without --redis or --redis-cluster: fail a server of your own yourself)")
     if store and not strategy.name.startswith("stateless."):
         raise UsageError(f"--{next(iter(store)).replace('_', '-')} is for the stateless strategies (stateless.*), "
                          f"not {strategy}")
@@ -216,6 +220,8 @@ def parse_failure(text: str, chain: Chain) -> tuple[str, int]:
     if not sep or not name or not re.fullmatch(r"[0-9]+", pkt.strip()):
         raise UsageError(f"--fail {text!r}: write NF@PKT, e.g. nat@200 (kill nat before it handles input 200)")
     name = name.strip()
+    if name == "store" and name not in chain.members:
+        return name, int(pkt)
     if name not in chain.members:
         by_nf = [m for m, member in chain.members.items() if member.nf.name == name]
         if len(by_nf) != 1:
@@ -319,7 +325,7 @@ def run(args) -> int:
                     stats = driver.run(source)
                 except RunFailed as e:
                     raise UsageError(f"the run stopped: {e}") from None
-                failovers, pids = driver.failovers, driver.pids()
+                failovers, pids, store_failures = driver.failovers, driver.pids(), driver.store_failures
         except FormatError as e:
             kept = (f" (the trace {args.output} holds the {recorder.inputs} input{'' if recorder.inputs == 1 else 's'} "
                     f"before it)") if recorder else ""
@@ -338,7 +344,8 @@ def run(args) -> int:
         result.update(strategy=settings.text(), processes=pids,
                       failures=[str(f) for f in settings.failures],
                       failures_not_reached=[str(f) for f in settings.failures if not f.done],
-                      failovers=[{k: v for k, v in f.items() if not k.startswith("_")} for f in failovers])
+                      failovers=[{k: v for k, v in f.items() if not k.startswith("_")} for f in failovers],
+                      store_failures=store_failures)
     if args.json:
         print(json.dumps(result, indent=2))
     else:
@@ -382,13 +389,17 @@ def render(r: dict) -> str:
         lines.append(f"strategy: {r['strategy']}; worker processes: {len(r['processes'])}; "
                      f"failures planned: {', '.join(r['failures']) or 'none'}"
                      + (f" (never reached: {', '.join(r['failures_not_reached'])})" if r["failures_not_reached"] else ""))
+    for f in r.get("store_failures") or []:
+        lines.append(f"store failure: the redis-server restarted without persistence before input {f['before_seq']} "
+                     f"(in {_us(f['restart_ns'])})")
     for k, f in enumerate(r.get("failovers") or [], 1):
         lines.append(f"failover {k}: {f['instance']} {f['cause']}: detected in {_us(f['detection_ns'])} "
                      f"({f['detected_by']}), takeover {_us(f['takeover_ns'])}"
                      + ("" if f["spare_ready"] else " (no spare process was ready: one was started)")
                      + (f", new standby attached in {_us(f['attach_ns'])}" if f.get("attach_ns") is not None else "")
                      + f"; protected point input {f['replica_seq']}, {f['held']} held, {f['replayed']} replayed"
-                     + (f", {f['outputs_lost']} protected inputs' outputs lost" if f.get("outputs_lost") else ""))
+                     + (f", {f['outputs_lost']} protected inputs' outputs lost" if f.get("outputs_lost") else "")
+                     + ("; the store had lost its state: it started afresh" if f.get("state_lost") else ""))
     lines.append(f"outputs sha256: {r['outputs_sha256']}")
     lines.append(f"trace: {r['trace']}" if r["trace"] else "trace: not recorded (give -o TRACE.pcapng)")
     return "\n".join(lines)

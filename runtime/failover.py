@@ -519,6 +519,7 @@ class StandbyBackend(Backend):
 
 
 # -- the driver ---------------------------------------------------------------------------------------
+STORE = "store"           # --fail store@PKT: the stateless strategies' store, not an instance
 PIPELINE_WINDOW = 32      # inputs in flight at a one-instance chain (longer chains: one chain input at a time)
 START_SECONDS = 60.0      # a worker must say hello within this (imports on a loaded machine)
 REPLY_SECONDS = 30.0
@@ -752,6 +753,7 @@ class FailoverDriver:
         self.in_flight = 0
         self.out_count: dict = {}          # seq -> outputs recorded so far (out_index)
         self.failovers: list[dict] = []
+        self.store_failures: list[dict] = []
         self.failing = False
         self.next_sweep = 0.0
         self.t0 = None
@@ -916,6 +918,7 @@ class FailoverDriver:
         if entry is None:
             self.drops[f"the chain has no {'outside' if inbound else 'inside'} ingress"] += 1
             return
+        self.fail_store(seq, arrival)
         self.started[seq] = time.perf_counter_ns()
         self.pending[seq] = 0
         self.deliver(self.instances[entry], seq, data, parsed, packet, inbound, 0, 1, arrival, (data, wirelen))
@@ -1054,6 +1057,8 @@ class FailoverDriver:
             x.info = m[1]
         elif kind == "error":
             raise RunFailed(m[1])
+        elif kind == "store-failed":  # it exits: the closed socket starts the failover
+            x.cause = f"its store failed ({m[1].partition(':')[0]})"
 
     def released(self, x: Running, n, outputs, drops, choices, clocks) -> None:
         hop = x.hops.get(n)
@@ -1119,6 +1124,21 @@ class FailoverDriver:
                 while x.generation == generation:
                     self.pump(self.period)
 
+    def fail_store(self, seq: int, arrival: int) -> None:
+        """--fail store@PKT: the private store is restarted without persistence before chain input
+        PKT enters (its state is gone); each instance fails as its next access finds it out."""
+        for plan in self.settings.failures:
+            if not plan.done and plan.instance == STORE and seq >= plan.seq:
+                plan.done = True
+                server = getattr(self.stop_backend, "__self__", None)  # StoreBackend.serve's stop: RedisServer.stop
+                started = time.perf_counter_ns()
+                server.restart()
+                if self.recorder is not None:
+                    self.recorder.event("store-failure", self.t0 + arrival, STORE,
+                                        {"kind": "restart", "persistence": False, "before_seq": seq,
+                                         "restart_ns": time.perf_counter_ns() - started})
+                self.store_failures.append({"before_seq": seq, "restart_ns": time.perf_counter_ns() - started})
+
     def kill(self, x: Running, cause: str) -> None:
         x.primary.cpu_end = x.primary.cpu()
         x.killed_at, x.cause = time.perf_counter_ns(), cause
@@ -1169,7 +1189,8 @@ class FailoverDriver:
 
     def takeover(self, x: Running, ready: tuple, killed_at, detected, takeover, cause, by, old_pid,
                  spare_ready: bool) -> None:
-        _, r, held, logged = ready
+        _, r, held, logged, *lost = ready
+        lost = lost[0] if lost else None  # the store no longer held the instance's state: a new life
         s = self.settings
         visible = max(x.released, r, max(logged, default=0))
         first = min(x.arrivals, default=None)
@@ -1191,7 +1212,7 @@ class FailoverDriver:
                   "replica_seq": x.arrivals[r][0] if r in x.arrivals else -1, "held": len(held),
                   "replayed": len(replay) if s.replay_input else 0, "crash_ns": self.t0 + crash,
                   "end_ns": self.t0 + crash + s.failover_ns, "generation": x.generation, "spare_ready": spare_ready,
-                  "outputs_lost": len(unreleased), "_detected": detected}
+                  "outputs_lost": len(unreleased), "_detected": detected, "state_lost": lost}
         self.failovers.append(record)
         if self.recorder is not None:
             self.recorder.event("failure", self.t0 + crash, x.name,
@@ -1202,7 +1223,8 @@ class FailoverDriver:
                                  "end_ns": record["end_ns"], "crash_ns": record["crash_ns"],
                                  "failover_time": s.failover_ns / 1e9, "detection_ns": record["detection_ns"],
                                  "takeover_ns": takeover, "spare_ready": spare_ready, "held": len(held),
-                                 "replayed": record["replayed"], "outputs_lost": len(unreleased)})
+                                 "replayed": record["replayed"], "outputs_lost": len(unreleased),
+                                 **({"state_lost": lost} if lost else {})})
         for h in held:  # the standby releases the protected outputs the egress has not seen
             self.released(x, h[0], *h[2:])
         for n in unreleased:

@@ -13,8 +13,9 @@ driver -> worker: ("in", n, seq, packet, t_ns) input n of this instance (chain i
     info, listen) a spare becomes a primary or a standby; ("stop",).
 worker -> driver: ("hello", pid, role, host, port); ("out", n, outputs, drops, choices, clocks)
     the release of input n's outputs [(gate, packet tuple)]; ("ack", r) protected point;
-    ("attached", r) the standby holds the state; ("ready", r, held records, logged inputs) a
-    replacement's starting point; ("info", dict); ("hb",) heartbeat; ("error", text).
+    ("attached", r) the standby holds the state; ("ready", r, held records, logged inputs, lost) a
+    replacement's starting point (lost: why the store's state is gone, else None); ("info", dict);
+    ("hb",) heartbeat; ("error", text); ("store-failed", text) the store failed under it (it exits).
 
 A primary steps its instance with models.concrete.step (the generic executor's semantics) on the
 handle's storages, which record every write as a delta, and protects and releases per the
@@ -54,6 +55,7 @@ from .rng import MASK64, InstanceRng, StreamChooser
 
 NS = 1_000_000_000
 GENERATION_STEP = 0xA24BAED4963EE407  # separates a generation's choice stream from the others
+STORE_MODULE = "nfproof.runtime.store"  # its errors are the store's failures (not imported: redis)
 APPLY_PER_ROUND = 64                  # inputs applied between two looks at the sockets
 packet_fields = attrgetter(*PACKET_FIELDS)
 
@@ -159,11 +161,17 @@ class Worker:
     def replacement(self, fresh: bool, info: dict) -> None:
         """A spare made the instance's next primary: none starts from the initial state, a
         stateless instance from what the store holds."""
-        handle, recovery = None, Recovery(0)
+        handle, recovery, lost = None, Recovery(0), None
         if self.strategy is not None:
-            handle = backend_class(self.strategy)().open(self.spec, fresh, info)
-            recovery = handle.recover() if not fresh else recovery
-        self.send(("ready", recovery.r, [h.wire() for h in recovery.held], sorted(recovery.logs)))
+            backend = backend_class(self.strategy)()
+            try:
+                handle = backend.open(self.spec, fresh, info)
+            except Exception as e:  # the store lost the namespace (restarted without persistence):
+                if fresh or type(e).__name__ != "StoreLost":  # a new life, from the initial state
+                    raise
+                lost, handle = str(e), backend.open(self.spec, True, info)
+            recovery = handle.recover() if not fresh and lost is None else recovery
+        self.send(("ready", recovery.r, [h.wire() for h in recovery.held], sorted(recovery.logs), lost))
         if handle is not None and handle.info():
             self.send(("info", handle.info()))
         self.serve(handle, handle.state if handle else initial_state(self.nf), recovery.logs)
@@ -335,7 +343,9 @@ class Worker:
             handle.begin(n)
         try:
             result = step(self.nf, state, Packet(*packet), use, clock)
-        except Exception as e:  # a model error: the run cannot go on
+        except Exception as e:  # a model error: the run cannot go on (a store's failure: main() sees it)
+            if type(e).__module__ == STORE_MODULE:
+                raise
             self.send(("error", f"{self.spec.instance}: {type(e).__name__}: {e}"))
             self.flush()
             sys.exit(1)
@@ -364,12 +374,19 @@ def main(argv=None) -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the driver handles ^C and stops the workers
     conn = Conn(socket.socket(fileno=args.fd))
     worker = Worker(conn, InstanceSpec.from_json(args.spec))
-    if args.role == "spare":
-        worker.spare()
-    elif args.role == "standby":
-        worker.standby(parse_address(args.listen))
-    else:
-        worker.primary()
+    try:
+        if args.role == "spare":
+            worker.spare()
+        elif args.role == "standby":
+            worker.standby(parse_address(args.listen))
+        else:
+            worker.primary()
+    except Exception as e:
+        if type(e).__module__ != STORE_MODULE:
+            raise
+        worker.send(("store-failed", f"{type(e).__name__}: {e}"))  # the store failed under this instance:
+        worker.flush()                                              # it fails, and fails over
+        os._exit(1)
     return 0
 
 

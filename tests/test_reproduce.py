@@ -45,8 +45,10 @@ def reproduce_and_replay(capsys, tmp_path, model: str, strategy: str, bound: int
 @pytest.mark.parametrize("model,strategy", [("nat", "stateful.async"), ("nat", "none"), ("lb", "stateless.async"),
                                             ("firewall", "stateful.commit:4"), ("ratelimit", "stateful.checkpoint:4")])
 def test_a_counterexample_happens_on_the_runtime(capsys, tmp_path, model, strategy):
-    verified, ran, (replayed, out), folder = reproduce_and_replay(capsys, tmp_path, model, strategy)
-    assert verified == 1 and replayed == 1, out
+    verified, ran, replayed, folder = reproduce_and_replay(capsys, tmp_path, model, strategy)
+    assert verified == 1, f"nfproof verify {model} --strategy {strategy} --bound 6 exited {verified}"
+    replayed, out = replayed
+    assert replayed == 1, out
     assert out.startswith("error:") and "not produced by any failure-free execution" in out or "emits" in out
 
 

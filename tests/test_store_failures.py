@@ -1,0 +1,53 @@
+"""Issue 8, store failures in real runs: `nfproof run --strategy stateless.* --fail store@PKT`
+restarts the run's private redis-server without persistence before input PKT. Every instance finds
+out at its next access, fails and fails over to a fresh instance; the store no longer holds its
+namespace, so the replacement starts a new life from the initial state, and the trace says so.
+`nfproof replay` must then see what the loss did (a violation), where the same run without the
+store failure is explained."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from nfproof.cli import main
+from nfproof.traces.trace import read_trace
+
+E02 = Path(__file__).resolve().parent / "data" / "E02_http_49flows.pcap"
+
+
+def cli(capsys, *args):
+    code = main([str(a) for a in args])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+@pytest.mark.parametrize("strategy", ["stateless.sync", "stateless.commit:8"])
+def test_a_store_restarted_without_persistence_loses_the_state_and_replay_sees_it(capsys, tmp_path, strategy):
+    trace = tmp_path / "t.pcapng"
+    code, out, err = cli(capsys, "run", "nat", "--pcap", E02, "--param", "nat.ports=64512", "--strategy", strategy,
+                         "--fail", "store@200", "--seed", 1, "-o", trace, "--json")
+    assert code == 0, err
+    result = json.loads(out)
+    assert [f["before_seq"] for f in result["store_failures"]] == [200]
+    (failover,) = result["failovers"]
+    assert failover["instance"] == "nat" and failover["cause"].startswith("its store failed")
+    assert "holds no state" in failover["state_lost"]
+    with read_trace(str(trace)) as t:
+        events = [e for e in t if getattr(e, "kind", None) in ("store-failure", "failover")]
+    assert [e.kind for e in events] == ["store-failure", "failover"]
+    assert events[0].fields["persistence"] is False and events[0].fields["before_seq"] == 200
+    assert events[1].fields["state_lost"]
+    code, out, err = cli(capsys, "replay", trace)
+    assert code == 1 and out.startswith("error:"), out + err
+    code, out, err = cli(capsys, "run", "nat", "--pcap", E02, "--param", "nat.ports=64512", "--strategy", strategy,
+                         "--fail", "nat@200", "--seed", 1, "-o", trace)
+    assert code == 0, err
+    assert cli(capsys, "replay", trace)[0] == 0  # the instance's own crash: the store keeps the state
+
+
+def test_store_failures_need_the_private_store_of_a_stateless_strategy(capsys):
+    for extra in (["--strategy", "stateful.sync"], ["--strategy", "stateless.sync", "--redis", "redis://127.0.0.1:1/0"]):
+        code, out, err = cli(capsys, "run", "nat", "--pcap", E02, "--fail", "store@10", *extra)
+        assert code == 2 and "--fail store@PKT restarts the private redis-server" in err
