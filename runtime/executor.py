@@ -157,7 +157,7 @@ def run(chain, source, pipeline, recorder=None, batch: int = 32, clock: str = "p
             if n_out:
                 out_egress, out_inst = b.out_egress[:n_out].tolist(), b.out_inst[:n_out].tolist()
                 out_off, out_len = b.out_off[:n_out].tolist(), b.out_len[:n_out].tolist()
-                out_copy = b.out_copy[:n_out].tolist()
+                out_copy, out_label = b.out_copy[:n_out].tolist(), b.out_label[:n_out].tolist()
                 data, extra = memoryview(b.data), memoryview(b.extra)
                 for k in range(n_out):
                     o = out_off[k]
@@ -166,7 +166,7 @@ def run(chain, source, pipeline, recorder=None, batch: int = 32, clock: str = "p
                     hashed += (egress_bytes[e], pack_len(len(frame)), frame)
                     src = frames[i]
                     bytes_out += src[1] - len(src[0]) + len(frame)
-                    outputs.append((i, egresses[e], instances[out_inst[k]], frame))
+                    outputs.append((i, egresses[e], instances[out_inst[k]], frame, out_label[k]))
                     for sink in sinks:
                         sink.send(egresses[e], frame, times[i])
                 del data, extra

@@ -981,19 +981,19 @@ class FailoverDriver:
             label = out.label
         to = self.routes[(x.name, gate)]
         if to.egress is not None:
-            return self.emit(hop.seq, to.egress, x.name, bytes(buf), hop.src, hop.arrival)
+            return self.emit(hop.seq, to.egress, x.name, bytes(buf), hop.src, hop.arrival, label)
         carried = None if out is None else _carried(out, to.inbound)
         self.deliver(self.instances[to.target], hop.seq, bytes(buf), hop.parsed, carried, to.inbound, label,
                      hop.depth + 1, hop.arrival, hop.src)
 
-    def emit(self, seq, egress, instance, frame: bytes, src, arrival) -> None:
+    def emit(self, seq, egress, instance, frame: bytes, src, arrival, label: int) -> None:
         out_index = self.out_count.get(seq, 0)
         self.out_count[seq] = out_index + 1
         data, wirelen = src
         if len(frame) != len(data):
             wirelen = wirelen - len(data) + len(frame)
         if self.recorder is not None:
-            self.recorder.output(seq, out_index, egress, instance, frame, self.t0 + arrival, wirelen)
+            self.recorder.output(seq, out_index, egress, instance, frame, self.t0 + arrival, wirelen, label)
         self.digest.update(egress.encode() + b"\0" + struct.pack("<I", len(frame)) + frame)
         self.packets_out += 1
         self.bytes_out += wirelen

@@ -46,8 +46,8 @@ class Recorder:
     def record(self, seq0: int, inputs, times, sides, outputs) -> None:
         """One batch. `inputs`: the frames as they arrived ((data, wirelen, ...), input i has seq
         seq0 + i); `times`: their trace timestamps; `sides`: 0 inside / 1 outside after
-        classification; `outputs`: (input index, egress, instance, frame) in release order. Each
-        input is written before its outputs; outputs keep their release order."""
+        classification; `outputs`: (input index, egress, instance, frame, label) in release order.
+        Each input is written before its outputs; outputs keep their release order."""
         w, lt = self._w.packet, self._linktype
         written = 0
         last_in, out_index = -1, 0
@@ -60,14 +60,14 @@ class Recorder:
                               wirelen=frame[1], linktype=lt))
             written = max(written, upto)
 
-        for i, egress, instance, frame in outputs:
+        for i, egress, instance, frame, label in outputs:
             write_inputs(i + 1)
             out_index = out_index + 1 if i == last_in else 0
             last_in = i
             src = inputs[i]
             wirelen = src[1] - len(src[0]) + len(frame) if len(frame) != len(src[0]) else src[1]
             w(TracePacket(f"egress:{egress}", times[i], frame, instance=instance, direction="out", seq=seq0 + i,
-                          out_index=out_index, wirelen=max(wirelen, len(frame)), linktype=lt))
+                          out_index=out_index, wirelen=max(wirelen, len(frame)), linktype=lt, label=label))
         write_inputs(len(inputs))
         self.inputs += len(inputs)
         self.outputs += len(outputs)
@@ -82,10 +82,11 @@ class Recorder:
         self.last_ns = max(self.last_ns, time_ns)
 
     def output(self, seq: int, out_index: int, egress: str, instance: str, frame: bytes, time_ns: int,
-               wirelen: int) -> None:
+               wirelen: int, label: int = 0) -> None:
         """One output of input `seq` (its `out_index`-th), released onto `egress` by `instance`."""
         self._w.packet(TracePacket(f"egress:{egress}", time_ns, frame, instance=instance, direction="out", seq=seq,
-                                   out_index=out_index, wirelen=max(wirelen, len(frame)), linktype=self._linktype))
+                                   out_index=out_index, wirelen=max(wirelen, len(frame)), linktype=self._linktype,
+                                   label=label))
         self.outputs += 1
 
     def event(self, kind: str, time_ns: int, instance: str, fields: dict) -> None:

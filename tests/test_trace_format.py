@@ -22,7 +22,7 @@ interfaces = st.sampled_from(["ingress", "egress:wan", "egress:lan", "link:nat>f
 trace_packets = st.builds(
     TracePacket, interfaces, st.integers(0, (1 << 64) - 1), st.binary(max_size=64), names,
     st.sampled_from(["in", "out"]), st.none() | st.integers(0, (1 << 64) - 1), st.none() | st.integers(0, (1 << 32) - 2),
-    st.none(), st.just(1), st.none() | names)
+    st.none(), st.just(1), st.none() | names, st.none() | st.integers(0, 0xFFFF))
 trace_events = st.builds(TraceEvent, st.sampled_from(["failure", "failover", "sync", "choice", "future-kind"]),
                          st.integers(-(1 << 63), 1 << 63), names, fields)
 headers = st.builds(TraceHeader, names, names, fields)
@@ -51,12 +51,14 @@ def test_packet_fields_and_interfaces():
              TracePacket("egress:wan", 20, frame[:40], "nat#1", "out", 0, 0, wirelen=60, comment="held until ack"),
              TraceEvent("failure", 30, "nat#1", {"point": "after-release"}),
              TraceEvent("failover", 40, "nat#2", {"replica_seq": 0, "end_ns": 45}),
-             TracePacket("egress:wan", 50, frame, "nat#2", "out", 1, 0, linktype=1)]
+             TracePacket("egress:wan", 50, frame, "nat#2", "out", 1, 0, linktype=1),
+             TracePacket("egress:wan", 60, frame, "csfq-edge", "out", 2, 0, label=0x1234)]
     trace = read_trace(io.BytesIO(_write(TraceHeader("nat", "stateful.async", {"seed": 7}), items)))
     got = list(trace)
     assert got == items
     assert got[1].wirelen == 60 and len(got[1].data) == 40 and got[1].seq == 0 and got[1].out_index == 0
     assert got[0].out_index is None and got[0].instance == "" and got[0].direction == "in"
+    assert got[0].label is None and got[5].label == 0x1234
     assert sorted(trace.interfaces) == ["egress:wan", "ingress"]
     assert trace.interfaces["ingress"].tsresol == 9
 

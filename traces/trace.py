@@ -21,8 +21,8 @@ BLOCK_MAGIC = b"NFPT"
 OPT_CODE = 2989  # custom option, binary, copyable
 EVENT_KINDS = ("failure", "failover", "sync", "choice")  # documented kinds; others are accepted
 DIRECTIONS = ("in", "out")
-_ANN = struct.Struct("<BBHQI")  # version, flags, reserved, seq, out_index; then the instance name
-_F_OUT, _F_SEQ, _F_OUTIDX = 1, 2, 4
+_ANN = struct.Struct("<BBHQI")  # version, flags, label, seq, out_index; then the instance name
+_F_OUT, _F_SEQ, _F_OUTIDX, _F_LABEL = 1, 2, 4, 8
 _U32_NONE = 0xFFFFFFFF
 
 
@@ -41,7 +41,8 @@ class TracePacket:
     """A packet seen at `interface` ('ingress', 'egress:wan', ...) by `instance`, going `direction`.
 
     `seq` is the chain-ingress input sequence number it descends from; `out_index` the index of this
-    output among the outputs of that input (None for inputs)."""
+    output among the outputs of that input (None for inputs); `label` the packet's label metadata
+    (models/api.py `Packet.label`, 16 bits, carried beside the frame), None when not recorded."""
 
     interface: str
     time_ns: int
@@ -53,6 +54,7 @@ class TracePacket:
     wirelen: int | None = None
     linktype: int = 1
     comment: str | None = None
+    label: int | None = None
 
     def __post_init__(self):
         if self.wirelen is None:
@@ -116,21 +118,21 @@ def event_from_json(obj: dict) -> TraceEvent | TraceHeader:
 
 def encode_annotation(p: TracePacket) -> bytes:
     flags = (_F_OUT if p.direction == "out" else 0) | (_F_SEQ if p.seq is not None else 0) \
-        | (_F_OUTIDX if p.out_index is not None else 0)
+        | (_F_OUTIDX if p.out_index is not None else 0) | (_F_LABEL if p.label is not None else 0)
     if p.out_index == _U32_NONE:
         raise ValueError(f"out_index {_U32_NONE} is reserved")
     try:
-        return _ANN.pack(VERSION, flags, 0, p.seq or 0, _U32_NONE if p.out_index is None else p.out_index) \
+        return _ANN.pack(VERSION, flags, p.label or 0, p.seq or 0, _U32_NONE if p.out_index is None else p.out_index) \
             + p.instance.encode()
     except struct.error as e:
-        raise ValueError(f"seq or out_index out of range: {e}") from None
+        raise ValueError(f"seq, out_index or label out of range: {e}") from None
 
 
-def decode_annotation(data: bytes) -> tuple[str, str, int | None, int | None]:
-    """(instance, direction, seq, out_index) of an EPB annotation; ValueError if malformed."""
+def decode_annotation(data: bytes) -> tuple[str, str, int | None, int | None, int | None]:
+    """(instance, direction, seq, out_index, label) of an EPB annotation; ValueError if malformed."""
     if len(data) < _ANN.size:
         raise ValueError(f"packet annotation of {len(data)} bytes is shorter than {_ANN.size}")
-    version, flags, _, seq, out_index = _ANN.unpack_from(data)
+    version, flags, label, seq, out_index = _ANN.unpack_from(data)
     if version > VERSION:
         raise ValueError(f"packet annotation version {version} is newer than this reader ({VERSION})")
     try:
@@ -138,7 +140,7 @@ def decode_annotation(data: bytes) -> tuple[str, str, int | None, int | None]:
     except UnicodeDecodeError:
         raise ValueError("packet annotation instance name is not UTF-8") from None
     return (instance, "out" if flags & _F_OUT else "in", seq if flags & _F_SEQ else None,
-            out_index if flags & _F_OUTIDX else None)
+            out_index if flags & _F_OUTIDX else None, label if flags & _F_LABEL else None)
 
 
 def annotation_of(record: Record) -> bytes | None:
@@ -251,12 +253,12 @@ class Trace:
         try:
             if info.name is None or ann is None:
                 raise ValueError("lacks an interface name or nfproof annotation")
-            instance, direction, seq, out_index = decode_annotation(ann)
+            instance, direction, seq, out_index, label = decode_annotation(ann)
         except ValueError as e:
             raise FormatError(self.path, self._r.block_offset, f"packet {self._r.count}: {e}") from None
         self.interfaces.setdefault(info.name, info)
         return TracePacket(info.name, rec.time_ns, rec.data, instance, direction,
-                           seq, out_index, rec.wirelen, rec.linktype, rec.comments[0] if rec.comments else None)
+                           seq, out_index, rec.wirelen, rec.linktype, rec.comments[0] if rec.comments else None, label)
 
     def close(self) -> None:
         self._r.close()
