@@ -80,7 +80,8 @@ def add_parser(sub):
     f.add_argument("--fail", action="append", default=[], metavar="NF@PKT",
                    help="SIGKILL instance NF's primary when it is about to be handed input PKT (0-based, as the "
                         "trace numbers inputs), e.g. nat@200 (repeatable); store@PKT: restart a stateless strategy's "
-                        "private redis-server without persistence before input PKT (its state is lost)")
+                        "private redis-server without persistence before input PKT (its state is lost); "
+                        "store-failover@PKT: kill it there and promote its replica, cut off 16 inputs earlier")
     f.add_argument("--schedule", metavar="FILE",
                    help="force one failover timeline: the schedule.json of `nfproof verify --reproduce DIR` (its "
                         "choices, crash point, protected point and clock; its strategy, --param, --log-choices, "
@@ -176,9 +177,12 @@ def failover_settings(args, chain: Chain):
         raise UsageError(f"--standby: {e}") from None
     failover_ns = int((args.failover_time if args.failover_time is not None else 1) * 1_000_000_000)
     store = {k: v for k, v in (("redis", args.redis), ("redis_cluster", args.redis_cluster)) if v}
-    if any(name == "store" for name, _ in failures) and (not strategy.name.startswith("stateless.") or store):
-        raise UsageError("--fail store@PKT restarts the private redis-server of a stateless strategy (stateless.*, "
-                         "without --redis or --redis-cluster: fail a server of your own yourself)")
+    store_failures = [name for name, _ in failures if name in ("store", "store-failover")]
+    if store_failures and (not strategy.name.startswith("stateless.") or store):
+        raise UsageError(f"--fail {store_failures[0]}@PKT fails the private redis-server of a stateless strategy "
+                         f"(stateless.*, without --redis or --redis-cluster: fail a server of your own yourself)")
+    if "store-failover" in store_failures:
+        store["replica"] = True  # the private server gets a replica to fail over to
     if store and not strategy.name.startswith("stateless."):
         raise UsageError(f"--{next(iter(store)).replace('_', '-')} is for the stateless strategies (stateless.*), "
                          f"not {strategy}")
@@ -220,7 +224,7 @@ def parse_failure(text: str, chain: Chain) -> tuple[str, int]:
     if not sep or not name or not re.fullmatch(r"[0-9]+", pkt.strip()):
         raise UsageError(f"--fail {text!r}: write NF@PKT, e.g. nat@200 (kill nat before it handles input 200)")
     name = name.strip()
-    if name == "store" and name not in chain.members:
+    if name in ("store", "store-failover") and name not in chain.members:
         return name, int(pkt)
     if name not in chain.members:
         by_nf = [m for m, member in chain.members.items() if member.nf.name == name]
@@ -390,8 +394,9 @@ def render(r: dict) -> str:
                      f"failures planned: {', '.join(r['failures']) or 'none'}"
                      + (f" (never reached: {', '.join(r['failures_not_reached'])})" if r["failures_not_reached"] else ""))
     for f in r.get("store_failures") or []:
-        lines.append(f"store failure: the redis-server restarted without persistence before input {f['before_seq']} "
-                     f"(in {_us(f['restart_ns'])})")
+        what = ("the redis-server restarted without persistence" if f["kind"] == "restart" else
+                f"the redis-server died; its replica, cut off {f['lag_inputs']} inputs earlier, was promoted")
+        lines.append(f"store failure: {what} before input {f['before_seq']} (in {_us(f['took_ns'])})")
     for k, f in enumerate(r.get("failovers") or [], 1):
         lines.append(f"failover {k}: {f['instance']} {f['cause']}: detected in {_us(f['detection_ns'])} "
                      f"({f['detected_by']}), takeover {_us(f['takeover_ns'])}"
@@ -399,7 +404,9 @@ def render(r: dict) -> str:
                      + (f", new standby attached in {_us(f['attach_ns'])}" if f.get("attach_ns") is not None else "")
                      + f"; protected point input {f['replica_seq']}, {f['held']} held, {f['replayed']} replayed"
                      + (f", {f['outputs_lost']} protected inputs' outputs lost" if f.get("outputs_lost") else "")
-                     + ("; the store had lost its state: it started afresh" if f.get("state_lost") else ""))
+                     + ("; the store had lost its state: it started afresh" if f.get("state_lost") else "")
+                     + (f"; the store lost the updates of its last {f['store_behind']} acknowledged inputs"
+                        if f.get("store_behind") else ""))
     lines.append(f"outputs sha256: {r['outputs_sha256']}")
     lines.append(f"trace: {r['trace']}" if r["trace"] else "trace: not recorded (give -o TRACE.pcapng)")
     return "\n".join(lines)

@@ -520,6 +520,8 @@ class StandbyBackend(Backend):
 
 # -- the driver ---------------------------------------------------------------------------------------
 STORE = "store"           # --fail store@PKT: the stateless strategies' store, not an instance
+STORE_FAILOVER = "store-failover"  # --fail store-failover@PKT: its lagging replica promoted
+STORE_LAG_INPUTS = 16     # ... which stopped receiving this many chain inputs before
 PIPELINE_WINDOW = 32      # inputs in flight at a one-instance chain (longer chains: one chain input at a time)
 START_SECONDS = 60.0      # a worker must say hello within this (imports on a loaded machine)
 REPLY_SECONDS = 30.0
@@ -655,6 +657,7 @@ class PlannedFailure:
     instance: str
     seq: int                   # kill the primary when it is about to be handed chain input >= seq
     done: bool = False
+    cut: bool = False          # store-failover: the replica stopped receiving
 
     def __str__(self) -> str:
         return f"{self.instance}@{self.seq}"
@@ -1126,18 +1129,29 @@ class FailoverDriver:
 
     def fail_store(self, seq: int, arrival: int) -> None:
         """--fail store@PKT: the private store is restarted without persistence before chain input
-        PKT enters (its state is gone); each instance fails as its next access finds it out."""
+        PKT enters (its state is gone). --fail store-failover@PKT: its replica stops receiving
+        STORE_LAG_INPUTS inputs earlier, and before PKT the primary dies and the lagging replica is
+        promoted (the writes it missed are gone). Each instance fails as its next access finds out."""
         for plan in self.settings.failures:
-            if not plan.done and plan.instance == STORE and seq >= plan.seq:
-                plan.done = True
-                server = getattr(self.stop_backend, "__self__", None)  # StoreBackend.serve's stop: RedisServer.stop
-                started = time.perf_counter_ns()
+            if plan.done or plan.instance not in (STORE, STORE_FAILOVER):
+                continue
+            server = getattr(self.stop_backend, "__self__", None)  # StoreBackend.serve's stop: its server
+            if plan.instance == STORE_FAILOVER and not plan.cut and seq >= plan.seq - STORE_LAG_INPUTS:
+                plan.cut = True
+                server.cut_replica()
+            if seq < plan.seq:
+                continue
+            plan.done, started = True, time.perf_counter_ns()
+            if plan.instance == STORE:
                 server.restart()
-                if self.recorder is not None:
-                    self.recorder.event("store-failure", self.t0 + arrival, STORE,
-                                        {"kind": "restart", "persistence": False, "before_seq": seq,
-                                         "restart_ns": time.perf_counter_ns() - started})
-                self.store_failures.append({"before_seq": seq, "restart_ns": time.perf_counter_ns() - started})
+                what = {"kind": "restart", "persistence": False}
+            else:
+                self.options["redis"] = server.fail_over()  # replacements connect to the promoted replica
+                what = {"kind": "replica promoted", "lag_inputs": STORE_LAG_INPUTS}
+            what.update(before_seq=seq, took_ns=time.perf_counter_ns() - started)
+            if self.recorder is not None:
+                self.recorder.event("store-failure", self.t0 + arrival, STORE, what)
+            self.store_failures.append(what)
 
     def kill(self, x: Running, cause: str) -> None:
         x.primary.cpu_end = x.primary.cpu()
@@ -1200,6 +1214,7 @@ class FailoverDriver:
             crash = s.schedule.crash_ns - self.t0
         x.floor = x.prev = crash + s.failover_ns
         base = x.released if s.strategy is None else max(x.r, r)
+        behind = x.r - r if s.paradigm == "stateless" and r < x.r else 0  # acknowledged, then lost by the store
         x.r = max(x.r, r)
         replay = [n for n in sorted(x.hops) if n > base]
         held_inputs = {h[0] for h in held}
@@ -1212,7 +1227,8 @@ class FailoverDriver:
                   "replica_seq": x.arrivals[r][0] if r in x.arrivals else -1, "held": len(held),
                   "replayed": len(replay) if s.replay_input else 0, "crash_ns": self.t0 + crash,
                   "end_ns": self.t0 + crash + s.failover_ns, "generation": x.generation, "spare_ready": spare_ready,
-                  "outputs_lost": len(unreleased), "_detected": detected, "state_lost": lost}
+                  "outputs_lost": len(unreleased), "_detected": detected, "state_lost": lost,
+                  "store_behind": behind}
         self.failovers.append(record)
         if self.recorder is not None:
             self.recorder.event("failure", self.t0 + crash, x.name,
@@ -1224,7 +1240,8 @@ class FailoverDriver:
                                  "failover_time": s.failover_ns / 1e9, "detection_ns": record["detection_ns"],
                                  "takeover_ns": takeover, "spare_ready": spare_ready, "held": len(held),
                                  "replayed": record["replayed"], "outputs_lost": len(unreleased),
-                                 **({"state_lost": lost} if lost else {})})
+                                 **({"state_lost": lost} if lost else {}),
+                                 **({"store_behind": behind} if behind else {})})
         for h in held:  # the standby releases the protected outputs the egress has not seen
             self.released(x, h[0], *h[2:])
         for n in unreleased:

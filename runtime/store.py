@@ -1421,6 +1421,51 @@ class StoreInstance(Handle):
 
 # ---------------------------------------------------------------- the stateless paradigm for the worker processes
 
+class PrivateStore:
+    """A run's private store with a replica, for failures of the store (`nfproof run --fail
+    store-failover@PKT`): `cut_replica()` stops the replica receiving (it lags from then on),
+    `fail_over()` kills the primary and promotes the replica with what it has, `restart()` restarts
+    the serving one without persistence."""
+
+    def __init__(self):
+        self.primary = RedisServer()
+        try:
+            self.replica = RedisServer(replicaof=self.primary)
+            self.replica.wait_replicated(self.primary)
+        except BaseException:
+            self.stop()
+            raise
+        self.serving = self.primary
+
+    @property
+    def url(self) -> str:
+        return self.serving.url
+
+    @property
+    def pid(self) -> int:
+        return self.serving.pid
+
+    def cut_replica(self) -> None:
+        self.replica.pause()
+        self.primary.disconnect_replicas()
+
+    def fail_over(self) -> str:
+        """The primary dies; the replica, resumed, becomes the master. Returns its URL."""
+        self.primary.kill()
+        self.replica.resume()
+        self.replica.promote()
+        self.serving = self.replica
+        return self.replica.url
+
+    def restart(self) -> None:
+        self.serving.restart()
+
+    def stop(self) -> None:
+        for server in (getattr(self, "replica", None), self.primary):
+            if server is not None:
+                server.stop()
+
+
 class StoreBackend(Backend):
     """runtime/failover.py's Backend of the stateless strategies: state at the store. The driver's
     `serve` starts the private server unless the settings name one (`redis`: a URL,
@@ -1430,14 +1475,18 @@ class StoreBackend(Backend):
 
     @classmethod
     def serve(cls, strategy: Strategy, settings: dict) -> tuple[dict, object]:
+        """settings: `redis` / `redis_cluster` (existing servers), else a private server (`replica`:
+        with a replica of it, for a failover of the store); the stop callable is bound to the
+        private RedisServer or PrivateStore."""
         parse_mode(strategy)
         options = {k: settings[k] for k in ("replicas", "read_cache") if settings.get(k)}
         url, cluster = settings.get("redis"), settings.get("redis_cluster")
         if url is not None or cluster is not None:
             connect(url, cluster).close()  # reachable now, or a one-line error before any worker starts
             return {**options, ("redis_cluster" if cluster is not None else "redis"): cluster or url}, None
-        server = RedisServer()
+        server = PrivateStore() if settings.get("replica") else RedisServer()
         return {**options, "redis": server.url}, server.stop
+
 
     def open(self, spec: InstanceSpec, fresh: bool, info: dict | None = None) -> StoreInstance:
         options = spec.options

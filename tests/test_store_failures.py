@@ -30,7 +30,7 @@ def test_a_store_restarted_without_persistence_loses_the_state_and_replay_sees_i
                          "--fail", "store@200", "--seed", 1, "-o", trace, "--json")
     assert code == 0, err
     result = json.loads(out)
-    assert [f["before_seq"] for f in result["store_failures"]] == [200]
+    assert [(f["kind"], f["before_seq"]) for f in result["store_failures"]] == [("restart", 200)]
     (failover,) = result["failovers"]
     assert failover["instance"] == "nat" and failover["cause"].startswith("its store failed")
     assert "holds no state" in failover["state_lost"]
@@ -50,4 +50,20 @@ def test_a_store_restarted_without_persistence_loses_the_state_and_replay_sees_i
 def test_store_failures_need_the_private_store_of_a_stateless_strategy(capsys):
     for extra in (["--strategy", "stateful.sync"], ["--strategy", "stateless.sync", "--redis", "redis://127.0.0.1:1/0"]):
         code, out, err = cli(capsys, "run", "nat", "--pcap", E02, "--fail", "store@10", *extra)
-        assert code == 2 and "--fail store@PKT restarts the private redis-server" in err
+        assert code == 2 and "--fail store@PKT fails the private redis-server" in err
+
+
+def test_a_lagging_replica_promoted_loses_acknowledged_updates_and_replay_sees_it(capsys, tmp_path):
+    """--fail store-failover@PKT: the private server runs with a replica, cut off 16 inputs before
+    PKT; there the primary dies and the replica is promoted. The replacement finds fewer inputs at
+    the store than were acknowledged (the failover says how many), and replay reports a violation."""
+    trace = tmp_path / "t.pcapng"
+    code, out, err = cli(capsys, "run", "nat", "--pcap", E02, "--param", "nat.ports=64512", "--strategy",
+                         "stateless.sync", "--fail", "store-failover@200", "--seed", 1, "-o", trace, "--json")
+    assert code == 0, err
+    result = json.loads(out)
+    assert [(f["kind"], f["before_seq"], f["lag_inputs"]) for f in result["store_failures"]] == \
+           [("replica promoted", 200, 16)]
+    (failover,) = result["failovers"]
+    assert failover["store_behind"] > 0 and not failover["state_lost"]
+    assert cli(capsys, "replay", trace)[0] == 1
