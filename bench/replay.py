@@ -7,13 +7,15 @@ failure and a failover of the NAT are written into the trace halfway (the state 
 stateful.sync standby would: the run stays explained). Generated files are cached in --dir.
 
 Prints RESULT lines: packets/s (inputs per CPU second, all processes) on one core (--jobs 1) and
-with --jobs N, for each size. Memory: the peak resident size of the largest checking process.
-(`--sequential`, one unsplit in-memory search, is not measured: it holds the whole trace.)"""
+with --jobs N, for each size; and, for sizes up to --baseline-max, the same one-core check on the
+pure-Python fallback (NFPROOF_PUREPYTHON=1: the reader of traces/trace.py and the Python header
+parser, as before the Cython reader) with the ratio of the two. Memory: the peak resident size of
+the largest checking process. (`--sequential`, one unsplit in-memory search, is not measured: it
+holds the whole trace.)"""
 from __future__ import annotations
 
 import argparse
 import os
-import resource
 import subprocess
 import sys
 import time
@@ -62,23 +64,33 @@ def trace(path: str, packets: int, flows: int, folder: str) -> None:
             w.write(item)
 
 
-def check(path: str, jobs: int, sequential: bool) -> tuple[str, float, float, int]:
-    """(verdict, CPU seconds of every process, wall seconds, peak RSS kB), from a fresh process."""
+def check(path: str, jobs: int, sequential: bool, pure: bool = False) -> tuple[str, float, float, int]:
+    """(verdict, CPU seconds of every process, wall seconds, peak RSS kB), from a fresh process
+    (`pure`: on the pure-Python fallback). The peak is the largest of this process's children so far."""
     cmd = [sys.executable, "-m", "nfproof", "replay", path, "--jobs", str(jobs), "--json"]
     if sequential:
         cmd.append("--sequential")
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    env = {**os.environ, "NFPROOF_PUREPYTHON": "1"} if pure else {k: v for k, v in os.environ.items()
+                                                                   if k != "NFPROOF_PUREPYTHON"}
     start = time.monotonic()
-    out = subprocess.run(cmd, capture_output=True, text=True)
+    out = subprocess.run([sys.executable, "-c", _MEASURED] + cmd, capture_output=True, text=True, env=env)
     wall = time.monotonic() - start
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    cpu, maxrss = (float(x) for x in out.stderr.strip().splitlines()[-1].split()[1:3])
     import json
     try:
         verdict = json.loads(out.stdout)["verdict"]
     except ValueError:
         verdict = f"error: {out.stderr.strip()[-200:]}"
-    return verdict, cpu, wall, after.ru_maxrss
+    return verdict, cpu, wall, int(maxrss)
+
+
+# runs a command and says on stderr what it and its children (the workers) used: the peak of each
+# check on its own (RUSAGE_CHILDREN of this process's own children only)
+_MEASURED = """import resource, subprocess, sys
+r = subprocess.run(sys.argv[1:])
+u = resource.getrusage(resource.RUSAGE_CHILDREN)
+sys.stderr.write(f"\\nMEASURED {u.ru_utime + u.ru_stime} {u.ru_maxrss}\\n")
+sys.exit(r.returncode)"""
 
 
 def main(argv=None) -> int:
@@ -88,7 +100,10 @@ def main(argv=None) -> int:
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--dir", default="/tmp/nfproof-bench-replay")
     ap.add_argument("--skip-sequential", action="store_true")
+    ap.add_argument("--baseline-max", type=int, default=1_000_000,
+                    help="largest size also checked on the pure-Python fallback (0: none)")
     args = ap.parse_args(argv)
+    print(f"# load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}, {os.cpu_count()} CPUs", flush=True)
     os.makedirs(args.dir, exist_ok=True)
     for size in (int(s) for s in args.sizes.split(",")):
         flows = min(args.flows, size)
@@ -96,11 +111,19 @@ def main(argv=None) -> int:
         if not os.path.exists(path):
             trace(path, size, flows, args.dir)
         runs = [("parallel", args.jobs, False)] + ([] if args.skip_sequential else [("single-core", 1, False)])
-        for label, jobs, sequential in runs:
-            verdict, cpu, wall, rss = check(path, jobs, sequential)
+        if size <= args.baseline_max:
+            runs.append(("pure-python", 1, True))
+        one_core = None
+        for label, jobs, pure in runs:
+            verdict, cpu, wall, rss = check(path, jobs, False, pure)
+            ratio = ""
+            if label == "single-core":
+                one_core = cpu
+            elif label == "pure-python" and one_core:
+                ratio = f" fast_vs_pure={cpu / one_core:.2f}x"
             print(f"RESULT replay {CHAIN} packets={size} flows={flows} mode={label} jobs={jobs} verdict={verdict} "
                   f"cpu_s={cpu:.1f} wall_s={wall:.1f} packets_per_cpu_s={size / cpu:,.0f} "
-                  f"packets_per_wall_s={size / wall:,.0f} peak_rss_mb={rss / 1024:.0f}", flush=True)
+                  f"packets_per_wall_s={size / wall:,.0f} peak_rss_mb={rss / 1024:.0f}{ratio}", flush=True)
     return 0
 
 

@@ -17,6 +17,7 @@ from nfproof.traces.trace import PEN, TraceEvent, TraceHeader, TracePacket, Trac
 from nfproof.traces import parse_frame
 from nfproof.verify import replay_rows
 from nfproof.verify.replay_load import ReplayInputError, load_trace
+from nfproof.verify import replay_stream
 from nfproof.verify.replay_stream import check_trace
 
 from replay_traces import EXT, HOST, REMOTE, Run, tcp, udp
@@ -105,6 +106,7 @@ def test_generated_failover_runs_read_the_same(name, tmp_path, monkeypatch):
         fast, slow = recording(path, True, monkeypatch), recording(path, False, monkeypatch)
         assert fast == slow
         assert any(e.kind == "failover" for e in fast[2])
+        assert replay_stream.scan_events(path) == replay_stream._scan_events(path) == fast[2]
 
 
 def _run(path) -> str:

@@ -126,12 +126,14 @@ cdef class TraceRows:
     outer source) -- data is None and key/writes/outer set where model_row gives them, else data
     holds the frame and key, writes, outer are None; for an nfproof custom block the tuple
     (None, block offset, payload). Other tools' custom blocks are counted in `foreign_blocks`;
-    `offset` is the offset of the block last read; `items` the blocks after the header read."""
+    `offset` is the offset of the block last read; `items` the blocks after the header read;
+    `packets` the packets read (with `events_only` set, only counted: no packet rows).""" 
 
     cdef const uint8_t *m
     cdef Py_ssize_t size, pos
     cdef public Py_ssize_t offset, items
-    cdef public long long foreign_blocks
+    cdef public long long foreign_blocks, packets
+    cdef public bint events_only   # packets are counted, not read (replay_stream.scan_events)
     cdef bint swap, header_seen
     cdef list names            # this section's interfaces: name (str or None)
     cdef iface_t ifs[256]
@@ -155,7 +157,8 @@ cdef class TraceRows:
                 madvise(<void *>self.m, self.size, MADV_SEQUENTIAL)
         finally:
             os.close(fd)
-        self.pos, self.offset, self.items, self.foreign_blocks = 0, 0, 0, 0
+        self.pos, self.offset, self.items, self.foreign_blocks, self.packets = 0, 0, 0, 0, 0
+        self.events_only = 0
         self.swap, self.header_seen, self.names, self.nifs = 0, 0, [], 0
         self.last_instance_raw, self.last_instance = b"", ""
 
@@ -318,7 +321,12 @@ cdef class TraceRows:
             if btype == 6:
                 if not self.header_seen:
                     raise Fallback()
+                if self.events_only:
+                    self.packets += 1
+                    self.items += 1
+                    continue
                 row = self.packet(b + 8, total - 12)
+                self.packets += 1
                 self.items += 1
                 return row
             if btype == 0x0BAD or btype == 0x40000BAD:

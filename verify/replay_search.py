@@ -239,19 +239,30 @@ class TrackedCell(Cell):
         self._value = old
 
 
+_LAYOUTS: dict = {}   # id(chain) -> (chain, [(instance, [(declaration, decl, sid)])]): a search per part
+
+
+def _layout(chain) -> list:
+    got = _LAYOUTS.get(id(chain))
+    if got is None or got[0] is not chain:
+        got = _LAYOUTS[id(chain)] = (chain, [(name, [(d, decl, (name, d)) for d, decl in
+                                                     member.nf.declarations().items()])
+                                             for name, member in chain.members.items()])
+    return got[1]
+
+
 def tracked_state(chain, tracker: Tracker) -> dict:
     """instance -> {declaration: tracked storage}; storage ids are (instance, declaration)."""
     out = {}
-    for name, member in chain.members.items():
-        out[name] = {}
-        for decl_name, decl in member.nf.declarations().items():
-            sid = (name, decl_name)
+    for name, decls in _layout(chain):
+        mine = out[name] = {}
+        for decl_name, decl, sid in decls:
             if isinstance(decl, Map):
-                out[name][decl_name] = TrackedMap(decl, tracker, sid)
+                mine[decl_name] = TrackedMap(decl, tracker, sid)
             elif isinstance(decl, Set):
-                out[name][decl_name] = TrackedSet(decl, tracker, sid)
+                mine[decl_name] = TrackedSet(decl, tracker, sid)
             else:
-                out[name][decl_name] = TrackedCell(decl.kind.width, tracker, sid)
+                mine[decl_name] = TrackedCell(decl.kind.width, tracker, sid)
     return out
 
 
@@ -323,9 +334,30 @@ class _Frame:
         self.lost_done, self.first = False, True
         self.later = False   # the step reads the clock and its window holds more than lo's clock class
 
+    def next_prefix(self) -> tuple:
+        """Pops the next decision prefix to try (pending holds prefixes and _Alternatives)."""
+        top = self.pending.pop()
+        if type(top) is tuple:
+            return top
+        j = top.next
+        if j < top.last:
+            top.next = j + 1
+            self.pending.append(top)
+        return top.taken + (j,)
+
     def has_more(self, lossable: bool) -> bool:
         return bool(self.pending) or (self.later if self.times is None else self.ti + 1 < len(self.times)) \
             or (lossable and not self.lost_done)
+
+
+class _Alternatives:
+    """The prefixes taken + (j,) for j = next..last, tried in that order: what
+    `pending.extend(taken + (j,) for j in range(last, next - 1, -1))` would push, in one entry."""
+
+    __slots__ = ("taken", "next", "last")
+
+    def __init__(self, taken: tuple, first: int, last: int):
+        self.taken, self.next, self.last = taken, first, last
 
 
 class _Skip(Exception):
@@ -349,7 +381,8 @@ class _Chooser:
             index = self.prefix[k]
         else:
             index = 0
-            self.frame.pending.extend(tuple(self.taken) + (j,) for j in range(len(candidates) - 1, 0, -1))
+            if len(candidates) > 1:  # the others, 1 first: one entry standing for them all (see _Frame.next_prefix)
+                self.frame.pending.append(_Alternatives(tuple(self.taken), 1, len(candidates) - 1))
         self.taken.append(index)
         value = candidates[index]
         if value is FRESH:
@@ -417,6 +450,7 @@ class Search:
         self._ahead: dict = {}
         self.stop_at = None              # run() stops when it reaches this unit (to diagnose it)
         self.memo: dict = {}             # (view, clock readings) -> recorded steps (see _memo_run)
+        self.memo_keys = MEMO_KEYS       # views recorded before the memo starts afresh
         self.horizon = HORIZON
         self.start()
 
@@ -600,9 +634,57 @@ class Search:
             entries = memo.setdefault(key, [])
             entries.insert(0, (reads, writes, produced, drops, clocked))
             del entries[MEMO_VARIANTS:]
-            if len(memo) > MEMO_KEYS:
+            if len(memo) > self.memo_keys:
                 memo.clear()
         return produced, drops, clocked
+
+    def _replayed(self, unit, i: int, lo: int) -> bool:
+        """The common case without frames: input i is the first alternative (processed at lo),
+        the memo replays its step (see _memo_run), the outputs are the observed ones exactly,
+        and no alternative is left (no pool storage written, no later clock class, not
+        lossable). Then the state, the dependencies, the journal and the bookkeeping are left
+        exactly as advance + _commit leave them, and True is returned; else nothing is done."""
+        p = self.problem
+        view = unit.view
+        if not p.aligned or unit.lossable or view is OUTSIDE or type(view) is Drop \
+                or lo > unit.time_ns + p.stall_ns:
+            return False
+        entries = self.memo.get((view, unit.writes, self.ticks(lo)))
+        if not entries:
+            return False
+        tr = self.tracker
+        tr.deps, tr.wrote, tr.pool_writes = set(), [], []
+        self.pool_events = []
+        for entry in entries:
+            reads, writes, produced, drops, clocked = entry
+            for storage, k, value in reads:
+                tr.read(storage.sid, k)
+                if storage.raw(k) != value:
+                    break
+            else:
+                break
+        else:
+            return False   # attempt() runs the step (the reads above add nothing it would not)
+        if produced != p.observed.get(unit.seq, []) \
+                or clocked and self.ticks(unit.time_ns + p.stall_ns) != self.ticks(lo):
+            return False
+        pool_sids = tr.pool_sids
+        if pool_sids and any(storage.sid in pool_sids for storage, _, _ in writes):
+            return False
+        for storage, k, value in writes:
+            storage.put(k, value)
+        if lo == unit.time_ns:   # _commit with no alternative left
+            self.tdeps = EMPTY
+        self.tprev = lo
+        if not self.stack:
+            tr.forget_before(tr.mark())
+        clocked_ = self.clocked
+        while len(clocked_) <= i:
+            clocked_.append(0)
+        clocked_[i] = clocked
+        if clocked and lo > unit.time_ns:
+            self.late[i] = lo
+        return True
 
     def attempt(self, f: _Frame, unit, t, prefix, lost: bool) -> Attempt | None:
         """Try one alternative; on success the state is left as it made it and the Attempt returned."""
@@ -680,7 +762,7 @@ class Search:
                 f.ti += 1
                 f.pending = [()]
             if f.pending:
-                prefix = f.pending.pop()
+                prefix = f.next_prefix()
                 t = f.times[f.ti] if f.times is not None else f.lo
                 lost = False
             elif unit.lossable and not f.lost_done:
@@ -752,6 +834,9 @@ class Search:
                 bound = self.problem.lower_bounds.get(i)
                 if bound is not None and bound > lo:
                     lo = bound
+                if bound is None and self._replayed(unit, i, lo):
+                    i += 1
+                    continue
                 f = _Frame(i, self.tracker.mark(), self.tprev, self.tdeps, lo)
                 if lo <= unit.time_ns + stall:
                     att = self.advance(f)

@@ -30,6 +30,7 @@ LAG = 4096            # inputs read past an input before its outputs are taken t
 PREVIEW = 400         # packets kept from the start of an explained trace for its timeline
 PART_HORIZON = 16     # open decisions a part keeps (a conflict reaching further: unknown, then pass 2)
 ALL = ("all",)        # the one part of a chain that is not partitionable
+PART_MEMO_KEYS = 16   # recorded steps a part keeps (replay_search._memo_run; 1 << 20 for the one part)
 
 
 class Window:
@@ -155,6 +156,8 @@ def first_pass(path, chain_text, params, inside, eq: Equivalence, stall_ns: int,
                           logged_clock=logged_clock, shown_values=shown, outside_routes=routes, fresh_from=fresh_from)
         search = Search(problem)
         search.horizon = PART_HORIZON
+        if kinds is not None:   # one flow's views, at each clock reading: a few (memory flat in time)
+            search.memo_keys = PART_MEMO_KEYS
         return _Part(name, search, observed)
 
     def sink(u: Input, outs: list) -> None:
@@ -282,6 +285,11 @@ def _pass_job(worker: int) -> PassReport:
 def check_trace(path, chain_text=None, params=(), inside=None, eq: Equivalence = Equivalence(),
                 stall_ns: int | None = None, jobs: int = 1, progress=None):
     """The verdict on a trace file (a replay.ReplayResult), streamed (see the module docstring)."""
+    with paused_gc():   # the sweeps over every part's report allocate millions of tuples
+        return _check_trace(path, chain_text, params, inside, eq, stall_ns, jobs, progress)
+
+
+def _check_trace(path, chain_text, params, inside, eq, stall_ns, jobs, progress):
     import time
     from .replay import failover_time_ns, replay
     started = time.process_time()
@@ -454,7 +462,32 @@ def _subset(path, chain_text, params, inside, eq, main: PassReport, uf, selected
 
 def scan_events(path) -> list:
     """The control events of a trace, read without decoding its packets (for the failover time
-    before the check starts)."""
+    before the check starts): by the fast reader where it reads the whole file, else in Python."""
+    from . import replay_rows
+    from .replay_load import Event
+    fast = replay_rows._fast
+    if fast is not None:
+        try:
+            scan = fast.TraceRows(path)
+        except OSError:
+            scan = None
+        if scan is not None:
+            scan.events_only = True
+            out = []
+            try:
+                for row in scan:
+                    ev = replay_rows._event(row[2])
+                    if ev is not None:
+                        out.append(Event(ev.kind, ev.time_ns, ev.instance, ev.fields, scan.packets))
+                return out
+            except fast.Fallback:
+                pass
+            finally:
+                scan.close()
+    return _scan_events(path)
+
+
+def _scan_events(path) -> list:
     import mmap
     import struct
     from .replay_load import Event
