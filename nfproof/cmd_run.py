@@ -29,6 +29,7 @@ EPILOG = (f"throughput counts the inputs (their wire bytes for Gbps) over the CP
           "and the trace records failures, failovers, protected points and logged choices; throughput then counts "
           "the CPU time of every process. "
           "exit codes: 0 ok, 2 usage or input error (the trace written so far is closed and readable)")
+STORE_FAILURES = ("store", "store-failover", "store-kill")  # --fail targets that are the stateless store
 STRATEGY_FORMS = ("none", "stateful.checkpoint:N", "stateful.async", "stateful.sync", "stateful.commit:B",
                   "stateless.sync", "stateless.async", "stateless.batch:B", "stateless.cache", "stateless.commit:B")
 
@@ -81,7 +82,8 @@ def add_parser(sub):
                    help="SIGKILL instance NF's primary when it is about to be handed input PKT (0-based, as the "
                         "trace numbers inputs), e.g. nat@200 (repeatable); store@PKT: restart a stateless strategy's "
                         "private redis-server without persistence before input PKT (its state is lost); "
-                        "store-failover@PKT: kill it there and promote its replica, cut off 16 inputs earlier")
+                        "store-failover@PKT: kill it there and promote its replica, cut off 16 inputs earlier; "
+                        "store-kill@PKT: kill it for good (the run stops with the store's error)")
     f.add_argument("--schedule", metavar="FILE",
                    help="force one failover timeline: the schedule.json of `nfproof verify --reproduce DIR` (its "
                         "choices, crash point, protected point and clock; its strategy, --param, --log-choices, "
@@ -177,7 +179,7 @@ def failover_settings(args, chain: Chain):
         raise UsageError(f"--standby: {e}") from None
     failover_ns = int((args.failover_time if args.failover_time is not None else 1) * 1_000_000_000)
     store = {k: v for k, v in (("redis", args.redis), ("redis_cluster", args.redis_cluster)) if v}
-    store_failures = [name for name, _ in failures if name in ("store", "store-failover")]
+    store_failures = [name for name, _ in failures if name in STORE_FAILURES]
     if store_failures and (not strategy.name.startswith("stateless.") or store):
         raise UsageError(f"--fail {store_failures[0]}@PKT fails the private redis-server of a stateless strategy "
                          f"(stateless.*, without --redis or --redis-cluster: fail a server of your own yourself)")
@@ -224,7 +226,7 @@ def parse_failure(text: str, chain: Chain) -> tuple[str, int]:
     if not sep or not name or not re.fullmatch(r"[0-9]+", pkt.strip()):
         raise UsageError(f"--fail {text!r}: write NF@PKT, e.g. nat@200 (kill nat before it handles input 200)")
     name = name.strip()
-    if name in ("store", "store-failover") and name not in chain.members:
+    if name in STORE_FAILURES and name not in chain.members:
         return name, int(pkt)
     if name not in chain.members:
         by_nf = [m for m, member in chain.members.items() if member.nf.name == name]
@@ -394,8 +396,8 @@ def render(r: dict) -> str:
                      f"failures planned: {', '.join(r['failures']) or 'none'}"
                      + (f" (never reached: {', '.join(r['failures_not_reached'])})" if r["failures_not_reached"] else ""))
     for f in r.get("store_failures") or []:
-        what = ("the redis-server restarted without persistence" if f["kind"] == "restart" else
-                f"the redis-server died; its replica, cut off {f['lag_inputs']} inputs earlier, was promoted")
+        what = {"restart": "the redis-server restarted without persistence", "killed": "the redis-server was killed"}.get(
+            f["kind"], f"the redis-server died; its replica, cut off {f.get('lag_inputs')} inputs earlier, was promoted")
         lines.append(f"store failure: {what} before input {f['before_seq']} (in {_us(f['took_ns'])})")
     for k, f in enumerate(r.get("failovers") or [], 1):
         lines.append(f"failover {k}: {f['instance']} {f['cause']}: detected in {_us(f['detection_ns'])} "

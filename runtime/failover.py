@@ -521,6 +521,7 @@ class StandbyBackend(Backend):
 # -- the driver ---------------------------------------------------------------------------------------
 STORE = "store"           # --fail store@PKT: the stateless strategies' store, not an instance
 STORE_FAILOVER = "store-failover"  # --fail store-failover@PKT: its lagging replica promoted
+STORE_KILL = "store-kill"  # --fail store-kill@PKT: it dies for good (the run stops with the store's error)
 STORE_LAG_INPUTS = 16     # ... which stopped receiving this many chain inputs before
 PIPELINE_WINDOW = 32      # inputs in flight at a one-instance chain (longer chains: one chain input at a time)
 START_SECONDS = 60.0      # a worker must say hello within this (imports on a loaded machine)
@@ -604,7 +605,7 @@ class WorkerProcess:
                 if m[0] == kind:
                     self.inbox.remove(m)
                     return m
-                if m[0] == "error":
+                if m[0] in ("error", "store-failed"):
                     raise RunFailed(m[1])
             if self.conn.closed:
                 raise RunFailed(f"a {self.role} worker (pid {self.pid}) exited before sending {kind!r}")
@@ -1131,9 +1132,10 @@ class FailoverDriver:
         """--fail store@PKT: the private store is restarted without persistence before chain input
         PKT enters (its state is gone). --fail store-failover@PKT: its replica stops receiving
         STORE_LAG_INPUTS inputs earlier, and before PKT the primary dies and the lagging replica is
-        promoted (the writes it missed are gone). Each instance fails as its next access finds out."""
+        promoted (the writes it missed are gone). --fail store-kill@PKT: it dies and stays dead (the
+        run stops with the store's error). Each instance fails as its next access finds out."""
         for plan in self.settings.failures:
-            if plan.done or plan.instance not in (STORE, STORE_FAILOVER):
+            if plan.done or plan.instance not in (STORE, STORE_FAILOVER, STORE_KILL):
                 continue
             server = getattr(self.stop_backend, "__self__", None)  # StoreBackend.serve's stop: its server
             if plan.instance == STORE_FAILOVER and not plan.cut and seq >= plan.seq - STORE_LAG_INPUTS:
@@ -1145,6 +1147,9 @@ class FailoverDriver:
             if plan.instance == STORE:
                 server.restart()
                 what = {"kind": "restart", "persistence": False}
+            elif plan.instance == STORE_KILL:
+                server.kill()
+                what = {"kind": "killed"}
             else:
                 self.options["redis"] = server.fail_over()  # replacements connect to the promoted replica
                 what = {"kind": "replica promoted", "lag_inputs": STORE_LAG_INPUTS}

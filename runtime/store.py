@@ -1460,6 +1460,9 @@ class PrivateStore:
     def restart(self) -> None:
         self.serving.restart()
 
+    def kill(self) -> None:
+        self.serving.kill()
+
     def stop(self) -> None:
         for server in (getattr(self, "replica", None), self.primary):
             if server is not None:

@@ -67,3 +67,16 @@ def test_a_lagging_replica_promoted_loses_acknowledged_updates_and_replay_sees_i
     (failover,) = result["failovers"]
     assert failover["store_behind"] > 0 and not failover["state_lost"]
     assert cli(capsys, "replay", trace)[0] == 1
+
+
+def test_a_store_killed_for_good_stops_the_run_with_its_error(capsys, tmp_path):
+    """--fail store-kill@PKT: the server dies and stays dead. No silent loss: the run stops with
+    exit 2 naming the store, and the trace written so far is closed, with the store failure in it."""
+    trace = tmp_path / "t.pcapng"
+    code, out, err = cli(capsys, "run", "nat", "--pcap", E02, "--param", "nat.ports=64512", "--strategy",
+                         "stateless.sync", "--fail", "store-kill@200", "-o", trace)
+    assert code == 2 and "the run stopped" in err and "cannot reach the server" in err, err
+    with read_trace(str(trace)) as t:
+        items = list(t)
+    assert [e.fields["kind"] for e in items if getattr(e, "kind", None) == "store-failure"] == ["killed"]
+    assert "error" in items[-1].fields  # the summary says the run stopped
