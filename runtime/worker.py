@@ -124,6 +124,13 @@ class Worker:
 
     # -- roles
     def spare(self) -> None:
+        """Waits, warmed up (the paradigm's modules and the chain's models loaded), to be assigned."""
+        if self.strategy is not None:
+            backend_class(self.strategy)
+        if self.spec.chain:
+            from ..models import lookup
+            from ..models.chain import Chain
+            Chain.parse(self.spec.chain, lookup)
         self.send(("hello", os.getpid(), "spare", None, None))
         while True:
             for m in self.driver_messages(None):
