@@ -341,7 +341,10 @@ class Chain:
         entry = self.ingresses.get(side)
         if entry is None:
             return drop(f"the chain has no {side} ingress")
-        deliver(entry, pkt, 1)
+        try:
+            deliver(entry, pkt, 1)
+        finally:
+            deliver = None  # the closure refers to itself: a cycle per packet for the collector, else
 
     def copy(self) -> "Chain":
         other = Chain(self.name)

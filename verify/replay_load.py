@@ -44,6 +44,7 @@ class Input:
     raw_key: tuple | None = None
     lossable: bool = False
     writes: frozenset = ADDRESS_WRITES  # what an output may change in the frame (frames.writable)
+    vkey: tuple | None = None  # the view's fields, in Packet's order (a cheap key for the search's memo)
 
 
 @dataclass(slots=True)
@@ -176,8 +177,10 @@ class _Builder:
         if self.last_time is not None and time_ns < self.last_time:
             time_ns = self.last_time
         self.last_time = time_ns
-        v = Packet(key[0], key[1], key[2], key[3], key[4], key[5], side == "outside", key[6])
-        return Input(seq, time_ns, side, v, number, writes=WRITES[row[9]])
+        inbound = side == "outside"
+        v = Packet(key[0], key[1], key[2], key[3], key[4], key[5], inbound, key[6])
+        return Input(seq, time_ns, side, v, number, writes=WRITES[row[9]],
+                     vkey=(key[0], key[1], key[2], key[3], key[4], key[5], inbound, key[6], 0))
 
     def add_output_row(self, egress, row, number):
         """add_output of a replay_rows row."""

@@ -31,7 +31,7 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from ..models import concrete
-from ..models.api import Map, Set
+from ..models.api import Bits, Flow, Map, Set
 from ..models.concrete import Cell, DictMap, PySet, step
 from .equivalence import Equivalence, Mismatch, compare
 from .frames import OUTSIDE, Drop, observable, refusal
@@ -115,23 +115,41 @@ class Tracker:
             self.offset = mark
 
 
+_FLOW_MASKS = tuple((1 << w) - 1 for w in Flow.widths)
+
+
+def _wrap_key(kind, key):
+    """concrete.wrap(kind, key), without its cost where the key holds already (a Flow of ints
+    within their widths, an int within its Bits: wrap would return an equal key)."""
+    if kind is Flow:
+        if type(key) is Flow:
+            p, s, sp, d, dp = key
+            mp, ms, msp, md, mdp = _FLOW_MASKS
+            if type(p) is int and type(s) is int and type(sp) is int and type(d) is int and type(dp) is int \
+                    and 0 <= p <= mp and 0 <= s <= ms and 0 <= sp <= msp and 0 <= d <= md and 0 <= dp <= mdp:
+                return key
+    elif type(kind) is Bits and type(key) is int and 0 <= key < 1 << kind.width:
+        return key
+    return concrete.wrap(kind, key)
+
+
 class TrackedMap(DictMap):
     def __init__(self, decl, tracker: Tracker, sid):
         super().__init__(decl)
         self.tracker, self.sid = tracker, sid
 
     def get(self, key, default=None):
-        k = concrete.wrap(self.decl.key, key)
+        k = _wrap_key(self.decl.key, key)
         self.tracker.read(self.sid, k, self)
         return dict.get(self, k, default)
 
     def __getitem__(self, key):
-        k = concrete.wrap(self.decl.key, key)
+        k = _wrap_key(self.decl.key, key)
         self.tracker.read(self.sid, k, self)
         return DictMap.__getitem__(self, k)
 
     def __contains__(self, key) -> bool:
-        k = concrete.wrap(self.decl.key, key)
+        k = _wrap_key(self.decl.key, key)
         self.tracker.read(self.sid, k, self)
         return dict.__contains__(self, k)
 
@@ -152,12 +170,12 @@ class TrackedMap(DictMap):
         dict.__setitem__(self, key, value)
 
     def __setitem__(self, key, value):
-        k = concrete.wrap(self.decl.key, key)
+        k = _wrap_key(self.decl.key, key)
         self.tracker.write(self, self.sid, k, dict.get(self, k, MISSING))
         DictMap.__setitem__(self, k, value)
 
     def __delitem__(self, key):
-        k = concrete.wrap(self.decl.key, key)
+        k = _wrap_key(self.decl.key, key)
         if dict.__contains__(self, k):
             self.tracker.write(self, self.sid, k, dict.__getitem__(self, k), False)
             DictMap.__delitem__(self, k)
@@ -179,7 +197,7 @@ class TrackedSet(PySet):
         self.tracker, self.sid = tracker, sid
 
     def __contains__(self, key) -> bool:
-        k = concrete.wrap(self.decl.key, key)
+        k = _wrap_key(self.decl.key, key)
         self.tracker.read(self.sid, k, self)
         return set.__contains__(self, k)
 
@@ -193,13 +211,13 @@ class TrackedSet(PySet):
             self.add(key)
 
     def add(self, key):
-        k = concrete.wrap(self.decl.key, key)
+        k = _wrap_key(self.decl.key, key)
         if not set.__contains__(self, k):
             self.tracker.write(self, self.sid, k, MISSING)
             PySet.add(self, k)
 
     def discard(self, key):
-        k = concrete.wrap(self.decl.key, key)
+        k = _wrap_key(self.decl.key, key)
         if set.__contains__(self, k):
             self.tracker.write(self, self.sid, k, True, False)
             PySet.discard(self, k)
@@ -608,7 +626,7 @@ class Search:
         view = unit.view
         if view is OUTSIDE or isinstance(view, Drop):
             return self.execute(unit, t, chooser)
-        key = (view, unit.writes, self.ticks(t))
+        key = (_view_key(unit), unit.writes, self.ticks(t))
         tr, memo = self.tracker, self.memo
         for entry in memo.get(key, ()):
             reads, writes, produced, drops, clocked = entry
@@ -649,7 +667,7 @@ class Search:
         if not p.aligned or unit.lossable or view is OUTSIDE or type(view) is Drop \
                 or lo > unit.time_ns + p.stall_ns:
             return False
-        entries = self.memo.get((view, unit.writes, self.ticks(lo)))
+        entries = self.memo.get((_view_key(unit), unit.writes, self.ticks(lo)))
         if not entries:
             return False
         tr = self.tracker
@@ -927,6 +945,35 @@ class paused_gc:
     def __exit__(self, *exc):
         import gc
         gc.set_threshold(*self.was)
+        return False
+
+
+def _view_key(unit) -> tuple:
+    """The fields of an input's view (a Packet), in its order: equal exactly when the views are
+    (what the memo keys steps by; the reader gives it with the input, replay_load.Input.vkey)."""
+    k = getattr(unit, "vkey", None)
+    if k is None:
+        v = unit.view
+        k = (v.proto, v.src, v.sport, v.dst, v.dport, v.flags, v.inbound, v.length, v.label)
+    return k
+
+
+class gc_off:
+    """The cyclic garbage collector off while a streamed pass runs: its passes over what the parts
+    keep cost a third of the time even at paused_gc's thresholds, and a pass makes no cyclic
+    garbage (the search's journal and storages are the only cycles, one per part, broken when the
+    part ends: replay_stream.first_pass; the chain's routing closure breaks its own)."""
+
+    def __enter__(self):
+        import gc
+        self.was = gc.isenabled()
+        gc.disable()
+        return self
+
+    def __exit__(self, *exc):
+        import gc
+        if self.was:
+            gc.enable()
         return False
 
 

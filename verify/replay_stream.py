@@ -24,7 +24,7 @@ from .equivalence import Equivalence
 from .frames import outside_route
 from .replay_load import CLOCK_NAMES, Event, Input, Output, Recording, open_trace
 from .replay_partition import _UnionFind, partition_kinds, tags_of
-from .replay_search import Problem, Search, paused_gc
+from .replay_search import Problem, Search, gc_off, paused_gc
 
 LAG = 4096            # inputs read past an input before its outputs are taken to be complete
 PREVIEW = 400         # packets kept from the start of an explained trace for its timeline
@@ -166,15 +166,20 @@ def first_pass(path, chain_text, params, inside, eq: Equivalence, stall_ns: int,
             name = ALL
         else:
             tags = tags_of(u, observed, by_source)
-            roots = {uf.find(t) for t in tags}
-            named = sorted({root_name.pop(r) for r in roots if r in root_name}, key=repr)
-            root = tags[0]
-            for t in tags[1:]:
-                root = uf.union(root, t)
-            if len(named) > 1:   # parts met: pass 2 checks them together
-                out.tainted.update(named)
-            name = root_name[uf.find(root)] = named[0] if named else tags[0]
-        if _owner(name, workers) != worker:
+            find = uf.find
+            r = find(tags[0])
+            name = root_name.get(r)
+            if name is None or any(find(t) != r for t in tags[1:]):   # a new part, or parts that meet
+                roots = {find(t) for t in tags}
+                named = sorted({root_name.pop(r) for r in roots if r in root_name}, key=repr)
+                root = tags[0]
+                for t in tags[1:]:
+                    root = uf.union(root, t)
+                if len(named) > 1:   # parts met: pass 2 checks them together
+                    out.tainted.update(named)
+                name = root_name[find(root)] = named[0] if named else tags[0]
+            # else: every tag is in one named part already (the union-find is as the unions leave it)
+        if workers > 1 and _owner(name, workers) != worker:
             return
         part = parts.get(name)
         if part is None:
@@ -187,8 +192,11 @@ def first_pass(path, chain_text, params, inside, eq: Equivalence, stall_ns: int,
         result = s.proceed()
         if result is not None:
             part.final.verdict, part.final.reason, part.done, part.search = result.verdict, result.reason, True, None
+            s.tracker.journal.clear()   # the part's one cycle (journal -> storage -> tracker)
             return
-        _forget(part, s.oldest_needed())
+        below = s.oldest_needed()
+        if below - s.units.offset >= 8:   # else Window.forget_before forgets nothing
+            _forget(part, below)
 
     releaser = _Releaser(sink)
     for item in items:
@@ -235,6 +243,8 @@ def first_pass(path, chain_text, params, inside, eq: Equivalence, stall_ns: int,
             part.final.verdict = s.finish().verdict
             part.final.touched = s.tracker.touched
             _forget(part, len(s.units), everything=True)
+            s.tracker.journal.clear()   # the part's one cycle (journal -> storage -> tracker)
+            part.search = None
         out.parts[part.name] = part.final
     if worker == 0:
         out.orphans = sorted(releaser.early)
@@ -277,7 +287,7 @@ _JOB: dict = {}
 
 def _pass_job(worker: int) -> PassReport:
     a = _JOB
-    with paused_gc():
+    with gc_off():
         return first_pass(a["path"], a["chain"], a["params"], a["inside"], a["eq"], a["stall"], worker,
                           a["workers"], a["progress"] if worker == 0 else None)
 
