@@ -20,11 +20,40 @@ a copy for all but the last of several outputs) with incremental RFC 1624 checks
 including the header quoted inside ICMP errors; copies that leave the chain are appended to
 `batch.extra` at the end of the call.
 
+Flow cache. Most packets belong to established flows, and for them most of the chain's work
+is fixed: the NAT's mapping and the balancer's backend never change once made. The pipeline
+keeps one table keyed by the input's view (addresses, ports, protocol, side) holding a *plan*:
+the fields the packet leaves with and an interned path (the instances it crosses, the side it
+reaches each on, the gate each emits on, the step that rewrites each field). A plan is recorded
+while a cache miss walks the chain (`record_step`, `finish_plan`) and only if every step emitted
+exactly one packet, frame fields are rewritten by *stable* steps only and each at most once, and
+the frame is plain TCP or UDP. Stable steps (`stable_kind`: nat, lb, lb-hash) are skipped on a
+hit: their result is a function of the view and of table entries that are never removed or
+changed. *Live* steps (firewall, ratelimit, monitor, csfq-*: state that changes per packet, a
+clock, flags, lengths, draws) run their handler on every hit, on the view the stable steps before
+them would have given, in path order, so every state change, drop and draw happens as on the
+walk. A live step that does not emit on the recorded gate (a drop, a monitor's alert, an expired
+firewall entry) hands over to the walk's own code at that point, the frame rewritten as far as
+the walk would have it (`run_plan`, `resume`). The one result of a stable step that can change is
+a balancer not knowing a reply's flow (passed unchanged until the flow appears): such a plan
+carries the version of the key's bucket (65536 per balancer), bumped on every insertion into it;
+a version that wraps empties the cache. The frame's rewrite is written at once (`write_back` from
+the input's view to the final one): with each field rewritten at most once, the RFC 1624 updates
+sum the same terms as step by step, so the bytes are the same. The cache holds at most
+`cache_max` slots (default `CACHE_MAX`) and is emptied when full; `cache_stats()` counts hits and
+misses. It is on for chains of two or more instances with a stable one (`Pipeline(...,
+flow_cache=...)` says otherwise).
+
 Memory latency is hidden by a software pipeline (`run_inputs`): while input j runs, input
-j + S*D is parsed and the flow-table slot its first instance will read is prefetched, and the
-predicted paths of the inputs in between advance one instance each (`predict` reads the slot
-prefetched D inputs earlier, read-only, and prefetches the next instance's; for a new NAT flow it
-peeks at the instance's next draw), D = `ahead` (default 8). Results never depend on the batch size or D (only memory timing does).
+j + S*D is parsed and the flow-table slot its first instance will read is prefetched (with the
+next line, where a probe continues when the home pair holds other keys), and the predicted
+paths of the inputs in between advance one instance each (`predict` reads the slot prefetched D
+inputs earlier, read-only, and prefetches the next instance's; for a new NAT flow it simulates
+the free-port draws, reading by_port entries prefetched when the previous new flow was
+predicted), D = `ahead` (default 8). With the flow cache, the first step looks the input up in
+the cache (prefetched at parse): a hit prefetches what its live steps will read and is done; a
+miss goes on predicting every instance (S = instances + 1). Results never depend on the batch
+size or D (only memory timing does).
 
 `PassThrough` is the baseline the benchmark compares against: parse every frame and release it
 unchanged on egress 0."""
@@ -32,7 +61,7 @@ include "../traces/_parse.pxi"
 
 from libc.stdint cimport uint16_t, int16_t, int32_t
 from libc.stdlib cimport malloc, calloc, realloc, free
-from libc.string cimport memset
+from libc.string cimport memset, memcmp
 from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE
 from cpython.ref cimport PyObject
 from posix.mman cimport mmap, munmap, madvise, PROT_READ, PROT_WRITE, MAP_PRIVATE, MAP_ANONYMOUS, MAP_FAILED, \
@@ -125,9 +154,15 @@ cdef extern from *:
 
 cdef enum:
     BIG = 1 << 20                         # allocations from this size on are mmap'd (see zeroed)
+    HUGE = 1 << 21                        # a huge page
     REWRITTEN = 0x100                     # a handler's result flag: it changed a field the frame carries
     FREE_DRAWS = 64                       # draws before a free-port choice scans (runtime/rng.py)
     MAX_OUT = 2                           # outputs of one bundled handler call (the monitor: packet + alert)
+    MAX_STEPS = 8                         # instances on a flow-cache plan's path
+    MAX_PATHS = 4096                      # distinct plan paths (interned; path ids are 16-bit)
+    PATH_INDEX = 8192                     # slots of the path interning index (a power of two)
+    NO_STEP = 0xFF                        # path_t.chg / dep: no such step
+    CACHE_MAX = 1 << 22                   # flow-cache slots at most: past that it is emptied and refilled
 
 INSTANCE_STEP = 0xD1B54A32D192ED03      # separates the instances' streams (runtime/rng.py)
 PARAM_MAX = 1 << 62                     # larger parameters act alike (times never get there)
@@ -197,6 +232,7 @@ ctypedef struct inst_t:
     pent_t *by_port                          # NAT: 65536 entries
     int64_t pool_used                        # NAT: by_port keys in the pool
     int64_t peeked                           # NAT: draws the look-ahead has peeked at beyond the stream
+    uint16_t *ver                            # LB with a flow cache: insertions per key bucket (see plans)
     int reason[5]                            # model reasons, by MODEL_REASONS index
     int r_outside
     int r_cannot[7]                          # "<instance>: cannot write <field> into the frame"
@@ -205,8 +241,20 @@ ctypedef struct frame_t:     # a frame travelling the chain: the input's bytes o
     Py_ssize_t off
     bint copy
 
+ctypedef struct path_t:      # a flow-cache plan's path (interned: shared by every flow that takes it)
+    uint8_t nsteps, nlive
+    uint8_t inst[MAX_STEPS]                  # the instance at each step
+    uint8_t inbound[MAX_STEPS]               # the view's side on arrival there
+    uint8_t live[MAX_STEPS]                  # 1: the handler runs (its state changes per packet)
+    uint8_t gate[MAX_STEPS]                  # the gate the step emits on
+    uint8_t chg[4]                           # the step that changes src, dst, sport, dport (NO_STEP: none)
+    uint8_t dep                              # the step whose result rests on a key's absence (NO_STEP: none)
+    uint8_t lives[MAX_STEPS]                 # the live steps, in order
+    int16_t egress, last                     # where the packet is released, by which instance
+
 ctypedef struct pl_t:
     int ninst, limit, linktype, error
+    int stages                               # of the software pipeline (run_inputs)
     inst_t *insts
     int ingress[2]                           # instance entered from inside / outside (-1: none)
     int r_malformed[19]
@@ -245,6 +293,18 @@ ctypedef struct pl_t:
     Py_ssize_t scratch_len, scratch_cap
     uint8_t *stage                           # copies released in this call, for batch.extra
     Py_ssize_t stage_len, stage_cap, extra_base
+    # the flow cache (see "Flow cache" in the module docstring)
+    bint use_cache
+    size_t cache_max                         # slots: a full cache this size is emptied, never grown
+    table_t cache                            # input key -> final fields, path id | dependency version << 16
+    path_t *paths
+    int npaths, last_path                    # (last_path: the one interned last, -1: none)
+    int16_t *path_index                      # path hash -> path id + 1 (0: empty)
+    Py_ssize_t hits, misses, flushes
+    bint rec                                 # recording the current input's path (it is a cache miss)
+    path_t rp
+    view_t rin                               # the current input's view
+    uint16_t rdep_ver
 
 
 # ---- small helpers ----------------------------------------------------------------------------------
@@ -312,11 +372,18 @@ cdef void *zeroed(size_t nbytes) noexcept nogil:
     (zeroed once, by it) on 2 MB pages where it grants them (fewer TLB misses on random probes).
     Free with release_zeroed(p, nbytes)."""
     cdef void *p
-    if nbytes >= BIG:
-        p = mmap(NULL, nbytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0)
+    cdef size_t size, head
+    if nbytes >= BIG:  # 2 MB-aligned, whole 2 MB pages: every page of the table can be a huge one
+        size = (nbytes + HUGE - 1) & ~(<size_t>HUGE - 1)
+        p = mmap(NULL, size + HUGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0)
         if p == MAP_FAILED:
             return NULL
-        madvise(p, nbytes, MADV_HUGEPAGE)
+        head = (HUGE - (<size_t>p & (HUGE - 1))) & (HUGE - 1)
+        if head:
+            munmap(p, head)
+        munmap(<char *>p + head + size, HUGE - head)
+        p = <char *>p + head
+        madvise(p, size, MADV_HUGEPAGE)
         return p
     p = aligned_alloc(64, (nbytes + 63) & ~(<size_t>63))
     if p != NULL:
@@ -327,7 +394,7 @@ cdef void release_zeroed(void *p, size_t nbytes) noexcept nogil:
     if p == NULL:
         return
     if nbytes >= BIG:
-        munmap(p, nbytes)
+        munmap(p, (nbytes + HUGE - 1) & ~(<size_t>HUGE - 1))
     else:
         free(p)
 
@@ -394,7 +461,32 @@ cdef void table_delete(table_t *t, slot_t *s) noexcept nogil:
     t.used -= 1
 
 cdef inline void table_prefetch(table_t *t, uint64_t a, uint64_t b) noexcept nogil:
-    prefetch(&t.s[slot_home(t, a, b)])
+    table_prefetch_h(t, key_hash(a, b))
+
+cdef inline void table_prefetch_h(table_t *t, uint64_t h) noexcept nogil:
+    """The key's home line and the next one, where a probe continues when the home pair holds
+    other keys (one time in ten at the loads the tables run at: unprefetched, that was the
+    biggest stall left)."""
+    cdef size_t i = <size_t>h & t.mask & ~(<size_t>1)
+    prefetch(&t.s[i])
+    prefetch(&t.s[(i + 2) & t.mask])
+
+cdef inline uint64_t key_hash(uint64_t a, uint64_t b) noexcept nogil:
+    """The hash slot_home reduces (stays valid across a table's growth)."""
+    return mum(a ^ K0, b ^ K1)
+
+cdef inline slot_t *table_find_h(table_t *t, uint64_t a, uint64_t b, uint64_t h) noexcept nogil:
+    """table_find with the key's hash already computed (key_hash(a, b))."""
+    cdef size_t i = <size_t>h & t.mask & ~(<size_t>1)
+    cdef slot_t *s
+    while True:
+        s = &t.s[i]
+        if (s.b == b and s.a == a) or s.b == 0:
+            return s
+        i = (i + 1) & t.mask
+
+cdef inline uint32_t ver_bucket(uint64_t a, uint64_t b) noexcept nogil:
+    return <uint32_t>(key_hash(a, b) >> 48)
 
 
 # ---- results --------------------------------------------------------------------------------------
@@ -811,6 +903,8 @@ cdef inline int nf_lb(pl_t *pl, inst_t *t, view_t *v, int *gates) noexcept nogil
         s.v0 = backend
         if not table_fit(&t.tab):
             pl.error = 2
+        if t.ver != NULL:
+            lb_inserted(pl, t, a, b)
     else:
         backend = s.v0
     v.dst = backend
@@ -957,7 +1051,7 @@ cdef inline void prefetch_first(inst_t *t, view_t *v) noexcept nogil:
 cdef int predict(inst_t *t, view_t *v) noexcept nogil:
     """The gate the instance will most likely emit v on, v rewritten as it would be, reading the
     tables only (for prefetching the next instance's slot); -1 when that depends on a choice."""
-    cdef int k = t.kind
+    cdef int k = t.kind, j
     cdef slot_t *s
     cdef pent_t *e
     cdef int64_t port
@@ -975,9 +1069,17 @@ cdef int predict(inst_t *t, view_t *v) noexcept nogil:
             return t.gate_wan
         if t.pool_used >= t.p[2]:
             return -1
-        t.peeked += 1  # a new flow: its port will most likely be the next draw not yet peeked at
-        port = t.p[1] + <int64_t>(rng_peek(t.rng, t.peeked) % <uint64_t>t.p[2])
-        prefetch(&t.by_port[port])
+        # a new flow: its port will most likely be the first free one among the draws not yet
+        # peeked at (their by_port entries were prefetched when the previous new flow was predicted)
+        for j in range(1, FREE_DRAWS + 1):
+            port = t.p[1] + <int64_t>(rng_peek(t.rng, t.peeked + j) % <uint64_t>t.p[2])
+            if t.by_port[port].b == 0:
+                break
+        else:
+            return -1
+        t.peeked += j
+        for j in range(1, 5):
+            prefetch(&t.by_port[t.p[1] + <int64_t>(rng_peek(t.rng, t.peeked + j) % <uint64_t>t.p[2])])
         v.src, v.sport = <uint32_t>t.p[0], port
         return t.gate_wan
     if k == K_LB:
@@ -1002,6 +1104,240 @@ cdef int predict(inst_t *t, view_t *v) noexcept nogil:
             v.dst = <uint32_t>(t.p[1] + model_flow_hash(v.proto, v.src, v.sport, v.dst, v.dport, <uint32_t>t.p[2]))
         return t.gate_wan
     return opposite(t, v)
+
+
+# ---- the flow cache: plans of established flows ---------------------------------------------------
+
+cdef inline bint stable_kind(int kind) noexcept nogil:
+    """An NF whose result for a packet, once it emitted it, is the same for every later packet with
+    the same addresses, ports, protocol and side: its state only grows and the entry it read never
+    changes (the NAT's mappings, the balancer's backends; lb-hash has no state). Its handler reads no
+    clock, draws nothing once the entry exists, looks at no flags or length."""
+    return kind == K_NAT or kind == K_LB or kind == K_LBH
+
+cdef inline bint live_kind(int kind) noexcept nogil:
+    return not stable_kind(kind)
+
+cdef void cache_clear(pl_t *pl) noexcept nogil:
+    memset(pl.cache.s, 0, (pl.cache.mask + 1) * sizeof(slot_t))
+    pl.cache.used = 0
+    pl.flushes += 1
+
+cdef void lb_inserted(pl_t *pl, inst_t *t, uint64_t a, uint64_t b) noexcept nogil:
+    """The balancer stored key (a, b): plans that rest on its absence (a reply the balancer did not
+    recognise) have the old version of its bucket and are void. A version back at 0 could make a
+    void plan look valid again: then every plan goes."""
+    cdef uint32_t k = ver_bucket(a, b)
+    t.ver[k] += 1
+    if t.ver[k] == 0:
+        cache_clear(pl)
+
+cdef void record_start(pl_t *pl, view_t *v) noexcept nogil:
+    memset(&pl.rp, 0, sizeof(path_t))
+    memset(pl.rp.chg, NO_STEP, 4)
+    pl.rp.dep = NO_STEP
+    pl.rin = v[0]
+    pl.rdep_ver = 0
+    pl.rec = 1
+
+cdef inline bint take_change(path_t *p, int field, int k) noexcept nogil:
+    """Step k changes the field: 0 if an earlier step did too (then the path is no plan: a field
+    rewritten twice would not get the checksum updates of one rewrite)."""
+    if p.chg[field] != NO_STEP:
+        return 0
+    p.chg[field] = k
+    return 1
+
+cdef void record_step(pl_t *pl, int inst, inst_t *t, view_t *o, view_t *v, int n, bint changed, int *gates,
+                      int bad) noexcept nogil:
+    """Step of a cache miss's path (walk, after the handler turned o into v with n outputs on
+    gates): appended to pl.rp, or pl.rec = 0 when the path cannot be a plan."""
+    cdef path_t *p = &pl.rp
+    cdef int k = p.nsteps
+    cdef uint64_t a, b
+    cdef uint32_t vip
+    if n != 1 or bad or k == MAX_STEPS or o.proto != v.proto or o.flags != v.flags or o.length != v.length:
+        pl.rec = 0
+        return
+    p.inst[k], p.inbound[k], p.gate[k] = inst, o.inbound, gates[0]
+    if live_kind(t.kind):
+        if changed or o.src != v.src or o.dst != v.dst or o.sport != v.sport or o.dport != v.dport:
+            pl.rec = 0
+            return
+        p.live[k] = 1
+        p.lives[p.nlive] = k
+        p.nlive += 1
+    else:
+        if o.label != v.label:
+            pl.rec = 0
+            return
+        if ((o.src != v.src and not take_change(p, 0, k)) or (o.dst != v.dst and not take_change(p, 1, k))
+                or (o.sport != v.sport and not take_change(p, 2, k))
+                or (o.dport != v.dport and not take_change(p, 3, k))):
+            pl.rec = 0
+            return
+        if t.kind == K_LB and o.inbound:
+            vip = <uint32_t>t.p[0]
+            a, b = key_a(o.dst, vip), key_b(o.proto, o.dport, o.sport)
+            if table_find(&t.tab, a, b).b == 0:  # a reply the balancer does not know: until it does
+                if p.dep != NO_STEP or t.ver == NULL:
+                    pl.rec = 0
+                    return
+                p.dep = k
+                pl.rdep_ver = t.ver[ver_bucket(a, b)]
+    p.nsteps = k + 1
+
+cdef int intern_path(pl_t *pl, path_t *p) noexcept nogil:
+    """The id of path p (added if new); -1 when MAX_PATHS paths are known."""
+    cdef const uint8_t *x = <const uint8_t *>p
+    cdef uint64_t h = 0xcbf29ce484222325
+    cdef size_t i
+    cdef int id = pl.last_path
+    if id >= 0 and memcmp(&pl.paths[id], p, sizeof(path_t)) == 0:
+        return id
+    for i in range(sizeof(path_t)):
+        h = (h ^ x[i]) * <uint64_t>0x100000001b3
+    i = <size_t>(h ^ (h >> 29)) & (PATH_INDEX - 1)
+    while pl.path_index[i]:
+        id = pl.path_index[i] - 1
+        if memcmp(&pl.paths[id], p, sizeof(path_t)) == 0:
+            pl.last_path = id
+            return id
+        i = (i + 1) & (PATH_INDEX - 1)
+    if pl.npaths == MAX_PATHS:
+        return -1
+    id = pl.npaths
+    pl.paths[id] = p[0]
+    pl.path_index[i] = <int16_t>(id + 1)
+    pl.npaths += 1
+    pl.last_path = id
+    return id
+
+cdef inline uint64_t cache_b(view_t *v) noexcept nogil:
+    return key_b(v.proto, v.sport, v.dport) | (<uint64_t>v.inbound << 40)
+
+cdef void finish_plan(pl_t *pl, int egress, int inst, view_t *v) noexcept nogil:
+    """The recorded input is released on egress by inst as v: its plan goes into the cache."""
+    cdef path_t *p = &pl.rp
+    cdef int id
+    cdef slot_t *s
+    cdef uint64_t a = key_a(pl.rin.src, pl.rin.dst), b = cache_b(&pl.rin)
+    pl.rec = 0
+    p.egress, p.last = egress, inst
+    id = intern_path(pl, p)
+    if id < 0:
+        return
+    s = table_find(&pl.cache, a, b)
+    if s.b == 0:
+        if pl.cache.used * 2 + 2 > pl.cache.mask + 1 and pl.cache.mask + 1 >= pl.cache_max:
+            cache_clear(pl)
+            s = table_find(&pl.cache, a, b)
+        table_claim(&pl.cache, s, a, b)
+    s.v0, s.v1 = v.src, v.dst
+    s.v2 = (<uint32_t>v.sport << 16) | v.dport
+    s.v3 = <uint32_t>id | (<uint32_t>pl.rdep_ver << 16)
+    if not table_fit(&pl.cache):  # no memory for a bigger cache: an emptied one will do
+        cache_clear(pl)
+
+cdef inline void plan_view(path_t *p, int k, slot_t *e, view_t *w) noexcept nogil:
+    """w (the input's view) becomes the view arriving at step k."""
+    if p.chg[0] < k:
+        w.src = e.v0
+    if p.chg[1] < k:
+        w.dst = e.v1
+    if p.chg[2] < k:
+        w.sport = e.v2 >> 16
+    if p.chg[3] < k:
+        w.dport = e.v2 & 0xFFFF
+    w.inbound = p.inbound[k]
+
+cdef inline bint plan_valid(pl_t *pl, slot_t *e, view_t *v) noexcept nogil:
+    """The plan's one assumption of an absent key still holds."""
+    cdef path_t *p = &pl.paths[e.v3 & 0xFFFF]
+    cdef view_t w
+    cdef inst_t *t
+    if p.dep == NO_STEP:
+        return 1
+    w = v[0]
+    plan_view(p, p.dep, e, &w)
+    t = &pl.insts[p.inst[p.dep]]
+    return t.ver[ver_bucket(key_a(w.dst, <uint32_t>t.p[0]), key_b(w.proto, w.dport, w.sport))] == (e.v3 >> 16)
+
+cdef void plan_prefetch(pl_t *pl, slot_t *e, view_t *v) noexcept nogil:
+    """Touches what running the plan will read: the live steps' slots, the dependency's version."""
+    cdef path_t *p = &pl.paths[e.v3 & 0xFFFF]
+    cdef view_t w
+    cdef inst_t *t
+    cdef int j, k
+    for j in range(p.nlive):
+        k = p.lives[j]
+        w = v[0]
+        plan_view(p, k, e, &w)
+        prefetch_first(&pl.insts[p.inst[k]], &w)
+    if p.dep != NO_STEP:
+        w = v[0]
+        plan_view(p, p.dep, e, &w)
+        t = &pl.insts[p.inst[p.dep]]
+        prefetch(&t.ver[ver_bucket(key_a(w.dst, <uint32_t>t.p[0]), key_b(w.proto, w.dport, w.sport))])
+
+cdef int run_plan(pl_t *pl, slot_t *e, view_t *vin) noexcept nogil:
+    """The current input (view vin, its frame untouched) through its plan: the live steps' handlers
+    run on the views the stable steps give them; the frame gets the stable steps' rewrites at once.
+    A live step that does not emit its packet on the recorded gate (a drop, a monitor's alert)
+    hands over to the ordinary walk, the frame then rewritten as far as walk would have it."""
+    cdef path_t *p = &pl.paths[e.v3 & 0xFFFF]
+    cdef view_t v = vin[0], w, o
+    cdef int j, k, n, inst
+    cdef int gates[MAX_OUT]
+    cdef int32_t label = 0
+    cdef frame_t f
+    f.off, f.copy = 0, 0
+    for j in range(p.nlive):
+        k = p.lives[j]
+        w = v                 # (each built from v: a copy of a struct just written field by field
+        o = v                 # would stall store forwarding)
+        plan_view(p, k, e, &w)
+        plan_view(p, k, e, &o)
+        w.label = o.label = label
+        inst = p.inst[k]
+        n = handle(pl, &pl.insts[inst], &w, gates)
+        if n != 1 or gates[0] != p.gate[k]:
+            write_back(frame_bytes(pl, &f), pl.lay, &v, &o)
+            return resume(pl, inst, f, o, w, n, gates, k + 1)
+        label = w.label
+    w = v
+    w.src, w.dst, w.sport, w.dport = e.v0, e.v1, e.v2 >> 16, e.v2 & 0xFFFF
+    write_back(frame_bytes(pl, &f), pl.lay, &v, &w)
+    return release(pl, p.egress, p.last, label, &f)
+
+cdef int resume(pl_t *pl, int inst, frame_t f, view_t o, view_t v, int n, int *gates, int depth) noexcept nogil:
+    """What walk does once instance inst's handler has turned o into v with n outputs on gates
+    (the frame showing o), at depth `depth`."""
+    cdef inst_t *t = &pl.insts[inst]
+    cdef int k, bad
+    cdef frame_t fk
+    cdef bint changed
+    if n == 0:
+        return 0
+    changed = (n & REWRITTEN) != 0
+    n &= 0xFF
+    bad = cannot_write(pl.lay, &o, &v) if changed else 0
+    for k in range(n - 1):
+        if bad:
+            record_drop(pl, t.r_cannot[bad - 1])
+            continue
+        if copy_frame(pl, &f, &fk) < 0:
+            return -1
+        if changed:
+            write_back(frame_bytes(pl, &fk), pl.lay, &o, &v)
+        if send(pl, inst, gates[k], fk, v, depth) < 0:
+            return -1
+    if bad:
+        record_drop(pl, t.r_cannot[bad - 1])
+        return 0
+    if changed:
+        write_back(frame_bytes(pl, &f), pl.lay, &o, &v)
+    return send(pl, inst, gates[n - 1], f, v, depth)
 
 
 # ---- routing (models/chain.py Chain.route: run to completion, depth first) ------------------------
@@ -1034,6 +1370,8 @@ cdef int walk(pl_t *pl, int inst, frame_t f, view_t v, bint in_model, int depth)
             changed = (n & REWRITTEN) != 0
             n &= 0xFF
             bad = cannot_write(pl.lay, &o, &v) if changed else 0
+            if pl.rec:
+                record_step(pl, inst, t, &o, &v, n, changed, gates, bad)
             for k in range(n - 1):
                 if bad:
                     record_drop(pl, t.r_cannot[bad - 1])
@@ -1052,6 +1390,8 @@ cdef int walk(pl_t *pl, int inst, frame_t f, view_t v, bint in_model, int depth)
             g = gates[n - 1]
         target = t.hop_target[g]
         if target < 0:
+            if pl.rec:
+                finish_plan(pl, t.hop_egress[g], inst, &v)
             return release(pl, t.hop_egress[g], inst, v.label, &f)
         v.inbound = t.hop_inbound[g]
         inst = target
@@ -1094,15 +1434,18 @@ ctypedef struct prepared_t:  # an input parsed ahead of its turn
     int reason
     int next                  # prefetching: the instance the packet is predicted to reach next (-1: none)
     view_t ahead              # ... and the view it would arrive with
+    int cached                # 0: no flow-cache lookup; 1: the cache slot is prefetched; 2: looked at
+    bint fresh                # `ahead` not set yet
+    uint64_t ca, cb, ch       # the flow-cache key and its hash
 
 
 cdef void prepare(pl_t *pl, Py_ssize_t i, prepared_t *r) noexcept nogil:
     cdef pkt_t pkt
     cdef pkt_t *p = &pkt
-    cdef view_t v             # built in a local: stored once, never reloaded in pieces just stored
-    cdef int s, entry
+    cdef view_t *v = &r.v     # written field by field and not read whole until the input's turn:
+    cdef int s, entry         # a whole-struct load right after narrow stores stalls store forwarding
     parse(p, pl.linktype, pl.data + pl.off[i], pl.caplen[i], pl.wirelen[i])
-    r.status, r.next = 1, -1
+    r.status, r.next, r.cached, r.fresh = 1, -1, 0, 1
     if p.ip.version == 4:
         if p.malformed != OK:
             r.status, r.reason = 2, pl.r_malformed[p.malformed]
@@ -1110,27 +1453,47 @@ cdef void prepare(pl_t *pl, Py_ssize_t i, prepared_t *r) noexcept nogil:
         if p.ip.frag_offset > 0:
             r.status, r.reason = 2, pl.r_fragment
             return
-        make_view(p, &r.lay, &v)
+        make_view(p, &r.lay, v)
         r.status = 0
         v.length = pl.wirelen[i] if pl.wirelen[i] < 0xFFFF else 0xFFFF
     v.label = 0
     s = pl.side[i]
     v.inbound = s == 1 or (s != 0 and from_outside(pl, p))
     entry = pl.ingress[1 if v.inbound else 0]
-    r.v = v
     if entry < 0:
         r.status, r.reason = 2, pl.r_no_ingress[1 if v.inbound else 0]
     elif r.status == 0:
-        prefetch_first(&pl.insts[entry], &v)
-        r.next, r.ahead = entry, v
+        r.next = entry
+        if pl.use_cache and (r.lay.kind == L_TCP or r.lay.kind == L_UDP):
+            r.ca, r.cb = key_a(v.src, v.dst), cache_b(v)
+            r.ch = key_hash(r.ca, r.cb)
+            table_prefetch_h(&pl.cache, r.ch)
+            r.cached = 1
+            if stable_kind(pl.insts[entry].kind):  # read only on a cache miss: prefetched once that is known
+                return
+        prefetch_first(&pl.insts[entry], v)
 
 
 cdef void look_ahead(pl_t *pl, prepared_t *r) noexcept nogil:
     """One step of the predicted path: the slot prefetched one pass ago is read, the next prefetched."""
     cdef inst_t *t
     cdef int g
+    cdef slot_t *e
     if r.next < 0:
         return
+    if r.fresh:  # (r.v was written an input's worth of work ago: a whole copy is safe now)
+        r.ahead, r.fresh = r.v, 0
+    if r.cached == 1:  # the first step: the cache slot prefetched at prepare
+        r.cached = 2
+        e = table_find_h(&pl.cache, r.ca, r.cb, r.ch)
+        if e.b != 0:
+            plan_prefetch(pl, e, &r.v)
+            r.next = -1
+            return
+        t = &pl.insts[r.next]
+        if stable_kind(t.kind):  # not prefetched at prepare
+            prefetch_first(t, &r.ahead)
+            return
     t = &pl.insts[r.next]
     g = predict(t, &r.ahead)
     if g < 0 or t.hop_target[g] < 0:
@@ -1150,10 +1513,11 @@ cdef int run_inputs(pl_t *pl, Py_ssize_t start, Py_ssize_t stop, int ahead_by, p
     slot is asked for D inputs before it is needed, evenly spread. Hints only: results are those
     of processing the inputs one by one."""
     cdef Py_ssize_t j, k
-    cdef Py_ssize_t stages = pl.ninst, d = ahead_by
+    cdef Py_ssize_t stages = pl.stages, d = ahead_by
     cdef int st
     cdef prepared_t *r
     cdef frame_t f
+    cdef slot_t *e
     for j in range(start - stages * d, stop):
         k = j + stages * d
         if start <= k < stop:
@@ -1171,10 +1535,19 @@ cdef int run_inputs(pl_t *pl, Py_ssize_t start, Py_ssize_t stop, int ahead_by, p
             continue
         pl.lay = &r.lay
         pl.scratch_len = 0
+        if r.cached:
+            e = table_find_h(&pl.cache, r.ca, r.cb, r.ch)
+            if e.b != 0 and plan_valid(pl, e, &r.v):
+                pl.hits += 1
+                if run_plan(pl, e, &r.v) < 0 or pl.error:
+                    return -1
+                continue
+            pl.misses += 1
+            record_start(pl, &r.v)
         f.off, f.copy = 0, 0
-        if walk(pl, pl.ingress[1 if r.v.inbound else 0], f, r.v, r.status == 0, 1) < 0:
-            return -1
-        if pl.error:
+        st = walk(pl, pl.ingress[1 if r.v.inbound else 0], f, r.v, r.status == 0, 1)
+        pl.rec = 0
+        if st < 0 or pl.error:
             return -1
     return 0
 
@@ -1219,7 +1592,8 @@ cdef class Pipeline:
         memset(&self.pl, 0, sizeof(pl_t))
         self.ahead = NULL
 
-    def __init__(self, chain, seed: int = 0, linktype: int = 1, inside=None, ahead: int = 8):
+    def __init__(self, chain, seed: int = 0, linktype: int = 1, inside=None, ahead: int = 8, flow_cache=None,
+                 cache_max: int = CACHE_MAX):
         chain.validate()
         members = list(chain.members.values())
         kinds = []
@@ -1236,8 +1610,13 @@ cdef class Pipeline:
         pl.linktype, pl.ninst, pl.limit = linktype, len(members), 2 * len(members)
         pl.owner = <PyObject *>self
         pl.insts = <inst_t *>calloc(len(members), sizeof(inst_t))
+        if flow_cache is None:  # worth it when a stable NF's lookup can be skipped beside another one's
+            flow_cache = len(members) >= 2 and any(stable_kind(kind) for kind in kinds)
+        pl.use_cache = bool(flow_cache)
+        # a cache miss learns that it is one step into the look-ahead, then predicts every instance
+        pl.stages = len(members) + 1 if pl.use_cache else len(members)
         ring = 1
-        while ring < len(members) * ahead + 1:
+        while ring < pl.stages * ahead + 1:
             ring *= 2
         self.ring_mask = ring - 1
         self.ahead = <prepared_t *>malloc(ring * sizeof(prepared_t))
@@ -1254,6 +1633,15 @@ cdef class Pipeline:
         self._inside(DEFAULT_INSIDE if inside is None else inside)
         hops = chain._routes()
         seed = int(seed)
+        pl.last_path = -1
+        if cache_max < 16 or cache_max & (cache_max - 1):
+            raise ValueError(f"cache_max must be a power of two of at least 16, not {cache_max}")
+        pl.cache_max = cache_max
+        if pl.use_cache:
+            pl.paths = <path_t *>calloc(MAX_PATHS, sizeof(path_t))
+            pl.path_index = <int16_t *>calloc(PATH_INDEX, sizeof(int16_t))
+            if pl.paths == NULL or pl.path_index == NULL or not table_init(&pl.cache, min(1024, cache_max)):
+                raise MemoryError()
         for k, (m, kind) in enumerate(zip(members, kinds)):
             self._configure(k, m, kind, hops, seed)
 
@@ -1327,6 +1715,10 @@ cdef class Pipeline:
         if kind != K_LBH and kind != K_CORE:
             if not table_init(&t.tab, 1024):
                 raise MemoryError()
+        if kind == K_LB and self.pl.use_cache:
+            t.ver = <uint16_t *>zeroed(65536 * sizeof(uint16_t))
+            if t.ver == NULL:
+                raise MemoryError()
 
     def __dealloc__(self):
         cdef int k
@@ -1335,7 +1727,12 @@ cdef class Pipeline:
                 if self.pl.insts[k].tab.s != NULL:
                     release_zeroed(self.pl.insts[k].tab.s, (self.pl.insts[k].tab.mask + 1) * sizeof(slot_t))
                 release_zeroed(self.pl.insts[k].by_port, 65536 * sizeof(pent_t))
+                release_zeroed(self.pl.insts[k].ver, 65536 * sizeof(uint16_t))
             free(self.pl.insts)
+        if self.pl.cache.s != NULL:
+            release_zeroed(self.pl.cache.s, (self.pl.cache.mask + 1) * sizeof(slot_t))
+        free(self.pl.paths)
+        free(self.pl.path_index)
         free(self.ahead)
         free(self.pl.scratch)
         free(self.pl.stage)
@@ -1467,6 +1864,14 @@ cdef class Pipeline:
                 out["count"][key] = s.v1
                 out["estimate"][key] = s.v2
         return out
+
+    def cache_stats(self):
+        """The flow cache: {'enabled', 'entries', 'slots', 'paths', 'hits', 'misses', 'flushes'}
+        (hits and misses: inputs that looked it up)."""
+        pl = &self.pl
+        return {"enabled": bool(pl.use_cache), "entries": pl.cache.used,
+                "slots": pl.cache.mask + 1 if pl.cache.s else 0, "paths": pl.npaths, "hits": pl.hits,
+                "misses": pl.misses, "flushes": pl.flushes}
 
     def table_sizes(self):
         """instance -> (entries, slots) of its flow table (for benchmarks and memory checks)."""
