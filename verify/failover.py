@@ -42,11 +42,11 @@ from dataclasses import dataclass, field
 
 import z3
 
-from ..models.api import NF, Packet, Pool, TCP, UDP, addr, flags
+from ..models.api import NF, ModelError, Packet, Pool, TCP, UDP, addr, flags
 from ..models.concrete import scripted, seeded
 from ..models.strategy import Strategy
 from . import solver as smt
-from .induction import prove_unbounded, reads_clock
+from .induction import _arbitrary_state, prove_unbounded, reads_clock
 from .simulate import Explanation, FailoverRun, default_failover_ticks, explain, simulate
 from .symbolic import (TIME_WIDTH, egress_view, initial_state, outputs_differ, sequence_differs, step,
                        symbolic_packet)
@@ -305,10 +305,11 @@ def _failover_run(runs: _Runs, strategy: Strategy, n, point: _Point, log_choices
             start = max(r - 1, 0)
     else:
         state, start = runs.init, released
-    sources, leaks, replay_valid, times = {}, {}, [], {}
+    sources, leaks, replay_valid, times, pre = {}, {}, [], {}, {}
     for i in range(start + 1, n + 1):
         sources[i] = "p" if log_choices and i <= released else "s"
         times[i] = runs.standby_time(i, log_choices and i <= applied) if runs.clocked else None
+        pre[i] = state
         s, state = runs.step(state, i, sources[i], time=times[i])
         if sources[i] == "s":
             assumed.add(id(s))
@@ -324,7 +325,7 @@ def _failover_run(runs: _Runs, strategy: Strategy, n, point: _Point, log_choices
             if not same_outputs:
                 later = [runs.primary(k).outputs[0].present for k in range(i + 1, released + 1) if runs.primary(k).outputs]
                 observed[i], leaks[i] = egress_view(observed[i], s.outputs, z3.Or(*later) if later else z3.BoolVal(False))
-    return assumptions, assumed, observed, sources, seen_upto, leaks, times
+    return assumptions, assumed, observed, sources, seen_upto, leaks, times, pre
 
 
 def _lockstep(runs: _Runs, replay, replayed: _State, i: int, replay_valid: list, point: _Point, n: int,
@@ -364,7 +365,7 @@ def _violation(runs: _Runs, strategy: Strategy, n, point: _Point, log_choices, b
     choice from the run whose outputs the egress let out for that input: the primary's, the
     standby's, or, for a replayed input, whichever the egress passed (choice source "m", defined
     by an if-then-else); and its processing time likewise (`_reference_times`)."""
-    assumptions, assumed, observed, sources, seen_upto, leaks, times = _failover_run(
+    assumptions, assumed, observed, sources, seen_upto, leaks, times, pre = _failover_run(
         runs, strategy, n, point, log_choices, budget)
 
     def source(i):
@@ -372,14 +373,59 @@ def _violation(runs: _Runs, strategy: Strategy, n, point: _Point, log_choices, b
             return "m"
         return "p" if i <= seen_upto else sources[i]
 
+    def explained(i, reference_state: _State) -> bool:
+        """A replayed released input the reference borrows "m" for, from the very state the
+        primary and the standby stepped from, whose outputs and next state `_replay_explained`
+        proved for every state: its conditions hold, and the reference goes on from the primary's
+        state after it (so where nothing else differs, the rest is the same terms)."""
+        start = runs.primary_states[i - 1].key
+        return (not runs.clocked and source(i) == "m" and reference_state.key == start and pre[i].key == start
+                and _replay_explained(runs, i, budget))
+
     reference_times = _reference_times(runs, n, point, source, times, leaks, log_choices) if runs.clocked else None
-    violations = _reference_differs(runs, n, observed, source, assumed=assumed, times=reference_times)
+    violations = _reference_differs(runs, n, observed, source, assumed=assumed, times=reference_times,
+                                    explained=explained)
     for i in range(1, n + 1):
         if source(i) == "m":
             borrowed = zip(runs.choice_vars.get(("m", i), []), runs.choice_vars.get(("p", i), []),
                            runs.choice_vars.get(("s", i), []))
             assumptions += [m == z3.If(leaks[i], sv, pv) for m, pv, sv in borrowed]
     return (assumptions, z3.Or(*violations), observed, reference_times) if violations else None
+
+
+def _replay_explained(runs: _Runs, i: int, budget) -> bool:
+    """The lemma behind `explained` in `_violation`, for input i of an NF that reads no clock:
+    from an *arbitrary* state X (array constants), with the primary's step P (choices p_i) and
+    the standby's replay S (fresh choices s_i) both valid, and the reference's choices
+    m_i = if(a replayed output got past the egress, s_i, p_i) -- whatever the egress saw of later
+    inputs (a fresh Boolean) -- the reference's step M from X is valid, emits exactly what the
+    egress lets out of P and S (`egress_view`), and leaves the state P leaves. Proved for every
+    X, packet and choice, it holds at every failover point whose reference, primary and replay
+    all step input i from the same state; there it replaces the point's conditions for input i
+    (a random-drop NF under stateful.async then needs no query per failover point at all). An
+    unproved lemma (a NAT remembers the choice: the states differ) costs one query per input,
+    never soundness."""
+    key = ("replay explained", i)
+    if key not in runs.lemmas:
+        proved = False
+        try:
+            x = _State(_arbitrary_state(runs.nf_cls, f"any{i}"))
+            p, p_after = runs.step(x, i, "p")
+            s, _ = runs.step(x, i, "s")
+            m, m_after = runs.step(x, i, "m")
+            view, leak = egress_view(p.outputs, s.outputs, z3.Bool(f"any{i}.later_seen"))
+            borrowed = [mv == z3.If(leak, sv, pv) for mv, pv, sv in zip(
+                runs.choice_vars.get(("m", i), []), runs.choice_vars.get(("p", i), []), runs.choice_vars.get(("s", i), []))]
+            differs = [z3.Not(m.valid)] + [a != b for name in m_after.terms
+                                           for a, b in zip(m_after.terms[name], p_after.terms[name]) if not a.eq(b)]
+            outputs = outputs_differ(m.outputs, view)
+            if outputs is not None:
+                differs.append(outputs)
+            proved = _proved_false(z3.Or(*differs), [p.valid, s.valid] + borrowed, budget)
+        except ModelError:  # a path only an unreachable state takes: no lemma
+            proved = False
+        runs.lemmas[key] = proved
+    return runs.lemmas[key]
 
 
 def _reference_times(runs: _Runs, n, point: _Point, source, standby_times: dict, leaks: dict, log_choices) -> list:
@@ -411,14 +457,19 @@ def _reference_times(runs: _Runs, n, point: _Point, source, standby_times: dict,
 
 
 def _reference_differs(runs: _Runs, n, observed, source, assumed=frozenset(), constants=None, aligned=True,
-                       times=None) -> list:
+                       times=None, explained=None) -> list:
     """Conditions under which a failure-free reference run (choices from `source(i)`, input i
     processed at `times[i-1]`) fails to explain the observed outputs: it made a choice it could
     not make (checked only for steps not already assumed valid), or its outputs differ — input by
     input when `aligned` (stronger, and lets identical terms drop out), else as whole sequences
-    (exactly `strict` equivalence)."""
+    (exactly `strict` equivalence). Inputs `explained(i, state)` (aligned only) need no condition:
+    a lemma proved their step valid, its outputs the observed ones and its next state the
+    primary's."""
     violations, state, emitted = [], runs.init, []
     for i in range(1, n + 1):
+        if aligned and explained is not None and explained(i, state):
+            state = runs.primary_states[i]
+            continue
         s, state = runs.step(state, i, source(i), constants, time=times[i - 1] if times else None)
         if id(s) not in assumed:
             violations.append(z3.Not(s.valid))
@@ -442,7 +493,7 @@ def _unwitnessed(runs: _Runs, strategy: Strategy, bound, log_choices, budget) ->
     missing = list(REACHABILITY_TWINS)
     for n in range(1, bound + 1):
         for point in _points(strategy, n, runs.clocked):
-            assumptions, _, observed, _, seen_upto, _, _ = _failover_run(runs, strategy, n, point, log_choices, budget)
+            assumptions, _, observed, _, seen_upto, _, _, _ = _failover_run(runs, strategy, n, point, log_choices, budget)
             inputs = {REACHABILITY_TWINS[0]: range(1, point.released + 1), REACHABILITY_TWINS[1]: range(seen_upto + 1, n + 1)}
             for twin in list(missing):
                 present = [slot.present for i in inputs[twin] for slot in observed[i]]
@@ -538,7 +589,8 @@ def readable_model(s, runs: _Runs, n: int, budget):
     model = s.model()
     pretty = _pretty(runs.nf_cls, runs.inputs[:n])
     if runs.clocked:
-        pretty = [c + t for c, t in zip(pretty, _pretty_times(runs, n))]
+        times = _pretty_times(runs, n)
+        pretty = [c + t for c, t in zip(pretty, times + times[-1:] * (len(pretty) - len(times)))]
     for constraints in pretty:
         s.push()
         s.add(*constraints)
@@ -622,7 +674,7 @@ def _pretty_times(runs: _Runs, n: int) -> list[list]:
 def _pretty(nf_cls: type[NF], inputs: list[dict]) -> list[list]:
     """Constraint sets steering a counterexample to readable values, strictest first (each is
     tried and dropped if unsat): LAN hosts talk to remote servers, inbound packets come back from
-    them to the NF's own addresses and ports."""
+    them to the NF's own addresses and ports; inputs carry no label (as a capture's frames)."""
     constants = []
     for klass in nf_cls.__mro__:
         for value in vars(klass).values():
@@ -638,9 +690,10 @@ def _pretty(nf_cls: type[NF], inputs: list[dict]) -> list[list]:
     def one_of(t, values):
         return z3.Or(*[t == v for v in values if v < 1 << t.size()])
 
-    strict, loose = [], []
+    strict, loose, unlabelled = [], [], []
     for p in inputs:
         b = p["inbound"]
+        unlabelled.append(p["label"] == 0)  # labels travel beside frames: 0 at the ingress of a real capture
         strict += [p["proto"] == TCP, one_of(p["flags"], [flags("S"), flags("A")]),
                    z3.If(b, one_of(p["src"], remote), one_of(p["src"], local)),
                    z3.If(b, one_of(p["sport"], [80, 443]), one_of(p["sport"], [1000, 1001])),
@@ -649,4 +702,4 @@ def _pretty(nf_cls: type[NF], inputs: list[dict]) -> list[list]:
         loose += [one_of(p["proto"], [TCP, UDP]), one_of(p["src"], local + remote + own_addrs),
                   one_of(p["dst"], local + remote + own_addrs),
                   one_of(p["sport"], [1000, 1001, 80, 443] + own_ports), one_of(p["dport"], [1000, 1001, 80, 443] + own_ports)]
-    return [strict, loose]
+    return [strict + unlabelled, loose + unlabelled, unlabelled]

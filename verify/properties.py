@@ -223,7 +223,7 @@ def _check(nf_cls, prop, strategy, bound, budget, log_choices, clocked, failover
         for n in range(1, bound + 1):
             for point in _points(strategy, n, clocked):
                 budget.check_time()
-                assumptions, _, observed, _, seen_upto, leaks, times = _failover_run(runs, strategy, n, point,
+                assumptions, _, observed, _, seen_upto, leaks, times, _ = _failover_run(runs, strategy, n, point,
                                                                                     log_choices, budget)
                 seq = _sequence_terms(runs, nf_cls, n, observed, seen_upto, times, leaks)
                 bad, twin = _violations(prop, seq)

@@ -34,16 +34,14 @@ class InfeasiblePath(Exception):
 class Path:
     """Records the decisions of one execution and proposes the untaken alternatives."""
 
-    def __init__(self, prefix: tuple[bool, ...]):
-        self.prefix, self.decisions, self.conds = prefix, [], []
+    def __init__(self, prefix: tuple[bool, ...], context: tuple = ()):
+        self.prefix, self.decisions, self.conds, self.context = prefix, [], [], context
         self.decided: dict[int, bool] = {}  # condition (AST id) -> the branch this path took
 
     def branch(self, cond: z3.BoolRef) -> bool:
-        cond = z3.simplify(cond)
-        if z3.is_true(cond):
-            return True
-        if z3.is_false(cond):
-            return False
+        value = fold(cond)
+        if value is not None:
+            return value
         if cond.get_id() in self.decided:  # tested before on this path (e.g. `k in m`, then m.get(k))
             return self.decided[cond.get_id()]
         if z3.is_not(cond) and cond.arg(0).get_id() in self.decided:  # `if d == 0:` ... then d != 0
@@ -59,7 +57,7 @@ class Path:
 
     def fail(self, message: str):
         """A model error on this path, if some input can take it; else the path is dropped."""
-        if smt.satisfiable(self.conds) is False:
+        if smt.satisfiable(list(self.context) + self.conds) is False:
             raise InfeasiblePath()
         raise ModelError(message)
 
@@ -71,6 +69,187 @@ class Path:
         return z3.And(*self.conds) if self.conds else z3.BoolVal(True)
 
 
+_MEMO: dict = {}      # (kind, term ids) -> (the terms, result); the terms kept alive, so their ids stay their own
+MEMO_SIZE = 200_000
+FOLD_BUDGET = 256     # array nodes one `fold` may walk through before it gives up (None)
+
+
+def _memo(key: tuple, terms: tuple, make):
+    hit = _MEMO.get(key)
+    if hit is None:
+        if len(_MEMO) >= MEMO_SIZE:
+            _MEMO.clear()
+        hit = _MEMO[key] = (terms, make())
+    return hit[1]
+
+
+def simplified(t):
+    """z3.simplify(t), memoised on the term's id (Z3 hash-conses: equal terms are one AST)."""
+    return _memo(("simplify", t.get_id()), (t,), lambda: z3.simplify(t))
+
+
+def fold(t):
+    """The constant value of a term (a bool, or a bit-vector's unsigned int) when it follows from
+    its structure alone, else None. Exact where it answers: constants, the Boolean connectives,
+    if-then-else, (in)equalities and comparisons of constants, extensions, extracts and concats of
+    constants, and a read from an array through stores at the very same key (the stored value),
+    at a different constant key (skipped), from a constant array, or through an if-then-else of
+    arrays whose branches read alike. A branch asks only this: z3.simplify rewrites the whole term
+    each time, and a condition over a state many steps deep is a large term (it made the handlers'
+    re-execution quadratic). A condition it cannot fold forks, which costs a path whose condition
+    may be unsatisfiable (merged under that condition: it describes no run), never soundness."""
+    budget = [FOLD_BUDGET]
+    return _fold(t, budget)
+
+
+_BV_CMP = {z3.Z3_OP_ULEQ: (False, lambda a, b: a <= b), z3.Z3_OP_ULT: (False, lambda a, b: a < b),
+           z3.Z3_OP_UGEQ: (False, lambda a, b: a >= b), z3.Z3_OP_UGT: (False, lambda a, b: a > b),
+           z3.Z3_OP_SLEQ: (True, lambda a, b: a <= b), z3.Z3_OP_SLT: (True, lambda a, b: a < b),
+           z3.Z3_OP_SGEQ: (True, lambda a, b: a >= b), z3.Z3_OP_SGT: (True, lambda a, b: a > b)}
+
+
+def _signed(v: int, width: int) -> int:
+    return v - (1 << width) if v >> (width - 1) else v
+
+
+def _fold(t, budget):
+    key = ("fold", t.get_id())
+    hit = _MEMO.get(key)
+    if hit is not None:
+        return hit[1]
+    value = _fold_new(t, budget)
+    if budget[0] > 0:  # an answer cut short by the budget is not remembered
+        _memo(key, (t,), lambda: value)
+    return value
+
+
+def _fold_new(t, budget):
+    if z3.is_true(t):
+        return True
+    if z3.is_false(t):
+        return False
+    if z3.is_bv_value(t) or z3.is_int_value(t):
+        return t.as_long()
+    if not z3.is_app(t):
+        return None
+    k = t.decl().kind()
+    if k == z3.Z3_OP_NOT:
+        v = _fold(t.arg(0), budget)
+        return None if v is None else not v
+    if k in (z3.Z3_OP_AND, z3.Z3_OP_OR):
+        unknown, absorbing = False, k == z3.Z3_OP_OR
+        literals = set()  # (id, polarity) of the flattened operands: x and not x absorb
+        for a in _flattened(t, k):
+            v = _fold(a, budget)
+            if v is absorbing:
+                return absorbing
+            if v is None:
+                unknown = True
+                positive = not z3.is_not(a)
+                ident = (a if positive else a.arg(0)).get_id()
+                if (ident, not positive) in literals:
+                    return absorbing
+                literals.add((ident, positive))
+        return None if unknown else not absorbing
+    if k == z3.Z3_OP_ITE:
+        c = _fold(t.arg(0), budget)
+        if c is not None:
+            return _fold(t.arg(1) if c else t.arg(2), budget)
+        a = _fold(t.arg(1), budget)
+        return a if a is not None and a == _fold(t.arg(2), budget) else None
+    if k in (z3.Z3_OP_EQ, z3.Z3_OP_DISTINCT) and t.num_args() == 2:
+        x, y = t.arg(0), t.arg(1)
+        if x.eq(y):
+            return k == z3.Z3_OP_EQ
+        a, b = _fold(x, budget), _fold(y, budget)
+        return None if a is None or b is None else (a == b) == (k == z3.Z3_OP_EQ)
+    if k in _BV_CMP:
+        signed, op = _BV_CMP[k]
+        a, b = _fold(t.arg(0), budget), _fold(t.arg(1), budget)
+        if a is None or b is None:
+            return None
+        if signed:
+            w = t.arg(0).size()
+            a, b = _signed(a, w), _signed(b, w)
+        return op(a, b)
+    if k == z3.Z3_OP_ZERO_EXT:
+        return _fold(t.arg(0), budget)
+    if k == z3.Z3_OP_SIGN_EXT:
+        v = _fold(t.arg(0), budget)
+        return None if v is None else _signed(v, t.arg(0).size()) % (1 << t.size())
+    if k == z3.Z3_OP_EXTRACT:
+        v = _fold(t.arg(0), budget)
+        hi, lo = t.params()
+        return None if v is None else (v >> lo) & ((1 << (hi - lo + 1)) - 1)
+    if k == z3.Z3_OP_CONCAT:
+        out = 0
+        for a in t.children():
+            v = _fold(a, budget)
+            if v is None:
+                return None
+            out = (out << a.size()) | v
+        return out
+    if k == z3.Z3_OP_SELECT and t.num_args() == 2:
+        return _read(t.arg(0), t.arg(1), budget)
+    if z3.is_bv(t) or z3.is_bool(t):  # any other operation on constants: evaluate it on the constants alone
+        args = []
+        for a in t.children():
+            v = _fold(a, budget) if z3.is_bv(a) or z3.is_bool(a) else None
+            if v is None:
+                return None
+            args.append(z3.BoolVal(v) if z3.is_bool(a) else z3.BitVecVal(v, a.size()))
+        value = z3.simplify(t.decl()(*args) if args else t)
+        if z3.is_true(value) or z3.is_false(value):
+            return z3.is_true(value)
+        if z3.is_bv_value(value):
+            return value.as_long()
+    return None
+
+
+def _flattened(t, kind) -> list:
+    """The operands of nested applications of one connective (And of Ands, ...)."""
+    out, todo = [], [t]
+    while todo:
+        x = todo.pop()
+        if z3.is_app(x) and x.decl().kind() == kind:
+            todo.extend(reversed(x.children()))
+        else:
+            out.append(x)
+    return out
+
+
+def _read(array, index, budget):
+    """The constant at `index` of an array term, or None (see `fold`)."""
+    key = ("read", array.get_id(), index.get_id())
+    hit = _MEMO.get(key)
+    if hit is not None:
+        return hit[1]
+    budget[0] -= 1
+    if budget[0] <= 0 or not z3.is_app(array):
+        return None
+    value, k = None, array.decl().kind()
+    if k == z3.Z3_OP_STORE and array.num_args() == 3:
+        j = array.arg(1)
+        if j.eq(index):
+            value = _fold(array.arg(2), budget)
+        else:
+            a, b = _fold(j, budget), _fold(index, budget)
+            if a is not None and b is not None:
+                value = _fold(array.arg(2), budget) if a == b else _read(array.arg(0), index, budget)
+    elif k == z3.Z3_OP_CONST_ARRAY:
+        value = _fold(array.arg(0), budget)
+    elif k == z3.Z3_OP_ITE:
+        c = _fold(array.arg(0), budget)
+        if c is not None:
+            value = _read(array.arg(1) if c else array.arg(2), index, budget)
+        else:
+            a = _read(array.arg(1), index, budget)
+            value = a if a is not None and a == _read(array.arg(2), index, budget) else None
+    if budget[0] > 0:
+        _memo(key, (array, index), lambda: value)
+    return value
+
+
 def const(value: int, width: int) -> z3.BitVecRef:
     """An unsigned constant of a field or domain value."""
     if not 0 <= value < (1 << width):  # a silently truncated domain value can make a bug vanish
@@ -80,7 +259,12 @@ def const(value: int, width: int) -> z3.BitVecRef:
 
 def fit(t, width: int):
     """A value's term stored in a `width`-bit field: its low bits (two's complement, exactly the
-    concrete interpreter's `& mask`), or sign-extended when narrower."""
+    concrete interpreter's `& mask`), or sign-extended when narrower. (Memoised: every path of a
+    step re-executes the handler, and most of what it builds is the same terms again.)"""
+    return _memo(("fit", t.get_id(), width), (t,), lambda: _fit(t, width))
+
+
+def _fit(t, width: int):
     size = t.size()
     if size == width:
         return t
@@ -186,6 +370,24 @@ class SymBool:
     def __ge__(self, other): return self.as_int() >= other
 
 
+_INTS: dict = {}
+
+
+def _int_term(value: int):
+    """The term of a Python int operand: a signed bit-vector just wide enough (memoised)."""
+    t = _INTS.get(value)
+    if t is None:
+        if len(_INTS) > 10_000:
+            _INTS.clear()
+        t = _INTS[value] = z3.BitVecVal(value, max(2, value.bit_length() + 1))
+    return t
+
+
+def _widened(a, b, extra: int) -> list:
+    width = max(a.size(), b.size()) + extra
+    return [t if t.size() == width else z3.SignExt(width - t.size(), t) for t in (a, b)]
+
+
 class SymBV:
     """A symbolic integer with Python's semantics: the term is a signed bit-vector wide enough for
     the exact value (sums and differences widen by one bit), so arithmetic and comparisons agree
@@ -202,7 +404,7 @@ class SymBV:
     @classmethod
     def unsigned(cls, t, path: Path) -> "SymBV":
         """The value of an unsigned field term."""
-        return cls(z3.ZeroExt(1, t), path)
+        return cls(_memo(("zext", t.get_id()), (t,), lambda: z3.ZeroExt(1, t)), path)
 
     def _other(self, other):
         if isinstance(other, SymBV):
@@ -210,7 +412,7 @@ class SymBV:
         if isinstance(other, SymBool):
             return other.as_int().t
         if isinstance(other, int):  # bools included: True is 1
-            return z3.BitVecVal(int(other), max(2, int(other).bit_length() + 1))
+            return _int_term(int(other))
         if other is None:  # x == None: plain Python semantics (False)
             return None
         raise TypeError(f"cannot combine a symbolic integer with {other!r}")
@@ -220,21 +422,30 @@ class SymBV:
         o = self._other(other)
         if o is None:
             return None
-        width = max(self.t.size(), o.size()) + extra
-        return [t if t.size() == width else z3.SignExt(width - t.size(), t) for t in (self.t, o)]
+        return _memo(("operands", self.t.get_id(), o.get_id(), extra), (self.t, o), lambda: _widened(self.t, o, extra))
+
+    def _applied(self, op, other, extra=0, swap=False):
+        """op on both operands widened (memoised on the terms), or None."""
+        o = self._other(other)
+        if o is None:
+            return None
+        a = self.t
+
+        def make():
+            pair = _widened(a, o, extra)
+            return op(*(pair[::-1] if swap else pair))
+        return _memo((id(op), a.get_id(), o.get_id(), extra, swap), (a, o), make)
 
     def _cmp(op):
         def method(self, other):
-            pair = self._operands(other)
-            return NotImplemented if pair is None else SymBool(op(*pair), self.path)
+            t = self._applied(op, other)
+            return NotImplemented if t is None else SymBool(t, self.path)
         return method
 
     def _arith(op, extra=0, swap=False):
         def method(self, other):
-            pair = self._operands(other, extra)
-            if pair is None:
-                return NotImplemented
-            return SymBV(op(*(pair[::-1] if swap else pair)), self.path)
+            t = self._applied(op, other, extra, swap)
+            return NotImplemented if t is None else SymBV(t, self.path)
         return method
 
     __eq__ = _cmp(lambda a, b: a == b)
@@ -380,7 +591,7 @@ MAX_SHIFT_WIDTH = 1024  # bits of the widest integer a shift by a symbolic amoun
 
 def _max_value(t) -> int:
     """An upper bound of a signed term's value: a mask's constant, a field's width, else the sort's."""
-    t = z3.simplify(t)
+    t = simplified(t)
     if z3.is_app_of(t, z3.Z3_OP_CONCAT) and z3.is_bv_value(t.arg(0)) and t.arg(0).as_long() == 0:
         return (1 << (t.size() - t.arg(0).size())) - 1
     if z3.is_bv_value(t):
@@ -405,7 +616,8 @@ def pack(kind, value):
         return term(value, kind.width)
     if not isinstance(value, tuple) or len(value) != len(kind.widths):
         raise ModelError(f"a {kind.__name__} ({', '.join(kind._fields)}) cannot hold {value!r}")
-    return z3.Concat(*(term(v, w) for v, w in zip(value, kind.widths)))
+    parts = [term(v, w) for v, w in zip(value, kind.widths)]
+    return _memo(("concat",) + tuple(p.get_id() for p in parts), tuple(parts), lambda: z3.Concat(*parts))
 
 
 def unpack(kind, t, path: Path):
@@ -597,15 +809,6 @@ def packet_terms(pkt: Packet) -> dict:
     return out
 
 
-def ite(pairs):
-    """If-then-else over (condition, term) pairs whose conditions are exclusive and exhaustive."""
-    acc = pairs[-1][1]
-    for cond, t in reversed(pairs[:-1]):
-        if not t.eq(acc):
-            acc = z3.If(cond, t, acc)
-    return acc
-
-
 @dataclass
 class Slot:
     """The j-th output of a step: whether it exists, its gate (index into NF.gates), its fields."""
@@ -622,15 +825,27 @@ class SymStep:
     valid: z3.BoolRef     # the choices made on the taken path were available
     paths: int
     reads_clock: bool = False  # some path called ctx.now() (else the step is the same at every time)
+    choice_counts: dict | None = None  # number of choices made -> the condition under which the step makes that many
 
 
-def step(nf_cls: type[NF], state: dict, pkt: dict, choice_var, clock=None) -> SymStep:
+def step(nf_cls: type[NF], state: dict, pkt: dict, choice_var, clock=None, compose: bool = True) -> SymStep:
     """All paths of nf_cls.handle on (state, pkt), merged. `clock()` gives the term now() returns
-    (called lazily, so a step that reads no clock builds no time term)."""
+    (called lazily, so a step that reads no clock builds no time term). A chain's composite NF
+    (models/chain.py) is stepped member by member (`_chain_step`) unless `compose` is False."""
+    out = _step(nf_cls, state, pkt, choice_var, clock, (), compose)
+    if out is None:  # cannot happen without a context: the paths cover every input
+        raise ModelError(f"{nf_cls.name}: no path of the handler is feasible")
+    return out
+
+
+def _step(nf_cls, state, pkt, choice_var, clock, context: tuple, compose: bool):
+    """The step, or None if no path is feasible under `context` (conditions the caller knows)."""
+    if compose and _composable(nf_cls):
+        return _chain_step(nf_cls, state, pkt, choice_var, clock, context)
     decls = nf_cls.declarations()
     runs, pending = [], [()]
     while pending:
-        path = Path(pending.pop())
+        path = Path(pending.pop(), context)
         storages = {name: _storage_class(decl)(decl, path, *state[name]) for name, decl in decls.items()}
         ctx = SymContext(path, choice_var, nf_cls.gates, clock)
         try:
@@ -640,20 +855,197 @@ def step(nf_cls: type[NF], state: dict, pkt: dict, choice_var, clock=None) -> Sy
         except InfeasiblePath:
             pass
         pending.extend(path.alternatives())
+    if not runs:
+        return None
 
-    new_state = {name: tuple(ite([(pc, s[name].terms()[c]) for pc, s, _ in runs])
+    new_state = {name: tuple(merge([(pc, s[name].terms()[c]) for pc, s, _ in runs])
                              for c in range(len(runs[0][1][name].terms()))) for name in decls}
     slots = []
     for j in range(max(len(ctx.outputs) for _, _, ctx in runs)):
         having = [(pc, ctx.outputs[j]) for pc, _, ctx in runs if len(ctx.outputs) > j]
         slots.append(Slot(
             present=z3.Or(*[pc for pc, _ in having]) if len(having) < len(runs) else z3.BoolVal(True),
-            gate=ite([(pc, z3.IntVal(nf_cls.gates.index(g))) for pc, (g, _) in having]),
-            fields={f: ite([(pc, p[f]) for pc, (_, p) in having]) for f in having[0][1][1]},
+            gate=merge([(pc, z3.IntVal(nf_cls.gates.index(g))) for pc, (g, _) in having]),
+            fields={f: merge([(pc, p[f]) for pc, (_, p) in having]) for f in having[0][1][1]},
         ))
     valid = [z3.Implies(pc, z3.And(*ctx.validity)) for pc, _, ctx in runs if ctx.validity]
+    counts: dict = {}
+    for pc, _, ctx in runs:
+        counts.setdefault(ctx.nchoices, []).append(pc)
     return SymStep(new_state, slots, z3.And(*valid) if valid else z3.BoolVal(True), len(runs),
-                   any(ctx.read_clock for _, _, ctx in runs))
+                   any(ctx.read_clock for _, _, ctx in runs),
+                   {n: (z3.BoolVal(True) if len(counts) == 1 else _or(pcs)) for n, pcs in counts.items()})
+
+
+def _or(conds: list):
+    return conds[0] if len(conds) == 1 else z3.Or(*conds)
+
+
+def _and(*conds):
+    conds = [c for c in conds if not z3.is_true(c)]
+    return z3.BoolVal(True) if not conds else conds[0] if len(conds) == 1 else z3.And(*conds)
+
+
+def merge(pairs):
+    """If-then-else over (condition, term) pairs whose conditions are exclusive and exhaustive,
+    grouped by term: each distinct term once, under the disjunction of its conditions, the most
+    frequent one as the default (paths that differ only in what they emit leave the same state)."""
+    groups: dict = {}
+    for cond, t in pairs:
+        groups.setdefault(t.get_id(), (t, []))[1].append(cond)
+    if len(groups) == 1:
+        return pairs[0][1]
+    order = sorted(groups.values(), key=lambda g: len(g[1]))  # stable: ties keep their first appearance
+    acc = order[-1][0]
+    for t, conds in reversed(order[:-1]):
+        acc = z3.If(_or(conds), t, acc)
+    return acc
+
+
+# -- chains: a composite NF stepped member by member ----------------------------------------------
+def _composable(nf_cls) -> bool:
+    """A chain's composite (models/chain.py ChainNF) whose handler and release rule are the
+    base class's (a checker's subclass that holds outputs back is stepped as one handler)."""
+    from ..models.chain import ChainNF
+    return (isinstance(nf_cls, type) and issubclass(nf_cls, ChainNF) and nf_cls.handle is ChainNF.handle
+            and nf_cls.released is ChainNF.released)
+
+
+def _chain_step(nf_cls, state, pkt, choice_var, clock, context: tuple) -> SymStep:
+    """The composite's step, built from one symbolic step per *visit* (an instance handling one
+    packet) instead of one handler execution per path of the product of the members' paths (the
+    paths of a chain multiply; visits add up).
+
+    Why it is the same step as running ChainNF.handle on every path (`compose=False`; the tests
+    prove the two equal for arbitrary states): ChainNF.handle routes the packet through the
+    members, run to completion and depth first in emission order (Chain.route). Here each
+    visit runs under its *guard*, the condition under which the concrete routing reaches it:
+    the ingress of the packet's side (`inbound`, fixed to its value under the guard), then for
+    output j of a member's step and gate g, "the visit's guard, output j present, on gate g",
+    followed to the hop of that gate (an egress, or the next instance with the packet as the
+    link carries it: fields at their widths -- the slot's terms are --, `inbound` the side it
+    arrives on). Visits are taken in the concrete order (a member's whole step, then its outputs
+    in order, each followed to its end), so each member's state is threaded through the visits
+    that reach it: after a visit it is if(guard, the visit's new state, the state before).
+    Validity is the conjunction of "guard implies the visit's validity". A visit past the
+    routing limit is the concrete interpreter's ChainError if its guard is satisfiable.
+
+    Choices are numbered in call order, as the concrete interpreter and the path-by-path step
+    number them: the k-th choice of a visit is the global variable number (choices made before
+    the visit) + k; that count is tracked as a distribution {count: condition} over the visits so
+    far (the members' steps report theirs, `choice_counts`), so the visit's k-th choice is an
+    if-then-else over the possible counts.
+
+    Outputs: each egress slot a visit produces is an output under its guard; they are in
+    emission order, and the composite's j-th slot is "the j-th present one" (what duplicate
+    suppression counts). Two egress slots whose routes part at a gate of the same output (or at
+    the ingress side) are never both present, so only the others count as earlier outputs."""
+    chain = nf_cls.chain()
+    hops, limit = chain._routes(), 2 * len(chain.members)
+    new_state = dict(state)
+    sparse: list = []   # (route, condition, egress gate index, fields), in emission order
+    valid: list = []
+    counts = {0: z3.BoolVal(True)}
+    globals_: list = []
+    info = {"paths": 0, "reads_clock": False}
+
+    def global_var(j):
+        while len(globals_) <= j:
+            globals_.append(choice_var(len(globals_), CHOICE_WIDTH))
+        return globals_[j]
+
+    def visit(instance, guard, fields, depth, route):
+        nonlocal counts
+        if fold(guard) is False:
+            return
+        if depth > limit:
+            if smt.satisfiable(list(context) + [guard]) is False:
+                return
+            from ..models.chain import ChainError
+            raise ChainError(f"chain {chain.name!r}: a packet crossed more than {limit} instances "
+                             f"(a routing loop through NFs that turn packets around?)")
+        member = chain.members[instance]
+        before = list(counts.items())
+
+        def local_var(k, width):
+            return merge([(c, global_var(b + k)) for b, c in before])
+        sub = _step(member.nf, {d: new_state[ns] for d, ns in member.state_names}, fields, local_var, clock,
+                    context + (guard,), True)
+        if sub is None:  # no path is feasible under the guard: the visit does not happen
+            return
+        info["paths"] += sub.paths
+        info["reads_clock"] |= sub.reads_clock
+        for d, ns in member.state_names:
+            new_state[ns] = tuple(_if(guard, a, b) for a, b in zip(sub.state[d], new_state[ns]))
+        if not z3.is_true(sub.valid):
+            valid.append(z3.Implies(guard, sub.valid))
+        made = {n: c for n, c in sub.choice_counts.items() if fold(c) is not False}
+        if any(n for n in made):
+            after: dict = {}
+            for b, cb in before:
+                after.setdefault(b, []).append(_and(cb, z3.Not(guard)))
+                for n, cn in made.items():
+                    after.setdefault(b + n, []).append(_and(cb, guard, cn))
+            counts = {n: c for n, c in ((n, _or(cs)) for n, cs in after.items()) if fold(c) is not False}
+        for j, slot in enumerate(sub.outputs):
+            for g, gate in enumerate(member.gates):
+                cond = _and(guard, slot.present, slot.gate == g)
+                if fold(cond) is False:
+                    continue
+                hop = hops[(instance, gate)]
+                if hop.egress is not None:
+                    sparse.append((route + ((j, g),), cond, nf_cls.gates.index(hop.egress), slot.fields))
+                else:
+                    carried = dict(slot.fields)
+                    carried["inbound"] = z3.BoolVal(hop.inbound)
+                    visit(hop.target, cond, carried, depth + 1, route + ((j, g),))
+
+    for side, inbound in (("inside", False), ("outside", True)):
+        entry = chain.ingresses.get(side)
+        if entry is None:
+            continue
+        fields = dict(pkt)
+        fields["inbound"] = z3.BoolVal(inbound)
+        visit(entry, pkt["inbound"] if inbound else z3.Not(pkt["inbound"]), fields, 1, ((side,),))
+    return SymStep(new_state, _compact(sparse), _and(*valid), info["paths"], info["reads_clock"],
+                   {n: c for n, c in counts.items()})
+
+
+def _exclusive(a: tuple, b: tuple) -> bool:
+    """Routes (the ingress side, then (output, gate) per hop) that part at the side or at the
+    gate of the same output: never both taken."""
+    for x, y in zip(a, b):
+        if x != y:
+            return len(x) == 1 or x[0] == y[0]
+    return False
+
+
+def _compact(sparse: list) -> list[Slot]:
+    """Slots in emission order that may be absent -> the j-th slot is the j-th present one."""
+    entries: dict = {}
+    for i, (route, cond, gate, fields) in enumerate(sparse):
+        dist = {0: z3.BoolVal(True)}  # how many of the earlier outputs that can coexist with this one are present
+        for other_route, other, _, _ in sparse[:i]:
+            if _exclusive(route, other_route):
+                continue
+            nxt: dict = {}
+            for k, ck in dist.items():
+                nxt.setdefault(k, []).append(_and(ck, z3.Not(other)))
+                nxt.setdefault(k + 1, []).append(_and(ck, other))
+            dist = {k: c for k, c in ((k, _or(cs)) for k, cs in nxt.items()) if fold(c) is not False}
+        for k, ck in dist.items():
+            c = _and(ck, cond)
+            if fold(c) is not False:
+                entries.setdefault(k, []).append((c, gate, fields))
+    slots = []
+    for k in sorted(entries):
+        if k != len(slots):
+            break  # (cannot happen: a k-th present output needs k earlier ones)
+        es = entries[k]
+        slots.append(Slot(present=_or([c for c, _, _ in es]),
+                          gate=merge([(c, z3.IntVal(g)) for c, g, _ in es]),
+                          fields={f: merge([(c, fs[f]) for c, _, fs in es]) for f in es[0][2]}))
+    return slots
 
 
 def initial_state(nf_cls: type[NF]) -> dict:
