@@ -36,7 +36,8 @@ class Recorder:
         f = self.fields
         header = {"params": f.get("params", []), "seed": f.get("seed"), "linktype": linktype,
                   "inside": f.get("inside", []), "clock": f.get("clock"), "batch": f.get("batch"),
-                  "implementation": f.get("implementation"), "input": f.get("input"), "t0_ns": t0_ns}
+                  "implementation": f.get("implementation"), "input": f.get("input"), "t0_ns": t0_ns,
+                  "labels": True}  # every output's label is in its annotation (traces/README.md)
         header.update((k, v) for k, v in f.items() if k not in header)
         self._w = TraceWriter(self._file, TraceHeader(self.chain_text, self.strategy, header))
         self._linktype, self.last_ns = linktype, t0_ns or 0

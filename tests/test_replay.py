@@ -379,3 +379,24 @@ def test_captures_with_an_output_capture_per_egress(tmp_path, capsys):
     code, out, _ = cli(capsys, "--input", src, "--output", f"inside={wan}", "--output", f"outside={lan}",
                        "--chain", "nat")
     assert code == 1 and "on egress outside is not produced" in out
+
+
+def test_labels_are_compared_when_the_trace_records_them(tmp_path):
+    """csfq-edge writes a rate label beside each frame: a trace whose header says `labels: true`
+    compares each output's recorded label with the model's (a wrong one is a violation, shown as
+    the label field); an older trace without them compares frames only."""
+    from nfproof.traces.trace import TracePacket
+    pkt = tcp(HOST, 1000, REMOTE, 80, "A")
+
+    def run(labels, recorded):
+        r = Run("csfq-edge", [], "none", **({"labels": True} if recorded else {}))
+        for k, label in enumerate(labels):
+            seq = r.input(pkt, 0.1 * k)
+            r.items.append(TracePacket("egress:outside", r._time_of(seq), frame_of(pkt), "csfq-edge", "out", seq, 0,
+                                       label=label))
+        return r.write(tmp_path / f"{labels}-{recorded}.pcapng")
+
+    assert verdict(run((1, 2), True)).verdict == "explained"
+    wrong = verdict(run((1, 1), True))
+    assert wrong.verdict == "violation" and wrong.failure.output.key[7] == 1
+    assert verdict(run((1, 1), False)).verdict == "explained"

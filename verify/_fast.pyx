@@ -15,6 +15,7 @@ include "../traces/_parse.pxi"
 
 import os
 
+from libc.stdint cimport uint16_t
 from libc.string cimport memcmp
 from cpython.unicode cimport PyUnicode_DecodeUTF8
 from posix.mman cimport mmap, munmap, madvise, PROT_READ, MAP_PRIVATE, MAP_FAILED, MADV_SEQUENTIAL
@@ -247,6 +248,7 @@ cdef class TraceRows:
         cdef int code, length, version, flags
         cdef unsigned long long units, seq
         cdef uint32_t out_index
+        cdef uint16_t label
         cdef iface_t *f
         cdef pkt_t p
         if n < 20:
@@ -279,6 +281,7 @@ cdef class TraceRows:
             raise Fallback()
         memcpy(&seq, body + ann + 4, 8)
         memcpy(&out_index, body + ann + 12, 4)
+        memcpy(&label, body + ann + 2, 2)
         instance = self.instance_of(body + ann + 16, ann_len - 16)
         f = &self.ifs[iface]
         units = (<unsigned long long>tsh << 32) | tsl
@@ -292,7 +295,7 @@ cdef class TraceRows:
             data = None
             key, writes, outer = row
         return (name, f.linktype, units * f.mul, seq if flags & 2 else None, out_index if flags & 4 else None,
-                instance, wirelen, data, key, writes, outer)
+                instance, wirelen, data, key, writes, outer, label if flags & 8 else None)
 
     def __next__(self):
         cdef const uint8_t *b

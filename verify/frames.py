@@ -15,9 +15,10 @@ and flags where the frame has them; never the protocol or the length): an output
 anything else is not released, `refusal` names the field and the chain drops it as "<instance>:
 cannot write <field> into the frame" (the runtime contract, section 2); the state change stands.
 
-Outputs are compared by `observable(pkt)`: the fields a frame carries (the label travels beside
-the frame, not in it, and `inbound` is the side, not a field), so a model's output and the frame
-the runtime wrote for it compare equal exactly when the frame shows what the model emitted.
+Outputs are compared by `observable(pkt)`: the fields a frame carries (`inbound` is the side, not
+a field), so a model's output and the frame the runtime wrote for it compare equal exactly when
+the frame shows what the model emitted; the label, which travels beside the frame, is compared
+too when the trace records it (its run header says `labels: true`).
 
 `frame_of(pkt)` builds an Ethernet/IPv4 frame whose view is a given packet (tests, benchmarks and
 the agreement check with the verifier's simulated runs use it to turn packets into traces)."""
@@ -144,8 +145,11 @@ def frame_view(linktype: int, data: bytes, wirelen: int, inbound: bool):
     return view(parse_frame(linktype, data, wirelen), wirelen, inbound)
 
 
-def observable(pkt: Packet) -> tuple:
-    """The fields of a packet a frame shows (what outputs are compared by)."""
+def observable(pkt: Packet, labels: bool = False) -> tuple:
+    """The fields of a packet a frame shows (what outputs are compared by); with `labels` (a trace
+    that records each output's label beside its frame) the label too."""
+    if labels:
+        return (pkt.proto, pkt.src, pkt.sport, pkt.dst, pkt.dport, pkt.flags, pkt.length, pkt.label)
     return (pkt.proto, pkt.src, pkt.sport, pkt.dst, pkt.dport, pkt.flags, pkt.length)
 
 
@@ -153,7 +157,7 @@ def observable_text(key: tuple) -> str:
     """An observable key field by field (raw frames by their length and flow)."""
     if key and key[0] == "raw":
         return f"frame outside the model ({len(key[1])} bytes)"
-    return str(Packet(*key[:6], length=key[6]))
+    return str(Packet(*key[:6], length=key[6], label=key[7] if len(key) > 7 else 0))
 
 
 # -- sides ------------------------------------------------------------------------------------------

@@ -115,7 +115,7 @@ def base_problem(rec: Recording, eq: Equivalence, stall_ns: int, budget: int = B
     routes = {side: outside_route(rec.chain, side)[:2] for side in ("inside", "outside")}
     return Problem(rec.chain, [], observed, eq, rec.t0_ns, stall_ns, aligned=True, flow_of=rec.flow_of,
                    logged=logged, logged_clock=logged_clock, shown_values=shown, budget=budget,
-                   outside_routes=routes)
+                   outside_routes=routes, labels=rec.labels)
 
 
 def replay(rec: Recording, eq: Equivalence, stall_ns: int | None = None, jobs: int = 1, partition: bool = True,

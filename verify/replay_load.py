@@ -87,6 +87,11 @@ class Recording:
     foreign_blocks: int = 0       # other tools' custom blocks (skipped)
     output_path: str | None = None
 
+    @property
+    def labels(self) -> bool:
+        """The trace records each output's label (its run header says so): outputs compare it."""
+        return self.header_fields.get("labels") is True
+
     def flow_of(self, key):
         return key[2] if key[0] == "raw" else key[:5]
 
@@ -132,6 +137,7 @@ class _Builder:
         self.egresses = set(rec.chain.egress_names)
         self.by_seq: dict = {}      # seq -> list of (egress, key) seen (for duplicates)
         self.outputs = 0
+        self.labels = rec.labels
 
     def add_input(self, seq, time_ns, data, wirelen, linktype, side, number):
         parsed = parse_frame(linktype, data, wirelen)
@@ -145,20 +151,23 @@ class _Builder:
             return Input(seq, time_ns, side, v, number, ("raw", bytes(data), parsed.flow_key))
         return Input(seq, time_ns, side, v, number, writes=writable(parsed) if type(v) is Packet else ADDRESS_WRITES)
 
-    def add_output(self, egress, seq, out_index, instance, time_ns, data, wirelen, linktype, number, where):
+    def add_output(self, egress, seq, out_index, instance, time_ns, data, wirelen, linktype, number, where,
+                   label=None):
         if egress not in self.egresses:
             self._unknown_egress(egress, where)
         parsed = parse_frame(linktype, data, wirelen)
         v = view(parsed, wirelen, False)
         key = observable(v) if not (v is OUTSIDE or isinstance(v, Drop)) else ("raw", bytes(data), parsed.flow_key)
-        return self._output(egress, key, seq, out_index, instance, time_ns, number)
+        return self._output(egress, key, seq, out_index, instance, time_ns, number, label)
 
     def _unknown_egress(self, egress, where):
         raise ReplayInputError(f"{where}: an output on egress {egress!r}, but the chain "
                                f"{self.rec.chain_text!r} has egresses {', '.join(self.rec.chain.egress_names)}; "
                                f"is --chain right?")
 
-    def _output(self, egress, key, seq, out_index, instance, time_ns, number):
+    def _output(self, egress, key, seq, out_index, instance, time_ns, number, label=None):
+        if self.labels and key[0] != "raw":  # the label the trace recorded beside the frame
+            key = key + (label or 0,)
         seen = self.by_seq.setdefault(seq, []) if seq is not None else None
         duplicate = seen is not None and (egress, key) in seen
         if seen is not None:
@@ -187,10 +196,10 @@ class _Builder:
         key = row[8]
         if key is None:
             return self.add_output(egress, row[3], row[4], row[5], row[2], row[7], row[6], row[1], number,
-                                   f"{self.rec.path}: packet {number}")
+                                   f"{self.rec.path}: packet {number}", row[11])
         if egress not in self.egresses:
             self._unknown_egress(egress, f"{self.rec.path}: packet {number}")
-        return self._output(egress, key, row[3], row[4], row[5], row[2], number)
+        return self._output(egress, key, row[3], row[4], row[5], row[2], number, row[11])
 
     def forget_before(self, seq: int) -> None:
         """Duplicates are looked for among the outputs of recent inputs only (memory stays flat)."""

@@ -19,7 +19,7 @@ def fields(key: tuple) -> list[tuple[str, str]]:
     """An observable key as (field, value) pairs; a frame outside the model by its length."""
     if key[0] == "raw":
         return [("frame", f"outside the model, {len(key[1])} bytes")]
-    proto, src, sport, dst, dport, flags, length = key
+    proto, src, sport, dst, dport, flags, length = key[:7]
     out = [("proto", PROTO_NAMES.get(proto, str(proto))), ("src", ip(src)), ("sport", str(sport)),
            ("dst", ip(dst)), ("dport", str(dport))]
     if proto == TCP:
@@ -27,6 +27,8 @@ def fields(key: tuple) -> list[tuple[str, str]]:
     elif flags:
         out.append(("flags", str(flags)))
     out.append(("length", str(length)))
+    if len(key) > 7:  # the label recorded beside the frame
+        out.append(("label", str(key[7])))
     return out
 
 

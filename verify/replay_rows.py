@@ -10,6 +10,7 @@ NFPROOF_PUREPYTHON=1 or without it; `IMPLEMENTATION` says which).
   index of `writable`'s answer in WRITES and `outer source` the IPv4 source address as an int
   (what Sides classifies a plain `ingress` frame by), and `data` is None; for any other frame
   (outside the model, dropped at the ingress) `data` holds the frame and the other three are None;
+  last, the packet's recorded label (None when the annotation has none);
 - for a control event the traces.trace.TraceEvent.
 The fast reader reads the file itself (mmapped); where it meets something it does not read
 exactly as traces/trace.py does (any corruption, OPB/SPB blocks, unusual timestamp scales), the
@@ -53,8 +54,8 @@ def row_of(p) -> tuple:
     m = model_row(parsed, p.wirelen)
     if m is None:
         return (p.interface, p.linktype, p.time_ns, p.seq, p.out_index, p.instance, p.wirelen, p.data,
-                None, None, None)
-    return (p.interface, p.linktype, p.time_ns, p.seq, p.out_index, p.instance, p.wirelen, None) + m
+                None, None, None, p.label)
+    return (p.interface, p.linktype, p.time_ns, p.seq, p.out_index, p.instance, p.wirelen, None) + m + (p.label,)
 
 
 class Rows:

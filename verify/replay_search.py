@@ -309,6 +309,7 @@ class Problem:
     no_exhaust: frozenset = frozenset()   # input seqs at which "the pool is exhausted" is known false
     fresh_from: dict = field(default_factory=dict)  # (base, size) -> first pool value no output shows (shared)
     budget: int = BUDGET
+    labels: bool = False   # keys hold the outputs' labels (the trace records them)
     outside_routes: dict = field(default_factory=dict)  # side -> (egress or None, instance)
 
 
@@ -573,7 +574,8 @@ class Search:
                     drops.append(f"{instance}: cannot write {field} into the frame")
             return released
 
-        self.chain.route(view, process, lambda pkt, egress: produced.append((egress, observable(pkt.wrapped()))),
+        labels = self.problem.labels
+        self.chain.route(view, process, lambda pkt, egress: produced.append((egress, observable(pkt.wrapped(), labels))),
                          drops.append)
         return produced, drops, clock[0]
 

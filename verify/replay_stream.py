@@ -153,7 +153,8 @@ def first_pass(path, chain_text, params, inside, eq: Equivalence, stall_ns: int,
         observed: dict = {}
         problem = Problem(rec.chain, Window(), observed, eq, rec.t0_ns, stall_ns, aligned=True,
                           partitioned=kinds is not None, flow_of=rec.flow_of, logged=logged,
-                          logged_clock=logged_clock, shown_values=shown, outside_routes=routes, fresh_from=fresh_from)
+                          logged_clock=logged_clock, shown_values=shown, outside_routes=routes, fresh_from=fresh_from,
+                          labels=rec.labels)
         search = Search(problem)
         search.horizon = PART_HORIZON
         if kinds is not None:   # one flow's views, at each clock reading: a few (memory flat in time)

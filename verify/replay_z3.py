@@ -65,12 +65,14 @@ def decide(chain, units: list, observed: dict, t0_ns: int, stall_ns: int, budget
     for egress, keys in observed.items():
         if egress not in gates:
             return "violation"
+    fields = FIELDS + ("label",) if any(len(k) > len(FIELDS) for ks in observed.values() for k in ks if k[0] != "raw") \
+        else FIELDS
     for g, egress in enumerate(gates):
         keys = observed.get(egress, [])
         count = z3.IntVal(0)
         for slot in slots:
             here = z3.And(slot.present, slot.gate == g)
-            cases = [z3.And(count == n, *[slot.fields[f] == key[c] for c, f in enumerate(FIELDS)])
+            cases = [z3.And(count == n, *[slot.fields[f] == key[c] for c, f in enumerate(fields)])
                      for n, key in enumerate(keys) if key[0] != "raw"]
             constraints.append(z3.Implies(here, z3.Or(*cases) if cases else z3.BoolVal(False)))
             count = count + z3.If(here, 1, 0)
