@@ -54,6 +54,7 @@ from .symbolic import (TIME_WIDTH, egress_view, initial_state, outputs_differ, s
 LEMMA_SECONDS = 2.0   # time for one lockstep lemma (unproved: no harm, only slower)
 LEARNT_OFFSETS = 8     # offsets tried when a learnt reference's time is generalised
 MAX_REFINEMENTS = 32  # explained candidates learnt per failover point before giving up (unknown)
+FIRST_PASS_RLIMIT = 1_000_000  # resource limit of a point's first try (most queries need far less; see _verify)
 TIME_LIMIT = (1 << 30) - 1  # every arrival and crash time is at most this many ticks (no wrap in TIME_WIDTH bits)
 
 
@@ -236,18 +237,33 @@ def _verify(nf_cls, strategy, bound, budget, log_choices, progress, unbounded, c
         result.stats.update(clock=True, failover_time=failover_time, max_stall=max_stall)
     try:
         for n in range(1, bound + 1):
-            for point in _points(strategy, n, clocked):
-                budget.check_time()
-                query = _violation(runs, strategy, n, point, log_choices, budget)
-                if query is None:
-                    queries_skipped += 1
-                    continue
-                cex = _solve(runs, nf_cls, strategy, n, point, query, budget, log_choices)
-                if cex == "undecided":
-                    undecided.append((n, point.released, point.r))
-                elif cex is not None:
-                    result.verdict, result.counterexample = "counterexample", cex
-                    return result
+            # Two passes per length: every point with a small resource limit first, the points it
+            # leaves undecided with the full one after. Any counterexample of this length is a
+            # shortest one, and a cheap one (a sat query) is often behind a hard proof of another
+            # point; the verdict is the same either way (only the order of the queries changes).
+            def queries():
+                for point in _points(strategy, n, clocked):
+                    budget.check_time()
+                    query = _violation(runs, strategy, n, point, log_choices, budget)
+                    if query is None:
+                        nonlocal queries_skipped
+                        queries_skipped += 1
+                        continue
+                    yield point, query
+            todo = queries()  # built as the first pass goes: a counterexample ends it early
+            for first_pass in (True, False):
+                later = []
+                for point, query in todo:
+                    cex = _solve(runs, nf_cls, strategy, n, point, query, budget, log_choices,
+                                 rlimit=FIRST_PASS_RLIMIT if first_pass and (budget.rlimit or 0) > FIRST_PASS_RLIMIT else None)
+                    if cex == "deferred":
+                        later.append((point, query))
+                    elif cex == "undecided":
+                        undecided.append((n, point.released, point.r))
+                    elif cex is not None:
+                        result.verdict, result.counterexample = "counterexample", cex
+                        return result
+                todo = later
             if progress:
                 progress(n, bound)
         missing = [] if undecided else _unwitnessed(runs, strategy, bound, log_choices, budget)
@@ -378,9 +394,10 @@ def _violation(runs: _Runs, strategy: Strategy, n, point: _Point, log_choices, b
         primary and the standby stepped from, whose outputs and next state `_replay_explained`
         proved for every state: its conditions hold, and the reference goes on from the primary's
         state after it (so where nothing else differs, the rest is the same terms)."""
+        if runs.clocked or source(i) != "m":  # (an "m" input was released: the primary stepped it)
+            return False
         start = runs.primary_states[i - 1].key
-        return (not runs.clocked and source(i) == "m" and reference_state.key == start and pre[i].key == start
-                and _replay_explained(runs, i, budget))
+        return reference_state.key == start and pre[i].key == start and _replay_explained(runs, i, budget)
 
     reference_times = _reference_times(runs, n, point, source, times, leaks, log_choices) if runs.clocked else None
     violations = _reference_differs(runs, n, observed, source, assumed=assumed, times=reference_times,
@@ -541,13 +558,19 @@ class EncodingMismatch(RuntimeError):
     """The symbolic encoding and the concrete simulation disagree: a bug in nfproof, never a verdict."""
 
 
-def _solve(runs, nf_cls, strategy, n, point: _Point, query, budget, log_choices):
+def _solve(runs, nf_cls, strategy, n, point: _Point, query, budget, log_choices, rlimit=None):
+    """None (no violation at this point), a confirmed Counterexample, "undecided" (refinements
+    ran out), or with a smaller `rlimit` "deferred" when a query hits it (try again with the
+    budget's own)."""
     assumptions, violation, observed, reference_times = query
-    s = smt.new_solver(budget)
+    s = smt.new_solver(budget, rlimit=rlimit)
     s.add(*assumptions)
     s.add(violation)
     for _ in range(MAX_REFINEMENTS):
-        if smt.check(s, budget) == z3.unsat:
+        answer = smt.check(s, budget, unknown_ok=rlimit is not None)
+        if answer == z3.unknown:
+            return "deferred"
+        if answer == z3.unsat:
             return None
         model = readable_model(s, runs, n, budget)
 

@@ -108,6 +108,15 @@ _BV_CMP = {z3.Z3_OP_ULEQ: (False, lambda a, b: a <= b), z3.Z3_OP_ULT: (False, la
            z3.Z3_OP_SGEQ: (True, lambda a, b: a >= b), z3.Z3_OP_SGT: (True, lambda a, b: a > b)}
 
 
+def _app_kind(t):
+    """The declaration kind of an application (z3.Z3_OP_...), None for any other term; through
+    the C API directly (t.decl().kind() builds a Python object per call, and fold asks often)."""
+    ctx, ast = t.ctx_ref(), t.as_ast()
+    if z3.Z3_get_ast_kind(ctx, ast) != z3.Z3_APP_AST:
+        return None
+    return z3.Z3_get_decl_kind(ctx, z3.Z3_get_app_decl(ctx, ast))
+
+
 def _signed(v: int, width: int) -> int:
     return v - (1 << width) if v >> (width - 1) else v
 
@@ -130,16 +139,16 @@ def _fold_new(t, budget):
         return False
     if z3.is_bv_value(t) or z3.is_int_value(t):
         return t.as_long()
-    if not z3.is_app(t):
+    k = _app_kind(t)
+    if k is None:
         return None
-    k = t.decl().kind()
     if k == z3.Z3_OP_NOT:
         v = _fold(t.arg(0), budget)
         return None if v is None else not v
     if k in (z3.Z3_OP_AND, z3.Z3_OP_OR):
         unknown, absorbing = False, k == z3.Z3_OP_OR
-        literals = set()  # (id, polarity) of the flattened operands: x and not x absorb
-        for a in _flattened(t, k):
+        literals = set()  # (id, polarity) of the operands: x and not x absorb
+        for a in t.children():
             v = _fold(a, budget)
             if v is absorbing:
                 return absorbing
@@ -206,18 +215,6 @@ def _fold_new(t, budget):
     return None
 
 
-def _flattened(t, kind) -> list:
-    """The operands of nested applications of one connective (And of Ands, ...)."""
-    out, todo = [], [t]
-    while todo:
-        x = todo.pop()
-        if z3.is_app(x) and x.decl().kind() == kind:
-            todo.extend(reversed(x.children()))
-        else:
-            out.append(x)
-    return out
-
-
 def _read(array, index, budget):
     """The constant at `index` of an array term, or None (see `fold`)."""
     key = ("read", array.get_id(), index.get_id())
@@ -225,9 +222,10 @@ def _read(array, index, budget):
     if hit is not None:
         return hit[1]
     budget[0] -= 1
-    if budget[0] <= 0 or not z3.is_app(array):
+    k = _app_kind(array)
+    if budget[0] <= 0 or k is None:
         return None
-    value, k = None, array.decl().kind()
+    value = None
     if k == z3.Z3_OP_STORE and array.num_args() == 3:
         j = array.arg(1)
         if j.eq(index):
@@ -1058,6 +1056,13 @@ def _if(cond, a, b):
 
 
 def egress_view(released: list[Slot], replayed: list[Slot], later_seen):
+    """`_egress_view`, memoised on the slots (objects kept alive in the memo) and the term: the
+    failover check asks it for the same steps at many failover points."""
+    key = ("egress", tuple(map(id, released)), tuple(map(id, replayed)), later_seen.get_id())
+    return _memo(key, (released, replayed, later_seen), lambda: _egress_view(released, replayed, later_seen))
+
+
+def _egress_view(released: list[Slot], replayed: list[Slot], later_seen):
     """What the egress lets out for an input that was released and then replayed: it drops a
     replayed output whose (input, output) index is at or below the highest it has seen, so output
     j of the replay gets through only if the released run had no output j for this input and no
@@ -1080,7 +1085,13 @@ def egress_view(released: list[Slot], replayed: list[Slot], later_seen):
 
 
 def outputs_differ(a: list[Slot], b: list[Slot]):
-    """A condition under which two steps' outputs differ, or None if they are the same terms."""
+    """A condition under which two steps' outputs differ, or None if they are the same terms
+    (memoised on the slots, kept alive in the memo)."""
+    key = ("differ", tuple(map(id, a)), tuple(map(id, b)))
+    return _memo(key, (a, b), lambda: _outputs_differ(a, b))
+
+
+def _outputs_differ(a: list[Slot], b: list[Slot]):
     absent = Slot(z3.BoolVal(False), z3.IntVal(0), {})
     diffs = []
     for j in range(max(len(a), len(b))):
