@@ -173,7 +173,10 @@ class _Runs:
             def choice_var(k, width):
                 if constants is not None:
                     values = constants.get(i, [])
-                    return z3.BitVecVal(values[k] if k < len(values) and isinstance(values[k], int) else 0, width)
+                    v = values[k] if k < len(values) else 0
+                    if z3.is_bv(v) and v.size() == width:  # a learnt choice borrowed from the observed run
+                        return v
+                    return z3.BitVecVal(v if isinstance(v, int) else 0, width)
                 by_call = self.choice_vars.setdefault((source, i), [])
                 if k == len(by_call):
                     by_call.append(z3.BitVec(f"{source}{i}.choice{k}", width))
@@ -572,7 +575,11 @@ def _solve(runs, nf_cls, strategy, n, point: _Point, query, budget, log_choices,
             return "deferred"
         if answer == z3.unsat:
             return None
+        if rlimit is not None:  # readable values get the budget's own limit (else: raw values, e.g. labelled inputs)
+            s.set("rlimit", budget.rlimit)
         model = readable_model(s, runs, n, budget)
+        if rlimit is not None:
+            s.set("rlimit", rlimit)
 
         def value(t):
             return model.eval(t, model_completion=True).as_long()
@@ -594,7 +601,7 @@ def _solve(runs, nf_cls, strategy, n, point: _Point, query, budget, log_choices,
         # Counterexample-guided refinement: the failure-free run that explained this candidate is
         # another reference; from now on a violation must also escape it.
         runs.learnt += 1
-        learnt = {i: choices for i, choices in enumerate(explanation.choices, 1)}
+        learnt = _learnt_choices(runs, explanation.choices, value)
         times, time_invalid = None, []
         if runs.clocked:
             times, time_invalid = _learnt_times(runs, n, explanation.times, reference_times, value)
@@ -655,6 +662,28 @@ def _cut_at(strategy: Strategy, n: int, point: _Point, arrivals: list, crash_tim
         if low <= crash_time and (high is None or crash_time <= high):
             return cuts[k]
     return point.cut
+
+
+def _learnt_choices(runs: _Runs, choices: list, value) -> dict:
+    """An explanation's choices (input -> values in call order) as terms that generalise beyond
+    this candidate: each value as the first choice variable of the observed run for that input
+    (the standby's, the primary's, the egress's borrowing; the same call index first) that holds
+    it here, else the constant. A reference whose path makes its choices at other call indices
+    than the observed run's (a standby that starts empty chooses for a table entry the reference
+    has already) then borrows the right one at every candidate, not at this one only. Sound as
+    any reference: its steps' validity is part of what a violation must break."""
+    out = {}
+    for i, values in enumerate(choices, 1):
+        pool = [runs.choice_vars.get((source, i), []) for source in ("s", "p", "m")]
+        terms = []
+        for k, v in enumerate(values):
+            if not isinstance(v, int):
+                terms.append(v)
+                continue
+            options = [vs[k] for vs in pool if k < len(vs)] + [t for vs in pool for t in vs]
+            terms.append(next((t for t in options if value(t) == v), v))
+        out[i] = terms
+    return out
 
 
 def _learnt_times(runs: _Runs, n, times: list, reference_times: list, value) -> tuple[list, list]:
