@@ -13,6 +13,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -364,13 +365,34 @@ def test_the_wire_frames_messages():
 
 
 @pytest.mark.slow
-def test_runs_with_random_crash_points():
-    """bench/failover_runs.py on a sample of its runs: random crash points over the everyday
-    captures; sync and commit:8 --log-choices are always explained, none and async are caught."""
+@pytest.mark.timeout(600)
+@pytest.mark.parametrize("which", ["safe", "unsafe"])
+def test_runs_with_random_crash_points(which):
+    """bench/failover_runs.py on a small subset of its runs (random crash points, real processes,
+    a real redis-server): the four safe strategies on nat and firewall>nat>lb over E02 and E04 are
+    always explained (no violation, no unknown, no failed run); none, stateful.async and
+    stateless.async on nat (32 inputs in flight, so an async primary dies with writes unsent) over
+    E04, E05 and E09 (where a crash loses a mapping of a flow that goes on: 2 runs in 3 for the
+    asyncs, every one for none) are each caught at least once in 8 runs. The script's exit code says both; the RESULT
+    lines are checked too."""
     script = Path(__file__).resolve().parents[1] / "bench" / "failover_runs.py"
-    r = subprocess.run([sys.executable, str(script), "--runs", "24", "--unsafe-runs", "8"], capture_output=True,
-                       text=True, timeout=1800)
-    assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
+    if which == "safe":
+        names = ["stateful_sync", "stateful_commit8", "stateless_sync", "stateless_commit8"]
+        options = ["--strategies", "stateful.sync,stateful.commit,stateless.sync,stateless.commit", "--runs", "4",
+                   "--captures", "E02,E04"]
+    else:
+        names = ["none", "stateful_async", "stateless_async"]
+        options = ["--strategies", "none,stateful.async,stateless.async", "--unsafe-runs", "8",
+                   "--captures", "E04,E05,E09", "--chains", "nat"]
+    with tempfile.TemporaryDirectory() as keep:
+        r = subprocess.run([sys.executable, str(script), *options, "--keep", keep], capture_output=True, text=True,
+                           timeout=540)
     results = dict(line.split()[1:3] for line in r.stdout.splitlines() if line.startswith("RESULT "))
-    assert results["sync_violations"] == results["commit8_violations"] == "0"
-    assert int(results["none_violations"]) >= 1 and int(results["async_violations"]) >= 1
+    assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
+    for name in names:
+        if which == "safe":
+            assert results[f"{name}_runs"] == "4"
+            assert results[f"{name}_violations"] == results[f"{name}_unknowns"] == results[f"{name}_failed"] == "0"
+            assert int(results[f"{name}_failovers"]) >= 1  # something crashed
+        else:
+            assert results[f"{name}_runs"] == "8" and int(results[f"{name}_violations"]) >= 1, r.stdout[-3000:]
