@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from ..models.api import NF, Packet
 from ..models.concrete import backtrack
 from ..models.strategy import Strategy
-from .simulate import Explanation, FailoverRun, default_failover_ticks, explain, simulate
+from .simulate import Explanation, FailoverRun, default_failover_ticks, explain, observations, simulate
 
 
 @dataclass
@@ -51,10 +51,18 @@ DEFAULT_GAPS = (0, 1, 3, 6)  # arrival gaps (ticks) of DESIGN.md's worked exampl
 def enumerate_failover(nf_cls: type[NF], strategy: Strategy, bound: int, universe: list[Packet],
                        log_choices: bool = False, stats: EnumerationStats | None = None,
                        failover_time: int | None = None, max_stall: int | None = None,
-                       gaps: tuple[int, ...] | None = None, horizon: int | None = None) -> Violation | None:
+                       gaps: tuple[int, ...] | None = None, horizon: int | None = None,
+                       exhaustive: bool = False) -> Violation | None:
     """The first (hence a shortest) failover run whose observed outputs no failure-free execution
     produces, or None. Times are in the NF's ticks; `failover_time` defaults as in the failover
-    check (one second), `max_stall` to the failover time. `gaps` forces timed enumeration."""
+    check (one second), `max_stall` to the failover time. `gaps` forces timed enumeration.
+
+    Each shape (sequence, arrivals, cut, r, crash time) is judged on the set of distinct outputs
+    its runs can let out (`simulate.observations`, dynamic programming over partial runs); only a
+    shape with an unexplained one is then run choice combination by choice combination, to
+    return the first unexplained run in the same order as before. `exhaustive` runs every shape
+    that way (the original enumeration: one simulate per combination of choices), and `stats.runs`
+    counts runs there, distinct observations otherwise."""
     if failover_time is None:
         failover_time = default_failover_ticks(nf_cls)
     if max_stall is None:
@@ -62,11 +70,12 @@ def enumerate_failover(nf_cls: type[NF], strategy: Strategy, bound: int, univers
     stats = stats if stats is not None else EnumerationStats()
     if gaps is None:
         try:
-            return _enumerate(nf_cls, strategy, bound, universe, log_choices, stats, None)
+            return _enumerate(nf_cls, strategy, bound, universe, log_choices, stats, None, exhaustive)
         except _ClockRead:
             gaps = DEFAULT_GAPS
     horizon = horizon if horizon is not None else failover_time + max_stall + max(gaps) + 1
-    return _enumerate(nf_cls, strategy, bound, universe, log_choices, stats, (gaps, failover_time, max_stall, horizon))
+    return _enumerate(nf_cls, strategy, bound, universe, log_choices, stats, (gaps, failover_time, max_stall, horizon),
+                      exhaustive)
 
 
 class _ClockRead(Exception):
@@ -85,7 +94,7 @@ def _standby_times(strategy, cut, r, arrivals, crash_time, failover_time, log_ch
     return tuple(out)
 
 
-def _enumerate(nf_cls, strategy, bound, universe, log_choices, stats, timing):
+def _enumerate(nf_cls, strategy, bound, universe, log_choices, stats, timing, exhaustive=False):
     memo, step_cache = {}, {}
     failover_time, max_stall = (timing[1], timing[2]) if timing else (0, 0)
     for n in range(1, bound + 1):
@@ -117,6 +126,24 @@ def _enumerate(nf_cls, strategy, bound, universe, log_choices, stats, timing):
                                 return simulate(nf_cls, strategy, inputs, cut, r, lambda i: chooser, lambda i: chooser,
                                                 log_choices, arrivals, crash_time, failover_time, story=story,
                                                 step_cache=step_cache)
+                            if not exhaustive:
+                                seen, read_clock = observations(nf_cls, strategy, inputs, cut, r, log_choices, arrivals,
+                                                                crash_time, failover_time, step_cache)
+                                if timing is None and read_clock:
+                                    raise _ClockRead()
+                                stats.runs += len(seen)
+                                unexplained = False
+                                for outputs in sorted(seen, key=repr):
+                                    key = (seq, tuple(arrivals or ()), outputs)
+                                    if key not in memo:
+                                        stats.explained += 1
+                                        memo[key] = explain(nf_cls, inputs, list(outputs), arrivals, max_stall,
+                                                            step_cache=step_cache)
+                                    if timing is None and memo[key].read_clock:
+                                        raise _ClockRead()
+                                    unexplained |= not memo[key].explained
+                                if not unexplained:
+                                    continue  # else: the runs of this shape one by one, for the first unexplained one
                             for decisions, failover in backtrack(run):
                                 stats.runs += 1
                                 if timing is None and failover.read_clock:

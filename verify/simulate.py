@@ -22,7 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..models.api import NF, Packet, ip
-from ..models.concrete import all_steps, copy_state, freeze_state, initial_state, scripted, step
+from ..models.concrete import all_steps, backtrack, copy_state, freeze_state, initial_state, scripted, step
 from ..models.strategy import Cut, Strategy
 
 
@@ -155,6 +155,113 @@ def simulate(nf_cls: type[NF], strategy: Strategy, inputs: list[Packet], cut: Cu
     return FailoverRun(strategy, list(inputs), cut, protected, observed, events, choices, standby_choices,
                        list(arrivals) if timed else None, crash_time if timed else None, failover_end,
                        primary_times if timed else {}, standby_times if timed else {}, read_clock)
+
+
+def observations(nf_cls: type[NF], strategy: Strategy, inputs: list[Packet], cut: Cut, protected: int,
+                 log_choices: bool = False, arrivals: list | None = None, crash_time: int | None = None,
+                 failover_time: int = 0, step_cache: dict | None = None) -> tuple[set, bool]:
+    """What the egress can let out in the failover runs of one shape (inputs, cut, protected point,
+    times), over every combination of the primary's and the standby's choices: (the set of
+    observed output sequences, as tuples of (gate, Packet), whether some step read the clock).
+
+    The same runs as `simulate` with every pair of choosers (the enumerator's backtracking over
+    whole runs), computed by dynamic programming instead: runs are followed step by step and two
+    partial runs are merged when everything the rest of the run can depend on is equal -- the
+    state (frozen), the outputs that will be let out, the choices the standby will reuse (under
+    --log-choices), the protected snapshot; the primary's steps past everything the standby and
+    the egress use (outputs up to max(released, r), choices up to `released`, the state at r)
+    still run, for their clock reads only. The product of the choices per run becomes a sum over
+    distinct partial runs. tests/test_enumeration.py checks it against `simulate` run by run."""
+    n = len(inputs)
+    timed = arrivals is not None
+    timeline = strategy.events(n)
+    if timed and crash_time is None:
+        crash_time = arrivals[timeline[cut.k - 1][1] - 1] if cut.k > 0 else 0
+    released, applied = cut.released, cut.applied
+    replays = strategy.replays_from_protected
+    seen_upto = max(released, protected) if replays and strategy.standby_releases_protected else released
+    read_clock = False
+    cache = step_cache if step_cache is not None else {}
+
+    def steps(state, i, t, logged=()):
+        """[(state after, StepResult)] of input i at time t over every choice (logged ones first)."""
+        nonlocal read_clock
+        key = ("obs", freeze_state(state), id(inputs[i - 1]), t, tuple(logged))
+        hit = cache.get(key)
+        if hit is None:
+            def run(chooser):
+                pending = list(logged)
+                after = copy_state(state)
+                res = step(nf_cls, after, inputs[i - 1], (lambda options: pending.pop(0) if pending else chooser(options)),
+                           _fixed_clock(t))
+                return after, res
+            hit = cache[key] = [r for _, r in backtrack(run)]
+        read_clock |= any(res.clock_reads for _, res in hit)
+        return hit
+
+    # the primary: (state, outputs[1..], choices[1..] the standby reuses, snapshot at r)
+    init = initial_state(nf_cls)
+    frontier = {(freeze_state(init), (), (), freeze_state(init) if protected == 0 else None): (init, init)}
+    for i in range(1, applied + 1):
+        nxt = {}
+        for (frozen, outs, logs, snap), (state, snapshot) in frontier.items():
+            for after, res in steps(state, i, arrivals[i - 1] if timed else 0):
+                o = outs + (tuple(res.outputs),) if i <= seen_upto else outs
+                c = logs + (tuple(res.choices),) if log_choices and i <= released else logs
+                snap_state, snap_key = (after, freeze_state(after)) if i == protected else (snapshot, snap)
+                key = (freeze_state(after), o, c, snap_key)
+                if key not in nxt:
+                    nxt[key] = (after, snap_state)
+        frontier = nxt
+    if replays:
+        start = max(protected - 1, 0) if strategy.replay_starts_at_protected else protected
+    else:
+        start = released
+    failover_end = crash_time + failover_time if timed else None
+
+    results: set = set()
+    for (_, outs, logs, _), (_, snapshot) in frontier.items():
+        observed, last = [], (0, -1)
+
+        def deliver(i, out, observed, last):
+            for j, o in enumerate(out):
+                if (i, j) > last:
+                    observed.append(o)
+                    last = (i, j)
+            return last
+        for i in range(1, released + 1):
+            last = deliver(i, outs[i - 1], observed, last)
+        if replays:
+            state = snapshot
+            if strategy.standby_releases_protected:
+                for i in range(released + 1, protected + 1):
+                    last = deliver(i, outs[i - 1], observed, last)
+        else:
+            state = init
+        # the standby: partial runs merged on (state, what was let out, the egress's last index)
+        partial = {(freeze_state(state), tuple(observed), last): state}
+        previous = failover_end
+        for i in range(start + 1, n + 1):
+            logged = logs[i - 1] if log_choices and i <= released else ()
+            if not timed:
+                t = 0
+            elif log_choices and i <= applied:
+                t = arrivals[i - 1]
+            else:
+                t = max(arrivals[i - 1], failover_end, previous)
+            if timed:
+                previous = max(previous, t)
+            nxt = {}
+            for (_, seen, last), st in partial.items():
+                for after, res in steps(st, i, t, logged):
+                    out = list(seen)
+                    new_last = deliver(i, res.outputs, out, last)
+                    key = (freeze_state(after), tuple(out), new_last)
+                    if key not in nxt:
+                        nxt[key] = after
+            partial = nxt
+        results.update(seen for _, seen, _ in partial)
+    return results, read_clock
 
 
 DEFAULT_FAILOVER_SECONDS = 1  # --failover-time default: a standby takes over within a second
