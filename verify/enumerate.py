@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from ..models.api import NF, Packet
 from ..models.concrete import backtrack
 from ..models.strategy import Strategy
-from .simulate import Explanation, FailoverRun, default_failover_ticks, explain, observations, simulate
+from .simulate import Explanation, FailoverRun, default_failover_ticks, explain, observations, observed_items, simulate
 
 
 @dataclass
@@ -104,7 +104,7 @@ def _enumerate(nf_cls, strategy, bound, universe, log_choices, stats, timing, ex
             gaps, _, _, horizon = timing
             arrival_sets = [list(itertools.accumulate(g)) for g in itertools.product(gaps, repeat=n)]
         for seq in itertools.product(universe, repeat=n):
-            inputs = list(seq)
+            inputs, seq_ids = list(seq), tuple(map(id, seq))
             for arrivals in arrival_sets:
                 stats.sequences += 1
                 done = set()  # runs that differ only in the labels of the primary's events or in an unseen crash time
@@ -128,16 +128,17 @@ def _enumerate(nf_cls, strategy, bound, universe, log_choices, stats, timing, ex
                                                 step_cache=step_cache)
                             if not exhaustive:
                                 seen, read_clock = observations(nf_cls, strategy, inputs, cut, r, log_choices, arrivals,
-                                                                crash_time, failover_time, step_cache)
+                                                                crash_time, failover_time, step_cache, decode=False)
                                 if timing is None and read_clock:
                                     raise _ClockRead()
                                 stats.runs += len(seen)
                                 unexplained = False
-                                for outputs in sorted(seen, key=repr):
-                                    key = (seq, tuple(arrivals or ()), outputs)
+                                for codes in seen:  # (any order: the verdict is whether one is unexplained)
+                                    key = ("coded", seq_ids, tuple(arrivals or ()), codes)
                                     if key not in memo:
                                         stats.explained += 1
-                                        memo[key] = explain(nf_cls, inputs, list(outputs), arrivals, max_stall,
+                                        items = observed_items(step_cache)
+                                        memo[key] = explain(nf_cls, inputs, [items[c] for c in codes], arrivals, max_stall,
                                                             step_cache=step_cache)
                                     if timing is None and memo[key].read_clock:
                                         raise _ClockRead()

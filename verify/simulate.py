@@ -159,7 +159,7 @@ def simulate(nf_cls: type[NF], strategy: Strategy, inputs: list[Packet], cut: Cu
 
 def observations(nf_cls: type[NF], strategy: Strategy, inputs: list[Packet], cut: Cut, protected: int,
                  log_choices: bool = False, arrivals: list | None = None, crash_time: int | None = None,
-                 failover_time: int = 0, step_cache: dict | None = None) -> tuple[set, bool]:
+                 failover_time: int = 0, step_cache: dict | None = None, decode: bool = True) -> tuple[set, bool]:
     """What the egress can let out in the failover runs of one shape (inputs, cut, protected point,
     times), over every combination of the primary's and the standby's choices: (the set of
     observed output sequences, as tuples of (gate, Packet), whether some step read the clock).
@@ -171,22 +171,48 @@ def observations(nf_cls: type[NF], strategy: Strategy, inputs: list[Packet], cut
     --log-choices), the protected snapshot; the primary's steps past everything the standby and
     the egress use (outputs up to max(released, r), choices up to `released`, the state at r)
     still run, for their clock reads only. The product of the choices per run becomes a sum over
-    distinct partial runs. tests/test_enumeration.py checks it against `simulate` run by run."""
+    distinct partial runs. tests/test_enumeration.py checks it against `simulate` run by run.
+    With `decode` False the sequences are tuples of ints, `observed_items(step_cache)` their
+    outputs (cheaper keys for a caller that sees many shapes)."""
     n = len(inputs)
     timed = arrivals is not None
-    timeline = strategy.events(n)
+    cache = step_cache if step_cache is not None else {}
+    timeline = _cached(cache, ("events", strategy, n), strategy.events)
     if timed and crash_time is None:
         crash_time = arrivals[timeline[cut.k - 1][1] - 1] if cut.k > 0 else 0
     released, applied = cut.released, cut.applied
     replays = strategy.replays_from_protected
     seen_upto = max(released, protected) if replays and strategy.standby_releases_protected else released
     read_clock = False
-    cache = step_cache if step_cache is not None else {}
+
+    def frozen(state):
+        """freeze_state, remembered per state object (states here are never changed once made; the
+        cache keeps each alive, so its id stays its own)."""
+        hit = cache.get(("obs-frozen", id(state)))
+        if hit is None:
+            hit = cache[("obs-frozen", id(state))] = (state, freeze_state(state))
+        return hit[1]
+
+    items = cache.setdefault(("obs-items",), ({}, []))  # (gate, Packet) <-> small int: cheap keys to hash
+
+    def coded(res) -> tuple:
+        """A step's outputs as interned ints (remembered per result object, which the cache keeps)."""
+        hit = cache.get(("obs-code", id(res)))
+        if hit is None:
+            index, table = items
+            code = []
+            for o in res.outputs:
+                if o not in index:
+                    index[o] = len(table)
+                    table.append(o)
+                code.append(index[o])
+            hit = cache[("obs-code", id(res))] = (res, tuple(code))
+        return hit[1]
 
     def steps(state, i, t, logged=()):
         """[(state after, StepResult)] of input i at time t over every choice (logged ones first)."""
         nonlocal read_clock
-        key = ("obs", freeze_state(state), id(inputs[i - 1]), t, tuple(logged))
+        key = ("obs", frozen(state), id(inputs[i - 1]), t, tuple(logged))
         hit = cache.get(key)
         if hit is None:
             def run(chooser):
@@ -199,20 +225,31 @@ def observations(nf_cls: type[NF], strategy: Strategy, inputs: list[Packet], cut
         read_clock |= any(res.clock_reads for _, res in hit)
         return hit
 
-    # the primary: (state, outputs[1..], choices[1..] the standby reuses, snapshot at r)
-    init = initial_state(nf_cls)
-    frontier = {(freeze_state(init), (), (), freeze_state(init) if protected == 0 else None): (init, init)}
-    for i in range(1, applied + 1):
-        nxt = {}
-        for (frozen, outs, logs, snap), (state, snapshot) in frontier.items():
-            for after, res in steps(state, i, arrivals[i - 1] if timed else 0):
-                o = outs + (tuple(res.outputs),) if i <= seen_upto else outs
-                c = logs + (tuple(res.choices),) if log_choices and i <= released else logs
-                snap_state, snap_key = (after, freeze_state(after)) if i == protected else (snapshot, snap)
-                key = (freeze_state(after), o, c, snap_key)
-                if key not in nxt:
-                    nxt[key] = (after, snap_state)
-        frontier = nxt
+    # the primary: (state, outputs[1..], choices[1..] the standby reuses, snapshot at r); the same
+    # for every crash time of a cut (remembered)
+    init = cache.get(("obs-init", nf_cls))
+    if init is None:
+        init = cache[("obs-init", nf_cls)] = initial_state(nf_cls)
+    primary_key = ("obs-primary", nf_cls, tuple(map(id, inputs)), tuple(arrivals or ()), applied, seen_upto,
+                   released if log_choices else None, protected)
+    frontier = cache.get(primary_key)
+    if frontier is None:
+        frontier = {(frozen(init), (), (), frozen(init) if protected == 0 else None): (init, init)}
+        for i in range(1, applied + 1):
+            nxt = {}
+            for (_, outs, logs, snap), (state, snapshot) in frontier.items():
+                for after, res in steps(state, i, arrivals[i - 1] if timed else 0):
+                    o = outs + (coded(res),) if i <= seen_upto else outs
+                    c = logs + (tuple(res.choices),) if log_choices and i <= released else logs
+                    snap_state, snap_key = (after, frozen(after)) if i == protected else (snapshot, snap)
+                    key = (frozen(after), o, c, snap_key)
+                    if key not in nxt:
+                        nxt[key] = (after, snap_state)
+            frontier = nxt
+        cache[primary_key] = (frontier, read_clock)
+    else:
+        frontier, primary_read = frontier
+        read_clock |= primary_read
     if replays:
         start = max(protected - 1, 0) if strategy.replay_starts_at_protected else protected
     else:
@@ -239,7 +276,7 @@ def observations(nf_cls: type[NF], strategy: Strategy, inputs: list[Packet], cut
         else:
             state = init
         # the standby: partial runs merged on (state, what was let out, the egress's last index)
-        partial = {(freeze_state(state), tuple(observed), last): state}
+        partial = {(frozen(state), tuple(observed), last): state}
         previous = failover_end
         for i in range(start + 1, n + 1):
             logged = logs[i - 1] if log_choices and i <= released else ()
@@ -255,13 +292,21 @@ def observations(nf_cls: type[NF], strategy: Strategy, inputs: list[Packet], cut
             for (_, seen, last), st in partial.items():
                 for after, res in steps(st, i, t, logged):
                     out = list(seen)
-                    new_last = deliver(i, res.outputs, out, last)
-                    key = (freeze_state(after), tuple(out), new_last)
+                    new_last = deliver(i, coded(res), out, last)
+                    key = (frozen(after), tuple(out), new_last)
                     if key not in nxt:
                         nxt[key] = after
             partial = nxt
         results.update(seen for _, seen, _ in partial)
-    return results, read_clock
+    if not decode:
+        return results, read_clock
+    table = items[1]
+    return {tuple(table[k] for k in seen) for seen in results}, read_clock
+
+
+def observed_items(step_cache: dict) -> list:
+    """The (gate, Packet) of each int in the sequences `observations(..., decode=False)` returns."""
+    return step_cache[("obs-items",)][1]
 
 
 DEFAULT_FAILOVER_SECONDS = 1  # --failover-time default: a standby takes over within a second
