@@ -54,6 +54,7 @@ from .symbolic import (TIME_WIDTH, egress_view, initial_state, outputs_differ, s
 LEMMA_SECONDS = 2.0   # time for one lockstep lemma (unproved: no harm, only slower)
 LEARNT_OFFSETS = 8     # offsets tried when a learnt reference's time is generalised
 MAX_REFINEMENTS = 32  # explained candidates learnt per failover point before giving up (unknown)
+REPLAY_LEMMA_RLIMIT = 5_000_000  # resource limit of `_replay_explained` (its statement is the same for every input)
 FIRST_PASS_RLIMIT = 1_000_000  # resource limit of a point's first try (most queries need far less; see _verify)
 TIME_LIMIT = (1 << 30) - 1  # every arrival and crash time is at most this many ticks (no wrap in TIME_WIDTH bits)
 
@@ -370,12 +371,17 @@ def _lockstep(runs: _Runs, replay, replayed: _State, i: int, replay_valid: list,
     return runs.lemmas[key]
 
 
-def _proved_false(condition, context: list, budget) -> bool:
-    solver = smt.new_solver(budget)
+def _proved_false(condition, context: list, budget, rlimit: int | None = None, answer: list | None = None) -> bool:
+    """Whether `condition` is unsatisfiable under `context`, within LEMMA_SECONDS (and `rlimit`
+    if given); `answer` (a list) receives the solver's answer."""
+    solver = smt.new_solver(budget, rlimit=rlimit)
     solver.add(*context)
-    lemma_budget = smt.Budget(timeout=min(LEMMA_SECONDS, budget.remaining()), rlimit=budget.rlimit)
+    lemma_budget = smt.Budget(timeout=min(LEMMA_SECONDS, budget.remaining()), rlimit=rlimit or budget.rlimit)
     budget.queries += 1
-    return smt.check(solver, lemma_budget, condition, unknown_ok=True) == z3.unsat
+    result = smt.check(solver, lemma_budget, condition, unknown_ok=True)
+    if answer is not None:
+        answer.append(result)
+    return result == z3.unsat
 
 
 def _violation(runs: _Runs, strategy: Strategy, n, point: _Point, log_choices, budget):
@@ -424,10 +430,14 @@ def _replay_explained(runs: _Runs, i: int, budget) -> bool:
     all step input i from the same state; there it replaces the point's conditions for input i
     (a random-drop NF under stateful.async then needs no query per failover point at all). An
     unproved lemma (a NAT remembers the choice: the states differ) costs one query per input,
-    never soundness."""
+    never soundness; one the solver gives up on (REPLAY_LEMMA_RLIMIT: wide multiplications from
+    an arbitrary state) is not tried again for the other inputs."""
     key = ("replay explained", i)
+    if runs.lemmas.get("replay lemma gave up"):  # the same lemma for another input: as hard
+        return False
     if key not in runs.lemmas:
         proved = False
+        answer: list = []
         try:
             x = _State(_arbitrary_state(runs.nf_cls, f"any{i}"))
             p, p_after = runs.step(x, i, "p")
@@ -441,10 +451,12 @@ def _replay_explained(runs: _Runs, i: int, budget) -> bool:
             outputs = outputs_differ(m.outputs, view)
             if outputs is not None:
                 differs.append(outputs)
-            proved = _proved_false(z3.Or(*differs), [p.valid, s.valid] + borrowed, budget)
+            proved = _proved_false(z3.Or(*differs), [p.valid, s.valid] + borrowed, budget, REPLAY_LEMMA_RLIMIT, answer)
         except ModelError:  # a path only an unreachable state takes: no lemma
             proved = False
         runs.lemmas[key] = proved
+        if answer == [z3.unknown]:
+            runs.lemmas["replay lemma gave up"] = True
     return runs.lemmas[key]
 
 
