@@ -18,6 +18,10 @@ Prints `RESULT <metric> <value> <unit>` lines:
   verify_fuzz.verifier.runs / .unknown / .model_errors / .slowest_seconds / .slowest_cpu_seconds /
     .median_seconds / .over_10s             (verdicts at --bound; unknown = budget hit or killed)
   verify_fuzz.enumerator.runs / .unknown / .slowest_seconds / .slowest_cpu_seconds / .over_10s
+  verify_fuzz.disagreements                 runs both decided with different verdicts: a verifier proof
+                                            where the enumerator finds a violation is a soundness bug; a
+                                            verifier counterexample the enumerator's small universe and
+                                            bound cannot reach also shows here (look at the run)
   verify_fuzz.random_drop.async.bound<N>.seconds / .cpu_seconds / .verdict / .queries
 Aims (issue 11): every verdict at bound 4 under 10 s; the random-drop case at bound 24 under 10 s;
 the enumerator under 10 s wherever the tests use it."""
@@ -199,6 +203,13 @@ def main() -> None:
     if models:
         summarise("verifier", verifier)
         summarise("enumerator", enumerator)
+        decided = ("proved", "counterexample")
+        differ = [(v, e) for v, e in zip(verifier, enumerator) if v["verdict"] in decided and e["verdict"] in decided
+                  and v["verdict"] != e["verdict"]]
+        result("verify_fuzz.disagreements", len(differ), "runs")  # the verifier's verdict against the enumerator's
+        for v, e in differ:
+            print(f"# DISAGREE: model {v['model']} {v['strategy']}: verifier {v['verdict']}, enumerator {e['verdict']}",
+                  flush=True)
 
     for b in [int(x) for x in args.drop_bounds.split(",") if x]:
         r = run_one(dict(source=RANDOM_DROP.replace("class RandomDrop", "class Generated"), strategy="stateful.async",
