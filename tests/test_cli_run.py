@@ -168,7 +168,7 @@ def test_recorder_writes_the_contract_trace(tmp_path, classify_in_place):
     header, items, interfaces = trace_items(tmp_path / "t.pcapng")
     assert (header.chain, header.strategy) == ("nat", "none")
     assert list(header.fields) == ["params", "seed", "linktype", "inside", "clock", "batch", "implementation",
-                                   "input", "t0_ns"]
+                                   "input", "t0_ns", "labels"]
     assert header.fields["seed"] == 3 and header.fields["linktype"] == 1
     with open_capture(E02) as r:
         records = list(r)
