@@ -1,8 +1,8 @@
 """Schedules: one failover run forced to a given timeline (`nfproof run CHAIN --pcap INPUTS
 --schedule FILE`), the runtime's half of an executable counterexample.
 
-`nfproof verify ... --reproduce DIR` writes a counterexample as DIR/inputs.pcap (its packets as
-frames, at their arrival times) and DIR/schedule.json; `load` reads and checks the latter. The
+`nfproof verify ... --reproduce DIR` writes a counterexample as DIR/inputs.pcapng (its packets as
+frames, at their arrival times, on the port of their side) and DIR/schedule.json; `load` reads and checks the latter. The
 format ("nfproof-schedule/1", runtime/README.md section 8) is a written contract: verify/ writes
 it with its own code, as the checker never shares the runtime's.
 
@@ -13,7 +13,7 @@ What a schedule forces, for its instance (the worker side is runtime/worker.py):
 - the crash: the primary replicates (and has acknowledged) exactly the inputs <= `protected`,
   releases the outputs of inputs <= `released`, applies inputs up to `applied` and dies by SIGKILL
   before the next one; the driver detects it as any failure and fails over;
-- the clock: the capture time of tick 0 (`t0_ns`) and the crash time (`crash_ns`), so that the
+- the clock: the capture time of tick 0 (`t0_ns`) and the crash time (`crash.time_ns`), so that the
   replacement processes inputs at max(arrival, crash + F, previous) as the counterexample says.
 The run's strategy, parameters, --log-choices, --failover-time and --inside come from it too."""
 from __future__ import annotations

@@ -77,8 +77,6 @@ def _frame(pkt, i: int) -> bytes:
     if pkt.label:
         raise ReproduceError(f"input {i} carries label {pkt.label}; labels travel beside frames and are 0 at the "
                              f"chain's ingress, so no capture holds this input")
-    if pkt.proto not in (TCP, UDP, ICMP) and (pkt.sport or pkt.dport):
-        raise ReproduceError(f"input {i} ({pkt}) has ports, which a frame of protocol {pkt.proto} does not carry")
     try:
         frame = frame_of(pkt)
     except ValueError as e:
@@ -97,7 +95,7 @@ def _ns(ticks: int, tps: int) -> int:
 
 
 def schedule(result, chain_text: str, instance: str, params: list) -> tuple[dict, list[tuple[int, bytes]]]:
-    """(schedule.json's content, [(capture time ns, frame)]) of a counterexample Result."""
+    """(schedule.json's content, [(capture time ns, inbound, frame)]) of a counterexample Result."""
     cex = result.counterexample
     run, nf = cex.run, cex.nf
     if run.strategy.mutation:
