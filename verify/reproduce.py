@@ -4,18 +4,19 @@ real runtime can replay.
 - `inputs.pcapng`: the counterexample's input packets as Ethernet/IPv4 frames (`frames.frame_of`,
   valid checksums), one per input, at its arrival time on the NF's clock (tick 0 = `t0_ns`), on
   the interface of its side (`ingress:inside`, `ingress:outside`: the runtime takes a frame's side
-  from its port, so no address needs to belong to a side); a
-  field no frame carries (a UDP packet's flags, say: the solver leaves what a model ignores at any
-  value) is set as a frame shows it and the counterexample re-executed (`framed_result`);
+  from its port, so no address needs to belong to a side). What no frame carries (a UDP
+  packet's flags, a label, a length shorter than the headers: the solver leaves what a model
+  ignores at any value) is set as a frame shows it and the counterexample re-executed
+  (`framed_result`);
 - `schedule.json`: what the run must force (format "nfproof-schedule/1", runtime/README.md
-  section 8): the strategy and settings, the crash point (inputs applied, released, protected), the crash time, and the primary's and the
-  standby's choices per input;
+  section 8): the strategy and settings, the crash point (inputs applied, released, protected),
+  the crash time, and the primary's and the standby's choices per input;
 - `README.md`: the story, and the three commands: `nfproof run --schedule` replays it on the
   runtime, `nfproof replay` judges the trace, and reports the same violation.
 
 Written here from the format's description, not with the runtime's code (verify/ never imports
-runtime/). `ReproduceError` when a counterexample has no frames that show it (a packet label,
-which travels beside frames, a length no frame has, a chain verified as one unit)."""
+runtime/). `ReproduceError` when a counterexample has no frames that show it (it needs a field
+as no frame carries it, or a chain was verified as one unit)."""
 from __future__ import annotations
 
 import json
@@ -37,14 +38,17 @@ class ReproduceError(ValueError):
 
 def as_framed(pkt):
     """The packet as a frame shows it: flags only on TCP, ports only on TCP, UDP and ICMP (one
-    identifier: an echo request's in sport, a reply's in dport)."""
-    if pkt.proto == TCP:
-        return pkt
+    identifier: an echo request's in sport, a reply's in dport), label 0 (labels travel beside
+    frames and are 0 at the chain's ingress), a length at least its headers' (a frame's length
+    is its wire length)."""
     if pkt.proto == UDP:
-        return pkt.rewrite(flags=0)
-    if pkt.proto == ICMP:
-        return pkt.rewrite(flags=0, dport=0 if pkt.sport else pkt.dport)
-    return pkt.rewrite(sport=0, dport=0, flags=0)
+        pkt = pkt.rewrite(flags=0)
+    elif pkt.proto == ICMP:
+        pkt = pkt.rewrite(flags=0, dport=0 if pkt.sport else pkt.dport)
+    elif pkt.proto != TCP:
+        pkt = pkt.rewrite(sport=0, dport=0, flags=0)
+    headers = len(frame_of(pkt.rewrite(label=0)))
+    return pkt.rewrite(label=0, length=max(pkt.length, headers))
 
 
 def framed_result(result):
@@ -72,21 +76,10 @@ def framed_result(result):
     return replace(result, counterexample=replace(cex, run=again, explanation=why))
 
 
-def _frame(pkt, i: int) -> bytes:
-    """The frame of input i: its view is the packet, its wire length the packet's length (if any)."""
-    if pkt.label:
-        raise ReproduceError(f"input {i} carries label {pkt.label}; labels travel beside frames and are 0 at the "
-                             f"chain's ingress, so no capture holds this input")
-    try:
-        frame = frame_of(pkt)
-    except ValueError as e:
-        raise ReproduceError(f"input {i}: {e}") from None
-    if pkt.length:
-        if pkt.length < len(frame):
-            raise ReproduceError(f"input {i} ({pkt}) is {pkt.length} bytes long, shorter than its headers "
-                                 f"({len(frame)} bytes)")
-        frame = frame_of(pkt, b"\0" * (pkt.length - len(frame)))
-    return frame
+def _frame(pkt) -> bytes:
+    """The frame whose view is the (framed) packet, its wire length the packet's length."""
+    frame = frame_of(pkt)  # a packet as_framed gives: its length is at least the headers'
+    return frame_of(pkt, b"\0" * (pkt.length - len(frame))) if pkt.length > len(frame) else frame
 
 
 def _ns(ticks: int, tps: int) -> int:
@@ -107,7 +100,7 @@ def schedule(result, chain_text: str, instance: str, params: list) -> tuple[dict
     tps = getattr(nf, "ticks_per_second", 1)
     timed = run.arrivals is not None
     times = [_ns(a, tps) if timed else T0_NS + i * UNTIMED_GAP_NS for i, a in enumerate(run.arrivals or run.inputs)]
-    frames = [(t, p.inbound, _frame(p, i)) for i, (t, p) in enumerate(zip(times, run.inputs), 1)]
+    frames = [(t, p.inbound, _frame(p)) for t, p in zip(times, run.inputs)]
     failover_ticks = (run.failover_end - run.crash_time) if timed else None
     doc = {
         "format": FORMAT,
