@@ -325,12 +325,15 @@ def run(args) -> int:
                                   progress, implementation=implementation, inside=inside)
             else:
                 from .runtime.failover import FailoverDriver, RunFailed
-                driver = FailoverDriver(chain, args.chain, args.param, args.seed, settings, source.linktype, inside,
-                                        recorder, args.clock, args.batch, progress)
+                from .runtime.store import StoreError
                 try:
+                    driver = FailoverDriver(chain, args.chain, args.param, args.seed, settings, source.linktype,
+                                            inside, recorder, args.clock, args.batch, progress)
                     stats = driver.run(source)
                 except RunFailed as e:
                     raise UsageError(f"the run stopped: {e}") from None
+                except StoreError as e:  # no redis-server, a --redis that does not answer
+                    raise UsageError(str(e)) from None
                 failovers, pids, store_failures = driver.failovers, driver.pids(), driver.store_failures
         except FormatError as e:
             kept = (f" (the trace {args.output} holds the {recorder.inputs} input{'' if recorder.inputs == 1 else 's'} "

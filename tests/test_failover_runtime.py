@@ -86,16 +86,20 @@ def header(trace):
 
 # -- the acceptance runs of issue 8 -------------------------------------------------------------------
 def test_none_with_a_crash_is_a_violation(capsys, tmp_path):
-    result, trace = run(capsys, tmp_path, "nat", "--param", PORTS, "--strategy", "none", "--fail", "nat@200",
+    # E02's connections run one after another; input 240 is in the middle of the one of inputs 197-265,
+    # more than the 32 inputs in flight after its start, so the primary has released some of its outputs
+    # (a crash at a connection's boundary, with its first inputs unreleased, loses nothing visible:
+    # such a run is explained, rightly).
+    result, trace = run(capsys, tmp_path, "nat", "--param", PORTS, "--strategy", "none", "--fail", "nat@240",
                         "--seed", "1")
-    f = planned(result, "before input 200")
+    f = planned(result, "before input 240")
     assert f["instance"] == "nat" and f["detected_by"] == "closed socket"
     assert f["detection_ns"] > 0 and f["takeover_ns"] > 0 and f["replica_seq"] == -1
     kinds = [e.kind for e in events(trace)]
     assert set(kinds) == {"failure", "failover", "summary"} and kinds[-1] == "summary"
     failure, failover = [e for e in events(trace) if e.kind in ("failure", "failover")][-2:]
     assert failover.fields["end_ns"] - failure.time_ns == 1_000_000_000  # F = --failover-time, default 1 s
-    assert header(trace).strategy == "none" and header(trace).fields["fail"] == ["nat@200"]
+    assert header(trace).strategy == "none" and header(trace).fields["fail"] == ["nat@240"]
     code, out = replay(capsys, trace)
     assert code == 1 and "failure of nat" in out, out
 

@@ -25,19 +25,19 @@ def cli(capsys, *args):
 
 @pytest.mark.parametrize("strategy", ["stateless.sync", "stateless.commit:8"])
 def test_a_store_restarted_without_persistence_loses_the_state_and_replay_sees_it(capsys, tmp_path, strategy):
-    trace = tmp_path / "t.pcapng"
+    trace = tmp_path / "t.pcapng"  # input 240: inside a connection (inputs 197-265), so the loss shows
     code, out, err = cli(capsys, "run", "nat", "--pcap", E02, "--param", "nat.ports=64512", "--strategy", strategy,
-                         "--fail", "store@200", "--seed", 1, "-o", trace, "--json")
+                         "--fail", "store@240", "--seed", 1, "-o", trace, "--json")
     assert code == 0, err
     result = json.loads(out)
-    assert [(f["kind"], f["before_seq"]) for f in result["store_failures"]] == [("restart", 200)]
+    assert [(f["kind"], f["before_seq"]) for f in result["store_failures"]] == [("restart", 240)]
     (failover,) = result["failovers"]
     assert failover["instance"] == "nat" and failover["cause"].startswith("its store failed")
     assert "holds no state" in failover["state_lost"]
     with read_trace(str(trace)) as t:
         events = [e for e in t if getattr(e, "kind", None) in ("store-failure", "failover")]
     assert [e.kind for e in events] == ["store-failure", "failover"]
-    assert events[0].fields["persistence"] is False and events[0].fields["before_seq"] == 200
+    assert events[0].fields["persistence"] is False and events[0].fields["before_seq"] == 240
     assert events[1].fields["state_lost"]
     code, out, err = cli(capsys, "replay", trace)
     assert code == 1 and out.startswith("error:"), out + err
@@ -45,6 +45,13 @@ def test_a_store_restarted_without_persistence_loses_the_state_and_replay_sees_i
                          "--fail", "nat@200", "--seed", 1, "-o", trace)
     assert code == 0, err
     assert cli(capsys, "replay", trace)[0] == 0  # the instance's own crash: the store keeps the state
+
+
+def test_a_missing_redis_server_is_an_input_error_with_the_fix(capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path))  # no redis-server on it
+    trace = tmp_path / "t.pcapng"
+    code, out, err = cli(capsys, "run", "nat", "--pcap", E02, "--strategy", "stateless.sync", "-o", trace)
+    assert code == 2 and "redis-server not found on PATH: install it" in err and "internal error" not in err, err
 
 
 def test_store_failures_need_the_private_store_of_a_stateless_strategy(capsys):
