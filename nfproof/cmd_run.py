@@ -90,8 +90,8 @@ def add_parser(sub):
                         "--failover-time and --inside apply unless given the same)")
     f.add_argument("--fail-random", type=positive_int, metavar="K",
                    help="K failures at crash points drawn from --seed (instance and input)")
-    f.add_argument("--heartbeat-ms", type=positive_float, default=1.0, metavar="MS",
-                   help="primaries send a heartbeat every MS ms (default 1); silence for 20 periods, or a closed "
+    f.add_argument("--heartbeat-ms", type=positive_float, default=1.0, metavar="MS",  # 50: HEARTBEAT_MISSES (tested)
+                   help="primaries send a heartbeat every MS ms (default 1); silence for 50 periods, or a closed "
                         "socket, is a failure")
     f.add_argument("--failover-time", type=duration, default=None, metavar="F",
                    help="the failover's duration on the capture clock under --clock pcap, in seconds (ms/us accepted; "

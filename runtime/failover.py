@@ -728,7 +728,7 @@ class Running:
         self.cause = ""
         self.suspected = False
         self.busy = 0                      # hops handed over whose outputs have not come back
-        self.silence_ns = 0                # how long it had been silent when heartbeats were missed                # how long it had been silent when heartbeats were missed
+        self.silence_ns = 0                # how long it had been silent when heartbeats were missed
 
 
 class FailoverDriver:
@@ -1114,7 +1114,9 @@ class FailoverDriver:
     # -- failures
     def inject(self, x: Running, seq: int) -> None:
         """--fail: kills x's primary when it is about to be handed chain input >= the planned one,
-        then waits until the failover is done."""
+        then waits until the failover is done. Every earlier input was handed over and, unless its
+        outputs wait for protection (sync, cache, commit), has been released: the crash point is the
+        same on every run, not a race with the primary's batches."""
         if self.failing:
             return
         for plan in self.settings.failures:
@@ -1124,6 +1126,9 @@ class FailoverDriver:
                     self.pump(self.period)
                 generation = x.generation
                 x.primary.flush()  # inputs before seq were handed over
+                if self.settings.strategy is None or not policy(self.settings.strategy).hold:
+                    while x.busy:
+                        self.pump(self.period)
                 self.kill(x, f"before input {seq}")
                 while x.generation == generation:
                     self.pump(self.period)

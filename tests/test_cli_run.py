@@ -522,6 +522,8 @@ def test_help_and_parser_import_no_runtime(capsys):
         main(["run", "--help"])
     out = capsys.readouterr().out
     assert "--clock {pcap,wall}" in out and "latency per packet" in out and "CPU time" in out
+    from nfproof.runtime.failover import HEARTBEAT_MISSES
+    assert f"silence for {HEARTBEAT_MISSES} periods" in " ".join(out.split())
 
 
 def test_mixed_link_types_cli(tmp_path, capsys):
