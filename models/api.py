@@ -149,6 +149,63 @@ def _masks_of(kind) -> tuple:
     return kind._masks
 
 
+_WRAPPERS: dict = {}  # kind -> its `wrapper`
+
+
+def wrapper(kind):
+    """`lambda value: wrap(kind, value)`, fast where the value holds already: an int (exactly)
+    within a Bits, a record of its kind (exactly) whose fields are ints within their widths (wrap
+    would return an equal value: it is returned as it is). Anything else goes through `wrap`, so
+    results and errors are wrap's. Cached per kind (the concrete storages call it per access)."""
+    try:
+        return _WRAPPERS[kind]
+    except (KeyError, TypeError):
+        pass
+    fast = None
+    try:
+        if isinstance(kind, Bits):
+            fast = _bits_wrapper(kind, (1 << kind.width) - 1)
+        elif isinstance(kind, type) and issubclass(kind, tuple):
+            masks = kind.__dict__.get("_masks") or _masks_of(kind)
+            if masks and all(type(m) is int for m in masks) and len(kind._fields) == len(masks):
+                fast = _record_wrapper(kind, masks)
+    except Exception:  # a kind wrap refuses: let wrap say so, at each use
+        fast = None
+    if fast is None:
+        def fast(value, kind=kind):
+            return wrap(kind, value)
+    try:
+        _WRAPPERS[kind] = fast
+    except TypeError:
+        pass
+    return fast
+
+
+def _bits_wrapper(kind, mask):
+    def wrap_bits(value):
+        if type(value) is int:
+            return value & mask
+        return wrap(kind, value)
+    return wrap_bits
+
+
+def _record_wrapper(kind, masks):
+    n = len(masks)
+    names = [f"v{k}" for k in range(n)]
+    unpack = ", ".join(names) + ("," if n == 1 else "")
+    exact = " and ".join(f"type({v}) is int" for v in names)
+    within = " and ".join(f"0 <= {v} <= {m}" for v, m in zip(names, masks))
+    source = (f"def wrap_record(value):\n"
+              f"    if type(value) is kind and len(value) == {n}:\n"
+              f"        {unpack} = value\n"
+              f"        if {exact} and {within}:\n"
+              f"            return value\n"
+              f"    return wrap(kind, value)\n")
+    namespace = {"kind": kind, "wrap": wrap}
+    exec(source, namespace)
+    return namespace["wrap_record"]
+
+
 def ip(value) -> str:
     return str(ipaddress.IPv4Address(value)) if isinstance(value, int) else str(value)
 
@@ -188,10 +245,23 @@ class Packet:
         """The packet as a gate carries it: integer fields reduced to their wire width (field
         arithmetic wraps, as on the wire and in the symbolic interpreter's bit-vectors), `inbound`
         a bool. A value of another kind is a ModelError, as in the symbolic interpreter."""
-        check_bool_field(self.inbound)
+        fields_ = self.__dict__
+        inbound = fields_["inbound"]
+        if inbound is not True and inbound is not False:
+            check_bool_field(inbound)
         new = object.__new__(type(self))
-        fields_, wrapped_ = self.__dict__, new.__dict__
-        wrapped_["inbound"] = fields_["inbound"]
+        wrapped_ = new.__dict__
+        wrapped_["inbound"] = inbound
+        proto, src, sport, dst, dport, flags_, length, label = (
+            fields_["proto"], fields_["src"], fields_["sport"], fields_["dst"], fields_["dport"], fields_["flags"],
+            fields_["length"], fields_["label"])
+        if (type(proto) is int and type(src) is int and type(sport) is int and type(dst) is int
+                and type(dport) is int and type(flags_) is int and type(length) is int and type(label) is int):
+            wrapped_["proto"], wrapped_["src"], wrapped_["sport"], wrapped_["dst"] = (
+                proto & 0xFF, src & 0xFFFFFFFF, sport & 0xFFFF, dst & 0xFFFFFFFF)
+            wrapped_["dport"], wrapped_["flags"], wrapped_["length"], wrapped_["label"] = (
+                dport & 0xFFFF, flags_ & 0xFF, length & 0xFFFF, label & 0xFFFF)
+            return new
         for f, mask in _FIELD_MASKS:
             wrapped_[f] = check_int_field(f, fields_[f]) & mask
         return new
@@ -220,10 +290,33 @@ def check_int_field(name: str, value):
 
 
 PACKET_FIELDS = tuple(f.name for f in fields(Packet))
+
+
+def _packet_init(self, proto=TCP, src=0, sport=0, dst=0, dport=0, flags=0, inbound=False, length=0, label=0):
+    """The dataclass's __init__ (same parameters, defaults and attributes), without its nine
+    object.__setattr__ calls (the runtime's generic path makes a Packet per frame)."""
+    d = self.__dict__
+    d["proto"] = proto
+    d["src"] = src
+    d["sport"] = sport
+    d["dst"] = dst
+    d["dport"] = dport
+    d["flags"] = flags
+    d["inbound"] = inbound
+    d["length"] = length
+    d["label"] = label
+
+
+assert PACKET_FIELDS == ("proto", "src", "sport", "dst", "dport", "flags", "inbound", "length", "label")
+assert tuple(f.default for f in fields(Packet)) == _packet_init.__defaults__
+_packet_init.__qualname__, _packet_init.__module__ = "Packet.__init__", Packet.__module__
+Packet.__init__ = _packet_init
 PACKET_WIDTHS = {"proto": 8, "src": 32, "sport": 16, "dst": 32, "dport": 16, "flags": 8,
                  "length": 16, "label": 16}  # inbound: bool
 _FIELD_SET = frozenset(PACKET_FIELDS)
 _FIELD_MASKS = tuple((f, (1 << w) - 1) for f, w in PACKET_WIDTHS.items())
+assert _FIELD_MASKS == (("proto", 0xFF), ("src", 0xFFFFFFFF), ("sport", 0xFFFF), ("dst", 0xFFFFFFFF),
+                        ("dport", 0xFFFF), ("flags", 0xFF), ("length", 0xFFFF), ("label", 0xFFFF))  # Packet.wrapped
 
 
 def flags(text: str) -> int:

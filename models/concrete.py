@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
 from .api import (INTERPRETER_FILES, MAX_CHOICE_WIDTH, NF, Domain, Map, MapStorage, ModelError, Packet, Set, model_code,
-                  wrap)
+                  wrap, wrapper)
 
 INTERPRETER_FILES.add(__file__)
 
@@ -31,6 +31,9 @@ def unsupported(what: str, instead: str, base=None):
 _handlers_running = 0
 
 
+_dict_get, _dict_contains, _dict_set, _dict_pop = dict.get, dict.__contains__, dict.__setitem__, dict.pop
+_set_contains, _set_add, _set_discard = set.__contains__, set.add, set.discard
+
 NO_ITERATION = "keep what you need in a Counter or another Map, and look keys up with `k in m` / m.get(k)"
 
 
@@ -41,13 +44,14 @@ class DictMap(dict, MapStorage):
         super().__init__(items)
         self.decl = decl
         self._counted: dict = {}  # (base, size) -> keys in that range, kept for count_in
+        self._wrap_key, self._wrap_value = wrapper(decl.key), wrapper(decl.value)  # wrap(decl.key, .), fast
 
     def get(self, key, default=None):
-        return dict.get(self, wrap(self.decl.key, key), default)
+        return _dict_get(self, self._wrap_key(key), default)
 
     def __getitem__(self, key):
-        k = wrap(self.decl.key, key)
-        if not dict.__contains__(self, k):
+        k = self._wrap_key(key)
+        if not _dict_contains(self, k):
             raise ModelError(f"{self.decl.name}[key] of an absent key; test `key in m` first or use m.get(key)")
         return dict.__getitem__(self, k)
 
@@ -58,19 +62,19 @@ class DictMap(dict, MapStorage):
     __len__ = unsupported("len() of a Map", "count the entries in a Counter", dict.__len__)
 
     def __contains__(self, key) -> bool:
-        return dict.__contains__(self, wrap(self.decl.key, key))
+        return _dict_contains(self, self._wrap_key(key))
 
     def __setitem__(self, key, value):
-        k = wrap(self.decl.key, key)
-        if self._counted and not dict.__contains__(self, k):
+        k = self._wrap_key(key)
+        if self._counted and not _dict_contains(self, k):
             _count(self._counted, k, 1)
-        dict.__setitem__(self, k, wrap(self.decl.value, value))
+        _dict_set(self, k, self._wrap_value(value))
 
     def __delitem__(self, key):  # deleting an absent key is a no-op, as in the symbolic arrays
-        k = wrap(self.decl.key, key)
-        if self._counted and dict.__contains__(self, k):
+        k = self._wrap_key(key)
+        if self._counted and _dict_contains(self, k):
             _count(self._counted, k, -1)
-        dict.pop(self, k, None)
+        _dict_pop(self, k, None)
 
     def absent_from(self, values, kind) -> Domain:
         pool = (values.start, len(values)) if isinstance(values, range) and values.step == 1 else None
@@ -99,24 +103,25 @@ class PySet(set, MapStorage):
         super().__init__(items)
         self.decl = decl
         self._counted: dict = {}
+        self._wrap_key = wrapper(decl.key)
 
     def __contains__(self, key) -> bool:
-        return set.__contains__(self, wrap(self.decl.key, key))
+        return _set_contains(self, self._wrap_key(key))
 
     def add(self, key):
-        k = wrap(self.decl.key, key)
-        if self._counted and not set.__contains__(self, k):
+        k = self._wrap_key(key)
+        if self._counted and not _set_contains(self, k):
             _count(self._counted, k, 1)
-        set.add(self, k)
+        _set_add(self, k)
 
     def discard(self, key):
-        k = wrap(self.decl.key, key)
-        if self._counted and set.__contains__(self, k):
+        k = self._wrap_key(key)
+        if self._counted and _set_contains(self, k):
             _count(self._counted, k, -1)
-        set.discard(self, k)
+        _set_discard(self, k)
 
     def remove(self, key):
-        k = wrap(self.decl.key, key)
+        k = self._wrap_key(key)
         if not set.__contains__(self, k):
             raise ModelError(f"{self.decl.name}.remove(x) of an absent member; test `x in s` first or use discard(x)")
         self.discard(k)
@@ -240,13 +245,20 @@ class ConcreteContext:
         self.result.drops.append(reason)
 
 
+def _time_zero() -> int:
+    return 0
+
+
+_MODEL_CODE = model_code()  # holds nothing: one serves every step
+
+
 def step(nf_cls: type[NF], state: dict, pkt: Packet, chooser, clock: Callable[[], int] | None = None) -> StepResult:
     """Apply one packet to `state` in place. `clock` answers now() (default: time 0)."""
     global _handlers_running
-    ctx = ConcreteContext(chooser, clock or (lambda: 0), nf_cls.gates)
+    ctx = ConcreteContext(chooser, clock or _time_zero, nf_cls.gates)
     _handlers_running += 1
     try:
-        with model_code():
+        with _MODEL_CODE:
             nf_cls(state).handle(pkt, ctx)
     finally:
         _handlers_running -= 1

@@ -19,7 +19,7 @@ crash time (`crash_window`).
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 STRATEGY_FORMS = ("none", "stateful.checkpoint:N", "stateful.async", "stateful.sync", "stateful.commit:B",
                   "stateless.sync", "stateless.async", "stateless.batch:B", "stateless.cache", "stateless.commit:B")
@@ -53,6 +53,8 @@ class Strategy:
     name: str            # e.g. "stateful.commit"
     param: int | None = None
     mutation: str | None = None  # one of MUTATIONS: a deliberately broken protocol
+    replay_input: bool = True    # False (--no-replay-input): the upstream keeps nothing, inputs past r are lost
+    dedup: bool = True           # False (--no-dedup): the egress lets duplicates out after a failover
 
     @classmethod
     def parse(cls, text: str) -> "Strategy":
@@ -68,12 +70,18 @@ class Strategy:
 
     def __str__(self) -> str:
         text = self.name if self.param is None else f"{self.name}:{self.param}"
+        text += "".join(f" {flag}" for flag, on in (("--no-replay-input", not self.replay_input),
+                                                    ("--no-dedup", not self.dedup)) if on)
         return text + (f" (mutation: {self.mutation})" if self.mutation else "")
 
     def mutated(self, mutation: str) -> "Strategy":
         if mutation not in MUTATIONS:
             raise StrategyError(f"unknown mutation {mutation!r}; valid: {', '.join(MUTATIONS)}")
-        return Strategy(self.name, self.param, mutation)
+        return replace(self, mutation=mutation)
+
+    def switched(self, replay_input: bool = True, dedup: bool = True) -> "Strategy":
+        """The same strategy with the protocol switches --no-replay-input / --no-dedup as given."""
+        return replace(self, replay_input=replay_input, dedup=dedup)
 
     @property
     def replay_starts_at_protected(self) -> bool:
@@ -140,8 +148,8 @@ class Strategy:
         (`crash_window`)."""
         out: dict[tuple, tuple[Cut, int]] = {}
         for cut in self.cuts(n):
-            for r in cut.protected:
-                key = (cut.released, r, cut.applied) if timed else (cut.released, r)
+            for r in cut.protected:  # (inputs lost without replay, up to `applied`, tell points apart too)
+                key = (cut.released, r, cut.applied) if timed or not self.replay_input else (cut.released, r)
                 first, _ = out.get(key, (cut, cut.k))
                 out[key] = (first, cut.k)
         return out
@@ -156,6 +164,14 @@ class Strategy:
         lower = events[first_k - 1][1] if first_k > 0 else None
         upper = events[last_k][1] if last_k < len(events) else None
         return lower, upper
+
+    def replay_start(self, released: int, r: int) -> int:
+        """The standby takes over after this input: r (r - 1 under the replay-protected-input bug),
+        or under `none` the last released one. Without input replay the inputs after it that the
+        primary had been handed are lost; with it the upstream replays them."""
+        if not self.replays_from_protected:
+            return released
+        return max(r - 1, 0) if self.replay_starts_at_protected else r
 
     @property
     def replays_from_protected(self) -> bool:

@@ -5,11 +5,10 @@ import json
 import os
 import sys
 
-from .cmd_verify import duration, positive_int
+from .cmd_verify import add_equivalence_options, duration, positive_int
 from .errors import OK, UNKNOWN, USAGE, VIOLATION, UsageError
 
 EXIT = {"explained": OK, "violation": VIOLATION, "unknown": UNKNOWN}
-EQUIVALENCES = ("strict", "per-flow", "loss-at-failover")
 
 
 def _duration_ns(text: str) -> int:
@@ -35,10 +34,7 @@ def add_parser(sub):
                    help="the chain, e.g. firewall>nat>lb (default: the trace's; must match it)")
     p.add_argument("--param", action="append", default=[], metavar="NF.NAME=VALUE",
                    help="a model parameter (adds to and overrides the trace's), e.g. nat.ports=64512 (repeatable)")
-    p.add_argument("--equivalence", choices=EQUIVALENCES, default="strict",
-                   help="strict: each egress sees exactly a failure-free sequence; per-flow: order within a flow "
-                        "only; loss-at-failover: packets in flight at a crash may be missing (default strict)")
-    p.add_argument("--allow-duplicates", action="store_true", help="an output repeated on an egress is not a violation")
+    add_equivalence_options(p)
     p.add_argument("--max-stall", metavar="S", type=_duration_ns,
                    help="how late a failure-free run may process an input, in seconds (ms/us accepted; default: the "
                         "trace's failover time, else 1 s)")

@@ -14,6 +14,16 @@ from .models.api import ParamError
 from .models.strategy import MUTATIONS, STRATEGY_FORMS, Strategy, StrategyError
 from .errors import OK, UNKNOWN, VIOLATION, UsageError
 
+EQUIVALENCES = ("strict", "per-flow", "loss-at-failover")  # verify/equivalence.py RELATIONS (tested)
+
+
+def add_equivalence_options(p) -> None:
+    """--equivalence and --allow-duplicates, the same for `nfproof verify` and `nfproof replay`."""
+    p.add_argument("--equivalence", choices=EQUIVALENCES, default="strict",
+                   help="strict: each egress sees exactly a failure-free sequence; per-flow: order within a flow "
+                        "only; loss-at-failover: packets in flight at a crash may be missing (default strict)")
+    p.add_argument("--allow-duplicates", action="store_true", help="an output repeated on an egress is not a violation")
+
 ALL_STRATEGIES = ("none", "stateful.checkpoint:4", "stateful.async", "stateful.sync", "stateful.commit:4",
                   "stateless.sync", "stateless.async", "stateless.batch:4", "stateless.cache", "stateless.commit:4")
 
@@ -96,8 +106,8 @@ def ticks(nf_cls, seconds, option: str) -> int | None:
 def add_parser(sub):
     p = sub.add_parser(
         "verify", help="prove failover equivalence or find a counterexample",
-        description="Bounded proof that CHAIN under a state-management strategy keeps strict output "
-                    "equivalence for every input sequence up to --bound packets, every crash point and every "
+        description="Bounded proof that CHAIN under a state-management strategy keeps output equivalence "
+                    "(strict by default) for every input sequence up to --bound packets, every crash point and every "
                     "nondeterministic choice; or a shortest counterexample.",
         epilog=f"strategies: {', '.join(STRATEGY_FORMS)}, or 'all' (all ten, as one table). "
                "exit codes: 0 proved, 1 counterexample, 2 usage error, 3 unknown (budget hit)")
@@ -118,6 +128,12 @@ def add_parser(sub):
                         "(default: the failover time)")
     p.add_argument("--log-choices", action="store_true",
                    help="the primary logs its choices before releasing; the standby reuses them")
+    add_equivalence_options(p)
+    p.add_argument("--no-replay-input", action="store_true",
+                   help="the protocol as `nfproof run --no-replay-input` runs it: after a failover the upstream replays "
+                        "nothing, so inputs the protected state does not cover are lost")
+    p.add_argument("--no-dedup", action="store_true",
+                   help="the protocol as `nfproof run --no-dedup` runs it: the egress lets duplicates out after a failover")
     p.add_argument("--unbounded", action="store_true",
                    help="after the bounded proof, prove it for every number of packets (induction), else unknown")
     p.add_argument("--mutation", choices=sorted(MUTATIONS), metavar="BUG",
@@ -151,8 +167,11 @@ def run(args) -> int:
         strategies = [Strategy.parse(s) for s in ALL_STRATEGIES] if args.strategy == "all" else [Strategy.parse(args.strategy)]
     except StrategyError as e:
         raise UsageError(str(e)) from None
+    strategies = [s.switched(not args.no_replay_input, not args.no_dedup) for s in strategies]
     if args.mutation:
         strategies = [s.mutated(args.mutation) for s in strategies]
+    from .verify.equivalence import Equivalence
+    eq = Equivalence(args.equivalence, args.allow_duplicates)
     failover_time = ticks(nf_cls, args.failover_time, "--failover-time")
     max_stall = ticks(nf_cls, args.max_stall, "--max-stall")
 
@@ -170,11 +189,14 @@ def run(args) -> int:
         print("note: the chain is verified as one failing unit (its instances crash and fail over together); "
               "one instance crashing while the others run is not verified yet", file=sys.stderr)
     if args.property:
+        if eq.relation != "strict" or eq.allow_duplicates or args.no_replay_input or args.no_dedup:
+            raise UsageError("--property checks the model's own property over the default protocol: drop "
+                             "--equivalence, --allow-duplicates, --no-replay-input and --no-dedup")
         return _run_properties(args, nf_cls, strategies)
     results = []
     for strategy in strategies:
         result = verify_failover(nf_cls, strategy, args.bound, Budget(timeout=args.timeout), args.log_choices, progress,
-                                 args.unbounded, failover_time, max_stall)
+                                 args.unbounded, failover_time, max_stall, eq)
         if show_progress:
             print("\r\033[K", end="", file=sys.stderr)
         results.append(result)
@@ -199,7 +221,7 @@ def run(args) -> int:
             print(f"error: {error_line(r)}\n\n{story(r)}\n\nreproduce (Python):\n{reproduction(r)}")
         elif r.verdict == "proved":
             length = "of any length" if r.unbounded else f"of up to {r.bound} packets"
-            print(f"proved: {r.nf} under {r.strategy} keeps strict output equivalence for every input sequence "
+            print(f"proved: {r.nf} under {r.strategy} keeps {eq} output equivalence for every input sequence "
                   f"{length}, every crash point and every choice"
                   + (f", every arrival and crash time below 2^30 ticks" if r.stats.get("clock") else "") +
                   f" ({r.seconds:.2f} s); "

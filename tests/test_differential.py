@@ -33,6 +33,7 @@ from nfproof.models.concrete import copy_state, initial_state as concrete_initia
 from nfproof.models.strategy import Strategy
 from nfproof.verify import symbolic as S
 from nfproof.verify.enumerate import enumerate_failover
+from nfproof.verify.equivalence import Equivalence
 from nfproof.verify.failover import verify_failover
 from nfproof.verify.solver import Budget
 
@@ -365,21 +366,24 @@ def step_examples(draw, min_inputs: int = 1, max_inputs: int = 4, **model_args):
 # -- verdict equivalence ---------------------------------------------------------------------------
 
 def check_verdicts(model, universe: list[Packet], bound: int, cases, budget_seconds: float = 20.0):
-    """verify_failover against enumerate_failover for each (strategy, log_choices) in `cases`."""
+    """verify_failover against enumerate_failover for each (strategy, log_choices) or (strategy,
+    log_choices, Protocol) in `cases`."""
     TALLY.verdict_examples += 1
-    for text, log in cases:
+    for text, log, *variant in cases:
         TALLY.verdict_checks += 1
-        strategy = Strategy.parse(text)
-        where = f"{text}{' --log-choices' if log else ''} at bound {bound}, universe {universe}"
+        protocol = variant[0] if variant else Protocol()
+        strategy = Strategy.parse(text).switched(protocol.replay_input, protocol.dedup)
+        eq = protocol.eq
+        where = f"{strategy}{' --log-choices' if log else ''} under {eq} at bound {bound}, universe {universe}"
         try:
-            explicit = enumerate_failover(model.nf, strategy, bound, universe, log)
+            explicit = enumerate_failover(model.nf, strategy, bound, universe, log, eq=eq)
             explicit_error = None
         except ModelError as e:
             explicit, explicit_error = None, e
         except Exception as e:
             fail(model, f"{where}: the enumerator crashed: {type(e).__name__}: {e}")
         try:
-            result = verify_failover(model.nf, strategy, bound, Budget(timeout=budget_seconds), log_choices=log)
+            result = verify_failover(model.nf, strategy, bound, Budget(timeout=budget_seconds), log_choices=log, eq=eq)
         except ModelError as e:
             TALLY.verdict_model_errors += 1  # the step property judges which side is right
             continue
@@ -417,10 +421,32 @@ def check_verdicts(model, universe: list[Packet], bound: int, cases, budget_seco
                         f"{result.counterexample.run.observed_outputs}) lies in the universe, the enumerator finds none")
         TALLY.verdict_widened += 1
         widened = universe + [p for p in dict.fromkeys(inputs) if p not in universe]
-        if enumerate_failover(model.nf, strategy, len(inputs), widened, log) is None:
+        if enumerate_failover(model.nf, strategy, len(inputs), widened, log, eq=eq) is None:
             fail(model, f"{where}: Z3's counterexample {inputs} is not found by the enumerator even with its inputs "
                         f"in the universe")
         TALLY.verdict_counterexamples += 1
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """The protocol switches and the equivalence of a verdict check."""
+    replay_input: bool = True
+    dedup: bool = True
+    eq: Equivalence = Equivalence()
+
+
+PROTOCOLS = [Protocol(replay_input=False), Protocol(dedup=False),
+             Protocol(replay_input=False, eq=Equivalence("loss-at-failover")),
+             Protocol(dedup=False, eq=Equivalence("strict", allow_duplicates=True)),
+             Protocol(eq=Equivalence("per-flow")), Protocol(eq=Equivalence("loss-at-failover")),
+             Protocol(replay_input=False, dedup=False, eq=Equivalence("loss-at-failover", allow_duplicates=True))]
+
+
+@st.composite
+def protocol_examples(draw):
+    """verdict_examples under protocol switches and equivalences other than the default."""
+    model, universe, bound, cases = draw(verdict_examples())
+    return model, universe, bound, [(s, log, draw(st.sampled_from(PROTOCOLS))) for s, log in cases]
 
 
 @st.composite
@@ -456,6 +482,15 @@ def test_symbolic_step_equals_concrete_step(example):
 @settings(max_examples=12, **BOUNDED)
 @given(verdict_examples())
 def test_verify_failover_agrees_with_enumeration(example):
+    model, universe, bound, cases = example
+    check_verdicts(model, universe, bound, cases)
+
+
+@settings(max_examples=12, **BOUNDED)
+@given(protocol_examples())
+def test_verify_failover_agrees_with_enumeration_under_switches_and_equivalences(example):
+    """--no-replay-input, --no-dedup, loss-at-failover, per-flow, duplicates allowed: the same
+    agreement (a proof the enumerator refutes is a false proof)."""
     model, universe, bound, cases = example
     check_verdicts(model, universe, bound, cases)
 

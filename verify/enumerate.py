@@ -27,7 +27,9 @@ from dataclasses import dataclass, field
 from ..models.api import NF, Packet
 from ..models.concrete import backtrack
 from ..models.strategy import Strategy
-from .simulate import Explanation, FailoverRun, default_failover_ticks, explain, observations, observed_items, simulate
+from .equivalence import STRICT, Equivalence, in_flight
+from .simulate import (Explanation, FailoverRun, default_failover_ticks, explain, lost, observations, observed_items,
+                       simulate)
 
 
 @dataclass
@@ -52,7 +54,7 @@ def enumerate_failover(nf_cls: type[NF], strategy: Strategy, bound: int, univers
                        log_choices: bool = False, stats: EnumerationStats | None = None,
                        failover_time: int | None = None, max_stall: int | None = None,
                        gaps: tuple[int, ...] | None = None, horizon: int | None = None,
-                       exhaustive: bool = False) -> Violation | None:
+                       exhaustive: bool = False, eq: Equivalence = STRICT) -> Violation | None:
     """The first (hence a shortest) failover run whose observed outputs no failure-free execution
     produces, or None. Times are in the NF's ticks; `failover_time` defaults as in the failover
     check (one second), `max_stall` to the failover time. `gaps` forces timed enumeration.
@@ -62,7 +64,8 @@ def enumerate_failover(nf_cls: type[NF], strategy: Strategy, bound: int, univers
     shape with an unexplained one is then run choice combination by choice combination, to
     return the first unexplained run in the same order as before. `exhaustive` runs every shape
     that way (the original enumeration: one simulate per combination of choices), and `stats.runs`
-    counts runs there, distinct observations otherwise."""
+    counts runs there, distinct observations otherwise. `eq`: the equivalence runs are judged by
+    (under loss-at-failover the inputs in flight at the crash may have been lost)."""
     if failover_time is None:
         failover_time = default_failover_ticks(nf_cls)
     if max_stall is None:
@@ -70,12 +73,12 @@ def enumerate_failover(nf_cls: type[NF], strategy: Strategy, bound: int, univers
     stats = stats if stats is not None else EnumerationStats()
     if gaps is None:
         try:
-            return _enumerate(nf_cls, strategy, bound, universe, log_choices, stats, None, exhaustive)
+            return _enumerate(nf_cls, strategy, bound, universe, log_choices, stats, None, exhaustive, eq)
         except _ClockRead:
             gaps = DEFAULT_GAPS
     horizon = horizon if horizon is not None else failover_time + max_stall + max(gaps) + 1
     return _enumerate(nf_cls, strategy, bound, universe, log_choices, stats, (gaps, failover_time, max_stall, horizon),
-                      exhaustive)
+                      exhaustive, eq)
 
 
 class _ClockRead(Exception):
@@ -84,17 +87,17 @@ class _ClockRead(Exception):
 
 def _standby_times(strategy, cut, r, arrivals, crash_time, failover_time, log_choices):
     """When the standby processes each input it handles (what a crash time changes in a run)."""
-    start = (max(r - 1, 0) if strategy.replay_starts_at_protected else r) if strategy.replays_from_protected \
-        else cut.released
     out, previous = [], crash_time + failover_time
-    for i in range(start + 1, len(arrivals) + 1):
+    for i in range(strategy.replay_start(cut.released, r) + 1, len(arrivals) + 1):
+        if lost(strategy, cut, i):
+            continue
         t = arrivals[i - 1] if log_choices and i <= cut.applied else max(arrivals[i - 1], previous)
         previous = max(previous, t)
         out.append(t)
     return tuple(out)
 
 
-def _enumerate(nf_cls, strategy, bound, universe, log_choices, stats, timing, exhaustive=False):
+def _enumerate(nf_cls, strategy, bound, universe, log_choices, stats, timing, exhaustive=False, eq=STRICT):
     memo, step_cache = {}, {}
     failover_time, max_stall = (timing[1], timing[2]) if timing else (0, 0)
     for n in range(1, bound + 1):
@@ -114,6 +117,7 @@ def _enumerate(nf_cls, strategy, bound, universe, log_choices, stats, timing, ex
                         low = arrivals[timeline[cut.k - 1][1] - 1] if cut.k > 0 else 0
                         high = arrivals[timeline[cut.k][1] - 1] if cut.k < len(timeline) else low + horizon
                         crash_times = range(low, high + 1)
+                    lossable = tuple(in_flight(cut.released, cut.applied)) if eq.lossy else ()
                     for r in cut.protected:
                         for crash_time in crash_times:
                             shape = (cut.applied, cut.released, r, arrivals and _standby_times(
@@ -134,12 +138,12 @@ def _enumerate(nf_cls, strategy, bound, universe, log_choices, stats, timing, ex
                                 stats.runs += len(seen)
                                 unexplained = False
                                 for codes in seen:  # (any order: the verdict is whether one is unexplained)
-                                    key = ("coded", seq_ids, tuple(arrivals or ()), codes)
+                                    key = ("coded", seq_ids, tuple(arrivals or ()), codes, lossable)
                                     if key not in memo:
                                         stats.explained += 1
                                         items = observed_items(step_cache)
                                         memo[key] = explain(nf_cls, inputs, [items[c] for c in codes], arrivals, max_stall,
-                                                            step_cache=step_cache)
+                                                            step_cache=step_cache, eq=eq, lossable=lossable)
                                     if timing is None and memo[key].read_clock:
                                         raise _ClockRead()
                                     unexplained |= not memo[key].explained
@@ -149,11 +153,11 @@ def _enumerate(nf_cls, strategy, bound, universe, log_choices, stats, timing, ex
                                 stats.runs += 1
                                 if timing is None and failover.read_clock:
                                     raise _ClockRead()
-                                key = (seq, tuple(arrivals or ()), tuple(failover.observed_outputs))
+                                key = (seq, tuple(arrivals or ()), tuple(failover.observed_outputs), lossable)
                                 if key not in memo:
                                     stats.explained += 1
                                     memo[key] = explain(nf_cls, inputs, failover.observed_outputs, arrivals, max_stall,
-                                                        step_cache=step_cache)
+                                                        step_cache=step_cache, eq=eq, lossable=lossable)
                                 explanation = memo[key]
                                 if timing is None and explanation.read_clock:
                                     raise _ClockRead()

@@ -47,6 +47,15 @@ class Equivalence:
         return self.relation + (" (duplicates allowed)" if self.allow_duplicates else "")
 
 
+STRICT = Equivalence()
+
+
+def in_flight(released: int, handed: int) -> range:
+    """The inputs (1-based) in flight at a crash of a failover run: handed to the instance, their
+    outputs not released. Under loss-at-failover a failure-free execution may have lost them."""
+    return range(released + 1, handed + 1)
+
+
 def default_flow(item) -> Hashable:
     """The 5-tuple of a Packet-like item (proto, src, sport, dst, dport), else the item itself."""
     flow = getattr(item, "flow", None)

@@ -42,12 +42,13 @@ from dataclasses import dataclass, field
 
 import z3
 
-from ..models.api import NF, ModelError, Packet, Pool, TCP, UDP, addr, flags
+from ..models.api import NF, PACKET_FIELDS, ModelError, Packet, Pool, TCP, UDP, addr, flags
 from ..models.concrete import scripted, seeded
 from ..models.strategy import Strategy
 from . import solver as smt
 from .induction import _arbitrary_state, prove_unbounded, reads_clock
-from .simulate import Explanation, FailoverRun, default_failover_ticks, explain, simulate
+from .equivalence import STRICT, Equivalence, in_flight
+from .simulate import Explanation, FailoverRun, default_failover_ticks, explain, lost, simulate
 from .symbolic import (TIME_WIDTH, egress_view, initial_state, outputs_differ, sequence_differs, step,
                        symbolic_packet)
 
@@ -66,6 +67,7 @@ class Counterexample:
     explanation: Explanation
     log_choices: bool
     max_stall: int = 0               # S, in ticks (the failover time F is in the run)
+    eq: Equivalence = STRICT         # the equivalence no failure-free execution meets
 
 
 @dataclass
@@ -133,6 +135,7 @@ class _Runs:
         self.learnt = 0  # reference runs learnt from explained candidates
         self.lemmas: dict = {}  # (replayed state, primary state, crash window) -> proved equal
         self.read_clock = False  # some step built so far called now()
+        self.eq = STRICT  # the equivalence the check keeps
 
     def arrival(self, i: int):
         return self.arrivals[i - 1]
@@ -212,11 +215,13 @@ def _missed_clock():
 
 def verify_failover(nf_cls: type[NF], strategy: Strategy, bound: int, budget: smt.Budget | None = None,
                     log_choices: bool = False, progress=None, unbounded: bool = False,
-                    failover_time: int | None = None, max_stall: int | None = None) -> Result:
+                    failover_time: int | None = None, max_stall: int | None = None, eq: Equivalence = STRICT) -> Result:
     """Bounded check up to `bound` packets; with `unbounded`, a bounded proof must then extend to
     every length (verify/induction.py) or the verdict is unknown. Times are in the NF's clock
     ticks (`ticks_per_second`): `failover_time` F defaults to one second, `max_stall` S to F;
-    they matter only for an NF that reads the clock."""
+    they matter only for an NF that reads the clock. `eq`: the output equivalence kept (the
+    reference run is built as for strict, which implies the others, and a candidate is judged
+    under `eq` by the concrete search; what the reference lost or passed over is learnt)."""
     budget = budget or smt.Budget()
     if failover_time is None:
         failover_time = default_failover_ticks(nf_cls)
@@ -229,14 +234,16 @@ def verify_failover(nf_cls: type[NF], strategy: Strategy, bound: int, budget: sm
     while True:
         try:
             return _verify(nf_cls, strategy, bound, budget, log_choices, progress, unbounded, clocked,
-                           failover_time, max_stall)
+                           failover_time, max_stall, eq)
         except _ClockMissed:
             clocked = True
 
 
-def _verify(nf_cls, strategy, bound, budget, log_choices, progress, unbounded, clocked, failover_time, max_stall):
+def _verify(nf_cls, strategy, bound, budget, log_choices, progress, unbounded, clocked, failover_time, max_stall, eq):
     result = Result("unknown", nf_cls.name, str(strategy) + (" --log-choices" if log_choices else ""), bound)
     runs, undecided, queries_skipped = _Runs(nf_cls, bound, clocked, failover_time, max_stall), [], 0
+    runs.eq = eq
+    result.stats["equivalence"] = str(eq)
     if clocked:
         result.stats.update(clock=True, failover_time=failover_time, max_stall=max_stall)
     try:
@@ -279,7 +286,11 @@ def _verify(nf_cls, strategy, bound, budget, log_choices, progress, unbounded, c
             result.verdict = "proved"
             result.stats["witnessed"] = list(REACHABILITY_TWINS)
             result.stats["unexercised_gates"] = _unexercised_gates(runs, bound, budget)
-            if unbounded:
+            if unbounded and not (strategy.replay_input and strategy.dedup):
+                result.verdict = "unknown"
+                result.reason = (f"proved up to {bound} packets; the proof for every length covers the protocol "
+                                 f"with input replay and duplicate suppression only")
+            elif unbounded:  # (strict, which implies the weaker relations)
                 induction = prove_unbounded(nf_cls, strategy, log_choices, budget)
                 result.unbounded = induction.proved
                 result.stats["induction"] = induction.reason
@@ -308,7 +319,10 @@ def _failover_run(runs: _Runs, strategy: Strategy, n, point: _Point, log_choices
     """The observed run of one failover point: (assumptions on the choices made and on the times,
     ids of the steps they cover, per-input observed outputs, per-input choice names of the
     standby, last input whose outputs came from the primary, for replayed released inputs the
-    condition that a replayed output got past the egress, and per-input standby times)."""
+    condition that a replayed output got past the egress, per-input standby times, the states the
+    standby stepped from, and under --no-dedup the replayed outputs of released inputs, which the
+    egress lets out again after everything released before the crash). Inputs lost for want of
+    replay (--no-replay-input) have no step; the reference borrows the primary's choices there."""
     released, r, applied = point.released, point.r, point.cut.applied
     assumed, assumptions = set(), runs.time_constraints(n, point.window)
     for i in range(1, min(applied, n) + 1):
@@ -318,15 +332,20 @@ def _failover_run(runs: _Runs, strategy: Strategy, n, point: _Point, log_choices
     seen_upto = max(released, r)  # outputs of inputs <= this were released by the primary (or from its protected record)
     observed = {i: runs.primary(i).outputs if i <= released or strategy.standby_releases_protected else []
                 for i in range(1, seen_upto + 1)}
+    start = strategy.replay_start(released, r)
     if strategy.replays_from_protected:
         runs.primary(r)
-        state, start = runs.primary_states[r], r
-        if strategy.replay_starts_at_protected:
-            start = max(r - 1, 0)
+        state = runs.primary_states[r]
     else:
-        state, start = runs.init, released
+        state = runs.init
     sources, leaks, replay_valid, times, pre = {}, {}, [], {}, {}
+    dups = {}  # under --no-dedup: the replayed outputs of released inputs, let out again
     for i in range(start + 1, n + 1):
+        if lost(strategy, point.cut, i):  # the primary's choices stand in for it in the reference
+            sources[i] = "p"
+            if i > seen_upto:
+                observed[i] = []
+            continue
         sources[i] = "p" if log_choices and i <= released else "s"
         times[i] = runs.standby_time(i, log_choices and i <= applied) if runs.clocked else None
         pre[i] = state
@@ -342,10 +361,12 @@ def _failover_run(runs: _Runs, strategy: Strategy, n, point: _Point, log_choices
             same_outputs, same_state = _lockstep(runs, s, state, i, replay_valid, point, n, budget)
             if same_state:
                 state = runs.primary_states[i]
-            if not same_outputs:
+            if not strategy.dedup:
+                dups[i] = s.outputs
+            elif not same_outputs:
                 later = [runs.primary(k).outputs[0].present for k in range(i + 1, released + 1) if runs.primary(k).outputs]
                 observed[i], leaks[i] = egress_view(observed[i], s.outputs, z3.Or(*later) if later else z3.BoolVal(False))
-    return assumptions, assumed, observed, sources, seen_upto, leaks, times, pre
+    return assumptions, assumed, observed, sources, seen_upto, leaks, times, pre, dups
 
 
 def _lockstep(runs: _Runs, replay, replayed: _State, i: int, replay_valid: list, point: _Point, n: int,
@@ -390,7 +411,7 @@ def _violation(runs: _Runs, strategy: Strategy, n, point: _Point, log_choices, b
     choice from the run whose outputs the egress let out for that input: the primary's, the
     standby's, or, for a replayed input, whichever the egress passed (choice source "m", defined
     by an if-then-else); and its processing time likewise (`_reference_times`)."""
-    assumptions, assumed, observed, sources, seen_upto, leaks, times, pre = _failover_run(
+    assumptions, assumed, observed, sources, seen_upto, leaks, times, pre, dups = _failover_run(
         runs, strategy, n, point, log_choices, budget)
 
     def source(i):
@@ -409,14 +430,36 @@ def _violation(runs: _Runs, strategy: Strategy, n, point: _Point, log_choices, b
         return reference_state.key == start and pre[i].key == start and _replay_explained(runs, i, budget)
 
     reference_times = _reference_times(runs, n, point, source, times, leaks, log_choices) if runs.clocked else None
+    # loss-at-failover: the reference lost what the observed run lost of the inputs in flight
+    skip = {i for i in in_flight(point.released, point.cut.applied) if lost(strategy, point.cut, i)} if runs.eq.lossy else set()
     violations = _reference_differs(runs, n, observed, source, assumed=assumed, times=reference_times,
-                                    explained=explained)
+                                    explained=explained, skip=skip)
+    released_slots = [slot for i in range(1, seen_upto + 1) for slot in observed[i]]
+    dup_slots = [slot for i in sorted(dups) for slot in dups[i]]
+    violations += _not_duplicates(dup_slots, released_slots, runs.eq.allow_duplicates)
+    order = released_slots + dup_slots + [slot for i in range(seen_upto + 1, n + 1) for slot in observed[i]]
     for i in range(1, n + 1):
         if source(i) == "m":
             borrowed = zip(runs.choice_vars.get(("m", i), []), runs.choice_vars.get(("p", i), []),
                            runs.choice_vars.get(("s", i), []))
             assumptions += [m == z3.If(leaks[i], sv, pv) for m, pv, sv in borrowed]
-    return (assumptions, z3.Or(*violations), observed, reference_times) if violations else None
+    return (assumptions, z3.Or(*violations), observed, reference_times, order, dup_slots, released_slots) \
+        if violations else None
+
+
+def _not_duplicates(dups: list, earlier: list, allowed: bool) -> list:
+    """Conditions under which an output the egress let out again (--no-dedup) is a violation:
+    whenever it is there, or with duplicates allowed when it equals no output let out before it."""
+    out = []
+    for k, d in enumerate(dups):
+        if not allowed:
+            out.append(d.present)
+            continue
+        same = [z3.And(e.present, e.gate == d.gate, *[e.fields[f] == d.fields[f] for f in PACKET_FIELDS
+                                                     if f in e.fields and f in d.fields])
+                for e in earlier + dups[:k]]
+        out.append(z3.And(d.present, z3.Not(z3.Or(*same))) if same else d.present)
+    return out
 
 
 def _replay_explained(runs: _Runs, i: int, budget) -> bool:
@@ -489,16 +532,19 @@ def _reference_times(runs: _Runs, n, point: _Point, source, standby_times: dict,
 
 
 def _reference_differs(runs: _Runs, n, observed, source, assumed=frozenset(), constants=None, aligned=True,
-                       times=None, explained=None) -> list:
+                       times=None, explained=None, skip=frozenset(), sequence=None) -> list:
     """Conditions under which a failure-free reference run (choices from `source(i)`, input i
     processed at `times[i-1]`) fails to explain the observed outputs: it made a choice it could
     not make (checked only for steps not already assumed valid), or its outputs differ — input by
     input when `aligned` (stronger, and lets identical terms drop out), else as whole sequences
     (exactly `strict` equivalence). Inputs `explained(i, state)` (aligned only) need no condition:
     a lemma proved their step valid, its outputs the observed ones and its next state the
-    primary's."""
+    primary's. Inputs in `skip` the reference lost (loss-at-failover). `sequence`: the observed
+    slots in the egress's order, for the whole-sequence comparison (default: by input)."""
     violations, state, emitted = [], runs.init, []
     for i in range(1, n + 1):
+        if i in skip:
+            continue
         if aligned and explained is not None and explained(i, state):
             state = runs.primary_states[i]
             continue
@@ -510,7 +556,9 @@ def _reference_differs(runs: _Runs, n, observed, source, assumed=frozenset(), co
         if differ is not None:
             violations.append(differ)
     if not aligned:
-        violations.append(sequence_differs(emitted, [slot for i in range(1, n + 1) for slot in observed[i]]))
+        if sequence is None:
+            sequence = [slot for i in range(1, n + 1) for slot in observed[i]]
+        violations.append(sequence_differs(emitted, sequence))
     return violations
 
 
@@ -525,7 +573,7 @@ def _unwitnessed(runs: _Runs, strategy: Strategy, bound, log_choices, budget) ->
     missing = list(REACHABILITY_TWINS)
     for n in range(1, bound + 1):
         for point in _points(strategy, n, runs.clocked):
-            assumptions, _, observed, _, seen_upto, _, _, _ = _failover_run(runs, strategy, n, point, log_choices, budget)
+            assumptions, _, observed, _, seen_upto, _, _, _, _ = _failover_run(runs, strategy, n, point, log_choices, budget)
             inputs = {REACHABILITY_TWINS[0]: range(1, point.released + 1), REACHABILITY_TWINS[1]: range(seen_upto + 1, n + 1)}
             for twin in list(missing):
                 present = [slot.present for i in inputs[twin] for slot in observed[i]]
@@ -577,7 +625,7 @@ def _solve(runs, nf_cls, strategy, n, point: _Point, query, budget, log_choices,
     """None (no violation at this point), a confirmed Counterexample, "undecided" (refinements
     ran out), or with a smaller `rlimit` "deferred" when a query hits it (try again with the
     budget's own)."""
-    assumptions, violation, observed, reference_times = query
+    assumptions, violation, observed, reference_times, order, dup_slots, released_slots = query
     s = smt.new_solver(budget, rlimit=rlimit)
     s.add(*assumptions)
     s.add(violation)
@@ -599,17 +647,18 @@ def _solve(runs, nf_cls, strategy, n, point: _Point, query, budget, log_choices,
         run = concrete_run(runs, strategy, n, point, model, log_choices)
         inputs = run.inputs
         seen = [(nf_cls.gates[model.eval(slot.gate, True).as_long()], _packet(model, slot.fields))
-                for i in range(1, n + 1) for slot in observed[i] if z3.is_true(model.eval(slot.present, True))]
+                for slot in order if z3.is_true(model.eval(slot.present, True))]
         if seen != run.observed_outputs:
             raise EncodingMismatch(f"{nf_cls.name} under {strategy}: the solver's run lets out {seen}, "
                                    f"the concrete simulation {run.observed_outputs}")
+        lossable = in_flight(point.released, point.cut.applied)
         if runs.clocked:
             explanation = explain(nf_cls, inputs, run.observed_outputs, run.arrivals, runs.max_stall,
-                                  prefer=[value(t) for t in reference_times])
+                                  prefer=[value(t) for t in reference_times], eq=runs.eq, lossable=lossable)
         else:
-            explanation = explain(nf_cls, inputs, run.observed_outputs)
+            explanation = explain(nf_cls, inputs, run.observed_outputs, eq=runs.eq, lossable=lossable)
         if not explanation.explained:
-            return Counterexample(nf_cls, run, explanation, log_choices, runs.max_stall)
+            return Counterexample(nf_cls, run, explanation, log_choices, runs.max_stall, runs.eq)
         # Counterexample-guided refinement: the failure-free run that explained this candidate is
         # another reference; from now on a violation must also escape it.
         runs.learnt += 1
@@ -617,8 +666,13 @@ def _solve(runs, nf_cls, strategy, n, point: _Point, query, budget, log_choices,
         times, time_invalid = None, []
         if runs.clocked:
             times, time_invalid = _learnt_times(runs, n, explanation.times, reference_times, value)
+        # (duplicates it passed over: compared without the outputs let out again, each of which
+        # must repeat an earlier one; a reordering per flow is not learnt: such candidates come back)
+        passed_over = bool(explanation.skipped) and bool(dup_slots)
         differs = _reference_differs(runs, n, observed, lambda i: f"learnt{runs.learnt}", constants=learnt,
-                                     aligned=False, times=times) + time_invalid
+                                     aligned=False, times=times, skip=set(explanation.lost),
+                                     sequence=[sl for sl in order if not (passed_over and any(sl is d for d in dup_slots))]) \
+            + time_invalid + (_not_duplicates(dup_slots, released_slots, True) if passed_over else [])
         if not differs:
             return None
         s.add(z3.Or(*differs))

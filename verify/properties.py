@@ -202,7 +202,10 @@ def check_property(nf_cls: type[NF], prop: Property, strategy: Strategy, bound: 
                    log_choices: bool = False, failover_time: int | None = None,
                    max_stall: int | None = None) -> PropertyResult:
     """Every failover run of up to `bound` inputs keeps `prop`, or a shortest run (re-executed
-    concretely) that breaks it; unknown when the budget runs out or the twin never happens."""
+    concretely) that breaks it; unknown when the budget runs out or the twin never happens. The
+    protocol is the default one (input replay, duplicate suppression)."""
+    if not (strategy.replay_input and strategy.dedup):
+        raise ValueError("properties are checked with input replay and duplicate suppression only")
     budget = budget or smt.Budget()
     failover_time = default_failover_ticks(nf_cls) if failover_time is None else failover_time
     clocked = reads_clock(nf_cls)
@@ -223,8 +226,8 @@ def _check(nf_cls, prop, strategy, bound, budget, log_choices, clocked, failover
         for n in range(1, bound + 1):
             for point in _points(strategy, n, clocked):
                 budget.check_time()
-                assumptions, _, observed, _, seen_upto, leaks, times, _ = _failover_run(runs, strategy, n, point,
-                                                                                    log_choices, budget)
+                assumptions, _, observed, _, seen_upto, leaks, times, _, _ = _failover_run(runs, strategy, n, point,
+                                                                                       log_choices, budget)
                 seq = _sequence_terms(runs, nf_cls, n, observed, seen_upto, times, leaks)
                 bad, twin = _violations(prop, seq)
                 s = smt.new_solver(budget)

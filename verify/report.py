@@ -3,6 +3,7 @@ by field, a JSON object, and a Python snippet that re-runs the failover concrete
 from __future__ import annotations
 
 from ..models.api import ICMP, TCP, TCP_FLAGS, UDP, Packet, ip
+from .equivalence import STRICT
 from .failover import Result
 
 
@@ -50,6 +51,13 @@ def story(result: Result) -> str:
     if why.matched >= len(run.observed):
         lines.append(f"  (nothing more: a failure-free execution emits more after output {why.matched})")
     lines += ["", "why:"]
+    if cex.eq != STRICT:
+        lines.append(f"  compared under {cex.eq}: " + "; ".join(
+            what for what, on in (("order counts within a flow only", cex.eq.relation == "per-flow"),
+                                  ("a failure-free execution may have lost the inputs in flight at the crash",
+                                   cex.eq.lossy),
+                                  ("an output repeating an earlier one may be passed over", cex.eq.allow_duplicates))
+            if on))
     prefix = f"after the first {why.matched} output(s)" if why.matched else "from the start"
     instead = "; or ".join(output_text(g, p) for g, p in why.expected) if why.expected else "no further output"
     lines.append(f"  {prefix}, every failure-free execution that matches emits instead: {instead}")

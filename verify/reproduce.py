@@ -24,6 +24,7 @@ import os
 
 from ..models.api import ICMP, TCP, UDP
 from ..traces.pcapng import PcapngWriter
+from .equivalence import STRICT
 from .frames import frame_of
 
 FORMAT = "nfproof-schedule/1"
@@ -94,6 +95,9 @@ def schedule(result, chain_text: str, instance: str, params: list) -> tuple[dict
     if run.strategy.mutation:
         raise ReproduceError(f"the strategy carries the injected bug {run.strategy.mutation!r}, which only the "
                              f"verifier simulates; the runtime implements the real strategies")
+    if not (run.strategy.replay_input and run.strategy.dedup) or cex.eq != STRICT:
+        raise ReproduceError("a schedule carries the default protocol (input replay, duplicate suppression) judged "
+                             "strict; drop --no-replay-input, --no-dedup, --equivalence and --allow-duplicates")
     if callable(getattr(nf, "chain", None)) and len(nf.chain().members) > 1:
         raise ReproduceError("the chain was verified as one failing unit; the runtime crashes one instance at a time "
                              "(reproduce a counterexample of one NF)")

@@ -20,10 +20,12 @@ counterexample the solver proposes is re-executed here before it is reported."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Iterable
 
 from ..models.api import NF, Packet, ip
 from ..models.concrete import all_steps, backtrack, copy_state, freeze_state, initial_state, scripted, step
 from ..models.strategy import Cut, Strategy
+from .equivalence import STRICT, Equivalence
 
 
 @dataclass
@@ -93,11 +95,11 @@ def simulate(nf_cls: type[NF], strategy: Strategy, inputs: list[Packet], cut: Cu
     def deliver(i, outs, actor):
         nonlocal last
         for j, (gate, pkt) in enumerate(outs):
-            if (i, j) <= last:
+            if (i, j) <= last and strategy.dedup:
                 note("duplicate", "egress", i, lambda: f"drops the duplicate {pkt} on {gate}")
             else:
                 observed.append((i, gate, pkt))
-                last = (i, j)
+                last = max(last, (i, j))
                 note("deliver", "egress", i, lambda: f"lets out output {len(observed)}: {gate}: {pkt}")
 
     released = 0
@@ -117,10 +119,9 @@ def simulate(nf_cls: type[NF], strategy: Strategy, inputs: list[Packet], cut: Cu
     note("crash", "primary", cut.applied, lambda: at(crash_time) + f"crashes (after {cut.applied} applied, "
          f"{cut.released} released)" + (f"; the failover ends at {failover_end}" if timed else ""))
 
+    start = strategy.replay_start(cut.released, protected)
     if strategy.replays_from_protected:
-        state, start = snapshots[protected] if step_cache is not None else copy_state(snapshots[protected]), protected
-        if strategy.replay_starts_at_protected:
-            start = max(protected - 1, 0)
+        state = snapshots[protected] if step_cache is not None else copy_state(snapshots[protected])
         covering = f"the state covering inputs 1..{protected}" if protected else "the initial state (nothing was protected)"
         note("failover", "standby", protected, lambda: at(failover_end) + f"takes over with {covering}")
         for i in range(cut.released + 1, protected + 1 if strategy.standby_releases_protected else 0):
@@ -128,10 +129,13 @@ def simulate(nf_cls: type[NF], strategy: Strategy, inputs: list[Packet], cut: Cu
                 note("release", "standby", i, lambda: f"releases the protected outputs of input {i}", outputs[i])
             deliver(i, outputs[i], "standby")
     else:
-        state, start = initial if step_cache is not None else copy_state(initial), cut.released
+        state = initial if step_cache is not None else copy_state(initial)
         note("failover", "standby", 0, lambda: at(failover_end) + "takes over with an empty state")
     standby_choices, standby_times, previous = {}, {}, failover_end
     for i in range(start + 1, n + 1):
+        if lost(strategy, cut, i):
+            note("lost", "upstream", i, lambda: f"kept no copy of input {i}: it is lost (--no-replay-input)")
+            continue
         logged = log_choices and i <= cut.released
         clock_logged = log_choices and i <= cut.applied
         chooser = _logged(choices[i], standby_chooser(i)) if logged else standby_chooser(i)
@@ -155,6 +159,12 @@ def simulate(nf_cls: type[NF], strategy: Strategy, inputs: list[Packet], cut: Cu
     return FailoverRun(strategy, list(inputs), cut, protected, observed, events, choices, standby_choices,
                        list(arrivals) if timed else None, crash_time if timed else None, failover_end,
                        primary_times if timed else {}, standby_times if timed else {}, read_clock)
+
+
+def lost(strategy: Strategy, cut: Cut, i: int) -> bool:
+    """Whether input i, one the standby would take over, is lost: handed to the primary before the
+    crash, and the upstream kept no copy (--no-replay-input)."""
+    return not strategy.replay_input and i <= cut.applied
 
 
 def observations(nf_cls: type[NF], strategy: Strategy, inputs: list[Packet], cut: Cut, protected: int,
@@ -250,10 +260,7 @@ def observations(nf_cls: type[NF], strategy: Strategy, inputs: list[Packet], cut
     else:
         frontier, primary_read = frontier
         read_clock |= primary_read
-    if replays:
-        start = max(protected - 1, 0) if strategy.replay_starts_at_protected else protected
-    else:
-        start = released
+    start = strategy.replay_start(released, protected)
     failover_end = crash_time + failover_time if timed else None
 
     results: set = set()
@@ -262,9 +269,9 @@ def observations(nf_cls: type[NF], strategy: Strategy, inputs: list[Packet], cut
 
         def deliver(i, out, observed, last):
             for j, o in enumerate(out):
-                if (i, j) > last:
+                if (i, j) > last or not strategy.dedup:
                     observed.append(o)
-                    last = (i, j)
+                    last = max(last, (i, j))
             return last
         for i in range(1, released + 1):
             last = deliver(i, outs[i - 1], observed, last)
@@ -279,6 +286,8 @@ def observations(nf_cls: type[NF], strategy: Strategy, inputs: list[Packet], cut
         partial = {(frozen(state), tuple(observed), last): state}
         previous = failover_end
         for i in range(start + 1, n + 1):
+            if lost(strategy, cut, i):
+                continue
             logged = logs[i - 1] if log_choices and i <= released else ()
             if not timed:
                 t = 0
@@ -384,15 +393,25 @@ class Explanation:
     choices: list = field(default_factory=list)    # the witness's choices per input, if explained
     times: list = field(default_factory=list)      # the witness's processing time per input (timed)
     read_clock: bool = False                       # some step the search tried called now()
+    lost: list = field(default_factory=list)       # inputs (1-based) the witness lost in flight (loss-at-failover)
+    skipped: list = field(default_factory=list)    # observed outputs (0-based) it skips as duplicates
 
 
 def explain(nf_cls: type[NF], inputs: list[Packet], observed: list, arrivals: list | None = None,
-            max_stall: int = 0, prefer: list | None = None, step_cache: dict | None = None) -> Explanation:
-    """Does some failure-free execution on `inputs` emit exactly `observed` ([(gate, Packet)])?
-    With `arrivals`, input i may be processed at any time in [a_i, a_i + max_stall], times
-    non-decreasing, and every such time is tried (`prefer[i]`, if given, first); a step that
-    reads no clock is processed at the earliest time allowed, which leaves later steps the most
-    room (its result does not depend on the time)."""
+            max_stall: int = 0, prefer: list | None = None, step_cache: dict | None = None,
+            eq: Equivalence = STRICT, lossable: Iterable[int] = ()) -> Explanation:
+    """Does some failure-free execution on `inputs` emit `observed` ([(gate, Packet)]) under the
+    equivalence `eq` (exactly, for `strict`: one sequence over every egress, as the runs here
+    release in input order)? With `arrivals`, input i may be processed at any time in
+    [a_i, a_i + max_stall], times non-decreasing, and every such time is tried (`prefer[i]`, if
+    given, first); a step that reads no clock is processed at the earliest time allowed, which
+    leaves later steps the most room (its result does not depend on the time). Under
+    loss-at-failover the execution may also have lost any of the inputs `lossable` (1-based: in
+    flight at the crash); with duplicates allowed an observed output equal to an earlier one on
+    its channel may be skipped."""
+    if eq != STRICT:
+        return _explain_relaxed(nf_cls, inputs, observed, arrivals, max_stall, prefer, step_cache, eq,
+                                set(lossable) if eq.lossy else set())
     best = Explanation(False, -1)
     seen = set()
     timed, read_clock = arrivals is not None, False
@@ -451,6 +470,107 @@ def explain(nf_cls: type[NF], inputs: list[Packet], observed: list, arrivals: li
     search(0, 0, initial_state(nf_cls), [], [], 0)
     best.read_clock = read_clock
     return best
+
+
+def _explain_relaxed(nf_cls, inputs, observed, arrivals, max_stall, prefer, step_cache, eq, lossable) -> Explanation:
+    """`explain` under a relation weaker than strict: the observed outputs are split into channels
+    (`verify_channel`), and the search keeps a position per channel; a lost input steps nothing,
+    and an observed duplicate may be passed over where an output is matched or at the end."""
+    channel_of = [verify_channel(eq, gate, pkt) for gate, pkt in observed]
+    channels = list(dict.fromkeys(channel_of))
+    index = {c: k for k, c in enumerate(channels)}
+    lanes = [[k for k, c in enumerate(channel_of) if c == ch] for ch in channels]  # observed indices per channel
+    dup = {k: eq.allow_duplicates and any(observed[e] == observed[k] for e in lane[:m])  # may be passed over
+           for lane in lanes for m, k in enumerate(lane)}
+    best = Explanation(False, -1)
+    seen = set()
+    timed, read_clock = arrivals is not None, False
+
+    def frontier(pos) -> int:
+        """The first observed output not yet matched or skipped (the matched prefix of the story)."""
+        return min((lanes[c][p] for c, p in enumerate(pos) if p < len(lanes[c])), default=len(observed))
+
+    def matches(pos, outs, m=0, skipped=()):
+        """Every (positions, skipped duplicates) that match outs[m:] from `pos`."""
+        if m == len(outs):
+            yield pos, skipped
+            return
+        gate, pkt = outs[m]
+        c = index.get(verify_channel(eq, gate, pkt))
+        if c is None:
+            return
+        p, lane = pos[c], lanes[c]
+        while p < len(lane):
+            if observed[lane[p]] == outs[m]:
+                yield from matches(pos[:c] + (p + 1,) + pos[c + 1:], outs, m + 1, skipped + tuple(lane[pos[c]:p]))
+            if not dup[lane[p]]:
+                return
+            p += 1
+
+    def fail(pos, outs):
+        nonlocal best
+        at = frontier(pos)
+        if at > best.matched:
+            best = Explanation(False, at, [])
+        if at == best.matched:
+            for o in outs:
+                if o not in best.expected:
+                    best.expected.append(o)
+                break
+
+    def every_step(state, i, t):
+        if step_cache is None:
+            return all_steps(nf_cls, state, inputs[i], _fixed_clock(t))
+        key = ("all", freeze_state(state), id(inputs[i]), t)
+        if key not in step_cache:
+            step_cache[key] = all_steps(nf_cls, state, inputs[i], _fixed_clock(t))
+        return step_cache[key]
+
+    def search(i, pos, state, trail, times, earliest, lost, skipped):
+        nonlocal best, read_clock
+        if i == len(inputs):
+            rest = [k for c, lane in enumerate(lanes) for k in lane[pos[c]:]]
+            if all(dup[k] for k in rest):
+                best = Explanation(True, len(observed), [], trail, times, lost=lost, skipped=sorted(skipped + tuple(rest)))
+                return True
+            fail(pos, [])
+            return False
+        if timed:
+            earliest = max(earliest, arrivals[i])
+        key = (i, pos, freeze_state(state), earliest)
+        if key in seen:
+            return False
+        seen.add(key)
+        at_earliest = every_step(state, i, earliest)
+        timings = [earliest]
+        read_clock |= any(res.clock_reads for _, res in at_earliest)
+        if timed and any(res.clock_reads for _, res in at_earliest):
+            latest = arrivals[i] + max_stall
+            timings = ([prefer[i]] if prefer is not None and earliest <= prefer[i] <= latest else [])
+            timings += [t for t in range(earliest, latest + 1) if t not in timings]
+        for t in timings:
+            for new_state, res in (at_earliest if t == earliest else every_step(state, i, t)):
+                found = False
+                for new_pos, skip in matches(pos, res.outputs):
+                    found = True
+                    if search(i + 1, new_pos, new_state, trail + [res.choices], times + [t], t, lost, skipped + skip):
+                        return True
+                if not found:
+                    fail(pos, res.outputs)
+        if i + 1 in lossable:  # lost in flight: the execution never saw it
+            return search(i + 1, pos, state, trail + [[]], times + [earliest], earliest, lost + [i + 1], skipped)
+        return False
+
+    search(0, (0,) * len(channels), initial_state(nf_cls), [], [], 0, [], ())
+    best.read_clock = read_clock
+    return best
+
+
+def verify_channel(eq: Equivalence, gate: str, pkt: Packet):
+    """The channel the verifier compares order within: one sequence over every egress (its runs
+    release in input order, so this is at least as strong as per egress), or (egress, flow) under
+    per-flow."""
+    return (gate, tuple(pkt.flow)) if eq.relation == "per-flow" else None
 
 
 def reproduce(nf: str, strategy: str, inputs: list[Packet], crash: int, protected: int,
