@@ -10,7 +10,9 @@ kinds again (a Flow comes back as a Flow).
 
 `recording_state(nf_cls, log)` builds the storages of models/concrete.py (DictMap, PySet, Cell)
 that also note every write in `log` (a DeltaLog); `log.take()` returns the deltas since the last
-take, one per entry (its last value). `apply(state, deltas)` writes deltas into any such state
+take, one per entry (its last value). A write notes only which entry it touched (the storage and
+the key as written); `take` reads the entries' values then, so the deltas of many inputs taken at
+once (a batch) cost one read per entry, not one record per write. `apply(state, deltas)` writes deltas into any such state
 without recording them; `snapshot(state)` gives the deltas that rebuild a whole state from the
 initial one (used once, to fill a new standby)."""
 from __future__ import annotations
@@ -27,7 +29,8 @@ def plain(value):
 
 
 class DeltaLog:
-    """The writes since the last `take`, one entry per (declaration, key): the last value."""
+    """The entries written since the last `take`: (declaration name, key as written) -> storage.
+    `take` gives each entry's value now (the last write's)."""
 
     __slots__ = ("changes",)
 
@@ -37,7 +40,12 @@ class DeltaLog:
     def take(self) -> list:
         if not self.changes:
             return []
-        out = [(name, plain(key), plain(value)) for (name, key), value in self.changes.items()]
+        out, seen = [], set()
+        for (name, key), storage in self.changes.items():
+            k, value = storage.delta(key)
+            if (name, k) not in seen:  # two keys as written may wrap to the same entry
+                seen.add((name, k))
+                out.append((name, k, value))
         self.changes = {}
         return out
 
@@ -51,12 +59,16 @@ class RecordingMap(DictMap):
 
     def __setitem__(self, key, value):
         DictMap.__setitem__(self, key, value)
-        k = wrap(self.decl.key, key)
-        self._log.changes[(self._name, k)] = dict.__getitem__(self, k)
+        self._log.changes[(self._name, key)] = self
 
     def __delitem__(self, key):
         DictMap.__delitem__(self, key)
-        self._log.changes[(self._name, wrap(self.decl.key, key))] = DELETED
+        self._log.changes[(self._name, key)] = self
+
+    def delta(self, key) -> tuple:
+        """(key, value now) of the entry `key` (as written) names; DELETED if absent."""
+        k = wrap(self.decl.key, key)
+        return plain(k), plain(dict.get(self, k, DELETED))
 
 
 class RecordingSet(PySet):
@@ -68,11 +80,15 @@ class RecordingSet(PySet):
 
     def add(self, key):
         PySet.add(self, key)
-        self._log.changes[(self._name, wrap(self.decl.key, key))] = True
+        self._log.changes[(self._name, key)] = self
 
     def discard(self, key):
         PySet.discard(self, key)
-        self._log.changes[(self._name, wrap(self.decl.key, key))] = DELETED
+        self._log.changes[(self._name, key)] = self
+
+    def delta(self, key) -> tuple:
+        k = wrap(self.decl.key, key)
+        return plain(k), True if set.__contains__(self, k) else DELETED
 
 
 class RecordingCell(Cell):
@@ -89,7 +105,10 @@ class RecordingCell(Cell):
     @value.setter
     def value(self, v: int) -> None:
         self._value = v & self.mask
-        self._log.changes[(self._name, None)] = self._value
+        self._log.changes[(self._name, None)] = self
+
+    def delta(self, key) -> tuple:
+        return None, self._value
 
 
 def recording_state(nf_cls, log: DeltaLog) -> dict:

@@ -116,9 +116,22 @@ class Record:
     drops: list                # [reason]
     choices: list              # the values choose() returned, in order
     clocks: list               # the values now() returned, in order
+    _out: bytes | None = field(default=None, repr=False, compare=False)
 
     def wire(self) -> tuple:
         return (self.n, self.seq, self.outputs, self.drops, self.choices, self.clocks)
+
+    def out_message(self) -> bytes:
+        """The worker's ("out", n, outputs, drops, choices, clocks) message, marshalled once (the
+        driver gets it on release; a standby holds it as it is until the release is known)."""
+        if self._out is None:
+            self._out = marshal.dumps(("out", self.n, self.outputs, self.drops, self.choices, self.clocks))
+        return self._out
+
+    @classmethod
+    def from_out_message(cls, seq: int, data: bytes) -> "Record":
+        _, n, outputs, drops, choices, clocks = marshal.loads(data)
+        return cls(n, seq, outputs, drops, choices, clocks, data)
 
     @classmethod
     def unwire(cls, t) -> "Record":
@@ -173,6 +186,8 @@ class Handle(ABC):
 
     state: dict                # the storages models.concrete.step runs the handler on
     policy: Policy
+    before_ship = None         # set by the worker: called before a state change is sent or written
+                               # (it writes the outputs released so far: they go out first)
 
     def begin(self, n: int) -> None:
         """Input n starts (its handler runs next on `state`)."""
@@ -276,7 +291,10 @@ class Conn:
         return self.sock.fileno()
 
     def queue(self, message: tuple) -> None:
-        data = marshal.dumps(message)
+        self.queue_marshalled(marshal.dumps(message))
+
+    def queue_marshalled(self, data: bytes) -> None:
+        """A message already marshalled (e.g. Record.out_message)."""
         self.out += _LEN.pack(len(data))
         self.out += data
 
@@ -289,10 +307,11 @@ class Conn:
         self.queue(message)
         self.flush()
 
-    def read(self) -> list:
-        """The messages that arrived (reads once; call when readable)."""
+    def read(self, nowait: bool = False) -> list:
+        """The messages that arrived (reads once; call when readable, or with `nowait`: [] when
+        nothing has, without a select first)."""
         try:
-            chunk = self.sock.recv(1 << 20)
+            chunk = self.sock.recv(1 << 20, socket.MSG_DONTWAIT if nowait else 0)
         except (ConnectionResetError, BrokenPipeError):
             chunk = b""
         except BlockingIOError:
@@ -333,9 +352,13 @@ def parse_address(text: str) -> tuple[str, int]:
 
 class StandbyLink(Handle):
     """The primary's end of the replication link (stateful.*). Its `state` records every write as
-    a delta (runtime/deltas.py); `end` queues input n's deltas with its record (outputs, drops,
-    choices, clock reads) and ships the queue as the policy says; the standby acknowledges each
-    message with the highest input its state covers. Until `connect`, records queue up."""
+    a delta (runtime/deltas.py); `end` queues input n's record (outputs, drops, choices, clock
+    reads) and ships the queue as the policy says, in one message: ("rec", last n, the deltas of
+    every queued input at once (each entry's value after the last of them), the records whose
+    outputs may still be unreleased as (n, seq, the marshalled out message), the released point). The standby applies a message whole and
+    acknowledges what it read with the highest input its state covers. Until `connect`, records
+    queue up. `before_ship`, if set, is called before anything is shipped (the worker writes the
+    outputs it released first: they are out before the state change that follows them)."""
 
     def __init__(self, nf_cls, strategy: Strategy, state: dict | None = None, log=None, r: int = 0):
         self.policy = policy(strategy)
@@ -348,6 +371,7 @@ class StandbyLink(Handle):
         self.attached = False       # the standby acknowledged the snapshot
         self._logged = r
         self._released = 0
+        self.before_ship = None
 
     def connect(self, address: tuple[str, int], timeout: float = 10.0) -> None:
         """Join the standby at `address` and send it the whole state once (covering inputs <= r)."""
@@ -360,8 +384,9 @@ class StandbyLink(Handle):
             self.flush()
 
     def end(self, n: int, record: Record) -> bool:
-        self.queue.append((n, record.seq, self.log_.take(), record.wire()))  # outputs too: the standby
-        # releases those of protected inputs the primary did not release (DESIGN.md, the protocol)
+        self.queue.append((n, record.seq, record.out_message()))  # outputs too: the standby releases
+        # those of protected inputs the primary did not release (DESIGN.md, the protocol); the deltas
+        # are taken when the batch is shipped
         if self.queued_at is None:
             self.queued_at = time.monotonic()
         if len(self.queue) >= self.policy.flush_every:
@@ -374,8 +399,12 @@ class StandbyLink(Handle):
 
     def flush(self, wait: bool = False) -> int:
         if self.queue and self.conn is not None:
-            self.conn.send(("rec", self.queue, self._released))
-            self.shipped = self.queue[-1][0]
+            if self.before_ship is not None:
+                self.before_ship()
+            released, last = self._released, self.queue[-1][0]
+            held = self.queue if self.queue[0][0] > released else [w for w in self.queue if w[0] > released]
+            self.conn.send(("rec", last, self.log_.take(), held, released))
+            self.shipped = last
             self.queue, self.queued_at = [], None
         if wait:
             while self.conn is not None and not self.conn.closed and self.r < self.shipped:
@@ -384,9 +413,7 @@ class StandbyLink(Handle):
 
     def protected(self) -> int:
         if self.conn is not None and not self.conn.closed:
-            ready, _, _ = select.select([self.conn.sock], [], [], 0)
-            if ready:
-                self._take(self.conn.read())
+            self._take(self.conn.read(nowait=True))
         return self.r
 
     def _take(self, messages) -> None:
@@ -434,7 +461,7 @@ class Replica:
         self.address = self.listener.getsockname()[:2]
         self.conn: Conn | None = None
         self.r = 0
-        self.held: dict = {}        # n -> Record wire tuple
+        self.held: deque = deque()  # (n, seq, marshalled out message) of held records, in order
         self.logs: dict = {}        # n -> (choices, clocks)
         self.released = 0
 
@@ -461,12 +488,11 @@ class Replica:
                 self.r = m[1]
                 acks = True
             elif kind == "rec":
-                for n, _seq, changes, held in m[1]:
-                    deltas.apply(self.state, changes)
-                    self.r = n
-                    if held is not None:
-                        self.held[n] = held
-                self._forget(m[2])
+                _, last, changes, held, released = m
+                deltas.apply(self.state, changes)
+                self.r = last
+                self.held.extend(held)
+                self._forget(released)
                 acks = True
             elif kind == "log":
                 self.logs[m[1]] = (m[2], m[3])
@@ -485,8 +511,9 @@ class Replica:
 
     def _forget(self, released: int) -> None:
         self.released = max(self.released, released)
-        for n in [n for n in self.held if n <= self.released]:
-            del self.held[n]
+        held = self.held
+        while held and held[0][0] <= self.released:
+            held.popleft()
 
     def promote(self, timeout: float = 2.0) -> Recovery:
         """Reads what the primary sent until its connection closes (it is dead), then where the
@@ -497,7 +524,7 @@ class Replica:
         if self.conn is not None:
             self.conn.close()
         self.listener.close()
-        held = [Record.unwire(self.held[n]) for n in sorted(self.held) if n <= self.r]
+        held = [Record.from_out_message(seq, data) for n, seq, data in self.held if n <= self.r]
         return Recovery(self.r, held, {n: v for n, v in self.logs.items() if n > self.r})
 
     def close(self) -> None:

@@ -1361,6 +1361,8 @@ class StoreInstance(Handle):
             self._overlay.clear()
             self._records.clear()
             self._in_flight += 1
+            if self.before_ship is not None:  # the worker's released outputs go out first
+                self.before_ship()
             self._link.send(commands, lambda replies, seq=seq: self._on_reply(seq, replies))
         elif self._in_flight:
             self._after_pending = seq

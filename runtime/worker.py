@@ -57,6 +57,7 @@ NS = 1_000_000_000
 GENERATION_STEP = 0xA24BAED4963EE407  # separates a generation's choice stream from the others
 STORE_MODULE = "nfproof.runtime.store"  # its errors are the store's failures (not imported: redis)
 APPLY_PER_ROUND = 64                  # inputs applied between two looks at the sockets
+RELEASE_BATCH = 8                     # outputs released at once are written to the driver this many at a time
 packet_fields = attrgetter(*PACKET_FIELDS)
 
 
@@ -224,6 +225,8 @@ class Worker:
         release_cap = crash["released"] if crash else float("inf")
         detached = None  # a scheduled crash, past its protected point: the copy of the state nothing replicates
         self.batching = True
+        if handle is not None:
+            handle.before_ship = self.flush
         threading.Thread(target=self.heartbeats, args=(period,), daemon=True).start()
 
         def release_ready() -> None:
@@ -232,19 +235,24 @@ class Worker:
             if handle is None:
                 return
             r = handle.protected()
-            logged = handle.logged() if log_choices else 0
+            limit = release_cap
+            if log_choices:
+                logged = handle.logged()
+                limit = min(limit, logged)
             released = 0
-            while held and (not held[0][1] or held[0][0].n <= r) and (not log_choices or held[0][0].n <= logged) \
-                    and held[0][0].n <= release_cap:
-                record = held.popleft()[0]
+            while held:
+                record, needs = held[0]
+                if record.n > limit or (needs and record.n > r):
+                    break
+                held.popleft()
                 self.release(record)
                 released = record.n
-            if released:  # on the wire before the standby may forget what it holds for them
-                self.flush()
-                handle.released(released)
             if r > forwarded:
                 self.send(("ack", r))
                 forwarded = r
+            if released:  # on the wire before the standby may forget what it holds for them
+                self.flush()
+                handle.released(released)
             if not attached and getattr(handle, "attached", False):
                 self.send(("attached", r))
                 attached = True
@@ -299,7 +307,7 @@ class Worker:
                 self.send(("error", f"{spec.instance}: the standby went away; the instance is not protected"))
                 self.flush()
                 sys.exit(1)
-            applied = 0
+            applied = unflushed = 0
             while queue and not (serial and held) and applied < APPLY_PER_ROUND:
                 if crash is not None and queue[0][0] > crash["protected"]:
                     after_protected(queue.popleft())
@@ -313,9 +321,13 @@ class Worker:
                     held.append((record, True))
                 elif pol is None or not (pol.hold or log_choices or held):
                     # released at once (none, async, checkpoint, batch): the outputs go out before the
-                    # state change is shipped, as models/strategy.py orders release and protect
+                    # state change is shipped, as models/strategy.py orders release and protect (the
+                    # handle calls before_ship = self.flush first; else the round's end writes them)
                     self.release(record)
-                    self.flush()
+                    unflushed += 1
+                    if unflushed >= RELEASE_BATCH:  # the driver works on them meanwhile
+                        self.flush()
+                        unflushed = 0
                     if handle is not None:
                         handle.end(record.n, record)
                         handle.released(record.n)
@@ -368,7 +380,12 @@ class Worker:
         os.kill(os.getpid(), signal.SIGKILL)
 
     def release(self, record: Record) -> None:
-        self.send(("out", record.n, record.outputs, record.drops, record.choices, record.clocks))
+        """Queues the release of record's outputs (the round's flush writes it)."""
+        with self.lock:
+            self.conn.queue_marshalled(record.out_message())
+            self.last_sent = time.monotonic()
+        if not self.batching:
+            self.flush()
 
 
 def main(argv=None) -> int:
@@ -381,6 +398,14 @@ def main(argv=None) -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the driver handles ^C and stops the workers
     conn = Conn(socket.socket(fileno=args.fd))
     worker = Worker(conn, InstanceSpec.from_json(args.spec))
+    profile = os.environ.get("NFPROOF_WORKER_PROFILE")  # a directory: cProfile stats per worker (role-pid.prof)
+    if profile:
+        import atexit
+        import cProfile
+        profiler = cProfile.Profile()
+        atexit.register(lambda: (profiler.disable(), profiler.dump_stats(
+            os.path.join(profile, f"{args.role}-{os.getpid()}.prof"))))
+        profiler.enable()
     try:
         if args.role == "spare":
             worker.spare()
