@@ -83,9 +83,10 @@ def verify(check: Check, strategy: Strategy, prop: str | None):
         from .verify.properties import check_property, properties_of
         return check_property(check.nf, properties_of(check.nf)[prop], strategy, check.bound, budget,
                               check.log_choices, check.failover_time, check.max_stall)
+    from .verify.equivalence import Equivalence
     from .verify.failover import verify_failover
     return verify_failover(check.nf, strategy, check.bound, budget, check.log_choices, None, check.unbounded,
-                           check.failover_time, check.max_stall)
+                           check.failover_time, check.max_stall, Equivalence(check.equivalence, check.allow_duplicates))
 
 
 REPLAY_VERDICTS = {OK: "explained", VIOLATION: "violation", UNKNOWN: "unknown"}  # by `nfproof replay`'s exit code
@@ -170,7 +171,8 @@ def record_of(result, prop: str | None, check: Check) -> dict:
             text = f"error: {error_line(result)}\n\n{story(result)}\n\nreproduce (Python):\n{reproduction(result)}"
         elif result.verdict == "proved":
             length = "of any length" if result.unbounded else f"of up to {result.bound} packets"
-            text = (f"proved: {result.nf} under {result.strategy} keeps strict output equivalence for every input "
+            text = (f"proved: {result.nf} under {result.strategy} keeps {result.stats['equivalence']} output "
+                    f"equivalence for every input "
                     f"sequence {length}, every crash point and every choice")
         else:
             text = f"unknown: {result.nf} under {result.strategy} at bound {result.bound}: {result.reason}"

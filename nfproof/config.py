@@ -20,13 +20,11 @@ from dataclasses import dataclass, field
 from .models import lookup
 from .models.api import ModelError, NF, ParamError
 from .models.strategy import MUTATIONS, STRATEGY_FORMS, Strategy, StrategyError
-from .cmd_verify import ALL_STRATEGIES, configured, duration, ticks
+from .cmd_verify import ALL_STRATEGIES, EQUIVALENCES, configured, duration, ticks
 from .errors import UsageError
 
 VERIFY_VERDICTS = ("proved", "counterexample")   # what `nfproof verify` decides
 REPLAY_VERDICTS = ("explained", "violation")     # what `nfproof replay` decides
-EQUIVALENCES = ("strict", "per-flow", "loss-at-failover")  # DESIGN.md "Output equivalence"
-SUPPORTED_EQUIVALENCES = ("strict",)             # what the verifier implements today
 DEFAULT_TIMEOUT = 60.0                           # seconds per run, as `nfproof verify --timeout`
 
 KEYS = {  # every key a check may have -> what it holds (for error messages)
@@ -38,10 +36,12 @@ KEYS = {  # every key a check may have -> what it holds (for error messages)
     "expect": "proved | counterexample (replay checks: explained | violation)",
     "params": "model parameters: a table NF.NAME = value, or a list of 'NF.NAME=VALUE'",
     "log-choices": "true: the primary logs its choices",
-    "equivalence": "the output equivalence: strict (replay checks also per-flow, loss-at-failover)",
+    "equivalence": "the output equivalence: " + ", ".join(EQUIVALENCES),
     "failover-time": "seconds (or '500ms'): how long a failover takes",
     "max-stall": "seconds (or '500ms'): the stall a failure-free run may have",
-    "allow-duplicates": "true: an output repeated on an egress is no violation (replay check)",
+    "allow-duplicates": "true: an output repeated on an egress is no violation",
+    "no-replay-input": "true: the protocol without input replay after a failover (verify check)",
+    "no-dedup": "true: the protocol without duplicate suppression at the egress (verify check)",
     "property": "a named property of the model (or 'all') instead of output equivalence",
     "mutation": "a known protocol bug to inject (" + ", ".join(MUTATIONS) + ")",
     "timeout": "seconds per strategy (default 60)",
@@ -51,7 +51,8 @@ KEYS = {  # every key a check may have -> what it holds (for error messages)
     "seed": "the pcap run's seed (default 0)",
 }
 REPLAY_KEYS = ("trace", "pcap", "fail")
-VERIFY_ONLY_KEYS = ("strategy", "bound", "unbounded", "log-choices", "failover-time", "property", "mutation", "timeout")
+VERIFY_ONLY_KEYS = ("strategy", "bound", "unbounded", "log-choices", "failover-time", "property", "mutation", "timeout",
+                    "no-replay-input", "no-dedup")
 RUN_KEYS = ("strategy", "log-choices", "failover-time", "seed")  # a pcap check's run options
 
 
@@ -77,6 +78,7 @@ class Check:
     unbounded: bool = False
     log_choices: bool = False
     equivalence: str = "strict"
+    allow_duplicates: bool = False
     failover_time: int | None = None  # ticks of the model's clock
     max_stall: int | None = None
     properties: list[str] = field(default_factory=list)  # empty: output equivalence
@@ -108,7 +110,8 @@ class Check:
             return settings
         return {"chain": self.chain, "params": sorted(self.params), "strategy": str(strategy), "property": prop,
                 "bound": self.bound, "unbounded": self.unbounded, "log_choices": self.log_choices,
-                "equivalence": self.equivalence, "failover_time": self.failover_time, "max_stall": self.max_stall}
+                "equivalence": self.equivalence, "allow_duplicates": self.allow_duplicates,
+                "failover_time": self.failover_time, "max_stall": self.max_stall}
 
 
 def find(explicit: str | None, cwd: str | None = None) -> str:
@@ -211,11 +214,9 @@ def from_table(entry: dict, index: int, base_dir: str, expect_required: bool = T
 
     if replay:
         return _replay_check(entry, index, name, label, expect, chain, nf_cls, params, base_dir, bad, errors)
-    if "allow-duplicates" in entry:
-        bad("allow-duplicates", "applies to replay checks only (with `trace`); the verifier's strict equivalence "
-                                "admits no duplicates")
-
-    strategies = _strategies(entry.get("strategy"), bad, errors, label)
+    allow_duplicates = _bool(entry, "allow-duplicates", bad)
+    strategies = [s.switched(not _bool(entry, "no-replay-input", bad), not _bool(entry, "no-dedup", bad))
+                  for s in _strategies(entry.get("strategy"), bad, errors, label)]
     unbounded = _bool(entry, "unbounded", bad)
     bound = entry.get("bound", 8 if unbounded else None)
     if bound is None:
@@ -227,9 +228,6 @@ def from_table(entry: dict, index: int, base_dir: str, expect_required: bool = T
     equivalence = entry.get("equivalence", "strict")
     if equivalence not in EQUIVALENCES:
         bad("equivalence", f"unknown equivalence {equivalence!r}; valid: {', '.join(EQUIVALENCES)}")
-    elif equivalence not in SUPPORTED_EQUIVALENCES:
-        bad("equivalence", f"{equivalence!r} is not implemented by the verifier yet; valid today: "
-                           f"{', '.join(SUPPORTED_EQUIVALENCES)}")
 
     times = {}
     for key in ("failover-time", "max-stall"):
@@ -272,6 +270,11 @@ def from_table(entry: dict, index: int, base_dir: str, expect_required: bool = T
         else:
             strategies = [s.mutated(mutation) for s in strategies]
 
+    if properties and (equivalence != "strict" or allow_duplicates
+                       or any(not (s.replay_input and s.dedup) for s in strategies)):
+        bad("property", "a property is checked over the default protocol: drop equivalence, allow-duplicates, "
+                        "no-replay-input and no-dedup")
+
     timeout = entry.get("timeout", DEFAULT_TIMEOUT)
     if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout < float("inf"):
         bad("timeout", f"{timeout!r} is not a number of seconds; give a positive number, e.g. timeout = 60")
@@ -280,7 +283,8 @@ def from_table(entry: dict, index: int, base_dir: str, expect_required: bool = T
         raise ConfigError(errors)
     return Check(index=index, name=name,
                  expect=expect, chain=chain, nf=nf_cls, strategies=strategies, bound=bound, unbounded=unbounded,
-                 log_choices=log_choices, equivalence=equivalence, failover_time=times["failover-time"],
+                 log_choices=log_choices, equivalence=equivalence, allow_duplicates=allow_duplicates,
+                 failover_time=times["failover-time"],
                  max_stall=times["max-stall"], properties=properties, timeout=float(timeout), params=params,
                  base_dir=base_dir)
 

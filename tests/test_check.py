@@ -224,8 +224,10 @@ expect = "counterexample"
      "check 2 ('nat-async'): log-choices: 'yes' is not a boolean; write log-choices = true or log-choices = false"),
     ('expect = "counterexample"', 'expect = "counterexample"\nfailover-time = "soon"',
      "check 2 ('nat-async'): failover-time: 'soon' is not a duration: give seconds"),
-    ('expect = "counterexample"', 'expect = "counterexample"\nequivalence = "per-flow"',
-     "check 2 ('nat-async'): equivalence: 'per-flow' is not implemented by the verifier yet; valid today: strict"),
+    ('expect = "counterexample"', 'expect = "counterexample"\nequivalence = "per-fow"',
+     "check 2 ('nat-async'): equivalence: unknown equivalence 'per-fow'; valid: strict, per-flow, loss-at-failover"),
+    ('expect = "counterexample"', 'expect = "counterexample"\nno-dedup = true\nproperty = "all"',
+     "check 2 ('nat-async'): property: a property is checked over the default protocol: drop equivalence,"),
     ('expect = "counterexample"', 'expect = "counterexample"\nproperty = "nonsense"',
      "check 2 ('nat-async'): property: unknown property 'nonsense' of nat; valid: mapping-bijective, all"),
     ('name = "nat-async"', 'name = "nat-sync"',
@@ -446,3 +448,17 @@ def test_replay_checks_of_a_run_with_a_failure(tmp_path):
     replace_line(tmp_path / "pyproject.toml", 'fail = "nat@200"', 'fail = "nat200"')
     r = nfproof(tmp_path, "check")
     assert r.returncode == 2 and "fail: 'nat200': write NF@PKT" in r.stderr
+
+
+def test_verify_checks_take_the_protocol_switches_and_the_equivalence(tmp_path, monkeypatch, capsys):
+    """A NAT under sync without input replay loses the inputs in flight at the crash: a violation
+    under strict, proved under loss-at-failover; the cache keeps them apart."""
+    check = '[[tool.nfproof.check]]\nname = "{name}"\nchain = "nat"\nstrategy = "stateful.sync"\nbound = 2\n' \
+            'no-replay-input = true\nequivalence = "{eq}"\nexpect = "{expect}"\n'
+    write_config(tmp_path, check.format(name="strict", eq="strict", expect="counterexample") + "\n"
+                 + check.format(name="lossy", eq="loss-at-failover", expect="proved"))
+    r = check_in_process(tmp_path, monkeypatch, capsys)
+    assert r.returncode == 0, r.stdout + r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert lines[0].startswith("[1/2] PASS    strict: counterexample (expected counterexample)"), lines
+    assert lines[1].startswith("[2/2] PASS    lossy: proved (expected proved)"), lines

@@ -120,3 +120,38 @@ def test_params_reach_the_members_of_a_chain():
     assert "reproduce('firewall=firewall>nat=nat[ports=1]'" in out.stdout
     bad = nfproof("verify", "firewall>nat", "--param", "lb.backends=2", "--strategy", "none", "--bound", "2")
     assert bad.returncode == 2 and "not in the chain" in bad.stderr
+
+
+def test_equivalence_and_protocol_switches():
+    """The NAT under sync without input replay loses the inputs in flight at the crash: a
+    violation under strict, proved under loss-at-failover. A deterministic monitor under async
+    without duplicate suppression lets replayed outputs out again: a violation unless duplicates
+    are allowed. Each counterexample's snippet re-runs it under the same protocol and relation."""
+    strict = nfproof("verify", "nat", "--strategy", "stateful.sync", "--no-replay-input", "--bound", "3", "--json")
+    assert strict.returncode == 1, strict.stdout + strict.stderr
+    data = json.loads(strict.stdout)
+    assert data["strategy"] == "stateful.sync --no-replay-input" and data["stats"]["equivalence"] == "strict"
+    assert any("it is lost (--no-replay-input)" in e["text"] for e in data["counterexample"]["events"])
+    r = subprocess.run([sys.executable, "-c", data["counterexample"]["reproduce"]], capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 0 and "NOT explained" in r.stdout, r.stdout + r.stderr
+    lossy = nfproof("verify", "nat", "--strategy", "stateful.sync", "--no-replay-input", "--bound", "3",
+                    "--equivalence", "loss-at-failover")
+    assert lossy.returncode == 0 and "keeps loss-at-failover output equivalence" in lossy.stdout, lossy.stdout
+    lost_state = nfproof("verify", "nat", "--strategy", "stateful.async", "--no-replay-input", "--bound", "3",
+                         "--equivalence", "loss-at-failover")
+    assert lost_state.returncode == 1 and "compared under loss-at-failover: a failure-free execution may have lost" \
+        in lost_state.stdout, lost_state.stdout
+    dups = nfproof("verify", "monitor", "--strategy", "stateful.async", "--no-dedup", "--bound", "3")
+    assert dups.returncode == 1, dups.stdout
+    allowed = nfproof("verify", "monitor", "--strategy", "stateful.async", "--no-dedup", "--allow-duplicates",
+                      "--bound", "3")
+    assert allowed.returncode == 0 and "strict (duplicates allowed)" in allowed.stdout, allowed.stdout
+    bad = nfproof("verify", "nat", "--strategy", "stateful.sync", "--no-dedup", "--property", "all")
+    assert bad.returncode == 2 and "--property checks the model's own property over the default protocol" in bad.stderr
+
+
+def test_the_equivalences_are_the_ones_defined_once():
+    from nfproof.cmd_verify import EQUIVALENCES
+    from nfproof.verify.equivalence import RELATIONS
+    assert EQUIVALENCES == RELATIONS

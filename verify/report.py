@@ -131,15 +131,20 @@ def reproduction(result: Result) -> str:
     primary = {i: c for i, c in run.primary_choices.items() if c}
     standby = {i: c for i, c in run.standby_choices.items() if c}
     inputs = ",\n    ".join(packet_code(p) for p in run.inputs)
+    s = run.strategy
+    protocol = "".join(f", {k}={v!r}" for k, v, default in (
+        ("replay_input", s.replay_input, True), ("dedup", s.dedup, True), ("mutation", s.mutation, None),
+        ("equivalence", cex.eq.relation, "strict"), ("allow_duplicates", cex.eq.allow_duplicates, False)) if v != default)
+    base = s.name if s.param is None else f"{s.name}:{s.param}"
     return (
         "from nfproof.models.api import Packet, TCP, UDP, ICMP, addr, flags\n"
         "from nfproof.verify.simulate import reproduce\n"
-        f"reproduce({model_ref(cex.nf)!r}, \"{run.strategy}\", [\n    {inputs},\n], crash={run.cut.k}, "
+        f"reproduce({model_ref(cex.nf)!r}, \"{base}\", [\n    {inputs},\n], crash={run.cut.k}, "
         f"protected={run.protected},\n          primary_choices={primary}, "
         f"standby_choices={standby}, log_choices={cex.log_choices}"
         + (f",\n          arrivals={run.arrivals}, crash_time={run.crash_time}, "
            f"failover_time={run.failover_end - run.crash_time}, max_stall={cex.max_stall}" if run.arrivals is not None else "")
-        + ")\n")
+        + protocol + ")\n")
 
 
 def html(result: Result) -> str:

@@ -25,7 +25,7 @@ from typing import Iterable
 from ..models.api import NF, Packet, ip
 from ..models.concrete import all_steps, backtrack, copy_state, freeze_state, initial_state, scripted, step
 from ..models.strategy import Cut, Strategy
-from .equivalence import STRICT, Equivalence
+from .equivalence import STRICT, Equivalence, in_flight
 
 
 @dataclass
@@ -576,20 +576,26 @@ def verify_channel(eq: Equivalence, gate: str, pkt: Packet):
 def reproduce(nf: str, strategy: str, inputs: list[Packet], crash: int, protected: int,
               primary_choices: dict, standby_choices: dict, log_choices: bool = False,
               arrivals: list | None = None, crash_time: int | None = None, failover_time: int = 0,
-              max_stall: int = 0) -> bool:
+              max_stall: int = 0, replay_input: bool = True, dedup: bool = True, mutation: str | None = None,
+              equivalence: str = "strict", allow_duplicates: bool = False) -> bool:
     """Re-run a reported counterexample concretely; prints what the egress saw and whether a
     failure-free execution explains it. Returns True if it does (i.e. no bug). Times (arrivals,
-    crash_time, failover_time, max_stall) are in the NF's clock ticks."""
+    crash_time, failover_time, max_stall) are in the NF's clock ticks; the protocol switches, an
+    injected bug and the equivalence as `nfproof verify` takes them."""
     from ..models import lookup
 
-    nf_cls, strat = (nf if isinstance(nf, type) else lookup(nf)), Strategy.parse(strategy)
+    nf_cls, strat = (nf if isinstance(nf, type) else lookup(nf)), Strategy.parse(strategy).switched(replay_input, dedup)
+    if mutation:
+        strat = strat.mutated(mutation)
+    eq = Equivalence(equivalence, allow_duplicates)
     cut = strat.cuts(len(inputs))[crash]
     run = simulate(nf_cls, strat, inputs, cut, protected,
                    lambda i: scripted(primary_choices.get(i, [])), lambda i: scripted(standby_choices.get(i, [])),
                    log_choices, arrivals, crash_time, failover_time)
     for e in run.events:
         print(f"{e.actor:8} {e.text}")
-    verdict = explain(nf_cls, inputs, run.observed_outputs, arrivals, max_stall)
+    verdict = explain(nf_cls, inputs, run.observed_outputs, arrivals, max_stall, eq=eq,
+                      lossable=in_flight(cut.released, cut.applied))
     print("explained by a failure-free execution" if verdict.explained
           else f"NOT explained: output {verdict.matched + 1} has no failure-free counterpart")
     return verdict.explained
