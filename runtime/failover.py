@@ -390,29 +390,38 @@ class StandbyLink(Handle):
         if self.queued_at is None:
             self.queued_at = time.monotonic()
         if len(self.queue) >= self.policy.flush_every:
-            self.flush()
+            self._ship()  # written with the next protected() or flush(): a round's batches in one write
         return not self.policy.hold
 
     def pending_since(self) -> float | None:
         """When the oldest unshipped record was queued (monotonic), None if none is."""
         return self.queued_at
 
-    def flush(self, wait: bool = False) -> int:
+    def _ship(self) -> None:
+        """The queued records as one message, queued on the link (not written yet)."""
         if self.queue and self.conn is not None:
             if self.before_ship is not None:
                 self.before_ship()
             released, last = self._released, self.queue[-1][0]
             held = self.queue if self.queue[0][0] > released else [w for w in self.queue if w[0] > released]
-            self.conn.send(("rec", last, self.log_.take(), held, released))
+            self.conn.queue(("rec", last, self.log_.take(), held, released))
             self.shipped = last
             self.queue, self.queued_at = [], None
+
+    def flush(self, wait: bool = False) -> int:
+        self._ship()
+        if self.conn is not None and self.conn.out:
+            self.conn.flush()
         if wait:
             while self.conn is not None and not self.conn.closed and self.r < self.shipped:
                 self._take(self.conn.wait(1.0))
         return self.protected()
 
     def protected(self) -> int:
+        """Also writes the batches end() shipped since the last call."""
         if self.conn is not None and not self.conn.closed:
+            if self.conn.out:
+                self.conn.flush()
             self._take(self.conn.read(nowait=True))
         return self.r
 

@@ -219,6 +219,8 @@ def write_fields(buf, base: int, caplen: int, parsed, old: tuple, new: tuple, in
                          f"ports, TCP flags, ICMP identifiers, label)", field=PACKET_FIELDS[index])
     if kind >= ERROR_L4:
         return _write_icmp_error(buf, base, caplen, parsed, old, new, kind)
+    if kind == TCP_L or kind == UDP_L:
+        return _write_l4(buf, base, parsed, old, new, kind == TCP_L)
     l3 = base + parsed.l3_offset
     ip_old, ip_new = [], []  # outer IPv4 header words (its checksum)
     for index, at in ((SRC, l3 + 12), (DST, l3 + 16)):
@@ -252,6 +254,55 @@ def write_fields(buf, base: int, caplen: int, parsed, old: tuple, new: tuple, in
             _adjust(buf, l4 + 2, [was], [new[ident]])
     if ip_old:
         _adjust(buf, l3 + 10, ip_old, ip_new)
+
+
+def _write_l4(buf, base: int, parsed, old: tuple, new: tuple, tcp: bool) -> None:
+    """write_fields of a TCP or UDP frame, the same bytes by the same arithmetic: an RFC 1624 update
+    sums ~m over the old words and m' over the new ones, here kept as their count and the difference
+    of their sums (sum of ~m over n words = n * 0xFFFF - sum of m), so that no word list is built."""
+    l3, l4 = base + parsed.l3_offset, base + parsed.l4_offset
+    ip_words = ip_delta = 0  # outer IPv4 header words replaced (its checksum), and sum(new) - sum(old)
+    for index, at in ((SRC, l3 + 12), (DST, l3 + 16)):
+        value = new[index]
+        if old[index] != value:
+            was = (buf[at] << 24) | (buf[at + 1] << 16) | (buf[at + 2] << 8) | buf[at + 3]
+            buf[at:at + 4] = value.to_bytes(4, "big")
+            ip_words += 2
+            ip_delta += (value >> 16) + (value & 0xFFFF) - (was >> 16) - (was & 0xFFFF)
+    words, delta = ip_words, ip_delta  # the pseudo header holds the addresses
+    for index, at in ((SPORT, l4), (DPORT, l4 + 2)):
+        value = new[index]
+        if old[index] != value:
+            was = (buf[at] << 8) | buf[at + 1]
+            buf[at], buf[at + 1] = value >> 8, value & 0xFF
+            words += 1
+            delta += value - was
+    if tcp:
+        if old[FLAGS] != new[FLAGS]:
+            was = _u16(buf, l4 + 12)
+            buf[l4 + 13] = new[FLAGS]  # the NS bit (in byte 12) stays
+            words += 1
+            delta += _u16(buf, l4 + 12) - was
+        if words:
+            _adjust_sum(buf, l4 + 16, words, delta)
+    elif words:
+        _adjust_sum(buf, l4 + 6, words, delta, udp=True)
+    if ip_words:
+        _adjust_sum(buf, l3 + 10, ip_words, ip_delta)
+
+
+def _adjust_sum(buf, at: int, words: int, delta: int, udp: bool = False) -> None:
+    """_adjust for `words` old words replaced by new ones whose sum is `delta` more: the same sum."""
+    hc = (buf[at] << 8) | buf[at + 1]
+    if udp and hc == 0:
+        return
+    s = (~hc & 0xFFFF) + words * 0xFFFF + delta
+    while s >> 16:
+        s = (s & 0xFFFF) + (s >> 16)
+    hc2 = ~s & 0xFFFF
+    if udp and hc2 == 0:
+        hc2 = 0xFFFF
+    buf[at], buf[at + 1] = hc2 >> 8, hc2 & 0xFF
 
 
 def _write_icmp_error(buf, base, caplen, parsed, old, new, kind) -> None:

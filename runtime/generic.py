@@ -10,7 +10,10 @@ ticks; write every output back onto the frame (in place; a copy when one frame g
 outputs) and hand it to the batch. Frames outside the models pass each instance unchanged."""
 from __future__ import annotations
 
-from ..models.chain import ChainError, _carried, initial_chain_state
+from operator import attrgetter
+
+from ..models.api import PACKET_FIELDS, Packet
+from ..models.chain import ChainError, initial_chain_state
 from ..models.concrete import plain_state, step
 from ..traces import parse_frame
 from . import frames
@@ -18,6 +21,22 @@ from .batch import CLASSIFY, FROM_OUTSIDE
 from .rng import InstanceRng, StreamChooser
 
 NS = 1_000_000_000
+_fields_of = attrgetter(*PACKET_FIELDS)  # a packet as frames.write_fields takes it (what write_back builds)
+_LENGTH = PACKET_FIELDS.index("length")
+_new = object.__new__
+
+
+class _Instance:
+    """What the executor needs of one chain instance, looked up once."""
+
+    __slots__ = ("name", "index", "nf", "ticks", "state", "chooser", "inside", "outside", "hops", "reasons")
+
+    def __init__(self, name, index, member, state, chooser):
+        self.name, self.index, self.nf, self.state, self.chooser = name, index, member.nf, state, chooser
+        self.ticks = member.nf.ticks_per_second
+        self.inside, self.outside = member.inside, member.outside
+        self.hops: dict = {}     # gate -> (egress id or None, target _Instance or None, arrives inbound)
+        self.reasons: dict = {}  # a drop reason of the model -> the pipeline's reason id
 
 
 class GenericPipeline:
@@ -36,6 +55,13 @@ class GenericPipeline:
         self._choosers = {name: StreamChooser(InstanceRng(seed, k)) for k, name in enumerate(self.instances)}
         self.reasons: list[str] = []
         self._reason_id: dict[str, int] = {}
+        self._plan = {name: _Instance(name, k, chain.members[name], self.states[name], self._choosers[name])
+                      for k, name in enumerate(self.instances)}
+        for (name, gate), hop in self.hops.items():
+            self._plan[name].hops[gate] = (None if hop.egress is None else self._egress_id[hop.egress],
+                                           None if hop.egress is not None else self._plan[hop.target], hop.inbound)
+        self._entries = {side: self._plan[name] for side, name in chain.ingresses.items()}
+        self._limit = 2 * len(self.instances)
 
     def reason(self, text: str) -> int:
         rid = self._reason_id.get(text)
@@ -49,57 +75,83 @@ class GenericPipeline:
         return plain_state(self.states[instance])
 
     def process(self, batch) -> None:
+        n = batch.n
+        offs, caplens, wirelens = batch.off[:n].tolist(), batch.caplen[:n].tolist(), batch.wirelen[:n].tolist()
+        sides, times = batch.side[:n].tolist(), batch.t_ns[:n].tolist()
         data = memoryview(batch.data)
-        for i in range(batch.n):
-            off, n = int(batch.off[i]), int(batch.caplen[i])
-            frame = data[off:off + n]
-            parsed = parse_frame(self.linktype, bytes(frame), int(batch.wirelen[i]))
-            side = int(batch.side[i])
-            inbound = self.sides.inbound(parsed) if side == CLASSIFY else side == FROM_OUTSIDE
-            packet = frames.view(parsed, inbound, int(batch.wirelen[i]))
-            if isinstance(packet, str):  # dropped by the runtime (malformed, fragment)
-                batch.drop(i, self.reason(packet))
-                continue
-            entry = self.chain.ingresses.get("outside" if inbound else "inside")
-            if entry is None:
-                batch.drop(i, self.reason(f"the chain has no {'outside' if inbound else 'inside'} ingress"))
-                continue
-            t_ns = int(batch.t_ns[i])
-            self._deliver(batch, i, entry, frame, True, parsed, packet, inbound, 0, t_ns, 1)
-        data.release()
+        linktype, view_fields, entries, deliver = self.linktype, frames.view_fields, self._entries, self._deliver
+        try:
+            for i in range(n):
+                off = offs[i]
+                frame = data[off:off + caplens[i]]
+                wirelen = wirelens[i]
+                parsed = parse_frame(linktype, bytes(frame), wirelen)
+                side = sides[i]
+                inbound = self.sides.inbound(parsed) if side == CLASSIFY else side == FROM_OUTSIDE
+                fields = view_fields(parsed, bool(inbound), wirelen)  # frames.view
+                if type(fields) is tuple:
+                    packet = Packet(*fields)
+                elif fields is not None:  # dropped by the runtime (malformed, fragment)
+                    batch.drop(i, self.reason(fields))
+                    continue
+                else:
+                    packet = None
+                entry = entries.get("outside" if inbound else "inside")
+                if entry is None:
+                    batch.drop(i, self.reason(f"the chain has no {'outside' if inbound else 'inside'} ingress"))
+                    continue
+                deliver(batch, i, entry, frame, True, parsed, packet, inbound, 0, times[i], 1)
+        finally:
+            data.release()
 
-    def _deliver(self, batch, i, instance, frame, in_place, parsed, packet, inbound, label, t_ns, depth):
+    def _deliver(self, batch, i, inst, frame, in_place, parsed, packet, inbound, label, t_ns, depth):
         """One instance handles one packet; what it emits travels on (depth first, in order)."""
-        if depth > 2 * len(self.instances):
-            raise ChainError(f"chain {self.chain.name!r}: a packet crossed more than {2 * len(self.instances)} "
+        if depth > self._limit:
+            raise ChainError(f"chain {self.chain.name!r}: a packet crossed more than {self._limit} "
                              f"instances (a routing loop through NFs that turn packets around?)")
-        member = self.chain.members[instance]
         if packet is None:  # outside the models: passes unchanged, away from the side it came from
-            gates = member.inside if inbound else member.outside
+            gates = inst.inside if inbound else inst.outside
             if not gates:
-                return batch.drop(i, self.reason(f"{instance}: outside the model"))
+                return batch.drop(i, self.reason(f"{inst.name}: outside the model"))
             emitted = [(gates[0], None)]
         else:
-            ticks = member.nf.ticks_per_second
-            result = step(member.nf, self.states[instance], packet.rewrite(label=label), self._choosers[instance],
-                          lambda: t_ns * ticks // NS)
-            for reason in result.drops:
-                batch.drop(i, self.reason(f"{instance}: {reason}"))
+            ticks = inst.ticks
+            handled = _new(type(packet))  # packet.rewrite(label=label)
+            handled.__dict__.update(packet.__dict__)
+            handled.__dict__["label"] = label
+            result = step(inst.nf, inst.state, handled, inst.chooser, lambda: t_ns * ticks // NS)
+            if result.drops:
+                reasons = inst.reasons
+                for reason in result.drops:
+                    rid = reasons.get(reason) if type(reason) is str else None
+                    if rid is None:
+                        rid = self.reason(f"{inst.name}: {reason}")
+                        if type(reason) is str:
+                            reasons[reason] = rid
+                    batch.drop(i, rid)
             emitted = result.outputs
+            if emitted:
+                old = _fields_of(packet)
         last = len(emitted) - 1
         for k, (gate, out) in enumerate(emitted):
             buf, own = (frame, in_place) if k == last else (bytearray(frame), False)
             if out is not None:
-                try:
-                    frames.write_back(buf, parsed, packet, out, instance)
-                except frames.FrameError as e:  # the output is not released; the state change stands
-                    batch.drop(i, self.reason(e.drop_reason(instance)))
-                    continue
-            hop = self.hops[(instance, gate)]
+                new = _fields_of(out)
+                if old[:6] != new[:6] or old[_LENGTH] != new[_LENGTH]:  # else frames.write_back writes nothing
+                    try:
+                        frames.write_fields(buf, 0, len(buf), parsed, old, new, inst.name)  # frames.write_back
+                    except frames.FrameError as e:  # the output is not released; the state change stands
+                        batch.drop(i, self.reason(e.drop_reason(inst.name)))
+                        continue
+            egress, target, hop_inbound = inst.hops[gate]
             out_label = label if out is None else out.label
-            if hop.egress is not None:
-                batch.emit(i, self._egress_id[hop.egress], self._index[instance], out_label,
-                           None if own else bytes(buf))
+            if egress is not None:
+                batch.emit(i, egress, inst.index, out_label, None if own else bytes(buf))
             else:
-                carried = None if out is None else _carried(out, hop.inbound)
-                self._deliver(batch, i, hop.target, buf, own, parsed, carried, hop.inbound, out_label, t_ns, depth + 1)
+                if out is None:
+                    carried = None
+                else:  # models.chain._carried: `out` is wrapped already (emit), so only `inbound` changes
+                    carried = _new(type(out))
+                    carried.__dict__.update(out.__dict__)
+                    carried.__dict__["inbound"] = hop_inbound
+                self._deliver(batch, i, target, buf, own, parsed, carried, hop_inbound, out_label, t_ns, depth + 1)
