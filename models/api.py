@@ -144,6 +144,9 @@ def wrap(kind, value):
     raise ModelError(f"a {kind.__name__} ({', '.join(kind._fields)}) cannot hold {value!r}")
 
 
+_tuple_new = tuple.__new__
+
+
 def _masks_of(kind) -> tuple:
     kind._masks = tuple((1 << w) - 1 for w in kind.widths)
     return kind._masks
@@ -196,10 +199,14 @@ def _record_wrapper(kind, masks):
     exact = " and ".join(f"type({v}) is int" for v in names)
     within = " and ".join(f"0 <= {v} <= {m}" for v, m in zip(names, masks))
     source = (f"def wrap_record(value):\n"
-              f"    if type(value) is kind and len(value) == {n}:\n"
-              f"        {unpack} = value\n"
-              f"        if {exact} and {within}:\n"
-              f"            return value\n"
+              f"    if type(value) is kind:\n"
+              f"        try:\n"
+              f"            {unpack} = value\n"
+              f"        except ValueError:\n"
+              f"            pass\n"
+              f"        else:\n"
+              f"            if {exact} and {within}:\n"
+              f"                return value\n"
               f"    return wrap(kind, value)\n")
     namespace = {"kind": kind, "wrap": wrap}
     exec(source, namespace)
@@ -231,7 +238,7 @@ class Packet:
 
     @property
     def flow(self) -> Flow:
-        return Flow(self.proto, self.src, self.sport, self.dst, self.dport)
+        return _tuple_new(Flow, (self.proto, self.src, self.sport, self.dst, self.dport))  # Flow(...), as its __new__
 
     def rewrite(self, **changes) -> "Packet":
         if not changes.keys() <= _FIELD_SET:

@@ -23,7 +23,6 @@ from .rng import InstanceRng, StreamChooser
 NS = 1_000_000_000
 _fields_of = attrgetter(*PACKET_FIELDS)  # a packet as frames.write_fields takes it (what write_back builds)
 _LENGTH = PACKET_FIELDS.index("length")
-_new = object.__new__
 
 
 class _Instance:
@@ -116,10 +115,10 @@ class GenericPipeline:
             emitted = [(gates[0], None)]
         else:
             ticks = inst.ticks
-            handled = _new(type(packet))  # packet.rewrite(label=label)
-            handled.__dict__.update(packet.__dict__)
-            handled.__dict__["label"] = label
-            result = step(inst.nf, inst.state, handled, inst.chooser, lambda: t_ns * ticks // NS)
+            old = _fields_of(packet)  # what the frame carries (before the handler sees the packet)
+            # The handler gets `packet` itself: it already holds `label` (the entry's view has label 0; a
+            # carried packet the label of the output it is), so packet.rewrite(label=label) would be a copy.
+            result = step(inst.nf, inst.state, packet, inst.chooser, lambda: t_ns * ticks // NS)
             if result.drops:
                 reasons = inst.reasons
                 for reason in result.drops:
@@ -130,8 +129,6 @@ class GenericPipeline:
                             reasons[reason] = rid
                     batch.drop(i, rid)
             emitted = result.outputs
-            if emitted:
-                old = _fields_of(packet)
         last = len(emitted) - 1
         for k, (gate, out) in enumerate(emitted):
             buf, own = (frame, in_place) if k == last else (bytearray(frame), False)
@@ -150,8 +147,7 @@ class GenericPipeline:
             else:
                 if out is None:
                     carried = None
-                else:  # models.chain._carried: `out` is wrapped already (emit), so only `inbound` changes
-                    carried = _new(type(out))
-                    carried.__dict__.update(out.__dict__)
+                else:  # models.chain._carried: `out` is wrapped already (emit), so only `inbound` changes;
+                    carried = out  # `out` is the step's own copy (ConcreteContext.emit), held by nothing else
                     carried.__dict__["inbound"] = hop_inbound
                 self._deliver(batch, i, target, buf, own, parsed, carried, hop_inbound, out_label, t_ns, depth + 1)
