@@ -46,6 +46,7 @@ DEFAULT_STRATEGIES = ("none", "stateful.checkpoint:8", "stateful.async", "statef
                       "stateless.commit:8")
 DEFAULT_CAPTURE = "tests/data/E02_http_49flows.pcap"
 DEFAULT_FAIL_AT = 200
+PIPELINE_WINDOW = 32       # runtime/failover.py PIPELINE_WINDOW (not imported here: the CLI starts light)
 FAIL_TAIL = 100            # inputs a failover run hands over after the crash point
 HANG_SECONDS = 120.0       # a run still going this long past its duration is stopped, its row failed
 CSV_COLUMNS = ("chain", "strategy", "rounds", "packets", "cpu_seconds", "store_cpu_seconds", "wall_seconds",
@@ -89,6 +90,11 @@ def add_parser(sub):
                         f"handed input PKT (default {DEFAULT_FAIL_AT})")
     p.add_argument("--heartbeat-ms", type=positive_float, default=1.0, metavar="MS",
                    help="primaries' heartbeat period (default 1)")
+    p.add_argument("--window", type=positive_int, default=None, metavar="N",
+                   help="inputs in flight at a one-instance chain, as `nfproof run` has them (default "
+                        f"{PIPELINE_WINDOW}; a longer chain hands over one chain input at a time). commit:B "
+                        "with N <= B waits for each batch's acknowledgement before the next inputs come: "
+                        "a larger N lets several batches be in flight")
     p.add_argument("--csv", metavar="FILE", default=None,
                    help="write the results here (default bench-CHAIN.csv in the current directory, CHAIN's "
                         "characters other than letters, digits, '.', '-' and '_' as '_')")
@@ -225,18 +231,19 @@ class Bench:
     beside the others), then its failover once, and returns one row (CSV_COLUMNS) per strategy."""
 
     def __init__(self, chain_text: str, params: list, capture: LoopedCapture, seed: int, duration: float,
-                 fail_instance: str, fail_at: int, heartbeat_ms: float, progress):
+                 fail_instance: str, fail_at: int, heartbeat_ms: float, progress, window: int | None = None):
         from .runtime.ports import capture_inside
         self.chain_text, self.params, self.capture, self.seed = chain_text, params, capture, seed
         self.duration, self.fail_instance, self.fail_at, self.heartbeat_ms = duration, fail_instance, fail_at, heartbeat_ms
         self.inside = capture_inside(capture.path)
         self.progress = progress
+        self.window = window or PIPELINE_WINDOW
         self.Driver = measured_driver_class()
 
     def driver(self, strategy, failures, progress):
         from .runtime.failover import FailoverSettings
         settings = FailoverSettings(None if strategy.name == "none" else strategy, failures=failures,
-                                    heartbeat_ms=self.heartbeat_ms)
+                                    heartbeat_ms=self.heartbeat_ms, window=self.window)
         return self.Driver(build_chain(self.chain_text, self.params), self.chain_text, self.params, self.seed,
                            settings, self.capture.linktype, self.inside, None, "pcap", 32, progress)
 
@@ -480,7 +487,7 @@ def run(args) -> int:
 
     progress = ProgressBar((args.rounds + 1) * len(strategies) + 1)
     bench = Bench(args.chain, args.param, capture, args.seed, args.duration, fail_instance, fail_at,
-                  args.heartbeat_ms, progress)
+                  args.heartbeat_ms, progress, args.window)
     try:
         rows = bench.rows(strategies, args.rounds)
         reference = bench.in_process()
@@ -491,6 +498,7 @@ def run(args) -> int:
     result = {"chain": args.chain, "input": pcap, "frames": len(capture.frames), "flows": capture.flows,
               "duration": args.duration, "rounds": args.rounds, "seed": args.seed, "params": list(args.param),
               "fail_at": f"{fail_instance}@{fail_at}", "heartbeat_ms": args.heartbeat_ms,
+              "window": bench.window if len(chain.members) == 1 else 1,
               "machine": machine(), "date": time.strftime("%Y-%m-%d"),
               "load_average": [round(load_before, 2), round(os.getloadavg()[0], 2)],
               "rows": rows, "in_process": reference, "csv": csv_path, "plot": plot_path}
@@ -601,7 +609,8 @@ def render(r: dict) -> str:
              f"{r['duration']:g} s per strategy"
              + (f", {r['rounds']} rounds: medians" if r["rounds"] > 1 else "") + f"), seed {r['seed']}"
              + (f", {' '.join('--param ' + p for p in r['params'])}" if r["params"] else "")
-             + f"; failure {r['fail_at']}, heartbeat {r['heartbeat_ms']:g} ms",
+             + f"; failure {r['fail_at']}, heartbeat {r['heartbeat_ms']:g} ms"
+             + (f", {r['window']} inputs in flight" if "window" in r else ""),
              f"machine: {r['machine']}; {r['date']}; load average {r['load_average'][0]:g} before, "
              f"{r['load_average'][1]:g} after"]
     lines += ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(line, widths)))

@@ -18,8 +18,8 @@ buffered inputs > r, and a new standby is attached. Under `none` a fresh instanc
 initial state and only the inputs whose outputs were not released are replayed.
 
 Order (models/chain.py: one input at a time, run to completion). A one-instance chain has up to
-PIPELINE_WINDOW inputs in flight (its instance applies them in order, so nothing changes); a
-longer chain hands over one chain input at a time (an input going out and one coming back
+FailoverSettings.window inputs in flight (default PIPELINE_WINDOW; its instance applies them in
+order, so nothing changes); a longer chain hands over one chain input at a time (an input going out and one coming back
 could otherwise cross at an instance in the wrong order).
 
 Time (DESIGN.md "Time", `--clock pcap`). An instance processes an input at its arrival; after a
@@ -712,6 +712,7 @@ class FailoverSettings:
     standby: tuple = ("127.0.0.1", 0)      # where standbys listen (port 0: any free; else port, port+1, ...)
     backend: dict = field(default_factory=dict)  # the paradigm's settings for Backend.serve (e.g. redis URL)
     schedule: object = None                # runtime/schedule.py Schedule: forced choices and crash (--schedule)
+    window: int = PIPELINE_WINDOW          # inputs in flight at a one-instance chain (nfproof bench --window)
 
     @property
     def paradigm(self) -> str:
@@ -782,7 +783,7 @@ class FailoverDriver:
         self.routes = chain._routes()
         self.egresses = chain.egress_names
         self.instances = {name: Running(name, k, m) for k, (name, m) in enumerate(chain.members.items())}
-        self.window = PIPELINE_WINDOW if len(self.instances) == 1 else 1
+        self.window = max(1, settings.window) if len(self.instances) == 1 else 1
         self.period = settings.heartbeat_ms / 1000
         self.spare: WorkerProcess | None = None
         self.workers: list[WorkerProcess] = []     # every process started (all are stopped at the end)
@@ -1212,7 +1213,8 @@ class FailoverDriver:
         started = time.perf_counter_ns()
         old = x.primary
         detected = old.closed_at or started
-        old.popen.wait()
+        if not x.cause:  # an exit nobody caused: its status says why (a killed one is reaped later, at
+            old.popen.wait()  # stop: waiting for a dying process's teardown took ~2 ms of the takeover)
         killed_at, cause = x.killed_at, x.cause or f"the process exited ({old.popen.returncode})"
         by = "missed heartbeats" if x.suspected else "closed socket"
         s = self.settings

@@ -487,11 +487,17 @@ class Store:
         self.kwargs.setdefault("host", "localhost")
         self.kwargs["port"] = int(self.kwargs.get("port", 6379))
         self.url = url
+        self.check()
+
+    def check(self) -> None:
+        """StoreError unless the server answers a PING now (a single server; a cluster answered at connect)."""
+        if self.cluster_client is not None:
+            return
         try:
             with redis.Redis(**self.kwargs, socket_timeout=5, **CLIENT_OPTIONS) as client:
                 client.ping()
         except (redis.RedisError, OSError) as e:
-            raise StoreError(f"--redis {url}: cannot reach the server ({e}); start it or give another URL") from None
+            raise StoreError(f"--redis {self.url}: cannot reach the server ({e}); start it or give another URL") from None
 
     def link(self, key: bytes) -> Link:
         """A new connection to the server that holds `key`."""
@@ -1493,6 +1499,21 @@ class StoreBackend(Backend):
         return {**options, "redis": server.url}, server.stop
 
 
+    _warm: tuple | None = None  # (redis, redis_cluster) -> the Store a spare connected while it waited
+
+    @classmethod
+    def warm(cls, spec: InstanceSpec) -> None:
+        """A spare, before it is assigned: connects to the store named in `spec` (redis-py's first
+        connection and command paths run now, not in the takeover; ~2 ms); `open` uses that
+        connection. A store that does not answer now is left for `open` to report."""
+        where = (spec.options.get("redis"), spec.options.get("redis_cluster"))
+        if where == (None, None):
+            return
+        try:
+            cls._warm = (where, connect(*where))
+        except StoreError:
+            cls._warm = None
+
     def open(self, spec: InstanceSpec, fresh: bool, info: dict | None = None) -> StoreInstance:
         options = spec.options
         if options.get("redis") is None and options.get("redis_cluster") is None:
@@ -1500,7 +1521,19 @@ class StoreBackend(Backend):
                              f"StoreBackend.serve gives them")
         from ..models import lookup
         nf_cls = lookup(spec.nf)
-        store = connect(options.get("redis"), options.get("redis_cluster"))
+        where, warm = StoreBackend._warm or (None, None)
+        StoreBackend._warm = None
+        if where == (options.get("redis"), options.get("redis_cluster")):
+            store = warm
+            try:
+                store.check()  # it answered while the spare waited; it must still, as connect() asks
+            except StoreError:
+                store.close()
+                raise
+        else:
+            if warm is not None:
+                warm.close()
+            store = connect(options.get("redis"), options.get("redis_cluster"))
         token = info.get("token") if info else None
         try:
             handle = StoreInstance(store, nf_cls, spec.chain, spec.instance, spec.strategy,

@@ -127,7 +127,9 @@ class Worker:
     def spare(self) -> None:
         """Waits, warmed up (the paradigm's modules and the chain's models loaded), to be assigned."""
         if self.strategy is not None:
-            backend_class(self.strategy)
+            warm = getattr(backend_class(self.strategy), "warm", None)
+            if warm is not None:  # e.g. the store connected before it is needed
+                warm(self.spec)
         if self.spec.chain:
             from ..models import lookup
             from ..models.chain import Chain
