@@ -49,7 +49,7 @@ from . import solver as smt
 from .induction import _arbitrary_state, prove_unbounded, reads_clock
 from .equivalence import STRICT, Equivalence, in_flight
 from .simulate import Explanation, FailoverRun, default_failover_ticks, explain, lost, simulate
-from .symbolic import (TIME_WIDTH, egress_view, initial_state, outputs_differ, sequence_differs, step,
+from .symbolic import (TIME_WIDTH, Slot, egress_view, initial_state, outputs_differ, sequence_differs, step,
                        symbolic_packet)
 
 LEMMA_SECONDS = 2.0   # time for one lockstep lemma (unproved: no harm, only slower)
@@ -537,7 +537,7 @@ def _reference_differs(runs: _Runs, n, observed, source, assumed=frozenset(), co
     processed at `times[i-1]`) fails to explain the observed outputs: it made a choice it could
     not make (checked only for steps not already assumed valid), or its outputs differ — input by
     input when `aligned` (stronger, and lets identical terms drop out), else as whole sequences
-    (exactly `strict` equivalence). Inputs `explained(i, state)` (aligned only) need no condition:
+    (exactly `strict` equivalence: each egress's sequence). Inputs `explained(i, state)` (aligned only) need no condition:
     a lemma proved their step valid, its outputs the observed ones and its next state the
     primary's. Inputs in `skip` the reference lost (loss-at-failover). `sequence`: the observed
     slots in the egress's order, for the whole-sequence comparison (default: by input)."""
@@ -558,8 +558,19 @@ def _reference_differs(runs: _Runs, n, observed, source, assumed=frozenset(), co
     if not aligned:
         if sequence is None:
             sequence = [slot for i in range(1, n + 1) for slot in observed[i]]
-        violations.append(sequence_differs(emitted, sequence))
+        violations.append(_egresses_differ(emitted, sequence, len(runs.nf_cls.gates)))
     return violations
+
+
+def _egresses_differ(a: list[Slot], b: list[Slot], gates: int):
+    """A condition under which some egress sees different sequences of present outputs in `a` and
+    `b` (strict equivalence: each egress's sequence on its own, whatever the interleaving)."""
+    if gates == 1:
+        return sequence_differs(a, b)
+
+    def on(slots, g):
+        return [Slot(z3.And(slot.present, slot.gate == g), slot.gate, slot.fields) for slot in slots]
+    return z3.Or(*[sequence_differs(on(a, g), on(b, g)) for g in range(gates)])
 
 
 REACHABILITY_TWINS = ("the primary releases an output before the crash",

@@ -401,17 +401,16 @@ def explain(nf_cls: type[NF], inputs: list[Packet], observed: list, arrivals: li
             max_stall: int = 0, prefer: list | None = None, step_cache: dict | None = None,
             eq: Equivalence = STRICT, lossable: Iterable[int] = ()) -> Explanation:
     """Does some failure-free execution on `inputs` emit `observed` ([(gate, Packet)]) under the
-    equivalence `eq` (exactly, for `strict`: one sequence over every egress, as the runs here
-    release in input order)? With `arrivals`, input i may be processed at any time in
+    equivalence `eq` (for `strict`: on every egress exactly the sequence it emits there)? With `arrivals`, input i may be processed at any time in
     [a_i, a_i + max_stall], times non-decreasing, and every such time is tried (`prefer[i]`, if
     given, first); a step that reads no clock is processed at the earliest time allowed, which
     leaves later steps the most room (its result does not depend on the time). Under
     loss-at-failover the execution may also have lost any of the inputs `lossable` (1-based: in
     flight at the crash); with duplicates allowed an observed output equal to an earlier one on
     its channel may be skipped."""
-    if eq != STRICT:
-        return _explain_relaxed(nf_cls, inputs, observed, arrivals, max_stall, prefer, step_cache, eq,
-                                set(lossable) if eq.lossy else set())
+    lossable = set(lossable) if eq.lossy else set()
+    if eq != STRICT or lossable or len({gate for gate, _ in observed}) > 1:  # (else one sequence: the egress's)
+        return _explain_channels(nf_cls, inputs, observed, arrivals, max_stall, prefer, step_cache, eq, lossable)
     best = Explanation(False, -1)
     seen = set()
     timed, read_clock = arrivals is not None, False
@@ -472,11 +471,11 @@ def explain(nf_cls: type[NF], inputs: list[Packet], observed: list, arrivals: li
     return best
 
 
-def _explain_relaxed(nf_cls, inputs, observed, arrivals, max_stall, prefer, step_cache, eq, lossable) -> Explanation:
-    """`explain` under a relation weaker than strict: the observed outputs are split into channels
-    (`verify_channel`), and the search keeps a position per channel; a lost input steps nothing,
-    and an observed duplicate may be passed over where an output is matched or at the end."""
-    channel_of = [verify_channel(eq, gate, pkt) for gate, pkt in observed]
+def _explain_channels(nf_cls, inputs, observed, arrivals, max_stall, prefer, step_cache, eq, lossable) -> Explanation:
+    """`explain` with the observed outputs split into the relation's channels (`Equivalence.channel`:
+    the egress, or the egress and flow), a position per channel: a lost input steps nothing, and an
+    observed duplicate may be passed over where an output is matched or at the end."""
+    channel_of = [eq.channel(gate, pkt, None) for gate, pkt in observed]
     channels = list(dict.fromkeys(channel_of))
     index = {c: k for k, c in enumerate(channels)}
     lanes = [[k for k, c in enumerate(channel_of) if c == ch] for ch in channels]  # observed indices per channel
@@ -496,7 +495,7 @@ def _explain_relaxed(nf_cls, inputs, observed, arrivals, max_stall, prefer, step
             yield pos, skipped
             return
         gate, pkt = outs[m]
-        c = index.get(verify_channel(eq, gate, pkt))
+        c = index.get(eq.channel(gate, pkt, None))
         if c is None:
             return
         p, lane = pos[c], lanes[c]
@@ -564,13 +563,6 @@ def _explain_relaxed(nf_cls, inputs, observed, arrivals, max_stall, prefer, step
     search(0, (0,) * len(channels), initial_state(nf_cls), [], [], 0, [], ())
     best.read_clock = read_clock
     return best
-
-
-def verify_channel(eq: Equivalence, gate: str, pkt: Packet):
-    """The channel the verifier compares order within: one sequence over every egress (its runs
-    release in input order, so this is at least as strong as per egress), or (egress, flow) under
-    per-flow."""
-    return (gate, tuple(pkt.flow)) if eq.relation == "per-flow" else None
 
 
 def reproduce(nf: str, strategy: str, inputs: list[Packet], crash: int, protected: int,
