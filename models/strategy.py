@@ -138,7 +138,10 @@ class Strategy:
 
     def failovers(self, n: int) -> dict[tuple[int, int], Cut]:
         """Distinct (released, r) outcomes of a crash, each with the earliest cut reaching it."""
-        return {key: cut for key, (cut, _) in self.failover_points(n).items()}
+        out: dict[tuple[int, int], Cut] = {}
+        for key, (cut, _) in self.failover_points(n).items():
+            out.setdefault(key[:2], cut)
+        return out
 
     def failover_points(self, n: int, timed: bool = False) -> dict[tuple, tuple[Cut, int]]:
         """Distinct outcomes of a crash: (released, r), or with `timed` (released, r, applied) (the
