@@ -209,8 +209,12 @@ def _record_wrapper(kind, masks):
               f"                return value\n"
               f"    return wrap(kind, value)\n")
     namespace = {"kind": kind, "wrap": wrap}
-    exec(source, namespace)
+    exec(compile(source, _WRAPPER_FILE, "exec"), namespace)
     return namespace["wrap_record"]
+
+
+_WRAPPER_FILE = "<nfproof.models.api.wrapper>"  # the generated wrappers' frames are the interpreters'
+INTERPRETER_FILES.add(_WRAPPER_FILE)
 
 
 def ip(value) -> str:

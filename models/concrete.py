@@ -265,15 +265,17 @@ def step(nf_cls: type[NF], state: dict, pkt: Packet, chooser, clock: Callable[[]
     global _handlers_running
     ctx = ConcreteContext(chooser, clock or _time_zero, nf_cls.gates)
     _handlers_running += 1
-    try:
-        with _MODEL_CODE:
-            if nf_cls in _VALIDATED and nf_cls.__init__ is _NF_INIT and nf_cls.__new__ is _new \
-                    and type(nf_cls) is type:  # nf_cls(state), without the calls through type and NF.__init__
-                nf = _new(nf_cls)
-                _setattr(nf, "state", state)
-            else:
-                nf = nf_cls(state)
-            nf.handle(pkt, ctx)
+    try:  # `with model_code():`, its __exit__ called only when the handler raises
+        if nf_cls in _VALIDATED and nf_cls.__init__ is _NF_INIT and nf_cls.__new__ is _new \
+                and type(nf_cls) is type:  # nf_cls(state), without the calls through type and NF.__init__
+            nf = _new(nf_cls)
+            _setattr(nf, "state", state)
+        else:
+            nf = nf_cls(state)
+        nf.handle(pkt, ctx)
+    except BaseException as error:
+        _MODEL_CODE.__exit__(type(error), error, error.__traceback__)
+        raise
     finally:
         _handlers_running -= 1
     return ctx.result

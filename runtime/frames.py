@@ -20,6 +20,7 @@ inbound, length, label): the pure pipeline works on those; `view`/`write_back` a
 from __future__ import annotations
 
 import ipaddress
+import struct
 
 from nfproof.models.api import PACKET_FIELDS, ModelError, Packet
 from nfproof.traces.headers import ICMP4_ERRORS
@@ -262,21 +263,34 @@ def _write_l4(buf, base: int, parsed, old: tuple, new: tuple, tcp: bool) -> None
     of their sums (sum of ~m over n words = n * 0xFFFF - sum of m), so that no word list is built."""
     l3, l4 = base + parsed.l3_offset, base + parsed.l4_offset
     ip_words = ip_delta = 0  # outer IPv4 header words replaced (its checksum), and sum(new) - sum(old)
-    for index, at in ((SRC, l3 + 12), (DST, l3 + 16)):
-        value = new[index]
-        if old[index] != value:
-            was = (buf[at] << 24) | (buf[at + 1] << 16) | (buf[at + 2] << 8) | buf[at + 3]
-            buf[at:at + 4] = value.to_bytes(4, "big")
-            ip_words += 2
-            ip_delta += (value >> 16) + (value & 0xFFFF) - (was >> 16) - (was & 0xFFFF)
+    value = new[SRC]
+    if old[SRC] != value:
+        at = l3 + 12
+        was = _u32_from(buf, at)[0]
+        buf[at:at + 4] = value.to_bytes(4, "big")
+        ip_words = 2
+        ip_delta = (value >> 16) + (value & 0xFFFF) - (was >> 16) - (was & 0xFFFF)
+    value = new[DST]
+    if old[DST] != value:
+        at = l3 + 16
+        was = _u32_from(buf, at)[0]
+        buf[at:at + 4] = value.to_bytes(4, "big")
+        ip_words += 2
+        ip_delta += (value >> 16) + (value & 0xFFFF) - (was >> 16) - (was & 0xFFFF)
     words, delta = ip_words, ip_delta  # the pseudo header holds the addresses
-    for index, at in ((SPORT, l4), (DPORT, l4 + 2)):
-        value = new[index]
-        if old[index] != value:
-            was = (buf[at] << 8) | buf[at + 1]
-            buf[at], buf[at + 1] = value >> 8, value & 0xFF
-            words += 1
-            delta += value - was
+    value = new[SPORT]
+    if old[SPORT] != value:
+        was = (buf[l4] << 8) | buf[l4 + 1]
+        buf[l4], buf[l4 + 1] = value >> 8, value & 0xFF
+        words += 1
+        delta += value - was
+    value = new[DPORT]
+    if old[DPORT] != value:
+        at = l4 + 2
+        was = (buf[at] << 8) | buf[at + 1]
+        buf[at], buf[at + 1] = value >> 8, value & 0xFF
+        words += 1
+        delta += value - was
     if tcp:
         if old[FLAGS] != new[FLAGS]:
             was = _u16(buf, l4 + 12)
@@ -289,6 +303,9 @@ def _write_l4(buf, base: int, parsed, old: tuple, new: tuple, tcp: bool) -> None
         _adjust_sum(buf, l4 + 6, words, delta, udp=True)
     if ip_words:
         _adjust_sum(buf, l3 + 10, ip_words, ip_delta)
+
+
+_u32_from = struct.Struct("!I").unpack_from
 
 
 def _adjust_sum(buf, at: int, words: int, delta: int, udp: bool = False) -> None:

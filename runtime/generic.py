@@ -129,12 +129,19 @@ class GenericPipeline:
                             reasons[reason] = rid
                     batch.drop(i, rid)
             emitted = result.outputs
+            if not emitted:
+                return
         last = len(emitted) - 1
-        for k, (gate, out) in enumerate(emitted):
-            buf, own = (frame, in_place) if k == last else (bytearray(frame), False)
+        k = 0
+        for gate, out in emitted:
+            if k == last:
+                buf, own = frame, in_place
+            else:
+                buf, own = bytearray(frame), False
+            k += 1
             if out is not None:
                 new = _fields_of(out)
-                if old[:6] != new[:6] or old[_LENGTH] != new[_LENGTH]:  # else frames.write_back writes nothing
+                if new != old and (old[:6] != new[:6] or old[_LENGTH] != new[_LENGTH]):  # else write_back writes nothing
                     try:
                         frames.write_fields(buf, 0, len(buf), parsed, old, new, inst.name)  # frames.write_back
                     except frames.FrameError as e:  # the output is not released; the state change stands
