@@ -47,6 +47,7 @@ DEFAULT_STRATEGIES = ("none", "stateful.checkpoint:8", "stateful.async", "statef
 DEFAULT_CAPTURE = "tests/data/E02_http_49flows.pcap"
 DEFAULT_FAIL_AT = 200
 PIPELINE_WINDOW = 32       # runtime/failover.py PIPELINE_WINDOW (not imported here: the CLI starts light)
+READ_CACHE = ("stateless.async", "stateless.batch", "stateless.commit")  # --read-cache applies to these
 FAIL_TAIL = 100            # inputs a failover run hands over after the crash point
 HANG_SECONDS = 120.0       # a run still going this long past its duration is stopped, its row failed
 CSV_COLUMNS = ("chain", "strategy", "rounds", "packets", "cpu_seconds", "store_cpu_seconds", "wall_seconds",
@@ -95,6 +96,11 @@ def add_parser(sub):
                         f"{PIPELINE_WINDOW}; a longer chain hands over one chain input at a time). commit:B "
                         "with N <= B waits for each batch's acknowledgement before the next inputs come: "
                         "a larger N lets several batches be in flight")
+    p.add_argument("--read-cache", action="store_true",
+                   help="stateless.async, .batch and .commit read the state from a local cache of what the "
+                        "instance read and wrote (runtime/store.py read_cache: the same values for the single "
+                        "writer a namespace has here), not with a round trip to the store per read; writes and "
+                        "their protection are unchanged")
     p.add_argument("--csv", metavar="FILE", default=None,
                    help="write the results here (default bench-CHAIN.csv in the current directory, CHAIN's "
                         "characters other than letters, digits, '.', '-' and '_' as '_')")
@@ -231,19 +237,22 @@ class Bench:
     beside the others), then its failover once, and returns one row (CSV_COLUMNS) per strategy."""
 
     def __init__(self, chain_text: str, params: list, capture: LoopedCapture, seed: int, duration: float,
-                 fail_instance: str, fail_at: int, heartbeat_ms: float, progress, window: int | None = None):
+                 fail_instance: str, fail_at: int, heartbeat_ms: float, progress, window: int | None = None,
+                 read_cache: bool = False):
         from .runtime.ports import capture_inside
         self.chain_text, self.params, self.capture, self.seed = chain_text, params, capture, seed
         self.duration, self.fail_instance, self.fail_at, self.heartbeat_ms = duration, fail_instance, fail_at, heartbeat_ms
         self.inside = capture_inside(capture.path)
         self.progress = progress
         self.window = window or PIPELINE_WINDOW
+        self.read_cache = read_cache
         self.Driver = measured_driver_class()
 
     def driver(self, strategy, failures, progress):
         from .runtime.failover import FailoverSettings
+        backend = {"read_cache": True} if self.read_cache and strategy.name in READ_CACHE else {}
         settings = FailoverSettings(None if strategy.name == "none" else strategy, failures=failures,
-                                    heartbeat_ms=self.heartbeat_ms, window=self.window)
+                                    heartbeat_ms=self.heartbeat_ms, window=self.window, backend=backend)
         return self.Driver(build_chain(self.chain_text, self.params), self.chain_text, self.params, self.seed,
                            settings, self.capture.linktype, self.inside, None, "pcap", 32, progress)
 
@@ -487,7 +496,7 @@ def run(args) -> int:
 
     progress = ProgressBar((args.rounds + 1) * len(strategies) + 1)
     bench = Bench(args.chain, args.param, capture, args.seed, args.duration, fail_instance, fail_at,
-                  args.heartbeat_ms, progress, args.window)
+                  args.heartbeat_ms, progress, args.window, args.read_cache)
     try:
         rows = bench.rows(strategies, args.rounds)
         reference = bench.in_process()
@@ -498,7 +507,7 @@ def run(args) -> int:
     result = {"chain": args.chain, "input": pcap, "frames": len(capture.frames), "flows": capture.flows,
               "duration": args.duration, "rounds": args.rounds, "seed": args.seed, "params": list(args.param),
               "fail_at": f"{fail_instance}@{fail_at}", "heartbeat_ms": args.heartbeat_ms,
-              "window": bench.window if len(chain.members) == 1 else 1,
+              "window": bench.window if len(chain.members) == 1 else 1, "read_cache": args.read_cache,
               "machine": machine(), "date": time.strftime("%Y-%m-%d"),
               "load_average": [round(load_before, 2), round(os.getloadavg()[0], 2)],
               "rows": rows, "in_process": reference, "csv": csv_path, "plot": plot_path}
@@ -610,7 +619,8 @@ def render(r: dict) -> str:
              + (f", {r['rounds']} rounds: medians" if r["rounds"] > 1 else "") + f"), seed {r['seed']}"
              + (f", {' '.join('--param ' + p for p in r['params'])}" if r["params"] else "")
              + f"; failure {r['fail_at']}, heartbeat {r['heartbeat_ms']:g} ms"
-             + (f", {r['window']} inputs in flight" if "window" in r else ""),
+             + (f", {r['window']} inputs in flight" if "window" in r else "")
+             + ("; stateless async/batch/commit read from a local cache (--read-cache)" if r.get("read_cache") else ""),
              f"machine: {r['machine']}; {r['date']}; load average {r['load_average'][0]:g} before, "
              f"{r['load_average'][1]:g} after"]
     lines += ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(line, widths)))
