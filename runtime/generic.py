@@ -79,6 +79,8 @@ class GenericPipeline:
         sides, times = batch.side[:n].tolist(), batch.t_ns[:n].tolist()
         data = memoryview(batch.data)
         linktype, view_fields, entries, deliver = self.linktype, frames.view_fields, self._entries, self._deliver
+        outs, drops = [], []  # batch.emit's and batch.drop's arguments, in order: written at the end
+        drop = drops.append
         try:
             for i in range(n):
                 off = offs[i]
@@ -91,19 +93,20 @@ class GenericPipeline:
                 if type(fields) is tuple:
                     packet = Packet(*fields)
                 elif fields is not None:  # dropped by the runtime (malformed, fragment)
-                    batch.drop(i, self.reason(fields))
+                    drop((i, self.reason(fields)))
                     continue
                 else:
                     packet = None
                 entry = entries.get("outside" if inbound else "inside")
                 if entry is None:
-                    batch.drop(i, self.reason(f"the chain has no {'outside' if inbound else 'inside'} ingress"))
+                    drop((i, self.reason(f"the chain has no {'outside' if inbound else 'inside'} ingress")))
                     continue
-                deliver(batch, i, entry, frame, True, parsed, packet, inbound, 0, times[i], 1)
+                deliver(outs, drops, i, entry, frame, True, parsed, packet, inbound, 0, times[i], 1)
         finally:
             data.release()
+            _write_results(batch, outs, drops, offs, caplens)
 
-    def _deliver(self, batch, i, inst, frame, in_place, parsed, packet, inbound, label, t_ns, depth):
+    def _deliver(self, outs, drops, i, inst, frame, in_place, parsed, packet, inbound, label, t_ns, depth):
         """One instance handles one packet; what it emits travels on (depth first, in order)."""
         if depth > self._limit:
             raise ChainError(f"chain {self.chain.name!r}: a packet crossed more than {self._limit} "
@@ -111,7 +114,7 @@ class GenericPipeline:
         if packet is None:  # outside the models: passes unchanged, away from the side it came from
             gates = inst.inside if inbound else inst.outside
             if not gates:
-                return batch.drop(i, self.reason(f"{inst.name}: outside the model"))
+                return drops.append((i, self.reason(f"{inst.name}: outside the model")))
             emitted = [(gates[0], None)]
         else:
             ticks = inst.ticks
@@ -127,7 +130,7 @@ class GenericPipeline:
                         rid = self.reason(f"{inst.name}: {reason}")
                         if type(reason) is str:
                             reasons[reason] = rid
-                    batch.drop(i, rid)
+                    drops.append((i, rid))
             emitted = result.outputs
             if not emitted:
                 return
@@ -145,16 +148,52 @@ class GenericPipeline:
                     try:
                         frames.write_fields(buf, 0, len(buf), parsed, old, new, inst.name)  # frames.write_back
                     except frames.FrameError as e:  # the output is not released; the state change stands
-                        batch.drop(i, self.reason(e.drop_reason(inst.name)))
+                        drops.append((i, self.reason(e.drop_reason(inst.name))))
                         continue
             egress, target, hop_inbound = inst.hops[gate]
             out_label = label if out is None else out.label
             if egress is not None:
-                batch.emit(i, egress, inst.index, out_label, None if own else bytes(buf))
+                outs.append((i, egress, inst.index, out_label, None if own else bytes(buf)))
             else:
                 if out is None:
                     carried = None
                 else:  # models.chain._carried: `out` is wrapped already (emit), so only `inbound` changes;
                     carried = out  # `out` is the step's own copy (ConcreteContext.emit), held by nothing else
                     carried.__dict__["inbound"] = hop_inbound
-                self._deliver(batch, i, target, buf, own, parsed, carried, hop_inbound, out_label, t_ns, depth + 1)
+                self._deliver(outs, drops, i, target, buf, own, parsed, carried, hop_inbound, out_label, t_ns, depth + 1)
+
+
+def _write_results(batch, outs: list, drops: list, offs: list, caplens: list) -> None:
+    """batch.emit(*o) for o in outs and batch.drop(*d) for d in drops, in order: array-wise when
+    the arrays have room (else one by one, growing them as those do)."""
+    k0, j0 = batch.n_out, batch.n_drop
+    k1, j1 = k0 + len(outs), j0 + len(drops)
+    if k1 > len(batch.out_in):
+        for o in outs:
+            batch.emit(*o)
+    elif outs:
+        extra = batch.extra
+        out_off, out_len, out_copy = [], [], []
+        for i, _, _, _, copy in outs:
+            if copy is None:
+                out_off.append(offs[i])
+                out_len.append(caplens[i])
+                out_copy.append(0)
+            else:
+                out_off.append(len(extra))
+                out_len.append(len(copy))
+                out_copy.append(1)
+                extra += copy
+        batch.out_off[k0:k1], batch.out_len[k0:k1], batch.out_copy[k0:k1] = out_off, out_len, out_copy
+        batch.out_in[k0:k1] = [o[0] for o in outs]
+        batch.out_egress[k0:k1] = [o[1] for o in outs]
+        batch.out_inst[k0:k1] = [o[2] for o in outs]
+        batch.out_label[k0:k1] = [o[3] for o in outs]
+        batch.n_out = k1
+    if j1 > len(batch.drop_in):
+        for d in drops:
+            batch.drop(*d)
+    elif drops:
+        batch.drop_in[j0:j1] = [d[0] for d in drops]
+        batch.drop_reason[j0:j1] = [d[1] for d in drops]
+        batch.n_drop = j1

@@ -179,3 +179,75 @@ def test_l4_write_back_bytes_as_the_word_lists():
         if old[:6] != new[:6]:
             reference_write(expect, parsed, old, new)
         assert got == expect, (frame.hex(), old, new)
+
+
+class Fan(NF):
+    """Emits `copies` copies of each outbound packet on `wan`, the k-th with sport + k (wrapping) and
+    label k; drops every packet whose dport is 9 with a reason, after emitting; inbound ones pass."""
+
+    name = "fan"
+    gates = ("wan", "lan")
+    copies = 5
+
+    def handle(self, pkt, ctx):
+        if pkt.inbound:
+            return ctx.emit(pkt, "lan")
+        for k in range(self.copies):
+            ctx.emit(pkt.rewrite(sport=pkt.sport + k, label=k), "wan")
+        if pkt.dport == 9:
+            ctx.drop("nine")
+
+
+class EvenOnly(NF):
+    """Passes packets with an even source port, drops the others."""
+
+    name = "even"
+    gates = ("wan", "lan")
+
+    def handle(self, pkt, ctx):
+        if pkt.sport % 2:
+            return ctx.drop("odd")
+        ctx.emit(pkt, "lan" if pkt.inbound else "wan")
+
+
+@pytest.mark.parametrize("capacity, per_input", [(8, 8), (2, 1), (1, 1)])
+def test_generic_results_as_run_chain(capacity, per_input):
+    """The generic executor's outputs (egress, instance, label, rewritten frame) and drops are the
+    chain's concrete execution (models/chain.py run_chain) written onto the frames, whether its
+    result arrays have room or have to grow while it writes them."""
+    import frames_gen as g
+    from nfproof.models.chain import Chain, run_chain
+    from nfproof.models.concrete import initial_state as init
+    from nfproof.runtime.batch import Batch
+    from nfproof.runtime.generic import GenericPipeline
+
+    lookup = {"fan": Fan, "even": EvenOnly}.__getitem__
+    chain = Chain.parse("fan>even", lookup)
+    rng = random.Random(capacity)
+    inputs = [g.frame_tcp("10.0.0.1", rng.choice((0xFFFE, 1000, 1001)), "198.51.100.7", rng.choice((9, 80)))
+              if rng.random() < 0.7 else g.frame_udp("198.51.100.7", 53, "10.0.0.1", rng.choice((1000, 1001)))
+              for _ in range(12)]
+    pipeline = GenericPipeline(chain, seed=1)
+    state = {name: init(m.nf) for name, m in chain.members.items()}
+    for start in range(0, len(inputs), capacity):
+        batch = Batch(capacity, outputs_per_input=per_input)
+        chunk = inputs[start:start + capacity]
+        for k, frame in enumerate(chunk):
+            batch.add(frame, len(frame), k, 1 if frame[23] == UDP else 0)
+        pipeline.process(batch)
+        got_out = [(i, pipeline.egresses[e], pipeline.instances[inst], label, frames.view(parse_frame(1, f, len(f)),
+                    False, len(f)).rewrite(inbound=False, label=label)) for i, e, inst, label, f in batch.outputs()]
+        got_drops = [(i, pipeline.reasons[r]) for i, r in batch.drops()]
+        expect_out, expect_drops = [], []
+        for i, frame in enumerate(chunk):
+            parsed = parse_frame(1, frame, len(frame))
+            pkt = frames.view(parsed, frame[23] == UDP, len(frame))
+            result = run_chain(chain, state, pkt, None)
+            released = [v for v in result.visits]
+            expect_out += [(i, egress, "even" if egress == "outside" else "fan", out.label,
+                            out.rewrite(inbound=False)) for egress, out in result.outputs]
+            expect_drops += [(i, f"{inst}: {reason}") for inst, reason in result.drops]
+            assert released
+        assert got_out == expect_out
+        assert sorted(got_drops) == sorted(expect_drops)
+        assert batch.n_out == len(expect_out) and len(batch.out_in) >= batch.n_out
