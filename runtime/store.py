@@ -1013,8 +1013,8 @@ class StoreInstance(Handle):
         if self._current != n:
             raise StoreError(f"end({n}) without begin({n})" + (f" (input {self._current} is open)"
                                                                if self._current is not None else ""))
-        if record is not None:
-            self._records.append((n, marshal.dumps(record.wire())))
+        if record is not None:  # (seq, the worker's marshalled out message: marshalled once for both)
+            self._records.append((n, marshal.dumps((record.seq, record.out_message()))))
         policy_ = self.policy
         if policy_.serial:
             try:
@@ -1103,7 +1103,8 @@ class StoreInstance(Handle):
         held, logs, applied = self._link.call(("HGETALL", self.held_key), ("HGETALL", self.log_key),
                                               ("HGET", self.meta_key, self._writer_field))
         r = int(applied or 0)
-        records = sorted((Record.unwire(marshal.loads(v)) for k, v in held.items() if int(k) <= r), key=lambda x: x.n)
+        records = sorted((Record.from_out_message(*marshal.loads(v)) for k, v in held.items() if int(k) <= r),
+                         key=lambda x: x.n)
         self._stored.extend(record.n for record in records)
         logged = {}
         for k, v in logs.items():
