@@ -241,14 +241,19 @@ class Worker:
             if log_choices:
                 logged = handle.logged()
                 limit = min(limit, logged)
-            released = 0
+            ready, released = [], 0
             while held:
                 record, needs = held[0]
                 if record.n > limit or (needs and record.n > r):
                     break
                 held.popleft()
-                self.release(record)
+                ready.append(record.out_message())
                 released = record.n
+            if ready:
+                with self.lock:
+                    for data in ready:
+                        self.conn.queue_marshalled(data)
+                    self.last_sent = time.monotonic()
             if r > forwarded:
                 self.send(("ack", r))
                 forwarded = r
