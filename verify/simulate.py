@@ -401,80 +401,17 @@ def explain(nf_cls: type[NF], inputs: list[Packet], observed: list, arrivals: li
             max_stall: int = 0, prefer: list | None = None, step_cache: dict | None = None,
             eq: Equivalence = STRICT, lossable: Iterable[int] = ()) -> Explanation:
     """Does some failure-free execution on `inputs` emit `observed` ([(gate, Packet)]) under the
-    equivalence `eq` (for `strict`: on every egress exactly the sequence it emits there)? With `arrivals`, input i may be processed at any time in
-    [a_i, a_i + max_stall], times non-decreasing, and every such time is tried (`prefer[i]`, if
+    equivalence `eq` (for `strict`: on every egress exactly the sequence it emits there)? With
+    `arrivals`, input i may be processed at any time in [a_i, a_i + max_stall], times non-decreasing, and every such time is tried (`prefer[i]`, if
     given, first); a step that reads no clock is processed at the earliest time allowed, which
     leaves later steps the most room (its result does not depend on the time). Under
     loss-at-failover the execution may also have lost any of the inputs `lossable` (1-based: in
     flight at the crash); with duplicates allowed an observed output equal to an earlier one on
     its channel may be skipped."""
+    # The search keeps a position in each channel's sequence of observed outputs (the relation's
+    # `Equivalence.channel`: the egress, or the egress and flow); a lost input steps nothing, and
+    # an observed duplicate may be passed over where an output is matched or at the end.
     lossable = set(lossable) if eq.lossy else set()
-    if eq != STRICT or lossable or len({gate for gate, _ in observed}) > 1:  # (else one sequence: the egress's)
-        return _explain_channels(nf_cls, inputs, observed, arrivals, max_stall, prefer, step_cache, eq, lossable)
-    best = Explanation(False, -1)
-    seen = set()
-    timed, read_clock = arrivals is not None, False
-
-    def candidate_times(i, earliest):
-        latest = arrivals[i] + max_stall
-        order = []
-        if prefer is not None and earliest <= prefer[i] <= latest:
-            order.append(prefer[i])
-        order += [t for t in (latest, earliest) if t not in order]
-        return order + [t for t in range(earliest + 1, latest) if t not in order]
-
-    def every_step(state, i, t):
-        if step_cache is None:
-            return all_steps(nf_cls, state, inputs[i], _fixed_clock(t))
-        key = ("all", freeze_state(state), id(inputs[i]), t)
-        if key not in step_cache:
-            step_cache[key] = all_steps(nf_cls, state, inputs[i], _fixed_clock(t))
-        return step_cache[key]
-
-    def search(i, j, state, trail, times, earliest):
-        nonlocal best, read_clock
-        if i == len(inputs):
-            if j == len(observed):
-                best = Explanation(True, j, [], trail, times)
-                return True
-            if j > best.matched:  # inputs exhausted with observed outputs left over
-                best = Explanation(False, j, [])
-            return False
-        if timed:
-            earliest = max(earliest, arrivals[i])
-        key = (i, j, freeze_state(state), earliest)
-        if key in seen:
-            return False
-        seen.add(key)
-        at_earliest = every_step(state, i, earliest)
-        timings = [earliest]
-        read_clock |= any(res.clock_reads for _, res in at_earliest)
-        if timed and any(res.clock_reads for _, res in at_earliest):
-            timings = candidate_times(i, earliest)
-        for t in timings:
-            steps = at_earliest if t == earliest else every_step(state, i, t)
-            for new_state, res in steps:
-                outs = res.outputs
-                if observed[j:j + len(outs)] == outs:
-                    if search(i + 1, j + len(outs), new_state, trail + [res.choices], times + [t], t):
-                        return True
-                else:  # remember how far this branch matched and what it would have emitted there
-                    k = next(m for m, o in enumerate(outs) if j + m >= len(observed) or observed[j + m] != o)
-                    if j + k > best.matched:
-                        best = Explanation(False, j + k, [])
-                    if j + k == best.matched and outs[k] not in best.expected:
-                        best.expected.append(outs[k])
-        return False
-
-    search(0, 0, initial_state(nf_cls), [], [], 0)
-    best.read_clock = read_clock
-    return best
-
-
-def _explain_channels(nf_cls, inputs, observed, arrivals, max_stall, prefer, step_cache, eq, lossable) -> Explanation:
-    """`explain` with the observed outputs split into the relation's channels (`Equivalence.channel`:
-    the egress, or the egress and flow), a position per channel: a lost input steps nothing, and an
-    observed duplicate may be passed over where an output is matched or at the end."""
     channel_of = [eq.channel(gate, pkt, None) for gate, pkt in observed]
     channels = list(dict.fromkeys(channel_of))
     index = {c: k for k, c in enumerate(channels)}
@@ -507,15 +444,20 @@ def _explain_channels(nf_cls, inputs, observed, arrivals, max_stall, prefer, ste
             p += 1
 
     def fail(pos, outs):
+        """Remember how far a branch matched and the output it would have emitted there instead."""
         nonlocal best
+        pos, m = list(pos), 0
+        while m < len(outs):  # the outputs that do match, in order
+            c = index.get(eq.channel(*outs[m], None))
+            if c is None or pos[c] >= len(lanes[c]) or observed[lanes[c][pos[c]]] != outs[m]:
+                break
+            pos[c] += 1
+            m += 1
         at = frontier(pos)
         if at > best.matched:
             best = Explanation(False, at, [])
-        if at == best.matched:
-            for o in outs:
-                if o not in best.expected:
-                    best.expected.append(o)
-                break
+        if at == best.matched and m < len(outs) and outs[m] not in best.expected:
+            best.expected.append(outs[m])
 
     def every_step(state, i, t):
         if step_cache is None:
@@ -543,10 +485,11 @@ def _explain_channels(nf_cls, inputs, observed, arrivals, max_stall, prefer, ste
         at_earliest = every_step(state, i, earliest)
         timings = [earliest]
         read_clock |= any(res.clock_reads for _, res in at_earliest)
-        if timed and any(res.clock_reads for _, res in at_earliest):
+        if timed and any(res.clock_reads for _, res in at_earliest):  # the preferred time, the latest, the earliest, ...
             latest = arrivals[i] + max_stall
-            timings = ([prefer[i]] if prefer is not None and earliest <= prefer[i] <= latest else [])
-            timings += [t for t in range(earliest, latest + 1) if t not in timings]
+            timings = [prefer[i]] if prefer is not None and earliest <= prefer[i] <= latest else []
+            timings += [t for t in (latest, earliest) if t not in timings]
+            timings += [t for t in range(earliest + 1, latest) if t not in timings]
         for t in timings:
             for new_state, res in (at_earliest if t == earliest else every_step(state, i, t)):
                 found = False
