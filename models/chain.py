@@ -324,27 +324,26 @@ class Chain:
         """Carries one input packet through the chain, run to completion and depth first in
         gate-emission order: `process(instance, pkt)` runs one instance and returns what it
         emitted ([(gate, Packet)] in order); `emit(pkt, egress)` receives what leaves the chain."""
-        hops, limit = self._routes(), 2 * len(self.members)
-
-        def deliver(instance: str, p: Packet, depth: int) -> None:
-            if depth > limit:
-                raise ChainError(f"chain {self.name!r}: a packet crossed more than {limit} instances "
-                                 f"(a routing loop through NFs that turn packets around?)")
-            for gate, out in list(process(instance, p)):
-                hop = hops[(instance, gate)]
-                if hop.egress is not None:
-                    emit(out, hop.egress)
-                else:
-                    deliver(hop.target, _carried(out, hop.inbound), depth + 1)
-
         side = "outside" if pkt.inbound else "inside"  # forks when symbolic
         entry = self.ingresses.get(side)
         if entry is None:
             return drop(f"the chain has no {side} ingress")
-        try:
-            deliver(entry, pkt, 1)
-        finally:
-            deliver = None  # the closure refers to itself: a cycle per packet for the collector, else
+        self.carry(entry, process(entry, pkt), process, emit)
+
+    def carry(self, instance: str, emitted, process, emit, depth: int = 1) -> None:
+        """Carries on what `instance` emitted ([(gate, Packet)]), as `route` does: each to its
+        gate's neighbour (processed there, depth first) or out of the chain."""
+        hops = self._routes()
+        for gate, out in list(emitted):
+            hop = hops[(instance, gate)]
+            if hop.egress is not None:
+                emit(out, hop.egress)
+                continue
+            if depth >= 2 * len(self.members):
+                raise ChainError(f"chain {self.name!r}: a packet crossed more than {2 * len(self.members)} instances "
+                                 f"(a routing loop through NFs that turn packets around?)")
+            p = _carried(out, hop.inbound)
+            self.carry(hop.target, process(hop.target, p), process, emit, depth + 1)
 
     def copy(self) -> "Chain":
         other = Chain(self.name)

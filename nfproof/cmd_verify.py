@@ -187,19 +187,21 @@ def run(args) -> int:
 
     if getattr(nf_cls, "model_reference", None) and ">" in nf_cls.model_reference:
         print("note: the chain is verified as one failing unit (its instances crash and fail over together); "
-              "one instance crashing while the others run is not verified yet", file=sys.stderr)
+              "one instance crashing while the others run is not proved yet: a counterexample's inputs are "
+              "searched for a run in which one instance crashes alone", file=sys.stderr)
     if args.property:
         if eq.relation != "strict" or eq.allow_duplicates or args.no_replay_input or args.no_dedup:
             raise UsageError("--property checks the model's own property over the default protocol: drop "
                              "--equivalence, --allow-duplicates, --no-replay-input and --no-dedup")
         return _run_properties(args, nf_cls, strategies)
-    results = []
+    results, alone = [], {}
     for strategy in strategies:
         result = verify_failover(nf_cls, strategy, args.bound, Budget(timeout=args.timeout), args.log_choices, progress,
                                  args.unbounded, failover_time, max_stall, eq)
         if show_progress:
             print("\r\033[K", end="", file=sys.stderr)
         results.append(result)
+        alone[id(result)] = _instance_crash(nf_cls, result, args.log_choices, eq)
 
     failing = [r for r in results if r.counterexample]
     if args.html and failing:
@@ -214,11 +216,17 @@ def run(args) -> int:
         _reproduce(args, failing, len(results) > 1)
     if args.json:
         out = [as_json(r) for r in results]
+        for data, r in zip(out, results):
+            if alone[id(r)] is not None:
+                data["instance_crash"] = {"instance": alone[id(r)].instance, "story": alone[id(r)].story()}
         print(json.dumps(out if len(out) > 1 else out[0], indent=2))
     elif len(results) == 1:
         r = results[0]
         if r.verdict == "counterexample":
             print(f"error: {error_line(r)}\n\n{story(r)}\n\nreproduce (Python):\n{reproduction(r)}")
+            if alone[id(r)] is not None:
+                print(f"\nthe same inputs with one instance crashing alone (the others keep running):\n"
+                      f"{alone[id(r)].story()}")
         elif r.verdict == "proved":
             length = "of any length" if r.unbounded else f"of up to {r.bound} packets"
             print(f"proved: {r.nf} under {r.strategy} keeps {eq} output equivalence for every input sequence "
@@ -236,11 +244,29 @@ def run(args) -> int:
         print(f"{'strategy':34} {'verdict':22} {'bound':>5} {'seconds':>8}  counterexample")
         for r in results:
             note = error_line(r) if r.counterexample else r.reason
+            if alone[id(r)] is not None:
+                note += f" ({alone[id(r)].instance} crashing alone shows it too)"
             length = f"{len(r.counterexample.run.inputs)} packets: " if r.counterexample else ""
             verdict = r.verdict + (" (any length)" if r.unbounded else "")
             print(f"{r.strategy:34} {verdict:22} {r.bound:>5} {r.seconds:>8.3f}  {length}{note}")
     verdicts = {r.verdict for r in results}
     return VIOLATION if "counterexample" in verdicts else UNKNOWN if "unknown" in verdicts else OK
+
+
+def _instance_crash(nf_cls, result, log_choices: bool, eq):
+    """For a chain's counterexample (its instances failing as one unit): the same inputs' first
+    run in which one instance crashes alone and no failure-free execution explains the outputs
+    (verify/chain_crash.py), or None."""
+    chain = getattr(nf_cls, "chain", None)
+    if result.counterexample is None or not callable(chain) or len(chain().members) < 2 \
+            or result.counterexample.run.strategy.mutation:
+        return None
+    from .verify.chain_crash import find_instance_crash
+    cex = result.counterexample
+    run = cex.run
+    return find_instance_crash(chain(), run.strategy, run.inputs, log_choices, run.arrivals,
+                               (run.failover_end - run.crash_time) if run.arrivals is not None else 0,
+                               cex.max_stall, eq)
 
 
 def _reproduce(args, failing: list, per_strategy: bool) -> None:

@@ -1,0 +1,107 @@
+"""One instance of a chain crashing alone (verify/chain_crash.py).
+
+- With one instance, the per-instance run is the verifier's own failover run (verify/simulate.py):
+  every strategy, crash point, protected point, protocol switch, --log-choices and standby choice
+  gives the same outputs.
+- In firewall>nat>lb, the NAT crashing alone under stateful.async loses a port mapping (a
+  violation, named); under safe strategies no run of small input sequences in which any one
+  instance crashes alone is unexplained.
+- `nfproof verify CHAIN` names the instance whose crash alone shows a chain counterexample."""
+from __future__ import annotations
+
+import itertools
+import subprocess
+import sys
+
+import pytest
+
+from nfproof.models import lookup
+from nfproof.models.api import TCP, UDP, Packet, addr, flags
+from nfproof.models.chain import Chain
+from nfproof.models.concrete import backtrack
+from nfproof.models.strategy import Strategy
+from nfproof.verify.chain_crash import find_instance_crash, simulate_instance_crash
+from nfproof.verify.simulate import simulate
+
+from nfproof.cmd_verify import ALL_STRATEGIES
+
+H1, H2, R = addr("10.0.0.1"), addr("10.0.0.2"), addr("198.51.100.7")
+EXT, VIP, B1 = addr("203.0.113.1"), addr("198.51.100.1"), addr("192.0.2.10")
+ONE = {
+    "nat": [Packet(TCP, H1, 1000, R, 80, flags("S")), Packet(TCP, H2, 1000, R, 80, flags("S")),
+            Packet(TCP, R, 80, EXT, 1024, flags("SA"), inbound=True)],
+    "monitor": [Packet(TCP, H1, 1000, R, 80, flags("A")), Packet(TCP, R, 80, H1, 1000, flags("A"), inbound=True)],
+    "firewall": [Packet(TCP, H1, 1000, R, 80, flags("S")), Packet(TCP, R, 80, H1, 1000, flags("SA"), inbound=True),
+                 Packet(UDP, H1, 53, R, 53)],
+}
+SWITCHES = [dict(), dict(replay_input=False), dict(dedup=False)]
+
+
+@pytest.mark.parametrize("name", sorted(ONE))
+def test_one_instance_runs_as_the_verifier_simulates(name):
+    chain = Chain.parse(name, lookup)
+    (instance,) = chain.members
+    nf = chain.members[instance].nf
+    egress = {g: chain._routes()[(instance, g)].egress for g in chain.members[instance].gates}
+    timed = name == "firewall"
+    compared = 0
+    for n in (1, 2, 3):
+        for inputs in itertools.product(ONE[name], repeat=n):
+            arrivals = [0, 2, 7][:n] if timed else None
+            for text in ALL_STRATEGIES:
+                for switches in SWITCHES:
+                    strategy = Strategy.parse(text).switched(**switches)
+                    for log in (False, True):
+                        for cut in strategy.cuts(n):
+                            for r in cut.protected:
+                                timing = dict(arrivals=arrivals, failover_time=3) if timed else {}
+                                for _, alone in backtrack(lambda ch: simulate_instance_crash(
+                                        chain, instance, strategy, list(inputs), cut, r, ch, log, **timing)):
+                                    replaying = _replaying(alone)
+                                    expected = simulate(nf, strategy, list(inputs), cut, r,
+                                                        lambda i: (lambda options: options[0]),
+                                                        lambda i: replaying,
+                                                        log, story=False, **timing)
+                                    assert alone.observed == [(egress[g], p) for _, g, p in expected.observed], \
+                                        (strategy, log, cut, r, inputs, alone.events)
+                                    compared += 1
+    assert compared > 1000
+
+
+def _replaying(alone):
+    """A chooser that makes the choices the per-instance run's standby made, in order."""
+    made = iter(alone.standby_choices)
+    return lambda options: next(made)
+
+
+CHAIN_UNIVERSE = [Packet(TCP, H1, 1000, VIP, 80, flags("S")), Packet(TCP, H2, 1001, VIP, 80, flags("S")),
+                  Packet(TCP, H1, 1000, VIP, 80, flags("A")), Packet(TCP, B1, 80, EXT, 1024, flags("SA"), inbound=True)]
+
+
+def test_the_nat_crashing_alone_under_async_is_named():
+    chain = lookup("firewall>nat>lb").chain()
+    inputs = [CHAIN_UNIVERSE[0], CHAIN_UNIVERSE[1]]
+    found = find_instance_crash(chain, Strategy.parse("stateful.async"), inputs, arrivals=[0, 1], failover_time=1,
+                                max_stall=1)
+    assert found is not None and found.instance == "nat"
+    assert "nat crashes alone (firewall, lb keep running)" in found.story()
+    assert any("the upstream replays nat's input 1" in e for e in found.events)
+
+
+@pytest.mark.parametrize("strategy,log", [("stateful.sync", False), ("stateful.commit:2", True),
+                                          ("stateless.sync", False)])
+def test_no_single_instance_crash_breaks_a_safe_strategy_on_small_inputs(strategy, log):
+    chain = lookup("firewall>nat>lb").chain()
+    for n in (1, 2):
+        for inputs in itertools.product(CHAIN_UNIVERSE, repeat=n):
+            found = find_instance_crash(chain, Strategy.parse(strategy), list(inputs), log,
+                                        arrivals=[0, 2][:n], failover_time=1, max_stall=1)
+            assert found is None, found.story()
+
+
+def test_verify_names_the_instance():
+    r = subprocess.run([sys.executable, "-m", "nfproof", "verify", "firewall>nat>lb", "--strategy", "stateful.async",
+                        "--bound", "4"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "the same inputs with one instance crashing alone (the others keep running):" in r.stdout
+    assert "nat crashes alone (firewall, lb keep running)" in r.stdout

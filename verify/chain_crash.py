@@ -1,0 +1,222 @@
+"""One instance of a chain crashing while the others keep running, executed concretely.
+
+DESIGN.md "Chains and scale-out": per instance, each NF runs the failover protocol with its
+neighbours as upstream and downstream; "released" means handed to the next instance. The run here:
+
+- Chain inputs are processed one at a time, run to completion as models/chain.py routes them.
+  Every packet instance X receives is one of X's inputs, numbered n = 1, 2, ...
+- The crash cuts the strategy's timeline over the chain inputs (`Strategy.cuts`): X applied its
+  inputs of chain inputs <= `applied`, released (handed on) the outputs of those of chain inputs
+  <= `released` and held the others, and its state is protected up to its inputs of chain input r.
+- X's standby (the initial state under `none`) releases the protected outputs it holds, then X's
+  upstream replays X's inputs after the replay start (`Strategy.replay_start`) from its buffer:
+  the packets it sent, so no other instance processes anything twice. X's downstream suppresses
+  duplicates by X's (n, j). The remaining chain inputs follow; the other instances keep their
+  state throughout.
+- One chain input is in flight at a time, as the runtime runs chains: an output-commit batch
+  closes at every chain input (`in_a_chain`: commit:B runs as commit:1). (Holding an output
+  across chain inputs would break equivalence with no crash at all: an inbound reply reaches
+  the NAT before the firewall released the outbound packet that makes its mapping.)
+- Time: a chain input is processed at its arrival; X's standby processes at max(a, c + F, its
+  previous time) (a logged clock read under --log-choices), and what it emits is processed
+  downstream at that time too.
+
+`find_instance_crash` tries, for one input sequence, every instance, every crash point and every
+choice X's standby makes (the other instances and X's primary take their first option), and
+returns the first run that no failure-free execution of the chain explains (`simulate.explain` on
+the chain's composite NF): a counterexample in which one named instance crashed alone. It is a
+search over runs, not a proof: finding none says nothing about other inputs."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+from ..models.api import Packet
+from ..models.chain import Chain, initial_chain_state
+from ..models.concrete import backtrack, copy_state, initial_state, scripted, step
+from ..models.strategy import Cut, Strategy
+from .equivalence import STRICT, Equivalence, in_flight
+from .simulate import Explanation, explain, lost
+
+
+@dataclass
+class InstanceCrash:
+    instance: str
+    strategy: Strategy
+    inputs: list[Packet]
+    cut: Cut
+    protected: int
+    observed: list                    # [(egress, Packet)] as the chain's egresses let them out
+    events: list[str]
+    arrivals: list | None = None
+    crash_time: int | None = None
+    explanation: Explanation | None = None
+    standby_choices: list = field(default_factory=list)  # what X's standby chose, in call order
+
+    def story(self) -> str:
+        others = [m for m in self.chain_members if m != self.instance]
+        lines = [f"{self.instance} crashes alone ({', '.join(others)} keep running), after chain input "
+                 f"{self.cut.applied} applied / {self.cut.released} released, its state protected up to chain "
+                 f"input {self.protected}", "inputs (in arrival order):"]
+        lines += [f"  {i}. {p}" + (f"   (arrives at {self.arrivals[i - 1]})" if self.arrivals else "")
+                  for i, p in enumerate(self.inputs, 1)]
+        lines.append("what happened:")
+        lines += [f"  {k:2}. {text}" for k, text in enumerate(self.events, 1)]
+        lines.append("the outside world saw:")
+        why = self.explanation
+        for k, (egress, pkt) in enumerate(self.observed):
+            mark = "   <-- no failure-free execution produces this" if why and k == why.matched else ""
+            lines.append(f"  {k + 1}. {egress}: {pkt}{mark}")
+        if why and why.matched >= len(self.observed):
+            lines.append(f"  (nothing more: a failure-free execution emits more after output {why.matched})")
+        return "\n".join(lines)
+
+    chain_members: tuple = ()
+
+
+def in_a_chain(strategy: Strategy) -> Strategy:
+    """The strategy as an instance of a chain runs it: an output-commit batch closes at every chain input."""
+    return replace(strategy, param=1) if strategy.mode == "commit" else strategy
+
+
+def _first(options):
+    return options[0]
+
+
+def simulate_instance_crash(chain: Chain, instance: str, strategy: Strategy, inputs: list[Packet], cut: Cut,
+                            protected: int, standby_chooser, log_choices: bool = False, arrivals: list | None = None,
+                            crash_time: int | None = None, failover_time: int = 0) -> InstanceCrash:
+    """The run described in the module docstring; `standby_chooser` makes X's standby's choices."""
+    nf = chain.members[instance].nf
+    who = f"{instance}'s {'standby' if strategy.name.startswith('stateful') else 'replacement'}"
+    state = initial_chain_state(chain)
+    events: list[str] = []
+    observed: list = []
+    timed = arrivals is not None
+    now = [0]
+    received: list = []               # X's inputs: (chain input, packet)
+    held: dict = {}                   # n -> outputs X holds (not released before the crash)
+    choices: dict = {}                # n -> X's primary's choices (the standby reuses them when logged)
+    clocks: dict = {}                 # n -> the time X's primary processed it
+    snapshots = {0: copy_state(state[instance])}
+    last = [(0, -1)]                  # X's downstream: the highest (n, j) it passed
+    mode = ["primary"]
+    chain_input = [0]
+    standby = {"state": None, "previous": 0, "end": 0}
+    made: list = []                   # X's standby's own choices
+
+    def clock():
+        return now[0]
+
+    def process(name: str, p: Packet):
+        if name != instance:
+            return step(chain.members[name].nf, state[name], p, _first, clock).outputs
+        n = len(received) + 1
+        received.append((chain_input[0], p))
+        if mode[0] == "primary":
+            res = step(nf, state[instance], p, _first, clock)
+            choices[n], clocks[n] = res.choices, now[0]
+            snapshots[n] = copy_state(state[instance])
+            if chain_input[0] > cut.released:
+                held[n] = res.outputs
+                events.append(f"{instance} applies its input {n} (chain input {chain_input[0]}): {p}; holds "
+                              + (", ".join(f"{g}: {o}" for g, o in res.outputs) or "no output"))
+                return []
+            return passed(n, res.outputs)
+        if timed:  # (what X emits is processed downstream at this time too)
+            now[0] = max(now[0], standby["end"], standby["previous"])
+            standby["previous"] = now[0]
+        res = step(nf, standby["state"], p, standby_chooser, clock)
+        made.extend(res.choices)
+        events.append(f"{who} applies its input {n} (chain input {chain_input[0]}): {p}"
+                      + (f"; chooses {', '.join(map(str, res.choices))}" if res.choices else ""))
+        return passed(n, res.outputs)
+
+    def passed(n, outputs):
+        """X's outputs of its input n its downstream lets through (it drops what it has seen)."""
+        out = []
+        for j, o in enumerate(outputs):
+            if strategy.dedup and (n, j) <= last[0]:
+                events.append(f"the next hop drops the duplicate {o[0]}: {o[1]} of {instance}'s input {n}")
+                continue
+            last[0] = max(last[0], (n, j))
+            out.append(o)
+        return out
+
+    def emit(p: Packet, egress: str):
+        observed.append((egress, p.wrapped()))
+
+    def route(i: int, t: int):
+        chain_input[0], now[0] = i, t
+        chain.route(inputs[i - 1], process, emit, lambda reason: None)
+
+    for i in range(1, cut.applied + 1):
+        route(i, arrivals[i - 1] if timed else 0)
+    x_of = lambda k: sum(1 for c, _ in received if c <= k)  # noqa: E731  (X's inputs of chain inputs <= k)
+    applied, released, r = len(received), x_of(cut.released), x_of(protected)
+    if timed and crash_time is None:
+        crash_time = arrivals[cut.applied - 1] if cut.applied else 0
+    failover_end = crash_time + failover_time if timed else None
+    events.append(f"{instance} crashes" + (f" at {crash_time}; its failover ends at {failover_end}" if timed else ""))
+    mode[0] = "standby"
+    if strategy.replays_from_protected:
+        standby["state"] = copy_state(snapshots[r])
+        events.append(f"{who} takes over with the state of its input {r}" if r else
+                      f"{who} takes over with the initial state (nothing was protected)")
+        for n in range(released + 1, r + 1 if strategy.standby_releases_protected else 0):
+            if held.get(n):
+                events.append(f"{who} releases the protected outputs of its input {n}")
+                now[0] = clocks[n]
+                chain.carry(instance, passed(n, held[n]), process, emit)
+    else:
+        standby["state"] = initial_state(nf)
+        events.append(f"{who} takes over with an empty state")
+    previous = failover_end
+    standby["end"] = standby["previous"] = failover_end or 0
+    for n in range(strategy.replay_start(released, r) + 1, applied + 1):
+        i, p = received[n - 1]
+        if lost(strategy, Cut(cut.k, applied, released, (r,)), n):
+            events.append(f"the upstream kept no copy of {instance}'s input {n}: it is lost (--no-replay-input)")
+            continue
+        logged = log_choices and n <= released
+        chooser = scripted(list(choices[n])) if logged else standby_chooser
+        if timed:
+            now[0] = clocks[n] if log_choices else max(arrivals[i - 1], failover_end, previous)
+            previous = max(previous, now[0])
+            standby["previous"] = previous
+        res = step(nf, standby["state"], p, chooser, clock)
+        if not logged:
+            made.extend(res.choices)
+        events.append(f"the upstream replays {instance}'s input {n} (chain input {i}): {p}"
+                      + (f"; {who} chooses {', '.join(map(str, res.choices))}" if res.choices else ""))
+        chain.carry(instance, passed(n, res.outputs), process, emit)
+    for i in range(cut.applied + 1, len(inputs) + 1):
+        route(i, arrivals[i - 1] if timed else 0)
+    return InstanceCrash(instance, strategy, list(inputs), cut, protected, observed, events,
+                         list(arrivals) if timed else None, crash_time, standby_choices=made,
+                         chain_members=tuple(chain.members))
+
+
+def find_instance_crash(chain: Chain, strategy: Strategy, inputs: list[Packet], log_choices: bool = False,
+                        arrivals: list | None = None, failover_time: int = 0, max_stall: int = 0,
+                        eq: Equivalence = STRICT, limit: int = 20_000) -> InstanceCrash | None:
+    """The first run (instances in chain order, crash points in timeline order, standby choices
+    depth first) that no failure-free execution of the chain explains, or None within `limit` runs."""
+    composite = chain.as_nf()
+    strategy = in_a_chain(strategy)
+    runs = 0
+    for instance in chain.members:
+        for cut in strategy.cuts(len(inputs)):
+            for r in cut.protected:
+                def run(chooser, cut=cut, r=r):
+                    return simulate_instance_crash(chain, instance, strategy, inputs, cut, r, chooser, log_choices,
+                                                   arrivals, None, failover_time)
+                for _, crash in backtrack(run):
+                    runs += 1
+                    if runs > limit:
+                        return None
+                    why = explain(composite, inputs, crash.observed, arrivals, max_stall, eq=eq,
+                                  lossable=in_flight(cut.released, cut.applied))
+                    if not why.explained:
+                        crash.explanation = why
+                        return crash
+    return None
