@@ -105,3 +105,39 @@ def test_verify_names_the_instance():
     assert r.returncode == 1, r.stdout + r.stderr
     assert "the same inputs with one instance crashing alone (the others keep running):" in r.stdout
     assert "nat crashes alone (firewall, lb keep running)" in r.stdout
+
+
+UNIT_CASES = [(c, s, lc) for c in ("nat>nat", "count>pick", "pick>alarm", "fork")
+              for s, lc in [("none", False), ("stateful.async", False), ("stateful.sync", False),
+                            ("stateful.commit:2", False), ("stateful.async", True), ("stateless.sync", False),
+                            ("stateless.async", False)]]
+
+
+@pytest.mark.parametrize("chain_name,strategy,log", UNIT_CASES,
+                         ids=[f"{c}-{s}{'-log' if lc else ''}" for c, s, lc in UNIT_CASES])
+def test_a_chain_proved_as_one_unit_has_no_run_with_one_instance_crashing_alone(chain_name, strategy, log):
+    """The verifier proves chains as one failing unit; the runtime crashes one instance at a time.
+    Over small universes the unit's proof must leave no single-instance crash unexplained (else
+    the proof would not cover what the runtime does), and its counterexamples have one too."""
+    sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parent))
+    from test_chain import CHAINS
+    from nfproof.verify.chain_crash import enumerate_instance_crashes
+    from nfproof.verify.failover import verify_failover
+    build, universe = CHAINS[chain_name]
+    chain = build()
+    unit = verify_failover(chain.as_nf(), Strategy.parse(strategy), 2, log_choices=log)
+    found = enumerate_instance_crashes(chain, Strategy.parse(strategy), 2, universe, log)
+    assert unit.verdict in ("proved", "counterexample"), unit.reason
+    assert (found is not None) == (unit.verdict == "counterexample"), found and found.story()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("strategy,log", [("stateful.sync", False), ("stateful.commit:4", True),
+                                          ("stateful.async", True), ("stateless.sync", False)])
+def test_firewall_nat_lb_proved_as_one_unit_has_no_single_instance_violation(strategy, log):
+    from nfproof.verify.chain_crash import enumerate_instance_crashes
+    from nfproof.verify.failover import verify_failover
+    nf = lookup("firewall>nat>lb")
+    assert verify_failover(nf, Strategy.parse(strategy), 2, log_choices=log).verdict == "proved"
+    found = enumerate_instance_crashes(nf.chain(), Strategy.parse(strategy), 2, CHAIN_UNIVERSE, log, gaps=(0, 1, 3))
+    assert found is None, found.story()

@@ -28,6 +28,7 @@ the chain's composite NF): a counterexample in which one named instance crashed 
 search over runs, not a proof: finding none says nothing about other inputs."""
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field, replace
 
 from ..models.api import Packet
@@ -198,25 +199,50 @@ def simulate_instance_crash(chain: Chain, instance: str, strategy: Strategy, inp
 
 def find_instance_crash(chain: Chain, strategy: Strategy, inputs: list[Packet], log_choices: bool = False,
                         arrivals: list | None = None, failover_time: int = 0, max_stall: int = 0,
-                        eq: Equivalence = STRICT, limit: int = 20_000) -> InstanceCrash | None:
-    """The first run (instances in chain order, crash points in timeline order, standby choices
-    depth first) that no failure-free execution of the chain explains, or None within `limit` runs."""
-    composite = chain.as_nf()
+                        eq: Equivalence = STRICT, limit: int = 20_000, composite=None) -> InstanceCrash | None:
+    """The first run (instances in chain order, crash points in timeline order, the crash at the
+    earliest and the latest time its point allows, standby choices depth first) that no
+    failure-free execution of the chain explains, or None within `limit` runs."""
+    composite = composite or chain.as_nf()
     strategy = in_a_chain(strategy)
-    runs = 0
+    timeline, runs = strategy.events(len(inputs)), 0
     for instance in chain.members:
         for cut in strategy.cuts(len(inputs)):
+            crash_times = [None]
+            if arrivals is not None:  # between the last event that happened and the next (DESIGN.md "Time")
+                low = arrivals[timeline[cut.k - 1][1] - 1] if cut.k > 0 else 0
+                high = arrivals[timeline[cut.k][1] - 1] if cut.k < len(timeline) else low + failover_time + max_stall + 1
+                crash_times = sorted({low, high})
             for r in cut.protected:
-                def run(chooser, cut=cut, r=r):
-                    return simulate_instance_crash(chain, instance, strategy, inputs, cut, r, chooser, log_choices,
-                                                   arrivals, None, failover_time)
-                for _, crash in backtrack(run):
-                    runs += 1
-                    if runs > limit:
-                        return None
-                    why = explain(composite, inputs, crash.observed, arrivals, max_stall, eq=eq,
-                                  lossable=in_flight(cut.released, cut.applied))
-                    if not why.explained:
-                        crash.explanation = why
-                        return crash
+                for crash_time in crash_times:
+                    def run(chooser, cut=cut, r=r, crash_time=crash_time):
+                        return simulate_instance_crash(chain, instance, strategy, inputs, cut, r, chooser, log_choices,
+                                                       arrivals, crash_time, failover_time)
+                    for _, crash in backtrack(run):
+                        runs += 1
+                        if runs > limit:
+                            return None
+                        why = explain(composite, inputs, crash.observed, arrivals, max_stall, eq=eq,
+                                      lossable=in_flight(cut.released, cut.applied))
+                        if not why.explained:
+                            crash.explanation = why
+                            return crash
+    return None
+
+
+def enumerate_instance_crashes(chain: Chain, strategy: Strategy, bound: int, universe: list[Packet],
+                               log_choices: bool = False, gaps: tuple[int, ...] | None = None,
+                               failover_time: int = 1, max_stall: int = 1) -> InstanceCrash | None:
+    """Every input sequence of up to `bound` packets of `universe` (shortest first; with `gaps`,
+    arrival times as sums of them), every instance crashing alone: the first unexplained run, or None."""
+    composite = chain.as_nf()
+    for n in range(1, bound + 1):
+        arrival_sets = [None] if gaps is None else \
+            [list(itertools.accumulate(g)) for g in itertools.product(gaps, repeat=n)]
+        for inputs in itertools.product(universe, repeat=n):
+            for arrivals in arrival_sets:
+                found = find_instance_crash(chain, strategy, list(inputs), log_choices, arrivals, failover_time,
+                                            max_stall, composite=composite)
+                if found is not None:
+                    return found
     return None
