@@ -24,6 +24,8 @@ demo: $(STAMP)
 	    --failover-time 4; test $$? -le 1
 	@echo "== a property: the load balancer never moves an established flow"
 	$(NFPROOF) verify lb --strategy stateful.async --property sticky-backend --bound 2; test $$? -le 1
+	@echo "== a chain, failing as one unit; a counterexample names the instance whose crash alone shows it"
+	$(NFPROOF) verify 'firewall>nat>lb' --strategy all --bound 3; test $$? -le 1
 	@echo "== the reference runtime: a real capture through firewall>nat>lb, recorded as a trace"
 	$(NFPROOF) run 'firewall>nat>lb' --param nat.ports=64512 --pcap tests/data/E02_http_49flows.pcap --seed 7 -o out/demo-run.pcapng
 	@echo "== the replay checker: is that recorded run explained by a failure-free execution?"

@@ -218,15 +218,19 @@ def run(args) -> int:
         out = [as_json(r) for r in results]
         for data, r in zip(out, results):
             if alone[id(r)] is not None:
-                data["instance_crash"] = {"instance": alone[id(r)].instance, "story": alone[id(r)].story()}
+                data["instance_crash"] = {"instance": alone[id(r)].instance, "story": alone[id(r)].story()} \
+                    if alone[id(r)] else None
         print(json.dumps(out if len(out) > 1 else out[0], indent=2))
     elif len(results) == 1:
         r = results[0]
         if r.verdict == "counterexample":
             print(f"error: {error_line(r)}\n\n{story(r)}\n\nreproduce (Python):\n{reproduction(r)}")
-            if alone[id(r)] is not None:
+            if alone[id(r)]:
                 print(f"\nthe same inputs with one instance crashing alone (the others keep running):\n"
                       f"{alone[id(r)].story()}")
+            elif alone[id(r)] is False:
+                print(f"\nno run of these inputs in which one instance crashes alone (the others keep running) "
+                      f"shows a violation: this one needs the instances to fail together")
         elif r.verdict == "proved":
             length = "of any length" if r.unbounded else f"of up to {r.bound} packets"
             print(f"proved: {r.nf} under {r.strategy} keeps {eq} output equivalence for every input sequence "
@@ -244,8 +248,10 @@ def run(args) -> int:
         print(f"{'strategy':34} {'verdict':22} {'bound':>5} {'seconds':>8}  counterexample")
         for r in results:
             note = error_line(r) if r.counterexample else r.reason
-            if alone[id(r)] is not None:
+            if alone[id(r)]:
                 note += f" ({alone[id(r)].instance} crashing alone shows it too)"
+            elif alone[id(r)] is False:
+                note += " (only with the instances failing together)"
             length = f"{len(r.counterexample.run.inputs)} packets: " if r.counterexample else ""
             verdict = r.verdict + (" (any length)" if r.unbounded else "")
             print(f"{r.strategy:34} {verdict:22} {r.bound:>5} {r.seconds:>8.3f}  {length}{note}")
@@ -256,17 +262,21 @@ def run(args) -> int:
 def _instance_crash(nf_cls, result, log_choices: bool, eq):
     """For a chain's counterexample (its instances failing as one unit): the same inputs' first
     run in which one instance crashes alone and no failure-free execution explains the outputs
-    (verify/chain_crash.py), or None."""
+    (verify/chain_crash.py), False if there is none, None if not a chain's counterexample."""
     chain = getattr(nf_cls, "chain", None)
     if result.counterexample is None or not callable(chain) or len(chain().members) < 2 \
             or result.counterexample.run.strategy.mutation:
         return None
-    from .verify.chain_crash import find_instance_crash
+    from .verify.chain_crash import SearchLimit, find_instance_crash
     cex = result.counterexample
     run = cex.run
-    return find_instance_crash(chain(), run.strategy, run.inputs, log_choices, run.arrivals,
-                               (run.failover_end - run.crash_time) if run.arrivals is not None else 0,
-                               cex.max_stall, eq)
+    try:
+        found = find_instance_crash(chain(), run.strategy, run.inputs, log_choices, run.arrivals,
+                                    (run.failover_end - run.crash_time) if run.arrivals is not None else 0,
+                                    cex.max_stall, eq)
+    except SearchLimit:
+        return None
+    return found or False
 
 
 def _reproduce(args, failing: list, per_strategy: bool) -> None:

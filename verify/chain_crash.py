@@ -74,6 +74,10 @@ class InstanceCrash:
     chain_members: tuple = ()
 
 
+class SearchLimit(Exception):
+    """The search ran more runs than it was allowed: it decided nothing."""
+
+
 def in_a_chain(strategy: Strategy) -> Strategy:
     """The strategy as an instance of a chain runs it: an output-commit batch closes at every chain input."""
     return replace(strategy, param=1) if strategy.mode == "commit" else strategy
@@ -202,7 +206,7 @@ def find_instance_crash(chain: Chain, strategy: Strategy, inputs: list[Packet], 
                         eq: Equivalence = STRICT, limit: int = 20_000, composite=None) -> InstanceCrash | None:
     """The first run (instances in chain order, crash points in timeline order, the crash at the
     earliest and the latest time its point allows, standby choices depth first) that no
-    failure-free execution of the chain explains, or None within `limit` runs."""
+    failure-free execution of the chain explains, or None; SearchLimit past `limit` runs."""
     composite = composite or chain.as_nf()
     strategy = in_a_chain(strategy)
     timeline, runs = strategy.events(len(inputs)), 0
@@ -221,7 +225,7 @@ def find_instance_crash(chain: Chain, strategy: Strategy, inputs: list[Packet], 
                     for _, crash in backtrack(run):
                         runs += 1
                         if runs > limit:
-                            return None
+                            raise SearchLimit(f"more than {limit} runs of one instance crashing alone")
                         why = explain(composite, inputs, crash.observed, arrivals, max_stall, eq=eq,
                                       lossable=in_flight(cut.released, cut.applied))
                         if not why.explained:
