@@ -79,7 +79,8 @@ def add_parser(sub):
                    help="after a failover the upstream replays nothing: inputs the protected state does not cover are lost")
     f.add_argument("--no-dedup", action="store_true", help="let duplicate outputs out after a failover")
     f.add_argument("--fail", action="append", default=[], metavar="NF@PKT",
-                   help="SIGKILL instance NF's primary when it is about to be handed input PKT (0-based, as the "
+                   help="SIGKILL instance NF's primary when it is about to be handed input PKT, the outputs before it "
+                        "released unless the strategy holds them for protection (0-based, as the "
                         "trace numbers inputs), e.g. nat@200 (repeatable); store@PKT: restart a stateless strategy's "
                         "private redis-server without persistence before input PKT (its state is lost); "
                         "store-failover@PKT: kill it there and promote its replica, cut off 16 inputs earlier; "
