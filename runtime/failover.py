@@ -408,10 +408,18 @@ class StandbyLink(Handle):
             self.shipped = last
             self.queue, self.queued_at = [], None
 
+    def _write(self) -> None:
+        """Writes what is queued on the link; a standby that is gone leaves it closed (the worker
+        reports that the instance is not protected)."""
+        try:
+            self.conn.flush()
+        except OSError:
+            self.conn.closed = True
+
     def flush(self, wait: bool = False) -> int:
         self._ship()
-        if self.conn is not None and self.conn.out:
-            self.conn.flush()
+        if self.conn is not None and self.conn.out and not self.conn.closed:
+            self._write()
         if wait:
             while self.conn is not None and not self.conn.closed and self.r < self.shipped:
                 self._take(self.conn.wait(1.0))
@@ -421,8 +429,9 @@ class StandbyLink(Handle):
         """Also writes the batches end() shipped since the last call."""
         if self.conn is not None and not self.conn.closed:
             if self.conn.out:
-                self.conn.flush()
-            self._take(self.conn.read(nowait=True))
+                self._write()
+            if not self.conn.closed:
+                self._take(self.conn.read(nowait=True))
         return self.r
 
     def _take(self, messages) -> None:

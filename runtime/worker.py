@@ -109,6 +109,8 @@ class Worker:
         dead process sends nothing)."""
         while True:
             time.sleep(max(0.0, self.last_sent + period - time.monotonic()))
+            if time.monotonic() - self.last_sent < period:  # it spoke meanwhile (read without the lock:
+                continue                                    # the loop need not wait for this thread)
             with self.lock:
                 due = time.monotonic() - self.last_sent >= period
                 if due:
