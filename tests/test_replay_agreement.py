@@ -21,7 +21,7 @@ from nfproof.models.api import TCP, UDP, Packet, addr, flags
 from nfproof.models.concrete import all_steps, freeze_state, initial_state, seeded
 from nfproof.models.strategy import Strategy
 from nfproof.traces.trace import TraceEvent, TraceHeader, TracePacket, TraceWriter
-from nfproof.verify.equivalence import Equivalence
+from nfproof.verify.equivalence import Equivalence, in_flight
 from nfproof.verify.frames import frame_of, frame_view
 from nfproof.verify.replay import replay
 from nfproof.verify.replay_load import configured_chain, load_trace
@@ -75,11 +75,11 @@ def configured(name: str):
     return lookup(">".join(members))
 
 
-def random_run(name: str, rng: random.Random):
+def random_run(name: str, rng: random.Random, switches: dict | None = None):
     nf = configured(name)
     n = rng.randint(1, 6)
     inputs = [rng.choice(UNIVERSES[name]) for _ in range(n)]
-    strategy = Strategy.parse(rng.choice(ALL_STRATEGIES))
+    strategy = Strategy.parse(rng.choice(ALL_STRATEGIES)).switched(**(switches or {}))
     cut = rng.choice(strategy.cuts(n))
     r = rng.choice(cut.protected)
     log = rng.random() < 0.3
@@ -213,3 +213,33 @@ def test_replay_verdicts_agree_with_the_verifier(name, tmp_path):
 
 def verdict_sequential(path, stall) -> str:
     return replay(load_trace(str(path)), Equivalence(), stall * NS, jobs=1, partition=False).verdict
+
+
+RELATIONS = [({"replay_input": False}, Equivalence("loss-at-failover")), ({"replay_input": False}, Equivalence()),
+             ({"dedup": False}, Equivalence("strict", allow_duplicates=True)), ({"dedup": False}, Equivalence()),
+             ({}, Equivalence("per-flow")),
+             ({"replay_input": False, "dedup": False}, Equivalence("loss-at-failover", allow_duplicates=True))]
+
+
+@pytest.mark.parametrize("name", ["nat", "monitor", "lb", "firewall"])
+def test_replay_and_the_verifier_agree_under_switches_and_relations(name, tmp_path):
+    """The same agreement for runs without input replay or duplicate suppression, judged under
+    loss-at-failover, with duplicates allowed, per flow: the relations are defined once
+    (verify/equivalence.py) and the two checkers must mean the same by them."""
+    rng = random.Random(f"agree-relations-{name}")
+    seen = {"explained": 0, "violation": 0}
+    for k in range(RUNS // 2):
+        switches, eq = RELATIONS[k % len(RELATIONS)]
+        nf, run, stall = random_run(name, rng, switches)
+        truth = explain(nf, run.inputs, run.observed_outputs, run.arrivals, stall, eq=eq,
+                        lossable=in_flight(run.cut.released, run.cut.applied))
+        path = tmp_path / f"run{k}.pcapng"
+        write_trace(name, run, stall, path)
+        result = replay(load_trace(str(path)), eq, stall * NS, jobs=1)
+        expected = "explained" if truth.explained else "violation"
+        assert result.verdict == expected, (
+            f"run {k}: {run.strategy} under {eq}, cut {run.cut}, r={run.protected}, arrivals={run.arrivals}, "
+            f"stall={stall}: replay says {result.verdict}, the verifier {expected}\n"
+            + "\n".join(f"{e.actor} {e.text}" for e in run.events))
+        seen[result.verdict] += 1
+    assert seen["explained"] > 0 and (seen["violation"] > 0 or name == "monitor"), seen
