@@ -3,7 +3,8 @@
 `simulate` executes the failover protocol of DESIGN.md operationally on concrete packets: the
 primary follows the strategy's timeline up to the crash, the standby resumes from the protected
 state, the upstream replays, the egress suppresses duplicates. `explain` decides by exhaustive
-search whether some failure-free execution produces exactly the observed outputs (`strict`).
+search whether some failure-free execution produces the observed outputs (under an equivalence
+of verify/equivalence.py; strict by default).
 
 Time (DESIGN.md "Time"), when `arrivals` are given (ticks of the NF's clock): the primary
 processes input i at its arrival a_i (every event of its timeline after `apply i` happens then);
@@ -402,9 +403,10 @@ def explain(nf_cls: type[NF], inputs: list[Packet], observed: list, arrivals: li
             eq: Equivalence = STRICT, lossable: Iterable[int] = ()) -> Explanation:
     """Does some failure-free execution on `inputs` emit `observed` ([(gate, Packet)]) under the
     equivalence `eq` (for `strict`: on every egress exactly the sequence it emits there)? With
-    `arrivals`, input i may be processed at any time in [a_i, a_i + max_stall], times non-decreasing, and every such time is tried (`prefer[i]`, if
-    given, first); a step that reads no clock is processed at the earliest time allowed, which
-    leaves later steps the most room (its result does not depend on the time). Under
+    `arrivals`, input i may be processed at any time in [a_i, a_i + max_stall], times
+    non-decreasing, and every such time is tried (`prefer[i]`, if given, first); a step that reads
+    no clock is processed at the earliest time allowed, which leaves later steps the most room
+    (its result does not depend on the time). Under
     loss-at-failover the execution may also have lost any of the inputs `lossable` (1-based: in
     flight at the crash); with duplicates allowed an observed output equal to an earlier one on
     its channel may be skipped."""
