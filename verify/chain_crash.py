@@ -52,6 +52,7 @@ class InstanceCrash:
     crash_time: int | None = None
     explanation: Explanation | None = None
     standby_choices: list = field(default_factory=list)  # what X's standby chose, in call order
+    chain_members: tuple = ()
 
     def story(self) -> str:
         others = [m for m in self.chain_members if m != self.instance]
@@ -70,8 +71,6 @@ class InstanceCrash:
         if why and why.matched >= len(self.observed):
             lines.append(f"  (nothing more: a failure-free execution emits more after output {why.matched})")
         return "\n".join(lines)
-
-    chain_members: tuple = ()
 
 
 class SearchLimit(Exception):
@@ -104,9 +103,8 @@ def simulate_instance_crash(chain: Chain, instance: str, strategy: Strategy, inp
     clocks: dict = {}                 # n -> the time X's primary processed it
     snapshots = {0: copy_state(state[instance])}
     last = [(0, -1)]                  # X's downstream: the highest (n, j) it passed
-    mode = ["primary"]
     chain_input = [0]
-    standby = {"state": None, "previous": 0, "end": 0}
+    standby = {"on": False, "state": None, "previous": 0, "end": 0}  # X's standby, once it took over
     made: list = []                   # X's standby's own choices
 
     def clock():
@@ -117,7 +115,7 @@ def simulate_instance_crash(chain: Chain, instance: str, strategy: Strategy, inp
             return step(chain.members[name].nf, state[name], p, _first, clock).outputs
         n = len(received) + 1
         received.append((chain_input[0], p))
-        if mode[0] == "primary":
+        if not standby["on"]:
             res = step(nf, state[instance], p, _first, clock)
             choices[n], clocks[n] = res.choices, now[0]
             snapshots[n] = copy_state(state[instance])
@@ -162,7 +160,7 @@ def simulate_instance_crash(chain: Chain, instance: str, strategy: Strategy, inp
         crash_time = arrivals[cut.applied - 1] if cut.applied else 0
     failover_end = crash_time + failover_time if timed else None
     events.append(f"{instance} crashes" + (f" at {crash_time}; its failover ends at {failover_end}" if timed else ""))
-    mode[0] = "standby"
+    standby["on"] = True
     if strategy.replays_from_protected:
         standby["state"] = copy_state(snapshots[r])
         events.append(f"{who} takes over with the state of its input {r}" if r else
@@ -175,7 +173,6 @@ def simulate_instance_crash(chain: Chain, instance: str, strategy: Strategy, inp
     else:
         standby["state"] = initial_state(nf)
         events.append(f"{who} takes over with an empty state")
-    previous = failover_end
     standby["end"] = standby["previous"] = failover_end or 0
     for n in range(strategy.replay_start(released, r) + 1, applied + 1):
         i, p = received[n - 1]
@@ -185,9 +182,8 @@ def simulate_instance_crash(chain: Chain, instance: str, strategy: Strategy, inp
         logged = log_choices and n <= released
         chooser = scripted(list(choices[n])) if logged else standby_chooser
         if timed:
-            now[0] = clocks[n] if log_choices else max(arrivals[i - 1], failover_end, previous)
-            previous = max(previous, now[0])
-            standby["previous"] = previous
+            now[0] = clocks[n] if log_choices else max(arrivals[i - 1], failover_end, standby["previous"])
+            standby["previous"] = max(standby["previous"], now[0])
         res = step(nf, standby["state"], p, chooser, clock)
         if not logged:
             made.extend(res.choices)
