@@ -70,6 +70,10 @@ class InstanceCrash:
             lines.append(f"  {k + 1}. {egress}: {pkt}{mark}")
         if why and why.matched >= len(self.observed):
             lines.append(f"  (nothing more: a failure-free execution emits more after output {why.matched})")
+        if why:
+            instead = "; or ".join(f"{g}: {p}" for g, p in why.expected) or "no further output"
+            lines.append(f"why: after the first {why.matched} output(s), every failure-free execution of the chain "
+                         f"that matches emits instead: {instead}")
         return "\n".join(lines)
 
 
