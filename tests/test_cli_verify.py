@@ -155,3 +155,8 @@ def test_the_equivalences_are_the_ones_defined_once():
     from nfproof.cmd_verify import EQUIVALENCES
     from nfproof.verify.equivalence import RELATIONS
     assert EQUIVALENCES == RELATIONS
+
+
+def test_per_instance_strategies_are_refused_with_the_reason():
+    r = nfproof("verify", "firewall>nat>lb", "--strategy", "nat=stateful.sync,lb=none", "--bound", "2")
+    assert r.returncode == 2 and "one strategy per instance needs the chain verified instance by instance" in r.stderr
