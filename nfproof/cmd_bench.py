@@ -18,6 +18,9 @@ path, so the ratios compare strategies, not architectures. Per strategy:
   instance SIGKILLed before it is handed input --fail-at; failover time = detection (kill to
   closed socket, or the silence of missed heartbeats) + takeover (the replacement ready).
 
+--window N sets how many inputs a one-instance chain has in flight (default 32, as `nfproof run`);
+--read-cache has stateless.async/batch/commit read from the store's local read cache.
+
 For reference only (no row, no ratio): `none` in this process, as `nfproof run` runs it without
 --strategy (the fast path when built), inputs over the CPU time of the whole loop.
 
@@ -92,8 +95,8 @@ def add_parser(sub):
     p.add_argument("--heartbeat-ms", type=positive_float, default=1.0, metavar="MS",
                    help="primaries' heartbeat period (default 1)")
     p.add_argument("--window", type=positive_int, default=None, metavar="N",
-                   help="inputs in flight at a one-instance chain, as `nfproof run` has them (default "
-                        f"{PIPELINE_WINDOW}; a longer chain hands over one chain input at a time). commit:B "
+                   help="inputs in flight at a one-instance chain (default "
+                        f"{PIPELINE_WINDOW}, as in `nfproof run`; a longer chain hands over one chain input at a time). commit:B "
                         "with N <= B waits for each batch's acknowledgement before the next inputs come: "
                         "a larger N lets several batches be in flight")
     p.add_argument("--read-cache", action="store_true",
