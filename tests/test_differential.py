@@ -532,3 +532,31 @@ def test_bench_runs_and_prints_result_lines():
     metrics = {line.split()[1]: float(line.split()[2]) for line in lines}
     assert metrics["step_points"] >= metrics["step_models"] > 0 and metrics["verdict_checks"] == 20
     assert r.returncode == (1 if metrics["step_disagreements"] + metrics["verdict_disagreements"] else 0), r.stdout
+
+
+def test_a_duplicate_passed_over_is_learnt_as_the_slot_it_was():
+    """Found by the protocol fuzz: an NF emitting the packet, then a copy whose length is a choice
+    made once, under stateless.async --no-dedup with duplicates allowed. The explanation of a
+    candidate passed over one of the *primary's* outputs as a duplicate (not the replayed one);
+    learning assumed the replayed outputs were the ones passed over, so the same candidate came
+    back and the 1-packet counterexample ended undecided."""
+    from nfproof.models.api import Bits, Counter, NF, Pool
+
+    class LengthOnce(NF):
+        name = "length-once"
+        gates = ("out",)
+        c = Counter(Bits(1, "B1"))
+        pool = Pool(base=0, size=2, kind=Bits(1, "B1"))
+
+        def handle(self, pkt, ctx):
+            ctx.emit(pkt, "out")
+            if self.c == 0:
+                self.c = ctx.choose(self.pool.all())
+            ctx.emit(pkt.rewrite(length=self.c), "out")
+
+    universe = [Packet(0, 0, 0, 0, 0, 0, False, 0), Packet(0, 0, 0, 0, 0, 0, True, 32767)]
+    strategy = Strategy.parse("stateless.async").switched(dedup=False)
+    eq = Equivalence("strict", allow_duplicates=True)
+    assert enumerate_failover(LengthOnce, strategy, 1, universe, eq=eq) is not None
+    result = verify_failover(LengthOnce, strategy, 1, Budget(timeout=60), eq=eq)
+    assert result.verdict == "counterexample", result.reason

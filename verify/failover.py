@@ -436,28 +436,29 @@ def _violation(runs: _Runs, strategy: Strategy, n, point: _Point, log_choices, b
                                     explained=explained, skip=skip)
     released_slots = [slot for i in range(1, seen_upto + 1) for slot in observed[i]]
     dup_slots = [slot for i in sorted(dups) for slot in dups[i]]
-    violations += _not_duplicates(dup_slots, released_slots, runs.eq.allow_duplicates)
     order = released_slots + dup_slots + [slot for i in range(seen_upto + 1, n + 1) for slot in observed[i]]
+    violations += _not_duplicates(dup_slots, order, runs.eq.allow_duplicates)
     for i in range(1, n + 1):
         if source(i) == "m":
             borrowed = zip(runs.choice_vars.get(("m", i), []), runs.choice_vars.get(("p", i), []),
                            runs.choice_vars.get(("s", i), []))
             assumptions += [m == z3.If(leaks[i], sv, pv) for m, pv, sv in borrowed]
-    return (assumptions, z3.Or(*violations), observed, reference_times, order, dup_slots, released_slots) \
-        if violations else None
+    return (assumptions, z3.Or(*violations), observed, reference_times, order) if violations else None
 
 
-def _not_duplicates(dups: list, earlier: list, allowed: bool) -> list:
-    """Conditions under which an output the egress let out again (--no-dedup) is a violation:
-    whenever it is there, or with duplicates allowed when it equals no output let out before it."""
+def _not_duplicates(slots: list, order: list, allowed: bool) -> list:
+    """Conditions under which the output slots `slots` of the egress's sequence `order` are not
+    duplicates to pass over: whenever one is there, or with duplicates allowed when it equals no
+    output let out before it."""
     out = []
-    for k, d in enumerate(dups):
+    for d in slots:
         if not allowed:
             out.append(d.present)
             continue
+        earlier = order[:next(k for k, sl in enumerate(order) if sl is d)]
         same = [z3.And(e.present, e.gate == d.gate, *[e.fields[f] == d.fields[f] for f in PACKET_FIELDS
                                                      if f in e.fields and f in d.fields])
-                for e in earlier + dups[:k]]
+                for e in earlier]
         out.append(z3.And(d.present, z3.Not(z3.Or(*same))) if same else d.present)
     return out
 
@@ -636,7 +637,7 @@ def _solve(runs, nf_cls, strategy, n, point: _Point, query, budget, log_choices,
     """None (no violation at this point), a confirmed Counterexample, "undecided" (refinements
     ran out), or with a smaller `rlimit` "deferred" when a query hits it (try again with the
     budget's own)."""
-    assumptions, violation, observed, reference_times, order, dup_slots, released_slots = query
+    assumptions, violation, observed, reference_times, order = query
     s = smt.new_solver(budget, rlimit=rlimit)
     s.add(*assumptions)
     s.add(violation)
@@ -677,13 +678,14 @@ def _solve(runs, nf_cls, strategy, n, point: _Point, query, budget, log_choices,
         times, time_invalid = None, []
         if runs.clocked:
             times, time_invalid = _learnt_times(runs, n, explanation.times, reference_times, value)
-        # (duplicates it passed over: compared without the outputs let out again, each of which
+        # (the outputs it passed over as duplicates, as slots: compared without them, each of which
         # must repeat an earlier one; a reordering per flow is not learnt: such candidates come back)
-        passed_over = bool(explanation.skipped) and bool(dup_slots)
+        present = [sl for sl in order if z3.is_true(model.eval(sl.present, True))]
+        passed = [present[k] for k in explanation.skipped]
         differs = _reference_differs(runs, n, observed, lambda i: f"learnt{runs.learnt}", constants=learnt,
                                      aligned=False, times=times, skip=set(explanation.lost),
-                                     sequence=[sl for sl in order if not (passed_over and any(sl is d for d in dup_slots))]) \
-            + time_invalid + (_not_duplicates(dup_slots, released_slots, True) if passed_over else [])
+                                     sequence=[sl for sl in order if not any(sl is p for p in passed)]) \
+            + time_invalid + _not_duplicates(passed, order, True)
         if not differs:
             return None
         s.add(z3.Or(*differs))
