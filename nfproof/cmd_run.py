@@ -52,7 +52,16 @@ def add_parser(sub):
     p.add_argument("chain", metavar="CHAIN",
                    help=f"an NF ({', '.join(sorted(NFS))}, or a user model path/to/mynf.py:Class) or a chain of "
                         "them, e.g. 'firewall>nat>lb'")
-    p.add_argument("--pcap", required=True, metavar="FILE", help="the input: a pcap or pcapng capture")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--pcap", metavar="FILE", help="the input: a pcap or pcapng capture")
+    source.add_argument("--iface", action="append", metavar="SIDE=IF",
+                        help="the input: live interfaces, inside=IF and outside=IF (AF_PACKET raw sockets: Linux, "
+                             "root or CAP_NET_RAW); a frame's side is its interface's, the outputs leave on the "
+                             "interface of their side; ends at --count, --duration or --idle")
+    p.add_argument("--count", type=positive_int, metavar="N", help="with --iface: stop after N input frames")
+    p.add_argument("--duration", type=positive_float, metavar="S", help="with --iface: stop after S seconds")
+    p.add_argument("--idle", type=positive_float, metavar="S",
+                   help="with --iface: stop once no frame arrived for S seconds")
     p.add_argument("-o", "--output", metavar="TRACE.pcapng", help="record the run into this trace")
     p.add_argument("--seed", type=non_negative_int, default=0, help="seed of every nondeterministic choice (default 0)")
     p.add_argument("--batch", type=positive_int, default=32, help="inputs per batch (default 32); outputs do not "
@@ -250,6 +259,31 @@ def random_failures(k: int, seed: int, chain: Chain, inputs: int) -> list[tuple[
     return [(rng.choice(names), s) for s in seqs]
 
 
+def live_interfaces(args) -> dict[str, str]:
+    """--iface inside=IF --iface outside=IF as {side: interface}; {} for a capture run."""
+    if not args.iface:
+        for flag in ("count", "duration", "idle"):
+            if getattr(args, flag) is not None:
+                raise UsageError(f"--{flag} applies to live interfaces (--iface); a capture ends with its file")
+        return {}
+    out: dict[str, str] = {}
+    for item in args.iface:
+        side, sep, name = item.partition("=")
+        if not sep or side not in ("inside", "outside") or not name or side in out:
+            raise UsageError(f"--iface {item}: give inside=IF and outside=IF once each, e.g. --iface inside=eth1 "
+                             f"--iface outside=eth2")
+        out[side] = name
+    if set(out) != {"inside", "outside"}:
+        raise UsageError(f"--iface: the {'inside' if 'inside' not in out else 'outside'} interface is missing; give "
+                         f"--iface inside=IF --iface outside=IF")
+    if args.strategy not in (None, "none") or args.fail or args.fail_random or args.schedule:
+        raise UsageError("--iface runs the chain in this process: --strategy, --fail and --schedule (worker "
+                         "processes) take a capture (--pcap) for now")
+    if args.count is None and args.duration is None and args.idle is None:
+        raise UsageError("--iface: say when the run ends: --count N, --duration S or --idle S")
+    return out
+
+
 def count_inputs(path: str) -> int:
     from .runtime.ports import CaptureSource
     n = 0
@@ -266,10 +300,11 @@ def count_inputs(path: str) -> int:
 
 def run(args) -> int:
     from .runtime.executor import make_pipeline, run as run_chain
-    from .runtime.frames import parse_inside
+    from .runtime.frames import DEFAULT_INSIDE, parse_inside
     from .runtime.ports import CaptureSource, capture_inside
     from .runtime.recorder import Recorder
 
+    interfaces = live_interfaces(args)
     if args.schedule:
         apply_schedule(args, {"strategy": "none", "log_choices": False, "param": [], "failover_time": None,
                               "inside": "auto"})
@@ -280,20 +315,29 @@ def run(args) -> int:
         except ValueError as e:
             raise UsageError(str(e)) from None
     chain = build_chain(args.chain, args.param)
-    if args.output and os.path.exists(args.output) and os.path.exists(args.pcap) \
+    if args.output and args.pcap and os.path.exists(args.output) and os.path.exists(args.pcap) \
             and os.path.samefile(args.output, args.pcap):
         raise UsageError(f"-o {args.output} is the input capture; name another file for the trace")
     if args.output:
         folder = os.path.dirname(os.path.abspath(args.output))
         if not os.path.isdir(folder) or not os.access(folder, os.W_OK):
             raise UsageError(f"cannot write the trace {args.output}: {folder} is not a writable folder")
-    try:
-        source = CaptureSource(args.pcap)
-    except FormatError as e:
-        raise UsageError(str(e)) from None
+    sinks = []
+    if interfaces:
+        from .runtime.ports import InterfaceError, InterfaceSink, InterfaceSource
+        try:
+            source = InterfaceSource(interfaces, args.count, args.duration, args.idle)
+            sinks.append(InterfaceSink(interfaces))
+        except InterfaceError as e:
+            raise UsageError(str(e)) from None
+    else:
+        try:
+            source = CaptureSource(args.pcap)
+        except FormatError as e:
+            raise UsageError(str(e)) from None
     settings = failover_settings(args, chain)
     if auto_inside:
-        inside = capture_inside(args.pcap)
+        inside = capture_inside(args.pcap) if args.pcap else DEFAULT_INSIDE
     cpu0 = time.process_time()
     failovers, pids = None, None
     with source:
@@ -305,7 +349,7 @@ def run(args) -> int:
         if args.output:
             fields = {"params": list(args.param), "seed": args.seed, "inside": [str(n) for n in inside],
                       "clock": args.clock, "batch": args.batch, "implementation": implementation,
-                      "input": os.path.basename(args.pcap)}
+                      "input": os.path.basename(args.pcap) if args.pcap else f"interfaces {source.name}"}
             if settings is not None:
                 fields.update(processes=True, fail=[str(f) for f in settings.failures],
                               failover_time=settings.failover_ns / 1e9, heartbeat_ms=settings.heartbeat_ms,
@@ -323,7 +367,7 @@ def run(args) -> int:
         try:
             if settings is None:
                 stats = run_chain(chain, source, pipeline, recorder, args.batch, args.clock,
-                                  progress, implementation=implementation, inside=inside)
+                                  progress, implementation=implementation, inside=inside, sinks=sinks)
             else:
                 from .runtime.failover import FailoverDriver, RunFailed
                 from .runtime.store import StoreError
@@ -364,7 +408,7 @@ def run(args) -> int:
 
 
 def as_json(stats, args, cpu_seconds: float, inside, auto_inside: bool) -> dict:
-    return {"chain": args.chain, "input": args.pcap, "implementation": stats.implementation, "seed": args.seed,
+    return {"chain": args.chain, "input": args.pcap or "interfaces " + ",".join(args.iface), "implementation": stats.implementation, "seed": args.seed,
             "batch": args.batch, "clock": args.clock, "inside": [str(n) for n in inside], "auto_inside": auto_inside,
             "packets_in": stats.packets_in, "packets_out": stats.packets_out, "by_egress": stats.by_egress,
             "bytes_in": stats.bytes_in, "bytes_out": stats.bytes_out, "dropped": stats.dropped,

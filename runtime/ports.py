@@ -2,8 +2,8 @@
 
 The executor (runtime/executor.py) only sees these two interfaces, so a new kind of port is one
 small class here and nothing else: a capture file today (`CaptureSource`, `PcapSink`); a live
-interface (AF_PACKET: `receive` = recvmmsg of up to n frames, `send` = sendmsg) or a DPDK port
-(`receive` = rte_eth_rx_burst, `send` = rte_eth_tx_burst) later.
+interface (AF_PACKET raw sockets: `InterfaceSource`, `InterfaceSink`) and, later, a DPDK port (`receive` =
+rte_eth_rx_burst, `send` = rte_eth_tx_burst).
 
 A Source yields its input in bursts of `InputFrame`s (frame bytes, wire length, capture time in ns
 since the epoch or None when the capture has none, side: batch.FROM_INSIDE, FROM_OUTSIDE or
@@ -193,6 +193,122 @@ def capture_inside(path, default=DEFAULT_INSIDE) -> tuple:
     except FormatError:
         pass
     return tuple(ipaddress.ip_network((ipaddress.ip_address(a), 8 * len(a))) for a in openers) or tuple(default)
+
+
+ETH_P_ALL = 0x0003       # every protocol (linux/if_ether.h)
+PACKET_OUTGOING = 4      # sll_pkttype of a frame this host sent (linux/if_packet.h)
+MAX_FRAME = 65535
+
+
+class InterfaceError(OSError):
+    """A live interface cannot be opened (one line: which, why, and the fix)."""
+
+
+def _raw_socket(name: str):
+    import socket
+    try:
+        s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
+    except PermissionError:
+        raise InterfaceError(f"interface {name}: opening a raw socket needs CAP_NET_RAW (run as root, or "
+                             f"setcap cap_net_raw+ep on the Python binary)") from None
+    except (AttributeError, OSError) as e:
+        raise InterfaceError(f"interface {name}: no AF_PACKET sockets here ({e}); live interfaces need Linux") from None
+    try:
+        s.bind((name, 0))
+    except OSError as e:
+        s.close()
+        raise InterfaceError(f"interface {name}: {e.strerror or e} (is it up? `ip link show`)") from None
+    return s
+
+
+class InterfaceSource(Source):
+    """Live frames from network interfaces through AF_PACKET raw sockets (Linux, CAP_NET_RAW): one
+    interface per side (`{"inside": "eth1", "outside": "eth2"}`); a frame's side is its interface's,
+    its time the moment it was read. Frames this host sends on them (the run's own outputs among
+    them) are skipped. The input ends after `count` frames, `duration` seconds, or `idle` seconds
+    without a frame (each None: no such limit)."""
+
+    linktype = 1
+
+    def __init__(self, interfaces: dict[str, str], count: int | None = None, duration: float | None = None,
+                 idle: float | None = None):
+        import time
+        self.sockets: dict = {}
+        try:
+            for side, name in interfaces.items():
+                sock = _raw_socket(name)
+                sock.setblocking(False)
+                self.sockets[sock] = PORT_SIDES[side]
+        except BaseException:
+            self.close()
+            raise
+        self.name = ",".join(f"{side}={name}" for side, name in interfaces.items())
+        self.count, self.idle = count, idle
+        self.deadline = None if duration is None else time.monotonic() + duration
+        self.received = 0
+        self.bytes = 0
+
+    def receive(self, max_frames: int) -> list[InputFrame]:
+        import select
+        import time
+        out: list[InputFrame] = []
+        while not out:
+            if self.count is not None and self.received >= self.count:
+                return []
+            now = time.monotonic()
+            if self.deadline is not None and now >= self.deadline:
+                return []
+            waits = [w for w in (self.idle, None if self.deadline is None else self.deadline - now) if w is not None]
+            ready = select.select(list(self.sockets), [], [], min(waits) if waits else None)[0]
+            if not ready and self.idle is not None and (self.deadline is None or time.monotonic() < self.deadline):
+                return []  # idle for `idle` seconds
+            for s in ready:  # then whatever is queued, without waiting, up to max_frames
+                while len(out) < max_frames and (self.count is None or self.received < self.count):
+                    try:
+                        data, address = s.recvfrom(MAX_FRAME)
+                    except BlockingIOError:
+                        break
+                    if address[2] == PACKET_OUTGOING:
+                        continue
+                    out.append(InputFrame(data, len(data), time.time_ns(), self.sockets[s]))
+                    self.received += 1
+                    self.bytes += len(data)
+        return out
+
+    def progress(self) -> tuple[int, int | None]:
+        return self.bytes, None
+
+    def close(self) -> None:
+        for s in self.sockets:
+            s.close()
+        self.sockets = {}
+
+
+class InterfaceSink(Sink):
+    """Outputs sent on live interfaces: egress `inside` on the inside interface, `outside` on the
+    outside one (other egresses, a monitor's alerts, are counted in `unsent`, not sent)."""
+
+    def __init__(self, interfaces: dict[str, str]):
+        self.sockets = {}
+        try:
+            for side, name in interfaces.items():
+                self.sockets[side] = _raw_socket(name)
+        except BaseException:
+            self.close()
+            raise
+        self.unsent = 0
+
+    def send(self, egress: str, frame: bytes, time_ns: int) -> None:
+        s = self.sockets.get(egress)
+        if s is None:
+            self.unsent += 1
+            return
+        s.send(frame)
+
+    def close(self) -> None:
+        for s in self.sockets.values():
+            s.close()
+        self.sockets = {}
 
 
 def egress_file_name(egress: str) -> str:

@@ -1,0 +1,115 @@
+"""Live interfaces (runtime/ports.py InterfaceSource / InterfaceSink, `nfproof run --iface`), in a
+network namespace the test creates: two veth pairs, the runtime on one end of each, the test's raw
+sockets on the other ends. Frames of a real capture go in on the inside pair; the NAT's outputs
+must come out of the outside pair exactly as the run's trace records them, and the trace must
+replay as explained. Needs root and `ip` (else skipped)."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from nfproof.traces.reader import open_capture
+from nfproof.traces.trace import TracePacket, read_trace
+
+E02 = Path(__file__).parent / "data" / "E02_http_49flows.pcap"
+FRAMES = 40
+
+
+def sh(*args, check=True):
+    return subprocess.run(list(args), capture_output=True, text=True, timeout=60, check=check)
+
+
+@pytest.fixture
+def netns():
+    if os.geteuid() != 0 or shutil.which("ip") is None:
+        pytest.skip("needs root and iproute2 (a network namespace with veth pairs)")
+    name = f"nfproof-test-{os.getpid()}"
+    if sh("ip", "netns", "add", name, check=False).returncode != 0:
+        pytest.skip("cannot create a network namespace here")
+    try:
+        ns = ["ip", "netns", "exec", name]
+        sh(*ns, "sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1", "net.ipv6.conf.default.disable_ipv6=1")
+        for a, b in (("vi0", "vi1"), ("vo0", "vo1")):
+            sh("ip", "-n", name, "link", "add", a, "type", "veth", "peer", "name", b)
+            for dev in (a, b):
+                sh("ip", "-n", name, "link", "set", dev, "up")
+        yield ns
+    finally:
+        sh("ip", "netns", "del", name, check=False)
+
+
+SENDER = """
+import socket, sys, time
+frames = [bytes.fromhex(line) for line in sys.stdin.read().split()]
+out = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(3)); out.bind(("vi1", 0))
+got = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(3)); got.bind(("vo1", 0)); got.settimeout(0.5)
+for f in frames:
+    out.send(f)
+    time.sleep(0.002)
+seen, quiet = [], time.monotonic() + 4
+while time.monotonic() < quiet:
+    try:
+        data, addr = got.recvfrom(65535)
+    except socket.timeout:
+        continue
+    if addr[2] != 4:  # not what this socket's host sent
+        seen.append(data.hex())
+        quiet = time.monotonic() + 2
+print("\\n".join(seen))
+"""
+
+
+def packet_sockets(ns) -> int:
+    return len(sh(*ns, "cat", "/proc/net/packet").stdout.strip().splitlines()) - 1
+
+
+def test_a_nat_between_two_live_interfaces(netns, tmp_path):
+    frames = [r.data for r, _ in zip(open_capture(E02), range(FRAMES))]
+    trace = tmp_path / "live.pcapng"
+    run = subprocess.Popen([*netns, sys.executable, "-m", "nfproof", "run", "nat", "--param", "nat.ports=64512",
+                            "--iface", "inside=vi0", "--iface", "outside=vo0", "--count", str(FRAMES), "--idle", "20",
+                            "-o", str(trace), "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while packet_sockets(netns) < 4:  # the runtime's two receiving and two sending sockets are bound
+        assert run.poll() is None, run.communicate()
+        assert time.monotonic() < deadline, "the runtime did not open its interfaces"
+        time.sleep(0.05)
+    sender = subprocess.run([*netns, sys.executable, "-c", SENDER], input="\n".join(f.hex() for f in frames),
+                            capture_output=True, text=True, timeout=120)
+    assert sender.returncode == 0, sender.stderr
+    out, err = run.communicate(timeout=120)
+    assert run.returncode == 0, err
+    result = json.loads(out)
+    assert result["packets_in"] == FRAMES and result["input"] == "interfaces inside=vi0,outside=vo0"
+    with read_trace(str(trace)) as t:
+        items = [p for p in t if isinstance(p, TracePacket)]
+    inputs = [p for p in items if p.interface.startswith("ingress")]
+    egress = [p.data for p in items if p.interface == "egress:outside"]
+    assert [p.data for p in inputs] == frames and all(p.interface == "ingress:inside" for p in inputs)
+    assert len(egress) == result["packets_out"] > 0
+    assert [bytes.fromhex(h) for h in sender.stdout.split()] == egress  # what left on the wire, in order
+    assert all(f[26:30] == bytes([203, 0, 113, 1]) for f in egress)    # the NAT's external address
+    replay = subprocess.run([sys.executable, "-m", "nfproof", "replay", str(trace)], capture_output=True, text=True,
+                            timeout=120)
+    assert replay.returncode == 0, replay.stdout + replay.stderr
+
+
+def test_live_interface_errors_are_one_line(capsys):
+    from nfproof.cli import main
+    assert main(["run", "nat", "--iface", "inside=lo"]) == 2
+    assert "the outside interface is missing" in capsys.readouterr().err
+    assert main(["run", "nat", "--iface", "inside=lo", "--iface", "outside=lo"]) == 2
+    assert "say when the run ends" in capsys.readouterr().err
+    assert main(["run", "nat", "--iface", "inside=nfp-none0", "--iface", "outside=lo", "--count", "1"]) == 2
+    err = capsys.readouterr().err  # (without root the raw socket itself is refused first)
+    assert "interface nfp-none0: No such device" in err or "needs CAP_NET_RAW" in err, err
+    assert main(["run", "nat", "--iface", "inside=lo", "--iface", "outside=lo", "--count", "1",
+                 "--strategy", "stateful.sync"]) == 2
+    assert "take a capture (--pcap) for now" in capsys.readouterr().err
