@@ -59,7 +59,7 @@ PACKET_TESTS := tests/test_containers.py tests/test_fast_vs_pure.py tests/test_f
                 tests/test_inspect.py tests/test_inspect_progress.py tests/test_trace_format.py \
                 tests/test_runtime_frames.py tests/test_runtime_pure.py tests/test_runtime_conformance.py \
                 tests/test_cli_run.py tests/test_runtime_paths.py tests/test_replay.py \
-                tests/test_replay_agreement.py tests/test_replay_rows.py
+                tests/test_replay_agreement.py tests/test_replay_rows.py tests/test_live_ports.py
 
 # The whole suite on the Cython fast path, then the packet-path tests on the pure-Python fallback.
 test: $(STAMP) system-deps
