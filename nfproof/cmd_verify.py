@@ -221,9 +221,9 @@ def run(args) -> int:
     if args.json:
         out = [as_json(r) for r in results]
         for data, r in zip(out, results):
-            if alone[id(r)] is not None:
-                data["instance_crash"] = {"instance": alone[id(r)].instance, "story": alone[id(r)].story()} \
-                    if alone[id(r)] else None
+            found = alone[id(r)]
+            if found is not None:  # (null: no single-instance crash of these inputs shows it)
+                data["instance_crash"] = {"instance": found.instance, "story": found.story()} if found else None
         print(json.dumps(out if len(out) > 1 else out[0], indent=2))
     elif len(results) == 1:
         r = results[0]
