@@ -5,8 +5,9 @@ through which a state-management paradigm plugs into the worker processes.
 Processes. The driver is the `nfproof run` process. Every chain instance runs as a primary worker
 process (`python -m nfproof.runtime.worker`, runtime/worker.py) joined to the driver by a
 socketpair; under a stateful strategy each primary has a standby process joined to it by TCP
-(any host:port, loopback by default). One spare worker waits, warmed up, to become the next
-standby (stateful) or the next fresh instance (none, stateless). A failure is a SIGKILL.
+(any host:port, loopback by default). One spare worker (SPARES when more than one failure is
+planned) waits, warmed up, to become the next standby (stateful) or the next fresh instance
+(none, stateless). A failure is a SIGKILL.
 
 Per instance the driver keeps the *upstream buffer* (every input not yet covered by the protected
 point r, kept for replay), does *duplicate suppression* on the instance's downstream link (the
@@ -572,6 +573,8 @@ PIPELINE_WINDOW = 32      # inputs in flight at a one-instance chain (longer cha
 START_SECONDS = 60.0      # a worker must say hello within this (imports on a loaded machine)
 REPLY_SECONDS = 30.0
 SWEEP_SECONDS = 0.005     # how often the driver reads idle primaries (heartbeats, a closed socket)
+SPARES = 2                # spares kept when more than one failure is planned: a second crash soon after the
+                          # first finds one started (a spare takes ~0.2 s of imports to start)
 
 
 class RunFailed(RuntimeError):
@@ -794,7 +797,8 @@ class FailoverDriver:
         self.instances = {name: Running(name, k, m) for k, (name, m) in enumerate(chain.members.items())}
         self.window = max(1, settings.window) if len(self.instances) == 1 else 1
         self.period = settings.heartbeat_ms / 1000
-        self.spare: WorkerProcess | None = None
+        self.spares: deque = deque()       # started spare workers, oldest first
+        self.spares_wanted = 1             # how many are kept (topped up after each failover)
         self.workers: list[WorkerProcess] = []     # every process started (all are stopped at the end)
         self.options: dict = {}
         self.stop_backend = None
@@ -845,7 +849,9 @@ class FailoverDriver:
             if s.paradigm == "stateful":
                 x.standby = self.start_worker("standby", self.spec(x, 1), self.standby_address())
         if s.failures or s.schedule is not None:
-            self.spawn_spare()
+            self.spares_wanted = SPARES if len(s.failures) > 1 else 1
+            for _ in range(self.spares_wanted):
+                self.spawn_spare()
         for x in self.instances.values():
             x.primary.expect("hello", START_SECONDS)
             if x.standby is not None:
@@ -855,16 +861,25 @@ class FailoverDriver:
             if x.standby is not None:
                 x.primary.expect("attached")
             x.attached = True
-        if self.spare is not None:  # started and idle before the first input: no start-up in the measurements
-            self.spare.greeted()
+        for spare in self.spares:  # started and idle before the first input: no start-up in the measurements
+            spare.greeted()
 
     def spawn_spare(self) -> None:
-        self.spare = self.start_worker("spare", self.spec(None, 0))
+        self.spares.append(self.start_worker("spare", self.spec(None, 0)))
+
+    def spares_ready(self) -> bool:
+        """Whether a spare has started (said hello); reads the hellos that came, without waiting."""
+        for w in self.spares:
+            if not w.said_hello and select.select([w], [], [], 0)[0]:
+                w.poll()
+        return any(w.said_hello for w in self.spares)
 
     def take_spare(self) -> WorkerProcess:
-        if self.spare is None:
+        """A started spare if there is one, else the oldest (waiting for its hello), else a new one."""
+        if not self.spares:
             self.spawn_spare()
-        spare, self.spare = self.spare, None
+        spare = next((w for w in self.spares if w.said_hello), self.spares[0])
+        self.spares.remove(spare)
         spare.greeted()
         return spare
 
@@ -1089,7 +1104,7 @@ class FailoverDriver:
                 x.silence_ns = int(silence * 1e9)
         for w in live:  # standbys and spares speak when asked; an early death is fatal
             if w.conn.closed and all(w is not x.primary for x in self.instances.values()):
-                if any(w is x.standby for x in self.instances.values()) or w is self.spare:
+                if any(w is x.standby for x in self.instances.values()) or w in self.spares:
                     raise RunFailed(f"a {w.role} worker (pid {w.pid}) exited: {w.popen.poll()}")
 
     def message(self, x: Running, m: tuple) -> None:
@@ -1228,9 +1243,7 @@ class FailoverDriver:
         by = "missed heartbeats" if x.suspected else "closed socket"
         s = self.settings
         self.failing = True
-        if self.spare is not None and not self.spare.said_hello and select.select([self.spare], [], [], 0)[0]:
-            self.spare.poll()
-        spare_ready = self.spare is not None and self.spare.said_hello  # else the takeover waits for one to start
+        spare_ready = self.spares_ready()  # else the takeover waits for one to start
         try:
             if s.paradigm == "stateful":  # promote the standby and ready the next one, both at once
                 x.standby.send(("promote", x.generation + 1, None, None))
@@ -1251,7 +1264,7 @@ class FailoverDriver:
             x.primary.last_heard = time.monotonic()
             x.generation += 1
             takeover = time.perf_counter_ns() - started
-            if self.spare is None:
+            while len(self.spares) < self.spares_wanted:
                 self.spawn_spare()
             self.takeover(x, ready, killed_at, detected, takeover, cause, by, old.pid, spare_ready)
         finally:
