@@ -52,6 +52,21 @@ def test_a_counterexample_happens_on_the_runtime(capsys, tmp_path, model, strate
     assert out.startswith("error:") and "not produced by any failure-free execution" in out or "emits" in out
 
 
+@pytest.mark.parametrize("strategy", ["stateful.async", "none", "stateless.async"])
+def test_a_chain_counterexample_happens_with_one_instance_crashing_alone(capsys, tmp_path, strategy):
+    """A chain's counterexample (verified as one failing unit) is reproduced as the run of its
+    inputs in which one instance crashes alone (verify/chain_crash.py), the way the runtime runs a
+    chain: the schedule crashes that instance, by its own input numbers, and replay sees the
+    violation."""
+    verified, ran, replayed, folder = reproduce_and_replay(capsys, tmp_path, "firewall>nat>lb", strategy, bound=4)
+    assert verified == 1
+    schedule = json.loads((folder / "schedule.json").read_text())
+    assert schedule["chain"] == "firewall>nat>lb" and schedule["crash"]["instance"] == "nat"
+    assert "nat crashes alone (firewall, lb keep running)" in (folder / "README.md").read_text()
+    code, out = replayed
+    assert code == 1 and out.startswith("error:"), out
+
+
 def test_the_files(capsys, tmp_path):
     """inputs.pcapng: one frame per input whose view is the input, at its arrival, on the port of
     its side; schedule.json: the counterexample's crash and choices; the trace records one

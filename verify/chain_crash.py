@@ -53,6 +53,8 @@ class InstanceCrash:
     explanation: Explanation | None = None
     standby_choices: list = field(default_factory=list)  # what X's standby chose, in call order
     chain_members: tuple = ()
+    counts: tuple = (0, 0, 0)         # X's own inputs: applied, released, protected at the crash
+    choices: dict = field(default_factory=dict)  # instance -> {"primary"|"standby": {n: [values]}}, n as it numbers its inputs
 
     def story(self) -> str:
         others = [m for m in self.chain_members if m != self.instance]
@@ -110,18 +112,29 @@ def simulate_instance_crash(chain: Chain, instance: str, strategy: Strategy, inp
     chain_input = [0]
     standby = {"on": False, "state": None, "previous": 0, "end": 0}  # X's standby, once it took over
     made: list = []                   # X's standby's own choices
+    choices_by: dict = {}
 
     def clock():
         return now[0]
 
+    seen_by: dict = {}                # instance -> how many inputs it received
+
+    def record(name: str, role: str, n: int, values: list):
+        if values:
+            choices_by.setdefault(name, {}).setdefault(role, {})[n] = list(values)
+
     def process(name: str, p: Packet):
         if name != instance:
-            return step(chain.members[name].nf, state[name], p, _first, clock).outputs
+            seen_by[name] = seen_by.get(name, 0) + 1
+            res = step(chain.members[name].nf, state[name], p, _first, clock)
+            record(name, "primary", seen_by[name], res.choices)
+            return res.outputs
         n = len(received) + 1
         received.append((chain_input[0], p))
         if not standby["on"]:
             res = step(nf, state[instance], p, _first, clock)
             choices[n], clocks[n] = res.choices, now[0]
+            record(instance, "primary", n, res.choices)
             snapshots[n] = copy_state(state[instance])
             if chain_input[0] > cut.released:
                 held[n] = res.outputs
@@ -134,6 +147,7 @@ def simulate_instance_crash(chain: Chain, instance: str, strategy: Strategy, inp
             standby["previous"] = now[0]
         res = step(nf, standby["state"], p, standby_chooser, clock)
         made.extend(res.choices)
+        record(instance, "standby", n, res.choices)
         events.append(f"{who} applies its input {n} (chain input {chain_input[0]}): {p}"
                       + (f"; chooses {', '.join(map(str, res.choices))}" if res.choices else ""))
         return passed(n, res.outputs)
@@ -191,6 +205,7 @@ def simulate_instance_crash(chain: Chain, instance: str, strategy: Strategy, inp
         res = step(nf, standby["state"], p, chooser, clock)
         if not logged:
             made.extend(res.choices)
+            record(instance, "standby", n, res.choices)
         events.append(f"the upstream replays {instance}'s input {n} (chain input {i}): {p}"
                       + (f"; {who} chooses {', '.join(map(str, res.choices))}" if res.choices else ""))
         chain.carry(instance, passed(n, res.outputs), process, emit)
@@ -198,7 +213,7 @@ def simulate_instance_crash(chain: Chain, instance: str, strategy: Strategy, inp
         route(i, arrivals[i - 1] if timed else 0)
     return InstanceCrash(instance, strategy, list(inputs), cut, protected, observed, events,
                          list(arrivals) if timed else None, crash_time, standby_choices=made,
-                         chain_members=tuple(chain.members))
+                         chain_members=tuple(chain.members), counts=(applied, released, r), choices=choices_by)
 
 
 def find_instance_crash(chain: Chain, strategy: Strategy, inputs: list[Packet], log_choices: bool = False,

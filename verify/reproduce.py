@@ -88,8 +88,29 @@ def _ns(ticks: int, tps: int) -> int:
     return T0_NS + -(-ticks * NS // tps)
 
 
-def schedule(result, chain_text: str, instance: str, params: list) -> tuple[dict, list[tuple[int, bytes]]]:
-    """(schedule.json's content, [(capture time ns, inbound, frame)]) of a counterexample Result."""
+def instance_crash(result):
+    """A chain's counterexample (its instances failing as one unit) as the runtime can run it: the
+    first run of its inputs in which one instance crashes alone and no failure-free execution
+    explains the outputs (verify/chain_crash.py), else ReproduceError."""
+    from .chain_crash import SearchLimit, find_instance_crash
+    cex = result.counterexample
+    run = cex.run
+    try:
+        found = find_instance_crash(cex.nf.chain(), run.strategy, run.inputs, cex.log_choices, run.arrivals,
+                                    (run.failover_end - run.crash_time) if run.arrivals is not None else 0,
+                                    cex.max_stall)
+    except SearchLimit:
+        found = None
+    if found is None:
+        raise ReproduceError("no run of the counterexample's inputs in which one instance crashes alone shows a "
+                             "violation (it needs the chain's instances to fail together); the runtime crashes one "
+                             "instance at a time")
+    return found
+
+
+def schedule(result, chain_text: str, instance: str, params: list, alone=None) -> tuple[dict, list[tuple[int, bytes]]]:
+    """(schedule.json's content, [(capture time ns, inbound, frame)]) of a counterexample Result;
+    for a chain's, of its run with one instance crashing alone (`instance_crash`)."""
     cex = result.counterexample
     run, nf = cex.run, cex.nf
     if run.strategy.mutation:
@@ -98,11 +119,20 @@ def schedule(result, chain_text: str, instance: str, params: list) -> tuple[dict
     if not (run.strategy.replay_input and run.strategy.dedup) or cex.eq != STRICT:
         raise ReproduceError("a schedule carries the default protocol (input replay, duplicate suppression) judged "
                              "strict; drop --no-replay-input, --no-dedup, --equivalence and --allow-duplicates")
-    if callable(getattr(nf, "chain", None)) and len(nf.chain().members) > 1:
-        raise ReproduceError("the chain was verified as one failing unit; the runtime crashes one instance at a time "
-                             "(reproduce a counterexample of one NF)")
     tps = getattr(nf, "ticks_per_second", 1)
     timed = run.arrivals is not None
+    crash = {"instance": instance, "applied": run.cut.applied, "released": run.cut.released,
+             "protected": run.protected, "time_ns": _ns(run.crash_time, tps) if timed else None}
+    choices = {instance: {
+        "primary": {str(i): list(v) for i, v in sorted(run.primary_choices.items()) if v},
+        "standby": {str(i): list(v) for i, v in sorted(run.standby_choices.items()) if v}}}
+    if callable(getattr(nf, "chain", None)) and len(nf.chain().members) > 1:
+        alone = alone or instance_crash(result)  # (counts and choices by each instance's own input numbers)
+        applied, released, protected = alone.counts
+        crash = {"instance": alone.instance, "applied": applied, "released": released, "protected": protected,
+                 "time_ns": _ns(alone.crash_time, tps) if timed else None}
+        choices = {name: {role: {str(n): v for n, v in sorted(by_n.items())} for role, by_n in roles.items()}
+                   for name, roles in alone.choices.items()}
     times = [_ns(a, tps) if timed else T0_NS + i * UNTIMED_GAP_NS for i, a in enumerate(run.arrivals or run.inputs)]
     frames = [(t, p.inbound, _frame(p)) for t, p in zip(times, run.inputs)]
     failover_ticks = (run.failover_end - run.crash_time) if timed else None
@@ -113,11 +143,8 @@ def schedule(result, chain_text: str, instance: str, params: list) -> tuple[dict
         "strategy": str(run.strategy),
         "log_choices": cex.log_choices,
         "t0_ns": T0_NS,
-        "crash": {"instance": instance, "applied": run.cut.applied, "released": run.cut.released,
-                  "protected": run.protected, "time_ns": _ns(run.crash_time, tps) if timed else None},
-        "choices": {instance: {
-            "primary": {str(i): list(v) for i, v in sorted(run.primary_choices.items()) if v},
-            "standby": {str(i): list(v) for i, v in sorted(run.standby_choices.items()) if v}}},
+        "crash": crash,
+        "choices": choices,
         "expect": "violation",
     }
     if timed:
@@ -130,8 +157,11 @@ def write(result, folder: str, chain_text: str, instance: str, params: list, sto
     """Writes inputs.pcap, schedule.json and README.md (with `story(result)`) into `folder`
     (created), for the counterexample as frames show it (`framed_result`); returns their paths."""
     result = framed_result(result)
-    doc, frames = schedule(result, chain_text, instance, params)
-    story = story(result)
+    nf = result.counterexample.nf
+    alone = instance_crash(result) if callable(getattr(nf, "chain", None)) and len(nf.chain().members) > 1 else None
+    doc, frames = schedule(result, chain_text, instance, params, alone)
+    story = story(result) + (f"\n\nThe same inputs with one instance crashing alone, as the runtime runs it:\n"
+                             f"{alone.story()}" if alone else "")
     os.makedirs(folder, exist_ok=True)
     pcap, sched, readme = (os.path.join(folder, n) for n in ("inputs.pcapng", "schedule.json", "README.md"))
     with PcapngWriter(pcap, userappl="nfproof verify --reproduce") as w:  # the side of a frame is its port's
