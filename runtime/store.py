@@ -464,6 +464,7 @@ class Store:
 
     def __init__(self, url: str | None = None, cluster=None, server: RedisServer | None = None):
         self.server, self.cluster_client, self._owned = server, None, False
+        self._warm_link: Link | None = None  # a spare's connection made while it waited (warm())
         if cluster is not None:
             from redis.cluster import ClusterNode, RedisCluster
             self.nodes = _parse_nodes(cluster)
@@ -489,10 +490,28 @@ class Store:
         self.url = url
         self.check()
 
+    def warm(self) -> None:
+        """Connect one link now (a single server): the next `link` is it, and `check` asks on it."""
+        if self.cluster_client is None and self._warm_link is None:
+            link = Link(**self.kwargs, socket_timeout=10)
+            link.call(("PING",))
+            self._warm_link = link
+
     def check(self) -> None:
-        """StoreError unless the server answers a PING now (a single server; a cluster answered at connect)."""
+        """StoreError unless the server answers a PING now (a single server; a cluster answered at connect).
+        Asked on the warm link if there is one (one round trip); if that link broke meanwhile (e.g. the
+        server restarted), it is dropped and a new connection asks."""
         if self.cluster_client is not None:
             return
+        if self._warm_link is not None:
+            try:
+                reply = self._warm_link.call(("PING",))[0]
+                if not isinstance(reply, Exception):
+                    return
+            except StoreError:
+                pass
+            self._warm_link.close()
+            self._warm_link = None
         try:
             with redis.Redis(**self.kwargs, socket_timeout=5, **CLIENT_OPTIONS) as client:
                 client.ping()
@@ -504,6 +523,9 @@ class Store:
         if self.cluster_client is not None:
             node = self.cluster_client.get_node_from_key(key)
             return Link(node.host, node.port, socket_timeout=10)
+        if self._warm_link is not None:
+            link, self._warm_link = self._warm_link, None
+            return link
         return Link(**self.kwargs, socket_timeout=10)
 
     def client(self, key: bytes | None = None) -> redis.Redis:
@@ -520,6 +542,9 @@ class Store:
         return StoreInstance(self, nf_cls, chain, instance, mode, **options)
 
     def close(self) -> None:
+        if self._warm_link is not None:
+            self._warm_link.close()
+            self._warm_link = None
         if self.cluster_client is not None:
             self.cluster_client.close()
         if self._owned and self.server is not None:
@@ -1504,16 +1529,21 @@ class StoreBackend(Backend):
 
     @classmethod
     def warm(cls, spec: InstanceSpec) -> None:
-        """A spare, before it is assigned: connects to the store named in `spec` (redis-py's first
-        connection and command paths run now, not in the takeover; ~2 ms); `open` uses that
-        connection. A store that does not answer now is left for `open` to report."""
+        """A spare, before it is assigned: connects to the store named in `spec` and opens the link
+        its instance will use (redis-py's first connection and command paths run now, not in the
+        takeover); `open` PINGs on that link and uses it. A store that does not answer now is left
+        for `open` to report."""
         where = (spec.options.get("redis"), spec.options.get("redis_cluster"))
         if where == (None, None):
             return
+        cls._warm, store = None, None
         try:
-            cls._warm = (where, connect(*where))
+            store = connect(*where)
+            store.warm()
+            cls._warm = (where, store)
         except StoreError:
-            cls._warm = None
+            if store is not None:
+                store.close()
 
     def open(self, spec: InstanceSpec, fresh: bool, info: dict | None = None) -> StoreInstance:
         options = spec.options
