@@ -31,7 +31,7 @@ def reproduce_and_replay(capsys, tmp_path, model: str, strategy: str, bound: int
     verified, out, err = cli(capsys, "verify", model, "--strategy", strategy, "--bound", bound, *extra,
                              "--reproduce", folder)
     if verified != 1:
-        return verified, None, None, folder
+        return verified, None, (None, err), folder
     schedule = json.loads((folder / "schedule.json").read_text())
     trace = tmp_path / f"{folder.name}.pcapng"
     ran, out, err = cli(capsys, "run", model, "--pcap", folder / "inputs.pcapng", "--schedule",
@@ -146,3 +146,22 @@ def test_every_counterexample_up_to_bound_6_happens_on_the_runtime(capsys, tmp_p
             assert replayed[0] == 1, f"{model} under {strategy}: replay of the reproduction: {replayed[1]}"
             reproduced.append(strategy)
     assert reproduced or model in ("lb-hash", "csfq-core")
+
+
+@pytest.mark.slow
+def test_every_chain_counterexample_with_one_instance_alone_happens_on_the_runtime(capsys, tmp_path):
+    """firewall>nat>lb x every strategy at bound 4: each counterexample that a single-instance crash
+    of its inputs shows is reproduced and replayed as a violation; the others are refused with the
+    reason (they need the instances to fail together), never written wrong."""
+    reproduced, refused = [], []
+    for strategy in ALL_STRATEGIES:
+        verified, ran, replayed, folder = reproduce_and_replay(capsys, tmp_path, "firewall>nat>lb", strategy, bound=4)
+        if verified == 2:
+            assert "needs the chain's instances to fail together" in replayed[1], replayed[1]
+            refused.append(strategy)
+            continue
+        assert verified in (0, 1), f"{strategy}: verify exited {verified}"
+        if verified == 1:
+            assert replayed[0] == 1, f"under {strategy}: replay of the reproduction: {replayed[1]}"
+            reproduced.append(strategy)
+    assert {"none", "stateful.async", "stateless.async"} <= set(reproduced), (reproduced, refused)
