@@ -211,7 +211,8 @@ def run(args) -> int:
     if args.html and failing:
         try:
             with open(args.html, "w") as f:
-                f.write(html(failing[0]))
+                found = alone[id(failing[0])]
+                f.write(html(failing[0], found.story() if found else None))
         except OSError as e:
             raise UsageError(f"cannot write {args.html}: {e.strerror}") from None
     elif args.html:

@@ -147,9 +147,10 @@ def reproduction(result: Result) -> str:
         + protocol + ")\n")
 
 
-def html(result: Result) -> str:
+def html(result: Result, alone: str | None = None) -> str:
     """A self-contained HTML timeline of a counterexample: one column per actor, one row per
-    event in order, the output no failure-free execution produces highlighted."""
+    event in order, the output no failure-free execution produces highlighted; `alone`: a chain's
+    run with one instance crashing alone (verify/chain_crash.py), as text."""
     from html import escape
 
     run, why = result.counterexample.run, result.counterexample.explanation
@@ -179,4 +180,4 @@ pre{{background:#f6f6f6;padding:1em}}h1{{font-size:18px}}</style>
 {chr(10).join(f'<tr>{r}</tr>' for r in rows)}</table>
 <p><b>Why:</b> {why_text}: <code>{escape(instead)}</code></p>
 <h2>Reproduce</h2><pre>{escape(reproduction(result))}</pre>
-"""
+""" + (f"<h2>One instance crashing alone</h2><pre>{escape(alone)}</pre>\n" if alone else "")
