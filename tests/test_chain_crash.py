@@ -99,12 +99,14 @@ def test_no_single_instance_crash_breaks_a_safe_strategy_on_small_inputs(strateg
             assert found is None, found.story()
 
 
-def test_verify_names_the_instance():
+def test_verify_names_the_instance(tmp_path):
+    page = tmp_path / "cex.html"
     r = subprocess.run([sys.executable, "-m", "nfproof", "verify", "firewall>nat>lb", "--strategy", "stateful.async",
-                        "--bound", "4"], capture_output=True, text=True, timeout=300)
+                        "--bound", "4", "--html", str(page)], capture_output=True, text=True, timeout=300)
     assert r.returncode == 1, r.stdout + r.stderr
     assert "the same inputs with one instance crashing alone (the others keep running):" in r.stdout
     assert "nat crashes alone (firewall, lb keep running)" in r.stdout
+    assert "nat crashes alone (firewall, lb keep running)" in page.read_text()
 
 
 UNIT_CASES = [(c, s, lc) for c in ("nat>nat", "count>pick", "pick>alarm", "fork")
