@@ -238,7 +238,8 @@ def run(args) -> int:
                       f"shows a violation: this one needs the instances to fail together")
         elif r.verdict == "proved":
             length = "of any length" if r.unbounded else f"of up to {r.bound} packets"
-            print(f"proved: {r.nf} under {r.strategy} keeps {eq} output equivalence for every input sequence "
+            unit = " (its instances failing as one unit)" if ">" in (getattr(nf_cls, "model_reference", "") or "") else ""
+            print(f"proved: {r.nf}{unit} under {r.strategy} keeps {eq} output equivalence for every input sequence "
                   f"{length}, every crash point and every choice"
                   + (f", every arrival and crash time below 2^30 ticks" if r.stats.get("clock") else "") +
                   f" ({r.seconds:.2f} s); "
