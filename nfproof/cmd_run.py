@@ -57,7 +57,7 @@ def add_parser(sub):
     source.add_argument("--iface", action="append", metavar="SIDE=IF",
                         help="the input: live interfaces, inside=IF and outside=IF (AF_PACKET raw sockets: Linux, "
                              "root or CAP_NET_RAW); a frame's side is its interface's, the outputs leave on the "
-                             "interface of their side; ends at --count, --duration or --idle")
+                             "interface of their side; ends at --count, --duration, --idle or Ctrl-C")
     p.add_argument("--count", type=positive_int, metavar="N", help="with --iface: stop after N input frames")
     p.add_argument("--duration", type=positive_float, metavar="S", help="with --iface: stop after S seconds")
     p.add_argument("--idle", type=positive_float, metavar="S",
@@ -280,7 +280,7 @@ def live_interfaces(args) -> dict[str, str]:
         raise UsageError("--iface runs the chain in this process: --strategy, --fail and --schedule (worker "
                          "processes) take a capture (--pcap) for now")
     if args.count is None and args.duration is None and args.idle is None:
-        raise UsageError("--iface: say when the run ends: --count N, --duration S or --idle S")
+        print(f"nfproof run: reading {','.join(args.iface)} until Ctrl-C", file=sys.stderr)
     return out
 
 

@@ -225,8 +225,8 @@ class InterfaceSource(Source):
     """Live frames from network interfaces through AF_PACKET raw sockets (Linux, CAP_NET_RAW): one
     interface per side (`{"inside": "eth1", "outside": "eth2"}`); a frame's side is its interface's,
     its time the moment it was read. Frames this host sends on them (the run's own outputs among
-    them) are skipped. The input ends after `count` frames, `duration` seconds, or `idle` seconds
-    without a frame (each None: no such limit)."""
+    them) are skipped. The input ends after `count` frames, `duration` seconds, `idle` seconds
+    without a frame (each None: no such limit), or at Ctrl-C while it waits for frames."""
 
     linktype = 1
 
@@ -247,6 +247,7 @@ class InterfaceSource(Source):
         self.deadline = None if duration is None else time.monotonic() + duration
         self.received = 0
         self.bytes = 0
+        self.interrupted = False
 
     def receive(self, max_frames: int) -> list[InputFrame]:
         import select
@@ -259,7 +260,13 @@ class InterfaceSource(Source):
             if self.deadline is not None and now >= self.deadline:
                 return []
             waits = [w for w in (self.idle, None if self.deadline is None else self.deadline - now) if w is not None]
-            ready = select.select(list(self.sockets), [], [], min(waits) if waits else None)[0]
+            if self.interrupted:
+                return []
+            try:
+                ready = select.select(list(self.sockets), [], [], min(waits) if waits else None)[0]
+            except KeyboardInterrupt:  # Ctrl-C ends a live input: the run finishes normally
+                self.interrupted = True
+                return []
             if not ready and self.idle is not None and (self.deadline is None or time.monotonic() < self.deadline):
                 return []  # idle for `idle` seconds
             for s in ready:  # then whatever is queued, without waiting, up to max_frames
