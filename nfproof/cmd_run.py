@@ -276,9 +276,9 @@ def live_interfaces(args) -> dict[str, str]:
     if set(out) != {"inside", "outside"}:
         raise UsageError(f"--iface: the {'inside' if 'inside' not in out else 'outside'} interface is missing; give "
                          f"--iface inside=IF --iface outside=IF")
-    if args.strategy not in (None, "none") or args.fail or args.fail_random or args.schedule:
-        raise UsageError("--iface runs the chain in this process: --strategy, --fail and --schedule (worker "
-                         "processes) take a capture (--pcap) for now")
+    if args.fail_random or args.schedule:
+        raise UsageError("--iface: --fail-random and --schedule need a capture (--pcap): they are planned on its "
+                         "inputs; use --fail NF@PKT")
     if args.count is None and args.duration is None and args.idle is None:
         print(f"nfproof run: reading {','.join(args.iface)} until Ctrl-C", file=sys.stderr)
     return out
@@ -373,7 +373,7 @@ def run(args) -> int:
                 from .runtime.store import StoreError
                 try:
                     driver = FailoverDriver(chain, args.chain, args.param, args.seed, settings, source.linktype,
-                                            inside, recorder, args.clock, args.batch, progress)
+                                            inside, recorder, args.clock, args.batch, progress, sinks)
                     stats = driver.run(source)
                 except RunFailed as e:
                     raise UsageError(f"the run stopped: {e}") from None
@@ -387,6 +387,8 @@ def run(args) -> int:
         finally:
             if progress is not None:
                 progress.clear()
+            for sink in sinks:
+                sink.close()
     cpu = time.process_time() - cpu0
     if settings is not None and settings.schedule is not None \
             and not any(f["instance"] == settings.schedule.instance for f in failovers):

@@ -785,9 +785,11 @@ class FailoverDriver:
     docstring); `run(source)` returns executor.RunStats, `failovers` the measured failovers."""
 
     def __init__(self, chain, chain_text: str, params: list, seed: int, settings: FailoverSettings,
-                 linktype: int = 1, inside=None, recorder=None, clock: str = "pcap", batch: int = 32, progress=None):
+                 linktype: int = 1, inside=None, recorder=None, clock: str = "pcap", batch: int = 32, progress=None,
+                 sinks=()):
         from .frames import DEFAULT_INSIDE, Sides  # the driver's frame handling: not imported by workers
         chain.validate()
+        self.sinks = list(sinks)  # ports the outputs also leave on (runtime/ports.py: live interfaces)
         self.chain, self.chain_text, self.params, self.seed = chain, chain_text, list(params), seed
         self.settings, self.linktype, self.recorder, self.clock = settings, linktype, recorder, clock
         self.batch, self.progress = batch, progress
@@ -1061,6 +1063,8 @@ class FailoverDriver:
             self.recorder.output(seq, out_index, egress, instance, frame, self.t0 + arrival, wirelen, label)
         self.digest.update(egress.encode() + b"\0" + struct.pack("<I", len(frame)) + frame)
         self.packets_out += 1
+        for sink in self.sinks:
+            sink.send(egress, frame, self.t0 + arrival)
         self.bytes_out += wirelen
         self.by_egress[egress] += 1
 
@@ -1185,11 +1189,11 @@ class FailoverDriver:
                 plan.done = True
                 while not x.attached:  # a new standby still loading the state: wait for it
                     self.pump(self.period)
-                generation = x.generation
                 x.primary.flush()  # inputs before seq were handed over
                 if self.settings.strategy is None or not policy(self.settings.strategy).hold:
                     while x.busy:
                         self.pump(self.period)
+                generation = x.generation  # (after the wait: a failover it saw is not this one)
                 self.kill(x, f"before input {seq}")
                 while x.generation == generation:
                     self.pump(self.period)

@@ -36,6 +36,7 @@ def netns():
     try:
         ns = ["ip", "netns", "exec", name]
         sh(*ns, "sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1", "net.ipv6.conf.default.disable_ipv6=1")
+        sh("ip", "-n", name, "link", "set", "lo", "up")  # (primary and standby talk over loopback TCP)
         for a, b in (("vi0", "vi1"), ("vo0", "vo1")):
             sh("ip", "-n", name, "link", "add", a, "type", "veth", "peer", "name", b)
             for dev in (a, b):
@@ -101,6 +102,37 @@ def test_a_nat_between_two_live_interfaces(netns, tmp_path):
     assert replay.returncode == 0, replay.stdout + replay.stderr
 
 
+def test_a_real_failover_on_live_interfaces(netns, tmp_path):
+    """--strategy stateful.sync --fail nat@20 on live interfaces: a primary and a standby process,
+    the primary killed at input 20; every output still leaves on the wire, and replay explains
+    the recorded run."""
+    frames = [r.data for r, _ in zip(open_capture(E02), range(FRAMES))]
+    trace = tmp_path / "live-failover.pcapng"
+    run = subprocess.Popen([*netns, sys.executable, "-m", "nfproof", "run", "nat", "--param", "nat.ports=64512",
+                            "--iface", "inside=vi0", "--iface", "outside=vo0", "--count", str(FRAMES), "--idle", "30",
+                            "--strategy", "stateful.sync", "--fail", "nat@20", "-o", str(trace), "--json"],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 90
+    while packet_sockets(netns) < 4:
+        assert run.poll() is None, run.communicate()
+        assert time.monotonic() < deadline, "the runtime did not open its interfaces"
+        time.sleep(0.05)
+    # (frames that arrive while the workers start wait in the sockets' kernel buffers)
+    sender = subprocess.run([*netns, sys.executable, "-c", SENDER], input="\n".join(f.hex() for f in frames),
+                            capture_output=True, text=True, timeout=120)
+    assert sender.returncode == 0, sender.stderr
+    out, err = run.communicate(timeout=120)
+    assert run.returncode == 0, err
+    result = json.loads(out)
+    assert result["packets_in"] == FRAMES and [f["cause"] for f in result["failovers"]][:1] == ["before input 20"]
+    with read_trace(str(trace)) as t:
+        egress = [p.data for p in t if isinstance(p, TracePacket) and p.interface == "egress:outside"]
+    assert [bytes.fromhex(h) for h in sender.stdout.split()] == egress and len(egress) == result["packets_out"]
+    replay = subprocess.run([sys.executable, "-m", "nfproof", "replay", str(trace)], capture_output=True, text=True,
+                            timeout=120)
+    assert replay.returncode == 0, replay.stdout + replay.stderr
+
+
 def test_ctrl_c_ends_a_live_run_cleanly(netns, tmp_path):
     """Without --count/--duration/--idle the run reads until Ctrl-C (SIGINT), then finishes as a
     capture does: results printed, the trace closed, exit 0."""
@@ -134,5 +166,5 @@ def test_live_interface_errors_are_one_line(capsys):
     err = capsys.readouterr().err  # (without root the raw socket itself is refused first)
     assert "interface nfp-none0: No such device" in err or "needs CAP_NET_RAW" in err, err
     assert main(["run", "nat", "--iface", "inside=lo", "--iface", "outside=lo", "--count", "1",
-                 "--strategy", "stateful.sync"]) == 2
-    assert "take a capture (--pcap) for now" in capsys.readouterr().err
+                 "--fail-random", "1"]) == 2
+    assert "--fail-random and --schedule need a capture" in capsys.readouterr().err
