@@ -560,3 +560,35 @@ def test_a_duplicate_passed_over_is_learnt_as_the_slot_it_was():
     assert enumerate_failover(LengthOnce, strategy, 1, universe, eq=eq) is not None
     result = verify_failover(LengthOnce, strategy, 1, Budget(timeout=60), eq=eq)
     assert result.verdict == "counterexample", result.reason
+
+
+@pytest.mark.parametrize("strategy", ["none", "stateful.async", "stateful.sync", "stateful.checkpoint:2"])
+def test_per_flow_proofs_learn_the_order_of_the_witness(strategy):
+    """An NF that emits a packet and a copy to the next port in an order chosen once: after a
+    failover the replacement may choose the other order. Strict: a counterexample; per-flow: the
+    two flows' own sequences are unchanged, so proved -- which takes learning the witness's
+    order (a candidate only a reordering explains came back until the refinements ran out)."""
+    from nfproof.models.api import Bits, Counter, NF, Pool, TCP
+
+    class OrderOnce(NF):
+        name = "order-once"
+        gates = ("out",)
+        chosen = Counter(Bits(1, "B1"))
+        flag = Counter(Bits(1, "B1"))
+        pool = Pool(base=0, size=2, kind=Bits(1, "B1"))
+
+        def handle(self, pkt, ctx):
+            if self.chosen == 0:
+                self.flag = ctx.choose(self.pool.all())
+                self.chosen = 1
+            first, second = (pkt, pkt.rewrite(dport=pkt.dport + 1))[::1 if self.flag else -1]
+            ctx.emit(first, "out")
+            ctx.emit(second, "out")
+
+    universe = [Packet(TCP, 1, 1, 2, 80), Packet(TCP, 1, 2, 2, 80)]
+    for eq in (Equivalence(), Equivalence("per-flow")):
+        for bound in (1, 2, 3):
+            explicit = enumerate_failover(OrderOnce, Strategy.parse(strategy), bound, universe, eq=eq)
+            result = verify_failover(OrderOnce, Strategy.parse(strategy), bound, Budget(timeout=60), eq=eq)
+            assert result.verdict == ("counterexample" if explicit else "proved"), (eq, bound, result.reason)
+    assert result.verdict == "proved"

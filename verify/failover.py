@@ -37,6 +37,7 @@ confirmed counterexample is a shortest one.
 """
 from __future__ import annotations
 
+import itertools
 import time
 from dataclasses import dataclass, field
 
@@ -533,7 +534,7 @@ def _reference_times(runs: _Runs, n, point: _Point, source, standby_times: dict,
 
 
 def _reference_differs(runs: _Runs, n, observed, source, assumed=frozenset(), constants=None, aligned=True,
-                       times=None, explained=None, skip=frozenset(), sequence=None) -> list:
+                       times=None, explained=None, skip=frozenset(), sequence=None, compare=None) -> list:
     """Conditions under which a failure-free reference run (choices from `source(i)`, input i
     processed at `times[i-1]`) fails to explain the observed outputs: it made a choice it could
     not make (checked only for steps not already assumed valid), or its outputs differ — input by
@@ -559,8 +560,57 @@ def _reference_differs(runs: _Runs, n, observed, source, assumed=frozenset(), co
     if not aligned:
         if sequence is None:
             sequence = [slot for i in range(1, n + 1) for slot in observed[i]]
-        violations.append(_egresses_differ(emitted, sequence, len(runs.nf_cls.gates)))
+        violations.append(compare(emitted, sequence) if compare else _egresses_differ(emitted, sequence,
+                                                                                       len(runs.nf_cls.gates)))
     return violations
+
+
+FLOW_FIELDS = ("proto", "src", "sport", "dst", "dport")  # a flow, as Equivalence.channel's default_flow reads it
+
+
+def _flows_differ_from(model):
+    """For learning a per-flow witness: a condition under which the reference's outputs are not
+    the observed ones up to an order that keeps every flow's (one egress, one 5-tuple: a
+    channel's) -- read off `model`: each present reference output matched to the next present
+    observed one of its channel, the presence of every slot as in the model, the matched pairs
+    equal, and every pair of matches whose order differs on two different channels. (If the
+    model's outputs do not match up, True: nothing learnt.)"""
+    def value(t):
+        v = model.eval(t, model_completion=True)
+        return z3.is_true(v) if z3.is_bool(v) else v.as_long()
+
+    def key(slot):
+        return (value(slot.gate),) + tuple(value(slot.fields[f]) for f in PACKET_FIELDS if f in slot.fields)
+
+    def channel(slot):
+        return (value(slot.gate),) + tuple(value(slot.fields[f]) for f in FLOW_FIELDS if f in slot.fields)
+
+    def same_channel(a, b):
+        return z3.And(a.gate == b.gate, *[a.fields[f] == b.fields[f] for f in FLOW_FIELDS
+                                           if f in a.fields and f in b.fields])
+
+    def compare(emitted, sequence):
+        present = lambda slot: z3.is_true(model.eval(slot.present, True))  # noqa: E731
+        pairs, used = [], set()
+        for e in [sl for sl in emitted if present(sl)]:
+            o = next((k for k, sl in enumerate(sequence) if k not in used and present(sl) and key(sl) == key(e)
+                      and channel(sl) == channel(e)), None)
+            if o is None:
+                return z3.BoolVal(True)
+            used.add(o)
+            pairs.append((e, o))
+        if len(used) != sum(1 for sl in sequence if present(sl)):
+            return z3.BoolVal(True)
+        explains = [sl.present if present(sl) else z3.Not(sl.present) for sl in list(emitted) + list(sequence)]
+        for e, o in pairs:
+            d = sequence[o]
+            explains += [e.gate == d.gate] + [e.fields[f] == d.fields[f] for f in PACKET_FIELDS
+                                               if f in e.fields and f in d.fields]
+        for (e1, o1), (e2, o2) in itertools.combinations(pairs, 2):
+            if o1 > o2:  # reordered: allowed only between two channels
+                explains.append(z3.Not(same_channel(e1, e2)))
+        return z3.Not(z3.And(*explains))
+    return compare
 
 
 def _egresses_differ(a: list[Slot], b: list[Slot], gates: int):
@@ -679,12 +729,13 @@ def _solve(runs, nf_cls, strategy, n, point: _Point, query, budget, log_choices,
         if runs.clocked:
             times, time_invalid = _learnt_times(runs, n, explanation.times, reference_times, value)
         # (the outputs it passed over as duplicates, as slots: compared without them, each of which
-        # must repeat an earlier one; a reordering per flow is not learnt: such candidates come back)
+        # must repeat an earlier one; under per-flow, the order it matched them in)
         present = [sl for sl in order if z3.is_true(model.eval(sl.present, True))]
         passed = [present[k] for k in explanation.skipped]
         differs = _reference_differs(runs, n, observed, lambda i: f"learnt{runs.learnt}", constants=learnt,
                                      aligned=False, times=times, skip=set(explanation.lost),
-                                     sequence=[sl for sl in order if not any(sl is p for p in passed)]) \
+                                     sequence=[sl for sl in order if not any(sl is p for p in passed)],
+                                     compare=_flows_differ_from(model) if runs.eq.relation == "per-flow" else None) \
             + time_invalid + _not_duplicates(passed, order, True)
         if not differs:
             return None
