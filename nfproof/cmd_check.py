@@ -171,7 +171,8 @@ def record_of(result, prop: str | None, check: Check) -> dict:
             text = f"error: {error_line(result)}\n\n{story(result)}\n\nreproduce (Python):\n{reproduction(result)}"
         elif result.verdict == "proved":
             length = "of any length" if result.unbounded else f"of up to {result.bound} packets"
-            text = (f"proved: {result.nf} under {result.strategy} keeps {result.stats['equivalence']} output "
+            unit = " (its instances failing as one unit)" if ">" in (check.chain or "") else ""
+            text = (f"proved: {result.nf}{unit} under {result.strategy} keeps {result.stats['equivalence']} output "
                     f"equivalence for every input "
                     f"sequence {length}, every crash point and every choice")
         else:
