@@ -103,6 +103,9 @@ def add_parser(sub):
     f.add_argument("--heartbeat-ms", type=positive_float, default=1.0, metavar="MS",  # 50: HEARTBEAT_MISSES (tested)
                    help="primaries send a heartbeat every MS ms (default 1); silence for 50 periods, or a closed "
                         "socket, is a failure")
+    f.add_argument("--async-flush-ms", type=positive_float, default=None, metavar="MS",
+                   help="stateful.async, stateless.async: queued state changes are shipped at the latest MS ms after "
+                        "the oldest was queued (default 1), or when 64 are waiting")
     f.add_argument("--failover-time", type=duration, default=None, metavar="F",
                    help="the failover's duration on the capture clock under --clock pcap, in seconds (ms/us accepted; "
                         "default 1 s): the replacement processes nothing before crash + F")
@@ -200,7 +203,8 @@ def failover_settings(args, chain: Chain):
                          f"not {strategy}")
     return FailoverSettings(strategy if protected else None, args.log_choices, not args.no_replay_input,
                             not args.no_dedup, [PlannedFailure(name, seq) for name, seq in sorted(failures, key=lambda f: f[1])],
-                            args.heartbeat_ms, failover_ns, standby, store, args.schedule)
+                            args.heartbeat_ms, failover_ns, standby, store, args.schedule,
+                            async_flush_ms=args.async_flush_ms)
 
 
 def apply_schedule(args, parser_defaults: dict) -> None:

@@ -167,6 +167,14 @@ class Policy:
     serial: bool = False
 
 
+def configure(spec) -> None:
+    """A worker's process-wide settings from its spec: the async shipping interval
+    (`nfproof run --async-flush-ms`, in the spec's options)."""
+    global ASYNC_FLUSH_SECONDS
+    if spec.options.get("async_flush_ms") is not None:
+        ASYNC_FLUSH_SECONDS = spec.options["async_flush_ms"] / 1000
+
+
 def policy(strategy: Strategy) -> Policy:
     mode, param = strategy.mode, strategy.param
     if mode in ("sync", "cache"):
@@ -725,6 +733,7 @@ class FailoverSettings:
     backend: dict = field(default_factory=dict)  # the paradigm's settings for Backend.serve (e.g. redis URL)
     schedule: object = None                # runtime/schedule.py Schedule: forced choices and crash (--schedule)
     window: int = PIPELINE_WINDOW          # inputs in flight at a one-instance chain (nfproof bench --window)
+    async_flush_ms: float | None = None    # async: ship queued state changes at the latest after this (default 1 ms)
 
     @property
     def paradigm(self) -> str:
@@ -846,6 +855,8 @@ class FailoverDriver:
         s = self.settings
         if s.strategy is not None:
             self.options, self.stop_backend = backend_class(s.strategy).serve(s.strategy, dict(s.backend))
+        if s.async_flush_ms is not None:
+            self.options = dict(self.options, async_flush_ms=s.async_flush_ms)
         for x in self.instances.values():
             x.primary = self.start_worker("primary", self.spec(x, 0))
             if s.paradigm == "stateful":

@@ -50,7 +50,8 @@ from ..models.api import PACKET_FIELDS, Packet
 from ..models.concrete import copy_state, initial_state, step
 from ..models.strategy import Strategy
 from .deltas import plain
-from .failover import Conn, InstanceSpec, Record, Recovery, Replica, StandbyLink, backend_class, parse_address
+from .failover import (Conn, InstanceSpec, Record, Recovery, Replica, StandbyLink, backend_class, configure,
+                       parse_address)
 from .rng import MASK64, InstanceRng, StreamChooser
 
 NS = 1_000_000_000
@@ -84,6 +85,7 @@ class LoggedChooser:
 class Worker:
     def __init__(self, conn: Conn, spec: InstanceSpec):
         self.conn, self.spec = conn, spec
+        configure(spec)
         self.last_sent = time.monotonic()
         self.batching = False  # the primary's loop sends a round's messages in one write
         self.lock = threading.Lock()  # the heartbeat thread writes to the driver too
@@ -142,6 +144,7 @@ class Worker:
                 if m[0] == "assign":
                     _, spec_json, role, fresh, info, listen = m
                     self.spec = InstanceSpec.from_json(spec_json)
+                    configure(self.spec)
                     if role == "standby":
                         return self.standby(tuple(listen))
                     return self.replacement(fresh, info)

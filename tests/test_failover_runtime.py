@@ -124,17 +124,16 @@ def test_chain_with_a_crash_is_explained(capsys, tmp_path, strategy):
 
 
 def test_async_on_a_nat_loses_mappings(capsys, tmp_path):
-    """Deltas shipped but not awaited: a crash loses recent port choices on some crash points."""
-    verdicts = []
-    for seed, point in [(1, 200), (1, 300), (2, 400), (3, 250), (4, 500), (5, 150)]:
-        result, trace = run(capsys, tmp_path, "nat", "--param", PORTS, "--strategy", "stateful.async",
-                            "--fail", f"nat@{point}", "--seed", seed)
-        code, out = replay(capsys, trace)
-        verdicts.append(code)
-        if code == 1:
-            assert "failure of nat" in out
-            break
-    assert 1 in verdicts, f"no crash point lost a mapping under stateful.async: {verdicts}"
+    """Deltas shipped but not awaited: a crash loses the port choices not shipped yet. With the
+    default 1 ms interval whether any are in the queue at the kill is a race (the campaign,
+    bench/failover_runs.py, catches it on some runs); shipped every 64 records, or after 1 s,
+    the choices of inputs 193-199 are still queued at the kill before input 200, the connection
+    that starts at 197 is re-mapped after the failover, and replay sees it."""
+    result, trace = run(capsys, tmp_path, "nat", "--param", PORTS, "--strategy", "stateful.async",
+                        "--async-flush-ms", "1000", "--fail", "nat@200", "--seed", "1")
+    assert planned(result, "before input 200")["instance"] == "nat"
+    code, out = replay(capsys, trace)
+    assert code == 1 and "failure of nat" in out, out
 
 
 # -- what the runtime keeps of the contract -------------------------------------------------------------
