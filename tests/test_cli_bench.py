@@ -205,3 +205,16 @@ def test_bad_input_is_one_line_and_exit_2(capsys, argv, expected):
     lines = err.strip().splitlines()
     assert len(lines) == 1 and expected in lines[0], err
     assert live_children() == []
+
+
+def test_window_and_read_cache_reach_the_run(capsys, tmp_path, monkeypatch):
+    """--window N and --read-cache (stateless reads from the instance's own cache): the JSON says
+    so, and the stateless row runs and fails over with them (a real redis-server)."""
+    monkeypatch.chdir(tmp_path)
+    code, out, err = cli(capsys, "bench", "nat", "--pcap", E02, "--param", PORTS, "--strategies", "stateless.commit:8",
+                         "--duration", "0.2", "--window", "64", "--read-cache", "--json")
+    assert code == 0, err
+    result = json.loads(out)
+    assert result["window"] == 64 and result["read_cache"] is True
+    row = next(r for r in result["rows"] if r["strategy"] == "stateless.commit:8")
+    assert not row["error"] and row["pps"] > 0 and row["failover_ms"] > 0
