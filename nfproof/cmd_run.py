@@ -115,6 +115,9 @@ def add_parser(sub):
     f.add_argument("--redis", metavar="URL", help="stateless.*: keep the state in this Redis (redis://host:port/db) "
                                                   "instead of a private redis-server on a free loopback port")
     f.add_argument("--redis-cluster", metavar="HOST:PORT,...", help="stateless.*: keep the state in this Redis Cluster")
+    f.add_argument("--read-cache", action="store_true",
+                   help="stateless.async, .batch, .commit: read the state from the instance's own cache of what it "
+                        "read and wrote (it is the single writer of its keys), not with a round trip to the store")
     p.add_argument("--progress", action="store_true", help="show progress on stderr even when it is not a terminal")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     return p
@@ -198,6 +201,10 @@ def failover_settings(args, chain: Chain):
                          f"(stateless.*, without --redis or --redis-cluster: fail a server of your own yourself)")
     if "store-failover" in store_failures:
         store["replica"] = True  # the private server gets a replica to fail over to
+    if args.read_cache:
+        if not any(strategy.name == name for name in ("stateless.async", "stateless.batch", "stateless.commit")):
+            raise UsageError(f"--read-cache is for stateless.async, stateless.batch and stateless.commit, not {strategy}")
+        store["read_cache"] = True
     if store and not strategy.name.startswith("stateless."):
         raise UsageError(f"--{next(iter(store)).replace('_', '-')} is for the stateless strategies (stateless.*), "
                          f"not {strategy}")

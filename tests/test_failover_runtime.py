@@ -400,3 +400,21 @@ def test_runs_with_random_crash_points(which):
             assert int(results[f"{name}_failovers"]) >= 1  # something crashed
         else:
             assert results[f"{name}_runs"] == "8" and int(results[f"{name}_violations"]) >= 1, r.stdout[-3000:]
+
+
+@pytest.mark.parametrize("strategy", ["stateless.commit:8", "stateless.async"])
+def test_read_cache_runs_are_judged_as_the_others(capsys, tmp_path, strategy):
+    """--read-cache (stateless reads from the instance's own cache): a crash at input 200 and
+    another at 400 through the chain; commit:8 is explained as without the cache, and the run
+    records the same failovers. (Under async the verdict depends on the crash, as without it.)"""
+    result, trace = run(capsys, tmp_path, CHAIN, "--param", PORTS, "--strategy", strategy, "--read-cache",
+                        "--fail", "nat@200", "--fail", "lb@400", "--seed", "2")
+    assert {f["instance"] for f in result["failovers"]} >= {"nat", "lb"}
+    code, out = replay(capsys, trace)
+    assert code == 0 or strategy == "stateless.async", out
+
+
+def test_read_cache_is_for_the_stateless_strategies_that_read(capsys):
+    code, out, err = nfproof(capsys, "run", "nat", "--pcap", E02, "--strategy", "stateful.sync", "--read-cache",
+                             "--fail", "nat@10")
+    assert code == 2 and "--read-cache is for stateless.async, stateless.batch and stateless.commit" in err
