@@ -2,7 +2,8 @@
 captures in tests/data, each trace judged by `nfproof replay`, per strategy:
 
 - safe, expected zero violations (and zero unknowns, zero failed runs): `stateful.sync`,
-  `stateful.commit:B --log-choices`, `stateless.sync`, `stateless.commit:B` (B = --batch, 8);
+  `stateful.commit:B --log-choices`, `stateless.sync`, `stateless.commit:B` (B = --batch, 8), and
+  `stateless.commit:B --read-cache` (`stateless.commit-read-cache`);
 - unsafe, expected at least one violation each (the fault injection bites): `none`,
   `stateful.async`, `stateless.async`.
 
@@ -51,7 +52,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "tests" / "data"
 CHAINS = ("nat", "firewall>nat>lb")
 PARAMS = ["--param", "nat.ports=64512"]
-SAFE = ("stateful.sync", "stateful.commit", "stateless.sync", "stateless.commit")
+SAFE = ("stateful.sync", "stateful.commit", "stateless.sync", "stateless.commit", "stateless.commit-read-cache")
 UNSAFE = ("none", "stateful.async", "stateless.async")
 
 
@@ -60,18 +61,25 @@ def everyday() -> list[Path]:
     return [p for p in sorted(DATA.glob("E*.pcap*")) if p.stat().st_size > 64]
 
 
-def strategy_argv(name: str, batch: int) -> list[str]:
-    """The --strategy words of a strategy of the campaign."""
+def strategy_argv(name: str, batch: int, async_flush_ms: float | None = None) -> list[str]:
+    """The --strategy words of a strategy of the campaign (with `async_flush_ms`, the async
+    strategies ship their queued state changes that late: `nfproof run --async-flush-ms`)."""
+    if name.endswith(".async") and async_flush_ms is not None:
+        return [name, "--async-flush-ms", f"{async_flush_ms:g}"]
     if name == "stateful.commit":
         return [f"stateful.commit:{batch}", "--log-choices"]
     if name == "stateless.commit":
         return [f"stateless.commit:{batch}"]
+    if name == "stateless.commit-read-cache":  # reads from the instance's own cache (nfproof run --read-cache)
+        return [f"stateless.commit:{batch}", "--read-cache"]
     return [name]
 
 
 def key(strategy: str) -> str:
-    """The RESULT name of a strategy: stateful.commit:8 --log-choices -> stateful_commit8."""
-    return strategy.split()[0].replace(".", "_").replace(":", "")
+    """The RESULT name of a strategy: stateful.commit:8 --log-choices -> stateful_commit8
+    (stateless.commit:8 --read-cache -> stateless_commit8_read_cache)."""
+    words = strategy.split()
+    return words[0].replace(".", "_").replace(":", "") + ("_read_cache" if "--read-cache" in words else "")
 
 
 def nfproof(*argv) -> tuple[int, str, str]:
@@ -172,6 +180,9 @@ def main(argv=None) -> int:
     p.add_argument("--runs", type=int, default=200, help="runs per safe strategy (default 200)")
     p.add_argument("--unsafe-runs", type=int, default=25, help="runs per unsafe strategy (default 25)")
     p.add_argument("--batch", type=int, default=8, help="B of stateful.commit:B and stateless.commit:B (default 8)")
+    p.add_argument("--async-flush-ms", type=float, default=None,
+                   help="the async strategies ship queued state changes at the latest after this (nfproof run's "
+                        "default: 1 ms; longer: more changes unsent at a crash)")
     p.add_argument("--strategies", default=",".join(SAFE + UNSAFE),
                    help="the strategies to run, comma-separated (default all seven: " + ", ".join(SAFE + UNSAFE) + ")")
     p.add_argument("--captures", default="",
@@ -204,7 +215,7 @@ def main(argv=None) -> int:
             p.error(f"--captures {args.captures}: no everyday capture in {shown(DATA)} starts with that")
     safe = [s for s in SAFE if s in strategies]
     unsafe = [s for s in UNSAFE if s in strategies]
-    argvs = {s: strategy_argv(s, args.batch) for s in strategies}
+    argvs = {s: strategy_argv(s, args.batch, args.async_flush_ms) for s in strategies}
     runs = {s: args.runs if s in SAFE else args.unsafe_runs for s in strategies}
     # run i of every strategy in turn (balanced if stopped early; the same load for all)
     plan = [(i, s) for i in range(max(runs.values(), default=0)) for s in safe + unsafe if i < runs[s]]
