@@ -204,17 +204,19 @@ class InterfaceError(OSError):
     """A live interface cannot be opened (one line: which, why, and the fix)."""
 
 
-def _raw_socket(name: str):
+def _raw_socket(name: str, receive: bool = True):
+    """A raw socket on interface `name`: receiving every frame, or (`receive` False) sending only."""
     import socket
+    protocol = socket.htons(ETH_P_ALL) if receive else 0
     try:
-        s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
+        s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, protocol)
     except PermissionError:
         raise InterfaceError(f"interface {name}: opening a raw socket needs CAP_NET_RAW (run as root, or "
                              f"setcap cap_net_raw+ep on the Python binary)") from None
     except (AttributeError, OSError) as e:
         raise InterfaceError(f"interface {name}: no AF_PACKET sockets here ({e}); live interfaces need Linux") from None
     try:
-        s.bind((name, 0))
+        s.bind((name, ETH_P_ALL if receive else 0))  # (bind takes the protocol in host order)
     except OSError as e:
         s.close()
         raise InterfaceError(f"interface {name}: {e.strerror or e} (is it up? `ip link show`)") from None
@@ -299,7 +301,7 @@ class InterfaceSink(Sink):
         self.sockets = {}
         try:
             for side, name in interfaces.items():
-                self.sockets[side] = _raw_socket(name)
+                self.sockets[side] = _raw_socket(name, receive=False)
         except BaseException:
             self.close()
             raise
