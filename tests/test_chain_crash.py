@@ -143,3 +143,29 @@ def test_firewall_nat_lb_proved_as_one_unit_has_no_single_instance_violation(str
     assert verify_failover(nf, Strategy.parse(strategy), 2, log_choices=log).verdict == "proved"
     found = enumerate_instance_crashes(nf.chain(), Strategy.parse(strategy), 2, CHAIN_UNIVERSE, log, gaps=(0, 1, 3))
     assert found is None, found.story()
+
+
+MORE_CHAINS = {
+    "nat>lb": CHAIN_UNIVERSE,
+    "firewall>nat": [Packet(TCP, H1, 1000, R, 80, flags("S")), Packet(TCP, R, 80, EXT, 1024, flags("SA"), inbound=True),
+                     Packet(TCP, H1, 1000, R, 80, flags("A"))],
+    "monitor>nat": [Packet(TCP, H1, 1000, R, 80, flags("A")), Packet(TCP, R, 80, EXT, 1024, flags("A"), inbound=True)],
+    "nat>monitor": [Packet(TCP, H1, 1000, R, 80, flags("A")), Packet(TCP, R, 80, EXT, 1024, flags("A"), inbound=True)],
+}
+BUNDLED_CASES = [(c, s, lc) for c in MORE_CHAINS for s, lc in [
+    ("none", False), ("stateful.async", False), ("stateful.sync", False), ("stateful.commit:4", True),
+    ("stateful.async", True), ("stateless.sync", False), ("stateful.checkpoint:2", False)]]
+
+
+@pytest.mark.parametrize("chain_name,strategy,log", BUNDLED_CASES,
+                         ids=[f"{c}-{s}{'-log' if lc else ''}" for c, s, lc in BUNDLED_CASES])
+def test_bundled_two_nf_chains_agree_with_single_instance_crashes(chain_name, strategy, log):
+    """The same agreement on chains of bundled NFs (the firewall's clock with arrival gaps)."""
+    from nfproof.verify.chain_crash import enumerate_instance_crashes
+    from nfproof.verify.failover import reads_clock, verify_failover
+    nf = lookup(chain_name)
+    unit = verify_failover(nf, Strategy.parse(strategy), 2, log_choices=log)
+    found = enumerate_instance_crashes(nf.chain(), Strategy.parse(strategy), 2, MORE_CHAINS[chain_name], log,
+                                       gaps=(0, 1, 3) if reads_clock(nf) else None)
+    assert unit.verdict in ("proved", "counterexample"), unit.reason
+    assert (found is not None) == (unit.verdict == "counterexample"), found and found.story()
