@@ -71,20 +71,33 @@ def packet_sockets(ns) -> int:
     return len(sh(*ns, "cat", "/proc/net/packet").stdout.strip().splitlines()) - 1
 
 
-def test_a_nat_between_two_live_interfaces(netns, tmp_path):
-    frames = [r.data for r, _ in zip(open_capture(E02), range(FRAMES))]
-    trace = tmp_path / "live.pcapng"
-    run = subprocess.Popen([*netns, sys.executable, "-m", "nfproof", "run", "nat", "--param", "nat.ports=64512",
-                            "--iface", "inside=vi0", "--iface", "outside=vo0", "--count", str(FRAMES), "--idle", "20",
-                            "-o", str(trace), "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+def live_run(ns, *options):
+    """`nfproof run nat --iface inside=vi0 --iface outside=vo0 OPTIONS` in the namespace, returned once
+    its two receiving and two sending sockets are bound (frames sent later are all its input)."""
+    run = subprocess.Popen([*ns, sys.executable, "-m", "nfproof", "run", "nat", "--param", "nat.ports=64512",
+                            "--iface", "inside=vi0", "--iface", "outside=vo0", *map(str, options)],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 60
-    while packet_sockets(netns) < 4:  # the runtime's two receiving and two sending sockets are bound
+    while packet_sockets(ns) < 4:
         assert run.poll() is None, run.communicate()
         assert time.monotonic() < deadline, "the runtime did not open its interfaces"
         time.sleep(0.05)
-    sender = subprocess.run([*netns, sys.executable, "-c", SENDER], input="\n".join(f.hex() for f in frames),
-                            capture_output=True, text=True, timeout=120)
-    assert sender.returncode == 0, sender.stderr
+    return run
+
+
+def send(ns, frames, sender=SENDER):
+    """The frames into vi1; what came out of vo1 meanwhile (hex, in order)."""
+    done = subprocess.run([*ns, sys.executable, "-c", sender], input="\n".join(f.hex() for f in frames),
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    return [bytes.fromhex(h) for h in done.stdout.split()]
+
+
+def test_a_nat_between_two_live_interfaces(netns, tmp_path):
+    frames = [r.data for r, _ in zip(open_capture(E02), range(FRAMES))]
+    trace = tmp_path / "live.pcapng"
+    run = live_run(netns, "--count", FRAMES, "--idle", 20, "-o", trace, "--json")
+    wire = send(netns, frames)
     out, err = run.communicate(timeout=120)
     assert run.returncode == 0, err
     result = json.loads(out)
@@ -95,7 +108,7 @@ def test_a_nat_between_two_live_interfaces(netns, tmp_path):
     egress = [p.data for p in items if p.interface == "egress:outside"]
     assert [p.data for p in inputs] == frames and all(p.interface == "ingress:inside" for p in inputs)
     assert len(egress) == result["packets_out"] > 0
-    assert [bytes.fromhex(h) for h in sender.stdout.split()] == egress  # what left on the wire, in order
+    assert wire == egress  # what left on the wire, in order
     assert all(f[26:30] == bytes([203, 0, 113, 1]) for f in egress)    # the NAT's external address
     replay = subprocess.run([sys.executable, "-m", "nfproof", "replay", str(trace)], capture_output=True, text=True,
                             timeout=120)
@@ -108,26 +121,16 @@ def test_a_real_failover_on_live_interfaces(netns, tmp_path):
     the recorded run."""
     frames = [r.data for r, _ in zip(open_capture(E02), range(FRAMES))]
     trace = tmp_path / "live-failover.pcapng"
-    run = subprocess.Popen([*netns, sys.executable, "-m", "nfproof", "run", "nat", "--param", "nat.ports=64512",
-                            "--iface", "inside=vi0", "--iface", "outside=vo0", "--count", str(FRAMES), "--idle", "30",
-                            "--strategy", "stateful.sync", "--fail", "nat@20", "-o", str(trace), "--json"],
-                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 90
-    while packet_sockets(netns) < 4:
-        assert run.poll() is None, run.communicate()
-        assert time.monotonic() < deadline, "the runtime did not open its interfaces"
-        time.sleep(0.05)
-    # (frames that arrive while the workers start wait in the sockets' kernel buffers)
-    sender = subprocess.run([*netns, sys.executable, "-c", SENDER], input="\n".join(f.hex() for f in frames),
-                            capture_output=True, text=True, timeout=120)
-    assert sender.returncode == 0, sender.stderr
+    run = live_run(netns, "--count", FRAMES, "--idle", 30, "--strategy", "stateful.sync", "--fail", "nat@20",
+                   "-o", trace, "--json")
+    wire = send(netns, frames)  # (frames that arrive while the workers start wait in the sockets' buffers)
     out, err = run.communicate(timeout=120)
     assert run.returncode == 0, err
     result = json.loads(out)
     assert result["packets_in"] == FRAMES and [f["cause"] for f in result["failovers"]][:1] == ["before input 20"]
     with read_trace(str(trace)) as t:
         egress = [p.data for p in t if isinstance(p, TracePacket) and p.interface == "egress:outside"]
-    assert [bytes.fromhex(h) for h in sender.stdout.split()] == egress and len(egress) == result["packets_out"]
+    assert wire == egress and len(egress) == result["packets_out"]
     replay = subprocess.run([sys.executable, "-m", "nfproof", "replay", str(trace)], capture_output=True, text=True,
                             timeout=120)
     assert replay.returncode == 0, replay.stdout + replay.stderr
@@ -138,18 +141,9 @@ def test_ctrl_c_ends_a_live_run_cleanly(netns, tmp_path):
     capture does: results printed, the trace closed, exit 0."""
     import signal
     trace = tmp_path / "live.pcapng"
-    run = subprocess.Popen([*netns, sys.executable, "-m", "nfproof", "run", "nat", "--iface", "inside=vi0",
-                            "--iface", "outside=vo0", "-o", str(trace), "--json"],
-                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 60
-    while packet_sockets(netns) < 4:
-        assert run.poll() is None, run.communicate()
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
-    frames = [r.data for r, _ in zip(open_capture(E02), range(5))]
-    sender = subprocess.run([*netns, sys.executable, "-c", SENDER.replace("+ 4", "+ 1").replace("+ 2", "+ 1")],
-                            input="\n".join(f.hex() for f in frames), capture_output=True, text=True, timeout=60)
-    assert sender.returncode == 0, sender.stderr
+    run = live_run(netns, "-o", trace, "--json")
+    send(netns, [r.data for r, _ in zip(open_capture(E02), range(5))],
+         SENDER.replace("+ 4", "+ 1").replace("+ 2", "+ 1"))  # (a shorter wait for the outputs)
     run.send_signal(signal.SIGINT)
     out, err = run.communicate(timeout=60)
     assert run.returncode == 0, err
