@@ -205,7 +205,7 @@ def run(args) -> int:
         if show_progress:
             print("\r\033[K", end="", file=sys.stderr)
         results.append(result)
-        alone[id(result)] = _instance_crash(nf_cls, result, args.log_choices, eq)
+        alone[id(result)] = _instance_crash(nf_cls, result)
 
     failing = [r for r in results if r.counterexample]
     if args.html and failing:
@@ -265,7 +265,7 @@ def run(args) -> int:
     return VIOLATION if "counterexample" in verdicts else UNKNOWN if "unknown" in verdicts else OK
 
 
-def _instance_crash(nf_cls, result, log_choices: bool, eq):
+def _instance_crash(nf_cls, result):
     """For a chain's counterexample (its instances failing as one unit): the same inputs' first
     run in which one instance crashes alone and no failure-free execution explains the outputs
     (verify/chain_crash.py), False if there is none, None if not a chain's counterexample."""
@@ -273,13 +273,9 @@ def _instance_crash(nf_cls, result, log_choices: bool, eq):
     if result.counterexample is None or not callable(chain) or len(chain().members) < 2 \
             or result.counterexample.run.strategy.mutation:
         return None
-    from .verify.chain_crash import SearchLimit, find_instance_crash
-    cex = result.counterexample
-    run = cex.run
+    from .verify.chain_crash import SearchLimit, for_counterexample
     try:
-        found = find_instance_crash(chain(), run.strategy, run.inputs, log_choices, run.arrivals,
-                                    (run.failover_end - run.crash_time) if run.arrivals is not None else 0,
-                                    cex.max_stall, eq)
+        found = for_counterexample(result.counterexample)
     except SearchLimit:
         return None
     return found or False

@@ -194,7 +194,7 @@ def simulate_instance_crash(chain: Chain, instance: str, strategy: Strategy, inp
     standby["end"] = standby["previous"] = failover_end or 0
     for n in range(strategy.replay_start(released, r) + 1, applied + 1):
         i, p = received[n - 1]
-        if lost(strategy, Cut(cut.k, applied, released, (r,)), n):
+        if lost(strategy, applied, n):
             events.append(f"the upstream kept no copy of {instance}'s input {n}: it is lost (--no-replay-input)")
             continue
         logged = log_choices and n <= released
@@ -247,6 +247,15 @@ def find_instance_crash(chain: Chain, strategy: Strategy, inputs: list[Packet], 
                             crash.explanation = why
                             return crash
     return None
+
+
+def for_counterexample(cex) -> InstanceCrash | None:
+    """`find_instance_crash` on the inputs, times, strategy and equivalence of a chain's
+    counterexample (verify.failover.Counterexample; its instances failed as one unit)."""
+    run = cex.run
+    return find_instance_crash(cex.nf.chain(), run.strategy, run.inputs, cex.log_choices, run.arrivals,
+                               (run.failover_end - run.crash_time) if run.arrivals is not None else 0, cex.max_stall,
+                               cex.eq)
 
 
 def enumerate_instance_crashes(chain: Chain, strategy: Strategy, bound: int, universe: list[Packet],

@@ -89,7 +89,7 @@ def _standby_times(strategy, cut, r, arrivals, crash_time, failover_time, log_ch
     """When the standby processes each input it handles (what a crash time changes in a run)."""
     out, previous = [], crash_time + failover_time
     for i in range(strategy.replay_start(cut.released, r) + 1, len(arrivals) + 1):
-        if lost(strategy, cut, i):
+        if lost(strategy, cut.applied, i):
             continue
         t = arrivals[i - 1] if log_choices and i <= cut.applied else max(arrivals[i - 1], previous)
         previous = max(previous, t)

@@ -342,7 +342,7 @@ def _failover_run(runs: _Runs, strategy: Strategy, n, point: _Point, log_choices
     sources, leaks, replay_valid, times, pre = {}, {}, [], {}, {}
     dups = {}  # under --no-dedup: the replayed outputs of released inputs, let out again
     for i in range(start + 1, n + 1):
-        if lost(strategy, point.cut, i):  # the primary's choices stand in for it in the reference
+        if lost(strategy, applied, i):  # the primary's choices stand in for it in the reference
             sources[i] = "p"
             if i > seen_upto:
                 observed[i] = []
@@ -432,7 +432,7 @@ def _violation(runs: _Runs, strategy: Strategy, n, point: _Point, log_choices, b
 
     reference_times = _reference_times(runs, n, point, source, times, leaks, log_choices) if runs.clocked else None
     # loss-at-failover: the reference lost what the observed run lost of the inputs in flight
-    skip = {i for i in in_flight(point.released, point.cut.applied) if lost(strategy, point.cut, i)} if runs.eq.lossy else set()
+    skip = {i for i in in_flight(point.released, point.cut.applied) if lost(strategy, point.cut.applied, i)} if runs.eq.lossy else set()
     violations = _reference_differs(runs, n, observed, source, assumed=assumed, times=reference_times,
                                     explained=explained, skip=skip)
     released_slots = [slot for i in range(1, seen_upto + 1) for slot in observed[i]]
@@ -447,6 +447,11 @@ def _violation(runs: _Runs, strategy: Strategy, n, point: _Point, log_choices, b
     return (assumptions, z3.Or(*violations), observed, reference_times, order) if violations else None
 
 
+def _same(a: Slot, b: Slot, fields=PACKET_FIELDS) -> list:
+    """Conditions that two slots hold the same output: their gates and the `fields` both have."""
+    return [a.gate == b.gate] + [a.fields[f] == b.fields[f] for f in fields if f in a.fields and f in b.fields]
+
+
 def _not_duplicates(slots: list, order: list, allowed: bool) -> list:
     """Conditions under which the output slots `slots` of the egress's sequence `order` are not
     duplicates to pass over: whenever one is there, or with duplicates allowed when it equals no
@@ -457,9 +462,7 @@ def _not_duplicates(slots: list, order: list, allowed: bool) -> list:
             out.append(d.present)
             continue
         earlier = order[:next(k for k, sl in enumerate(order) if sl is d)]
-        same = [z3.And(e.present, e.gate == d.gate, *[e.fields[f] == d.fields[f] for f in PACKET_FIELDS
-                                                     if f in e.fields and f in d.fields])
-                for e in earlier]
+        same = [z3.And(e.present, *_same(e, d)) for e in earlier]
         out.append(z3.And(d.present, z3.Not(z3.Or(*same))) if same else d.present)
     return out
 
@@ -579,22 +582,14 @@ def _flows_differ_from(model):
         v = model.eval(t, model_completion=True)
         return z3.is_true(v) if z3.is_bool(v) else v.as_long()
 
-    def key(slot):
+    def key(slot):  # (its channel's fields among them)
         return (value(slot.gate),) + tuple(value(slot.fields[f]) for f in PACKET_FIELDS if f in slot.fields)
-
-    def channel(slot):
-        return (value(slot.gate),) + tuple(value(slot.fields[f]) for f in FLOW_FIELDS if f in slot.fields)
-
-    def same_channel(a, b):
-        return z3.And(a.gate == b.gate, *[a.fields[f] == b.fields[f] for f in FLOW_FIELDS
-                                           if f in a.fields and f in b.fields])
 
     def compare(emitted, sequence):
         present = lambda slot: z3.is_true(model.eval(slot.present, True))  # noqa: E731
         pairs, used = [], set()
         for e in [sl for sl in emitted if present(sl)]:
-            o = next((k for k, sl in enumerate(sequence) if k not in used and present(sl) and key(sl) == key(e)
-                      and channel(sl) == channel(e)), None)
+            o = next((k for k, sl in enumerate(sequence) if k not in used and present(sl) and key(sl) == key(e)), None)
             if o is None:
                 return z3.BoolVal(True)
             used.add(o)
@@ -603,12 +598,10 @@ def _flows_differ_from(model):
             return z3.BoolVal(True)
         explains = [sl.present if present(sl) else z3.Not(sl.present) for sl in list(emitted) + list(sequence)]
         for e, o in pairs:
-            d = sequence[o]
-            explains += [e.gate == d.gate] + [e.fields[f] == d.fields[f] for f in PACKET_FIELDS
-                                               if f in e.fields and f in d.fields]
+            explains += _same(e, sequence[o])
         for (e1, o1), (e2, o2) in itertools.combinations(pairs, 2):
             if o1 > o2:  # reordered: allowed only between two channels
-                explains.append(z3.Not(same_channel(e1, e2)))
+                explains.append(z3.Not(z3.And(*_same(e1, e2, FLOW_FIELDS))))
         return z3.Not(z3.And(*explains))
     return compare
 

@@ -92,13 +92,9 @@ def instance_crash(result):
     """A chain's counterexample (its instances failing as one unit) as the runtime can run it: the
     first run of its inputs in which one instance crashes alone and no failure-free execution
     explains the outputs (verify/chain_crash.py), else ReproduceError."""
-    from .chain_crash import SearchLimit, find_instance_crash
-    cex = result.counterexample
-    run = cex.run
+    from .chain_crash import SearchLimit, for_counterexample
     try:
-        found = find_instance_crash(cex.nf.chain(), run.strategy, run.inputs, cex.log_choices, run.arrivals,
-                                    (run.failover_end - run.crash_time) if run.arrivals is not None else 0,
-                                    cex.max_stall)
+        found = for_counterexample(result.counterexample)
     except SearchLimit:
         found = None
     if found is None:

@@ -134,7 +134,7 @@ def simulate(nf_cls: type[NF], strategy: Strategy, inputs: list[Packet], cut: Cu
         note("failover", "standby", 0, lambda: at(failover_end) + "takes over with an empty state")
     standby_choices, standby_times, previous = {}, {}, failover_end
     for i in range(start + 1, n + 1):
-        if lost(strategy, cut, i):
+        if lost(strategy, cut.applied, i):
             note("lost", "upstream", i, lambda: f"kept no copy of input {i}: it is lost (--no-replay-input)")
             continue
         logged = log_choices and i <= cut.released
@@ -162,10 +162,10 @@ def simulate(nf_cls: type[NF], strategy: Strategy, inputs: list[Packet], cut: Cu
                        primary_times if timed else {}, standby_times if timed else {}, read_clock)
 
 
-def lost(strategy: Strategy, cut: Cut, i: int) -> bool:
+def lost(strategy: Strategy, applied: int, i: int) -> bool:
     """Whether input i, one the standby would take over, is lost: handed to the primary before the
-    crash, and the upstream kept no copy (--no-replay-input)."""
-    return not strategy.replay_input and i <= cut.applied
+    crash (one of the `applied` first), and the upstream kept no copy (--no-replay-input)."""
+    return not strategy.replay_input and i <= applied
 
 
 def observations(nf_cls: type[NF], strategy: Strategy, inputs: list[Packet], cut: Cut, protected: int,
@@ -287,7 +287,7 @@ def observations(nf_cls: type[NF], strategy: Strategy, inputs: list[Packet], cut
         partial = {(frozen(state), tuple(observed), last): state}
         previous = failover_end
         for i in range(start + 1, n + 1):
-            if lost(strategy, cut, i):
+            if lost(strategy, applied, i):
                 continue
             logged = logs[i - 1] if log_choices and i <= released else ()
             if not timed:
