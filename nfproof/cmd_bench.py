@@ -39,7 +39,7 @@ import threading
 import time
 from pathlib import Path
 
-from .cmd_run import build_chain, non_negative_int
+from .cmd_run import READ_CACHE, build_chain, non_negative_int
 from .cmd_verify import positive_float, positive_int
 from .errors import OK, USAGE, UsageError
 from .models import NFS
@@ -50,7 +50,6 @@ DEFAULT_STRATEGIES = ("none", "stateful.checkpoint:8", "stateful.async", "statef
 DEFAULT_CAPTURE = "tests/data/E02_http_49flows.pcap"
 DEFAULT_FAIL_AT = 200
 PIPELINE_WINDOW = 32       # runtime/failover.py PIPELINE_WINDOW (not imported here: the CLI starts light)
-READ_CACHE = ("stateless.async", "stateless.batch", "stateless.commit")  # --read-cache applies to these
 FAIL_TAIL = 100            # inputs a failover run hands over after the crash point
 HANG_SECONDS = 120.0       # a run still going this long past its duration is stopped, its row failed
 CSV_COLUMNS = ("chain", "strategy", "rounds", "packets", "cpu_seconds", "store_cpu_seconds", "wall_seconds",

@@ -202,8 +202,8 @@ def failover_settings(args, chain: Chain):
     if "store-failover" in store_failures:
         store["replica"] = True  # the private server gets a replica to fail over to
     if args.read_cache:
-        if not any(strategy.name == name for name in ("stateless.async", "stateless.batch", "stateless.commit")):
-            raise UsageError(f"--read-cache is for stateless.async, stateless.batch and stateless.commit, not {strategy}")
+        if strategy.name not in READ_CACHE:
+            raise UsageError(f"--read-cache is for {', '.join(READ_CACHE[:-1])} and {READ_CACHE[-1]}, not {strategy}")
         store["read_cache"] = True
     if store and not strategy.name.startswith("stateless."):
         raise UsageError(f"--{next(iter(store)).replace('_', '-')} is for the stateless strategies (stateless.*), "
@@ -268,6 +268,9 @@ def random_failures(k: int, seed: int, chain: Chain, inputs: int) -> list[tuple[
     seqs = sorted(rng.sample(range(1, inputs), min(k, inputs - 1)))
     names = list(chain.members)
     return [(rng.choice(names), s) for s in seqs]
+
+
+READ_CACHE = ("stateless.async", "stateless.batch", "stateless.commit")  # --read-cache applies to these
 
 
 def live_interfaces(args) -> dict[str, str]:
@@ -338,8 +341,12 @@ def run(args) -> int:
         from .runtime.ports import InterfaceError, InterfaceSink, InterfaceSource
         try:
             source = InterfaceSource(interfaces, args.count, args.duration, args.idle)
+        except InterfaceError as e:
+            raise UsageError(str(e)) from None
+        try:
             sinks.append(InterfaceSink(interfaces))
         except InterfaceError as e:
+            source.close()
             raise UsageError(str(e)) from None
     else:
         try:
