@@ -14,6 +14,8 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
+import select
+import time
 from typing import NamedTuple
 
 from nfproof.traces.errors import FormatError
@@ -234,7 +236,6 @@ class InterfaceSource(Source):
 
     def __init__(self, interfaces: dict[str, str], count: int | None = None, duration: float | None = None,
                  idle: float | None = None):
-        import time
         self.sockets: dict = {}
         try:
             for side, name in interfaces.items():
@@ -252,8 +253,6 @@ class InterfaceSource(Source):
         self.interrupted = False
 
     def receive(self, max_frames: int) -> list[InputFrame]:
-        import select
-        import time
         out: list[InputFrame] = []
         while not out:
             if self.count is not None and self.received >= self.count:
