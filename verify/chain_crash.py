@@ -51,10 +51,15 @@ class InstanceCrash:
     arrivals: list | None = None
     crash_time: int | None = None
     explanation: Explanation | None = None
-    standby_choices: list = field(default_factory=list)  # what X's standby chose, in call order
     chain_members: tuple = ()
     counts: tuple = (0, 0, 0)         # X's own inputs: applied, released, protected at the crash
     choices: dict = field(default_factory=dict)  # instance -> {"primary"|"standby": {n: [values]}}, n as it numbers its inputs
+
+    @property
+    def standby_choices(self) -> list:
+        """What X's standby chose, in call order (its inputs in order: the replayed, then the new)."""
+        mine = self.choices.get(self.instance, {}).get("standby", {})
+        return [v for n in sorted(mine) for v in mine[n]]
 
     def story(self) -> str:
         others = [m for m in self.chain_members if m != self.instance]
@@ -111,13 +116,11 @@ def simulate_instance_crash(chain: Chain, instance: str, strategy: Strategy, inp
     last = [(0, -1)]                  # X's downstream: the highest (n, j) it passed
     chain_input = [0]
     standby = {"on": False, "state": None, "previous": 0, "end": 0}  # X's standby, once it took over
-    made: list = []                   # X's standby's own choices
-    choices_by: dict = {}
+    choices_by: dict = {}             # instance -> role -> its input number -> the choices it made
+    seen_by: dict = {}                # instance -> how many inputs it received
 
     def clock():
         return now[0]
-
-    seen_by: dict = {}                # instance -> how many inputs it received
 
     def record(name: str, role: str, n: int, values: list):
         if values:
@@ -146,7 +149,6 @@ def simulate_instance_crash(chain: Chain, instance: str, strategy: Strategy, inp
             now[0] = max(now[0], standby["end"], standby["previous"])
             standby["previous"] = now[0]
         res = step(nf, standby["state"], p, standby_chooser, clock)
-        made.extend(res.choices)
         record(instance, "standby", n, res.choices)
         events.append(f"{who} applies its input {n} (chain input {chain_input[0]}): {p}"
                       + (f"; chooses {', '.join(map(str, res.choices))}" if res.choices else ""))
@@ -204,7 +206,6 @@ def simulate_instance_crash(chain: Chain, instance: str, strategy: Strategy, inp
             standby["previous"] = max(standby["previous"], now[0])
         res = step(nf, standby["state"], p, chooser, clock)
         if not logged:
-            made.extend(res.choices)
             record(instance, "standby", n, res.choices)
         events.append(f"the upstream replays {instance}'s input {n} (chain input {i}): {p}"
                       + (f"; {who} chooses {', '.join(map(str, res.choices))}" if res.choices else ""))
@@ -212,8 +213,8 @@ def simulate_instance_crash(chain: Chain, instance: str, strategy: Strategy, inp
     for i in range(cut.applied + 1, len(inputs) + 1):
         route(i, arrivals[i - 1] if timed else 0)
     return InstanceCrash(instance, strategy, list(inputs), cut, protected, observed, events,
-                         list(arrivals) if timed else None, crash_time, standby_choices=made,
-                         chain_members=tuple(chain.members), counts=(applied, released, r), choices=choices_by)
+                         list(arrivals) if timed else None, crash_time, chain_members=tuple(chain.members),
+                         counts=(applied, released, r), choices=choices_by)
 
 
 def find_instance_crash(chain: Chain, strategy: Strategy, inputs: list[Packet], log_choices: bool = False,
