@@ -281,6 +281,7 @@ def backend_class(strategy: Strategy) -> type[Backend]:
 
 # -- the wire: length-prefixed marshal messages ---------------------------------------------------------
 _LEN = struct.Struct("<I")
+RECV_BYTES = 1 << 18  # read at most this much at once (more waits for the next read)
 
 
 class Conn:
@@ -295,6 +296,8 @@ class Conn:
         self.buf = bytearray()
         self.out = bytearray()
         self.closed = False
+        self.chunk = memoryview(bytearray(RECV_BYTES))  # every read lands here: recv(n) would allocate
+        # n bytes each time (glibc maps a fresh region above 128 KiB: mmap, page faults, mremap, munmap)
 
     def fileno(self) -> int:
         return self.sock.fileno()
@@ -320,21 +323,23 @@ class Conn:
         """The messages that arrived (reads once; call when readable, or with `nowait`: [] when
         nothing has, without a select first)."""
         try:
-            chunk = self.sock.recv(1 << 20, socket.MSG_DONTWAIT if nowait else 0)
+            got = self.sock.recv_into(self.chunk, RECV_BYTES, socket.MSG_DONTWAIT if nowait else 0)
         except (ConnectionResetError, BrokenPipeError):
-            chunk = b""
+            got = 0
         except BlockingIOError:
             return []
-        if not chunk:
+        if not got:
             self.closed = True
-        self.buf += chunk
-        out, buf, at = [], self.buf, 0
-        while len(buf) - at >= 4:
-            (size,) = _LEN.unpack_from(buf, at)
-            if len(buf) - at - 4 < size:
-                break
-            out.append(marshal.loads(bytes(buf[at + 4:at + 4 + size])))
-            at += 4 + size
+        buf = self.buf
+        buf += self.chunk[:got]
+        out, at, end = [], 0, len(buf)
+        with memoryview(buf) as view:
+            while end - at >= 4:
+                (size,) = _LEN.unpack_from(buf, at)
+                if end - at - 4 < size:
+                    break
+                out.append(marshal.loads(view[at + 4:at + 4 + size]))
+                at += 4 + size
         del buf[:at]
         return out
 
