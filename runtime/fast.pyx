@@ -1190,13 +1190,17 @@ cdef void record_step(pl_t *pl, int inst, inst_t *t, view_t *o, view_t *v, int n
 cdef int intern_path(pl_t *pl, path_t *p) noexcept nogil:
     """The id of path p (added if new); -1 when MAX_PATHS paths are known."""
     cdef const uint8_t *x = <const uint8_t *>p
-    cdef uint64_t h = 0xcbf29ce484222325
+    cdef uint64_t h = 0, w
     cdef size_t i
     cdef int id = pl.last_path
     if id >= 0 and memcmp(&pl.paths[id], p, sizeof(path_t)) == 0:
         return id
-    for i in range(sizeof(path_t)):
-        h = (h ^ x[i]) * <uint64_t>0x100000001b3
+    for i in range(sizeof(path_t) // 8):  # 8 bytes at a time (record_start zeroed the padding)
+        memcpy(&w, x + 8 * i, 8)
+        h = mum(h ^ w ^ K0, K1)
+    w = 0
+    memcpy(&w, x + sizeof(path_t) // 8 * 8, sizeof(path_t) % 8)
+    h = mum(h ^ w ^ K0, K1)
     i = <size_t>(h ^ (h >> 29)) & (PATH_INDEX - 1)
     while pl.path_index[i]:
         id = pl.path_index[i] - 1
@@ -1439,13 +1443,65 @@ ctypedef struct prepared_t:  # an input parsed ahead of its turn
     uint64_t ca, cb, ch       # the flow-cache key and its hash
 
 
+cdef inline bint quick_view(const uint8_t *d, Py_ssize_t caplen, Py_ssize_t wirelen, layout_t *L,
+                            view_t *v) noexcept nogil:
+    """The common frame, Ethernet / IPv4 without options / TCP or UDP, well-formed and not a
+    fragment, turned into its view as parse() and make_view() would (1); 0: any other frame (then
+    nothing is written and parse() decides). Checks exactly what parse() checks for such a frame."""
+    cdef Py_ssize_t end = wirelen if wirelen > caplen else caplen, pend, total
+    cdef int proto
+    if caplen < 34 or ld16(d + 12) != 0x0800 or d[14] != 0x45 or ld16(d + 20) & 0x1FFF:
+        return 0
+    total = ld16(d + 16)
+    if total == 0:
+        total = end - 14
+    pend = 14 + total
+    if total < 20 or pend > end:
+        return 0
+    proto = d[23]
+    if proto == 6:
+        if 54 > pend or 54 > caplen or d[46] >> 4 < 5:
+            return 0
+        L.kind = L_TCP
+        v.flags = d[47]
+    elif proto == 17:
+        if 42 > pend or 42 > caplen or ld16(d + 38) < 8 or (not (d[20] & 0x20) and 34 + ld16(d + 38) > pend):
+            return 0
+        L.kind = L_UDP
+        v.flags = 0
+    else:
+        return 0
+    L.l3, L.l4, L.ql3, L.ql4, L.qproto, L.avail = 14, 34, -1, -1, -1, 0
+    v.proto = proto
+    v.src = ld32(d + 26)
+    v.dst = ld32(d + 30)
+    v.sport = ld16(d + 34)
+    v.dport = ld16(d + 36)
+    return 1
+
+cdef bint outside4(pl_t *pl, uint32_t a) noexcept nogil:
+    """from_outside for an IPv4 source address."""
+    cdef int k
+    for k in range(pl.n4):
+        if a & pl.mask4[k] == pl.net4[k]:
+            return 0
+    return 1
+
 cdef void prepare(pl_t *pl, Py_ssize_t i, prepared_t *r) noexcept nogil:
     cdef pkt_t pkt
     cdef pkt_t *p = &pkt
     cdef view_t *v = &r.v     # written field by field and not read whole until the input's turn:
-    cdef int s, entry         # a whole-struct load right after narrow stores stalls store forwarding
-    parse(p, pl.linktype, pl.data + pl.off[i], pl.caplen[i], pl.wirelen[i])
+    cdef int s                # a whole-struct load right after narrow stores stalls store forwarding
     r.status, r.next, r.cached, r.fresh = 1, -1, 0, 1
+    if pl.linktype == 1 and quick_view(pl.data + pl.off[i], pl.caplen[i], pl.wirelen[i], &r.lay, v):
+        r.status = 0
+        v.length = pl.wirelen[i] if pl.wirelen[i] < 0xFFFF else 0xFFFF
+        v.label = 0
+        s = pl.side[i]
+        v.inbound = s == 1 or (s != 0 and outside4(pl, v.src))
+        entry_ready(pl, r, v)
+        return
+    parse(p, pl.linktype, pl.data + pl.off[i], pl.caplen[i], pl.wirelen[i])
     if p.ip.version == 4:
         if p.malformed != OK:
             r.status, r.reason = 2, pl.r_malformed[p.malformed]
@@ -1459,7 +1515,12 @@ cdef void prepare(pl_t *pl, Py_ssize_t i, prepared_t *r) noexcept nogil:
     v.label = 0
     s = pl.side[i]
     v.inbound = s == 1 or (s != 0 and from_outside(pl, p))
-    entry = pl.ingress[1 if v.inbound else 0]
+    entry_ready(pl, r, v)
+
+
+cdef inline void entry_ready(pl_t *pl, prepared_t *r, view_t *v) noexcept nogil:
+    """The prepared input's ingress and first prefetches (its status and view are set)."""
+    cdef int entry = pl.ingress[1 if v.inbound else 0]
     if entry < 0:
         r.status, r.reason = 2, pl.r_no_ingress[1 if v.inbound else 0]
     elif r.status == 0:
