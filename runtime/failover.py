@@ -221,6 +221,10 @@ class Handle(ABC):
         with select); None: the worker polls protected() every heartbeat period."""
         return None
 
+    def readable(self) -> None:
+        """fileno() is readable; the worker calls protected() next. A handle whose protected()
+        reads only when it expects something reads here (so that a closed link is found)."""
+
     def pending_since(self) -> float | None:
         """When (time.monotonic()) the oldest state change not yet sent was queued; None if none
         is. The worker flushes once it is `policy.flush_seconds` old."""
@@ -369,7 +373,8 @@ class StandbyLink(Handle):
     a delta (runtime/deltas.py); `end` queues input n's record (outputs, drops, choices, clock
     reads) and ships the queue as the policy says, in one message: ("rec", last n, the deltas of
     every queued input at once (each entry's value after the last of them), the records whose
-    outputs may still be unreleased as (n, seq, the marshalled out message), the released point). The standby applies a message whole and
+    outputs may still be unreleased as one marshalled list of (n, seq, the marshalled out message)
+    (None if there are none; the standby keeps it as it is), the released point). The standby applies a message whole and
     acknowledges what it read with the highest input its state covers. Until `connect`, records
     queue up. `before_ship`, if set, is called before anything is shipped (the worker writes the
     outputs it released first: they are out before the state change that follows them)."""
@@ -383,7 +388,7 @@ class StandbyLink(Handle):
         self.queued_at: float | None = None
         self.r = self.base = self.shipped = r  # acknowledged protected point; base: what the snapshot covered
         self.attached = False       # the standby acknowledged the snapshot
-        self._logged = r
+        self._logged = self._log_sent = r
         self._released = 0
         self.before_ship = None
 
@@ -418,7 +423,7 @@ class StandbyLink(Handle):
                 self.before_ship()
             released, last = self._released, self.queue[-1][0]
             held = self.queue if self.queue[0][0] > released else [w for w in self.queue if w[0] > released]
-            self.conn.queue(("rec", last, self.log_.take(), held, released))
+            self.conn.queue(("rec", last, self.log_.take(), marshal.dumps(held) if held else None, released))
             self.shipped = last
             self.queue, self.queued_at = [], None
 
@@ -440,13 +445,18 @@ class StandbyLink(Handle):
         return self.protected()
 
     def protected(self) -> int:
-        """Also writes the batches end() shipped since the last call."""
+        """Also writes the batches end() shipped since the last call. Reads only while an
+        acknowledgement is due (the snapshot's, a shipped batch's, a log's): nothing else comes."""
         if self.conn is not None and not self.conn.closed:
             if self.conn.out:
                 self._write()
-            if not self.conn.closed:
+            if not self.conn.closed and (self.r < self.shipped or not self.attached or self._logged < self._log_sent):
                 self._take(self.conn.read(nowait=True))
         return self.r
+
+    def readable(self) -> None:
+        if self.conn is not None and not self.conn.closed:
+            self._take(self.conn.read(nowait=True))
 
     def _take(self, messages) -> None:
         for m in messages:
@@ -463,6 +473,7 @@ class StandbyLink(Handle):
         if self.conn is None:
             raise RuntimeError("--log-choices: no standby attached yet")
         self.conn.send(("log", n, record.choices, record.clocks))
+        self._log_sent = max(self._log_sent, n)
 
     def logged(self) -> int:
         return self._logged
@@ -493,7 +504,7 @@ class Replica:
         self.address = self.listener.getsockname()[:2]
         self.conn: Conn | None = None
         self.r = 0
-        self.held: deque = deque()  # (n, seq, marshalled out message) of held records, in order
+        self.held: deque = deque()  # (last n, marshalled [(n, seq, marshalled out message)]) per batch, in order
         self.logs: dict = {}        # n -> (choices, clocks)
         self.released = 0
 
@@ -523,7 +534,8 @@ class Replica:
                 _, last, changes, held, released = m
                 deltas.apply(self.state, changes)
                 self.r = last
-                self.held.extend(held)
+                if held is not None:
+                    self.held.append((last, held))
                 self._forget(released)
                 acks = True
             elif kind == "log":
@@ -543,7 +555,7 @@ class Replica:
 
     def _forget(self, released: int) -> None:
         self.released = max(self.released, released)
-        held = self.held
+        held = self.held  # a batch goes once all of its records were released (promote filters the rest)
         while held and held[0][0] <= self.released:
             held.popleft()
 
@@ -556,7 +568,8 @@ class Replica:
         if self.conn is not None:
             self.conn.close()
         self.listener.close()
-        held = [Record.from_out_message(seq, data) for n, seq, data in self.held if n <= self.r]
+        held = [Record.from_out_message(seq, data) for _, batch in self.held for n, seq, data in marshal.loads(batch)
+                if self.released < n <= self.r]
         return Recovery(self.r, held, {n: v for n, v in self.logs.items() if n > self.r})
 
     def close(self) -> None:

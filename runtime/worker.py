@@ -305,6 +305,8 @@ class Worker:
             if link is not None:
                 fds.append(link)
             ready, _, _ = select.select(fds, [], [], timeout)
+            if link is not None and link in ready:
+                handle.readable()
             if self.conn.sock in ready:
                 for m in self.driver_messages(0):
                     kind = m[0]
