@@ -22,8 +22,8 @@ handle's storages, which record every write as a delta, and protects and release
 strategy's Policy (runtime/failover.py): it applies queued inputs in order, calls `end` (which
 ships the deltas as the policy says), releases outputs when `end` allows it or, held, once
 protected() covers them (and, under --log-choices, once their choices and clock reads are
-acknowledged) and forwards every new protected point to the driver; a thread sends a heartbeat
-whenever the worker has been silent for a heartbeat period. Choices: the instance's stream of the runtime
+acknowledged) and forwards every new protected point to the driver; a thread sends heartbeats
+once the worker has been silent for HEARTBEAT_NAP heartbeat periods, one every period. Choices: the instance's stream of the runtime
 contract for generation 0; every later generation (a standby, a fresh instance) draws from its own
 stream, except that a replayed input reuses the choices and clock reads logged for it.
 
@@ -59,6 +59,8 @@ GENERATION_STEP = 0xA24BAED4963EE407  # separates a generation's choice stream f
 STORE_MODULE = "nfproof.runtime.store"  # its errors are the store's failures (not imported: redis)
 APPLY_PER_ROUND = 64                  # inputs applied between two looks at the sockets
 RELEASE_BATCH = 8                     # outputs released at once are written to the driver this many at a time
+HEARTBEAT_NAP = 8                     # a live worker is silent for at most this many heartbeat periods (the
+                                      # driver waits failover.HEARTBEAT_MISSES, 50)
 packet_fields = attrgetter(*PACKET_FIELDS)
 
 
@@ -106,13 +108,17 @@ class Worker:
             os._exit(0)
 
     def heartbeats(self, period: float) -> None:
-        """A primary's heartbeat thread: a message at least every period, also while the loop
-        waits on its standby or its store (a slow write is a stall, not a failure; a stopped or
-        dead process sends nothing)."""
+        """A primary's heartbeat thread: once the worker has been silent for HEARTBEAT_NAP periods,
+        a heartbeat every period until it speaks again, also while the loop waits on its standby
+        or its store (a slow write is a stall, not a failure; a stopped or dead process sends
+        nothing). While the worker talks the thread sleeps until HEARTBEAT_NAP periods after its
+        last message: each wake takes the GIL from the loop."""
+        nap = period * HEARTBEAT_NAP
         while True:
-            time.sleep(max(0.0, self.last_sent + period - time.monotonic()))
-            if time.monotonic() - self.last_sent < period:  # it spoke meanwhile (read without the lock:
-                continue                                    # the loop need not wait for this thread)
+            quiet = time.monotonic() - self.last_sent  # read without the lock: the loop need not wait
+            if quiet < period:  # it spoke meanwhile
+                time.sleep(nap - quiet)
+                continue
             with self.lock:
                 due = time.monotonic() - self.last_sent >= period
                 if due:
@@ -120,6 +126,7 @@ class Worker:
                     self.last_sent = time.monotonic()
             if due:
                 self.flush()
+            time.sleep(period)
 
     def driver_messages(self, timeout: float | None) -> list:
         messages = self.conn.wait(timeout)
