@@ -22,6 +22,11 @@ The fast paths' outputs and drops are checked equal to each other (and the pure 
 prefix), so the figures are for the same work. Prints `RESULT <metric> <value> <unit>` lines.
 
     .venv/bin/python bench/runtime.py [--frames N] [--flows N] [--batch N] [--quick] [--paths generic,...]
+                                      [--fast BUILD.so]
+
+`--fast` measures another build of runtime/fast.pyx in place of the installed one (e.g. an older
+commit's, compiled as module nfproof.runtime.<name>, the file's name up to its first dot), so that
+before and after are measured in one session; the traffic's warm-up run uses the installed build.
 """
 from __future__ import annotations
 
@@ -162,6 +167,16 @@ def whole(data, sides, frames: int) -> Batch:
     return batch
 
 
+def load_build(path: str):
+    """The extension module built from runtime/fast.pyx at path (named nfproof.runtime.<stem>)."""
+    import importlib.util
+    name = "nfproof.runtime." + os.path.basename(path).split(".")[0]
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def cpu(fn) -> float:
     t = time.process_time()
     fn()
@@ -189,6 +204,7 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--repeat", type=int, default=3, help="fast-path runs (the best counts)")
     ap.add_argument("--quick", action="store_true", help="tiny sizes (a smoke test)")
+    ap.add_argument("--fast", metavar="BUILD.so", help="another build of runtime/fast.pyx to measure (see above)")
     ap.add_argument("--paths", default=",".join(PATHS),
                     help=f"the paths to measure, comma-separated (default all: {','.join(PATHS)}); the fast path's "
                          f"results are the reference either way (an untimed run when it is not measured)")
@@ -198,6 +214,8 @@ def main(argv=None) -> int:
         ap.error(f"--paths {a.paths}: name some of {', '.join(PATHS)}")
     if a.quick:
         a.frames, a.flows, a.pure_frames, a.generic_frames, a.repeat = 4000, 400, 1000, 300, 1
+    measured = load_build(a.fast) if a.fast else fast
+    print(f"fast path: {measured.__file__}", flush=True)
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores (shared); "
           f"{platform.python_implementation()} {platform.python_version()}; CPU time of one core", flush=True)
     t = time.perf_counter()
@@ -212,24 +230,24 @@ def main(argv=None) -> int:
     for _ in range(a.repeat if "passthrough" in paths or "fast" in paths else 0):
         if "passthrough" in paths:
             batch = whole(data, sides, n)
-            base = fast.PassThrough()
+            base = measured.PassThrough()
             best["passthrough"] = min(best.get("passthrough", 1e9), cpu(lambda: base.process(batch)))
         if "fast" in paths:
             batch = whole(data, sides, n)
-            pipeline = fast.Pipeline(chain(), a.seed)
+            pipeline = measured.Pipeline(chain(), a.seed)
             best["fast"] = min(best.get("fast", 1e9), cpu(lambda: pipeline.process(batch)))
             if reference is None:
                 reference = results(pipeline, batch)
                 print(f"fast: {summary(pipeline, batch)}; tables {pipeline.table_sizes()}", flush=True)
     if reference is None:  # the fast path not measured: its results, untimed
         batch = whole(data, sides, n)
-        pipeline = fast.Pipeline(chain(), a.seed)
+        pipeline = measured.Pipeline(chain(), a.seed)
         pipeline.process(batch)
         reference = results(pipeline, batch)
 
     if "fast_batch_calls" in paths:
         # per-batch calls: the loop that fills and processes, minus the same loop filling only
-        pipeline = fast.Pipeline(chain(), a.seed)
+        pipeline = measured.Pipeline(chain(), a.seed)
         batch, outs, drops = Batch(a.batch), [], []
         fill(batch, data, sides, 0, min(n, a.batch))
         starts = range(0, n, a.batch)
@@ -242,7 +260,7 @@ def main(argv=None) -> int:
             fill(batch, data, sides, start, min(n, start + a.batch))
             pipeline.process(batch)
         best["fast_batch_calls"] = max(1e-9, time.process_time() - t - filling)
-        pipeline = fast.Pipeline(chain(), a.seed)  # once more, keeping the results (not timed)
+        pipeline = measured.Pipeline(chain(), a.seed)  # once more, keeping the results (not timed)
         for start in starts:
             fill(batch, data, sides, start, min(n, start + a.batch))
             pipeline.process(batch)
