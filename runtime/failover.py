@@ -532,7 +532,8 @@ class Replica:
                 acks = True
             elif kind == "rec":
                 _, last, changes, held, released = m
-                deltas.apply(self.state, changes)
+                if changes:
+                    deltas.apply(self.state, changes)
                 self.r = last
                 if held is not None:
                     self.held.append((last, held))
@@ -544,8 +545,9 @@ class Replica:
                     self._send(("logack", m[1]))
         if acks and not self.conn.closed:
             self._send(("ack", self.r))
-        for n in [n for n in self.logs if n <= self.r]:
-            del self.logs[n]
+        if self.logs:
+            for n in [n for n in self.logs if n <= self.r]:
+                del self.logs[n]
 
     def _send(self, message) -> None:
         try:

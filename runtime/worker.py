@@ -201,11 +201,13 @@ class Worker:
     def standby(self, listen: tuple[str, int]) -> None:
         replica = Replica(self.nf, listen)
         self.send(("hello", os.getpid(), "standby", *replica.address))
+        driver = self.conn.sock
         while True:
-            ready, _, _ = select.select([self.conn.sock, replica.fileno()], [], [])
-            if replica.fileno() in ready:
+            link = replica.fileno()
+            ready, _, _ = select.select([driver, link], [], [])
+            if link in ready:
                 replica.readable()
-            if self.conn.sock in ready:
+            if driver in ready:
                 for m in self.driver_messages(0):
                     if m[0] == "promote":
                         _, self.spec.generation, host, port = m
@@ -243,12 +245,13 @@ class Worker:
             handle.before_ship = self.flush
         threading.Thread(target=self.heartbeats, args=(period,), daemon=True).start()
 
-        def release_ready() -> None:
-            """Releases the held records whose conditions hold, in order; forwards r."""
+        def release_ready(now_r: int | None = None) -> None:
+            """Releases the held records whose conditions hold, in order; forwards r (now_r: what
+            handle.flush() has just returned, so protected() need not read again)."""
             nonlocal r, logged, forwarded, attached
             if handle is None:
                 return
-            r = handle.protected()
+            r = handle.protected() if now_r is None else now_r
             limit = release_cap
             if log_choices:
                 logged = handle.logged()
@@ -360,12 +363,13 @@ class Worker:
             if applied:
                 release_ready()  # what end() let out at once (a store's awaited write), acks that came meanwhile
             if pol is not None:
+                now_r = None
                 if pol.flush_idle and not queue:
-                    handle.flush()
+                    now_r = handle.flush()
                 since = handle.pending_since() if pol.flush_seconds else None
                 if since is not None and time.monotonic() - since >= pol.flush_seconds:
-                    handle.flush()
-                release_ready()  # flush() may have read the acknowledgements select would wait for
+                    now_r = handle.flush()
+                release_ready(now_r)  # flush() may have read the acknowledgements select would wait for
 
     def apply(self, handle, state, item, chooser, logs: dict, ticks: int, forced: dict) -> Record:
         n, seq, packet, t_ns = item
