@@ -509,9 +509,26 @@ cdef inline void record_drop(pl_t *pl, int reason) noexcept nogil:
 cdef inline uint8_t *frame_bytes(pl_t *pl, frame_t *f) noexcept nogil:
     return (pl.scratch if f.copy else pl.data + pl.off[pl.cur]) + f.off
 
+cdef inline int release_input(pl_t *pl, int egress, int inst, int label) noexcept nogil:
+    """release() of the input's own frame (not a copy)."""
+    cdef Py_ssize_t k = pl.n_out
+    if k == pl.out_cap:
+        grow_outputs(pl)
+    pl.out_in[k] = <int32_t>pl.cur
+    pl.out_egress[k] = <int16_t>egress
+    pl.out_inst[k] = <int16_t>inst
+    pl.out_label[k] = <uint16_t>label
+    pl.out_len[k] = <int32_t>pl.cur_caplen
+    pl.out_off[k] = pl.off[pl.cur]
+    pl.out_copy[k] = 0
+    pl.n_out = k + 1
+    return 0
+
 cdef int release(pl_t *pl, int egress, int inst, int label, frame_t *f) noexcept nogil:
     cdef Py_ssize_t k = pl.n_out, n = pl.cur_caplen
     cdef uint8_t *grown
+    if not f.copy:
+        return release_input(pl, egress, inst, label)
     if k == pl.out_cap:
         grow_outputs(pl)
     pl.out_in[k] = <int32_t>pl.cur
@@ -519,20 +536,16 @@ cdef int release(pl_t *pl, int egress, int inst, int label, frame_t *f) noexcept
     pl.out_inst[k] = <int16_t>inst
     pl.out_label[k] = <uint16_t>label
     pl.out_len[k] = <int32_t>n
-    if f.copy:
-        if pl.stage_len + n > pl.stage_cap:
-            grown = <uint8_t *>realloc(pl.stage, 2 * (pl.stage_len + n))
-            if grown == NULL:
-                pl.error = 2
-                return -1
-            pl.stage, pl.stage_cap = grown, 2 * (pl.stage_len + n)
-        memcpy(pl.stage + pl.stage_len, pl.scratch + f.off, n)
-        pl.out_off[k] = pl.extra_base + pl.stage_len
-        pl.out_copy[k] = 1
-        pl.stage_len += n
-    else:
-        pl.out_off[k] = pl.off[pl.cur]
-        pl.out_copy[k] = 0
+    if pl.stage_len + n > pl.stage_cap:
+        grown = <uint8_t *>realloc(pl.stage, 2 * (pl.stage_len + n))
+        if grown == NULL:
+            pl.error = 2
+            return -1
+        pl.stage, pl.stage_cap = grown, 2 * (pl.stage_len + n)
+    memcpy(pl.stage + pl.stage_len, pl.scratch + f.off, n)
+    pl.out_off[k] = pl.extra_base + pl.stage_len
+    pl.out_copy[k] = 1
+    pl.stage_len += n
     pl.n_out = k + 1
     return 0
 
@@ -1311,8 +1324,8 @@ cdef int run_plan(pl_t *pl, slot_t *e, view_t *vin) noexcept nogil:
         label = w.label
     w = v
     w.src, w.dst, w.sport, w.dport = e.v0, e.v1, e.v2 >> 16, e.v2 & 0xFFFF
-    write_back(frame_bytes(pl, &f), pl.lay, &v, &w)
-    return release(pl, p.egress, p.last, label, &f)
+    write_back(pl.data + pl.off[pl.cur], pl.lay, &v, &w)
+    return release_input(pl, p.egress, p.last, label)
 
 cdef int resume(pl_t *pl, int inst, frame_t f, view_t o, view_t v, int n, int *gates, int depth) noexcept nogil:
     """What walk does once instance inst's handler has turned o into v with n outputs on gates
@@ -1585,7 +1598,7 @@ cdef int run_inputs(pl_t *pl, Py_ssize_t start, Py_ssize_t stop, int ahead_by, p
             prepare(pl, k, &ring[k & ring_mask])
         for st in range(1, stages):
             k = j + (stages - st) * d
-            if start <= k < stop:
+            if start <= k < stop and ring[k & ring_mask].next >= 0:  # (a hit's path ends at the cache)
                 look_ahead(pl, &ring[k & ring_mask])
         if j < start:
             continue
