@@ -45,8 +45,7 @@ misses. It is on for chains of two or more instances with a stable one (`Pipelin
 flow_cache=...)` says otherwise).
 
 Memory latency is hidden by a software pipeline (`run_inputs`): while input j runs, input
-j + S*D is parsed and the flow-table slot its first instance will read is prefetched (with the
-next line, where a probe continues when the home pair holds other keys), and the predicted
+j + S*D is parsed and the flow-table line its first instance will read is prefetched, and the predicted
 paths of the inputs in between advance one instance each (`predict` reads the slot prefetched D
 inputs earlier, read-only, and prefetches the next instance's; for a new NAT flow it simulates
 the free-port draws, reading by_port entries prefetched when the previous new flow was
@@ -464,12 +463,10 @@ cdef inline void table_prefetch(table_t *t, uint64_t a, uint64_t b) noexcept nog
     table_prefetch_h(t, key_hash(a, b))
 
 cdef inline void table_prefetch_h(table_t *t, uint64_t h) noexcept nogil:
-    """The key's home line and the next one, where a probe continues when the home pair holds
-    other keys (one time in ten at the loads the tables run at: unprefetched, that was the
-    biggest stall left)."""
-    cdef size_t i = <size_t>h & t.mask & ~(<size_t>1)
-    prefetch(&t.s[i])
-    prefetch(&t.s[(i + 2) & t.mask])
+    """The key's home line (its slot pair). Not the next line too, where a probe continues when
+    the pair holds other keys (one time in ten): on the benchmark's machine (2 vCPUs, Intel Xeon,
+    KVM) the extra line per lookup cost more than the probes it saved (3-6 % at 100k flows)."""
+    prefetch(&t.s[<size_t>h & t.mask & ~(<size_t>1)])
 
 cdef inline uint64_t key_hash(uint64_t a, uint64_t b) noexcept nogil:
     """The hash slot_home reduces (stays valid across a table's growth)."""
