@@ -117,7 +117,10 @@ def add_parser(sub):
                         "(verified as one failing unit)")
     p.add_argument("--param", action="append", default=[], metavar="NF.NAME=VALUE",
                    help="set a model parameter, e.g. nat.ports=64512 or firewall.timeout=500ms (repeatable)")
-    p.add_argument("--strategy", required=True, help="e.g. stateful.commit:4, or 'all'")
+    p.add_argument("--strategy", default="all",
+                   help="e.g. stateful.commit:4, or 'all' (default: all ten strategies, as one table); for a chain "
+                        "also one per instance, INSTANCE=S with one S for the rest, e.g. stateful.sync,nat=none "
+                        "(a counterexample with that instance crashing alone, else unknown: no proof yet)")
     p.add_argument("--bound", type=positive_int, default=8, help="input packets (default 8)")
     p.add_argument("--timeout", type=positive_float, default=60.0, help="seconds per strategy (default 60)")
     p.add_argument("--failover-time", metavar="F", type=duration, default=None,
@@ -163,17 +166,18 @@ def run(args) -> int:
         raise UsageError(e.args[0]) from None
     except ParamError as e:
         raise UsageError(str(e)) from None
-    if "=" in args.strategy:
-        raise UsageError(f"--strategy {args.strategy}: one strategy per instance needs the chain verified instance by "
-                         f"instance, which nfproof does not do yet (it verifies a chain as one failing unit); give one "
-                         f"strategy for the whole chain, e.g. --strategy stateful.sync")
+    assignment = per_instance(args.strategy, nf_cls)  # instance -> strategy text, or None
+    texts = list(ALL_STRATEGIES) if args.strategy == "all" else \
+        list(dict.fromkeys(assignment.values())) if assignment else [args.strategy]
     try:
-        strategies = [Strategy.parse(s) for s in ALL_STRATEGIES] if args.strategy == "all" else [Strategy.parse(args.strategy)]
+        parsed = {t: Strategy.parse(t).switched(not args.no_replay_input, not args.no_dedup) for t in texts}
     except StrategyError as e:
         raise UsageError(str(e)) from None
-    strategies = [s.switched(not args.no_replay_input, not args.no_dedup) for s in strategies]
     if args.mutation:
-        strategies = [s.mutated(args.mutation) for s in strategies]
+        parsed = {t: s.mutated(args.mutation) for t, s in parsed.items()}
+    strategies = list(dict.fromkeys(parsed.values()))
+    if assignment and len(strategies) == 1:  # the same strategy for every instance
+        assignment = None
     from .verify.equivalence import Equivalence
     eq = Equivalence(args.equivalence, args.allow_duplicates)
     failover_time = ticks(nf_cls, args.failover_time, "--failover-time")
@@ -189,6 +193,11 @@ def run(args) -> int:
         if show_progress:
             print(f"\r  {args.chain} {strategy}: all inputs up to {n}/{bound} packets checked", end="", file=sys.stderr, flush=True)
 
+    if assignment:
+        if args.property:
+            raise UsageError("--property takes one strategy for the whole chain")
+        return _run_per_instance(args, nf_cls, {i: parsed[t] for i, t in assignment.items()}, failover_time,
+                                 max_stall, eq, progress)
     if getattr(nf_cls, "model_reference", None) and ">" in nf_cls.model_reference:
         print("note: the chain is verified as one failing unit (its instances crash and fail over together); "
               "one instance crashing while the others run is not proved yet: a counterexample's inputs are "
@@ -281,8 +290,116 @@ def _instance_crash(nf_cls, result):
     return found or False
 
 
-def _reproduce(args, failing: list, per_strategy: bool) -> None:
-    """--reproduce DIR: each counterexample as inputs.pcap + schedule.json + README.md."""
+def per_instance(text: str, nf_cls) -> dict[str, str] | None:
+    """`--strategy INSTANCE=S,...` (a bare S: for the instances not named) as instance -> strategy
+    text in chain order; None for one strategy for the whole chain."""
+    if "=" not in text:
+        if "," in text:
+            raise UsageError(f"--strategy {text}: one strategy, or INSTANCE=STRATEGY per instance with one strategy "
+                             f"for the rest, e.g. --strategy stateful.sync,nat=stateful.commit:4")
+        return None
+    chain = getattr(nf_cls, "chain", None)
+    members = list(chain().members) if callable(chain) else []
+    if len(members) < 2:
+        raise UsageError(f"--strategy {text}: one strategy per instance is for chains of NFs; give {nf_cls.name} one "
+                         f"strategy, e.g. --strategy stateful.sync")
+    named, rest = {}, None
+    for item in text.split(","):
+        name, is_named, strategy = item.partition("=")
+        if not is_named:
+            if rest is not None:
+                raise UsageError(f"--strategy {text}: two strategies for the instances not named ({rest}, {item}); "
+                                 f"write INSTANCE=STRATEGY for each instance")
+            rest = item
+        elif name not in members:
+            raise UsageError(f"--strategy {text}: {name!r} is no instance of {nf_cls.name}; its instances: "
+                             f"{', '.join(members)}")
+        elif name in named:
+            raise UsageError(f"--strategy {text}: {name} is given two strategies")
+        else:
+            named[name] = strategy
+    missing = [m for m in members if m not in named]
+    if missing and rest is None:
+        raise UsageError(f"--strategy {text}: no strategy for {', '.join(missing)}; name every instance or add one "
+                         f"strategy for the others, e.g. --strategy stateful.sync,{text}")
+    return {m: named.get(m, rest) for m in members}
+
+
+def _run_per_instance(args, nf_cls, assignment: dict, failover_time, max_stall, eq, progress) -> int:
+    """One strategy per instance. Only the crashing instance's strategy shapes a run in which one
+    instance crashes alone (the others hold and release nothing across chain inputs:
+    verify/chain_crash.py), so for each strategy a run in which an instance under it crashes
+    alone is searched near the counterexamples of the chain failing as one unit and of those
+    instances as NFs of their own, under that strategy: such a run is a counterexample (exit 1).
+    Without one the verdict is unknown (exit 3): nfproof has no proof of one instance crashing
+    alone yet."""
+    from .verify.chain_crash import SearchLimit, near_counterexamples
+    from .verify.failover import verify_failover
+    from .verify.induction import reads_clock
+    from .verify.report import as_json, html
+    from .verify.reproduce import as_framed
+    from .verify.simulate import default_failover_ticks
+    from .verify.solver import Budget
+
+    def verify(nf, strategy):
+        return verify_failover(nf, strategy, args.bound, Budget(timeout=args.timeout), args.log_choices, progress,
+                               args.unbounded, failover_time if nf is nf_cls else None,
+                               max_stall if nf is nf_cls else None, eq)
+
+    groups: dict = {}
+    for instance, strategy in assignment.items():
+        groups.setdefault(strategy, []).append(instance)
+    f = default_failover_ticks(nf_cls) if failover_time is None else failover_time
+    s_ticks = f if max_stall is None else max_stall
+    units = []  # (strategy, its instances, the unit's Result, a run with one of them crashing alone or None)
+    for strategy, members in groups.items():
+        result = verify(nf_cls, strategy)
+        found = None
+        if not strategy.mutation:
+            near = [r.counterexample.run for r in [result] + [verify(nf_cls.chain().members[m].nf, strategy)
+                                                              for m in members] if r.counterexample]
+            try:
+                found = near_counterexamples(nf_cls, strategy, [  # (framed: a capture can carry them)
+                    ([as_framed(p) for p in run.inputs], run.arrivals) for run in near], args.log_choices,
+                    reads_clock(nf_cls), f, s_ticks, eq, members) if near else None
+            except SearchLimit:
+                pass
+        units.append((strategy, members, result, found))
+    text = ",".join(f"{i}={s}" for i, s in assignment.items())
+    hit = next((u for u in units if u[3]), None)
+    if hit and args.html:
+        try:
+            with open(args.html, "w") as f:
+                f.write(html(hit[2], hit[3].story()))
+        except OSError as e:
+            raise UsageError(f"cannot write {args.html}: {e.strerror}") from None
+    if hit and args.reproduce:
+        _reproduce(args, [hit[2]], False, alone=hit[3])
+    if hit:
+        reason = ""
+    else:
+        reason = ("no proof of one instance crashing alone yet, and no counterexample: " +
+                  "; ".join(f"{s} ({', '.join(m)}): {r.verdict} with the chain failing as one unit"
+                            + (", and no run of its counterexample's inputs with one of them crashing alone shows it"
+                               if r.counterexample else "") for s, m, r, _ in units))
+    if args.json:
+        print(json.dumps({"verdict": "counterexample" if hit else "unknown", "nf": nf_cls.name,
+                          "strategy": {i: str(s) for i, s in assignment.items()}, "bound": args.bound,
+                          "reason": reason,
+                          "instance_crash": {"instance": hit[3].instance, "strategy": str(hit[0]),
+                                             "story": hit[3].story()} if hit else None,
+                          "units": [dict(as_json(r), instances=m) for s, m, r, _ in units]}, indent=2))
+    elif hit:
+        print(f"error: {nf_cls.name} with {text}: {hit[3].instance} under {hit[0]} crashing alone (the others keep "
+              f"running) lets out outputs no failure-free execution produces\n\n{hit[3].story()}")
+    else:
+        print(f"unknown: {nf_cls.name} with {text} at bound {args.bound}: {reason}")
+    return VIOLATION if hit else UNKNOWN
+
+
+def _reproduce(args, failing: list, per_strategy: bool, alone=None) -> None:
+    """--reproduce DIR: each counterexample as inputs.pcap + schedule.json + README.md (a chain's
+    with one instance crashing alone: the first found, or the run `alone`)."""
     from .models.chain import Chain
     from .verify.report import story
     from .verify.reproduce import ReproduceError, write
@@ -293,7 +410,7 @@ def _reproduce(args, failing: list, per_strategy: bool) -> None:
     for r in failing:
         folder = os.path.join(args.reproduce, str(r.strategy).replace(":", "-")) if per_strategy else args.reproduce
         try:
-            paths = write(r, folder, args.chain, instance, args.param, story)
+            paths = write(r, folder, args.chain, instance, args.param, story, alone=alone)
         except ReproduceError as e:
             raise UsageError(f"--reproduce: {r.nf} under {r.strategy}: {e}") from None
         except OSError as e:

@@ -169,3 +169,72 @@ def test_bundled_two_nf_chains_agree_with_single_instance_crashes(chain_name, st
                                        gaps=(0, 1, 3) if reads_clock(nf) else None)
     assert unit.verdict in ("proved", "counterexample"), unit.reason
     assert (found is not None) == (unit.verdict == "counterexample"), found and found.story()
+
+
+# -- one strategy per instance (`--strategy S,INSTANCE=S2`) ----------------------------------------
+
+def verify_json(*args):
+    r = subprocess.run([sys.executable, "-m", "nfproof", "verify", *args, "--json"], capture_output=True, text=True,
+                       timeout=300)
+    return r.returncode, (__import__("json").loads(r.stdout) if r.stdout.strip() else None), r.stderr
+
+
+def test_one_strategy_per_instance_names_the_unprotected_instance():
+    """firewall and lb protected, the NAT not: the counterexample is the NAT crashing alone under
+    its own strategy, a run that no failure-free execution of the chain explains (re-judged here)."""
+    from nfproof.models.concrete import scripted
+    from nfproof.verify.simulate import explain
+    code, out, err = verify_json("firewall>nat>lb", "--strategy", "stateful.sync,nat=stateful.async", "--bound", "4")
+    assert code == 1, err
+    assert out["verdict"] == "counterexample" and out["strategy"] == {
+        "firewall": "stateful.sync", "nat": "stateful.async", "lb": "stateful.sync"}
+    assert out["instance_crash"]["instance"] == "nat" and out["instance_crash"]["strategy"] == "stateful.async"
+    assert "nat crashes alone (firewall, lb keep running)" in out["instance_crash"]["story"]
+    assert sorted(map(sorted, (u["instances"] for u in out["units"]))) == [["firewall", "lb"], ["nat"]]
+    # the same search in process, re-executed and re-judged
+    from nfproof.verify.chain_crash import for_counterexample
+    from nfproof.verify.failover import verify_failover
+    nf = lookup("firewall>nat>lb")
+    unit = verify_failover(nf, Strategy.parse("stateful.async"), 4)
+    found = for_counterexample(unit.counterexample, ["nat"])
+    assert found.instance == "nat"
+    again = simulate_instance_crash(nf.chain(), "nat", found.strategy, found.inputs, found.cut, found.protected,
+                                    scripted(found.standby_choices), arrivals=found.arrivals,
+                                    crash_time=found.crash_time,
+                                    failover_time=unit.counterexample.run.failover_end - unit.counterexample.run.crash_time)
+    assert again.observed == found.observed
+    assert not explain(nf, found.inputs, again.observed, found.arrivals, unit.counterexample.max_stall).explained
+    assert for_counterexample(unit.counterexample, ["lb"]) is None  # the LB crashing alone under async loses nothing here
+
+
+def test_one_strategy_per_instance_without_a_counterexample_is_unknown():
+    """No proof of one instance crashing alone exists yet: a mix without a counterexample is
+    unknown (exit 3), never proved, and says what each strategy gave for the chain as one unit."""
+    code, out, err = verify_json("firewall>nat>lb", "--strategy", "stateful.sync,lb=stateless.sync", "--bound", "3")
+    assert code == 3, err
+    assert out["verdict"] == "unknown" and "no proof of one instance crashing alone yet" in out["reason"]
+    assert "stateful.sync (firewall, nat): proved" in out["reason"] and "stateless.sync (lb): proved" in out["reason"]
+
+
+PER_INSTANCE = [("nat>lb", "lb", "none"), ("nat>lb", "nat", "stateful.async"), ("firewall>nat", "firewall", "none"),
+                ("firewall>nat", "nat", "stateless.async"), ("monitor>nat", "monitor", "none"),
+                ("nat>monitor", "nat", "stateful.checkpoint:2")]
+
+
+@pytest.mark.parametrize("chain_name,crashing,strategy", PER_INSTANCE)
+def test_one_strategy_per_instance_finds_what_enumeration_finds(chain_name, crashing, strategy):
+    """The other instances under stateful.sync, one under an unsafe strategy: where the enumeration
+    of that instance crashing alone over a small universe finds a violation, `nfproof verify` finds
+    one too and names the instance (its search starts from the unit's and the instance's own
+    counterexamples); where the enumeration finds none, nothing is proved (exit 3) unless the
+    search found a run outside the universe."""
+    from nfproof.verify.chain_crash import enumerate_instance_crashes
+    nf = lookup(chain_name)
+    code, out, err = verify_json(chain_name, "--strategy", f"stateful.sync,{crashing}={strategy}", "--bound", "2")
+    enumerated = enumerate_instance_crashes(nf.chain(), Strategy.parse(strategy), 2, MORE_CHAINS[chain_name],
+                                            gaps=(0, 1, 3) if "firewall" in chain_name else None, instances=[crashing])
+    assert code in (1, 3), err
+    if enumerated is not None:
+        assert code == 1 and out["instance_crash"]["instance"] == crashing, out
+    if code == 1:
+        assert out["instance_crash"]["strategy"] == strategy and f"{crashing} crashes alone" in out["instance_crash"]["story"]

@@ -5,6 +5,8 @@ import sys
 
 import pytest
 
+from nfproof.cmd_verify import ALL_STRATEGIES
+
 
 def nfproof(*args):
     return subprocess.run([sys.executable, "-m", "nfproof", *args], capture_output=True, text=True, timeout=120)
@@ -157,6 +159,22 @@ def test_the_equivalences_are_the_ones_defined_once():
     assert EQUIVALENCES == RELATIONS
 
 
-def test_per_instance_strategies_are_refused_with_the_reason():
-    r = nfproof("verify", "firewall>nat>lb", "--strategy", "nat=stateful.sync,lb=none", "--bound", "2")
-    assert r.returncode == 2 and "one strategy per instance needs the chain verified instance by instance" in r.stderr
+@pytest.mark.parametrize("strategy,message", [
+    ("nat=none", "no strategy for firewall, lb; name every instance or add one strategy for the others"),
+    ("nope=none,stateful.sync", "'nope' is no instance of firewall>nat>lb; its instances: firewall, nat, lb"),
+    ("nat=none,nat=stateful.sync,none", "nat is given two strategies"),
+    ("none,stateful.sync,nat=none", "two strategies for the instances not named"),
+    ("stateful.sync,none", "one strategy, or INSTANCE=STRATEGY"),
+    ("stateful.sync,nat=bogus", "unknown strategy 'bogus'")])
+def test_per_instance_strategy_errors(strategy, message):
+    r = nfproof("verify", "firewall>nat>lb", "--strategy", strategy, "--bound", "2")
+    assert r.returncode == 2 and message in r.stderr, r.stderr
+    r = nfproof("verify", "nat", "--strategy", "nat=none")
+    assert r.returncode == 2 and "one strategy per instance is for chains of NFs" in r.stderr
+
+
+def test_the_default_strategy_is_all_and_input_errors_come_first():
+    r = nfproof("verify", "firewall>nope>lb")
+    assert r.returncode == 2 and "unknown NF 'nope'" in r.stderr and "firewall, lb, lb-hash" in r.stderr
+    r = nfproof("verify", "nat", "--bound", "2")
+    assert r.returncode == 1 and all(s in r.stdout for s in ALL_STRATEGIES), r.stdout

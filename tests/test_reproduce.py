@@ -72,6 +72,21 @@ def test_a_chain_counterexample_happens_with_one_instance_crashing_alone(capsys,
     assert code == 1 and out.startswith("error:"), out
 
 
+@pytest.mark.parametrize("chain,strategy,instance", [("nat>lb", "stateful.sync,lb=none", "lb"),
+                                                     ("firewall>nat>lb", "stateful.sync,nat=stateful.async", "nat")])
+def test_a_per_instance_counterexample_happens_on_the_runtime(capsys, tmp_path, chain, strategy, instance):
+    """One strategy per instance: the instance under the unsafe strategy crashes alone in the
+    schedule (its inputs may be near the unit's counterexample, not the same), and replay sees the
+    violation."""
+    verified, ran, replayed, folder = reproduce_and_replay(capsys, tmp_path, chain, strategy, bound=2)
+    assert verified == 1, replayed[1]
+    schedule = json.loads((folder / "schedule.json").read_text())
+    assert schedule["crash"]["instance"] == instance
+    assert f"{instance} crashes alone" in (folder / "README.md").read_text()
+    code, out = replayed
+    assert code == 1 and out.startswith("error:"), out
+
+
 def test_the_files(capsys, tmp_path):
     """inputs.pcapng: one frame per input whose view is the input, at its arrival, on the port of
     its side; schedule.json: the counterexample's crash and choices; the trace records one

@@ -31,8 +31,8 @@ from __future__ import annotations
 import itertools
 from dataclasses import dataclass, field, replace
 
-from ..models.api import Packet
-from ..models.chain import Chain, initial_chain_state
+from ..models.api import TCP, UDP, Packet, flags
+from ..models.chain import Chain, initial_chain_state, run_chain
 from ..models.concrete import backtrack, copy_state, initial_state, scripted, step
 from ..models.strategy import Cut, Strategy
 from .equivalence import STRICT, Equivalence, in_flight
@@ -63,7 +63,7 @@ class InstanceCrash:
 
     def story(self) -> str:
         others = [m for m in self.chain_members if m != self.instance]
-        lines = [f"{self.instance} crashes alone ({', '.join(others)} keep running), after chain input "
+        lines = [f"{self.instance} crashes alone ({', '.join(others)} keep{'s' if len(others) == 1 else ''} running), after chain input "
                  f"{self.cut.applied} applied / {self.cut.released} released, its state protected up to chain "
                  f"input {self.protected}", "inputs (in arrival order):"]
         lines += [f"  {i}. {p}" + (f"   (arrives at {self.arrivals[i - 1]})" if self.arrivals else "")
@@ -219,14 +219,16 @@ def simulate_instance_crash(chain: Chain, instance: str, strategy: Strategy, inp
 
 def find_instance_crash(chain: Chain, strategy: Strategy, inputs: list[Packet], log_choices: bool = False,
                         arrivals: list | None = None, failover_time: int = 0, max_stall: int = 0,
-                        eq: Equivalence = STRICT, limit: int = 20_000, composite=None) -> InstanceCrash | None:
-    """The first run (instances in chain order, crash points in timeline order, the crash at the
-    earliest and the latest time its point allows, standby choices depth first) that no
-    failure-free execution of the chain explains, or None; SearchLimit past `limit` runs."""
+                        eq: Equivalence = STRICT, limit: int = 20_000, composite=None,
+                        instances=None) -> InstanceCrash | None:
+    """The first run (instances in chain order, or only those of `instances`; crash points in
+    timeline order, the crash at the earliest and the latest time its point allows, standby
+    choices depth first) that no failure-free execution of the chain explains, or None;
+    SearchLimit past `limit` runs."""
     composite = composite or chain.as_nf()
     strategy = in_a_chain(strategy)
     timeline, runs = strategy.events(len(inputs)), 0
-    for instance in chain.members:
+    for instance in [m for m in chain.members if instances is None or m in instances]:
         for cut in strategy.cuts(len(inputs)):
             crash_times = [None]
             if arrivals is not None:  # between the last event that happened and the next (DESIGN.md "Time")
@@ -250,20 +252,78 @@ def find_instance_crash(chain: Chain, strategy: Strategy, inputs: list[Packet], 
     return None
 
 
-def for_counterexample(cex) -> InstanceCrash | None:
+def for_counterexample(cex, instances=None) -> InstanceCrash | None:
     """`find_instance_crash` on the inputs, times, strategy and equivalence of a chain's
-    counterexample (verify.failover.Counterexample; its instances failed as one unit)."""
+    counterexample (verify.failover.Counterexample; its instances failed as one unit), crashing
+    each of `instances` (default: every instance)."""
     run = cex.run
     return find_instance_crash(cex.nf.chain(), run.strategy, run.inputs, cex.log_choices, run.arrivals,
                                (run.failover_end - run.crash_time) if run.arrivals is not None else 0, cex.max_stall,
-                               cex.eq)
+                               cex.eq, instances=instances)
+
+
+def replies(chain: Chain, inputs: list[Packet], arrivals=None) -> list[Packet]:
+    """The answers to what a failure-free run of `inputs` (first options) lets out: each TCP/UDP
+    output turned around (addresses and ports swapped, a SYN answered by a SYN-ACK, other TCP by
+    an ACK), entering from the side it left on: the packets that use the state the inputs made."""
+    state, out = initial_chain_state(chain), []
+    outside = set(chain.egress_facing("outside"))
+    for i, p in enumerate(inputs):
+        now = arrivals[i] if arrivals is not None else 0
+        for egress, o in run_chain(chain, state, p, _first, lambda: now).outputs:
+            if o.proto not in (TCP, UDP) or egress not in outside and egress not in chain.egress_facing("inside"):
+                continue
+            syn = o.proto == TCP and o.flags & flags("S") and not o.flags & flags("A")
+            out.append(Packet(o.proto, o.dst, o.dport, o.src, o.sport,
+                              flags("SA") if syn else flags("A") if o.proto == TCP else 0, inbound=egress in outside))
+    return list(dict.fromkeys(out))
+
+
+def near_counterexamples(chain_nf, strategy: Strategy, found: list, log_choices: bool = False, timed: bool = False,
+                         failover_time: int = 0, max_stall: int = 0, eq: Equivalence = STRICT, instances=None,
+                         limit: int = 2_000) -> InstanceCrash | None:
+    """A run in which one instance (of `instances`, default any) crashes alone, searched near the
+    counterexamples `found` ([(inputs, arrivals or None)]: the chain's as one unit, an instance's
+    own as one NF): each one's inputs first, then every sequence of their distinct packets up to
+    the longest's length, shortest first, with the answers to what they let out (`replies`);
+    timed, each at a counterexample's arrival times, all at 0 and F + 1 ticks apart. SearchLimit
+    past `limit` sequences."""
+    chain, tried = chain_nf.chain(), set()
+    packets = list(dict.fromkeys(p for inputs, _ in found for p in inputs))
+    packets += [p for inputs, arrivals in found for p in replies(chain, inputs, arrivals) if p not in packets]
+
+    def timings(n, arrivals=None):
+        """Arrival times for n inputs: a counterexample's, all at 0, F + 1 ticks apart (untimed: None)."""
+        if not timed:
+            return [None]
+        own = [list(a[:n]) for a in [arrivals] + [a for _, a in found] if a is not None and len(a) >= n]
+        options = own[:1] + [[0] * n, [k * (failover_time + 1) for k in range(n)]]
+        return [list(a) for a in dict.fromkeys(tuple(a) for a in options)]
+
+    candidates = [(list(inputs), a) for inputs, arrivals in found for a in timings(len(inputs), arrivals)]
+    longest = max((len(i) for i, _ in found), default=0)
+    candidates += [(list(seq), a) for n in range(1, longest + 1) for seq in itertools.product(packets, repeat=n)
+                   for a in timings(n)]
+    for inputs, arrivals in candidates:
+        key = (tuple(inputs), tuple(arrivals or ()))
+        if key in tried:
+            continue
+        tried.add(key)
+        if len(tried) > limit:
+            raise SearchLimit(f"more than {limit} input sequences near the counterexamples")
+        crash = find_instance_crash(chain, strategy, inputs, log_choices, arrivals, failover_time, max_stall, eq,
+                                    composite=chain_nf, instances=instances)
+        if crash is not None:
+            return crash
+    return None
 
 
 def enumerate_instance_crashes(chain: Chain, strategy: Strategy, bound: int, universe: list[Packet],
                                log_choices: bool = False, gaps: tuple[int, ...] | None = None,
-                               failover_time: int = 1, max_stall: int = 1) -> InstanceCrash | None:
+                               failover_time: int = 1, max_stall: int = 1, instances=None) -> InstanceCrash | None:
     """Every input sequence of up to `bound` packets of `universe` (shortest first; with `gaps`,
-    arrival times as sums of them), every instance crashing alone: the first unexplained run, or None."""
+    arrival times as sums of them), every instance (of `instances`, default all) crashing alone:
+    the first unexplained run, or None."""
     composite = chain.as_nf()
     for n in range(1, bound + 1):
         arrival_sets = [None] if gaps is None else \
@@ -271,7 +331,7 @@ def enumerate_instance_crashes(chain: Chain, strategy: Strategy, bound: int, uni
         for inputs in itertools.product(universe, repeat=n):
             for arrivals in arrival_sets:
                 found = find_instance_crash(chain, strategy, list(inputs), log_choices, arrivals, failover_time,
-                                            max_stall, composite=composite)
+                                            max_stall, composite=composite, instances=instances)
                 if found is not None:
                     return found
     return None

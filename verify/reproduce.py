@@ -129,8 +129,9 @@ def schedule(result, chain_text: str, instance: str, params: list, alone=None) -
                  "time_ns": _ns(alone.crash_time, tps) if timed else None}
         choices = {name: {role: {str(n): v for n, v in sorted(by_n.items())} for role, by_n in roles.items()}
                    for name, roles in alone.choices.items()}
-    times = [_ns(a, tps) if timed else T0_NS + i * UNTIMED_GAP_NS for i, a in enumerate(run.arrivals or run.inputs)]
-    frames = [(t, p.inbound, _frame(p)) for t, p in zip(times, run.inputs)]
+    inputs, arrivals = (alone.inputs, alone.arrivals) if alone else (run.inputs, run.arrivals)
+    times = [_ns(a, tps) if timed else T0_NS + i * UNTIMED_GAP_NS for i, a in enumerate(arrivals or inputs)]
+    frames = [(t, p.inbound, _frame(p)) for t, p in zip(times, inputs)]
     failover_ticks = (run.failover_end - run.crash_time) if timed else None
     doc = {
         "format": FORMAT,
@@ -149,15 +150,22 @@ def schedule(result, chain_text: str, instance: str, params: list, alone=None) -
     return doc, frames
 
 
-def write(result, folder: str, chain_text: str, instance: str, params: list, story) -> list[str]:
+def write(result, folder: str, chain_text: str, instance: str, params: list, story, alone=None) -> list[str]:
     """Writes inputs.pcap, schedule.json and README.md (with `story(result)`) into `folder`
-    (created), for the counterexample as frames show it (`framed_result`); returns their paths."""
-    result = framed_result(result)
+    (created), for the counterexample as frames show it (`framed_result`); returns their paths.
+    A chain's: with one instance crashing alone, the first found or the run `alone` (an
+    InstanceCrash on framed inputs: its inputs and times are the capture's)."""
     nf = result.counterexample.nf
-    alone = instance_crash(result) if callable(getattr(nf, "chain", None)) and len(nf.chain().members) > 1 else None
+    if alone is None:
+        result = framed_result(result)
+        alone = instance_crash(result) if callable(getattr(nf, "chain", None)) and \
+            len(nf.chain().members) > 1 else None
     doc, frames = schedule(result, chain_text, instance, params, alone)
-    story = story(result) + (f"\n\nThe same inputs with one instance crashing alone, as the runtime runs it:\n"
-                             f"{alone.story()}" if alone else "")
+    if alone and alone.inputs != result.counterexample.run.inputs:  # (found near the unit's counterexample)
+        story = alone.story()
+    else:
+        story = story(result) + (f"\n\nThe same inputs with one instance crashing alone, as the runtime runs it:\n"
+                                 f"{alone.story()}" if alone else "")
     os.makedirs(folder, exist_ok=True)
     pcap, sched, readme = (os.path.join(folder, n) for n in ("inputs.pcapng", "schedule.json", "README.md"))
     with PcapngWriter(pcap, userappl="nfproof verify --reproduce") as w:  # the side of a frame is its port's
