@@ -26,6 +26,8 @@ demo: $(STAMP)
 	$(NFPROOF) verify lb --strategy stateful.async --property sticky-backend --bound 2; test $$? -le 1
 	@echo "== a chain, failing as one unit; a counterexample names the instance whose crash alone shows it"
 	$(NFPROOF) verify 'firewall>nat>lb' --strategy all --bound 3; test $$? -le 1
+	@echo "== one strategy per instance: everything synchronous but the balancer: its crash alone is the counterexample"
+	$(NFPROOF) verify 'firewall>nat>lb' --strategy stateful.sync,lb=none --bound 3; test $$? -eq 1
 	@echo "== the reference runtime: a real capture through firewall>nat>lb, recorded as a trace"
 	$(NFPROOF) run 'firewall>nat>lb' --param nat.ports=64512 --pcap tests/data/E02_http_49flows.pcap --seed 7 -o out/demo-run.pcapng
 	@echo "== the replay checker: is that recorded run explained by a failure-free execution?"

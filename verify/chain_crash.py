@@ -31,7 +31,7 @@ from __future__ import annotations
 import itertools
 from dataclasses import dataclass, field, replace
 
-from ..models.api import TCP, UDP, Packet, flags
+from ..models.api import TCP, UDP, Packet, flags, ip
 from ..models.chain import Chain, initial_chain_state, run_chain
 from ..models.concrete import backtrack, copy_state, initial_state, scripted, step
 from ..models.strategy import Cut, Strategy
@@ -97,6 +97,12 @@ def _first(options):
     return options[0]
 
 
+def _choices_text(res) -> str:
+    """A step's choices as a story shows them (addresses dotted)."""
+    return ", ".join(ip(v) if getattr(k, "name", "") == "Addr" else str(v)
+                     for v, k in zip(res.choices, res.choice_kinds + [None] * len(res.choices)))
+
+
 def simulate_instance_crash(chain: Chain, instance: str, strategy: Strategy, inputs: list[Packet], cut: Cut,
                             protected: int, standby_chooser, log_choices: bool = False, arrivals: list | None = None,
                             crash_time: int | None = None, failover_time: int = 0) -> InstanceCrash:
@@ -151,7 +157,7 @@ def simulate_instance_crash(chain: Chain, instance: str, strategy: Strategy, inp
         res = step(nf, standby["state"], p, standby_chooser, clock)
         record(instance, "standby", n, res.choices)
         events.append(f"{who} applies its input {n} (chain input {chain_input[0]}): {p}"
-                      + (f"; chooses {', '.join(map(str, res.choices))}" if res.choices else ""))
+                      + (f"; chooses {_choices_text(res)}" if res.choices else ""))
         return passed(n, res.outputs)
 
     def passed(n, outputs):
@@ -208,7 +214,7 @@ def simulate_instance_crash(chain: Chain, instance: str, strategy: Strategy, inp
         if not logged:
             record(instance, "standby", n, res.choices)
         events.append(f"the upstream replays {instance}'s input {n} (chain input {i}): {p}"
-                      + (f"; {who} chooses {', '.join(map(str, res.choices))}" if res.choices else ""))
+                      + (f"; {who} chooses {_choices_text(res)}" if res.choices else ""))
         chain.carry(instance, passed(n, res.outputs), process, emit)
     for i in range(cut.applied + 1, len(inputs) + 1):
         route(i, arrivals[i - 1] if timed else 0)
