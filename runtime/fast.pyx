@@ -1540,8 +1540,7 @@ cdef inline void entry_ready(pl_t *pl, prepared_t *r, view_t *v) noexcept nogil:
             r.ch = key_hash(r.ca, r.cb)
             table_prefetch_h(&pl.cache, r.ch)
             r.cached = 1
-            if stable_kind(pl.insts[entry].kind):  # read only on a cache miss: prefetched once that is known
-                return
+            return  # the first instance is read on a cache miss only: prefetched once that is known
         prefetch_first(&pl.insts[entry], v)
 
 
@@ -1552,8 +1551,6 @@ cdef void look_ahead(pl_t *pl, prepared_t *r) noexcept nogil:
     cdef slot_t *e
     if r.next < 0:
         return
-    if r.fresh:  # (r.v was written an input's worth of work ago: a whole copy is safe now)
-        r.ahead, r.fresh = r.v, 0
     if r.cached == 1:  # the first step: the cache slot prefetched at prepare
         r.cached = 2
         e = table_find_h(&pl.cache, r.ca, r.cb, r.ch)
@@ -1561,10 +1558,11 @@ cdef void look_ahead(pl_t *pl, prepared_t *r) noexcept nogil:
             plan_prefetch(pl, e, &r.v)
             r.next = -1
             return
-        t = &pl.insts[r.next]
-        if stable_kind(t.kind):  # not prefetched at prepare
-            prefetch_first(t, &r.ahead)
-            return
+        r.ahead, r.fresh = r.v, 0
+        prefetch_first(&pl.insts[r.next], &r.ahead)  # not prefetched at prepare
+        return
+    if r.fresh:  # (r.v was written an input's worth of work ago: a whole copy is safe now)
+        r.ahead, r.fresh = r.v, 0
     t = &pl.insts[r.next]
     g = predict(t, &r.ahead)
     if g < 0 or t.hop_target[g] < 0:
