@@ -437,20 +437,20 @@ class StandbyLink(Handle):
 
     def flush(self, wait: bool = False) -> int:
         self._ship()
-        if self.conn is not None and self.conn.out and not self.conn.closed:
-            self._write()
+        self.protected()  # writes what is shipped
         if wait:
             while self.conn is not None and not self.conn.closed and self.r < self.shipped:
                 self._take(self.conn.wait(1.0))
-        return self.protected()
+        return self.r
 
     def protected(self) -> int:
-        """Also writes the batches end() shipped since the last call. Reads only while an
+        """Also writes the batches end() shipped since the last call (then it does not read: their
+        acknowledgement cannot be there yet; select finds any other). Otherwise reads only while an
         acknowledgement is due (the snapshot's, a shipped batch's, a log's): nothing else comes."""
         if self.conn is not None and not self.conn.closed:
             if self.conn.out:
                 self._write()
-            if not self.conn.closed and (self.r < self.shipped or not self.attached or self._logged < self._log_sent):
+            elif self.r < self.shipped or not self.attached or self._logged < self._log_sent:
                 self._take(self.conn.read(nowait=True))
         return self.r
 
