@@ -85,3 +85,18 @@ def test_cli_property():
     assert r.returncode == 2 and "valid: sticky-backend, all" in r.stderr
     r = nfproof("verify", "lb-hash", "--strategy", "none", "--property", "all")
     assert r.returncode == 2 and "no named properties" in r.stderr
+
+
+@pytest.mark.parametrize("model", ["nat", "lb"])
+@pytest.mark.parametrize("strategy", ["stateful.sync", "stateful.commit:2", "stateless.sync", "stateful.async"])
+def test_queries_skipped_as_already_unsatisfiable_keep_the_verdict(model, strategy):
+    """A violation condition proved unsatisfiable under a subset of a point's assumptions (the
+    same terms) is not asked again: at bound 3 the verdicts still agree with enumeration, and
+    queries were skipped."""
+    nf_cls = NAT if model == "nat" else LB
+    (prop,) = properties_of(nf_cls).values()
+    explicit = enumerated_violation(nf_cls, prop, Strategy.parse(strategy), 3, UNIVERSES[model], False)
+    result = check_property(nf_cls, prop, Strategy.parse(strategy), 3)
+    assert result.verdict == ("counterexample" if explicit else "proved"), (result.reason, explicit and explicit.observed)
+    if result.verdict == "proved":
+        assert result.stats.get("identical", 0) > 0, result.stats

@@ -222,6 +222,8 @@ def _check(nf_cls, prop, strategy, bound, budget, log_choices, clocked, failover
                             bound)
     runs = _Runs(nf_cls, bound, clocked, failover_time, max_stall)
     twin_seen = False
+    proved: dict = {}  # id of a violation condition -> sets of assumption ids under which it is unsatisfiable
+    keep: list = []
     try:
         for n in range(1, bound + 1):
             for point in _points(strategy, n, clocked):
@@ -230,15 +232,27 @@ def _check(nf_cls, prop, strategy, bound, budget, log_choices, clocked, failover
                                                                                        log_choices, budget)
                 seq = _sequence_terms(runs, nf_cls, n, observed, seen_upto, times, leaks)
                 bad, twin = _violations(prop, seq)
+                # the same violation condition unsatisfiable under a subset of these assumptions (the
+                # very terms: an earlier point whose steps these share) needs no query
+                assumed = frozenset(a.get_id() for a in assumptions)
+                violated = z3.Or(*bad) if bad else None
+                if violated is not None and any(assumed >= under for under in proved.get(violated.get_id(), ())):
+                    violated = None
+                    result.stats["identical"] = result.stats.get("identical", 0) + 1
+                if violated is None and (twin_seen or not twin):
+                    continue
                 s = smt.new_solver(budget)
                 s.add(*assumptions)
-                if bad and smt.check(s, budget, z3.Or(*bad)) == z3.sat:
+                if violated is not None and smt.check(s, budget, violated) == z3.sat:
                     s.add(z3.Or(*bad))
                     smt.check(s, budget)
                     model = readable_model(s, runs, n, budget)
                     result.run = _confirm(runs, nf_cls, strategy, n, point, model, prop, log_choices)
                     result.verdict = "counterexample"
                     return result
+                if violated is not None:
+                    proved.setdefault(violated.get_id(), []).append(assumed)
+                    keep.append((violated, assumptions))  # (alive: their ids stay theirs)
                 if not twin_seen and twin and smt.check(s, budget, z3.Or(*twin)) == z3.sat:
                     twin_seen = True
         if twin_seen:
