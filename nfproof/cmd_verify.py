@@ -430,8 +430,18 @@ def _run_properties(args, nf_cls, strategies) -> int:
     if args.property != "all" and args.property not in known:
         raise UsageError(f"unknown property {args.property!r} of {args.chain}; valid: {', '.join(known)}, all")
     props = list(known.values()) if args.property == "all" else [known[args.property]]
-    results = [check_property(nf_cls, prop, s, args.bound, Budget(timeout=args.timeout), args.log_choices)
-               for prop in props for s in strategies]
+    show_progress = sys.stderr.isatty() and not args.json
+    results = []
+    for prop in props:
+        for s in strategies:
+            def progress(n, bound):
+                if show_progress:
+                    print(f"\r  {args.chain} {s} {prop.name}: every run of up to {n}/{bound} packets checked", end="",
+                          file=sys.stderr, flush=True)
+            results.append(check_property(nf_cls, prop, s, args.bound, Budget(timeout=args.timeout), args.log_choices,
+                                          progress=progress))
+            if show_progress:
+                print("\r\033[K", end="", file=sys.stderr)
     if args.json:
         out = [{"verdict": r.verdict, "nf": r.nf, "property": r.property, "strategy": r.strategy, "bound": r.bound,
                 "seconds": round(r.seconds, 4), "reason": r.reason,

@@ -200,10 +200,11 @@ def _violations(prop: Property, seq: list) -> tuple[list, list]:
 
 def check_property(nf_cls: type[NF], prop: Property, strategy: Strategy, bound: int, budget: smt.Budget | None = None,
                    log_choices: bool = False, failover_time: int | None = None,
-                   max_stall: int | None = None) -> PropertyResult:
+                   max_stall: int | None = None, progress=None) -> PropertyResult:
     """Every failover run of up to `bound` inputs keeps `prop`, or a shortest run (re-executed
     concretely) that breaks it; unknown when the budget runs out or the twin never happens. The
-    protocol is the default one (input replay, duplicate suppression)."""
+    protocol is the default one (input replay, duplicate suppression). `progress(n, bound)` is
+    called as each length is done."""
     if not (strategy.replay_input and strategy.dedup):
         raise ValueError("properties are checked with input replay and duplicate suppression only")
     budget = budget or smt.Budget()
@@ -212,12 +213,12 @@ def check_property(nf_cls: type[NF], prop: Property, strategy: Strategy, bound: 
     while True:
         try:
             return _check(nf_cls, prop, strategy, bound, budget, log_choices, clocked, failover_time,
-                          failover_time if max_stall is None else max_stall)
+                          failover_time if max_stall is None else max_stall, progress)
         except _ClockMissed:
             clocked = True
 
 
-def _check(nf_cls, prop, strategy, bound, budget, log_choices, clocked, failover_time, max_stall):
+def _check(nf_cls, prop, strategy, bound, budget, log_choices, clocked, failover_time, max_stall, progress):
     result = PropertyResult("unknown", nf_cls.name, prop.name, str(strategy) + (" --log-choices" if log_choices else ""),
                             bound)
     runs = _Runs(nf_cls, bound, clocked, failover_time, max_stall)
@@ -255,6 +256,8 @@ def _check(nf_cls, prop, strategy, bound, budget, log_choices, clocked, failover
                     keep.append((violated, assumptions))  # (alive: their ids stay theirs)
                 if not twin_seen and twin and smt.check(s, budget, z3.Or(*twin)) == z3.sat:
                     twin_seen = True
+            if progress:
+                progress(n, bound)
         if twin_seen:
             result.verdict = "proved"
         else:
