@@ -197,7 +197,7 @@ def run(args) -> int:
         if args.property:
             raise UsageError("--property takes one strategy for the whole chain")
         return _run_per_instance(args, nf_cls, {i: parsed[t] for i, t in assignment.items()}, failover_time,
-                                 max_stall, eq, progress)
+                                 max_stall, eq, show_progress)
     if getattr(nf_cls, "model_reference", None) and ">" in nf_cls.model_reference:
         print("note: the chain is verified as one failing unit (its instances crash and fail over together); "
               "one instance crashing while the others run is not proved yet: a counterexample's inputs are "
@@ -325,7 +325,7 @@ def per_instance(text: str, nf_cls) -> dict[str, str] | None:
     return {m: named.get(m, rest) for m in members}
 
 
-def _run_per_instance(args, nf_cls, assignment: dict, failover_time, max_stall, eq, progress) -> int:
+def _run_per_instance(args, nf_cls, assignment: dict, failover_time, max_stall, eq, show_progress: bool) -> int:
     """One strategy per instance. Only the crashing instance's strategy shapes a run in which one
     instance crashes alone (the others hold and release nothing across chain inputs:
     verify/chain_crash.py), so for each strategy a run in which an instance under it crashes
@@ -342,9 +342,16 @@ def _run_per_instance(args, nf_cls, assignment: dict, failover_time, max_stall, 
     from .verify.solver import Budget
 
     def verify(nf, strategy):
-        return verify_failover(nf, strategy, args.bound, Budget(timeout=args.timeout), args.log_choices, progress,
-                               args.unbounded, failover_time if nf is nf_cls else None,
-                               max_stall if nf is nf_cls else None, eq)
+        def progress(n, bound):
+            if show_progress:
+                print(f"\r\033[K  {nf.name} {strategy}: all inputs up to {n}/{bound} packets checked", end="",
+                      file=sys.stderr, flush=True)
+        result = verify_failover(nf, strategy, args.bound, Budget(timeout=args.timeout), args.log_choices, progress,
+                                 args.unbounded, failover_time if nf is nf_cls else None,
+                                 max_stall if nf is nf_cls else None, eq)
+        if show_progress:
+            print("\r\033[K", end="", file=sys.stderr)
+        return result
 
     groups: dict = {}
     for instance, strategy in assignment.items():
@@ -367,13 +374,16 @@ def _run_per_instance(args, nf_cls, assignment: dict, failover_time, max_stall, 
         units.append((strategy, members, result, found))
     text = ",".join(f"{i}={s}" for i, s in assignment.items())
     hit = next((u for u in units if u[3]), None)
-    if hit and args.html:
+    if hit and (args.html or args.reproduce) and not hit[2].counterexample:
+        print(f"nfproof verify: {hit[3].instance}'s run was found near its own counterexample as one NF (the chain "
+              f"as one unit has none under {hit[0]}): --html and --reproduce not written", file=sys.stderr)
+    elif hit and args.html:
         try:
-            with open(args.html, "w") as f:
-                f.write(html(hit[2], hit[3].story()))
+            with open(args.html, "w") as out:
+                out.write(html(hit[2], hit[3].story()))
         except OSError as e:
             raise UsageError(f"cannot write {args.html}: {e.strerror}") from None
-    if hit and args.reproduce:
+    if hit and args.reproduce and hit[2].counterexample:
         _reproduce(args, [hit[2]], False, alone=hit[3])
     if hit:
         reason = ""

@@ -178,3 +178,21 @@ def test_the_default_strategy_is_all_and_input_errors_come_first():
     assert r.returncode == 2 and "unknown NF 'nope'" in r.stderr and "firewall, lb, lb-hash" in r.stderr
     r = nfproof("verify", "nat", "--bound", "2")
     assert r.returncode == 1 and all(s in r.stdout for s in ALL_STRATEGIES), r.stdout
+
+
+@pytest.mark.parametrize("args,code", [
+    (["firewall>nat>lb", "--strategy", "stateful.sync,lb=none", "--bound", "2"], 1),
+    (["nat", "--strategy", "stateful.sync", "--bound", "2"], 0),
+    (["lb", "--strategy", "stateful.sync", "--property", "sticky-backend", "--bound", "2"], 0)])
+def test_progress_on_a_terminal(args, code):
+    """On a terminal, stderr shows a progress line per length (and the verdict is unchanged)."""
+    import os
+    import pty
+    master, slave = pty.openpty()
+    r = subprocess.run([sys.executable, "-m", "nfproof", "verify", *args], stdout=subprocess.PIPE, stderr=slave,
+                       text=True, timeout=120)
+    os.close(slave)
+    err = os.read(master, 1 << 16).decode(errors="replace")
+    os.close(master)
+    assert r.returncode == code, err
+    assert "2/2 packets checked" in err and "Traceback" not in err, err
