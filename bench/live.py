@@ -36,6 +36,25 @@ for k in range(0, len(frames), size):
     out.send(frames[k:k + size])
 """
 
+# the receive path alone: N frames queued on vi0 (the socket buffer holds them all), then read by
+# InterfaceSource.receive(32) with recvmmsg (fast.FrameReceiver) or one recvfrom each; its CPU time
+DRAIN = """
+import json, socket, sys, time
+from nfproof.runtime.ports import InterfaceSource
+frames, size, how = open(sys.argv[1], "rb").read(), int(sys.argv[2]), sys.argv[3]
+source = InterfaceSource({"inside": "vi0", "outside": "vo0"}, idle=0.3)
+if how == "each":
+    source.receiver = None
+out = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0); out.bind(("vi1", 0))
+for k in range(0, len(frames), size):
+    out.send(frames[k:k + size])
+time.sleep(0.2)
+read, cpu = 0, time.process_time()
+while batch := source.receive(32):
+    read += len(batch)
+print(json.dumps({"read": read, "cpu_seconds": time.process_time() - cpu}))
+"""
+
 
 def sh(*args, check=True):
     return subprocess.run(list(args), capture_output=True, text=True, timeout=120, check=check)
@@ -47,6 +66,13 @@ def frames_of(n: int, flows: int, seed: int = 0) -> list[bytes]:
     remote = (198 << 24) | (51 << 16) | (100 << 8) | 7
     return [tcp_frame(*conns[k % flows], remote, 80, SYN if k < flows else ACK | PSH, 0 if k < flows else 10)
             for k in range(n)]
+
+
+def has_batch_receive() -> bool:
+    """Whether InterfaceSource reads by recvmmsg here (the fast path is built and not turned off)."""
+    import nfproof.runtime.ports as ports
+    from nfproof.runtime import IMPLEMENTATION
+    return IMPLEMENTATION == "fast" and hasattr(ports, "_frame_receiver")
 
 
 def nfproof(*args, ns=()):
@@ -99,6 +125,8 @@ def main(argv=None) -> int:
             print(err, file=sys.stderr)
             return 2
         live = json.loads(out)
+        drains = {how: json.loads(sh(*ns, sys.executable, "-c", DRAIN, str(blob), str(size), how).stdout)
+                  for how in ("batch", "each") if how == "each" or has_batch_receive()}
     finally:
         sh("ip", "netns", "del", name, check=False)
         shutil.rmtree(work, ignore_errors=True)
@@ -113,6 +141,10 @@ def main(argv=None) -> int:
     print(f"RESULT live.process_mpps {live_cpu / 1e6:.3f} Mpps")
     print(f"RESULT pcap.process_mpps {pcap_cpu / 1e6:.3f} Mpps")
     print(f"RESULT live.process_ratio_to_pcap {live_cpu / pcap_cpu:.3f} x")
+    print(f"RESULT live.cpu_per_frame {live['cpu_seconds'] / live['packets_in'] * 1e6:.2f} us")
+    for how, drain in drains.items():  # the receive path alone
+        print(f"RESULT receive_{how}.frames_read {drain['read']} frames")
+        print(f"RESULT receive_{how}.cpu_per_frame {drain['cpu_seconds'] / drain['read'] * 1e6:.3f} us")
     return 0
 
 

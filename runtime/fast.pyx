@@ -1987,3 +1987,128 @@ cdef class PassThrough:
                 k += 1
         batch.n_out = k
         self.checksum += acc
+
+
+# ---- live interfaces: batched receive (runtime/ports.py InterfaceSource) ---------------------------
+
+cdef extern from *:
+    """
+    #include <errno.h>
+    #include <time.h>
+    #include <sys/socket.h>
+    #include <linux/if_packet.h>
+    /* room for `capacity` frames of up to `frame_max` bytes each, received by one recvmmsg(2) */
+    typedef struct {
+        struct mmsghdr *msgs; struct iovec *iov; struct sockaddr_ll *addr; char *buf;
+        int capacity; size_t stride;
+    } nfp_rx_t;
+
+    static void nfp_rx_free(nfp_rx_t *rx) {
+        if (!rx) return;
+        free(rx->msgs); free(rx->iov); free(rx->addr);
+        if (rx->buf && rx->buf != MAP_FAILED) munmap(rx->buf, rx->stride * rx->capacity);
+        free(rx);
+    }
+
+    static nfp_rx_t *nfp_rx_new(int capacity, int frame_max) {
+        nfp_rx_t *rx = calloc(1, sizeof *rx);
+        if (!rx) return NULL;
+        rx->capacity = capacity;
+        rx->stride = ((size_t)frame_max + 63) & ~(size_t)63;
+        rx->msgs = calloc(capacity, sizeof *rx->msgs);
+        rx->iov = calloc(capacity, sizeof *rx->iov);
+        rx->addr = calloc(capacity, sizeof *rx->addr);
+        /* one mapping; pages are only backed once a frame is written into them */
+        rx->buf = mmap(NULL, rx->stride * capacity, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        if (!rx->msgs || !rx->iov || !rx->addr || rx->buf == MAP_FAILED) { nfp_rx_free(rx); return NULL; }
+        for (int i = 0; i < capacity; i++) {
+            rx->iov[i].iov_base = rx->buf + rx->stride * i;
+            rx->iov[i].iov_len = frame_max;
+            rx->msgs[i].msg_hdr.msg_iov = &rx->iov[i];
+            rx->msgs[i].msg_hdr.msg_iovlen = 1;
+            rx->msgs[i].msg_hdr.msg_name = &rx->addr[i];
+        }
+        return rx;
+    }
+
+    /* the frames queued on fd, up to n (<= capacity), without waiting: their count, or -errno */
+    static int nfp_rx_recv(nfp_rx_t *rx, int fd, int n) {
+        for (int i = 0; i < n; i++) rx->msgs[i].msg_hdr.msg_namelen = sizeof rx->addr[i];
+        int got = recvmmsg(fd, rx->msgs, n, MSG_DONTWAIT, NULL);
+        return got < 0 ? -errno : got;
+    }
+
+    static int64_t nfp_now_ns(void) {
+        struct timespec ts; clock_gettime(CLOCK_REALTIME, &ts);
+        return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+    }
+    """
+    ctypedef struct nfp_rx_t:
+        int capacity
+        size_t stride
+        char *buf
+    nfp_rx_t *rx_new "nfp_rx_new"(int capacity, int frame_max) noexcept nogil
+    void rx_free "nfp_rx_free"(nfp_rx_t *rx) noexcept nogil
+    int rx_recv "nfp_rx_recv"(nfp_rx_t *rx, int fd, int n) noexcept nogil
+    unsigned int rx_len "nfp_rx_len"(nfp_rx_t *rx, int i) noexcept nogil
+    int rx_pkttype "nfp_rx_pkttype"(nfp_rx_t *rx, int i) noexcept nogil
+    int64_t now_ns "nfp_now_ns"() noexcept nogil
+    int EAGAIN, EWOULDBLOCK, EINTR, PACKET_OUTGOING
+
+cdef extern from *:
+    """
+    static inline unsigned int nfp_rx_len(nfp_rx_t *rx, int i) { return rx->msgs[i].msg_len; }
+    static inline int nfp_rx_pkttype(nfp_rx_t *rx, int i) { return rx->addr[i].sll_pkttype; }
+    """
+
+from cpython.exc cimport PyErr_CheckSignals
+from libc.string cimport strerror
+
+
+cdef class FrameReceiver:
+    """Reads a packet socket's queued frames with recvmmsg(2): up to `capacity` frames per system
+    call into one preallocated buffer (`frame_max` bytes a frame, as recvfrom(frame_max) would
+    read). Same frames, order and fields as runtime/ports.py's recvfrom loop (`receive_each`)."""
+
+    cdef nfp_rx_t *rx
+
+    def __cinit__(self, int capacity=64, int frame_max=65535):
+        if capacity < 1 or frame_max < 1:
+            raise ValueError("capacity and frame_max must be positive")
+        self.rx = rx_new(capacity, frame_max)
+        if self.rx == NULL:
+            raise MemoryError(f"cannot allocate a receive buffer of {capacity} x {frame_max} bytes")
+
+    def __dealloc__(self):
+        rx_free(self.rx)
+
+    def receive(self, int fd, int side, Py_ssize_t limit, list out):
+        """Appends to `out` up to `limit` frames queued on the non-blocking packet socket `fd`, as
+        (data, length, time_ns, side) tuples in arrival order (time: when the system call that read
+        it returned), skipping frames this host sent; returns (frames, bytes) appended."""
+        cdef Py_ssize_t appended = 0, nbytes = 0
+        cdef int want, got, i
+        cdef unsigned int length
+        cdef int64_t t
+        cdef nfp_rx_t *rx = self.rx
+        while appended < limit:
+            want = <int>min(limit - appended, rx.capacity)
+            got = rx_recv(rx, fd, want)
+            if got == -EAGAIN or got == -EWOULDBLOCK:
+                break
+            if got == -EINTR:
+                PyErr_CheckSignals()
+                continue
+            if got < 0:
+                raise OSError(-got, strerror(-got).decode())
+            t = now_ns()
+            for i in range(got):
+                if rx_pkttype(rx, i) == PACKET_OUTGOING:
+                    continue
+                length = rx_len(rx, i)
+                out.append((PyBytes_FromStringAndSize(rx.buf + rx.stride * i, length), length, t, side))
+                appended += 1
+                nbytes += length
+            if got < want:  # the queue is empty (recvmmsg reads until it is or `want` are read)
+                break
+        return appended, nbytes
