@@ -6,8 +6,6 @@ replay as explained. Needs root and `ip` (else skipped)."""
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import subprocess
 import sys
 import time
@@ -18,32 +16,16 @@ import pytest
 from nfproof.traces.reader import open_capture
 from nfproof.traces.trace import TracePacket, read_trace
 
+from netns import sh, veth_namespace
+
 E02 = Path(__file__).parent / "data" / "E02_http_49flows.pcap"
 FRAMES = 40
 
 
-def sh(*args, check=True):
-    return subprocess.run(list(args), capture_output=True, text=True, timeout=60, check=check)
-
-
 @pytest.fixture
 def netns():
-    if os.geteuid() != 0 or shutil.which("ip") is None:
-        pytest.skip("needs root and iproute2 (a network namespace with veth pairs)")
-    name = f"nfproof-test-{os.getpid()}"
-    if sh("ip", "netns", "add", name, check=False).returncode != 0:
-        pytest.skip("cannot create a network namespace here")
-    try:
-        ns = ["ip", "netns", "exec", name]
-        sh(*ns, "sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1", "net.ipv6.conf.default.disable_ipv6=1")
-        sh("ip", "-n", name, "link", "set", "lo", "up")  # (primary and standby talk over loopback TCP)
-        for a, b in (("vi0", "vi1"), ("vo0", "vo1")):
-            sh("ip", "-n", name, "link", "add", a, "type", "veth", "peer", "name", b)
-            for dev in (a, b):
-                sh("ip", "-n", name, "link", "set", dev, "up")
+    with veth_namespace("nfproof-test", loopback=True) as ns:  # (primary and standby talk over loopback TCP)
         yield ns
-    finally:
-        sh("ip", "netns", "del", name, check=False)
 
 
 SENDER = """

@@ -6,37 +6,19 @@ built fast path (else skipped)."""
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import subprocess
 import sys
 
 import pytest
 
 pytest.importorskip("nfproof.runtime.fast")
 
-
-def sh(*args, check=True):
-    return subprocess.run(list(args), capture_output=True, text=True, timeout=60, check=check)
+from netns import sh, veth_namespace
 
 
 @pytest.fixture
 def netns():
-    if os.geteuid() != 0 or shutil.which("ip") is None:
-        pytest.skip("needs root and iproute2 (a network namespace with veth pairs)")
-    name = f"nfproof-recv-{os.getpid()}"
-    if sh("ip", "netns", "add", name, check=False).returncode != 0:
-        pytest.skip("cannot create a network namespace here")
-    try:
-        ns = ["ip", "netns", "exec", name]
-        sh(*ns, "sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1", "net.ipv6.conf.default.disable_ipv6=1")
-        for a, b in (("vi0", "vi1"), ("vo0", "vo1")):
-            sh("ip", "-n", name, "link", "add", a, "mtu", "9000", "type", "veth", "peer", "name", b, "mtu", "9000")
-            for dev in (a, b):
-                sh("ip", "-n", name, "link", "set", dev, "up")
+    with veth_namespace("nfproof-recv", mtu=9000) as ns:
         yield ns
-    finally:
-        sh("ip", "netns", "del", name, check=False)
 
 
 # Frames of 60..9014 bytes into vi1 and vo1 (so arriving on vi0 and vo0), and frames sent from vi0
