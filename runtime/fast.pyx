@@ -506,8 +506,8 @@ cdef inline void record_drop(pl_t *pl, int reason) noexcept nogil:
 cdef inline uint8_t *frame_bytes(pl_t *pl, frame_t *f) noexcept nogil:
     return (pl.scratch if f.copy else pl.data + pl.off[pl.cur]) + f.off
 
-cdef inline int release_input(pl_t *pl, int egress, int inst, int label) noexcept nogil:
-    """release() of the input's own frame (not a copy)."""
+cdef inline Py_ssize_t output_slot(pl_t *pl, int egress, int inst, int label) noexcept nogil:
+    """The next output's index (room made), its input, egress, instance, label and length set."""
     cdef Py_ssize_t k = pl.n_out
     if k == pl.out_cap:
         grow_outputs(pl)
@@ -516,23 +516,22 @@ cdef inline int release_input(pl_t *pl, int egress, int inst, int label) noexcep
     pl.out_inst[k] = <int16_t>inst
     pl.out_label[k] = <uint16_t>label
     pl.out_len[k] = <int32_t>pl.cur_caplen
+    return k
+
+cdef inline int release_input(pl_t *pl, int egress, int inst, int label) noexcept nogil:
+    """release() of the input's own frame (not a copy)."""
+    cdef Py_ssize_t k = output_slot(pl, egress, inst, label)
     pl.out_off[k] = pl.off[pl.cur]
     pl.out_copy[k] = 0
     pl.n_out = k + 1
     return 0
 
 cdef int release(pl_t *pl, int egress, int inst, int label, frame_t *f) noexcept nogil:
-    cdef Py_ssize_t k = pl.n_out, n = pl.cur_caplen
+    cdef Py_ssize_t k, n = pl.cur_caplen
     cdef uint8_t *grown
     if not f.copy:
         return release_input(pl, egress, inst, label)
-    if k == pl.out_cap:
-        grow_outputs(pl)
-    pl.out_in[k] = <int32_t>pl.cur
-    pl.out_egress[k] = <int16_t>egress
-    pl.out_inst[k] = <int16_t>inst
-    pl.out_label[k] = <uint16_t>label
-    pl.out_len[k] = <int32_t>n
+    k = output_slot(pl, egress, inst, label)
     if pl.stage_len + n > pl.stage_cap:
         grown = <uint8_t *>realloc(pl.stage, 2 * (pl.stage_len + n))
         if grown == NULL:
