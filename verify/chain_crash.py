@@ -31,12 +31,12 @@ from __future__ import annotations
 import itertools
 from dataclasses import dataclass, field, replace
 
-from ..models.api import TCP, UDP, Packet, flags, ip
+from ..models.api import TCP, UDP, Packet, flags
 from ..models.chain import Chain, initial_chain_state, run_chain
 from ..models.concrete import backtrack, copy_state, initial_state, scripted, step
 from ..models.strategy import Cut, Strategy
 from .equivalence import STRICT, Equivalence, in_flight
-from .simulate import Explanation, explain, lost
+from .simulate import Explanation, choices_text, explain, lost
 
 
 @dataclass
@@ -97,12 +97,6 @@ def _first(options):
     return options[0]
 
 
-def _choices_text(res) -> str:
-    """A step's choices as a story shows them (addresses dotted)."""
-    return ", ".join(ip(v) if getattr(k, "name", "") == "Addr" else str(v)
-                     for v, k in zip(res.choices, res.choice_kinds + [None] * len(res.choices)))
-
-
 def simulate_instance_crash(chain: Chain, instance: str, strategy: Strategy, inputs: list[Packet], cut: Cut,
                             protected: int, standby_chooser, log_choices: bool = False, arrivals: list | None = None,
                             crash_time: int | None = None, failover_time: int = 0) -> InstanceCrash:
@@ -157,7 +151,7 @@ def simulate_instance_crash(chain: Chain, instance: str, strategy: Strategy, inp
         res = step(nf, standby["state"], p, standby_chooser, clock)
         record(instance, "standby", n, res.choices)
         events.append(f"{who} applies its input {n} (chain input {chain_input[0]}): {p}"
-                      + (f"; chooses {_choices_text(res)}" if res.choices else ""))
+                      + (f"; chooses {choices_text(res)}" if res.choices else ""))
         return passed(n, res.outputs)
 
     def passed(n, outputs):
@@ -214,7 +208,7 @@ def simulate_instance_crash(chain: Chain, instance: str, strategy: Strategy, inp
         if not logged:
             record(instance, "standby", n, res.choices)
         events.append(f"the upstream replays {instance}'s input {n} (chain input {i}): {p}"
-                      + (f"; {who} chooses {_choices_text(res)}" if res.choices else ""))
+                      + (f"; {who} chooses {choices_text(res)}" if res.choices else ""))
         chain.carry(instance, passed(n, res.outputs), process, emit)
     for i in range(cut.applied + 1, len(inputs) + 1):
         route(i, arrivals[i - 1] if timed else 0)
@@ -273,15 +267,15 @@ def replies(chain: Chain, inputs: list[Packet], arrivals=None) -> list[Packet]:
     output turned around (addresses and ports swapped, a SYN answered by a SYN-ACK, other TCP by
     an ACK), entering from the side it left on: the packets that use the state the inputs made."""
     state, out = initial_chain_state(chain), []
-    outside = set(chain.egress_facing("outside"))
+    inbound = {e: False for e in chain.egress_facing("inside")} | {e: True for e in chain.egress_facing("outside")}
     for i, p in enumerate(inputs):
         now = arrivals[i] if arrivals is not None else 0
         for egress, o in run_chain(chain, state, p, _first, lambda: now).outputs:
-            if o.proto not in (TCP, UDP) or egress not in outside and egress not in chain.egress_facing("inside"):
+            if o.proto not in (TCP, UDP) or egress not in inbound:
                 continue
             syn = o.proto == TCP and o.flags & flags("S") and not o.flags & flags("A")
             out.append(Packet(o.proto, o.dst, o.dport, o.src, o.sport,
-                              flags("SA") if syn else flags("A") if o.proto == TCP else 0, inbound=egress in outside))
+                              flags("SA") if syn else flags("A") if o.proto == TCP else 0, inbound=inbound[egress]))
     return list(dict.fromkeys(out))
 
 
@@ -306,10 +300,11 @@ def near_counterexamples(chain_nf, strategy: Strategy, found: list, log_choices:
         options = own[:1] + [[0] * n, [k * (failover_time + 1) for k in range(n)]]
         return [list(a) for a in dict.fromkeys(tuple(a) for a in options)]
 
-    candidates = [(list(inputs), a) for inputs, arrivals in found for a in timings(len(inputs), arrivals)]
     longest = max((len(i) for i, _ in found), default=0)
-    candidates += [(list(seq), a) for n in range(1, longest + 1) for seq in itertools.product(packets, repeat=n)
-                   for a in timings(n)]
+    candidates = itertools.chain(  # (made as the search goes: the limit ends it long before the last)
+        ((list(inputs), a) for inputs, arrivals in found for a in timings(len(inputs), arrivals)),
+        ((list(seq), a) for n in range(1, longest + 1) for seq in itertools.product(packets, repeat=n)
+         for a in timings(n)))
     for inputs, arrivals in candidates:
         key = (tuple(inputs), tuple(arrivals or ()))
         if key in tried:

@@ -375,12 +375,16 @@ def _fixed_clock(t: int):
     return lambda: t
 
 
+def choices_text(res) -> str:
+    """A step's choices as a story shows them (addresses dotted)."""
+    return ", ".join(ip(v) if getattr(k, "name", "") == "Addr" else str(v)
+                     for v, k in zip(res.choices, res.choice_kinds + [None] * len(res.choices)))
+
+
 def _describe(pkt: Packet, res, logged: bool = False) -> str:
     text = f"{pkt}"
     if res.choices:
-        shown = [ip(v) if getattr(k, "name", "") == "Addr" else str(v)
-                 for v, k in zip(res.choices, res.choice_kinds + [None] * len(res.choices))]
-        text += f"; {'reuses the logged choice' if logged else 'chooses'} {', '.join(shown)}"
+        text += f"; {'reuses the logged choice' if logged else 'chooses'} {choices_text(res)}"
     if res.drops:
         text += f"; drops it ({', '.join(res.drops)})"
     return text
