@@ -28,6 +28,25 @@ ALL_STRATEGIES = ("none", "stateful.checkpoint:4", "stateful.async", "stateful.s
                   "stateless.sync", "stateless.async", "stateless.batch:4", "stateless.cache", "stateless.commit:4")
 
 
+class Progress:
+    """A progress line on stderr, on a terminal and without --json: `of(what)` is one check's
+    progress(n, bound) callback, `clear()` erases the line after it."""
+
+    def __init__(self, args):
+        self.shown = sys.stderr.isatty() and not args.json
+
+    def of(self, what: str):
+        def progress(n, bound):
+            if self.shown:
+                print(f"\r\033[K  {what}: every run of up to {n}/{bound} packets checked", end="", file=sys.stderr,
+                      flush=True)
+        return progress
+
+    def clear(self) -> None:
+        if self.shown:
+            print("\r\033[K", end="", file=sys.stderr)
+
+
 def positive_int(text: str) -> int:
     if not re.fullmatch(r"[0-9]+", text) or int(text) < 1:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
@@ -187,17 +206,12 @@ def run(args) -> int:
         folder = os.path.dirname(os.path.abspath(args.html))
         if not os.path.isdir(folder) or not os.access(folder, os.W_OK):
             raise UsageError(f"cannot write {args.html}: {folder} is not a writable folder")
-    show_progress = sys.stderr.isatty() and not args.json
-
-    def progress(n, bound):
-        if show_progress:
-            print(f"\r  {args.chain} {strategy}: all inputs up to {n}/{bound} packets checked", end="", file=sys.stderr, flush=True)
-
+    progress = Progress(args)
     if assignment:
         if args.property:
             raise UsageError("--property takes one strategy for the whole chain")
         return _run_per_instance(args, nf_cls, {i: parsed[t] for i, t in assignment.items()}, failover_time,
-                                 max_stall, eq, show_progress)
+                                 max_stall, eq, progress)
     if getattr(nf_cls, "model_reference", None) and ">" in nf_cls.model_reference:
         print("note: the chain is verified as one failing unit (its instances crash and fail over together); "
               "one instance crashing while the others run is not proved yet: a counterexample's inputs are "
@@ -209,10 +223,9 @@ def run(args) -> int:
         return _run_properties(args, nf_cls, strategies)
     results, alone = [], {}
     for strategy in strategies:
-        result = verify_failover(nf_cls, strategy, args.bound, Budget(timeout=args.timeout), args.log_choices, progress,
-                                 args.unbounded, failover_time, max_stall, eq)
-        if show_progress:
-            print("\r\033[K", end="", file=sys.stderr)
+        result = verify_failover(nf_cls, strategy, args.bound, Budget(timeout=args.timeout), args.log_choices,
+                                 progress.of(f"{args.chain} {strategy}"), args.unbounded, failover_time, max_stall, eq)
+        progress.clear()
         results.append(result)
         alone[id(result)] = _instance_crash(nf_cls, result)
 
@@ -325,7 +338,7 @@ def per_instance(text: str, nf_cls) -> dict[str, str] | None:
     return {m: named.get(m, rest) for m in members}
 
 
-def _run_per_instance(args, nf_cls, assignment: dict, failover_time, max_stall, eq, show_progress: bool) -> int:
+def _run_per_instance(args, nf_cls, assignment: dict, failover_time, max_stall, eq, progress: Progress) -> int:
     """One strategy per instance. Only the crashing instance's strategy shapes a run in which one
     instance crashes alone (the others hold and release nothing across chain inputs:
     verify/chain_crash.py), so for each strategy a run in which an instance under it crashes
@@ -342,15 +355,10 @@ def _run_per_instance(args, nf_cls, assignment: dict, failover_time, max_stall, 
     from .verify.solver import Budget
 
     def verify(nf, strategy):
-        def progress(n, bound):
-            if show_progress:
-                print(f"\r\033[K  {nf.name} {strategy}: all inputs up to {n}/{bound} packets checked", end="",
-                      file=sys.stderr, flush=True)
-        result = verify_failover(nf, strategy, args.bound, Budget(timeout=args.timeout), args.log_choices, progress,
-                                 args.unbounded, failover_time if nf is nf_cls else None,
-                                 max_stall if nf is nf_cls else None, eq)
-        if show_progress:
-            print("\r\033[K", end="", file=sys.stderr)
+        result = verify_failover(nf, strategy, args.bound, Budget(timeout=args.timeout), args.log_choices,
+                                 progress.of(f"{nf.name} {strategy}"), args.unbounded,
+                                 failover_time if nf is nf_cls else None, max_stall if nf is nf_cls else None, eq)
+        progress.clear()
         return result
 
     groups: dict = {}
@@ -440,18 +448,12 @@ def _run_properties(args, nf_cls, strategies) -> int:
     if args.property != "all" and args.property not in known:
         raise UsageError(f"unknown property {args.property!r} of {args.chain}; valid: {', '.join(known)}, all")
     props = list(known.values()) if args.property == "all" else [known[args.property]]
-    show_progress = sys.stderr.isatty() and not args.json
-    results = []
+    progress, results = Progress(args), []
     for prop in props:
         for s in strategies:
-            def progress(n, bound):
-                if show_progress:
-                    print(f"\r  {args.chain} {s} {prop.name}: every run of up to {n}/{bound} packets checked", end="",
-                          file=sys.stderr, flush=True)
             results.append(check_property(nf_cls, prop, s, args.bound, Budget(timeout=args.timeout), args.log_choices,
-                                          progress=progress))
-            if show_progress:
-                print("\r\033[K", end="", file=sys.stderr)
+                                          progress=progress.of(f"{args.chain} {s} {prop.name}")))
+            progress.clear()
     if args.json:
         out = [{"verdict": r.verdict, "nf": r.nf, "property": r.property, "strategy": r.strategy, "bound": r.bound,
                 "seconds": round(r.seconds, 4), "reason": r.reason,
