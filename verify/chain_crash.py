@@ -17,9 +17,10 @@ neighbours as upstream and downstream; "released" means handed to the next insta
   closes at every chain input (`in_a_chain`: commit:B runs as commit:1). (Holding an output
   across chain inputs would break equivalence with no crash at all: an inbound reply reaches
   the NAT before the firewall released the outbound packet that makes its mapping.)
-- Time: a chain input is processed at its arrival; X's standby processes at max(a, c + F, its
-  previous time) (a logged clock read under --log-choices), and what it emits is processed
-  downstream at that time too.
+- Time (DESIGN.md "Time"): every instance processes a chain input at its arrival, except X's
+  standby, which processes at max(a, c + F, its previous time) (a logged clock read under
+  --log-choices); the others keep their clocks (what X's standby emits is processed downstream at
+  the chain input's arrival), as the runtime's instances do (runtime/failover.py processing_time).
 
 `find_instance_crash` tries, for one input sequence, every instance, every crash point and every
 choice X's standby makes (the other instances and X's primary take their first option), and
@@ -145,10 +146,10 @@ def simulate_instance_crash(chain: Chain, instance: str, strategy: Strategy, inp
                               + (", ".join(f"{g}: {o}" for g, o in res.outputs) or "no output"))
                 return []
             return passed(n, res.outputs)
-        if timed:  # (what X emits is processed downstream at this time too)
-            now[0] = max(now[0], standby["end"], standby["previous"])
-            standby["previous"] = now[0]
-        res = step(nf, standby["state"], p, standby_chooser, clock)
+        t = now[0]
+        if timed:  # (the others process at the chain input's arrival, as the runtime's instances do)
+            t = standby["previous"] = max(now[0], standby["end"], standby["previous"])
+        res = step(nf, standby["state"], p, standby_chooser, lambda: t)
         record(instance, "standby", n, res.choices)
         events.append(f"{who} applies its input {n} (chain input {chain_input[0]}): {p}"
                       + (f"; chooses {choices_text(res)}" if res.choices else ""))
@@ -174,6 +175,7 @@ def simulate_instance_crash(chain: Chain, instance: str, strategy: Strategy, inp
 
     for i in range(1, cut.applied + 1):
         route(i, arrivals[i - 1] if timed else 0)
+    arrival_of = lambda n: arrivals[received[n - 1][0] - 1] if timed else 0  # noqa: E731  (X's input n's chain input's)
     x_of = lambda k: sum(1 for c, _ in received if c <= k)  # noqa: E731  (X's inputs of chain inputs <= k)
     applied, released, r = len(received), x_of(cut.released), x_of(protected)
     if timed and crash_time is None:
@@ -188,7 +190,7 @@ def simulate_instance_crash(chain: Chain, instance: str, strategy: Strategy, inp
         for n in range(released + 1, r + 1 if strategy.standby_releases_protected else 0):
             if held.get(n):
                 events.append(f"{who} releases the protected outputs of its input {n}")
-                now[0] = clocks[n]
+                now[0] = arrival_of(n)
                 chain.carry(instance, passed(n, held[n]), process, emit)
     else:
         standby["state"] = initial_state(nf)
@@ -201,10 +203,11 @@ def simulate_instance_crash(chain: Chain, instance: str, strategy: Strategy, inp
             continue
         logged = log_choices and n <= released
         chooser = scripted(list(choices[n])) if logged else standby_chooser
+        t = now[0] = arrival_of(n)
         if timed:
-            now[0] = clocks[n] if log_choices else max(arrivals[i - 1], failover_end, standby["previous"])
-            standby["previous"] = max(standby["previous"], now[0])
-        res = step(nf, standby["state"], p, chooser, clock)
+            t = clocks[n] if log_choices else max(arrivals[i - 1], failover_end, standby["previous"])
+            standby["previous"] = max(standby["previous"], t)
+        res = step(nf, standby["state"], p, chooser, lambda: t)
         if not logged:
             record(instance, "standby", n, res.choices)
         events.append(f"the upstream replays {instance}'s input {n} (chain input {i}): {p}"
