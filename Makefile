@@ -24,7 +24,7 @@ demo: $(STAMP)
 	    --failover-time 4; test $$? -le 1
 	@echo "== a property: the load balancer never moves an established flow"
 	$(NFPROOF) verify lb --strategy stateful.async --property sticky-backend --bound 2; test $$? -le 1
-	@echo "== a chain, failing as one unit; a counterexample names the instance whose crash alone shows it"
+	@echo "== a chain, failing as one unit and with any one instance crashing alone; a counterexample names the instance"
 	$(NFPROOF) verify 'firewall>nat>lb' --strategy all --bound 3; test $$? -le 1
 	@echo "== one strategy per instance: everything synchronous but the balancer: its crash alone is the counterexample"
 	$(NFPROOF) verify 'firewall>nat>lb' --strategy stateful.sync,lb=none --bound 3; test $$? -eq 1

@@ -83,10 +83,20 @@ def verify(check: Check, strategy: Strategy, prop: str | None):
         from .verify.properties import check_property, properties_of
         return check_property(check.nf, properties_of(check.nf)[prop], strategy, check.bound, budget,
                               check.log_choices, check.failover_time, check.max_stall)
+    from .verify.chain_alone import combined_verdict, instances_alone, unproved_reason
     from .verify.equivalence import Equivalence
     from .verify.failover import verify_failover
-    return verify_failover(check.nf, strategy, check.bound, budget, check.log_choices, None, check.unbounded,
-                           check.failover_time, check.max_stall, Equivalence(check.equivalence, check.allow_duplicates))
+    eq = Equivalence(check.equivalence, check.allow_duplicates)
+    result = verify_failover(check.nf, strategy, check.bound, budget, check.log_choices, None, check.unbounded,
+                             check.failover_time, check.max_stall, eq)
+    chain = getattr(check.nf, "chain", None)
+    if result.verdict == "proved" and callable(chain) and len(chain().members) > 1:  # and each instance alone
+        result.alone = instances_alone(check.nf, {m: strategy for m in chain().members}, check.bound, check.timeout,
+                                       check.log_choices, check.failover_time, check.max_stall, eq)
+        result.verdict = combined_verdict(result, result.alone)
+        if result.verdict == "unknown":
+            result.reason = unproved_reason(result.alone)
+    return result
 
 
 REPLAY_VERDICTS = {OK: "explained", VIOLATION: "violation", UNKNOWN: "unknown"}  # by `nfproof replay`'s exit code
@@ -167,11 +177,18 @@ def record_of(result, prop: str | None, check: Check) -> dict:
     else:
         from .verify.report import as_json, error_line, reproduction, story
         data = as_json(result)
-        if result.verdict == "counterexample":
+        alone = getattr(result, "alone", None)
+        hit = next((a for a in alone or [] if a.crash), None)
+        if alone:
+            data["instances"] = [a.as_json() for a in alone]
+        if hit:
+            text = (f"error: {result.nf} under {result.strategy}: {hit.instance} crashing alone (the others keep "
+                    f"running) lets out outputs no failure-free execution produces\n\n{hit.crash.story()}")
+        elif result.verdict == "counterexample":
             text = f"error: {error_line(result)}\n\n{story(result)}\n\nreproduce (Python):\n{reproduction(result)}"
         elif result.verdict == "proved":
             length = "of any length" if result.unbounded else f"of up to {result.bound} packets"
-            unit = " (its instances failing as one unit)" if ">" in (check.chain or "") else ""
+            unit = " (its instances failing as one unit, and any one of them crashing alone)" if alone else ""
             text = (f"proved: {result.nf}{unit} under {result.strategy} keeps {result.stats['equivalence']} output "
                     f"equivalence for every input "
                     f"sequence {length}, every crash point and every choice")

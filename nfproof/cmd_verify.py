@@ -133,7 +133,7 @@ def add_parser(sub):
     p.add_argument("chain", metavar="CHAIN",
                    help=f"an NF: a bundled name ({', '.join(sorted(NFS))}), or a user model "
                         "path/to/mynf.py:Class or package.module:Class; or a chain of them, e.g. 'firewall>nat>lb' "
-                        "(verified as one failing unit)")
+                        "(verified as one failing unit and with each instance crashing alone)")
     p.add_argument("--param", action="append", default=[], metavar="NF.NAME=VALUE",
                    help="set a model parameter, e.g. nat.ports=64512 or firewall.timeout=500ms (repeatable)")
     p.add_argument("--strategy", default="all",
@@ -175,6 +175,7 @@ def add_parser(sub):
 
 
 def run(args) -> int:
+    from .verify.chain_alone import combined_verdict, unproved_reason
     from .verify.failover import verify_failover
     from .verify.report import as_json, error_line, html, reproduction, story
     from .verify.solver import Budget
@@ -212,22 +213,22 @@ def run(args) -> int:
             raise UsageError("--property takes one strategy for the whole chain")
         return _run_per_instance(args, nf_cls, {i: parsed[t] for i, t in assignment.items()}, failover_time,
                                  max_stall, eq, progress)
-    if getattr(nf_cls, "model_reference", None) and ">" in nf_cls.model_reference:
-        print("note: the chain is verified as one failing unit (its instances crash and fail over together); "
-              "one instance crashing while the others run is not proved yet: a counterexample's inputs are "
-              "searched for a run in which one instance crashes alone", file=sys.stderr)
     if args.property:
         if eq.relation != "strict" or eq.allow_duplicates or args.no_replay_input or args.no_dedup:
             raise UsageError("--property checks the model's own property over the default protocol: drop "
                              "--equivalence, --allow-duplicates, --no-replay-input and --no-dedup")
         return _run_properties(args, nf_cls, strategies)
-    results, alone = [], {}
+    results, alone, instances = [], {}, {}
     for strategy in strategies:
         result = verify_failover(nf_cls, strategy, args.bound, Budget(timeout=args.timeout), args.log_choices,
                                  progress.of(f"{args.chain} {strategy}"), args.unbounded, failover_time, max_stall, eq)
         progress.clear()
         results.append(result)
         alone[id(result)] = _instance_crash(nf_cls, result)
+        if result.verdict == "proved" and _members(nf_cls) > 1:  # and each instance crashing alone
+            instances[id(result)] = _alone(args, nf_cls, {m: strategy for m in nf_cls.chain().members}, failover_time,
+                                           max_stall, eq, progress)
+    verdict = {id(r): combined_verdict(r, instances.get(id(r))) for r in results}
 
     failing = [r for r in results if r.counterexample]
     if args.html and failing:
@@ -238,7 +239,8 @@ def run(args) -> int:
         except OSError as e:
             raise UsageError(f"cannot write {args.html}: {e.strerror}") from None
     elif args.html:
-        print(f"nfproof verify: no counterexample, {args.html} not written", file=sys.stderr)
+        print(f"nfproof verify: no counterexample {'of the chain as one unit ' if instances else ''}"
+              f"(whose inputs --html shows), {args.html} not written", file=sys.stderr)
     if args.reproduce:
         _reproduce(args, failing, len(results) > 1)
     if args.json:
@@ -247,10 +249,26 @@ def run(args) -> int:
             found = alone[id(r)]
             if found is not None:  # (null: no single-instance crash of these inputs shows it)
                 data["instance_crash"] = {"instance": found.instance, "story": found.story()} if found else None
+            if id(r) in instances:
+                data["verdict"] = verdict[id(r)]
+                data["instances"] = [a.as_json() for a in instances[id(r)]]
+                hit = next((a for a in instances[id(r)] if a.crash), None)
+                if hit:
+                    data["instance_crash"] = {"instance": hit.instance, "story": hit.crash.story()}
+                if verdict[id(r)] == "unknown":
+                    data["reason"] = unproved_reason(instances[id(r)])
         print(json.dumps(out if len(out) > 1 else out[0], indent=2))
     elif len(results) == 1:
         r = results[0]
-        if r.verdict == "counterexample":
+        hit = next((a for a in instances.get(id(r), []) if a.crash), None)
+        if hit:
+            print(f"error: {r.nf} under {r.strategy}: {hit.instance} crashing alone (the others keep running) lets "
+                  f"out outputs no failure-free execution produces (the chain failing as one unit: proved)\n\n"
+                  f"{hit.crash.story()}")
+        elif verdict[id(r)] == "unknown" and r.verdict == "proved":
+            print(f"unknown: {r.nf} under {r.strategy} at bound {r.bound}: proved failing as one unit; "
+                  f"{unproved_reason(instances[id(r)])}")
+        elif r.verdict == "counterexample":
             print(f"error: {error_line(r)}\n\n{story(r)}\n\nreproduce (Python):\n{reproduction(r)}")
             if alone[id(r)]:
                 print(f"\nthe same inputs with one instance crashing alone (the others keep running):\n"
@@ -260,7 +278,8 @@ def run(args) -> int:
                       f"shows a violation: this one needs the instances to fail together")
         elif r.verdict == "proved":
             length = "of any length" if r.unbounded else f"of up to {r.bound} packets"
-            unit = " (its instances failing as one unit)" if ">" in (getattr(nf_cls, "model_reference", "") or "") else ""
+            unit = " (its instances failing as one unit, and any one of them crashing alone while the others keep " \
+                   "running)" if id(r) in instances else ""
             print(f"proved: {r.nf}{unit} under {r.strategy} keeps {eq} output equivalence for every input sequence "
                   f"{length}, every crash point and every choice"
                   + (f", every arrival and crash time below 2^30 ticks" if r.stats.get("clock") else "") +
@@ -280,10 +299,17 @@ def run(args) -> int:
                 note += f" ({alone[id(r)].instance} crashing alone shows it too)"
             elif alone[id(r)] is False:
                 note += " (only with the instances failing together)"
+            hit = next((a for a in instances.get(id(r), []) if a.crash), None)
+            if hit:
+                note = f"{hit.instance} crashing alone ({len(hit.crash.inputs)} packets; as one unit: proved)"
+            elif verdict[id(r)] == "unknown" and r.verdict == "proved":
+                note = "as one unit: proved; " + unproved_reason(instances[id(r)])
+            elif id(r) in instances:
+                note = "as one unit and each instance alone"
             length = f"{len(r.counterexample.run.inputs)} packets: " if r.counterexample else ""
-            verdict = r.verdict + (" (any length)" if r.unbounded else "")
-            print(f"{r.strategy:34} {verdict:22} {r.bound:>5} {r.seconds:>8.3f}  {length}{note}")
-    verdicts = {r.verdict for r in results}
+            shown = verdict[id(r)] + (" (any length)" if r.unbounded and verdict[id(r)] == "proved" else "")
+            print(f"{r.strategy:34} {shown:22} {r.bound:>5} {r.seconds:>8.3f}  {length}{note}")
+    verdicts = set(verdict.values())
     return VIOLATION if "counterexample" in verdicts else UNKNOWN if "unknown" in verdicts else OK
 
 
@@ -338,81 +364,77 @@ def per_instance(text: str, nf_cls) -> dict[str, str] | None:
     return {m: named.get(m, rest) for m in members}
 
 
+def _members(nf_cls) -> int:
+    chain = getattr(nf_cls, "chain", None)
+    return len(chain().members) if callable(chain) else 0
+
+
+def _alone(args, nf_cls, assignment: dict, failover_time, max_stall, eq, progress: Progress, seeds=None) -> list:
+    """verify/chain_alone.py for each instance under its strategy: proved by reduction to the
+    instance's own aligned proof, else a run of it crashing alone near the counterexamples found
+    (`seeds`: strategy -> [(inputs, arrivals)], e.g. the chain's as one unit), else unknown."""
+    from .verify.chain_alone import instances_alone
+    return instances_alone(nf_cls, assignment, args.bound, args.timeout, args.log_choices, failover_time, max_stall,
+                           eq, progress.of, progress.clear, seeds)
+
+
 def _run_per_instance(args, nf_cls, assignment: dict, failover_time, max_stall, eq, progress: Progress) -> int:
-    """One strategy per instance. Only the crashing instance's strategy shapes a run in which one
+    """One strategy per instance: only the crashing instance's strategy shapes a run in which one
     instance crashes alone (the others hold and release nothing across chain inputs:
-    verify/chain_crash.py), so for each strategy a run in which an instance under it crashes
-    alone is searched near the counterexamples of the chain failing as one unit and of those
-    instances as NFs of their own, under that strategy: such a run is a counterexample (exit 1).
-    Without one the verdict is unknown (exit 3): nfproof has no proof of one instance crashing
-    alone yet."""
-    from .verify.chain_crash import SearchLimit, near_counterexamples
+    verify/chain_crash.py), so each instance is checked alone under its own strategy
+    (verify/chain_alone.py): proved for every instance -> proved (exit 0); a run with one crashing
+    alone that no failure-free execution explains -> counterexample (exit 1, searched near the
+    counterexamples of the instance as an NF of its own and of the chain as one unit under its
+    strategy); else unknown (exit 3)."""
+    from .verify.chain_alone import unproved_reason
     from .verify.failover import verify_failover
-    from .verify.induction import reads_clock
     from .verify.report import as_json, html
-    from .verify.reproduce import as_framed
-    from .verify.simulate import default_failover_ticks
     from .verify.solver import Budget
 
-    def verify(nf, strategy):
-        result = verify_failover(nf, strategy, args.bound, Budget(timeout=args.timeout), args.log_choices,
-                                 progress.of(f"{nf.name} {strategy}"), args.unbounded,
-                                 failover_time if nf is nf_cls else None, max_stall if nf is nf_cls else None, eq)
+    units = {}  # strategy -> the chain as one unit under it (its counterexample seeds the searches)
+    for strategy in dict.fromkeys(assignment.values()):
+        units[strategy] = verify_failover(nf_cls, strategy, args.bound, Budget(timeout=args.timeout), args.log_choices,
+                                          progress.of(f"{nf_cls.name} {strategy}"), args.unbounded,
+                                          failover_time, max_stall, eq)
         progress.clear()
-        return result
-
-    groups: dict = {}
-    for instance, strategy in assignment.items():
-        groups.setdefault(strategy, []).append(instance)
-    f = default_failover_ticks(nf_cls) if failover_time is None else failover_time
-    s_ticks = f if max_stall is None else max_stall
-    units = []  # (strategy, its instances, the unit's Result, a run with one of them crashing alone or None)
-    for strategy, members in groups.items():
-        result = verify(nf_cls, strategy)
-        found = None
-        if not strategy.mutation:
-            near = [r.counterexample.run for r in [result] + [verify(nf_cls.chain().members[m].nf, strategy)
-                                                              for m in members] if r.counterexample]
-            try:
-                found = near_counterexamples(nf_cls, strategy, [  # (framed: a capture can carry them)
-                    ([as_framed(p) for p in run.inputs], run.arrivals) for run in near], args.log_choices,
-                    reads_clock(nf_cls), f, s_ticks, eq, members) if near else None
-            except SearchLimit:
-                pass
-        units.append((strategy, members, result, found))
+    seeds = {s: [(r.counterexample.run.inputs, r.counterexample.run.arrivals)] for s, r in units.items()
+             if r.counterexample}
+    alones = _alone(args, nf_cls, assignment, failover_time, max_stall, eq, progress, seeds)
     text = ",".join(f"{i}={s}" for i, s in assignment.items())
-    hit = next((u for u in units if u[3]), None)
-    if hit and (args.html or args.reproduce) and not hit[2].counterexample:
-        print(f"nfproof verify: {hit[3].instance}'s run was found near its own counterexample as one NF (the chain "
-              f"as one unit has none under {hit[0]}): --html and --reproduce not written", file=sys.stderr)
+    hit = next((a for a in alones if a.crash), None)
+    unit = units[hit.strategy] if hit else None
+    if hit and (args.html or args.reproduce) and not unit.counterexample:
+        print(f"nfproof verify: {hit.instance}'s run was found near its own counterexample as one NF (the chain "
+              f"as one unit has none under {hit.strategy}): --html and --reproduce not written", file=sys.stderr)
     elif hit and args.html:
         try:
             with open(args.html, "w") as out:
-                out.write(html(hit[2], hit[3].story()))
+                out.write(html(unit, hit.crash.story()))
         except OSError as e:
             raise UsageError(f"cannot write {args.html}: {e.strerror}") from None
-    if hit and args.reproduce and hit[2].counterexample:
-        _reproduce(args, [hit[2]], False, alone=hit[3])
-    if hit:
-        reason = ""
-    else:
-        reason = ("no proof of one instance crashing alone yet, and no counterexample: " +
-                  "; ".join(f"{s} ({', '.join(m)}): {r.verdict} with the chain failing as one unit"
-                            + (", and no run of its counterexample's inputs with one of them crashing alone shows it"
-                               if r.counterexample else "") for s, m, r, _ in units))
+    if hit and args.reproduce and unit.counterexample:
+        _reproduce(args, [unit], False, alone=hit.crash)
+    verdict = "counterexample" if hit else "proved" if all(a.verdict == "proved" for a in alones) else "unknown"
+    reason = "" if verdict != "unknown" else unproved_reason(alones)
     if args.json:
-        print(json.dumps({"verdict": "counterexample" if hit else "unknown", "nf": nf_cls.name,
+        print(json.dumps({"verdict": verdict, "nf": nf_cls.name,
                           "strategy": {i: str(s) for i, s in assignment.items()}, "bound": args.bound,
                           "reason": reason,
-                          "instance_crash": {"instance": hit[3].instance, "strategy": str(hit[0]),
-                                             "story": hit[3].story()} if hit else None,
-                          "units": [dict(as_json(r), instances=m) for s, m, r, _ in units]}, indent=2))
+                          "instance_crash": {"instance": hit.instance, "strategy": str(hit.strategy),
+                                             "story": hit.crash.story()} if hit else None,
+                          "instances": [a.as_json() for a in alones],
+                          "units": [dict(as_json(r), instances=[i for i, s in assignment.items() if s == strategy])
+                                    for strategy, r in units.items()]}, indent=2))
     elif hit:
-        print(f"error: {nf_cls.name} with {text}: {hit[3].instance} under {hit[0]} crashing alone (the others keep "
-              f"running) lets out outputs no failure-free execution produces\n\n{hit[3].story()}")
+        print(f"error: {nf_cls.name} with {text}: {hit.instance} under {hit.strategy} crashing alone (the others keep "
+              f"running) lets out outputs no failure-free execution produces\n\n{hit.crash.story()}")
+    elif verdict == "proved":
+        print(f"proved: {nf_cls.name} with {text} keeps {eq} output equivalence with any one instance crashing alone "
+              f"(the others keep running), for every input sequence of up to {args.bound} packets, every crash point "
+              f"and every choice: " + "; ".join(a.reason for a in alones))
     else:
         print(f"unknown: {nf_cls.name} with {text} at bound {args.bound}: {reason}")
-    return VIOLATION if hit else UNKNOWN
+    return VIOLATION if hit else OK if verdict == "proved" else UNKNOWN
 
 
 def _reproduce(args, failing: list, per_strategy: bool, alone=None) -> None:

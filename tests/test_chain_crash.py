@@ -206,13 +206,23 @@ def test_one_strategy_per_instance_names_the_unprotected_instance():
     assert find_instance_crash(chain, Strategy.parse("stateful.async"), inputs, instances=["lb"], **timing) is None
 
 
-def test_one_strategy_per_instance_without_a_counterexample_is_unknown():
-    """No proof of one instance crashing alone exists yet: a mix without a counterexample is
-    unknown (exit 3), never proved, and says what each strategy gave for the chain as one unit."""
+def test_one_strategy_per_instance_proved_by_each_instance_alone():
+    """A mix of safe strategies is proved instance by instance (verify/chain_alone.py), exit 0."""
     code, out, err = verify_json("firewall>nat>lb", "--strategy", "stateful.sync,lb=stateless.sync", "--bound", "3")
+    assert code == 0, err
+    assert out["verdict"] == "proved" and [a["verdict"] for a in out["instances"]] == ["proved"] * 3
+    assert [(a["instance"], a["strategy"]) for a in out["instances"]] == [
+        ("firewall", "stateful.sync"), ("nat", "stateful.sync"), ("lb", "stateless.sync")]
+
+
+def test_one_strategy_per_instance_without_proof_or_counterexample_is_unknown():
+    """Where the reduction does not apply (two instances read the clock) and no run is found, the
+    verdict is unknown (exit 3), never proved, and says why for each instance."""
+    code, out, err = verify_json("firewall>ratelimit", "--strategy", "stateful.sync,ratelimit=stateless.sync",
+                                 "--bound", "3")
     assert code == 3, err
-    assert out["verdict"] == "unknown" and "no proof of one instance crashing alone yet" in out["reason"]
-    assert "stateful.sync (firewall, nat): proved" in out["reason"] and "stateless.sync (lb): proved" in out["reason"]
+    assert out["verdict"] == "unknown" and [a["verdict"] for a in out["instances"]] == ["unknown"] * 2
+    assert "no proof of firewall crashing alone: firewall and ratelimit read the clock" in out["reason"]
 
 
 PER_INSTANCE = [("nat>lb", "lb", "none"), ("nat>lb", "nat", "stateful.async"), ("firewall>nat", "firewall", "none"),
@@ -225,14 +235,14 @@ def test_one_strategy_per_instance_finds_what_enumeration_finds(chain_name, cras
     """The other instances under stateful.sync, one under an unsafe strategy: where the enumeration
     of that instance crashing alone over a small universe finds a violation, `nfproof verify` finds
     one too and names the instance (its search starts from the unit's and the instance's own
-    counterexamples); where the enumeration finds none, nothing is proved (exit 3) unless the
-    search found a run outside the universe."""
+    counterexamples); where the enumeration finds none, the verdict is a proof (each instance
+    alone, verify/chain_alone.py), unknown, or a run the search found outside the universe."""
     from nfproof.verify.chain_crash import enumerate_instance_crashes
     nf = lookup(chain_name)
     code, out, err = verify_json(chain_name, "--strategy", f"stateful.sync,{crashing}={strategy}", "--bound", "2")
     enumerated = enumerate_instance_crashes(nf.chain(), Strategy.parse(strategy), 2, MORE_CHAINS[chain_name],
                                             gaps=(0, 1, 3) if "firewall" in chain_name else None, instances=[crashing])
-    assert code in (1, 3), err
+    assert code in (0, 1, 3), err
     if enumerated is not None:
         assert code == 1 and out["instance_crash"]["instance"] == crashing, out
     if code == 1:

@@ -137,6 +137,7 @@ class _Runs:
         self.lemmas: dict = {}  # (replayed state, primary state, crash window) -> proved equal
         self.read_clock = False  # some step built so far called now()
         self.eq = STRICT  # the equivalence the check keeps
+        self.aligned = False  # references must match input by input (verify_failover's `aligned`)
 
     def arrival(self, i: int):
         return self.arrivals[i - 1]
@@ -216,13 +217,20 @@ def _missed_clock():
 
 def verify_failover(nf_cls: type[NF], strategy: Strategy, bound: int, budget: smt.Budget | None = None,
                     log_choices: bool = False, progress=None, unbounded: bool = False,
-                    failover_time: int | None = None, max_stall: int | None = None, eq: Equivalence = STRICT) -> Result:
+                    failover_time: int | None = None, max_stall: int | None = None, eq: Equivalence = STRICT,
+                    aligned: bool = False) -> Result:
     """Bounded check up to `bound` packets; with `unbounded`, a bounded proof must then extend to
     every length (verify/induction.py) or the verdict is unknown. Times are in the NF's clock
     ticks (`ticks_per_second`): `failover_time` F defaults to one second, `max_stall` S to F;
     they matter only for an NF that reads the clock. `eq`: the output equivalence kept (the
     reference run is built as for strict, which implies the others, and a candidate is judged
-    under `eq` by the concrete search; what the reference lost or passed over is learnt)."""
+    under `eq` by the concrete search; what the reference lost or passed over is learnt).
+    `aligned` (strict only): prove more, that every failover run has a failure-free run whose
+    outputs are the observed ones *input by input* (what verify/chain_alone.py builds on); a
+    candidate explained only by a reference that matches as a whole sequence leaves its point
+    undecided (unknown)."""
+    if aligned and eq != STRICT:
+        raise ValueError("aligned references are for strict equivalence without duplicates")
     budget = budget or smt.Budget()
     if failover_time is None:
         failover_time = default_failover_ticks(nf_cls)
@@ -235,15 +243,16 @@ def verify_failover(nf_cls: type[NF], strategy: Strategy, bound: int, budget: sm
     while True:
         try:
             return _verify(nf_cls, strategy, bound, budget, log_choices, progress, unbounded, clocked,
-                           failover_time, max_stall, eq)
+                           failover_time, max_stall, eq, aligned)
         except _ClockMissed:
             clocked = True
 
 
-def _verify(nf_cls, strategy, bound, budget, log_choices, progress, unbounded, clocked, failover_time, max_stall, eq):
+def _verify(nf_cls, strategy, bound, budget, log_choices, progress, unbounded, clocked, failover_time, max_stall, eq,
+            aligned):
     result = Result("unknown", nf_cls.name, str(strategy) + (" --log-choices" if log_choices else ""), bound)
     runs, undecided, queries_skipped = _Runs(nf_cls, bound, clocked, failover_time, max_stall), [], 0
-    runs.eq = eq
+    runs.eq, runs.aligned = eq, aligned
     result.stats["equivalence"] = str(eq)
     if clocked:
         result.stats.update(clock=True, failover_time=failover_time, max_stall=max_stall)
@@ -439,12 +448,16 @@ def _violation(runs: _Runs, strategy: Strategy, n, point: _Point, log_choices, b
     dup_slots = [slot for i in sorted(dups) for slot in dups[i]]
     order = released_slots + dup_slots + [slot for i in range(seen_upto + 1, n + 1) for slot in observed[i]]
     violations += _not_duplicates(dup_slots, order, runs.eq.allow_duplicates)
+    # aligned: a replayed released input's new output gets past the egress later than its input's other
+    # outputs did (after outputs of later inputs): not input by input, so it leaves the point undecided
+    late = [c for c in leaks.values() if not z3.is_false(c)] if runs.aligned else []
+    violations += late
     for i in range(1, n + 1):
         if source(i) == "m":
             borrowed = zip(runs.choice_vars.get(("m", i), []), runs.choice_vars.get(("p", i), []),
                            runs.choice_vars.get(("s", i), []))
             assumptions += [m == z3.If(leaks[i], sv, pv) for m, pv, sv in borrowed]
-    return (assumptions, z3.Or(*violations), observed, reference_times, order) if violations else None
+    return (assumptions, z3.Or(*violations), observed, reference_times, order, late) if violations else None
 
 
 def _same(a: Slot, b: Slot, fields=PACKET_FIELDS) -> list:
@@ -680,7 +693,7 @@ def _solve(runs, nf_cls, strategy, n, point: _Point, query, budget, log_choices,
     """None (no violation at this point), a confirmed Counterexample, "undecided" (refinements
     ran out), or with a smaller `rlimit` "deferred" when a query hits it (try again with the
     budget's own)."""
-    assumptions, violation, observed, reference_times, order = query
+    assumptions, violation, observed, reference_times, order, late = query
     s = smt.new_solver(budget, rlimit=rlimit)
     s.add(*assumptions)
     s.add(violation)
@@ -695,6 +708,8 @@ def _solve(runs, nf_cls, strategy, n, point: _Point, query, budget, log_choices,
         model = readable_model(s, runs, n, budget)
         if rlimit is not None:
             s.set("rlimit", rlimit)
+        if any(z3.is_true(model.eval(c, True)) for c in late):
+            return "undecided"
 
         def value(t):
             return model.eval(t, model_completion=True).as_long()
@@ -723,6 +738,15 @@ def _solve(runs, nf_cls, strategy, n, point: _Point, query, budget, log_choices,
             times, time_invalid = _learnt_times(runs, n, explanation.times, reference_times, value)
         # (the outputs it passed over as duplicates, as slots: compared without them, each of which
         # must repeat an earlier one; under per-flow, the order it matched them in)
+        if runs.aligned:  # the learnt reference must match input by input, this candidate included
+            differs = _reference_differs(runs, n, observed, lambda i: f"learnt{runs.learnt}", constants=learnt,
+                                         times=times) + time_invalid
+            if not differs:
+                return None
+            if any(z3.is_true(model.eval(d, True)) for d in differs):
+                return "undecided"
+            s.add(z3.Or(*differs))
+            continue
         present = [sl for sl in order if z3.is_true(model.eval(sl.present, True))]
         passed = [present[k] for k in explanation.skipped]
         differs = _reference_differs(runs, n, observed, lambda i: f"learnt{runs.learnt}", constants=learnt,

@@ -824,6 +824,7 @@ class SymStep:
     paths: int
     reads_clock: bool = False  # some path called ctx.now() (else the step is the same at every time)
     choice_counts: dict | None = None  # number of choices made -> the condition under which the step makes that many
+    visits: tuple = ()    # a chain's composite: (instance, route) of every visit its routing may take (`_chain_step`)
 
 
 def step(nf_cls: type[NF], state: dict, pkt: dict, choice_var, clock=None, compose: bool = True) -> SymStep:
@@ -946,6 +947,7 @@ def _chain_step(nf_cls, state, pkt, choice_var, clock, context: tuple) -> SymSte
     counts = {0: z3.BoolVal(True)}
     globals_: list = []
     info = {"paths": 0, "reads_clock": False}
+    taken: list = []
 
     def global_var(j):
         while len(globals_) <= j:
@@ -971,6 +973,7 @@ def _chain_step(nf_cls, state, pkt, choice_var, clock, context: tuple) -> SymSte
                     context + (guard,), True)
         if sub is None:  # no path is feasible under the guard: the visit does not happen
             return
+        taken.append((instance, route))
         info["paths"] += sub.paths
         info["reads_clock"] |= sub.reads_clock
         for d, ns in member.state_names:
@@ -1006,7 +1009,7 @@ def _chain_step(nf_cls, state, pkt, choice_var, clock, context: tuple) -> SymSte
         fields["inbound"] = z3.BoolVal(inbound)
         visit(entry, pkt["inbound"] if inbound else z3.Not(pkt["inbound"]), fields, 1, ((side,),))
     return SymStep(new_state, _compact(sparse), _and(*valid), info["paths"], info["reads_clock"],
-                   {n: c for n, c in counts.items()})
+                   {n: c for n, c in counts.items()}, tuple(taken))
 
 
 def _exclusive(a: tuple, b: tuple) -> bool:
