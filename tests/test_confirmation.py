@@ -19,7 +19,7 @@ def test_spurious_candidates_are_refuted_not_reported():
     assert query is None  # the reference is the observed run term for term ...
     assumptions, _, observed, *_ = failover._failover_run(runs, strategy, 2, point, False, budget)
     order = [slot for i in sorted(observed) for slot in observed[i]]  # the egress's order (no duplicates)
-    query = (assumptions, z3.BoolVal(True), observed, None, order)
+    query = (assumptions, z3.BoolVal(True), observed, None, order, [])  # (no late outputs: not aligned)
     outcome = failover._solve(runs, Nat, strategy, 2, point, query, budget, False)
     assert outcome is None
     assert runs.learnt >= 2 and budget.queries > runs.learnt  # candidates were refuted and learnt
