@@ -1,4 +1,5 @@
-"""Seconds to verdict of `verify_failover` for every bundled model and for the chain firewall>nat>lb.
+"""Seconds to verdict of `verify_failover` for every bundled model and for the chain firewall>nat>lb,
+and of the whole `nfproof verify` of the chain (as one unit and each instance crashing alone).
 
     .venv/bin/python bench/verify_models.py [--bounds 4,8,12,16] [--timeout 60] [--models nat,lb]
                                             [--chain-bounds 4,8,12,16] [--quick] [--markdown FILE]
@@ -15,8 +16,11 @@ Prints `RESULT <metric> <value> <unit>` lines:
   verify_models.<model>.<strategy>.bound<N>.queries      solver queries
   verify_models.<model>.<strategy>.bound<N>.cex_seconds  time to the (shortest) counterexample
   verify_models.<model>.<strategy>.bound<N>.cex_length   its packets
-  verify_models.summary.*                                slowest verdict, slowest counterexample, unknowns,
-                                                         the chain at its largest bound
+  verify_models.chain.<strategy>.bound<N>.command.jobs<J>.seconds / .cpu_seconds
+                                                         `nfproof verify CHAIN --jobs J` (J = 1, 2): the chain's
+                                                         verdict, its unit and its instances' proofs; wall and
+                                                         CPU of every process; .verdict as above
+  verify_models.summary.*                                slowest verdict, slowest counterexample, unknowns
 Strategies: none, stateful.sync, stateful.commit:4, stateful.commit:4 with --log-choices
 (`stateful.commit:4+log`), stateful.async; the chain under stateful.commit:4+log.
 Aims (issue 11): the 3-NF chain at bound 16 under 10 s on 2 cores; every shortest
@@ -24,8 +28,11 @@ counterexample under 1 s."""
 from __future__ import annotations
 
 import argparse
+import json
 import multiprocessing
 import resource
+import subprocess
+import sys
 import time
 
 STRATEGIES = [("none", False), ("stateful.sync", False), ("stateful.commit:4", False), ("stateful.commit:4", True),
@@ -87,6 +94,24 @@ def run_one(model: str, strategy: str, log_choices: bool, bound: int, timeout: f
     return out
 
 
+def run_command(chain: str, strategy: str, log_choices: bool, bound: int, timeout: float, jobs: int) -> dict:
+    """`nfproof verify` of a chain: the verdict combines the unit and every instance alone."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    t = time.perf_counter()
+    try:
+        r = subprocess.run([sys.executable, "-m", "nfproof", "verify", chain, "--strategy", strategy, "--bound",
+                            str(bound), "--timeout", str(timeout), "--jobs", str(jobs), "--json"]
+                           + (["--log-choices"] if log_choices else []),
+                           capture_output=True, text=True, timeout=4 * timeout + KILL_GRACE)
+        verdict = json.loads(r.stdout)["verdict"] if r.returncode in (0, 1, 3) else "unknown"
+    except subprocess.TimeoutExpired:
+        verdict = "unknown"
+    wall = time.perf_counter() - t
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+    return dict(verdict=verdict, seconds=wall, cpu=cpu, queries=None, cex=None, reason="")
+
+
 def report(prefix: str, r: dict) -> None:
     unknown = r["verdict"] == "unknown"
     result(f"{prefix}.seconds", f"{r['seconds']:.3f}", "s_lower_bound" if unknown else "s")
@@ -129,6 +154,11 @@ def main() -> None:
             r = run_one(CHAIN, strategy, log, b, args.timeout)
             report(f"verify_models.chain.{label(strategy, log)}.bound{b}", r)
             rows.append(dict(model=CHAIN, strategy=label(strategy, log), bound=b, **r))
+            for jobs in (1, 2):
+                r = run_command(CHAIN, strategy, log, b, args.timeout, jobs)
+                report(f"verify_models.chain.{label(strategy, log)}.bound{b}.command.jobs{jobs}", r)
+                rows.append(dict(model=f"nfproof verify {CHAIN} --jobs {jobs}", strategy=label(strategy, log), bound=b,
+                                 **r))
 
     decided = [row for row in rows if row["verdict"] != "unknown"]
     unknown = [row for row in rows if row["verdict"] == "unknown"]

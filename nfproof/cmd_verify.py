@@ -7,6 +7,7 @@ import math
 import os
 import re
 import shlex
+import shutil
 import sys
 
 from .models import NFS, lookup
@@ -34,6 +35,7 @@ class Progress:
 
     def __init__(self, args):
         self.shown = sys.stderr.isatty() and not args.json
+        self.width = shutil.get_terminal_size((100, 20)).columns - 1
 
     def of(self, what: str):
         def progress(n, bound):
@@ -41,6 +43,14 @@ class Progress:
                 print(f"\r\033[K  {what}: every run of up to {n}/{bound} packets checked", end="", file=sys.stderr,
                       flush=True)
         return progress
+
+    def side_by_side(self, done: int, running: dict) -> None:
+        """Proofs running side by side (verify/jobs.py): label -> (n, bound) reached, or None."""
+        if self.shown:
+            now = " | ".join(f"{label}: {f'{at[0]}/{at[1]} packets checked' if at else 'started'}"
+                             for label, at in running.items())
+            print(f"\r\033[K  {done} done | {now}"[:self.width], end="", file=sys.stderr,
+                  flush=True)
 
     def clear(self) -> None:
         if self.shown:
@@ -142,6 +152,9 @@ def add_parser(sub):
                         "(a counterexample with that instance crashing alone, else unknown: no proof yet)")
     p.add_argument("--bound", type=positive_int, default=8, help="input packets (default 8)")
     p.add_argument("--timeout", type=positive_float, default=60.0, help="seconds per strategy (default 60)")
+    p.add_argument("--jobs", type=positive_int, default=None,
+                   help="proofs run side by side in worker processes: a chain's as one unit and per instance, and "
+                        "one per strategy (default: all cores)")
     p.add_argument("--failover-time", metavar="F", type=duration, default=None,
                    help="how long a failover takes, in seconds (ms/us suffixes accepted; default 1 s): the standby "
                         "processes nothing before crash + F (matters only for NFs that read the clock)")
@@ -218,16 +231,7 @@ def run(args) -> int:
             raise UsageError("--property checks the model's own property over the default protocol: drop "
                              "--equivalence, --allow-duplicates, --no-replay-input and --no-dedup")
         return _run_properties(args, nf_cls, strategies)
-    results, alone, instances = [], {}, {}
-    for strategy in strategies:
-        result = verify_failover(nf_cls, strategy, args.bound, Budget(timeout=args.timeout), args.log_choices,
-                                 progress.of(f"{args.chain} {strategy}"), args.unbounded, failover_time, max_stall, eq)
-        progress.clear()
-        results.append(result)
-        alone[id(result)] = _instance_crash(nf_cls, result)
-        if result.verdict == "proved" and _members(nf_cls) > 1:  # and each instance crashing alone
-            instances[id(result)] = _alone(args, nf_cls, {m: strategy for m in nf_cls.chain().members}, failover_time,
-                                           max_stall, eq, progress)
+    results, alone, instances = _prove(args, nf_cls, strategies, failover_time, max_stall, eq, progress)
     verdict = {id(r): combined_verdict(r, instances.get(id(r))) for r in results}
 
     failing = [r for r in results if r.counterexample]
@@ -313,6 +317,33 @@ def run(args) -> int:
     return VIOLATION if "counterexample" in verdicts else UNKNOWN if "unknown" in verdicts else OK
 
 
+def _prove(args, nf_cls, strategies, failover_time, max_stall, eq, progress: Progress):
+    """Each strategy's proof and, for a chain whose proof as one unit holds, each instance's
+    crashing alone (verify/jobs.py runs them side by side). Returns the results, id(result) ->
+    `_instance_crash`, and id(result) -> the instances' verdicts (chains whose unit is proved)."""
+    from functools import partial
+
+    from .verify import jobs
+    from .verify.chain_alone import alone_checks
+
+    units = [(f"{args.chain} {s}", partial(_unit, nf_cls, s, args, failover_time, max_stall, eq)) for s in strategies]
+    followers = [alone_checks(nf_cls, {m: s for m in nf_cls.chain().members}, args.bound, args.timeout,
+                              args.log_choices, failover_time, max_stall, eq)
+                 if _members(nf_cls) > 1 else [] for s in strategies]
+    jobs.register_classes(nf_cls)
+    results, alones = jobs.run(units, followers, args.jobs or jobs.default_jobs(), progress)
+    progress.clear()
+    instances = {id(r): a for r, a in zip(results, alones) if a is not None and _members(nf_cls) > 1}
+    return results, {id(r): _instance_crash(nf_cls, r) for r in results}, instances
+
+
+def _unit(nf_cls, strategy, args, failover_time, max_stall, eq, progress=None):
+    from .verify.failover import verify_failover
+    from .verify.solver import Budget
+    return verify_failover(nf_cls, strategy, args.bound, Budget(timeout=args.timeout), args.log_choices, progress,
+                           args.unbounded, failover_time, max_stall, eq)
+
+
 def _instance_crash(nf_cls, result):
     """For a chain's counterexample (its instances failing as one unit): the same inputs' first
     run in which one instance crashes alone and no failure-free execution explains the outputs
@@ -369,15 +400,6 @@ def _members(nf_cls) -> int:
     return len(chain().members) if callable(chain) else 0
 
 
-def _alone(args, nf_cls, assignment: dict, failover_time, max_stall, eq, progress: Progress, seeds=None) -> list:
-    """verify/chain_alone.py for each instance under its strategy: proved by reduction to the
-    instance's own aligned proof, else a run of it crashing alone near the counterexamples found
-    (`seeds`: strategy -> [(inputs, arrivals)], e.g. the chain's as one unit), else unknown."""
-    from .verify.chain_alone import instances_alone
-    return instances_alone(nf_cls, assignment, args.bound, args.timeout, args.log_choices, failover_time, max_stall,
-                           eq, progress.of, progress.clear, seeds)
-
-
 def _run_per_instance(args, nf_cls, assignment: dict, failover_time, max_stall, eq, progress: Progress) -> int:
     """One strategy per instance: only the crashing instance's strategy shapes a run in which one
     instance crashes alone (the others hold and release nothing across chain inputs:
@@ -386,20 +408,25 @@ def _run_per_instance(args, nf_cls, assignment: dict, failover_time, max_stall, 
     alone that no failure-free execution explains -> counterexample (exit 1, searched near the
     counterexamples of the instance as an NF of its own and of the chain as one unit under its
     strategy); else unknown (exit 3)."""
-    from .verify.chain_alone import unproved_reason
-    from .verify.failover import verify_failover
-    from .verify.report import as_json, html
-    from .verify.solver import Budget
+    from functools import partial
 
-    units = {}  # strategy -> the chain as one unit under it (its counterexample seeds the searches)
-    for strategy in dict.fromkeys(assignment.values()):
-        units[strategy] = verify_failover(nf_cls, strategy, args.bound, Budget(timeout=args.timeout), args.log_choices,
-                                          progress.of(f"{nf_cls.name} {strategy}"), args.unbounded,
-                                          failover_time, max_stall, eq)
-        progress.clear()
+    from .verify import jobs
+    from .verify.chain_alone import alone_checks, unproved_reason
+    from .verify.report import as_json, html
+
+    workers = args.jobs or jobs.default_jobs()
+    jobs.register_classes(nf_cls)
+    # the chain as one unit under each strategy: its counterexample seeds the searches
+    strategies = list(dict.fromkeys(assignment.values()))
+    units, _ = jobs.run([(f"{nf_cls.name} {s}", partial(_unit, nf_cls, s, args, failover_time, max_stall, eq))
+                         for s in strategies], [[] for _ in strategies], workers, progress)
+    units = dict(zip(strategies, units))
     seeds = {s: [(r.counterexample.run.inputs, r.counterexample.run.arrivals)] for s, r in units.items()
              if r.counterexample}
-    alones = _alone(args, nf_cls, assignment, failover_time, max_stall, eq, progress, seeds)
+    checks = alone_checks(nf_cls, assignment, args.bound, args.timeout, args.log_choices, failover_time, max_stall,
+                          eq, seeds)
+    alones, _ = jobs.run(checks, [[] for _ in checks], workers, progress)
+    progress.clear()
     text = ",".join(f"{i}={s}" for i, s in assignment.items())
     hit = next((a for a in alones if a.crash), None)
     unit = units[hit.strategy] if hit else None

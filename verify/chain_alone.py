@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass, replace
+from functools import partial
 
 import z3
 
@@ -184,22 +185,27 @@ def check_alone(chain_nf, instance: str, strategy: Strategy, bound: int, timeout
     return Alone(instance, strategy, "unknown", f"no proof of {instance} crashing alone: {why}; {searched}", own=own)
 
 
-def instances_alone(chain_nf, assignment: dict, bound: int, timeout: float, log_choices: bool = False,
-                    failover_time: int | None = None, max_stall: int | None = None, eq: Equivalence = STRICT,
-                    progress_of=None, clear=None, seeds: dict | None = None) -> list[Alone]:
-    """`check_alone` for each instance under its strategy (`assignment`: instance -> Strategy);
-    times default as the chain's verification's do; `seeds`: strategy -> [(inputs, arrivals)]."""
+def alone_checks(chain_nf, assignment: dict, bound: int, timeout: float, log_choices: bool = False,
+                 failover_time: int | None = None, max_stall: int | None = None, eq: Equivalence = STRICT,
+                 seeds: dict | None = None) -> list[tuple]:
+    """`check_alone` for each instance under its strategy (`assignment`: instance -> Strategy), as
+    (label, call(progress)) to make (verify/jobs.py); times default as the chain's verification's
+    do; `seeds`: strategy -> [(inputs, arrivals)]."""
     from .simulate import default_failover_ticks
     f = default_failover_ticks(chain_nf) if failover_time is None else failover_time
-    out = []
-    for instance, strategy in assignment.items():
-        out.append(check_alone(chain_nf, instance, strategy, bound, timeout, log_choices, f,
-                               f if max_stall is None else max_stall, eq,
-                               progress_of(f"{instance} alone {strategy}") if progress_of else None,
-                               tuple((seeds or {}).get(strategy, ()))))
-        if clear:
-            clear()
-    return out
+
+    def call(instance, strategy, progress):
+        return check_alone(chain_nf, instance, strategy, bound, timeout, log_choices, f,
+                           f if max_stall is None else max_stall, eq, progress, tuple((seeds or {}).get(strategy, ())))
+    return [(f"{instance} alone {strategy}", partial(call, instance, strategy)) for instance, strategy in assignment.items()]
+
+
+def instances_alone(chain_nf, assignment: dict, bound: int, timeout: float, log_choices: bool = False,
+                    failover_time: int | None = None, max_stall: int | None = None, eq: Equivalence = STRICT,
+                    seeds: dict | None = None) -> list[Alone]:
+    """`alone_checks`, made one after the other."""
+    return [call(None) for _, call in alone_checks(chain_nf, assignment, bound, timeout, log_choices, failover_time,
+                                                   max_stall, eq, seeds)]
 
 
 def combined_verdict(result: Result, alones: list[Alone] | None) -> str:
