@@ -369,6 +369,13 @@ class Chain:
         return type(f"ChainNF[{chain.name}]", (ChainNF,), attrs)
 
 
+def instances(nf_cls: type) -> list[str]:
+    """The instances of a chain of two or more NFs, in chain order; [] for a single NF."""
+    chain = getattr(nf_cls, "chain", None)
+    members = list(chain().members) if callable(chain) else []
+    return members if len(members) > 1 else []
+
+
 def _carried(pkt: Packet, inbound: bool) -> Packet:
     """The packet as a link between two instances carries it: integer fields wrapped to their
     widths (on ints and on symbolic values alike: `&` is exact on both), `inbound` the side it

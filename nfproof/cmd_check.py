@@ -83,15 +83,16 @@ def verify(check: Check, strategy: Strategy, prop: str | None):
         from .verify.properties import check_property, properties_of
         return check_property(check.nf, properties_of(check.nf)[prop], strategy, check.bound, budget,
                               check.log_choices, check.failover_time, check.max_stall)
+    from .models.chain import instances
     from .verify.chain_alone import combined_verdict, instances_alone, unproved_reason
     from .verify.equivalence import Equivalence
     from .verify.failover import verify_failover
     eq = Equivalence(check.equivalence, check.allow_duplicates)
     result = verify_failover(check.nf, strategy, check.bound, budget, check.log_choices, None, check.unbounded,
                              check.failover_time, check.max_stall, eq)
-    chain = getattr(check.nf, "chain", None)
-    if result.verdict == "proved" and callable(chain) and len(chain().members) > 1:  # and each instance alone
-        result.alone = instances_alone(check.nf, {m: strategy for m in chain().members}, check.bound, check.timeout,
+    members = instances(check.nf)
+    if result.verdict == "proved" and members:  # and each instance alone
+        result.alone = instances_alone(check.nf, {m: strategy for m in members}, check.bound, check.timeout,
                                        check.log_choices, check.failover_time, check.max_stall, eq)
         result.verdict = combined_verdict(result, result.alone)
         if result.verdict == "unknown":
@@ -182,8 +183,7 @@ def record_of(result, prop: str | None, check: Check) -> dict:
         if alone:
             data["instances"] = [a.as_json() for a in alone]
         if hit:
-            text = (f"error: {result.nf} under {result.strategy}: {hit.instance} crashing alone (the others keep "
-                    f"running) lets out outputs no failure-free execution produces\n\n{hit.crash.story()}")
+            text = hit.error(f"{result.nf} under {result.strategy}")
         elif result.verdict == "counterexample":
             text = f"error: {error_line(result)}\n\n{story(result)}\n\nreproduce (Python):\n{reproduction(result)}"
         elif result.verdict == "proved":

@@ -12,6 +12,7 @@ import sys
 
 from .models import NFS, lookup
 from .models.api import ParamError
+from .models.chain import instances
 from .models.strategy import MUTATIONS, STRATEGY_FORMS, Strategy, StrategyError
 from .errors import OK, UNKNOWN, VIOLATION, UsageError
 
@@ -231,8 +232,8 @@ def run(args) -> int:
             raise UsageError("--property checks the model's own property over the default protocol: drop "
                              "--equivalence, --allow-duplicates, --no-replay-input and --no-dedup")
         return _run_properties(args, nf_cls, strategies)
-    results, alone, instances = _prove(args, nf_cls, strategies, failover_time, max_stall, eq, progress)
-    verdict = {id(r): combined_verdict(r, instances.get(id(r))) for r in results}
+    results, alone, alones = _prove(args, nf_cls, strategies, failover_time, max_stall, eq, progress)
+    verdict = {id(r): combined_verdict(r, alones.get(id(r))) for r in results}
 
     failing = [r for r in results if r.counterexample]
     if args.html and failing:
@@ -243,7 +244,7 @@ def run(args) -> int:
         except OSError as e:
             raise UsageError(f"cannot write {args.html}: {e.strerror}") from None
     elif args.html:
-        print(f"nfproof verify: no counterexample {'of the chain as one unit ' if instances else ''}"
+        print(f"nfproof verify: no counterexample {'of the chain as one unit ' if alones else ''}"
               f"(whose inputs --html shows), {args.html} not written", file=sys.stderr)
     if args.reproduce:
         _reproduce(args, failing, len(results) > 1)
@@ -253,25 +254,23 @@ def run(args) -> int:
             found = alone[id(r)]
             if found is not None:  # (null: no single-instance crash of these inputs shows it)
                 data["instance_crash"] = {"instance": found.instance, "story": found.story()} if found else None
-            if id(r) in instances:
+            if id(r) in alones:
                 data["verdict"] = verdict[id(r)]
-                data["instances"] = [a.as_json() for a in instances[id(r)]]
-                hit = next((a for a in instances[id(r)] if a.crash), None)
+                data["instances"] = [a.as_json() for a in alones[id(r)]]
+                hit = next((a for a in alones[id(r)] if a.crash), None)
                 if hit:
                     data["instance_crash"] = {"instance": hit.instance, "story": hit.crash.story()}
                 if verdict[id(r)] == "unknown":
-                    data["reason"] = unproved_reason(instances[id(r)])
+                    data["reason"] = unproved_reason(alones[id(r)])
         print(json.dumps(out if len(out) > 1 else out[0], indent=2))
     elif len(results) == 1:
         r = results[0]
-        hit = next((a for a in instances.get(id(r), []) if a.crash), None)
+        hit = next((a for a in alones.get(id(r), []) if a.crash), None)
         if hit:
-            print(f"error: {r.nf} under {r.strategy}: {hit.instance} crashing alone (the others keep running) lets "
-                  f"out outputs no failure-free execution produces (the chain failing as one unit: proved)\n\n"
-                  f"{hit.crash.story()}")
+            print(hit.error(f"{r.nf} under {r.strategy}", " (the chain failing as one unit: proved)"))
         elif verdict[id(r)] == "unknown" and r.verdict == "proved":
             print(f"unknown: {r.nf} under {r.strategy} at bound {r.bound}: proved failing as one unit; "
-                  f"{unproved_reason(instances[id(r)])}")
+                  f"{unproved_reason(alones[id(r)])}")
         elif r.verdict == "counterexample":
             print(f"error: {error_line(r)}\n\n{story(r)}\n\nreproduce (Python):\n{reproduction(r)}")
             if alone[id(r)]:
@@ -283,7 +282,7 @@ def run(args) -> int:
         elif r.verdict == "proved":
             length = "of any length" if r.unbounded else f"of up to {r.bound} packets"
             unit = " (its instances failing as one unit, and any one of them crashing alone while the others keep " \
-                   "running)" if id(r) in instances else ""
+                   "running)" if id(r) in alones else ""
             print(f"proved: {r.nf}{unit} under {r.strategy} keeps {eq} output equivalence for every input sequence "
                   f"{length}, every crash point and every choice"
                   + (f", every arrival and crash time below 2^30 ticks" if r.stats.get("clock") else "") +
@@ -303,12 +302,12 @@ def run(args) -> int:
                 note += f" ({alone[id(r)].instance} crashing alone shows it too)"
             elif alone[id(r)] is False:
                 note += " (only with the instances failing together)"
-            hit = next((a for a in instances.get(id(r), []) if a.crash), None)
+            hit = next((a for a in alones.get(id(r), []) if a.crash), None)
             if hit:
                 note = f"{hit.instance} crashing alone ({len(hit.crash.inputs)} packets; as one unit: proved)"
             elif verdict[id(r)] == "unknown" and r.verdict == "proved":
-                note = "as one unit: proved; " + unproved_reason(instances[id(r)])
-            elif id(r) in instances:
+                note = "as one unit: proved; " + unproved_reason(alones[id(r)])
+            elif id(r) in alones:
                 note = "as one unit and each instance alone"
             length = f"{len(r.counterexample.run.inputs)} packets: " if r.counterexample else ""
             shown = verdict[id(r)] + (" (any length)" if r.unbounded and verdict[id(r)] == "proved" else "")
@@ -327,14 +326,14 @@ def _prove(args, nf_cls, strategies, failover_time, max_stall, eq, progress: Pro
     from .verify.chain_alone import alone_checks
 
     units = [(f"{args.chain} {s}", partial(_unit, nf_cls, s, args, failover_time, max_stall, eq)) for s in strategies]
-    followers = [alone_checks(nf_cls, {m: s for m in nf_cls.chain().members}, args.bound, args.timeout,
-                              args.log_choices, failover_time, max_stall, eq)
-                 if _members(nf_cls) > 1 else [] for s in strategies]
+    members = instances(nf_cls)
+    followers = [alone_checks(nf_cls, {m: s for m in members}, args.bound, args.timeout, args.log_choices,
+                              failover_time, max_stall, eq) if members else [] for s in strategies]
     jobs.register_classes(nf_cls)
     results, alones = jobs.run(units, followers, args.jobs or jobs.default_jobs(), progress)
     progress.clear()
-    instances = {id(r): a for r, a in zip(results, alones) if a is not None and _members(nf_cls) > 1}
-    return results, {id(r): _instance_crash(nf_cls, r) for r in results}, instances
+    alone = {id(r): a for r, a in zip(results, alones) if a is not None and members}
+    return results, {id(r): _instance_crash(nf_cls, r) for r in results}, alone
 
 
 def _unit(nf_cls, strategy, args, failover_time, max_stall, eq, progress=None):
@@ -348,9 +347,7 @@ def _instance_crash(nf_cls, result):
     """For a chain's counterexample (its instances failing as one unit): the same inputs' first
     run in which one instance crashes alone and no failure-free execution explains the outputs
     (verify/chain_crash.py), False if there is none, None if not a chain's counterexample."""
-    chain = getattr(nf_cls, "chain", None)
-    if result.counterexample is None or not callable(chain) or len(chain().members) < 2 \
-            or result.counterexample.run.strategy.mutation:
+    if result.counterexample is None or not instances(nf_cls) or result.counterexample.run.strategy.mutation:
         return None
     from .verify.chain_crash import SearchLimit, for_counterexample
     try:
@@ -368,9 +365,8 @@ def per_instance(text: str, nf_cls) -> dict[str, str] | None:
             raise UsageError(f"--strategy {text}: one strategy, or INSTANCE=STRATEGY per instance with one strategy "
                              f"for the rest, e.g. --strategy stateful.sync,nat=stateful.commit:4")
         return None
-    chain = getattr(nf_cls, "chain", None)
-    members = list(chain().members) if callable(chain) else []
-    if len(members) < 2:
+    members = instances(nf_cls)
+    if not members:
         raise UsageError(f"--strategy {text}: one strategy per instance is for chains of NFs; give {nf_cls.name} one "
                          f"strategy, e.g. --strategy stateful.sync")
     named, rest = {}, None
@@ -393,11 +389,6 @@ def per_instance(text: str, nf_cls) -> dict[str, str] | None:
         raise UsageError(f"--strategy {text}: no strategy for {', '.join(missing)}; name every instance or add one "
                          f"strategy for the others, e.g. --strategy stateful.sync,{text}")
     return {m: named.get(m, rest) for m in members}
-
-
-def _members(nf_cls) -> int:
-    chain = getattr(nf_cls, "chain", None)
-    return len(chain().members) if callable(chain) else 0
 
 
 def _run_per_instance(args, nf_cls, assignment: dict, failover_time, max_stall, eq, progress: Progress) -> int:
@@ -453,8 +444,7 @@ def _run_per_instance(args, nf_cls, assignment: dict, failover_time, max_stall, 
                           "units": [dict(as_json(r), instances=[i for i, s in assignment.items() if s == strategy])
                                     for strategy, r in units.items()]}, indent=2))
     elif hit:
-        print(f"error: {nf_cls.name} with {text}: {hit.instance} under {hit.strategy} crashing alone (the others keep "
-              f"running) lets out outputs no failure-free execution produces\n\n{hit.crash.story()}")
+        print(hit.error(f"{nf_cls.name} with {text}"))
     elif verdict == "proved":
         print(f"proved: {nf_cls.name} with {text} keeps {eq} output equivalence with any one instance crashing alone "
               f"(the others keep running), for every input sequence of up to {args.bound} packets, every crash point "

@@ -64,6 +64,11 @@ class Alone:
     crash: InstanceCrash | None = None
     own: Result | None = None  # the instance verified as an NF of its own
 
+    def error(self, subject: str, note: str = "") -> str:
+        """The error line and story of its counterexample; `subject`: the chain and its strategy."""
+        return (f"error: {subject}: {self.instance} crashing alone (the others keep running) lets out outputs no "
+                f"failure-free execution produces{note}\n\n{self.crash.story()}")
+
     def as_json(self) -> dict:
         return {"instance": self.instance, "strategy": str(self.strategy), "verdict": self.verdict,
                 "reason": self.reason, "story": self.crash.story() if self.crash else None}

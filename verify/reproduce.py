@@ -23,6 +23,7 @@ import json
 import os
 
 from ..models.api import ICMP, TCP, UDP
+from ..models.chain import instances
 from ..traces.pcapng import PcapngWriter
 from .equivalence import STRICT
 from .frames import frame_of
@@ -122,7 +123,7 @@ def schedule(result, chain_text: str, instance: str, params: list, alone=None) -
     choices = {instance: {
         "primary": {str(i): list(v) for i, v in sorted(run.primary_choices.items()) if v},
         "standby": {str(i): list(v) for i, v in sorted(run.standby_choices.items()) if v}}}
-    if callable(getattr(nf, "chain", None)) and len(nf.chain().members) > 1:
+    if instances(nf):
         alone = alone or instance_crash(result)  # (counts and choices by each instance's own input numbers)
         applied, released, protected = alone.counts
         crash = {"instance": alone.instance, "applied": applied, "released": released, "protected": protected,
@@ -158,8 +159,7 @@ def write(result, folder: str, chain_text: str, instance: str, params: list, sto
     nf = result.counterexample.nf
     if alone is None:
         result = framed_result(result)
-        alone = instance_crash(result) if callable(getattr(nf, "chain", None)) and \
-            len(nf.chain().members) > 1 else None
+        alone = instance_crash(result) if instances(nf) else None
     doc, frames = schedule(result, chain_text, instance, params, alone)
     if alone and alone.inputs != result.counterexample.run.inputs:  # (found near the unit's counterexample)
         story = alone.story()
