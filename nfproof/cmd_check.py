@@ -84,16 +84,22 @@ def verify(check: Check, strategy: Strategy, prop: str | None):
         return check_property(check.nf, properties_of(check.nf)[prop], strategy, check.bound, budget,
                               check.log_choices, check.failover_time, check.max_stall)
     from .models.chain import instances
-    from .verify.chain_alone import combined_verdict, instances_alone, unproved_reason
+    from .verify import jobs
+    from .verify.chain_alone import alone_checks, combined_verdict, unproved_reason
     from .verify.equivalence import Equivalence
     from .verify.failover import verify_failover
     eq = Equivalence(check.equivalence, check.allow_duplicates)
-    result = verify_failover(check.nf, strategy, check.bound, budget, check.log_choices, None, check.unbounded,
-                             check.failover_time, check.max_stall, eq)
-    members = instances(check.nf)
-    if result.verdict == "proved" and members:  # and each instance alone
-        result.alone = instances_alone(check.nf, {m: strategy for m in members}, check.bound, check.timeout,
-                                       check.log_choices, check.failover_time, check.max_stall, eq)
+
+    def unit(progress):
+        return verify_failover(check.nf, strategy, check.bound, budget, check.log_choices, progress, check.unbounded,
+                               check.failover_time, check.max_stall, eq)
+    members = instances(check.nf)  # a chain: as one unit and each instance alone, side by side
+    followers = alone_checks(check.nf, {m: strategy for m in members}, check.bound, check.timeout, check.log_choices,
+                             check.failover_time, check.max_stall, eq) if members else []
+    jobs.register_classes(check.nf)
+    [result], [alone] = jobs.run([(check.label, unit)], [followers], jobs.default_jobs(), jobs.SILENT)
+    if alone is not None and members:
+        result.alone = alone
         result.verdict = combined_verdict(result, result.alone)
         if result.verdict == "unknown":
             result.reason = unproved_reason(result.alone)

@@ -205,14 +205,6 @@ def alone_checks(chain_nf, assignment: dict, bound: int, timeout: float, log_cho
     return [(f"{instance} alone {strategy}", partial(call, instance, strategy)) for instance, strategy in assignment.items()]
 
 
-def instances_alone(chain_nf, assignment: dict, bound: int, timeout: float, log_choices: bool = False,
-                    failover_time: int | None = None, max_stall: int | None = None, eq: Equivalence = STRICT,
-                    seeds: dict | None = None) -> list[Alone]:
-    """`alone_checks`, made one after the other."""
-    return [call(None) for _, call in alone_checks(chain_nf, assignment, bound, timeout, log_choices, failover_time,
-                                                   max_stall, eq, seeds)]
-
-
 def combined_verdict(result: Result, alones: list[Alone] | None) -> str:
     """A chain's verdict: as one failing unit (`result`) and, where that is proved, each instance
     alone (a bounded proof: with `unbounded` the whole is unknown)."""

@@ -34,6 +34,19 @@ def register_classes(nf_cls) -> None:
             _CLASSES[id(member.nf)] = member.nf
 
 
+class _Silent:
+    """No progress shown."""
+
+    def of(self, label):
+        return None
+
+    def side_by_side(self, done, running):
+        pass
+
+
+SILENT = _Silent()
+
+
 def _known_class(ident: int):
     return _CLASSES[ident]
 
