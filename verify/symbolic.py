@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 import z3
+import z3.z3
 
 from ..models.api import (INTERPRETER_FILES, MAX_CHOICE_WIDTH, NF, PACKET_FIELDS, PACKET_WIDTHS, Bits, Domain, Map,
                           MapStorage, ModelError, Packet, Set, check_bool_field, model_code)
@@ -98,10 +99,13 @@ def fold(t):
     each time, and a condition over a state many steps deep is a large term (it made the handlers'
     re-execution quadratic). A condition it cannot fold forks, which costs a path whose condition
     may be unsatisfiable (merged under that condition: it describes no run), never soundness."""
-    budget = [FOLD_BUDGET]
-    return _fold(t, budget)
+    return _fold(t.ctx_ref(), t.as_ast(), t, [FOLD_BUDGET])
 
 
+# fold walks the term's ASTs through the C API (no Python object per node: this is most of a
+# branch's cost); a memo entry is kept alive by the term first folded, of which it is a part.
+_APP, _NUMERAL = z3.Z3_APP_AST, z3.Z3_NUMERAL_AST
+_BV_SORT, _BOOL_SORT = z3.Z3_BV_SORT, z3.Z3_BOOL_SORT
 _BV_CMP = {z3.Z3_OP_ULEQ: (False, lambda a, b: a <= b), z3.Z3_OP_ULT: (False, lambda a, b: a < b),
            z3.Z3_OP_UGEQ: (False, lambda a, b: a >= b), z3.Z3_OP_UGT: (False, lambda a, b: a > b),
            z3.Z3_OP_SLEQ: (True, lambda a, b: a <= b), z3.Z3_OP_SLT: (True, lambda a, b: a < b),
@@ -109,104 +113,126 @@ _BV_CMP = {z3.Z3_OP_ULEQ: (False, lambda a, b: a <= b), z3.Z3_OP_ULT: (False, la
 
 
 def _app_kind(t):
-    """The declaration kind of an application (z3.Z3_OP_...), None for any other term; through
-    the C API directly (t.decl().kind() builds a Python object per call, and fold asks often)."""
-    ctx, ast = t.ctx_ref(), t.as_ast()
-    if z3.Z3_get_ast_kind(ctx, ast) != z3.Z3_APP_AST:
+    """The declaration kind of an application (z3.Z3_OP_...), None for any other term."""
+    return _op(t.ctx_ref(), t.as_ast())
+
+
+def _op(ctx, a):
+    if z3.Z3_get_ast_kind(ctx, a) != _APP:
         return None
-    return z3.Z3_get_decl_kind(ctx, z3.Z3_get_app_decl(ctx, ast))
+    return z3.Z3_get_decl_kind(ctx, z3.Z3_get_app_decl(ctx, a))
+
+
+def _width(ctx, a) -> int:
+    return z3.Z3_get_bv_sort_size(ctx, z3.Z3_get_sort(ctx, a))
 
 
 def _signed(v: int, width: int) -> int:
     return v - (1 << width) if v >> (width - 1) else v
 
 
-def _fold(t, budget):
-    key = ("fold", t.get_id())
+def _fold(ctx, a, keep, budget):
+    key = ("fold", z3.Z3_get_ast_id(ctx, a))
     hit = _MEMO.get(key)
     if hit is not None:
         return hit[1]
-    value = _fold_new(t, budget)
+    value = _fold_new(ctx, a, keep, budget)
     if budget[0] > 0:  # an answer cut short by the budget is not remembered
-        _memo(key, (t,), lambda: value)
+        _memo(key, (keep,), lambda: value)
     return value
 
 
-def _fold_new(t, budget):
-    if z3.is_true(t):
-        return True
-    if z3.is_false(t):
-        return False
-    if z3.is_bv_value(t) or z3.is_int_value(t):
-        return t.as_long()
-    k = _app_kind(t)
-    if k is None:
+def _fold_new(ctx, a, keep, budget):
+    kind = z3.Z3_get_ast_kind(ctx, a)
+    if kind == _NUMERAL:
+        sort = z3.Z3_get_sort_kind(ctx, z3.Z3_get_sort(ctx, a))
+        return int(z3.Z3_get_numeral_string(ctx, a)) if sort in (_BV_SORT, z3.Z3_INT_SORT) else None
+    if kind != _APP:
         return None
+    decl = z3.Z3_get_app_decl(ctx, a)
+    k = z3.Z3_get_decl_kind(ctx, decl)
+    if k == z3.Z3_OP_TRUE:
+        return True
+    if k == z3.Z3_OP_FALSE:
+        return False
+    n = z3.Z3_get_app_num_args(ctx, a)
+
+    def arg(i):
+        return z3.Z3_get_app_arg(ctx, a, i)
+
+    def sub(b):
+        return _fold(ctx, b, keep, budget)
     if k == z3.Z3_OP_NOT:
-        v = _fold(t.arg(0), budget)
+        v = sub(arg(0))
         return None if v is None else not v
     if k in (z3.Z3_OP_AND, z3.Z3_OP_OR):
         unknown, absorbing = False, k == z3.Z3_OP_OR
         literals = set()  # (id, polarity) of the operands: x and not x absorb
-        for a in t.children():
-            v = _fold(a, budget)
+        for i in range(n):
+            b = arg(i)
+            v = sub(b)
             if v is absorbing:
                 return absorbing
             if v is None:
                 unknown = True
-                positive = not z3.is_not(a)
-                ident = (a if positive else a.arg(0)).get_id()
+                positive = _op(ctx, b) != z3.Z3_OP_NOT
+                ident = z3.Z3_get_ast_id(ctx, b if positive else z3.Z3_get_app_arg(ctx, b, 0))
                 if (ident, not positive) in literals:
                     return absorbing
                 literals.add((ident, positive))
         return None if unknown else not absorbing
     if k == z3.Z3_OP_ITE:
-        c = _fold(t.arg(0), budget)
+        c = sub(arg(0))
         if c is not None:
-            return _fold(t.arg(1) if c else t.arg(2), budget)
-        a = _fold(t.arg(1), budget)
-        return a if a is not None and a == _fold(t.arg(2), budget) else None
-    if k in (z3.Z3_OP_EQ, z3.Z3_OP_DISTINCT) and t.num_args() == 2:
-        x, y = t.arg(0), t.arg(1)
-        if x.eq(y):
+            return sub(arg(1) if c else arg(2))
+        x = sub(arg(1))
+        return x if x is not None and x == sub(arg(2)) else None
+    if k in (z3.Z3_OP_EQ, z3.Z3_OP_DISTINCT) and n == 2:
+        x, y = arg(0), arg(1)
+        if z3.Z3_is_eq_ast(ctx, x, y):
             return k == z3.Z3_OP_EQ
-        a, b = _fold(x, budget), _fold(y, budget)
-        return None if a is None or b is None else (a == b) == (k == z3.Z3_OP_EQ)
+        u, v = sub(x), sub(y)
+        return None if u is None or v is None else (u == v) == (k == z3.Z3_OP_EQ)
     if k in _BV_CMP:
-        signed, op = _BV_CMP[k]
-        a, b = _fold(t.arg(0), budget), _fold(t.arg(1), budget)
-        if a is None or b is None:
+        signed, cmp = _BV_CMP[k]
+        x = arg(0)
+        u, v = sub(x), sub(arg(1))
+        if u is None or v is None:
             return None
         if signed:
-            w = t.arg(0).size()
-            a, b = _signed(a, w), _signed(b, w)
-        return op(a, b)
+            w = _width(ctx, x)
+            u, v = _signed(u, w), _signed(v, w)
+        return cmp(u, v)
     if k == z3.Z3_OP_ZERO_EXT:
-        return _fold(t.arg(0), budget)
+        return sub(arg(0))
     if k == z3.Z3_OP_SIGN_EXT:
-        v = _fold(t.arg(0), budget)
-        return None if v is None else _signed(v, t.arg(0).size()) % (1 << t.size())
+        x = arg(0)
+        v = sub(x)
+        return None if v is None else _signed(v, _width(ctx, x)) % (1 << _width(ctx, a))
     if k == z3.Z3_OP_EXTRACT:
-        v = _fold(t.arg(0), budget)
-        hi, lo = t.params()
+        v = sub(arg(0))
+        hi, lo = z3.Z3_get_decl_int_parameter(ctx, decl, 0), z3.Z3_get_decl_int_parameter(ctx, decl, 1)
         return None if v is None else (v >> lo) & ((1 << (hi - lo + 1)) - 1)
     if k == z3.Z3_OP_CONCAT:
         out = 0
-        for a in t.children():
-            v = _fold(a, budget)
+        for i in range(n):
+            b = arg(i)
+            v = sub(b)
             if v is None:
                 return None
-            out = (out << a.size()) | v
+            out = (out << _width(ctx, b)) | v
         return out
-    if k == z3.Z3_OP_SELECT and t.num_args() == 2:
-        return _read(t.arg(0), t.arg(1), budget)
-    if z3.is_bv(t) or z3.is_bool(t):  # any other operation on constants: evaluate it on the constants alone
+    if k == z3.Z3_OP_SELECT and n == 2:
+        return _read(ctx, arg(0), arg(1), keep, budget)
+    sorts = [z3.Z3_get_sort_kind(ctx, z3.Z3_get_sort(ctx, x)) for x in [a] + [arg(i) for i in range(n)]]
+    if sorts[0] in (_BV_SORT, _BOOL_SORT):  # any other operation on constants: evaluate it on the constants alone
+        t = z3.z3._to_expr_ref(a, keep.ctx)
         args = []
-        for a in t.children():
-            v = _fold(a, budget) if z3.is_bv(a) or z3.is_bool(a) else None
+        for b, sort in zip(t.children(), sorts[1:]):
+            v = sub(b.as_ast()) if sort in (_BV_SORT, _BOOL_SORT) else None
             if v is None:
                 return None
-            args.append(z3.BoolVal(v) if z3.is_bool(a) else z3.BitVecVal(v, a.size()))
+            args.append(z3.BoolVal(v) if sort == _BOOL_SORT else z3.BitVecVal(v, b.size()))
         value = z3.simplify(t.decl()(*args) if args else t)
         if z3.is_true(value) or z3.is_false(value):
             return z3.is_true(value)
@@ -215,36 +241,42 @@ def _fold_new(t, budget):
     return None
 
 
-def _read(array, index, budget):
+def _read(ctx, array, index, keep, budget):
     """The constant at `index` of an array term, or None (see `fold`)."""
-    key = ("read", array.get_id(), index.get_id())
+    key = ("read", z3.Z3_get_ast_id(ctx, array), z3.Z3_get_ast_id(ctx, index))
     hit = _MEMO.get(key)
     if hit is not None:
         return hit[1]
     budget[0] -= 1
-    k = _app_kind(array)
+    k = _op(ctx, array)
     if budget[0] <= 0 or k is None:
         return None
+
+    def arg(i):
+        return z3.Z3_get_app_arg(ctx, array, i)
+
+    def sub(b):
+        return _fold(ctx, b, keep, budget)
     value = None
-    if k == z3.Z3_OP_STORE and array.num_args() == 3:
-        j = array.arg(1)
-        if j.eq(index):
-            value = _fold(array.arg(2), budget)
+    if k == z3.Z3_OP_STORE and z3.Z3_get_app_num_args(ctx, array) == 3:
+        j = arg(1)
+        if z3.Z3_is_eq_ast(ctx, j, index):
+            value = sub(arg(2))
         else:
-            a, b = _fold(j, budget), _fold(index, budget)
-            if a is not None and b is not None:
-                value = _fold(array.arg(2), budget) if a == b else _read(array.arg(0), index, budget)
+            u, v = sub(j), sub(index)
+            if u is not None and v is not None:
+                value = sub(arg(2)) if u == v else _read(ctx, arg(0), index, keep, budget)
     elif k == z3.Z3_OP_CONST_ARRAY:
-        value = _fold(array.arg(0), budget)
+        value = sub(arg(0))
     elif k == z3.Z3_OP_ITE:
-        c = _fold(array.arg(0), budget)
+        c = sub(arg(0))
         if c is not None:
-            value = _read(array.arg(1) if c else array.arg(2), index, budget)
+            value = _read(ctx, arg(1) if c else arg(2), index, keep, budget)
         else:
-            a = _read(array.arg(1), index, budget)
-            value = a if a is not None and a == _read(array.arg(2), index, budget) else None
+            x = _read(ctx, arg(1), index, keep, budget)
+            value = x if x is not None and x == _read(ctx, arg(2), index, keep, budget) else None
     if budget[0] > 0:
-        _memo(key, (array, index), lambda: value)
+        _memo(key, (keep,), lambda: value)
     return value
 
 
