@@ -349,3 +349,41 @@ cdef class TraceRows:
                 self.interface(b + 8, total - 12)
             elif btype == 2 or btype == 3:  # obsolete and simple packet blocks: the Python reader
                 raise Fallback()
+
+
+# -- the search's memo (verify/replay_search.py: _memo_reads is the reference) ------------------------
+from cpython.dict cimport PyDict_GetItem
+from cpython.set cimport PySet_Contains, PySet_Add
+from cpython.object cimport PyObject
+
+
+def memo_reads(list reads, dict writer, set deps, touched, missing):
+    """replay_search._memo_reads in C: whether a recorded step's reads (storage, key, value,
+    (sid, key), kind) find their values, each read as Tracker.read does it, up to the first
+    that does not."""
+    cdef tuple r
+    cdef PyObject *d
+    cdef PyObject *got
+    cdef object raw, wk, storage
+    cdef bint track = touched is not None
+    cdef set touched_set = touched if track else None
+    cdef long kind
+    for item in reads:
+        r = <tuple>item
+        storage, wk = r[0], r[3]
+        d = PyDict_GetItem(writer, wk)
+        if d != NULL and <object>d:
+            deps |= <object>d
+        if track:
+            PySet_Add(touched_set, wk)
+        kind = r[4]
+        if kind == 0:
+            got = PyDict_GetItem(storage, r[1])
+            raw = <object>got if got != NULL else missing
+        elif kind == 1:
+            raw = True if PySet_Contains(storage, r[1]) else missing
+        else:
+            raw = storage._value
+        if raw != r[2]:
+            return False
+    return True

@@ -35,6 +35,7 @@ from ..models.api import Bits, Flow, Map, Set
 from ..models.concrete import Cell, DictMap, PySet, step
 from .equivalence import Equivalence, Mismatch, compare
 from .frames import OUTSIDE, Drop, observable, refusal
+from .replay_rows import _fast
 
 NS = 1_000_000_000
 SMALL_DOMAIN = 64       # domains at most this big have every value tried
@@ -79,7 +80,7 @@ class Tracker:
         if self.touched is not None:
             self.touched.add((sid, key))
         if self.recording is not None and storage is not None:
-            self.recording.append((storage, key, storage.raw(key)))
+            self.recording.append((storage, key, storage.raw(key), (sid, key), storage.KIND))
 
     def write(self, storage, sid, key, old, present: bool = True) -> None:
         k = (sid, key)
@@ -115,6 +116,68 @@ class Tracker:
             self.offset = mark
 
 
+def _put_all(writes, tr: Tracker, deps: frozenset) -> None:
+    """storage.put(k, value) for each recorded write (storage, k, value) of a step, with the
+    tracker's `deps` (at most MAX_DEPS decisions, frozen: every write of the step depends on
+    them) and no pool storage written: what Tracker.write and the storages' put do, inline."""
+    journal, writer, wrote, touched = tr.journal, tr.writer, tr.wrote, tr.touched
+    for storage, k, value in writes:
+        kind = storage.KIND
+        if kind == 0:
+            old = dict.get(storage, k, MISSING)
+        elif kind == 1:
+            old = True if set.__contains__(storage, k) else MISSING
+        else:
+            old = storage._value
+        if value is MISSING and old is MISSING or kind == 1 and value is not MISSING and old is not MISSING:
+            continue   # removing what is not there, adding what is: the storage's put does nothing
+        wk = (storage.sid, k)
+        journal.append((storage, k, old))
+        journal.append((None, wk, writer.get(wk)))
+        writer[wk] = deps
+        wrote.append(wk)
+        if touched is not None:
+            touched.add(wk)
+        if kind == 0:
+            if value is MISSING:
+                DictMap.__delitem__(storage, k)
+            else:
+                if storage._counted and old is MISSING:
+                    concrete._count(storage._counted, k, 1)
+                dict.__setitem__(storage, k, value)
+        elif kind == 1:
+            if value is MISSING:
+                PySet.discard(storage, k)
+            else:
+                PySet.add(storage, k)
+        else:
+            storage._value = value
+
+
+def _memo_reads(reads, writer, deps, touched, missing) -> bool:
+    """Whether a recorded step's reads (storage, key, value, (sid, key), storage.KIND) find their
+    values, in order, up to the first that does not: each read as Tracker.read does it (the
+    writer's decisions into `deps`, the entry into `touched`). verify/_fast.pyx has the C copy."""
+    for storage, k, value, wk, kind in reads:
+        d = writer.get(wk)
+        if d:
+            deps |= d
+        if touched is not None:
+            touched.add(wk)
+        if kind == 0:
+            raw = dict.get(storage, k, missing)
+        elif kind == 1:
+            raw = True if set.__contains__(storage, k) else missing
+        else:
+            raw = storage._value
+        if raw != value:
+            return False
+    return True
+
+
+memo_reads = _memo_reads if _fast is None else _fast.memo_reads
+
+
 _FLOW_MASKS = tuple((1 << w) - 1 for w in Flow.widths)
 
 
@@ -134,6 +197,8 @@ def _wrap_key(kind, key):
 
 
 class TrackedMap(DictMap):
+    KIND = 0   # how memo_reads reads an entry raw (0: a dict's, 1: a set's, 2: a cell's value)
+
     def __init__(self, decl, tracker: Tracker, sid):
         super().__init__(decl)
         self.tracker, self.sid = tracker, sid
@@ -192,6 +257,8 @@ class TrackedMap(DictMap):
 
 
 class TrackedSet(PySet):
+    KIND = 1
+
     def __init__(self, decl, tracker: Tracker, sid):
         super().__init__(decl)
         self.tracker, self.sid = tracker, sid
@@ -233,6 +300,8 @@ class TrackedSet(PySet):
 
 
 class TrackedCell(Cell):
+    KIND = 2
+
     def __init__(self, width: int, tracker: Tracker, sid):
         super().__init__(width)
         self.tracker, self.sid = tracker, sid
@@ -411,6 +480,7 @@ class _Chooser:
         return value
 
     def __call__(self, values: list):          # an explicit domain: its concrete values (never empty)
+        self.search.choice_log = None          # the memo does not record such a step (its domain may read state untracked)
         def fresh():
             shown = self.search.problem.shown_values
             return next((v for v in values if v not in shown), None)
@@ -421,6 +491,13 @@ class _Chooser:
         return value
 
     def choose_domain(self, domain):            # a pool domain: [base, base+size), minus `used`'s keys
+        value = self._choose_domain(domain)
+        log = self.search.choice_log
+        if log is not None:   # for the memo: the call and its answer (see Search._rechoose)
+            log.append((self.instance, domain.pool, domain.used, domain.kind, value))
+        return value
+
+    def _choose_domain(self, domain):
         base, size = domain.pool
         used = domain.used
         search = self.search
@@ -469,6 +546,7 @@ class Search:
         self._ahead: dict = {}
         self.stop_at = None              # run() stops when it reaches this unit (to diagnose it)
         self.memo: dict = {}             # (view, clock readings) -> recorded steps (see _memo_run)
+        self.choice_log: list | None = None   # the pool choices of the step being recorded (see _memo_run)
         self.memo_keys = MEMO_KEYS       # views recorded before the memo starts afresh
         self.horizon = HORIZON
         self.start()
@@ -631,32 +709,59 @@ class Search:
         key = (_view_key(unit), unit.writes, self.ticks(t))
         tr, memo = self.tracker, self.memo
         for entry in memo.get(key, ()):
-            reads, writes, produced, drops, clocked = entry
-            for storage, k, value in reads:
-                tr.read(storage.sid, k)
-                if storage.raw(k) != value:
-                    break
-            else:
+            reads, writes, produced, drops, clocked, choices = entry
+            if memo_reads(reads, tr.writer, tr.deps, tr.touched, MISSING):
+                if choices and not self._rechoose(chooser, choices):
+                    break   # another answer to one of its choices: the models run
                 for storage, k, value in writes:
                     storage.put(k, value)
                 return produced, drops, clocked
         tr.recording = reads = []
+        self.choice_log = []
         try:
             produced, drops, clocked = self.execute(unit, t, chooser)
+            choices = self.choice_log   # None if a choice the memo cannot repeat was made
         finally:
             tr.recording = None
-        if not chooser.made and not self.pool_events:
+            self.choice_log = None
+        if choices is not None:
             states = self.state
             writes = []
             for sid, k in dict.fromkeys(tr.wrote):
                 storage = states[sid[0]][sid[1]]
                 writes.append((storage, k, storage.raw(k)))
             entries = memo.setdefault(key, [])
-            entries.insert(0, (reads, writes, produced, drops, clocked))
+            entries.insert(0, (reads, writes, produced, drops, clocked, tuple(choices)))
             del entries[MEMO_VARIANTS:]
             if len(memo) > self.memo_keys:
                 memo.clear()
         return produced, drops, clocked
+
+    def _rechoose(self, chooser: _Chooser, choices: tuple) -> bool:
+        """A recorded step's pool choices asked again, in order, of this attempt's chooser (the
+        same calls the models would make: the step read the same values up to each of them):
+        True if every answer is the recorded one -- then the step is the recorded step, and the
+        chooser, the frame's alternatives and the pool events are as running it leaves them --
+        else False with all of those as they were (the models then run the step)."""
+        from ..models.api import Domain
+        frame, tr = chooser.frame, self.tracker
+        saved = (len(chooser.taken), len(chooser.made), dict(chooser.per_instance), len(frame.pending),
+                 len(self.pool_events), set(tr.pool_sids), chooser.instance)
+        try:
+            for instance, pool, used, kind, value in choices:
+                chooser.instance = instance
+                if chooser._choose_domain(Domain((), kind, pool=pool, used=used)) != value:
+                    break
+            else:
+                return True
+        except _Skip:
+            pass
+        taken, made, per_instance, pending, events, pool_sids, instance = saved
+        del chooser.taken[taken:], chooser.made[made:], frame.pending[pending:], self.pool_events[events:]
+        chooser.per_instance, chooser.instance = per_instance, instance
+        tr.pool_sids.clear()
+        tr.pool_sids.update(pool_sids)
+        return False
 
     def _replayed(self, unit, i: int, lo: int) -> bool:
         """The common case without frames: input i is the first alternative (processed at lo),
@@ -675,24 +780,26 @@ class Search:
         tr = self.tracker
         tr.deps, tr.wrote, tr.pool_writes = set(), [], []
         self.pool_events = []
+        writer, deps, touched = tr.writer, tr.deps, tr.touched
         for entry in entries:
-            reads, writes, produced, drops, clocked = entry
-            for storage, k, value in reads:
-                tr.read(storage.sid, k)
-                if storage.raw(k) != value:
-                    break
-            else:
+            reads, writes, produced, drops, clocked, choices = entry
+            if memo_reads(reads, writer, deps, touched, MISSING):
                 break
         else:
             return False   # attempt() runs the step (the reads above add nothing it would not)
+        if choices:   # a step with choices leaves alternatives: attempt() takes it (with its frame)
+            return False
         if produced != p.observed.get(unit.seq, []) \
                 or clocked and self.ticks(unit.time_ns + p.stall_ns) != self.ticks(lo):
             return False
         pool_sids = tr.pool_sids
         if pool_sids and any(storage.sid in pool_sids for storage, _, _ in writes):
             return False
-        for storage, k, value in writes:
-            storage.put(k, value)
+        if len(deps) > MAX_DEPS:
+            for storage, k, value in writes:
+                storage.put(k, value)
+        else:
+            _put_all(writes, tr, frozenset(deps) if deps else EMPTY)
         if lo == unit.time_ns:   # _commit with no alternative left
             self.tdeps = EMPTY
         self.tprev = lo
