@@ -699,10 +699,12 @@ class Search:
         return tuple((t - t0) * f // NS for f in tps)
 
     def _memo_run(self, unit, t, chooser):
-        """Like execute, but a step that made no choice is recorded -- the values it read, the
-        values it left -- and replayed without running the models when an input with the same
-        view, at the same clock readings, finds every value it reads unchanged (the handlers are
-        deterministic given what they read, their choices and the clock)."""
+        """Like execute, but a step that made no choice (or whose pool choices all found the pool
+        used up) is recorded -- the values it read, the values it left, its pool choices and their
+        answers -- and replayed without running the models when an input with the same view, at the
+        same clock readings, finds every value it reads unchanged and the chooser gives the same
+        answers to the same pool choices (Search._rechoose; the handlers are deterministic given
+        what they read, their choices and the clock)."""
         view = unit.view
         if view is OUTSIDE or isinstance(view, Drop):
             return self.execute(unit, t, chooser)
@@ -724,7 +726,10 @@ class Search:
         finally:
             tr.recording = None
             self.choice_log = None
-        if choices is not None:
+        # a step whose choice took a value wrote it into the state (a flow's port, its backend):
+        # the flow's next input finds another state, so such steps are not kept (memory); the
+        # steps kept are those that made no choice or found every pool used up (made none either)
+        if choices is not None and all(c[4] is None for c in choices):
             states = self.state
             writes = []
             for sid, k in dict.fromkeys(tr.wrote):

@@ -220,9 +220,9 @@ def first_pass(path, chain_text, params, inside, eq: Equivalence, stall_ns: int,
                 channel = eq.channel(item.egress, item.key, rec.flow_of)
                 before = order.get(channel)
                 if before is not None and before[0] > item.seq:
-                    out.inversions.append((output_tag(item), before[1]))
-                else:
-                    order[channel] = (item.seq, output_tag(item))
+                    out.inversions.append((output_tag(item), output_tag(before[1])))
+                else:   # the output itself: its tag is needed only for an inversion
+                    order[channel] = (item.seq, item)
         else:
             out.events.append(item)
             if item.kind == "choice" and isinstance(item.fields.get("seq"), int) \
