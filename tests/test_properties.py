@@ -100,3 +100,12 @@ def test_queries_skipped_as_already_unsatisfiable_keep_the_verdict(model, strate
     assert result.verdict == ("counterexample" if explicit else "proved"), (result.reason, explicit and explicit.observed)
     if result.verdict == "proved":
         assert result.stats.get("identical", 0) > 0, result.stats
+
+
+@pytest.mark.slow
+def test_sticky_backend_under_sync_is_proved_at_bound_4():
+    """A query of this proof runs out of resources in the process that built it (its terms'
+    numbering) and is decided by its copy in a fresh context (verify/solver.py)."""
+    (sticky,) = properties_of(LB).values()
+    result = check_property(LB, sticky, Strategy.parse("stateful.sync"), 4)
+    assert result.verdict == "proved", result.reason
