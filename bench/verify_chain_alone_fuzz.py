@@ -3,21 +3,24 @@ instance crashing alone is checked against the explicit enumeration of that inst
 alone (verify/chain_crash.py `enumerate_instance_crashes`).
 
     .venv/bin/python bench/verify_chain_alone_fuzz.py [--cases 60] [--seed 0] [--timeout 60]
-                                                      [--budget 20] [--findings FILE] [--show]
+                                                      [--budget 20] [--statements 3] [--findings FILE] [--show]
 
 Cases are random chains of 2-3 instances, cycled over these kinds:
   generated  generated models (tests/model_gen.py `models`), linear; a member may be "turned"
              (its `alt` gate faces inside: its outputs there travel back upstream)
-  clocked    one clocked generated model (tests/model_gen_time.py) next to unclocked members
-             (generated or small test NFs), sometimes two clocked ones (condition 3 blocks them)
-  mixed      small test NFs (tests/chain_nfs.py) and generated models, linear
+  clocked    one clocked member (a tests/model_gen_time.py model, or `idle` / `clock` below) next
+             to unclocked ones (generated or hand-written), sometimes two clocked ones
+             (condition 3 blocks them)
+  mixed      hand-written NFs (tests/chain_nfs.py, and the adversarial ones below: two outputs to
+             both sides, a replay adding or dropping an output, downstreams that turn inbound
+             packets around and count or drop out-of-order labels, a tee) and generated models
   branching  graphs built with the Python API: a fork (split -> two members, each to its own
              egress) or a merge (split -> two members -> one member)
   bundled    the chains of tests/test_chain.py and tests/test_chain_crash.py with their universes
 and every strategy form (models/strategy.py STRATEGY_FORMS, parameters 1 and 2), plain, with the
 replay-protected-input mutation, --no-replay-input, and a few with the other mutations and
 --no-dedup, --log-choices on and off (the strategy list is cycled, so a run covers it evenly).
-Clocked chains get a failover time F in {1, 2} and a max stall S below, equal to and above F, and
+Clocked chains get a failover time F in {0, 1, 2} and a max stall S below, equal to and above F, and
 arrival gaps {0, 1, F, F + S + 1}.
 
 For each case and each instance: `check_alone` at bound 2 against `enumerate_instance_crashes`
@@ -33,7 +36,11 @@ Each case runs in a forked child; one that outlives --timeout is killed and coun
 Prints `RESULT <metric> <value> <unit>` lines: cases run (and by kind), skipped (slow), model
 errors, checks, proved, counterexample, unknown, enumerated violations, unknown where the
 enumeration found a violation (incompleteness, not a bug), disagreements, errors, slowest case and
-slowest check seconds; and `covers` (verify/chain_alone.py) for every strategy up to 8 inputs."""
+slowest check seconds; and `covers` (verify/chain_alone.py) for every strategy up to 8 inputs.
+
+`--drop CONDITION` breaks the reduction on purpose in the children (`drop_condition`: references
+not aligned, conditions 2 and/or 3 ignored, checkpoint:N not widened to async): the disagreements
+it then reports measure what the cross-check catches of an unsound reduction."""
 from __future__ import annotations
 
 import argparse
@@ -46,6 +53,8 @@ import time
 import traceback
 from pathlib import Path
 
+from nfproof.models.api import NF, Bits, Counter, Map, Pool, Port
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
@@ -56,6 +65,183 @@ KINDS = ("generated", "clocked", "mixed", "branching", "bundled")
 
 def result(metric: str, value, unit: str) -> None:
     print(f"RESULT {metric} {value} {unit}", flush=True)
+
+
+# -- adversarial NFs (also tests/test_chain_alone_fuzz.py's targeted chains) -------------------------
+def _gate(pkt):
+    return "down" if pkt.inbound else "up"
+
+
+class EchoOut(NF):
+    """An outbound packet gets a tag chosen once per source port (remembered) in its dport and
+    is emitted twice: on towards the outside (`up`) and, turned around, back towards the inside
+    (`down`) carrying the tag in its sport. Inbound packets pass on `down`."""
+
+    name = "echo-out"
+    gates = ("up", "down")
+    outside, inside = ("up",), ("down",)
+    tags = Pool(base=7001, size=2)
+    by_src = Map(Port, Port)
+
+    def handle(self, pkt, ctx):
+        if pkt.inbound:
+            return ctx.emit(pkt, "down")
+        tag = self.by_src.get(pkt.sport)
+        if tag is None:
+            tag = ctx.choose(self.tags.all())
+            self.by_src[pkt.sport] = tag
+        ctx.emit(pkt.rewrite(dport=tag), "up")
+        ctx.emit(pkt.rewrite(src=pkt.dst, dst=pkt.src, sport=tag, dport=pkt.sport, inbound=True), "down")
+
+
+class EchoIn(NF):
+    """EchoOut mirrored: an inbound packet is tagged (per destination port, remembered) and
+    emitted back towards the inside (`down`) and, turned around, towards the outside (`up`);
+    outbound packets pass on `up`."""
+
+    name = "echo-in"
+    gates = ("up", "down")
+    outside, inside = ("up",), ("down",)
+    tags = Pool(base=7001, size=2)
+    by_dst = Map(Port, Port)
+
+    def handle(self, pkt, ctx):
+        if not pkt.inbound:
+            return ctx.emit(pkt, "up")
+        tag = self.by_dst.get(pkt.dport)
+        if tag is None:
+            tag = ctx.choose(self.tags.all())
+            self.by_dst[pkt.dport] = tag
+        ctx.emit(pkt.rewrite(sport=tag), "down")
+        ctx.emit(pkt.rewrite(src=pkt.dst, dst=pkt.src, sport=pkt.dport, dport=tag, inbound=False), "up")
+
+
+class Burst(NF):
+    """Stateless: each packet is emitted once or twice (a fresh choice every time; the copies
+    labelled 0 and 1): a replay can emit more or fewer outputs than the primary did."""
+
+    name = "burst"
+    gates = ("up", "down")
+    outside, inside = ("up",), ("down",)
+    copies = Pool(base=1, size=2)
+
+    def handle(self, pkt, ctx):
+        k = ctx.choose(self.copies.all())
+        for i in range(2):
+            if i < k:
+                ctx.emit(pkt.rewrite(label=i), _gate(pkt))
+
+
+class StickyBurst(Burst):
+    """Burst whose number of copies is chosen once (the first packet) and kept."""
+
+    name = "sticky-burst"
+    kept = Counter(Bits(8, "Count"))
+
+    def handle(self, pkt, ctx):
+        if self.kept == 0:
+            self.kept = ctx.choose(self.copies.all())
+        for i in range(2):
+            if i < self.kept:
+                ctx.emit(pkt.rewrite(label=i), _gate(pkt))
+
+
+class Maybe(NF):
+    """Stateless: each packet leaves on `log` (an egress of its own) and, by a fresh choice, a
+    copy labelled 1 follows it on `up`/`down`: output 1 is the only one that reaches the next
+    instance, once per chain input at most (condition 2 holds), and a replay can add it to an
+    input whose primary left it out."""
+
+    name = "maybe"
+    gates = ("up", "down", "log")
+    outside, inside = ("up",), ("down",)
+    copies = Pool(base=1, size=2)
+
+    def handle(self, pkt, ctx):
+        ctx.emit(pkt, "log")
+        if ctx.choose(self.copies.all()) == 2:
+            ctx.emit(pkt.rewrite(label=1), _gate(pkt))
+
+
+class Mirror(NF):
+    """Counts every packet into `flags` (order-dependent state) and sends everything out on
+    `up`: an inbound packet is turned back out without reaching the instance before it."""
+
+    name = "mirror"
+    gates = ("up", "down")
+    outside, inside = ("up",), ("down",)
+    seen = Counter(Bits(8, "Count"))
+
+    def handle(self, pkt, ctx):
+        self.seen += 1
+        ctx.emit(pkt.rewrite(flags=self.seen), "up")
+
+
+class Latch(NF):
+    """Drops a packet whose label is below the highest label seen so far (remembered): an
+    out-of-order arrival is lost. Everything that passes leaves on `up` (inbound turned back out)."""
+
+    name = "latch"
+    gates = ("up", "down")
+    outside, inside = ("up",), ("down",)
+    high = Counter(Bits(8, "Label"))
+
+    def handle(self, pkt, ctx):
+        if pkt.label < self.high:
+            return ctx.drop("out of order")
+        self.high = pkt.label
+        ctx.emit(pkt, "up")
+
+
+class Idle(NF):
+    """Reads the clock: a packet passes if its source port was not seen, or was seen at most 1
+    tick ago (then refreshed); else it is dropped (an idle timeout, the firewall's idea)."""
+
+    name = "idle"
+    gates = ("up", "down")
+    outside, inside = ("up",), ("down",)
+    last = Map(Port, Bits(32, "Time"))
+
+    def handle(self, pkt, ctx):
+        now = ctx.now()
+        seen = self.last.get(pkt.sport)
+        if seen is not None and now - seen > 1:
+            return ctx.drop("idle")
+        self.last[pkt.sport] = now
+        ctx.emit(pkt, _gate(pkt))
+
+
+class Clock(NF):
+    """Reads the clock: writes the time since the previous packet into `label`."""
+
+    name = "clock"
+    gates = ("up", "down")
+    outside, inside = ("up",), ("down",)
+    last = Counter(Bits(32, "Time"))
+
+    def handle(self, pkt, ctx):
+        now = ctx.now()
+        ctx.emit(pkt.rewrite(label=now - self.last), _gate(pkt))
+        self.last = now
+
+
+class Tee(NF):
+    """Stateless: an outbound packet is copied to both outside-facing gates (`left`, `right`);
+    inbound packets go back on `back`."""
+
+    name = "tee"
+    gates = ("left", "right", "back")
+    outside, inside = ("left", "right"), ("back",)
+
+    def handle(self, pkt, ctx):
+        if pkt.inbound:
+            return ctx.emit(pkt, "back")
+        ctx.emit(pkt, "left")
+        ctx.emit(pkt.rewrite(label=1), "right")
+
+
+ADVERSARIAL = {cls.name: cls for cls in (EchoOut, EchoIn, Burst, StickyBurst, Maybe, Mirror, Latch, Idle, Clock, Tee)}
+CLOCKED_NFS = ("idle", "clock")
 
 
 # -- strategies -----------------------------------------------------------------------------------
@@ -80,8 +266,9 @@ def strategy_text(s, log: bool) -> str:
 
 
 # -- models and cases -----------------------------------------------------------------------------
-def draw_pool(count: int, seed: int) -> dict:
-    """`count` unclocked and `count` clocked generated models, each with a small packet universe."""
+def draw_pool(count: int, seed: int, statements: int = 3) -> dict:
+    """`count` unclocked and `count` clocked generated models, each with a small packet universe
+    (`statements`: the handler's top-level statements at most; above 3 also nested two deep)."""
     import model_gen
     import model_gen_time
     from hypothesis import HealthCheck, given, settings, seed as hseed, strategies as st
@@ -91,11 +278,13 @@ def draw_pool(count: int, seed: int) -> dict:
     @settings(max_examples=count, database=None, deadline=None, suppress_health_check=list(HealthCheck))
     @given(st.data())
     def collect(data):
-        m = data.draw(model_gen.models(max_statements=3, max_depth=1, max_expr_depth=1, max_choices=1, max_pool=2,
+        m = data.draw(model_gen.models(max_statements=statements, max_depth=1 if statements <= 3 else 2,
+                                       max_expr_depth=1, max_choices=1 if statements <= 3 else 2, max_pool=2,
                                        final_emit=True, nondeterministic=data.draw(st.booleans())))
         u = data.draw(st.lists(model_gen.small_packets(m), min_size=3, max_size=3, unique=True))
         pool["plain"].append((m.source, u))
-        c = data.draw(model_gen_time.clocked_models(max_statements=3, nondeterministic=data.draw(st.booleans())))
+        c = data.draw(model_gen_time.clocked_models(max_statements=statements, max_depth=1 if statements <= 3 else 2,
+                                                    nondeterministic=data.draw(st.booleans())))
         u = data.draw(st.lists(model_gen.small_packets(c), min_size=3, max_size=3, unique=True))
         pool["clocked"].append((c.source, u))
 
@@ -104,8 +293,11 @@ def draw_pool(count: int, seed: int) -> dict:
 
 
 def small_nfs() -> list[str]:
+    """Hand-written members: tests/chain_nfs.py's (but those that loop or turn every packet
+    around) and the adversarial ones above that read no clock."""
     from chain_nfs import TEST_NFS
-    return [n for n in sorted(TEST_NFS) if n not in ("always-up", "always-down", "reject")]
+    return [n for n in sorted(TEST_NFS) if n not in ("always-up", "always-down", "reject")] + \
+        [n for n in sorted(ADVERSARIAL) if n not in CLOCKED_NFS]
 
 
 def bundled_chains() -> dict:
@@ -183,7 +375,7 @@ def draw_case(k: int, rng, strat: list, pool: dict) -> dict:
                 spec, u = gen(plain)
             elif kind == "clocked":
                 if position == 0 or rng.random() < 0.2:  # (a second clocked member: condition 3 blocks)
-                    spec, u = gen(clocked)
+                    spec, u = gen(clocked) if rng.random() < 0.7 else (("test", rng.choice(CLOCKED_NFS)), [])
                 elif rng.random() < 0.5:
                     spec, u = ("test", rng.choice(small)), []
                 else:
@@ -213,8 +405,8 @@ def draw_case(k: int, rng, strat: list, pool: dict) -> dict:
             universe += extra[:1]
         case["universe"] = universe
     case["clocked"] = None  # filled in by the child (needs the classes)
-    f = rng.choice((1, 2))
-    case["F"], case["S"] = f, rng.choice((f - 1, f, f + 1))
+    f = rng.choice((0, 1, 1, 2, 2))
+    case["F"], case["S"] = f, rng.choice(tuple(x for x in (f - 1, f, f + 1) if x >= 0))
     case["gaps"] = tuple(sorted({0, 1, f, f + case["S"] + 1}))
     return case
 
@@ -232,7 +424,7 @@ def member_class(spec):
     if spec[0] == "gen":
         cls = model_gen.compile_model(spec[1])
         return _turned(cls) if spec[2] else cls
-    return TEST_NFS[spec[1]]
+    return ADVERSARIAL.get(spec[1]) or TEST_NFS[spec[1]]
 
 
 def build_chain(case: dict):
@@ -284,7 +476,8 @@ def describe(case: dict) -> str:
             lines.append(f"member {name}: generated model{' (turned: alt faces inside)' if spec[2] else ''}:")
             lines += ["    " + line for line in spec[1].splitlines()]
         else:
-            lines.append(f"member {name}: tests/chain_nfs.py {spec[1]!r}")
+            where = "bench/verify_chain_alone_fuzz.py" if spec[1] in ADVERSARIAL else "tests/chain_nfs.py"
+            lines.append(f"member {name}: {where} {spec[1]!r}")
     lines.append("universe: " + ", ".join(repr(p) for p in case["universe"]))
     if case.get("clocked"):
         lines.append(f"timed: F={case['F']} S={case['S']} gaps={case['gaps']}")
@@ -317,14 +510,19 @@ def primary_choices(chooser):
 
 # -- one check ------------------------------------------------------------------------------------
 def check_instance(nf, chain, instance: str, strategy, log: bool, bound: int, universe: list, timed: bool,
-                   f: int, s: int, gaps, budget: float) -> dict:
-    """check_alone against the enumeration for one instance; the counterexample re-explained."""
+                   f: int, s: int, gaps, budget: float, phase=None) -> dict:
+    """check_alone against the enumeration for one instance; the counterexample re-explained.
+    `phase(text)`, if given, hears which part starts (so a case killed for time says where)."""
     from nfproof.verify.chain_alone import check_alone
     from nfproof.verify.chain_crash import enumerate_instance_crashes
     from nfproof.verify.simulate import explain
     t = time.perf_counter()
+    if phase:
+        phase(f"{instance}@{bound} check_alone")
     alone = check_alone(nf, instance, strategy, bound, budget, log, f if timed else 0, s if timed else 0)
     t1 = time.perf_counter()
+    if phase:
+        phase(f"{instance}@{bound} enumeration (check_alone {alone.verdict} in {t1 - t:.1f} s)")
     enumerated = None
     for chooser in PRIMARY_CHOOSERS:
         with primary_choices(chooser):
@@ -370,7 +568,7 @@ def run_case(case: dict, budget: float, cheap: float, send) -> None:
         for instance in chain.members:
             try:
                 r = check_instance(nf, chain, instance, case["strategy"], case["log"], bound, universe, timed, f, s,
-                                   gaps, budget)
+                                   gaps, budget, lambda text: send(dict(phase=text)))
             except ModelError as e:
                 send(dict(model_error=f"{instance}: {e}"))
                 return
@@ -383,20 +581,41 @@ def run_case(case: dict, budget: float, cheap: float, send) -> None:
             plans.append((3, case["universe"][:2], (0, f, f + s + 1) if timed else None))
 
 
-def _child(conn, case, budget, cheap):
+def drop_condition(name: str) -> None:
+    """Breaks the reduction on purpose (in a child process only), to measure what the cross-check
+    catches: `aligned` (X alone proved with whole-sequence references), `obstacles` (conditions 2
+    and 3 ignored), `routing` (condition 2 ignored), `clock` (condition 3 ignored), `widening`
+    (X alone under the chain's strategy itself, checkpoint:N not widened to async)."""
+    from nfproof.verify import chain_alone
+    real_verify, real_obstacles = chain_alone.verify_failover, chain_alone.obstacles
+    if name == "aligned":
+        chain_alone.verify_failover = lambda *a, **k: real_verify(*a, **dict(k, aligned=False))
+    elif name == "obstacles":
+        chain_alone.obstacles = lambda *a, **k: []
+    elif name in ("routing", "clock"):
+        markers = ("may handle two packets", "is fed by") if name == "routing" else ("read the clock", "other ticks")
+        chain_alone.obstacles = lambda *a, **k: [o for o in real_obstacles(*a, **k) if not any(m in o for m in markers)]
+    elif name == "widening":
+        chain_alone.alone_strategy = chain_alone.in_a_chain
+    elif name:
+        raise ValueError(f"unknown condition {name!r}")
+
+
+def _child(conn, case, budget, cheap, drop=""):
     try:
+        drop_condition(drop)
         run_case(case, budget, cheap, conn.send)
     finally:
         conn.send(None)
         conn.close()
 
 
-def run_isolated(case: dict, timeout: float, budget: float, cheap: float) -> tuple[list, bool, float]:
+def run_isolated(case: dict, timeout: float, budget: float, cheap: float, drop: str = "") -> tuple[list, bool, float]:
     """(result dicts, killed for time, seconds): the case in a forked child."""
     ctx = multiprocessing.get_context("fork")
     parent, child = ctx.Pipe(duplex=False)
     t = time.perf_counter()
-    p = ctx.Process(target=_child, args=(child, case, budget, cheap))
+    p = ctx.Process(target=_child, args=(child, case, budget, cheap, drop))
     p.start()
     child.close()
     out, killed = [], False
@@ -452,6 +671,9 @@ def main() -> None:
     ap.add_argument("--timeout", type=float, default=60.0, help="wall seconds per case (then: skipped (slow))")
     ap.add_argument("--budget", type=float, default=20.0, help="solver seconds per check_alone")
     ap.add_argument("--cheap", type=float, default=3.0, help="a case done at bound 2 within this runs bound 3 too")
+    ap.add_argument("--statements", type=int, default=3, help="generated handlers' top-level statements at most")
+    ap.add_argument("--drop", default="", choices=("", "aligned", "obstacles", "routing", "clock", "widening"),
+                    help="break the reduction on purpose (disagreements expected): what the cross-check catches")
     ap.add_argument("--findings", help="append each disagreement's reproducer to this file")
     ap.add_argument("--show", action="store_true", help="print every case's description")
     ap.add_argument("--covers-upto", type=int, default=8)
@@ -459,7 +681,7 @@ def main() -> None:
     import nfproof.verify.chain_alone  # noqa: F401  (imported before forking: children start warm)
     import nfproof.verify.chain_crash  # noqa: F401
     t0 = time.perf_counter()
-    pool = draw_pool(max(4, args.cases), args.seed)
+    pool = draw_pool(max(4, args.cases), args.seed, args.statements)
     cases = make_cases(args.cases, args.seed, pool)
     tally = dict(cases=0, skipped=0, model_errors=0, checks=0, proved=0, counterexample=0, unknown=0,
                  enum_violations=0, unknown_with_violation=0, disagreements=0, errors=0)
@@ -467,12 +689,16 @@ def main() -> None:
     reasons: dict = {}
     slow_cases, slow_checks = [], []
     for case in cases:
-        results, killed, seconds = run_isolated(case, args.timeout, args.budget, args.cheap)
+        results, killed, seconds = run_isolated(case, args.timeout, args.budget, args.cheap, args.drop)
         tally["cases"] += 1
         kind = by_kind.setdefault(case["kind"], dict(cases=0, proved=0, counterexample=0, unknown=0, skipped=0))
         kind["cases"] += 1
         notes = []
+        phase = ""
         for r in results:
+            if "phase" in r:
+                phase = r["phase"]
+                continue
             if "clocked" in r:
                 case["clocked"] = r["clocked"]
                 continue
@@ -509,7 +735,7 @@ def main() -> None:
         if killed:
             tally["skipped"] += 1
             kind["skipped"] += 1
-            notes.append("skipped (slow)")
+            notes.append(f"skipped (slow, in {phase or 'setup'})")
         slow_cases.append((seconds, case["id"], case["kind"], case["topology"], strategy_text(case["strategy"], case["log"])))
         print(f"# [{tally['cases']}/{len(cases)}] case {case['id']} {case['kind']} {case['topology']} "
               f"{len(case['members']) or ''} {strategy_text(case['strategy'], case['log'])}"

@@ -3,7 +3,8 @@ one instance crashing alone against the enumeration of that instance crashing al
 (verify/chain_crash.py `enumerate_instance_crashes`): a "proved" where the enumeration finds an
 unexplained run is a false proof; a counterexample must stay unexplained when re-explained.
 
-- Hand-written chains aimed at the steps of the theorem's argument:
+- Hand-written chains aimed at the steps of the theorem's argument (their NFs are defined in
+  bench/verify_chain_alone_fuzz.py, whose random "mixed" chains use them too):
   * an instance with two outputs per input, one to each side (one travelling back towards where
     the packet came from): first, last and in the middle of a chain (in the middle it reaches
     its upstream twice: condition 2 blocks the reduction);
@@ -33,7 +34,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "bench"))
 
-from nfproof.models.api import NF, TCP, Bits, Counter, Map, Packet, Pool, Port
+from nfproof.models.api import TCP, Packet
 from nfproof.models.chain import Chain
 from nfproof.models.strategy import Strategy
 from nfproof.verify import chain_alone
@@ -42,179 +43,8 @@ from nfproof.verify.equivalence import STRICT
 from nfproof.verify.induction import reads_clock
 
 import verify_chain_alone_fuzz as fuzz
+from verify_chain_alone_fuzz import Burst, Clock, EchoIn, EchoOut, Idle, Latch, Maybe, Mirror, StickyBurst, Tee
 from chain_nfs import Count, Pick, Split
-
-
-def _gate(pkt):
-    return "down" if pkt.inbound else "up"
-
-
-class EchoOut(NF):
-    """An outbound packet gets a tag chosen once per source port (remembered) in its dport and
-    is emitted twice: on towards the outside (`up`) and, turned around, back towards the inside
-    (`down`) carrying the tag in its sport. Inbound packets pass on `down`."""
-
-    name = "echo-out"
-    gates = ("up", "down")
-    outside, inside = ("up",), ("down",)
-    tags = Pool(base=7001, size=2)
-    by_src = Map(Port, Port)
-
-    def handle(self, pkt, ctx):
-        if pkt.inbound:
-            return ctx.emit(pkt, "down")
-        tag = self.by_src.get(pkt.sport)
-        if tag is None:
-            tag = ctx.choose(self.tags.all())
-            self.by_src[pkt.sport] = tag
-        ctx.emit(pkt.rewrite(dport=tag), "up")
-        ctx.emit(pkt.rewrite(src=pkt.dst, dst=pkt.src, sport=tag, dport=pkt.sport, inbound=True), "down")
-
-
-class EchoIn(NF):
-    """EchoOut mirrored: an inbound packet is tagged (per destination port, remembered) and
-    emitted back towards the inside (`down`) and, turned around, towards the outside (`up`);
-    outbound packets pass on `up`."""
-
-    name = "echo-in"
-    gates = ("up", "down")
-    outside, inside = ("up",), ("down",)
-    tags = Pool(base=7001, size=2)
-    by_dst = Map(Port, Port)
-
-    def handle(self, pkt, ctx):
-        if not pkt.inbound:
-            return ctx.emit(pkt, "up")
-        tag = self.by_dst.get(pkt.dport)
-        if tag is None:
-            tag = ctx.choose(self.tags.all())
-            self.by_dst[pkt.dport] = tag
-        ctx.emit(pkt.rewrite(sport=tag), "down")
-        ctx.emit(pkt.rewrite(src=pkt.dst, dst=pkt.src, sport=pkt.dport, dport=tag, inbound=False), "up")
-
-
-class Burst(NF):
-    """Stateless: each packet is emitted once or twice (a fresh choice every time; the copies
-    labelled 0 and 1): a replay can emit more or fewer outputs than the primary did."""
-
-    name = "burst"
-    gates = ("up", "down")
-    outside, inside = ("up",), ("down",)
-    copies = Pool(base=1, size=2)
-
-    def handle(self, pkt, ctx):
-        k = ctx.choose(self.copies.all())
-        for i in range(2):
-            if i < k:
-                ctx.emit(pkt.rewrite(label=i), _gate(pkt))
-
-
-class StickyBurst(Burst):
-    """Burst whose number of copies is chosen once (the first packet) and kept."""
-
-    name = "sticky-burst"
-    kept = Counter(Bits(8, "Count"))
-
-    def handle(self, pkt, ctx):
-        if self.kept == 0:
-            self.kept = ctx.choose(self.copies.all())
-        for i in range(2):
-            if i < self.kept:
-                ctx.emit(pkt.rewrite(label=i), _gate(pkt))
-
-
-class Maybe(NF):
-    """Stateless: each packet leaves on `log` (an egress of its own) and, by a fresh choice, a
-    copy labelled 1 follows it on `up`/`down`: output 1 is the only one that reaches the next
-    instance, once per chain input at most (condition 2 holds), and a replay can add it to an
-    input whose primary left it out."""
-
-    name = "maybe"
-    gates = ("up", "down", "log")
-    outside, inside = ("up",), ("down",)
-    copies = Pool(base=1, size=2)
-
-    def handle(self, pkt, ctx):
-        ctx.emit(pkt, "log")
-        if ctx.choose(self.copies.all()) == 2:
-            ctx.emit(pkt.rewrite(label=1), _gate(pkt))
-
-
-class Mirror(NF):
-    """Counts every packet into `flags` (order-dependent state) and sends everything out on
-    `up`: an inbound packet is turned back out without reaching the instance before it."""
-
-    name = "mirror"
-    gates = ("up", "down")
-    outside, inside = ("up",), ("down",)
-    seen = Counter(Bits(8, "Count"))
-
-    def handle(self, pkt, ctx):
-        self.seen += 1
-        ctx.emit(pkt.rewrite(flags=self.seen), "up")
-
-
-class Latch(NF):
-    """Drops a packet whose label is below the highest label seen so far (remembered): an
-    out-of-order arrival is lost. Everything that passes leaves on `up` (inbound turned back out)."""
-
-    name = "latch"
-    gates = ("up", "down")
-    outside, inside = ("up",), ("down",)
-    high = Counter(Bits(8, "Label"))
-
-    def handle(self, pkt, ctx):
-        if pkt.label < self.high:
-            return ctx.drop("out of order")
-        self.high = pkt.label
-        ctx.emit(pkt, "up")
-
-
-class Idle(NF):
-    """Reads the clock: a packet passes if its source port was not seen, or was seen at most 1
-    tick ago (then refreshed); else it is dropped (an idle timeout, the firewall's idea)."""
-
-    name = "idle"
-    gates = ("up", "down")
-    outside, inside = ("up",), ("down",)
-    last = Map(Port, Bits(32, "Time"))
-
-    def handle(self, pkt, ctx):
-        now = ctx.now()
-        seen = self.last.get(pkt.sport)
-        if seen is not None and now - seen > 1:
-            return ctx.drop("idle")
-        self.last[pkt.sport] = now
-        ctx.emit(pkt, _gate(pkt))
-
-
-class Clock(NF):
-    """Reads the clock: writes the time since the previous packet into `label`."""
-
-    name = "clock"
-    gates = ("up", "down")
-    outside, inside = ("up",), ("down",)
-    last = Counter(Bits(32, "Time"))
-
-    def handle(self, pkt, ctx):
-        now = ctx.now()
-        ctx.emit(pkt.rewrite(label=now - self.last), _gate(pkt))
-        self.last = now
-
-
-class Tee(NF):
-    """Stateless: an outbound packet is copied to both outside-facing gates (`left`, `right`);
-    inbound packets go back on `back`."""
-
-    name = "tee"
-    gates = ("left", "right", "back")
-    outside, inside = ("left", "right"), ("back",)
-
-    def handle(self, pkt, ctx):
-        if pkt.inbound:
-            return ctx.emit(pkt, "back")
-        ctx.emit(pkt, "left")
-        ctx.emit(pkt.rewrite(label=1), "right")
 
 
 NFS = {cls.name: cls for cls in (EchoOut, EchoIn, Burst, Maybe, StickyBurst, Mirror, Latch, Idle, Clock, Tee, Count, Pick,
