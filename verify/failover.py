@@ -58,6 +58,7 @@ LEARNT_OFFSETS = 8     # offsets tried when a learnt reference's time is general
 MAX_REFINEMENTS = 32  # explained candidates learnt per failover point before giving up (unknown)
 REPLAY_LEMMA_RLIMIT = 5_000_000  # resource limit of `_replay_explained` (its statement is the same for every input)
 FIRST_PASS_RLIMIT = 1_000_000  # resource limit of a point's first try (most queries need far less; see _verify)
+PASS_GROWTH = 4                # each later pass over the points left undecided: 4 times the limit
 TIME_LIMIT = (1 << 30) - 1  # every arrival and crash time is at most this many ticks (no wrap in TIME_WIDTH bits)
 
 
@@ -258,8 +259,9 @@ def _verify(nf_cls, strategy, bound, budget, log_choices, progress, unbounded, c
         result.stats.update(clock=True, failover_time=failover_time, max_stall=max_stall)
     try:
         for n in range(1, bound + 1):
-            # Two passes per length: every point with a small resource limit first, the points it
-            # leaves undecided with the full one after. Any counterexample of this length is a
+            # Passes per length with growing resource limits (`_pass_limits`): every point with a
+            # small one first, the points it leaves undecided with a larger one, and so on up to the
+            # budget's. Any counterexample of this length is a
             # shortest one, and a cheap one (a sat query) is often behind a hard proof of another
             # point; the verdict is the same either way (only the order of the queries changes).
             def queries():
@@ -272,11 +274,10 @@ def _verify(nf_cls, strategy, bound, budget, log_choices, progress, unbounded, c
                         continue
                     yield point, query
             todo = queries()  # built as the first pass goes: a counterexample ends it early
-            for first_pass in (True, False):
+            for limit in _pass_limits(budget):
                 later = []
                 for point, query in todo:
-                    cex = _solve(runs, nf_cls, strategy, n, point, query, budget, log_choices,
-                                 rlimit=FIRST_PASS_RLIMIT if first_pass and (budget.rlimit or 0) > FIRST_PASS_RLIMIT else None)
+                    cex = _solve(runs, nf_cls, strategy, n, point, query, budget, log_choices, rlimit=limit)
                     if cex == "deferred":
                         later.append((point, query))
                     elif cex == "undecided":
@@ -313,6 +314,17 @@ def _verify(nf_cls, strategy, bound, budget, log_choices, progress, unbounded, c
         result.seconds = time.monotonic() - budget.start
         result.stats.update(queries=budget.queries, identical=queries_skipped, steps=len(runs.memo))
     return result
+
+
+def _pass_limits(budget) -> list:
+    """The resource limits of a length's passes over its failover points: each pass tries the
+    points the previous one left undecided, with PASS_GROWTH times its limit, the last with the
+    budget's own (None)."""
+    limits, limit = [], FIRST_PASS_RLIMIT
+    while budget.rlimit and limit < budget.rlimit:
+        limits.append(limit)
+        limit *= PASS_GROWTH
+    return limits + [None]
 
 
 def _points(strategy: Strategy, n: int, clocked: bool) -> list[_Point]:
