@@ -190,9 +190,7 @@ def add_parser(sub):
 
 def run(args) -> int:
     from .verify.chain_alone import combined_verdict, unproved_reason
-    from .verify.failover import verify_failover
     from .verify.report import as_json, error_line, html, reproduction, story
-    from .verify.solver import Budget
 
     try:
         nf_cls = configured(lookup(args.chain), args.param)

@@ -116,6 +116,7 @@ def run(units: list[tuple], followers: list[list[tuple]], jobs: int, progress) -
                 if not needed(i):
                     process.kill()
                     process.join()
+                    conn.close()
                     del running[conn]
             for i in candidates():
                 if len(running) >= jobs:
@@ -140,6 +141,7 @@ def run(units: list[tuple], followers: list[list[tuple]], jobs: int, progress) -
                     shown[i] = value
                     continue
                 del running[conn]
+                conn.close()
                 process.join()
                 if kind == "error":
                     raise value
@@ -147,9 +149,10 @@ def run(units: list[tuple], followers: list[list[tuple]], jobs: int, progress) -
             progress.side_by_side(sum(1 for j in results if needed(j)),
                                   {_TASKS[i][0]: shown.get(i) for i, _ in running.values()})
     finally:
-        for i, process in running.values():
+        for conn, (i, process) in running.items():
             process.kill()
             process.join()
+            conn.close()
     return ([results[k] for k in range(len(units))],
             [[results[offsets[k] + j] for j in range(len(fs))] if results[k].verdict == "proved" else None
              for k, fs in enumerate(followers)])

@@ -24,9 +24,11 @@ UNCHECKED = ("Z3_get_ast_id", "Z3_get_ast_kind", "Z3_inc_ref", "Z3_dec_ref", "Z3
              "Z3_get_decl_kind", "Z3_is_eq_ast", "Z3_get_sort_kind", "Z3_get_app_num_args", "Z3_get_app_arg")
 if not os.environ.get("NFPROOF_Z3_CHECKED"):
     for _name in UNCHECKED:
-        _raw = getattr(z3.z3core, _name).__defaults__[0].f  # the ctypes function the checked wrapper calls
+        _checked = getattr(z3.z3core, _name)
+        _raw = getattr((_checked.__defaults__ or (None,))[0], "f", None)  # the C function it calls, then checks
         for _module in (z3, z3.z3, z3.z3core):
-            setattr(_module, _name, _raw)
+            if _raw is not None and getattr(_module, _name, None) is _checked:
+                setattr(_module, _name, _raw)
 
 
 class BudgetExhausted(Exception):
@@ -90,6 +92,7 @@ def _fresh_try(solver: z3.Solver, budget: Budget, assumptions) -> z3.CheckSatRes
     assumptions) so that `solver.model()` holds one; unknown if that fails."""
     fresh = z3.Context()
     copy = solver.translate(fresh)
+    copy.set("random_seed", SEED)
     limit = getattr(solver, "rlimit", budget.rlimit)
     if limit:
         copy.set("rlimit", limit)
