@@ -1,8 +1,15 @@
 """verify/solver.py: a query that runs out of resources is tried once more as a copy in a fresh
 context; its answer is the same formula's, a model found there is pinned onto the original solver,
-and the resource limit stays the one the solver was given."""
+and the resource limit stays the one the solver was given. Z3's accessors called unchecked give
+the verdicts of the checked ones."""
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+
+import pytest
 import z3
 
 from nfproof.verify import solver as smt
@@ -42,3 +49,20 @@ def test_the_copy_keeps_the_resource_limit():
         assert "resource limit" in str(e)
     else:
         raise AssertionError("an rlimit of 1 cannot decide the query")
+
+
+@pytest.mark.parametrize("args", [["nat", "--strategy", "all", "--bound", "3"],
+                                  ["firewall>nat>lb", "--strategy", "stateful.commit:4", "--log-choices", "--bound", "3"]])
+def test_unchecked_accessors_give_the_checked_verdicts(args):
+    """Z3's accessors called without the error check (the default) and with it (NFPROOF_Z3_CHECKED=1):
+    the same verdicts and counterexample lengths."""
+    def verdicts(env):
+        r = subprocess.run([sys.executable, "-m", "nfproof", "verify", *args, "--jobs", "1", "--json"],
+                           capture_output=True, text=True, timeout=600, env={**os.environ, **env})
+        assert r.returncode in (0, 1), r.stderr
+        data = json.loads(r.stdout)
+        return [(d["strategy"], d["verdict"], d.get("counterexample") and len(d["counterexample"]["inputs"]))
+                for d in (data if isinstance(data, list) else [data])]
+    unchecked = verdicts({})
+    assert unchecked == verdicts({"NFPROOF_Z3_CHECKED": "1"})
+    assert {v for _, v, _ in unchecked} <= {"proved", "counterexample"}
