@@ -113,6 +113,9 @@ class Bits:
 
 
 Addr, Port, Proto, Flags = Bits(32, "Addr"), Bits(16, "Port"), Bits(8, "Proto"), Bits(8, "Flags")
+# Clock values (`ctx.now()`, in the NF's ticks). Keep them in a Map of Time and use them only in
+# differences and comparisons, and proofs may start the clock at 0 (verify/time_shift.py).
+Time = Bits(32, "Time")
 
 
 class Flow(NamedTuple):

@@ -1,9 +1,8 @@
 """Core-stateless fair queueing (CSFQ, the HCSFQ line of work): rate labels at the edge,
 probabilistic drops in the core."""
-from .api import NF, Bits, Flow, Map, Packet, Param, Pool
+from .api import NF, Bits, Flow, Map, Packet, Param, Pool, Time
 
 Count = Bits(32, "Count")
-Time = Bits(32, "Time")
 LABEL_MAX = 0xFFFF  # Packet.label is 16 bits
 
 

@@ -1,8 +1,7 @@
 """Stateful firewall: TCP connection tracking and UDP pseudo-connections with idle timeouts."""
-from .api import NF, TCP, UDP, Bits, Flow, Map, Packet, Param, flags
+from .api import NF, TCP, UDP, Bits, Flow, Map, Packet, Param, Time, flags
 
 Stage = Bits(8, "Stage")
-Time = Bits(32, "Time")
 
 SYN, ACK, FIN, RST = flags("S"), flags("A"), flags("F"), flags("R")
 SYN_SENT, SYN_ACKED, ESTABLISHED = 1, 2, 3

@@ -1,8 +1,7 @@
 """Per-source token-bucket rate limiter driven by the clock."""
-from .api import NF, Addr, Bits, Map, Packet, Param
+from .api import NF, Addr, Bits, Map, Packet, Param, Time
 
 Credit = Bits(32, "Credit")
-Time = Bits(32, "Time")
 
 
 class RateLimit(NF):

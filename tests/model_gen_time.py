@@ -106,3 +106,78 @@ def clocked_models(draw, max_statements: int = 4, max_depth: int = 1, max_expr_d
     source = (model_gen.HEADER + "class Generated(NF):\n" + "\n".join(w.render_decls()) + "\n\n"
               + "    def handle(self, pkt, ctx):\n" + "\n".join(body) + "\n")
     return Generated(source, compile_model(source), sorted(w.constants), w.nchoices > 0)
+
+
+class _MapClockWriter(_ClockWriter):
+    """Time kept only in a map of clock values (`seen`, value kind `Bits(32, 'Time')`), the shape
+    verify/time_shift.py can shift: idle timeouts per flow, differences compared or written into
+    fields, and sometimes the raw clock written into a field or compared with a constant (which
+    makes the model depend on absolute time, so the proof must not shift it)."""
+
+    def declare(self):
+        _Writer.declare(self)
+        self.time_width = 32
+        self.decls.append(_Decl("seen", "map", key="flow", value=32))
+        self.constants.update(TIMEOUTS)
+
+    def render_decls(self) -> list[str]:
+        return [line.replace("Bits(32, 'B32')", "Bits(32, 'Time')") if line.startswith("    seen =") else line
+                for line in super().render_decls()]
+
+    def elapsed(self, scope: _Scope) -> str:
+        ages = [v for v in scope.ints if v.startswith("age")]
+        since = self.pick(ages) if ages else self.clock(scope)
+        return f"({self.clock(scope)} - {since})"
+
+    def statement(self, scope: _Scope, depth: int, indent: str) -> list[str]:
+        if not self.chance(4):
+            return _Writer.statement(self, scope, depth, indent)
+        i = indent
+        forms = ["read", "emit_time", "timeout", "stamp", "absolute"] + ["flow_timeout"] * 3
+        if depth >= self.cfg.max_depth:
+            forms = [f for f in forms if "timeout" not in f and f != "absolute"]
+        form = self.pick(forms)
+        if form == "stamp":
+            return [f"{i}self.seen[pkt.flow] = {self.clock(scope)}"]
+        if form == "absolute":  # a time compared with a constant: not invariant under a shift
+            lines = [f"{i}if {self.clock(scope)} {self.pick(COMPARISONS)} {self.pick(TIMEOUTS)}:"]
+            return lines + self.block(scope.child(), depth + 1, i + "    ", 1)
+        if form == "emit_time":
+            value = self.elapsed(scope) if self.chance(6) else self.clock(scope)
+            return [f"{i}ctx.emit(pkt.rewrite({self.pick(['label', 'length', 'sport'])}={value}), {self.pick(self.gates)!r})"]
+        return self._clock_statement(scope, depth, i, form)
+
+    def _clock_statement(self, scope, depth, i, form):
+        if form == "read":
+            name = self.fresh("now")
+            scope.ints.append(name)
+            return [f"{i}{name} = ctx.now()"]
+        if form == "timeout":
+            cond = f"{self.elapsed(scope)} {self.pick(COMPARISONS)} {self.pick(TIMEOUTS)}"
+            return [f"{i}if {cond}:"] + self.block(scope.child(), depth + 1, i + "    ", 2)
+        name = self.fresh("age")
+        inner = scope.child()
+        inner.ints.append(name)
+        now = self.clock(scope)
+        lines = [f"{i}{name} = self.seen.get(pkt.flow)",
+                 f"{i}if {name} is None or {now} - {name} {self.pick(COMPARISONS)} {self.pick(TIMEOUTS)}:",
+                 f"{i}    self.seen[pkt.flow] = {now}"]
+        # a (re)opened flow is announced, so losing the map shows in the outputs
+        lines += self.block(inner, depth + 1, i + "    ", 1) + [f"{i}    ctx.emit(pkt, {self.pick(self.gates)!r})"]
+        return lines
+
+
+@st.composite
+def map_clocked_models(draw, max_statements: int = 4, max_depth: int = 1, max_expr_depth: int = 1,
+                       max_choices: int = 1, max_pool: int = 2, nondeterministic: bool = False) -> Generated:
+    """A model that keeps its times in a map of clock values (`_MapClockWriter`), reads the clock
+    at least once and ends with an output."""
+    w = _MapClockWriter(draw, _Config(max_statements, max_depth, max_expr_depth, max_choices, max_pool, nondeterministic))
+    w.declare()
+    scope = _Scope()
+    body = w._clock_statement(scope, 0, "        ", "flow_timeout") + w.block(scope, 0, "        ", max_statements)
+    if not body[-1].lstrip().startswith("return"):
+        body.append(f"        ctx.emit(pkt, {w.pick(w.gates)!r})")
+    source = (model_gen.HEADER + "class Generated(NF):\n" + "\n".join(w.render_decls()) + "\n\n"
+              + "    def handle(self, pkt, ctx):\n" + "\n".join(body) + "\n")
+    return Generated(source, compile_model(source), sorted(w.constants), w.nchoices > 0)
