@@ -754,32 +754,23 @@ def _solve(runs, nf_cls, strategy, n, point: _Point, query, budget, log_choices,
             return "deferred"
         if answer == z3.unsat:
             return None
-        if rlimit is not None:  # readable values get the budget's own limit (else: raw values, e.g. labelled inputs)
-            s.set("rlimit", budget.rlimit)
-        model = readable_model(s, runs, n, budget)
-        if rlimit is not None:
-            s.set("rlimit", rlimit)
+        model = s.model()
         if any(z3.is_true(model.eval(c, True)) for c in late):
             return "undecided"
+        run, explanation = _judge(runs, nf_cls, strategy, n, point, model, order, reference_times, log_choices)
+        if not explanation.explained:  # a counterexample: shown with readable values where they are one too
+            if rlimit is not None:  # readable values get the budget's own limit
+                s.set("rlimit", budget.rlimit)
+            pretty = readable_model(s, runs, n, budget)
+            if not any(z3.is_true(pretty.eval(c, True)) for c in late):
+                shown = _judge(runs, nf_cls, strategy, n, point, pretty, order, reference_times, log_choices)
+                if not shown[1].explained:
+                    run, explanation = shown
+            return Counterexample(nf_cls, run, explanation, log_choices, runs.max_stall, runs.eq)
 
         def value(t):
             return model.eval(t, model_completion=True).as_long()
 
-        run = concrete_run(runs, strategy, n, point, model, log_choices)
-        inputs = run.inputs
-        seen = [(nf_cls.gates[model.eval(slot.gate, True).as_long()], _packet(model, slot.fields))
-                for slot in order if z3.is_true(model.eval(slot.present, True))]
-        if seen != run.observed_outputs:
-            raise EncodingMismatch(f"{nf_cls.name} under {strategy}: the solver's run lets out {seen}, "
-                                   f"the concrete simulation {run.observed_outputs}")
-        lossable = in_flight(point.released, point.cut.applied)
-        if runs.clocked:
-            explanation = explain(nf_cls, inputs, run.observed_outputs, run.arrivals, runs.max_stall,
-                                  prefer=[value(t) for t in reference_times], eq=runs.eq, lossable=lossable)
-        else:
-            explanation = explain(nf_cls, inputs, run.observed_outputs, eq=runs.eq, lossable=lossable)
-        if not explanation.explained:
-            return Counterexample(nf_cls, run, explanation, log_choices, runs.max_stall, runs.eq)
         # Counterexample-guided refinement: the failure-free run that explained this candidate is
         # another reference; from now on a violation must also escape it.
         runs.learnt += 1
@@ -809,6 +800,25 @@ def _solve(runs, nf_cls, strategy, n, point: _Point, query, budget, log_choices,
             return None
         s.add(z3.Or(*differs))
     return "undecided"
+
+
+def _judge(runs: _Runs, nf_cls, strategy, n: int, point: _Point, model, order, reference_times, log_choices):
+    """The concrete run of a solver's candidate (checked against the solver's outputs) and the
+    failure-free search's explanation of it (none: a counterexample)."""
+    def value(t):
+        return model.eval(t, model_completion=True).as_long()
+
+    run = concrete_run(runs, strategy, n, point, model, log_choices)
+    seen = [(nf_cls.gates[model.eval(slot.gate, True).as_long()], _packet(model, slot.fields))
+            for slot in order if z3.is_true(model.eval(slot.present, True))]
+    if seen != run.observed_outputs:
+        raise EncodingMismatch(f"{nf_cls.name} under {strategy}: the solver's run lets out {seen}, "
+                               f"the concrete simulation {run.observed_outputs}")
+    lossable = in_flight(point.released, point.cut.applied)
+    if runs.clocked:
+        return run, explain(nf_cls, run.inputs, run.observed_outputs, run.arrivals, runs.max_stall,
+                            prefer=[value(t) for t in reference_times], eq=runs.eq, lossable=lossable)
+    return run, explain(nf_cls, run.inputs, run.observed_outputs, eq=runs.eq, lossable=lossable)
 
 
 def readable_model(s, runs: _Runs, n: int, budget):

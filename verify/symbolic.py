@@ -14,6 +14,7 @@ choice" (an obligation), which is how the failover check builds its witness exec
 """
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from typing import Callable
 
@@ -937,7 +938,10 @@ def merge(pairs):
 def _composable(nf_cls) -> bool:
     """A chain's composite (models/chain.py ChainNF) whose handler and release rule are the
     base class's (a checker's subclass that holds outputs back is stepped as one handler)."""
-    from ..models.chain import ChainNF
+    chain = sys.modules.get(__package__.rpartition(".")[0] + ".models.chain")
+    if chain is None:  # no composite exists before models/chain.py (and networkx, 0.2 s) is imported
+        return False
+    ChainNF = chain.ChainNF
     return (isinstance(nf_cls, type) and issubclass(nf_cls, ChainNF) and nf_cls.handle is ChainNF.handle
             and nf_cls.released is ChainNF.released)
 
