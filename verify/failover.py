@@ -60,6 +60,7 @@ from .symbolic import (TIME_WIDTH, Slot, egress_view, initial_state, outputs_dif
 LEMMA_SECONDS = 2.0   # time for one lockstep lemma (unproved: no harm, only slower)
 LEARNT_OFFSETS = 8     # offsets tried when a learnt reference's time is generalised
 MAX_REFINEMENTS = 32  # explained candidates learnt per failover point before giving up (unknown)
+AT_ZERO_REFINEMENTS = 1  # candidates judged in a point's look at time 0 (`_at_zero`; the full query refines)
 REPLAY_LEMMA_RLIMIT = 5_000_000  # resource limit of `_replay_explained` (its statement is the same for every input)
 FIRST_PASS_RLIMIT = 1_000_000  # resource limit of a point's first try (most queries need far less; see _verify)
 PASS_GROWTH = 4                # each later pass over the points left undecided: 4 times the limit
@@ -288,7 +289,7 @@ def _verify(nf_cls, strategy, bound, budget, log_choices, progress, unbounded, c
                 todo = list(todo)
                 for point, query in todo:
                     cex = _solve(runs, nf_cls, strategy, n, point, _at_zero(runs, n, query), budget, log_choices,
-                                 rlimit=FIRST_PASS_RLIMIT)
+                                 rlimit=FIRST_PASS_RLIMIT, refinements=AT_ZERO_REFINEMENTS)
                     if isinstance(cex, Counterexample):
                         result.verdict, result.counterexample = "counterexample", cex
                         return result
@@ -740,7 +741,7 @@ class EncodingMismatch(RuntimeError):
     """The symbolic encoding and the concrete simulation disagree: a bug in nfproof, never a verdict."""
 
 
-def _solve(runs, nf_cls, strategy, n, point: _Point, query, budget, log_choices, rlimit=None):
+def _solve(runs, nf_cls, strategy, n, point: _Point, query, budget, log_choices, rlimit=None, refinements=MAX_REFINEMENTS):
     """None (no violation at this point), a confirmed Counterexample, "undecided" (refinements
     ran out), or with a smaller `rlimit` "deferred" when a query hits it (try again with the
     budget's own)."""
@@ -748,7 +749,7 @@ def _solve(runs, nf_cls, strategy, n, point: _Point, query, budget, log_choices,
     s = smt.new_solver(budget, rlimit=rlimit)
     s.add(*assumptions)
     s.add(violation)
-    for _ in range(MAX_REFINEMENTS):
+    for _ in range(refinements):
         answer = smt.check(s, budget, unknown_ok=rlimit is not None)
         if answer == z3.unknown:
             return "deferred"
