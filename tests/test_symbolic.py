@@ -236,3 +236,34 @@ def test_arithmetic_overflow_agrees():
     concrete = concrete_step(Increment, {}, pkt, scripted([])).outputs[0][1].sport
     sym = S.step(Increment, {}, S.packet_terms(pkt), choice_var)
     assert z3.simplify(sym.outputs[0].fields["sport"]).as_long() == concrete
+
+
+class _Text(NF):
+    """Branches on the digits of the clock: the symbolic engine cannot follow text of a value."""
+    name, gates = "text", ("out",)
+    how = "str"
+
+    def handle(self, pkt, ctx):
+        now = ctx.now()
+        text = {"str": lambda: str(now), "format": lambda: f"{now}", "repr": lambda: repr(now),
+                "percent": lambda: "%s" % now, "flag": lambda: str(now > 3)}[self.how]()
+        if len(text) >= 2:
+            ctx.emit(pkt, "out")
+
+
+@pytest.mark.parametrize("how", ["str", "format", "repr", "percent", "flag"])
+def test_text_of_a_symbolic_value_is_a_model_error(how):
+    """Found by review: `f"{ctx.now()}"` gave the constant text of the term, so a branch on its
+    digits never forked and sync was "proved" for an NF that emits only from time 10 on."""
+    from nfproof.models.strategy import Strategy
+    from nfproof.verify.failover import verify_failover
+    nf = type("Text", (_Text,), {"how": how, "__module__": __name__})
+    with pytest.raises(ModelError, match="text of a model value"):
+        verify_failover(nf, Strategy.parse("stateful.sync"), 1, failover_time=4, max_stall=0)
+
+
+def test_the_engine_still_shows_terms_in_its_own_messages():
+    v = S.SymBV(z3.BitVec("x", 8), S.Path(()))
+    assert eval(compile("repr(v)", S.__file__, "eval")) == "SymBV(x)"  # (as from verify/symbolic.py)
+    with pytest.raises(ModelError):
+        repr(v)

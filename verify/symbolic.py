@@ -325,12 +325,30 @@ def bool_term(value) -> z3.BoolRef:
     return z3.BoolVal(value)
 
 
+NO_TEXT = ("text of a model value (str(), repr(), format(), an f-string): the interpreters follow integers, "
+           "not their digits; compute with the value itself")
+
+
+def _as_text(self, spec: str = ""):
+    raise ModelError(NO_TEXT)
+
+
+def _repr(self) -> str:
+    """The engine's own messages show a term; a model's text of a value is an error (its branches
+    on the digits would not be followed)."""
+    if sys._getframe(1).f_code.co_filename not in INTERPRETER_FILES:
+        raise ModelError(NO_TEXT)
+    return f"{type(self).__name__}({self.t})"
+
+
 class SymBool:
     """A symbolic bool with Python's semantics: it forks when tested, and compares and computes
     with integers as 0/1 (True == 1, x + flag)."""
 
     __slots__ = ("t", "path")
     __hash__ = None
+    __str__ = __format__ = _as_text
+    __repr__ = _repr
 
     def __init__(self, t, path: Path):
         self.t, self.path = t, path
@@ -428,6 +446,8 @@ class SymBV:
 
     __slots__ = ("t", "path")
     __hash__ = None  # symbolic values cannot key Python dicts
+    __str__ = __format__ = _as_text
+    __repr__ = _repr
 
     def __init__(self, t, path: Path):
         self.t, self.path = t, path
@@ -613,8 +633,6 @@ class SymBV:
     def __bool__(self) -> bool:
         return self.path.branch(self.t != 0)
 
-    def __repr__(self) -> str:
-        return f"SymBV({self.t})"
 
 
 MAX_SHIFT_WIDTH = 1024  # bits of the widest integer a shift by a symbolic amount may produce
