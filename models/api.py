@@ -17,10 +17,12 @@ returned: those fork on their own), and must keep loops bounded by constants.
 """
 from __future__ import annotations
 
+import ast
 import inspect
 import ipaddress
 import re
 import sys
+import textwrap
 from fractions import Fraction
 from dataclasses import dataclass, fields
 from typing import Any, Iterable, NamedTuple
@@ -584,6 +586,7 @@ class NF:
     def __init__(self, state: dict):
         if type(self) not in _VALIDATED:
             check_no_hidden_state(type(self))
+            check_no_introspection(type(self))
             _VALIDATED.add(type(self))
         object.__setattr__(self, "state", state)
 
@@ -646,6 +649,37 @@ def check_no_hidden_state(nf_cls) -> None:
             error.location = _attribute_line(klass, name)
             error.args = (f"{error.location}: {error.args[0]}",)
             raise error
+
+
+INTROSPECTION = ("isinstance", "type", "id")  # builtins whose answer on a value differs between the interpreters
+
+
+def check_no_introspection(nf_cls) -> None:
+    """A handler that asks a value's type or identity (`isinstance(x, int)`, `type(x)`, `id(x)`)
+    gets another answer from each interpreter: the concrete one passes ints, the symbolic one terms.
+    A ModelError at the call's line (the NF's own methods, whose source is readable; arguments
+    `self`, `pkt` and `ctx` are allowed)."""
+    for klass in nf_cls.__mro__:
+        if klass is NF or klass is object or klass.__module__.endswith("models.chain"):
+            continue
+        for value in vars(klass).values():
+            code = getattr(getattr(value, "__func__", value), "__code__", None)
+            if code is None:
+                continue
+            try:
+                lines, first = inspect.getsourcelines(code)
+            except (OSError, TypeError):
+                continue
+            tree = ast.parse(textwrap.dedent("".join(lines)))
+            for node in ast.walk(tree):
+                if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in INTROSPECTION \
+                        and node.args and not (isinstance(node.args[0], ast.Name) and node.args[0].id in ("self", "pkt", "ctx")):
+                    error = ModelError(f"`{node.func.id}()` of a value: the symbolic interpreter holds a term where the "
+                                       f"concrete one holds an int, so the answers differ; compare the value itself "
+                                       f"(e.g. `x is None`, `x == 0`)")
+                    error.location = f"{code.co_filename}:{first + node.lineno - 1}"
+                    error.args = (f"{error.location}: {error.args[0]}",)
+                    raise error
 
 
 def select(values, index):

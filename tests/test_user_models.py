@@ -11,7 +11,7 @@ import textwrap
 import pytest
 
 from nfproof.models import NFS, Nat, UnknownModel, lookup, model_ref
-from nfproof.models.api import NF, ParamError
+from nfproof.models.api import NF, ModelError, Packet, ParamError
 from nfproof.models.strategy import Strategy
 from nfproof.verify.failover import verify_failover
 from nfproof.verify.report import reproduction
@@ -176,3 +176,20 @@ def test_lookup_builds_a_linear_chain_of_references(user_file):
     assert model_ref(Stated) == "firewall>nat[ports=2]>lb"
     with pytest.raises(Exception, match="unknown NF 'nope'; bundled: csfq-core"):
         lookup("firewall>nope>lb")
+
+
+def test_a_type_test_on_a_value_is_a_one_line_error_at_its_line(tmp_path):
+    """`isinstance(now, int)` is True concretely and False on a term: the interpreters would
+    disagree, so the model is refused where it asks (exit 2), on either interpreter."""
+    path = tmp_path / "typed.py"
+    path.write_text("from nfproof.models.api import NF\n\n\nclass Typed(NF):\n    name, gates = 'typed', ('out',)\n\n"
+                    "    def handle(self, pkt, ctx):\n        if isinstance(ctx.now(), int):\n"
+                    "            ctx.emit(pkt, 'out')\n")
+    r = nfproof("verify", f"{path}:Typed", "--strategy", "stateful.sync", "--bound", "1")
+    assert r.returncode == 2, r.stdout + r.stderr
+    message = [line for line in r.stderr.splitlines() if "isinstance()" in line]
+    assert len(message) == 1 and f"{path}:8:" in message[0], r.stderr
+    from nfproof.models.concrete import initial_state, seeded, step
+    nf = lookup(f"{path}:Typed")
+    with pytest.raises(ModelError, match="isinstance"):
+        step(nf, initial_state(nf), Packet(6, 1, 2, 3, 4, 2), seeded(0), lambda: 0)
