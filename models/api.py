@@ -22,6 +22,7 @@ import inspect
 import ipaddress
 import re
 import sys
+import sysconfig
 import textwrap
 from fractions import Fraction
 from dataclasses import dataclass, fields
@@ -652,34 +653,43 @@ def check_no_hidden_state(nf_cls) -> None:
 
 
 INTROSPECTION = ("isinstance", "type", "id")  # builtins whose answer on a value differs between the interpreters
+_LIBRARY_DIRS = tuple({sysconfig.get_path(k) for k in ("stdlib", "platstdlib", "purelib", "platlib")})  # not read
 
 
 def check_no_introspection(nf_cls) -> None:
     """A handler that asks a value's type or identity (`isinstance(x, int)`, `type(x)`, `id(x)`)
     gets another answer from each interpreter: the concrete one passes ints, the symbolic one terms.
-    A ModelError at the call's line (the NF's own methods, whose source is readable; arguments
-    `self`, `pkt` and `ctx` are allowed)."""
-    for klass in nf_cls.__mro__:
-        if klass is NF or klass is object or klass.__module__.endswith("models.chain"):
+    A ModelError at the call's line. Read: the NF's own methods and the module-level functions they
+    call by name, transitively (whose source is readable; arguments `self`, `pkt` and `ctx` are
+    allowed)."""
+    todo = [getattr(v, "__func__", v) for klass in nf_cls.__mro__
+            if klass not in (NF, object) and not klass.__module__.endswith("models.chain") for v in vars(klass).values()]
+    seen: set = set()
+    while todo:
+        function = todo.pop()
+        code = getattr(function, "__code__", None)
+        if code is None or code in seen or code.co_filename in INTERPRETER_FILES \
+                or code.co_filename.startswith(_LIBRARY_DIRS):
             continue
-        for value in vars(klass).values():
-            code = getattr(getattr(value, "__func__", value), "__code__", None)
-            if code is None:
+        seen.add(code)
+        try:
+            lines, first = inspect.getsourcelines(code)
+        except (OSError, TypeError):
+            continue
+        for node in ast.walk(ast.parse(textwrap.dedent("".join(lines)))):
+            if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)):
                 continue
-            try:
-                lines, first = inspect.getsourcelines(code)
-            except (OSError, TypeError):
-                continue
-            tree = ast.parse(textwrap.dedent("".join(lines)))
-            for node in ast.walk(tree):
-                if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in INTROSPECTION \
-                        and node.args and not (isinstance(node.args[0], ast.Name) and node.args[0].id in ("self", "pkt", "ctx")):
-                    error = ModelError(f"`{node.func.id}()` of a value: the symbolic interpreter holds a term where the "
-                                       f"concrete one holds an int, so the answers differ; compare the value itself "
-                                       f"(e.g. `x is None`, `x == 0`)")
-                    error.location = f"{code.co_filename}:{first + node.lineno - 1}"
-                    error.args = (f"{error.location}: {error.args[0]}",)
-                    raise error
+            if node.func.id in INTROSPECTION and node.args and \
+                    not (isinstance(node.args[0], ast.Name) and node.args[0].id in ("self", "pkt", "ctx")):
+                error = ModelError(f"`{node.func.id}()` of a value: the symbolic interpreter holds a term where the "
+                                   f"concrete one holds an int, so the answers differ; compare the value itself "
+                                   f"(e.g. `x is None`, `x == 0`)")
+                error.location = f"{code.co_filename}:{first + node.lineno - 1}"
+                error.args = (f"{error.location}: {error.args[0]}",)
+                raise error
+            callee = getattr(function, "__globals__", {}).get(node.func.id)
+            if inspect.isfunction(callee):
+                todo.append(callee)
 
 
 def select(values, index):

@@ -193,3 +193,14 @@ def test_a_type_test_on_a_value_is_a_one_line_error_at_its_line(tmp_path):
     nf = lookup(f"{path}:Typed")
     with pytest.raises(ModelError, match="isinstance"):
         step(nf, initial_state(nf), Packet(6, 1, 2, 3, 4, 2), seeded(0), lambda: 0)
+
+
+def test_a_type_test_in_a_helper_the_handler_calls_is_found_too(tmp_path):
+    path = tmp_path / "helped.py"
+    path.write_text("from ipaddress import ip_address\nfrom nfproof.models.api import NF\n\n\ndef fresh(x):\n"
+                    "    return id(x) % 2\n\n\ndef check(x):\n    return fresh(x)\n\n\nclass Helped(NF):\n"
+                    "    name, gates = 'helped', ('out',)\n    first = int(ip_address('10.0.0.1'))  # a library call: not read\n\n"
+                    "    def handle(self, pkt, ctx):\n        if check(pkt.sport):\n            ctx.emit(pkt, 'out')\n")
+    nf = lookup(f"{path}:Helped")
+    with pytest.raises(ModelError, match=rf"{path}:6: `id\(\)` of a value"):
+        verify_failover(nf, Strategy.parse("stateful.sync"), 1)
