@@ -24,7 +24,7 @@ from nfproof.verify.time_shift import shift_invariant
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import model_gen  # noqa: E402
 import model_gen_time  # noqa: E402
-from test_differential_time import BOUNDED, check_timed_verdicts  # noqa: E402
+from test_differential_time import BOUNDED, STRATEGIES, check_timed_verdicts  # noqa: E402
 
 CLOCKED = ("firewall", "ratelimit", "csfq-edge", "firewall>nat>lb", "ratelimit>csfq-edge")
 
@@ -159,10 +159,6 @@ def test_generated_models_exercise_both_answers():
         answers.add(shift_invariant(model.nf))
     collect()
     assert answers == {True, False}
-
-
-STRATEGIES = ("none", "stateful.checkpoint:2", "stateful.async", "stateful.sync", "stateful.commit:2",
-              "stateless.sync", "stateless.async", "stateless.batch:2", "stateless.cache", "stateless.commit:2")
 
 
 def verdict(nf, text, log, bound, shift: bool, monkeypatch, **times):
