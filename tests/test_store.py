@@ -551,6 +551,7 @@ def _race_worker(url, who, flows, mode, start, queue):
     ports, draws = [], chooser(11)
     start.wait(30)  # both instances draw from the same stream: the same ports
     for k in range(flows):
+        start.wait(30)  # in step, flow by flow: a process that ran ahead would see every port the other took
         res, _ = inst.run(k + 1, _race_flow(who, k), draws)
         ports.append(res.choices[0])
     inst.flush(wait=True)
