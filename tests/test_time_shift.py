@@ -222,3 +222,20 @@ def test_shifting_an_absolute_clock_would_prove_a_false_claim(monkeypatch):
         m.setattr(failover, "shift_invariant", lambda nf_cls: True)
         shifted = verify_failover(Late, Strategy.parse("stateful.sync"), 1, failover_time=4, max_stall=0)
     assert shifted.verdict != "counterexample"
+
+
+@pytest.mark.parametrize("name", ["firewall", "ratelimit"])
+def test_property_verdicts_with_and_without_the_shift_agree(name, monkeypatch):
+    from nfproof.verify import properties
+    nf = lookup(name)
+    (prop,) = properties.properties_of(nf).values()
+    for text, log in [("none", False), ("stateful.async", False), ("stateful.sync", False),
+                      ("stateful.commit:2", False), ("stateful.commit:2", True)]:
+        verdicts = []
+        for shift in (True, False):
+            with monkeypatch.context() as m:
+                if not shift:
+                    m.setattr(properties, "shift_invariant", lambda nf_cls: False)
+                r = properties.check_property(nf, prop, Strategy.parse(text), 2, Budget(timeout=120), log_choices=log)
+            verdicts.append((r.verdict, len(r.run.inputs) if r.run else None))
+        assert verdicts[0] == verdicts[1] and verdicts[0][0] != "unknown", (name, text, log, verdicts)
