@@ -749,25 +749,30 @@ def _solve(runs, nf_cls, strategy, n, point: _Point, query, budget, log_choices,
     s = smt.new_solver(budget, rlimit=rlimit)
     s.add(*assumptions)
     s.add(violation)
+    found = None  # a counterexample on the solver's own values; from then on candidates are made readable
     for _ in range(refinements):
-        answer = smt.check(s, budget, unknown_ok=rlimit is not None)
+        answer = smt.check(s, budget, unknown_ok=rlimit is not None or found is not None)
         if answer == z3.unknown:
-            return "deferred"
+            return found or "deferred"
         if answer == z3.unsat:
-            return None
-        model = s.model()
+            return found
+        model = s.model() if found is None else readable_model(s, runs, n, budget)
         if any(z3.is_true(model.eval(c, True)) for c in late):
-            return "undecided"
+            return found or "undecided"
         run, explanation = _judge(runs, nf_cls, strategy, n, point, model, order, reference_times, log_choices)
-        if not explanation.explained:  # a counterexample: shown with readable values where they are one too
+        if not explanation.explained and found is not None:
+            return Counterexample(nf_cls, run, explanation, log_choices, runs.max_stall, runs.eq)
+        if not explanation.explained:  # shown with readable values where they are a counterexample too
+            found = Counterexample(nf_cls, run, explanation, log_choices, runs.max_stall, runs.eq)
             if rlimit is not None:  # readable values get the budget's own limit
                 s.set("rlimit", budget.rlimit)
-            pretty = readable_model(s, runs, n, budget)
-            if not any(z3.is_true(pretty.eval(c, True)) for c in late):
-                shown = _judge(runs, nf_cls, strategy, n, point, pretty, order, reference_times, log_choices)
-                if not shown[1].explained:
-                    run, explanation = shown
-            return Counterexample(nf_cls, run, explanation, log_choices, runs.max_stall, runs.eq)
+            model = readable_model(s, runs, n, budget)
+            if any(z3.is_true(model.eval(c, True)) for c in late):
+                return found
+            run, explanation = _judge(runs, nf_cls, strategy, n, point, model, order, reference_times, log_choices)
+            if not explanation.explained:
+                return Counterexample(nf_cls, run, explanation, log_choices, runs.max_stall, runs.eq)
+            # (else the readable twin is explained: learn from it, and look for a readable counterexample)
 
         def value(t):
             return model.eval(t, model_completion=True).as_long()
@@ -785,9 +790,9 @@ def _solve(runs, nf_cls, strategy, n, point: _Point, query, budget, log_choices,
             differs = _reference_differs(runs, n, observed, lambda i: f"learnt{runs.learnt}", constants=learnt,
                                          times=times) + time_invalid
             if not differs:
-                return None
+                return found
             if any(z3.is_true(model.eval(d, True)) for d in differs):
-                return "undecided"
+                return found or "undecided"
             s.add(z3.Or(*differs))
             continue
         present = [sl for sl in order if z3.is_true(model.eval(sl.present, True))]
@@ -798,9 +803,9 @@ def _solve(runs, nf_cls, strategy, n, point: _Point, query, budget, log_choices,
                                      compare=_flows_differ_from(model) if runs.eq.relation == "per-flow" else None) \
             + time_invalid + _not_duplicates(passed, order, True)
         if not differs:
-            return None
+            return found
         s.add(z3.Or(*differs))
-    return "undecided"
+    return found or "undecided"
 
 
 def _judge(runs: _Runs, nf_cls, strategy, n: int, point: _Point, model, order, reference_times, log_choices):
