@@ -586,9 +586,7 @@ class NF:
 
     def __init__(self, state: dict):
         if type(self) not in _VALIDATED:
-            check_no_hidden_state(type(self))
-            check_no_introspection(type(self))
-            _VALIDATED.add(type(self))
+            validate(type(self))
         object.__setattr__(self, "state", state)
 
     def __setattr__(self, name, value):
@@ -612,6 +610,15 @@ class NF:
 
 
 _VALIDATED: set = set()
+
+
+def validate(nf_cls) -> None:
+    """The checks an NF class passes before its first packet (a ModelError at the offending line).
+    Done once per class; a worker does it while it waits, not on the packet path."""
+    if nf_cls not in _VALIDATED:
+        check_no_hidden_state(nf_cls)
+        check_no_introspection(nf_cls)
+        _VALIDATED.add(nf_cls)
 _IMMUTABLE = (int, float, str, bytes, type(None), range, type, staticmethod, classmethod, property)
 
 
@@ -668,7 +675,7 @@ def check_no_introspection(nf_cls) -> None:
     while todo:
         function = todo.pop()
         code = getattr(function, "__code__", None)
-        if code is None or code in seen or code.co_filename in INTERPRETER_FILES \
+        if code is None or code in seen or code in _NO_INTROSPECTION or code.co_filename in INTERPRETER_FILES \
                 or code.co_filename.startswith(_LIBRARY_DIRS):
             continue
         seen.add(code)
@@ -690,6 +697,10 @@ def check_no_introspection(nf_cls) -> None:
             callee = getattr(function, "__globals__", {}).get(node.func.id)
             if inspect.isfunction(callee):
                 todo.append(callee)
+    _NO_INTROSPECTION.update(seen)  # with every function they call: a configured subclass is not read again
+
+
+_NO_INTROSPECTION: set = set()  # code objects read and found clean
 
 
 def select(values, index):

@@ -46,7 +46,7 @@ import time
 from collections import deque
 from operator import attrgetter
 
-from ..models.api import PACKET_FIELDS, Packet
+from ..models.api import PACKET_FIELDS, Packet, validate
 from ..models.concrete import copy_state, initial_state, step
 from ..models.strategy import Strategy
 from .deltas import plain
@@ -144,7 +144,8 @@ class Worker:
         if self.spec.chain:
             from ..models import lookup
             from ..models.chain import Chain
-            Chain.parse(self.spec.chain, lookup)
+            for member in Chain.parse(self.spec.chain, lookup).members.values():
+                validate(member.nf)
         self.send(("hello", os.getpid(), "spare", None, None))
         while True:
             for m in self.driver_messages(None):
@@ -173,6 +174,7 @@ class Worker:
     def primary(self) -> None:
         """Generation 0: the initial state (a stateful handle attaches its standby on "attach")."""
         handle = None
+        validate(self.nf)
         if self.strategy is not None:
             handle = backend_class(self.strategy)().open(self.spec, True)
         self.send(("hello", os.getpid(), "primary", None, None))
@@ -184,6 +186,8 @@ class Worker:
         """A spare made the instance's next primary: none starts from the initial state, a
         stateless instance from what the store holds."""
         handle, recovery, lost = None, Recovery(0), None
+        validate(self.nf)  # before "ready", not on the first packet (a new primary reading the model's
+        # source under load was silent for 50 ms and killed for missed heartbeats)
         if self.strategy is not None:
             backend = backend_class(self.strategy)()
             try:
@@ -199,6 +203,7 @@ class Worker:
         self.serve(handle, handle.state if handle else initial_state(self.nf), recovery.logs)
 
     def standby(self, listen: tuple[str, int]) -> None:
+        validate(self.nf)  # now, not once promoted
         replica = Replica(self.nf, listen)
         self.send(("hello", os.getpid(), "standby", *replica.address))
         driver = self.conn.sock
