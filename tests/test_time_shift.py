@@ -235,7 +235,7 @@ def test_property_verdicts_with_and_without_the_shift_agree(name, monkeypatch):
         for shift in (True, False):
             with monkeypatch.context() as m:
                 if not shift:
-                    m.setattr(properties, "shift_invariant", lambda nf_cls: False)
+                    m.setattr(failover, "shift_invariant", lambda nf_cls: False)
                 r = properties.check_property(nf, prop, Strategy.parse(text), 2, Budget(timeout=120), log_choices=log)
             verdicts.append((r.verdict, len(r.run.inputs) if r.run else None))
         assert verdicts[0] == verdicts[1] and verdicts[0][0] != "unknown", (name, text, log, verdicts)

@@ -144,10 +144,16 @@ class _Runs:
         self.read_clock = False  # some step built so far called now()
         self.eq = STRICT  # the equivalence the check keeps
         self.aligned = False  # references must match input by input (verify_failover's `aligned`)
-        self.first_at_zero = False  # the first event happens at 0 (verify/time_shift.py; verify_failover sets it)
+        # the first event happens at 0 where the NF uses times only as differences (verify/time_shift.py;
+        # properties' predicates use them so too)
+        self.first_at_zero = clocked and shift_invariant(nf_cls)
 
     def arrival(self, i: int):
         return self.arrivals[i - 1]
+
+    def at_zero(self, i: int) -> list:
+        """Arrivals up to input i and the crash at time 0 (with the arrivals non-decreasing)."""
+        return [self.arrival(i) == _tick(0), self.crash == _tick(0)]
 
     def latest(self, i: int):
         """The end of input i's processing window in a failure-free run: a_i + S."""
@@ -263,7 +269,6 @@ def _verify(nf_cls, strategy, bound, budget, log_choices, progress, unbounded, c
     result = Result("unknown", nf_cls.name, str(strategy) + (" --log-choices" if log_choices else ""), bound)
     runs, undecided, queries_skipped = _Runs(nf_cls, bound, clocked, failover_time, max_stall), [], 0
     runs.eq, runs.aligned = eq, aligned
-    runs.first_at_zero = clocked and shift_invariant(nf_cls)
     result.stats["equivalence"] = str(eq)
     if clocked:
         result.stats.update(clock=True, failover_time=failover_time, max_stall=max_stall,
@@ -341,7 +346,7 @@ def _at_zero(runs: _Runs, n: int, query: tuple) -> tuple:
     them there many times faster (ratelimit under `none`: 0.4 s against 3.9 s). Its unsat proves
     nothing for other times, so every point is asked again without it."""
     assumptions, *rest = query
-    return (assumptions + [runs.arrival(n) == _tick(0), runs.crash == _tick(0)], *rest)
+    return (assumptions + runs.at_zero(n), *rest)
 
 
 def _pass_limits(budget) -> list:
@@ -438,7 +443,7 @@ def _lockstep(runs: _Runs, replay, replayed: _State, i: int, replay_valid: list,
     if key not in runs.lemmas:
         context = [runs.primary(k).valid for k in range(1, i + 1)] + replay_valid + runs.time_constraints(n, point.window)
         # a replay at another time often differs already with every time at 0: a cheap refutation
-        at_zero = [runs.arrival(i) == _tick(0), runs.crash == _tick(0)] if runs.clocked else None
+        at_zero = runs.at_zero(i) if runs.clocked else None
 
         def holds(condition) -> bool:
             answer = []

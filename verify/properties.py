@@ -30,7 +30,6 @@ from ..models.strategy import Strategy
 from . import solver as smt
 from .failover import _ClockMissed, _failover_run, _points, _Runs, concrete_run, default_failover_ticks, readable_model
 from .induction import reads_clock
-from .time_shift import shift_invariant
 from .simulate import FailoverRun
 
 
@@ -100,7 +99,7 @@ def _is_syn(fields: dict):
 
 def properties_of(nf_cls: type[NF]) -> dict[str, Property]:
     """The named properties of a bundled model (by its NF name). A predicate may use the times of
-    outputs only through differences (`_check` starts a shift-invariant NF's clock at 0)."""
+    outputs only through differences (a shift-invariant NF's clock starts at 0: verify/time_shift.py)."""
     name = getattr(nf_cls, "name", "")
     if name == "nat":
         return {p.name: p for p in [Property(
@@ -223,10 +222,7 @@ def check_property(nf_cls: type[NF], prop: Property, strategy: Strategy, bound: 
 def _check(nf_cls, prop, strategy, bound, budget, log_choices, clocked, failover_time, max_stall, progress):
     result = PropertyResult("unknown", nf_cls.name, prop.name, str(strategy) + (" --log-choices" if log_choices else ""),
                             bound)
-    runs = _Runs(nf_cls, bound, clocked, failover_time, max_stall)
-    # Predicates use processing times only through differences (`b.time - a.time`), so a violating
-    # run shifted back to start at 0 violates too: start the clock there where the NF allows it.
-    runs.first_at_zero = clocked and shift_invariant(nf_cls)
+    runs = _Runs(nf_cls, bound, clocked, failover_time, max_stall)  # (its clock may start at 0: `properties_of`)
     twin_seen = False
     proved: dict = {}  # id of a violation condition -> sets of assumption ids under which it is unsatisfiable
     keep: list = []
