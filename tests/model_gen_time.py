@@ -54,22 +54,31 @@ class _ClockWriter(_Writer):
             forms = [f for f in forms if "timeout" not in f]
         form = self.pick(forms)
         if form == "read":
-            name = self.fresh("now")
-            scope.ints.append(name)
-            return [f"{i}{name} = ctx.now()"]
+            return self.read(scope, i)
         if form == "stamp":
             return [f"{i}self.last = {self.clock(scope)}"]
         if form == "emit_time":
             value = self.pick([self.clock(scope), self.elapsed(scope), "self.last"])
             return [f"{i}ctx.emit(pkt.rewrite({self.pick(['label', 'length', 'sport'])}={value}), {self.pick(self.gates)!r})"]
         if form == "timeout":
-            cond = f"{self.elapsed(scope)} {self.pick(COMPARISONS)} {self.pick(TIMEOUTS)}"
-            then_scope, else_scope = scope.child(), scope.child()
-            lines = [f"{i}if {cond}:"] + self.block(then_scope, depth + 1, i + "    ", 2)
-            if self.chance(4):
-                lines += [f"{i}else:"] + self.block(else_scope, depth + 1, i + "    ", 2)
-            return lines
-        # an idle timeout per flow: the firewall of DESIGN.md "Time", with a random comparison
+            return self.timeout(scope, depth, i)
+        return self.flow_timeout(scope, depth, i)
+
+    def read(self, scope: _Scope, i: str) -> list[str]:
+        name = self.fresh("now")
+        scope.ints.append(name)
+        return [f"{i}{name} = ctx.now()"]
+
+    def timeout(self, scope: _Scope, depth: int, i: str, otherwise: bool = True) -> list[str]:
+        cond = f"{self.elapsed(scope)} {self.pick(COMPARISONS)} {self.pick(TIMEOUTS)}"
+        lines = [f"{i}if {cond}:"] + self.block(scope.child(), depth + 1, i + "    ", 2)
+        if otherwise and self.chance(4):
+            lines += [f"{i}else:"] + self.block(scope.child(), depth + 1, i + "    ", 2)
+        return lines
+
+    def flow_timeout(self, scope: _Scope, depth: int, i: str, announce: bool = False) -> list[str]:
+        """An idle timeout per flow: the firewall of DESIGN.md "Time", with a random comparison
+        (announce: a (re)opened flow is announced, so losing the map shows in the outputs)."""
         name = self.fresh("age")
         inner = scope.child()
         inner.ints.append(name)
@@ -78,7 +87,7 @@ class _ClockWriter(_Writer):
                  f"{i}if {name} is None or {now} - {name} {self.pick(COMPARISONS)} {self.pick(TIMEOUTS)}:",
                  f"{i}    self.seen[pkt.flow] = {now}"]
         lines += self.block(inner, depth + 1, i + "    ", 1)
-        return lines
+        return lines + ([f"{i}    ctx.emit(pkt, {self.pick(self.gates)!r})"] if announce else [])
 
 
 @st.composite
@@ -145,26 +154,11 @@ class _MapClockWriter(_ClockWriter):
         if form == "emit_time":
             value = self.elapsed(scope) if self.chance(6) else self.clock(scope)
             return [f"{i}ctx.emit(pkt.rewrite({self.pick(['label', 'length', 'sport'])}={value}), {self.pick(self.gates)!r})"]
-        return self._clock_statement(scope, depth, i, form)
-
-    def _clock_statement(self, scope, depth, i, form):
         if form == "read":
-            name = self.fresh("now")
-            scope.ints.append(name)
-            return [f"{i}{name} = ctx.now()"]
+            return self.read(scope, i)
         if form == "timeout":
-            cond = f"{self.elapsed(scope)} {self.pick(COMPARISONS)} {self.pick(TIMEOUTS)}"
-            return [f"{i}if {cond}:"] + self.block(scope.child(), depth + 1, i + "    ", 2)
-        name = self.fresh("age")
-        inner = scope.child()
-        inner.ints.append(name)
-        now = self.clock(scope)
-        lines = [f"{i}{name} = self.seen.get(pkt.flow)",
-                 f"{i}if {name} is None or {now} - {name} {self.pick(COMPARISONS)} {self.pick(TIMEOUTS)}:",
-                 f"{i}    self.seen[pkt.flow] = {now}"]
-        # a (re)opened flow is announced, so losing the map shows in the outputs
-        lines += self.block(inner, depth + 1, i + "    ", 1) + [f"{i}    ctx.emit(pkt, {self.pick(self.gates)!r})"]
-        return lines
+            return self.timeout(scope, depth, i, otherwise=False)
+        return self.flow_timeout(scope, depth, i, announce=True)
 
 
 @st.composite
@@ -175,7 +169,7 @@ def map_clocked_models(draw, max_statements: int = 4, max_depth: int = 1, max_ex
     w = _MapClockWriter(draw, _Config(max_statements, max_depth, max_expr_depth, max_choices, max_pool, nondeterministic))
     w.declare()
     scope = _Scope()
-    body = w._clock_statement(scope, 0, "        ", "flow_timeout") + w.block(scope, 0, "        ", max_statements)
+    body = w.flow_timeout(scope, 0, "        ", announce=True) + w.block(scope, 0, "        ", max_statements)
     if not body[-1].lstrip().startswith("return"):
         body.append(f"        ctx.emit(pkt, {w.pick(w.gates)!r})")
     source = (model_gen.HEADER + "class Generated(NF):\n" + "\n".join(w.render_decls()) + "\n\n"
