@@ -18,7 +18,9 @@ path, so the ratios compare strategies, not architectures. Per strategy:
   instance SIGKILLed before it is handed input --fail-at; failover time = detection (kill to
   closed socket, or the silence of missed heartbeats) + takeover (the replacement ready).
 
---window N sets how many inputs a one-instance chain has in flight (default 32, as `nfproof run`);
+--window N sets how many inputs a one-instance chain has in flight (default: as `nfproof run` under
+the strategy that wants most: 32, and 128 under commit:B, for several batches in flight; every
+strategy gets the same);
 --read-cache has stateless.async/batch/commit read from the store's local read cache.
 
 For reference only (no row, no ratio): `none` in this process, as `nfproof run` runs it without
@@ -49,7 +51,6 @@ DEFAULT_STRATEGIES = ("none", "stateful.checkpoint:8", "stateful.async", "statef
                       "stateless.commit:8")
 DEFAULT_CAPTURE = "tests/data/E02_http_49flows.pcap"
 DEFAULT_FAIL_AT = 200
-PIPELINE_WINDOW = 32       # runtime/failover.py PIPELINE_WINDOW (not imported here: the CLI starts light)
 FAIL_TAIL = 100            # inputs a failover run hands over after the crash point
 HANG_SECONDS = 120.0       # a run still going this long past its duration is stopped, its row failed
 CSV_COLUMNS = ("chain", "strategy", "rounds", "packets", "cpu_seconds", "store_cpu_seconds", "wall_seconds",
@@ -94,10 +95,10 @@ def add_parser(sub):
     p.add_argument("--heartbeat-ms", type=positive_float, default=1.0, metavar="MS",
                    help="primaries' heartbeat period (default 1)")
     p.add_argument("--window", type=positive_int, default=None, metavar="N",
-                   help="inputs in flight at a one-instance chain (default "
-                        f"{PIPELINE_WINDOW}, as in `nfproof run`; a longer chain hands over one chain input at a time). commit:B "
-                        "with N <= B waits for each batch's acknowledgement before the next inputs come: "
-                        "a larger N lets several batches be in flight")
+                   help="inputs in flight at a one-instance chain, the same for every strategy (default: "
+                        "`nfproof run`'s largest for the strategies: 32, and 128 under commit:B; a longer chain "
+                        "hands over one chain input at a time). commit:B with N <= B waits for each batch's "
+                        "acknowledgement before the next inputs come: a larger N lets several batches be in flight")
     p.add_argument("--read-cache", action="store_true",
                    help="stateless.async, .batch and .commit read the state from a local cache of what the "
                         "instance read and wrote (runtime/store.py read_cache: the same values for the single "
@@ -246,7 +247,7 @@ class Bench:
         self.duration, self.fail_instance, self.fail_at, self.heartbeat_ms = duration, fail_instance, fail_at, heartbeat_ms
         self.inside = capture_inside(capture.path)
         self.progress = progress
-        self.window = window or PIPELINE_WINDOW
+        self.window = window  # None: the largest default of the strategies (`rows`), the same for all of them
         self.read_cache = read_cache
         self.Driver = measured_driver_class()
 
@@ -301,6 +302,9 @@ class Bench:
                 "pps": stats.packets_in / cpu if cpu else None, "cpu_seconds": cpu}
 
     def rows(self, strategies: list, rounds: int) -> list[dict]:
+        if self.window is None:  # one window for every strategy, none included: the ratios compare strategies only
+            from .runtime.failover import default_window
+            self.window = max(default_window(None if s.name == "none" else s) for s in strategies)
         runs: dict = {s: [] for s in strategies}
         errors: dict = {}
         for k in range(rounds):

@@ -398,6 +398,7 @@ def run(args) -> int:
                 except StoreError as e:  # no redis-server, a --redis that does not answer
                     raise UsageError(str(e)) from None
                 failovers, pids, store_failures = driver.failovers, driver.pids(), driver.store_failures
+                in_flight = driver.window
         except FormatError as e:
             kept = (f" (the trace {args.output} holds the {recorder.inputs} input{'' if recorder.inputs == 1 else 's'} "
                     f"before it)") if recorder else ""
@@ -419,7 +420,7 @@ def run(args) -> int:
                       failures=[str(f) for f in settings.failures],
                       failures_not_reached=[str(f) for f in settings.failures if not f.done],
                       failovers=[{k: v for k, v in f.items() if not k.startswith("_")} for f in failovers],
-                      store_failures=store_failures)
+                      store_failures=store_failures, in_flight=in_flight)
     if args.json:
         print(json.dumps(result, indent=2))
     else:

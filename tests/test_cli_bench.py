@@ -218,3 +218,12 @@ def test_window_and_read_cache_reach_the_run(capsys, tmp_path, monkeypatch):
     assert result["window"] == 64 and result["read_cache"] is True
     row = next(r for r in result["rows"] if r["strategy"] == "stateless.commit:8")
     assert not row["error"] and row["pps"] > 0 and row["failover_ms"] > 0
+
+
+def test_every_strategy_runs_with_the_window_the_largest_wants(capsys, tmp_path, monkeypatch):
+    """commit:32 wants 4 batches in flight; none, measured beside it, gets the same window."""
+    monkeypatch.chdir(tmp_path)
+    code, out, err = cli(capsys, "bench", "nat", "--pcap", E02, "--param", PORTS, "--strategies",
+                         "none,stateful.commit:32", "--duration", "0.2", "--json")
+    assert code == 0, err
+    assert json.loads(out)["window"] == 128

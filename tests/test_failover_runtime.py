@@ -123,6 +123,28 @@ def test_chain_with_a_crash_is_explained(capsys, tmp_path, strategy):
     assert code == 0, out
 
 
+@pytest.mark.parametrize("strategy", [["stateful.commit:32", "--log-choices"], ["stateless.commit:32"]],
+                         ids=["stateful", "stateless"])
+def test_several_batches_in_flight_with_a_crash_are_explained(capsys, tmp_path, strategy):
+    """commit:32 on one instance has 4 batches in flight (default_window: 128 inputs), so the crash
+    finds outputs of several batches held and replays every unprotected input: the replacement's run
+    is still explained."""
+    result, trace = run(capsys, tmp_path, "nat", "--param", PORTS, "--strategy", *strategy, "--fail", "nat@400",
+                        "--seed", "1")
+    assert result["in_flight"] == 128
+    f = planned(result, "before input 400")
+    assert f["outputs_lost"] == 0 and f["replica_seq"] < 400
+    assert replay(capsys, trace)[0] == 0
+
+
+def test_the_default_window_leaves_room_for_several_batches():
+    from nfproof.runtime.failover import PIPELINE_WINDOW, default_window
+    for text, window in [("none", PIPELINE_WINDOW), ("stateful.sync", PIPELINE_WINDOW), ("stateful.async", PIPELINE_WINDOW),
+                         ("stateful.checkpoint:64", PIPELINE_WINDOW), ("stateful.commit:4", 128),
+                         ("stateful.commit:32", 128), ("stateless.commit:64", 256), ("stateless.batch:32", PIPELINE_WINDOW)]:
+        assert default_window(None if text == "none" else Strategy.parse(text)) == window, text
+
+
 def test_async_on_a_nat_loses_mappings(capsys, tmp_path):
     """Deltas shipped but not awaited: a crash loses the port choices not shipped yet. With the
     default 1 ms interval whether any are in the queue at the kill is a race (the campaign,
