@@ -12,7 +12,7 @@ import time
 from .cmd_verify import configured, duration, positive_float, positive_int
 from .errors import OK, UsageError
 from .models import NFS, lookup
-from .models.api import ParamError
+from .models.api import ParamError, validate
 from .models.chain import Chain, ChainError
 from .traces.errors import FormatError
 
@@ -149,6 +149,8 @@ def build_chain(text: str, settings: list[str]) -> Chain:
                 configured(next(iter(chain.members.values())).nf, given[:1])  # raises: write NF.NAME=VALUE
             raise UsageError(f"--param {given[0]!r} names NF {nf_name!r}, which is not in the chain {text!r} "
                              f"(its NFs: {', '.join(names)})")
+    for member in chain.members.values():  # a model error here, not from a worker process later
+        validate(member.nf)
     return chain
 
 

@@ -193,6 +193,38 @@ def test_a_type_test_on_a_value_is_a_one_line_error_at_its_line(tmp_path):
     nf = lookup(f"{path}:Typed")
     with pytest.raises(ModelError, match="isinstance"):
         step(nf, initial_state(nf), Packet(6, 1, 2, 3, 4, 2), seeded(0), lambda: 0)
+    capture = os.path.join(ROOT, "tests", "data", "E02_http_49flows.pcap")
+    for strategy in ("stateful.sync", "stateless.sync"):  # the worker processes' run: refused before they start
+        r = nfproof("run", f"{path}:Typed", "--pcap", capture, "--strategy", strategy, "-o", tmp_path / "t.pcapng")
+        assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+        assert r.stderr.strip().splitlines() == [f"nfproof run: model error: {path}:8: " + message[0].split(":8: ")[1]]
+
+
+def test_the_introspection_check_reads_a_function_once(monkeypatch):
+    """A configured subclass shares its base's functions: they are not read again (a worker checks
+    its model before its first packet, and a replacement reading sources under load went silent).
+    What was refused is not remembered as clean."""
+    import inspect
+
+    from nfproof.models import api
+    reads = []
+    real = inspect.getsourcelines
+    monkeypatch.setattr(api.inspect, "getsourcelines", lambda code: reads.append(code) or real(code))
+    base = lookup("nat")
+    api.validate(base.configure({"ports": "7"}))
+    reads.clear()
+    api.validate(base.configure({"ports": "9"}))
+    assert reads == []
+
+    class Asks(NF):
+        name, gates = "asks", ("out",)
+
+        def handle(self, pkt, ctx):
+            if isinstance(pkt.sport, int):
+                ctx.emit(pkt, "out")
+    for _ in range(2):
+        with pytest.raises(ModelError, match="isinstance"):
+            api.check_no_introspection(Asks)
 
 
 def test_a_type_test_in_a_helper_the_handler_calls_is_found_too(tmp_path):
