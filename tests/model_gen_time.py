@@ -119,9 +119,10 @@ def clocked_models(draw, max_statements: int = 4, max_depth: int = 1, max_expr_d
 
 class _MapClockWriter(_ClockWriter):
     """Time kept only in a map of clock values (`seen`, value kind `Bits(32, 'Time')`), the shape
-    verify/time_shift.py can shift: idle timeouts per flow, differences compared or written into
-    fields, and sometimes the raw clock written into a field or compared with a constant (which
-    makes the model depend on absolute time, so the proof must not shift it)."""
+    verify/time_shift.py can shift: idle timeouts per flow, expiry times (now + K stored, compared
+    with the clock; sometimes now - K stored, which the shift must refuse), differences compared or
+    written into fields, and sometimes the raw clock written into a field or compared with a
+    constant (which makes the model depend on absolute time, so the proof must not shift it)."""
 
     def declare(self):
         _Writer.declare(self)
@@ -142,12 +143,14 @@ class _MapClockWriter(_ClockWriter):
         if not self.chance(4):
             return _Writer.statement(self, scope, depth, indent)
         i = indent
-        forms = ["read", "emit_time", "timeout", "stamp", "absolute"] + ["flow_timeout"] * 3
+        forms = ["read", "emit_time", "timeout", "stamp", "absolute"] + ["flow_timeout", "flow_expiry"] * 2
         if depth >= self.cfg.max_depth:
-            forms = [f for f in forms if "timeout" not in f and f != "absolute"]
+            forms = [f for f in forms if "timeout" not in f and "expiry" not in f and f != "absolute"]
         form = self.pick(forms)
         if form == "stamp":
-            return [f"{i}self.seen[pkt.flow] = {self.clock(scope)}"]
+            return [f"{i}self.seen[pkt.flow] = {self.expiry(scope)}"]
+        if form == "flow_expiry":
+            return self.flow_expiry(scope, depth, i)
         if form == "absolute":  # a time compared with a constant: not invariant under a shift
             lines = [f"{i}if {self.clock(scope)} {self.pick(COMPARISONS)} {self.pick(TIMEOUTS)}:"]
             return lines + self.block(scope.child(), depth + 1, i + "    ", 1)
@@ -161,6 +164,27 @@ class _MapClockWriter(_ClockWriter):
         return self.flow_timeout(scope, depth, i, announce=True)
 
 
+    def expiry(self, scope: _Scope) -> str:
+        """A clock value, or one plus a timeout (an expiry time); now and then minus one."""
+        if self.chance(3):
+            return self.clock(scope)
+        return f"{self.clock(scope)} {'-' if self.chance(2) else '+'} {self.pick(TIMEOUTS)}"
+
+    def flow_expiry(self, scope: _Scope, depth: int, i: str) -> list[str]:
+        """A flow's entry expires at the time stored with it (compared with the clock, either side
+        sometimes shifted by a constant); a (re)opened flow is announced."""
+        name = self.fresh("age")
+        inner = scope.child()
+        inner.ints.append(name)
+        now = self.clock(scope)
+        side = f"{name} + {self.pick(TIMEOUTS)}" if self.chance(3) else name
+        lines = [f"{i}{name} = self.seen.get(pkt.flow)",
+                 f"{i}if {name} is None or {now} {self.pick(COMPARISONS)} {side}:",
+                 f"{i}    self.seen[pkt.flow] = {self.expiry(scope)}"]
+        lines += self.block(inner, depth + 1, i + "    ", 1)
+        return lines + [f"{i}    ctx.emit(pkt, {self.pick(self.gates)!r})"]
+
+
 @st.composite
 def map_clocked_models(draw, max_statements: int = 4, max_depth: int = 1, max_expr_depth: int = 1,
                        max_choices: int = 1, max_pool: int = 2, nondeterministic: bool = False) -> Generated:
@@ -169,7 +193,8 @@ def map_clocked_models(draw, max_statements: int = 4, max_depth: int = 1, max_ex
     w = _MapClockWriter(draw, _Config(max_statements, max_depth, max_expr_depth, max_choices, max_pool, nondeterministic))
     w.declare()
     scope = _Scope()
-    body = w.flow_timeout(scope, 0, "        ", announce=True) + w.block(scope, 0, "        ", max_statements)
+    first = w.flow_expiry(scope, 0, "        ") if w.chance(4) else w.flow_timeout(scope, 0, "        ", announce=True)
+    body = first + w.block(scope, 0, "        ", max_statements)
     if not body[-1].lstrip().startswith("return"):
         body.append(f"        ctx.emit(pkt, {w.pick(w.gates)!r})")
     source = (model_gen.HEADER + "class Generated(NF):\n" + "\n".join(w.render_decls()) + "\n\n"
