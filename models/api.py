@@ -659,13 +659,15 @@ def check_no_hidden_state(nf_cls) -> None:
             raise error
 
 
-INTROSPECTION = ("isinstance", "type", "id")  # builtins whose answer on a value differs between the interpreters
+INTROSPECTION = ("isinstance", "type", "id", "hasattr", "getattr", "callable", "dir", "vars")  # builtins whose
+# answer on a value differs between the interpreters (a term has attributes an int has not)
 _LIBRARY_DIRS = tuple({sysconfig.get_path(k) for k in ("stdlib", "platstdlib", "purelib", "platlib")})  # not read
 
 
 def check_no_introspection(nf_cls) -> None:
-    """A handler that asks a value's type or identity (`isinstance(x, int)`, `type(x)`, `id(x)`)
-    gets another answer from each interpreter: the concrete one passes ints, the symbolic one terms.
+    """A handler that asks a value's type, identity or attributes (`isinstance(x, int)`, `type(x)`,
+    `id(x)`, `hasattr(x, "path")`, ...) gets another answer from each interpreter: the concrete one
+    passes ints, the symbolic one terms.
     A ModelError at the call's line. Read: the NF's own methods and the module-level functions they
     call by name, transitively (whose source is readable; arguments `self`, `pkt` and `ctx` are
     allowed)."""

@@ -236,3 +236,17 @@ def test_a_type_test_in_a_helper_the_handler_calls_is_found_too(tmp_path):
     nf = lookup(f"{path}:Helped")
     with pytest.raises(ModelError, match=rf"{path}:6: `id\(\)` of a value"):
         verify_failover(nf, Strategy.parse("stateful.sync"), 1)
+
+
+@pytest.mark.parametrize("call", ["hasattr(now, 'path')", "getattr(now, 'path', None) is None", "callable(now)"])
+def test_asking_a_value_for_its_attributes_is_refused_too(tmp_path, call):
+    """A term has attributes an int has not: `hasattr(now, "path")` would make the symbolic run
+    always take one branch (found in review: a clock compared with a constant passed the time-shift
+    test that way)."""
+    path = tmp_path / "asks.py"
+    path.write_text("from nfproof.models.api import NF\n\n\nclass Asks(NF):\n    name, gates = 'asks', ('out',)\n\n"
+                    f"    def handle(self, pkt, ctx):\n        now = ctx.now()\n        if {call} or now >= 5:\n"
+                    "            ctx.emit(pkt, 'out')\n")
+    from nfproof.models.api import check_no_introspection
+    with pytest.raises(ModelError, match=rf"{path}:9: `{call.split('(')[0]}\(\)` of a value"):
+        check_no_introspection(lookup(f"{path}:Asks"))
