@@ -23,8 +23,9 @@ alternatives of an input fail, the search jumps back to the latest decision in t
 the failed attempts read, skipping decisions that cannot change the outcome (another flow's clock
 reads, say). No decision left: the trace is not explained (a violation at the deepest input
 reached). State changes are undone from a journal, so nothing is copied. The search keeps at most
-HORIZON open decisions (memory stays flat on long traces); a conflict that reaches past them, or a
-search that runs out of its attempt budget, is `unknown`, never a guess."""
+HORIZON open decisions, and with `unit_horizon` (the streamed check's parts) only those of the
+latest inputs, so memory stays flat on long traces; a conflict that reaches past them, or a search
+that runs out of its attempt budget, is `unknown`, never a guess."""
 from __future__ import annotations
 
 from collections import deque
@@ -111,7 +112,7 @@ class Tracker:
     def forget_before(self, mark: int) -> None:
         """Journal entries before `mark` will never be undone (dropped in chunks: amortised)."""
         drop = mark - self.offset
-        if drop > 65536 or drop > 0 and drop == len(self.journal):
+        if drop > 65536 or drop > 0 and 2 * drop >= len(self.journal):  # (at least half: amortised)
             del self.journal[:drop]
             self.offset = mark
 
@@ -549,6 +550,7 @@ class Search:
         self.choice_log: list | None = None   # the pool choices of the step being recorded (see _memo_run)
         self.memo_keys = MEMO_KEYS       # views recorded before the memo starts afresh
         self.horizon = HORIZON
+        self.unit_horizon = None         # open decisions kept only for this many inputs after theirs
         self.start()
 
     # -- candidates for a choice ---------------------------------------------------------------------
@@ -956,11 +958,17 @@ class Search:
         pool, late, clocked = self.pool, self.late, self.clocked
         stall = self.problem.stall_ns
         n, i = len(units), self.i
+        keep = self.unit_horizon
         try:
             while i < n:
                 if i == self.stop_at:
                     self.stopped = True
                     return None
+                if keep is not None and stack and i - stack[0].i > keep:
+                    # e.g. a flow's first choice, never refuted: kept open, it would keep the flow's every
+                    # input and journal entry since (memory growing with the flow's length)
+                    self.horizon_floor = max(self.horizon_floor, stack.popleft().i)
+                    self.tracker.forget_before(stack[0].mark if stack else self.tracker.mark())
                 unit = units[i]
                 lo = unit.time_ns if self.tprev is None or self.tprev < unit.time_ns else self.tprev
                 bound = self.problem.lower_bounds.get(i)
@@ -982,9 +990,9 @@ class Search:
                         return self._outcome("violation", "")
                     h = max(conflicts)
                     if h <= self.horizon_floor:
+                        kept = f"the latest {self.horizon}" + (f", of the last {keep} inputs" if keep else "")
                         raise Unknown(f"explaining input {units[self.deepest[0]].seq} needs a decision the search "
-                                      f"no longer keeps open (it keeps the latest {self.horizon}, and {MAX_DEPS} "
-                                      f"per value)")
+                                      f"no longer keeps open (it keeps {kept}, and {MAX_DEPS} per value)")
                     while stack[-1].i > h:
                         stack.pop()
                     g = stack[-1]

@@ -4,8 +4,8 @@ Pass 1 (every worker reads the whole trace; worker w checks the parts whose name
 an input is held until LAG more inputs have been read (its outputs are then all there), then
 given to its part (replay_partition's union-find over connections, grown as the trace goes) and
 that part's search goes as far as it can (replay_search.Search, fed incrementally). A part keeps
-only the inputs its open decisions may return to (at most PART_HORIZON of them), so memory grows
-with the flows alive, not with the packets. Each worker reports, per part, its verdict and what
+only the inputs its open decisions may return to (at most PART_HORIZON of them, made within its
+last PART_UNIT_HORIZON inputs), so memory grows with the flows alive, not with the packets. Each worker reports, per part, its verdict and what
 the independence checks need: the state entries it touched, its pool choices, its late
 processing times. Worker 0 also checks the order of the outputs on every channel.
 
@@ -28,7 +28,8 @@ from .replay_search import Problem, Search, gc_off, paused_gc
 
 LAG = 4096            # inputs read past an input before its outputs are taken to be complete
 PREVIEW = 400         # packets kept from the start of an explained trace for its timeline
-PART_HORIZON = 16     # open decisions a part keeps (a conflict reaching further: unknown, then pass 2)
+PART_HORIZON = 16     # open decisions a part keeps (a conflict reaching further: unknown, then pass 2)...
+PART_UNIT_HORIZON = 16  # ...and only those of its latest inputs (else a flow's first choice keeps the flow)
 ALL = ("all",)        # the one part of a chain that is not partitionable
 PART_MEMO_KEYS = 16   # recorded steps a part keeps (replay_search._memo_run; 1 << 20 for the one part)
 
@@ -156,7 +157,7 @@ def first_pass(path, chain_text, params, inside, eq: Equivalence, stall_ns: int,
                           logged_clock=logged_clock, shown_values=shown, outside_routes=routes, fresh_from=fresh_from,
                           labels=rec.labels)
         search = Search(problem)
-        search.horizon = PART_HORIZON
+        search.horizon, search.unit_horizon = PART_HORIZON, PART_UNIT_HORIZON
         if kinds is not None:   # one flow's views, at each clock reading: a few (memory flat in time)
             search.memo_keys = PART_MEMO_KEYS
         return _Part(name, search, observed)
