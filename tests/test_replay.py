@@ -342,6 +342,29 @@ def test_the_streamed_check_agrees_with_the_in_memory_one(tmp_path):
                     assert (a.failure and a.failure.number) == (b.failure and b.failure.number), where
 
 
+def test_a_long_flow_remapped_late_is_found_past_the_parts_horizon(tmp_path):
+    """A flow of 40 packets whose standby re-maps it at packet 35: the streamed check keeps a
+    part's decisions open for its last PART_UNIT_HORIZON inputs only, so the first packet's choice
+    is committed long before; the conflict that reaches it is unknown in the first pass and the
+    second finds the violation at the in-memory check's packet. The same flow kept on its port is
+    explained."""
+    from nfproof.verify.replay_stream import PART_UNIT_HORIZON, check_trace
+    for remap, expected in ((35, "violation"), (None, "explained")):
+        run = Run("nat", ["nat.ports=64"], "none")
+        for k in range(40):
+            pkt = tcp(HOST, 1000, REMOTE, 80, "S" if k == 0 else "A")
+            seq = run.input(pkt, 0.1 * k)
+            run.output(seq, pkt.rewrite(src=EXT, sport=1025 if remap is not None and k >= remap else 1024),
+                       "outside", "nat" if k < 30 else "nat#standby")
+            if k == 29:
+                run.crash(0.1 * k + 0.05, "nat", "nat#standby", 0.01)
+        path = run.write(tmp_path / f"long-{remap}.pcapng")
+        assert 35 - 0 > PART_UNIT_HORIZON
+        a, b = verdict(path), check_trace(path, eq=Equivalence("strict", False))
+        assert a.verdict == b.verdict == expected
+        assert (a.failure and a.failure.number) == (b.failure and b.failure.number)
+
+
 def test_jobs_and_sequential_give_the_same_report(tmp_path, capsys):
     run = nat_run([1024, 1024, 1025])
     for k in range(40):   # other flows, some inbound replies among them
