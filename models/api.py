@@ -620,6 +620,8 @@ def validate(nf_cls) -> None:
         check_no_hidden_state(nf_cls)
         check_no_introspection(nf_cls)
         _VALIDATED.add(nf_cls)
+
+
 _IMMUTABLE = (int, float, str, bytes, type(None), range, type, staticmethod, classmethod, property)
 
 
