@@ -967,8 +967,7 @@ class Search:
                 if keep is not None and stack and i - stack[0].i > keep:
                     # e.g. a flow's first choice, never refuted: kept open, it would keep the flow's every
                     # input and journal entry since (memory growing with the flow's length)
-                    self.horizon_floor = max(self.horizon_floor, stack.popleft().i)
-                    self.tracker.forget_before(stack[0].mark if stack else self.tracker.mark())
+                    self._commit_oldest()
                 unit = units[i]
                 lo = unit.time_ns if self.tprev is None or self.tprev < unit.time_ns else self.tprev
                 bound = self.problem.lower_bounds.get(i)
@@ -1007,8 +1006,7 @@ class Search:
                 if self._commit(f, att):
                     stack.append(f)
                     if len(stack) > self.horizon:
-                        self.horizon_floor = max(self.horizon_floor, stack.popleft().i)
-                        self.tracker.forget_before(stack[0].mark)
+                        self._commit_oldest()
                 elif not stack:
                     self.tracker.forget_before(self.tracker.mark())
                 if att.pool:
@@ -1024,6 +1022,12 @@ class Search:
         finally:
             self.i = i
         return None
+
+    def _commit_oldest(self) -> None:
+        """The oldest open decision is kept no longer: a conflict reaching it is unknown."""
+        stack = self.stack
+        self.horizon_floor = max(self.horizon_floor, stack.popleft().i)
+        self.tracker.forget_before(stack[0].mark if stack else self.tracker.mark())
 
     def oldest_needed(self) -> int:
         """The first unit a backjump can still return to (units before it may be forgotten)."""

@@ -5,9 +5,10 @@ an input is held until LAG more inputs have been read (its outputs are then all 
 given to its part (replay_partition's union-find over connections, grown as the trace goes) and
 that part's search goes as far as it can (replay_search.Search, fed incrementally). A part keeps
 only the inputs its open decisions may return to (at most PART_HORIZON of them, made within its
-last PART_UNIT_HORIZON inputs), so memory grows with the flows alive, not with the packets. Each worker reports, per part, its verdict and what
-the independence checks need: the state entries it touched, its pool choices, its late
-processing times. Worker 0 also checks the order of the outputs on every channel.
+last PART_UNIT_HORIZON inputs), so memory grows with the flows alive, not with the packets. Each
+worker reports, per part, its verdict and what the independence checks need: the state entries it
+touched, its pool choices, its late processing times. Worker 0 also checks the order of the
+outputs on every channel.
 
 Pass 2, only if pass 1 leaves something undecided (a part not explained, parts that turned out
 not to be independent, outputs out of order, late processing times that constrain other parts):
