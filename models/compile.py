@@ -1,0 +1,1075 @@
+"""The model compiler: a model's `handle` turned into C, from the same source (DESIGN.md "The model
+API": interpreted concretely, symbolically, and compiled where the interpreter is too slow).
+
+How: the handler runs on tracing values, the way the symbolic interpreter explores it. A packet
+field, a state read, a clock read or a choice is a `Value` (an int-valued C expression with the
+range of ints it can hold) or a `Truth` (a bool one); arithmetic on them writes C, a branch on
+one forks the path, and every path is re-executed from its decision prefix until all are
+explored. The paths share their prefixes, so they fold into one tree of `if`s: the step function.
+
+Exactness is the point: the C code computes what models/concrete.py computes, packet for packet.
+Python ints are unbounded, so every value carries its range and is held in int64 or __int128
+when that range fits (else the model is not compiled: `NotCompilable`); `//` and `%` floor as
+Python's; keys, values and packet fields wrap at their widths as `wrap` does; errors the
+interpreter would raise (a division by zero, an absent key, a bad field) are paths that return
+the same located message; choices draw from the same splitmix64 stream by the protocol of
+runtime/rng.py (`choose_all`, `choose_free`, values[below(n)]). Whatever the tracer cannot follow
+exactly (a value used as a dict key, formatted into a string, an unbounded loop, a width over 64
+bits in state) raises NotCompilable, and the caller interprets the model instead.
+
+The C side: `CompiledModel` builds the source with the system C compiler into a cache directory
+(`$NFPROOF_CACHE`, default ~/.cache/nfproof) and loads it with ctypes. Its ABI (one `cview_t` per
+packet, outputs and drop reasons in caller arrays) is what runtime/fast.pyx calls per packet, and
+`step()` is a per-packet Python entry for tests.
+"""
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import inspect
+import os
+import subprocess
+import sys
+import tempfile
+
+from .api import (INTERPRETER_FILES, MAX_CHOICE_WIDTH, NF, PACKET_FIELDS, PACKET_WIDTHS, Bits, Map, ModelError,
+                  Packet, Set, check_bool_field, check_int_field, located, model_failure, model_location, validate)
+from .concrete import NO_ITERATION
+
+INTERPRETER_FILES.add(__file__)
+
+MAX_PATHS = 4096          # paths of one handler (a model with more is interpreted)
+MAX_EVENTS = 20000        # operations on one path (an unbounded loop runs into it)
+MAX_OUTPUTS = 16          # outputs of one step
+INT64 = (-(1 << 63), (1 << 63) - 1)
+INT128 = (-(1 << 127), (1 << 127) - 1)
+NOW_RANGE = (0, (1 << 62) - 1)  # clock readings the step accepts (ticks); others are an error at run time
+INPUT_FIELDS = ("proto", "src", "sport", "dst", "dport", "flags", "inbound", "length", "label")
+assert INPUT_FIELDS == PACKET_FIELDS
+
+
+class NotCompilable(BaseException):
+    """The tracer cannot follow this model exactly (a BaseException, so a model's own `except
+    Exception` does not swallow it): interpret it instead. The message says what and where."""
+
+
+class _Failed(BaseException):
+    """A path ends in the model error the interpreter would raise there (message located)."""
+
+
+def _refuse(what: str):
+    where = model_location()
+    raise NotCompilable(f"{where}: {what}" if where else what)
+
+
+# ---- tracing values --------------------------------------------------------------------------------
+
+def _c_type(lo: int, hi: int) -> str:
+    if INT64[0] <= lo and hi <= INT64[1]:
+        return "int64_t"
+    if INT128[0] <= lo and hi <= INT128[1]:
+        return "__int128"
+    _refuse(f"an integer beyond 127 bits ({lo}..{hi}) in the handler")
+
+
+def _bits(lo: int, hi: int) -> int:
+    return max(abs(lo).bit_length(), abs(hi).bit_length())
+
+
+class Value:
+    """An int the handler computes at run time: a C expression and the range of ints it can be."""
+
+    __slots__ = ("run", "c", "lo", "hi")
+    __hash__ = None  # a dict or set keyed by a run-time value: the tracer cannot follow it
+
+    def __init__(self, run: "_Run", c: str, lo: int, hi: int):
+        self.run, self.c, self.lo, self.hi = run, c, lo, hi
+
+    @property
+    def ctype(self) -> str:
+        return _c_type(self.lo, self.hi)
+
+    # Python asks these of an int in places the tracer cannot follow (indexing, formatting, ...)
+    def __index__(self): _refuse("an integer computed at run time used as an index, a range or a count")
+    def __int__(self): _refuse("int() of a value computed at run time")
+    def __float__(self): _refuse("a float of a value computed at run time")
+    def __format__(self, spec): _refuse("a value computed at run time formatted into a string")
+    def __str__(self): _refuse("a value computed at run time formatted into a string")
+    def __repr__(self): return "<a value known at run time>"
+    def __iter__(self): _refuse("iterating a value")
+    def __pow__(self, other): _refuse("** in a handler")
+    def __rpow__(self, other): _refuse("** in a handler")
+    def __truediv__(self, other): _refuse("/ (a float) in a handler")
+    def __rtruediv__(self, other): _refuse("/ (a float) in a handler")
+    def __divmod__(self, other): _refuse("divmod() in a handler")
+    def __rdivmod__(self, other): _refuse("divmod() in a handler")
+
+    def __bool__(self) -> bool:
+        if self.lo > 0 or self.hi < 0:
+            return True
+        if self.lo == self.hi == 0:
+            return False
+        return self.run.branch(f"({self.c} != 0)")
+
+    def select_from(self, values):  # models.api.select
+        values = tuple(values)
+        self.run.check(f"({self.c} >= 0 && {self.c} < {len(values)})", self.lo >= 0 and self.hi < len(values),
+                       self.lo >= len(values) or self.hi < 0, lambda: ModelError(
+                           f"select(): index {self!r} outside 0..{len(values) - 1}"))
+        return self.run.pick(self, values)
+
+    # arithmetic ---------------------------------------------------------------------------------
+    def _arith(self, other, op: str, swap=False):
+        b = _operand(self.run, other)
+        if b is None:  # Python then tries the other operand, or raises the TypeError an int would
+            return NotImplemented
+        a = self
+        if swap:
+            a, b = b, a
+        return self.run.arith(op, a, b)
+
+    def __add__(self, o): return self._arith(o, "+")
+    def __radd__(self, o): return self._arith(o, "+", True)
+    def __sub__(self, o): return self._arith(o, "-")
+    def __rsub__(self, o): return self._arith(o, "-", True)
+    def __mul__(self, o): return self._arith(o, "*")
+    def __rmul__(self, o): return self._arith(o, "*", True)
+    def __floordiv__(self, o): return self._arith(o, "//")
+    def __rfloordiv__(self, o): return self._arith(o, "//", True)
+    def __mod__(self, o): return self._arith(o, "%")
+    def __rmod__(self, o): return self._arith(o, "%", True)
+    def __and__(self, o): return self._arith(o, "&")
+    def __rand__(self, o): return self._arith(o, "&", True)
+    def __or__(self, o): return self._arith(o, "|")
+    def __ror__(self, o): return self._arith(o, "|", True)
+    def __xor__(self, o): return self._arith(o, "^")
+    def __rxor__(self, o): return self._arith(o, "^", True)
+    def __lshift__(self, o): return self._arith(o, "<<")
+    def __rlshift__(self, o): return self._arith(o, "<<", True)
+    def __rshift__(self, o): return self._arith(o, ">>")
+    def __rrshift__(self, o): return self._arith(o, ">>", True)
+    def __neg__(self): return self.run.arith("-", 0, self)
+    def __pos__(self): return self if type(self) is Value else Value(self.run, self.c, 0, 1)  # +True is 1, an int
+    def __invert__(self): return self.run.arith("-", -1, self)
+    def __abs__(self):
+        if self.lo >= 0:
+            return +self
+        if self.hi <= 0:
+            return -self
+        return self.run.value(f"({self.c} < 0 ? -{self.c} : {self.c})", 0, max(-self.lo, self.hi))
+
+    # comparisons ----------------------------------------------------------------------------------
+    def _cmp(self, other, op: str):
+        b = _operand(self.run, other)
+        if b is None:  # as for an int: the other operand's answer, identity, or a TypeError
+            return NotImplemented
+        return self.run.compare(op, self, b)
+
+    def __eq__(self, o): return self._cmp(o, "==")
+    def __ne__(self, o): return self._cmp(o, "!=")
+    def __lt__(self, o): return self._cmp(o, "<")
+    def __le__(self, o): return self._cmp(o, "<=")
+    def __gt__(self, o): return self._cmp(o, ">")
+    def __ge__(self, o): return self._cmp(o, ">=")
+
+
+class Truth(Value):
+    """A bool the handler computes at run time (a comparison, `inbound`): an int 0 or 1 in C.
+    As in Python it is an int too (`True + 1 == 2`), and `&`, `|`, `^` of two bools are bools."""
+
+    __slots__ = ()
+
+    def __init__(self, run, c: str):
+        super().__init__(run, c, 0, 1)
+
+    def __bool__(self) -> bool:
+        return self.run.branch(self.c)
+
+    def _logic(self, other, op):
+        if isinstance(other, Truth) or type(other) is bool:
+            if type(other) is bool:
+                other = self.run.const_truth(other)
+            return self.run.truth(f"({self.c} {op} {other.c})")
+        return Value._arith(self, other, op)
+
+    def __and__(self, o): return self._logic(o, "&")
+    __rand__ = __and__
+    def __or__(self, o): return self._logic(o, "|")
+    __ror__ = __or__
+    def __xor__(self, o): return self._logic(o, "^")
+    __rxor__ = __xor__
+    __hash__ = None
+
+    def select_from(self, values):
+        _refuse("select() with a bool as the index")
+
+
+def _operand(run, x):
+    """x as a Value (ints and bools as constants); None if it is neither."""
+    if isinstance(x, Value):
+        return x
+    if type(x) is bool:
+        return run.const(int(x))
+    if isinstance(x, int):
+        return run.const(x)
+    return None
+
+
+def _floor_div_range(a: Value, b: Value):
+    m = max(abs(a.lo), abs(a.hi)) + 1
+    return -m, m
+
+
+def _bitwise_range(op, a: Value, b: Value):
+    if a.lo >= 0 and b.lo >= 0:
+        if op == "&":
+            return 0, min(a.hi, b.hi)
+        return 0, (1 << max(a.hi.bit_length(), b.hi.bit_length())) - 1
+    n = max(_bits(a.lo, a.hi), _bits(b.lo, b.hi))
+    return -(1 << n), (1 << n) - 1
+
+
+# ---- one execution of the handler ------------------------------------------------------------------
+
+class _Run:
+    """One execution along a decision prefix: the C statements and branches it passes, in order."""
+
+    def __init__(self, prefix: tuple, compiler: "_Compiler"):
+        self.prefix, self.compiler = prefix, compiler
+        self.decisions: list[bool] = []
+        self.events: list = []           # ("s", statement) | ("b", condition, taken)
+        self.decided: dict[str, bool] = {}
+        self.temps = 0
+        self.outputs = 0
+        self.drops = 0
+
+    def temp(self) -> str:
+        self.temps += 1
+        return f"t{self.temps}"
+
+    def stmt(self, text: str) -> None:
+        if len(self.events) > MAX_EVENTS:
+            _refuse(f"more than {MAX_EVENTS} operations on one path (a loop bounded only at run time?)")
+        self.events.append(("s", text))
+
+    def branch(self, cond: str) -> bool:
+        if cond in self.decided:
+            return self.decided[cond]
+        k = len(self.decisions)
+        take = self.prefix[k] if k < len(self.prefix) else True
+        self.decisions.append(take)
+        self.events.append(("b", cond, take))
+        self.decided[cond] = take
+        return take
+
+    def check(self, cond: str, always: bool, never: bool, error) -> None:
+        """Go on where `cond` holds; where it does not, the path fails with error()."""
+        if always:
+            return
+        if never or not self.branch(cond):
+            raise _Failed(str(located(error())))
+
+    def const(self, v: int) -> Value:
+        _c_type(v, v)
+        return Value(self, _c_literal(v), v, v)
+
+    def const_truth(self, v: bool) -> Truth:
+        return Truth(self, "1" if v else "0")
+
+    def value(self, expr: str, lo: int, hi: int) -> Value:
+        t = self.temp()
+        self.stmt(f"{_c_type(lo, hi)} {t} = {expr};")
+        return Value(self, t, lo, hi)
+
+    def truth(self, expr: str) -> Truth:
+        t = self.temp()
+        self.stmt(f"int {t} = {expr};")
+        return Truth(self, t)
+
+    def arith(self, op: str, a, b):
+        a, b = _operand(self, a), _operand(self, b)
+        if op in "+-*":
+            corners = [eval(f"x {op} y") for x in (a.lo, a.hi) for y in (b.lo, b.hi)]
+            lo, hi = min(corners), max(corners)
+            ty = _wide(_c_type(lo, hi), a, b)
+            return self.value(f"(({ty}){a.c} {op} ({ty}){b.c})", lo, hi)
+        if op in ("//", "%"):
+            self.check(f"({b.c} != 0)", b.lo > 0 or b.hi < 0, b.lo == b.hi == 0, lambda: _zero_division(op))
+            if op == "//":
+                lo, hi = _floor_div_range(a, b)
+            elif b.lo > 0:
+                lo, hi = 0, b.hi - 1
+            elif b.hi < 0:
+                lo, hi = b.lo + 1, 0
+            else:
+                lo, hi = b.lo + 1, b.hi - 1
+            ty = _c_type(min(lo, a.lo, b.lo), max(hi, a.hi, b.hi))
+            fn = ("fdiv" if op == "//" else "fmod") + ("64" if ty == "int64_t" else "128")
+            return self.value(f"{fn}({a.c}, {b.c})", lo, hi)
+        if op in "&|^":
+            lo, hi = _bitwise_range(op, a, b)
+            ty = _c_type(min(lo, a.lo, b.lo), max(hi, a.hi, b.hi))
+            return self.value(f"(({ty}){a.c} {op} ({ty}){b.c})", lo, hi)
+        if op in ("<<", ">>"):
+            if b.lo != b.hi:
+                _refuse(f"a shift by an amount computed at run time (`{op}`)")
+            n = b.lo
+            if n < 0:
+                raise _Failed(str(located(model_failure_text(ValueError("negative shift count")))))
+            if op == "<<":
+                lo, hi = a.lo << n, a.hi << n
+                ty = _c_type(lo, hi)
+                ty = _wide(ty, a)
+                return self.value(f"(({ty}){a.c} * {_c_literal(1 << n)})", lo, hi)
+            lo, hi = a.lo >> n, a.hi >> n
+            if lo == hi:
+                return lo
+            width = 63 if a.ctype == "int64_t" else 127
+            if n > width:
+                return self.value(f"({a.c} < 0 ? -1 : 0)", lo, hi)
+            return self.value(f"({a.c} >> {n})", lo, hi)
+        raise AssertionError(op)
+
+    def compare(self, op: str, a: Value, b: Value):
+        sure = {"==": (a.lo == a.hi == b.lo == b.hi, a.hi < b.lo or b.hi < a.lo),
+                "!=": (a.hi < b.lo or b.hi < a.lo, a.lo == a.hi == b.lo == b.hi),
+                "<": (a.hi < b.lo, a.lo >= b.hi), "<=": (a.hi <= b.lo, a.lo > b.hi),
+                ">": (a.lo > b.hi, a.hi <= b.lo), ">=": (a.lo >= b.hi, a.hi < b.lo)}[op]
+        if sure[0]:
+            return True
+        if sure[1]:
+            return False
+        ty = _c_type(min(a.lo, b.lo), max(a.hi, b.hi))
+        return self.truth(f"(({ty}){a.c} {op} ({ty}){b.c})")
+
+    def pick(self, index: Value, values):
+        """values[index] (index checked in range), values ints or run-time values."""
+        vals = [_operand(self, v) for v in values]
+        if any(v is None for v in vals):
+            _refuse("select()/choose() among values that are not integers")
+        lo, hi = min(v.lo for v in vals), max(v.hi for v in vals)
+        ty = _c_type(lo, hi)
+        expr = f"({ty}){vals[-1].c}"
+        for k in range(len(vals) - 2, -1, -1):
+            expr = f"({index.c} == {k} ? ({ty}){vals[k].c} : {expr})"
+        return self.value(expr, lo, hi)
+
+
+def _wide(ty: str, *operands: Value) -> str:
+    """The C type to compute in: __int128 if the result or an operand needs it (no wrapping casts)."""
+    return "__int128" if ty == "__int128" or any(v.ctype == "__int128" for v in operands) else "int64_t"
+
+
+def _c_literal(v: int) -> str:
+    if INT64[0] < v <= INT64[1]:
+        return f"INT64_C({v})"
+    hi, lo = (v >> 64) & ((1 << 64) - 1), v & ((1 << 64) - 1)
+    return f"I128(UINT64_C({hi}), UINT64_C({lo}))"
+
+
+def model_failure_text(error: Exception) -> ModelError:
+    return ModelError(f"the model raised {type(error).__name__}: {error}")
+
+
+def _zero_division(op: str) -> ModelError:
+    return model_failure_text(ZeroDivisionError("integer modulo by zero" if op == "%" else
+                                                "integer division or modulo by zero"))
+
+
+# ---- wrapping (models.api.wrap, on tracing values) ---------------------------------------------------
+
+def _masked(run: _Run, v, width: int, what) -> str:
+    """A C uint64_t expression of v's low `width` bits; v an int, a bool or a run-time value."""
+    if width > 64:
+        _refuse(f"a {width}-bit field in state or a packet (the compiler keeps 64 bits at most)")
+    mask = (1 << width) - 1
+    if type(v) is bool or isinstance(v, int) and not isinstance(v, Value):
+        return f"UINT64_C({int(v) & mask})"
+    if isinstance(v, Value):
+        if 0 <= v.lo and v.hi <= mask:
+            return f"(uint64_t){v.c}"
+        return f"((uint64_t){v.c} & UINT64_C({mask}))"
+    raise _Failed(str(located(what(v))))
+
+
+def _words(run: _Run, kind, value) -> list[str]:
+    """The C words of a key or value of `kind` (Bits or a record type), as `wrap` reduces it."""
+    if isinstance(kind, Bits):
+        return [_masked(run, value, kind.width,
+                        lambda v: ModelError(f"a {kind} ({kind.width}-bit integer) cannot hold {v!r}"))]
+    widths = kind.widths
+    if isinstance(value, tuple) and len(value) == len(widths) and all(
+            isinstance(v, (int, Value)) for v in value):
+        return [_masked(run, v, w, None) for v, w in zip(value, widths)]
+    raise _Failed(str(located(ModelError(f"a {kind.__name__} ({', '.join(kind._fields)}) cannot hold {value!r}"))))
+
+
+def _widths(kind) -> tuple:
+    return (kind.width,) if isinstance(kind, Bits) else tuple(kind.widths)
+
+
+def _from_words(run: _Run, kind, array: str):
+    """The value a read returns: an int Value per word, built into the record type if any."""
+    vals = []
+    for k, w in enumerate(_widths(kind)):
+        if w > 64:
+            _refuse(f"a {w}-bit field in state (the compiler keeps 64 bits at most)")
+        top = (1 << w) - 1
+        vals.append(run.value(f"({_c_type(0, top)}){array}[{k}]", 0, top))  # copied now: a later write moves the slot
+    return vals[0] if isinstance(kind, Bits) else kind._make(vals)
+
+
+# ---- state and context, as the handler sees them while traced ----------------------------------------
+
+class _MapTrace:
+    def __init__(self, run: _Run, index: int, decl, compiler):
+        self.run, self.index, self.decl, self.compiler = run, index, decl, compiler
+        self.is_set = isinstance(decl, Set)
+
+    def _key(self, key) -> str:
+        words = _words(self.run, self.decl.key, key)
+        t = self.run.temp()
+        self.run.stmt(f"uint64_t {t}[{len(words)}] = {{{', '.join(words)}}};")
+        return t
+
+    def _find(self, key):
+        k = self._key(key)
+        t = self.run.temp()
+        vw = 0 if self.is_set else len(_widths(self.decl.value))
+        self.run.stmt(f"uint64_t *{t} = map_get(&S->m[{self.index}], {k});  /* {self.decl.name} */")
+        return t, self.run.branch(f"({t} != 0)")
+
+    def get(self, key, default=None):
+        t, found = self._find(key)
+        return _from_words(self.run, self.decl.value, t) if found else default
+
+    def __getitem__(self, key):
+        t, found = self._find(key)
+        if not found:
+            raise _Failed(str(located(ModelError(
+                f"{self.decl.name}[key] of an absent key; test `key in m` first or use m.get(key)"))))
+        return _from_words(self.run, self.decl.value, t)
+
+    def __contains__(self, key) -> bool:
+        return self._find(key)[1]
+
+    def __setitem__(self, key, value):
+        k = self._key(key)
+        words = _words(self.run, self.decl.value, value)
+        t = self.run.temp()
+        self.run.stmt(f"uint64_t {t}[{len(words)}] = {{{', '.join(words)}}};")
+        self.run.stmt(f"map_put(&S->m[{self.index}], {k}, {t});")
+
+    def __delitem__(self, key):
+        k = self._key(key)
+        self.run.stmt(f"map_del(&S->m[{self.index}], {k});")
+
+    def add(self, key):
+        k = self._key(key)
+        self.run.stmt(f"map_put(&S->m[{self.index}], {k}, 0);")
+
+    def discard(self, key):
+        self.__delitem__(key)
+
+    def remove(self, key):
+        if not self.__contains__(key):
+            raise _Failed(str(located(ModelError(
+                f"{self.decl.name}.remove(x) of an absent member; test `x in s` first or use discard(x)"))))
+        self.__delitem__(key)
+
+    def absent_from(self, values, kind):
+        if isinstance(values, range) and values.step == 1:
+            return _FreeDomain(self, values.start, len(values), kind)
+        _refuse("a free-value domain over values that are not a range")
+
+    def _unsupported(self, *args, **kwargs):
+        what = "iterating a Set" if self.is_set else "iterating a Map"
+        raise _Failed(str(located(ModelError(f"{what} is not supported (a proof cannot follow it); {NO_ITERATION}"))))
+
+    __iter__ = keys = values = items = _unsupported
+
+    def __len__(self):
+        what = "len() of a Set" if self.is_set else "len() of a Map"
+        instead = "count the members in a Counter" if self.is_set else "count the entries in a Counter"
+        raise _Failed(str(located(ModelError(f"{what} is not supported (a proof cannot follow it); {instead}"))))
+
+
+class _CounterTrace:
+    def __init__(self, run: _Run, index: int, width: int):
+        self.run, self.index, self.width = run, index, width
+
+    @property
+    def value(self):
+        top = (1 << self.width) - 1
+        if self.width > 64:
+            _refuse(f"a {self.width}-bit Counter (the compiler keeps 64 bits at most)")
+        return self.run.value(f"({_c_type(0, top)})S->c[{self.index}]", 0, top)
+
+    @value.setter
+    def value(self, v):
+        if not isinstance(v, (int, Value)):
+            raise _Failed(str(located(model_failure_text(TypeError(
+                f"unsupported operand type(s) for &: '{type(v).__name__}' and 'int'")))))
+        self.run.stmt(f"S->c[{self.index}] = {_masked(self.run, v, self.width, None)};")
+
+
+class _FreeDomain:
+    """Pool.free(m) while traced: the pool's values that are not keys of m."""
+
+    def __init__(self, storage: _MapTrace, base: int, size: int, kind):
+        self.storage, self.pool, self.kind, self.used = storage, (base, size), kind, storage
+
+    def exhausted(self):
+        pid = self.storage.compiler.pool_id(self.storage.index, *self.pool)
+        return self.storage.run.truth(f"(S->m[{self.storage.index}].pools[{pid}].used >= {_u64(self.pool[1])})")
+
+
+def _u64(v: int) -> str:
+    return f"UINT64_C({v})"
+
+
+class _ContextTrace:
+    def __init__(self, run: _Run, nf_cls, compiler):
+        self.run, self.gates, self.compiler = run, nf_cls.gates, compiler
+
+    def __getattr__(self, name):
+        _refuse(f"ctx.{name} (the context offers choose, now, emit and drop)")
+
+    def now(self):
+        return Value(self.run, "now", *NOW_RANGE)
+
+    def choose(self, domain):
+        run = self.run
+        kind = domain.kind
+        if kind.width > MAX_CHOICE_WIDTH:
+            raise _Failed(str(located(ModelError(
+                f"a choice from a {kind.width}-bit domain; choices are at most {MAX_CHOICE_WIDTH} bits"))))
+        fits = range(1 << kind.width)
+        pool = getattr(domain, "pool", None)
+        if pool is not None:
+            base, size = pool
+            if size and (base not in fits or base + size - 1 not in fits):
+                raise _Failed(str(located(ModelError(
+                    f"a {kind} domain holds a value that does not fit in {kind.width} bits"))))
+            if size == 0:
+                return None
+            if size > (1 << 63):
+                _refuse("a choice from a pool of more than 2^63 values")
+            used = getattr(domain, "used", None)
+            if used is None:
+                return run.value(f"({_c_type(base, base + size - 1)}){_c_literal(base)} + "
+                                 f"({_c_type(0, size)})below(rng, {_u64(size)})", base, base + size - 1)
+            if not isinstance(used, _MapTrace) or base + size - 1 >= 1 << 64:
+                _refuse("a free-value choice over storage the compiler does not hold")
+            pid = self.compiler.pool_id(used.index, base, size)
+            t = run.temp()
+            run.stmt(f"uint64_t {t}; int {t}f = choose_free(rng, &S->m[{used.index}], {pid}, {_u64(base)}, "
+                     f"{_u64(size)}, &{t});")
+            if not run.branch(f"{t}f"):
+                return None
+            top = base + size - 1
+            return Value(run, f"(({_c_type(base, top)}){t})", base, top)
+        items = domain.items
+        values = []
+        for value, available in items:
+            if available is not True and available is not False:
+                _refuse("a Domain whose availability is computed at run time")
+            if available is True:
+                values.append(value)
+        for v in values:
+            if isinstance(v, Value):
+                run.check(f"({v.c} >= 0 && {v.c} <= {_c_literal(fits.stop - 1)})", v.lo >= 0 and v.hi < fits.stop,
+                          v.hi < 0 or v.lo >= fits.stop,
+                          lambda: ModelError(f"a {kind} domain holds a value that does not fit in {kind.width} bits"))
+            elif type(v) is bool or not isinstance(v, int) or v not in fits:
+                if type(v) is bool and v in fits:
+                    continue
+                raise _Failed(str(located(ModelError(
+                    f"a {kind} domain holds a value that does not fit in {kind.width} bits"))))
+        if not values:
+            return None
+        index = run.value(f"(int64_t)below(rng, {_u64(len(values))})", 0, len(values) - 1)
+        return run.pick(index, values)
+
+    def emit(self, pkt, gate) -> None:
+        run = self.run
+        if not isinstance(gate, str) or gate not in self.gates:
+            if isinstance(gate, Value):
+                _refuse("a gate computed at run time")
+            raise _Failed(str(located(ModelError(
+                f"emit on undeclared gate {gate!r}; the NF declares gates {self.gates}"))))
+        if not isinstance(pkt, Packet):
+            raise _Failed(str(located(model_failure_text(AttributeError(
+                f"'{type(pkt).__name__}' object has no attribute 'wrapped'")))))
+        fields_ = pkt.__dict__
+        inbound = fields_["inbound"]
+        if isinstance(inbound, Truth):
+            inbound_c = inbound.c
+        elif inbound is True or inbound is False:
+            inbound_c = "1" if inbound else "0"
+        else:
+            if isinstance(inbound, Value):
+                raise _Failed(str(located(ModelError(
+                    f"the `inbound` field holds a bool (True: arrived from the outside), not {inbound!r}; "
+                    f"write a comparison or bool(...), e.g. inbound=(x == 2)"))))
+            try:
+                check_bool_field(inbound)
+            except ModelError as e:
+                raise _Failed(str(located(e))) from None
+        out = []
+        for f, width in PACKET_WIDTHS.items():
+            v = fields_[f]
+            if not isinstance(v, (int, Value)):
+                try:
+                    check_int_field(f, v)
+                except ModelError as e:
+                    raise _Failed(str(located(e))) from None
+            out.append((f, _masked(run, v, width, None)))
+        k = run.outputs
+        if k >= MAX_OUTPUTS:
+            _refuse(f"more than {MAX_OUTPUTS} outputs in one step")
+        run.outputs += 1
+        for f, c in out:
+            run.stmt(f"O[{k}].{f} = (int64_t){c};")
+        run.stmt(f"O[{k}].inbound = {inbound_c}; G[{k}] = {self.gates.index(gate)};")
+
+    def drop(self, reason: str = "") -> None:
+        if type(reason) is not str:
+            _refuse("a drop reason that is not a string")
+        rid = self.compiler.reason(reason)
+        run = self.run
+        k = run.drops
+        if k >= MAX_OUTPUTS:
+            _refuse(f"more than {MAX_OUTPUTS} drops in one step")
+        run.drops += 1
+        run.stmt(f"D[{k}] = {rid};")
+
+
+# ---- the compiler ------------------------------------------------------------------------------------
+
+class _Node:
+    __slots__ = ("stmts", "cond", "kids", "end")
+
+    def __init__(self):
+        self.stmts, self.cond, self.kids, self.end = [], None, [None, None], None
+
+
+class _Compiler:
+    def __init__(self, nf_cls):
+        self.nf = nf_cls
+        self.decls = nf_cls.declarations()
+        self.maps = [(n, d) for n, d in self.decls.items() if isinstance(d, (Map, Set))]
+        self.counters = [(n, d) for n, d in self.decls.items() if not isinstance(d, (Map, Set))]
+        self.reasons: list[str] = []
+        self.errors: list[str] = []
+        self.pools: dict[int, list] = {}  # map index -> [(base, size)]
+        self.max_out = 0
+
+    def reason(self, text: str) -> int:
+        if text not in self.reasons:
+            self.reasons.append(text)
+        return self.reasons.index(text)
+
+    def error(self, text: str) -> int:
+        if text not in self.errors:
+            self.errors.append(text)
+        return self.errors.index(text) + 1
+
+    def pool_id(self, index: int, base: int, size: int) -> int:
+        pools = self.pools.setdefault(index, [])
+        if (base, size) not in pools:
+            if len(pools) >= 4:
+                _refuse("more than 4 free-value pools over one map")
+            pools.append((base, size))
+        return pools.index((base, size))
+
+    def execute(self, prefix: tuple) -> _Run:
+        run = _Run(prefix, self)
+        state = {}
+        for k, (name, decl) in enumerate(self.maps):
+            if not isinstance(decl, Set):
+                _widths(decl.value)
+            state[name] = _MapTrace(run, k, decl, self)
+        for k, (name, decl) in enumerate(self.counters):
+            state[name] = _CounterTrace(run, k, decl.kind.width)
+        fields_ = {}
+        for f in PACKET_FIELDS:
+            if f == "inbound":
+                fields_[f] = Truth(run, "in->inbound")
+            else:
+                fields_[f] = Value(run, f"in->{f}", 0, (1 << PACKET_WIDTHS[f]) - 1)
+        pkt = Packet(**fields_)
+        ctx = _ContextTrace(run, self.nf, self)
+        nf = self.nf(state)
+        try:
+            nf.handle(pkt, ctx)
+            run.end = ("ok",)
+        except _Failed as failed:
+            run.end = ("error", self.error(str(failed)))
+        except ModelError as error:
+            run.end = ("error", self.error(str(located(error, error.__traceback__))))
+        except (ArithmeticError, LookupError, TypeError, ValueError, AttributeError) as error:
+            failure = model_failure(error)
+            if failure is None:  # raised inside the tracer: a construct it does not follow
+                raise NotCompilable(f"{model_location(error.__traceback__) or self.nf.__name__}: the compiler "
+                                    f"cannot follow this ({type(error).__name__}: {error})") from error
+            run.end = ("error", self.error(str(failure).replace("'Value'", "'int'").replace("'Truth'", "'bool'")))
+        except Exception as error:
+            raise NotCompilable(f"{model_location(error.__traceback__) or self.nf.__name__}: the handler raised "
+                                f"{type(error).__name__}: {error}") from error
+        self.max_out = max(self.max_out, run.outputs)
+        return run
+
+    def tree(self) -> _Node:
+        root = _Node()
+        pending = [()]
+        paths = 0
+        while pending:
+            prefix = pending.pop()
+            paths += 1
+            if paths > MAX_PATHS:
+                _refuse(f"more than {MAX_PATHS} paths through the handler")
+            run = self.execute(prefix)
+            self._insert(root, run)
+            d = run.decisions
+            pending.extend(tuple(d[:k]) + (not d[k],) for k in range(len(d) - 1, len(prefix) - 1, -1))
+        return root
+
+    @staticmethod
+    def _insert(root: _Node, run: _Run) -> None:
+        node, pos = root, 0
+        for event in run.events:
+            if event[0] == "s":
+                if pos < len(node.stmts):
+                    assert node.stmts[pos] == event[1], "the handler is not deterministic along a prefix"
+                else:
+                    assert node.cond is None and node.end is None
+                    node.stmts.append(event[1])
+                pos += 1
+                continue
+            _, cond, taken = event
+            assert pos == len(node.stmts)
+            assert node.cond in (None, cond), "the handler is not deterministic along a prefix"
+            node.cond = cond
+            if node.kids[taken] is None:
+                node.kids[taken] = _Node()
+            node, pos = node.kids[taken], 0
+        assert pos == len(node.stmts) and node.cond is None
+        node.end = (run.end, run.outputs, run.drops)
+
+    def source(self) -> str:
+        root = self.tree()
+        lines = [C_RUNTIME, f"#define NMAPS {max(1, len(self.maps))}", f"#define NCOUNTERS {max(1, len(self.counters))}",
+                 "typedef struct { map_t m[NMAPS]; uint64_t c[NCOUNTERS]; } state_t;", ""]
+        lines.append("static void nf_free_state(state_t *S) {")
+        lines.append("    for (int k = 0; k < NMAPS; k++) free(S->m[k].w);")
+        lines.append("    free(S);")
+        lines.append("}")
+        lines.append("EXPORT void nf_free(void *S) { nf_free_state(S); }")
+        lines.append("EXPORT uint64_t *nf_counters(void *S) { return ((state_t *)S)->c; }")
+        lines.append(f"EXPORT const int nf_nmaps = {len(self.maps)};")
+        lines.append("EXPORT void *nf_new(void) {")
+        lines.append("    state_t *S = calloc(1, sizeof(state_t));")
+        lines.append("    if (!S) return 0;")
+        for k, (name, decl) in enumerate(self.maps):
+            kw = len(_widths(decl.key))
+            vw = 0 if isinstance(decl, Set) else len(_widths(decl.value))
+            for w in _widths(decl.key) + (() if isinstance(decl, Set) else _widths(decl.value)):
+                if w > 64:
+                    _refuse(f"{name}: a {w}-bit field in state (the compiler keeps 64 bits at most)")
+            pools = self.pools.get(k, [])
+            lines.append(f"    if (map_init(&S->m[{k}], {kw}, {vw})) return nf_free_state(S), (void *)0;")
+            for j, (base, size) in enumerate(pools):
+                lines.append(f"    S->m[{k}].pools[{j}].base = {_u64(base)}; S->m[{k}].pools[{j}].size = {_u64(size)};")
+            lines.append(f"    S->m[{k}].npools = {len(pools)};")
+        lines.append("    return S;")
+        lines.append("}")
+        lines.append("EXPORT int nf_step(void *state, const cview_t *in, int64_t now, uint64_t *rng, cview_t *O, int *G, "
+                     "int *nout, int *D, int *ndrop) {")
+        lines.append("    state_t *S = state;")
+        lines.append(f"    if (now < 0 || now > INT64_C({NOW_RANGE[1]})) return -1;")
+        self._emit(root, lines, "    ")
+        lines.append("}")
+        return "\n".join(lines) + "\n"
+
+    def _emit(self, node: _Node, lines: list, indent: str) -> None:
+        for s in node.stmts:
+            lines.append(indent + s)
+        if node.cond is not None:
+            lines.append(f"{indent}if ({node.cond}) {{")
+            self._emit(node.kids[True], lines, indent + "    ")
+            lines.append(f"{indent}}} else {{")
+            self._emit(node.kids[False], lines, indent + "    ")
+            lines.append(f"{indent}}}")
+            return
+        (end, outputs, drops) = node.end
+        lines.append(f"{indent}*nout = {outputs}; *ndrop = {drops}; return {0 if end[0] == 'ok' else end[1]};")
+
+
+C_RUNTIME = r"""
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#define EXPORT __attribute__((visibility("default")))
+#define I128(hi, lo) ((__int128)(((unsigned __int128)(hi) << 64) | (unsigned __int128)(lo)))
+typedef struct { int64_t proto, src, sport, dst, dport, flags, inbound, length, label; } cview_t;
+
+static inline int64_t fdiv64(int64_t a, int64_t b) { int64_t q = a / b; if ((a % b != 0) && ((a < 0) != (b < 0))) q--; return q; }
+static inline int64_t fmod64(int64_t a, int64_t b) { int64_t r = a % b; if (r != 0 && ((r < 0) != (b < 0))) r += b; return r; }
+static inline __int128 fdiv128(__int128 a, __int128 b) { __int128 q = a / b; if ((a % b != 0) && ((a < 0) != (b < 0))) q--; return q; }
+static inline __int128 fmod128(__int128 a, __int128 b) { __int128 r = a % b; if (r != 0 && ((r < 0) != (b < 0))) r += b; return r; }
+
+/* splitmix64, runtime/rng.py InstanceRng */
+static inline uint64_t rng_next(uint64_t *s) {
+    uint64_t z = (*s += UINT64_C(0x9E3779B97F4A7C15));
+    z = (z ^ (z >> 30)) * UINT64_C(0xBF58476D1CE4E5B9);
+    z = (z ^ (z >> 27)) * UINT64_C(0x94D049BB133111EB);
+    return z ^ (z >> 31);
+}
+static inline uint64_t below(uint64_t *s, uint64_t n) { return rng_next(s) % n; }
+
+/* a map of fixed-size keys and values (words), open addressing, linear probing */
+typedef struct { uint64_t base, size; uint64_t used; } pool_t;
+typedef struct { uint64_t *w; size_t mask, n; int kw, vw, sw, npools; pool_t pools[4]; } map_t;
+
+static int map_init(map_t *m, int kw, int vw) {
+    m->kw = kw; m->vw = vw; m->sw = 1 + kw + vw; m->mask = 15; m->n = 0; m->npools = 0;
+    m->w = calloc((m->mask + 1) * m->sw, sizeof(uint64_t));
+    return m->w == 0;
+}
+static inline uint64_t key_hash(const map_t *m, const uint64_t *k) {
+    uint64_t h = UINT64_C(0x9E3779B97F4A7C15);
+    for (int i = 0; i < m->kw; i++) { h ^= k[i]; h *= UINT64_C(0xFF51AFD7ED558CCD); h ^= h >> 32; }
+    return h;
+}
+static inline uint64_t *map_slot(const map_t *m, const uint64_t *k) {  /* the key's slot, or the empty one it would take */
+    size_t i = key_hash(m, k) & m->mask;
+    for (;;) {
+        uint64_t *s = m->w + i * m->sw;
+        if (!s[0]) return s;
+        if (memcmp(s + 1, k, m->kw * sizeof(uint64_t)) == 0) return s;
+        i = (i + 1) & m->mask;
+    }
+}
+static inline uint64_t *map_get(const map_t *m, const uint64_t *k) {  /* the value words, 0: absent */
+    uint64_t *s = map_slot(m, k);
+    return s[0] ? s + 1 + m->kw : 0;
+}
+static inline void pools_count(map_t *m, const uint64_t *k, int64_t d) {
+    for (int j = 0; j < m->npools; j++)
+        if (k[0] - m->pools[j].base < m->pools[j].size) m->pools[j].used += d;
+}
+static void map_grow(map_t *m) {
+    size_t old = m->mask + 1;
+    uint64_t *w = m->w;
+    uint64_t *nw = calloc(old * 2 * m->sw, sizeof(uint64_t));
+    if (!nw) abort();
+    m->w = nw; m->mask = old * 2 - 1;
+    for (size_t i = 0; i < old; i++) {
+        uint64_t *s = w + i * m->sw;
+        if (s[0]) memcpy(map_slot(m, s + 1), s, m->sw * sizeof(uint64_t));
+    }
+    free(w);
+}
+static void map_put(map_t *m, const uint64_t *k, const uint64_t *v) {
+    uint64_t *s = map_slot(m, k);
+    if (!s[0]) {
+        s[0] = 1; memcpy(s + 1, k, m->kw * sizeof(uint64_t)); m->n++;
+        if (m->npools) pools_count(m, k, 1);
+        if (m->vw) memcpy(s + 1 + m->kw, v, m->vw * sizeof(uint64_t));
+        if (2 * m->n > m->mask) map_grow(m);
+        return;
+    }
+    if (m->vw) memcpy(s + 1 + m->kw, v, m->vw * sizeof(uint64_t));
+}
+static void map_del(map_t *m, const uint64_t *k) {  /* backward-shift deletion */
+    uint64_t *s = map_slot(m, k);
+    if (!s[0]) return;
+    if (m->npools) pools_count(m, k, -1);
+    size_t i = (s - m->w) / m->sw, j = i;
+    for (;;) {
+        j = (j + 1) & m->mask;
+        uint64_t *t = m->w + j * m->sw;
+        if (!t[0]) break;
+        size_t home = key_hash(m, t + 1) & m->mask;
+        if (((j - home) & m->mask) >= ((j - i) & m->mask)) {
+            memcpy(m->w + i * m->sw, t, m->sw * sizeof(uint64_t));
+            i = j;
+        }
+    }
+    memset(m->w + i * m->sw, 0, m->sw * sizeof(uint64_t));
+    m->n--;
+}
+/* runtime/rng.py choose_free: a pool value that is not a key; 0 (no draw) when every one is */
+static int choose_free(uint64_t *rng, map_t *m, int pool, uint64_t base, uint64_t size, uint64_t *out) {
+    if (m->pools[pool].used >= size) return 0;
+    uint64_t v = base, key[1];
+    for (int k = 0; k < 64; k++) {
+        v = base + below(rng, size);
+        key[0] = v;
+        if (!map_get(m, key)) { *out = v; return 1; }
+    }
+    uint64_t top = base + size - 1;
+    for (;;) {
+        key[0] = v;
+        if (!map_get(m, key)) { *out = v; return 1; }
+        v = v == top ? base : v + 1;
+    }
+}
+
+EXPORT size_t nf_map_len(void *state, int k) { return ((map_t *)state)[k].n; }
+EXPORT void nf_map_items(void *state, int k, uint64_t *out) {  /* key and value words of every entry */
+    map_t *m = &((map_t *)state)[k];
+    for (size_t i = 0; i <= m->mask; i++) {
+        uint64_t *s = m->w + i * m->sw;
+        if (s[0]) { memcpy(out, s + 1, (m->sw - 1) * sizeof(uint64_t)); out += m->sw - 1; }
+    }
+}
+EXPORT void nf_map_put(void *state, int k, const uint64_t *key, const uint64_t *value) {
+    map_put(&((map_t *)state)[k], key, value);
+}
+"""
+
+
+# ---- build and load ------------------------------------------------------------------------------
+
+def cache_dir() -> str:
+    return os.environ.get("NFPROOF_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "nfproof")
+
+
+class CompiledModel:
+    """A model's handler as a loaded C step function (see the module docstring).
+
+    `reasons` and `errors` are the drop reasons and model errors the step returns by index;
+    `new_state()` a fresh state (a C pointer, freed with the object), `step` one packet."""
+
+    def __init__(self, nf_cls):
+        validate(nf_cls)
+        compiler = _Compiler(nf_cls)
+        self.nf, self.source = nf_cls, compiler.source()
+        self.reasons, self.errors = tuple(compiler.reasons), tuple(compiler.errors)
+        self.maps = tuple(compiler.maps)
+        self.counters = tuple(compiler.counters)
+        self.max_out = max(1, compiler.max_out)
+        self.lib = ctypes.CDLL(_build(self.source))
+        self.lib.nf_new.restype = ctypes.c_void_p
+        self.lib.nf_free.argtypes = (ctypes.c_void_p,)
+        self.lib.nf_counters.restype = ctypes.POINTER(ctypes.c_uint64)
+        self.lib.nf_counters.argtypes = (ctypes.c_void_p,)
+        self.lib.nf_map_len.restype = ctypes.c_size_t
+        self.lib.nf_map_len.argtypes = (ctypes.c_void_p, ctypes.c_int)
+        self.lib.nf_map_items.argtypes = (ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p)
+        self.lib.nf_map_put.argtypes = (ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p)
+        self.lib.nf_step.argtypes = (ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p,
+                                     ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,
+                                     ctypes.c_void_p)
+        self.step_address = ctypes.cast(self.lib.nf_step, ctypes.c_void_p).value
+
+    def new_state(self) -> "CState":
+        return CState(self)
+
+    def error(self, code: int) -> ModelError:
+        if code == -1:
+            return ModelError(f"{self.nf.name}: a clock reading outside 0..{NOW_RANGE[1]} ticks")
+        return ModelError(self.errors[code - 1])
+
+
+class CView(ctypes.Structure):
+    _fields_ = [(f, ctypes.c_int64) for f in INPUT_FIELDS]
+
+
+class CState:
+    """One instance's state in C, readable as the plain dicts and ints models.concrete.plain_state gives."""
+
+    def __init__(self, model: CompiledModel):
+        self.model = model
+        self.address = model.lib.nf_new()
+        if not self.address:
+            raise MemoryError("the compiled model's state")
+        self._outs = (CView * model.max_out)()
+        self._gates = (ctypes.c_int * model.max_out)()
+        self._drops = (ctypes.c_int * MAX_OUTPUTS)()
+        self._n = (ctypes.c_int * 2)()
+
+    def step(self, pkt: Packet, now: int, rng) -> tuple[list, list]:
+        """One packet (ints) at clock reading `now`; rng a runtime/rng.py-style object with `.state`.
+        Returns ([(gate, Packet)], [reason]) as models.concrete.step's result has them."""
+        m = self.model
+        view = CView(*[int(getattr(pkt, f)) for f in INPUT_FIELDS])
+        state = ctypes.c_uint64(rng.state)
+        code = m.lib.nf_step(self.address, ctypes.byref(view), now, ctypes.byref(state), self._outs, self._gates,
+                             ctypes.byref(self._n, 0), self._drops, ctypes.byref(self._n, 4))
+        rng.state = state.value
+        if code:
+            raise m.error(code)
+        outs = [(m.nf.gates[self._gates[k]], Packet(**{f: (bool(getattr(self._outs[k], f)) if f == "inbound" else
+                                                         getattr(self._outs[k], f)) for f in INPUT_FIELDS}))
+                for k in range(self._n[0])]
+        return outs, [m.reasons[self._drops[k]] for k in range(self._n[1])]
+
+    def plain(self) -> dict:
+        """The state as models.concrete.plain_state shows it."""
+        m, out = self.model, {}
+        for k, (name, decl) in enumerate(m.maps):
+            kind_k = decl.key
+            kw = len(_widths(kind_k))
+            vw = 0 if isinstance(decl, Set) else len(_widths(decl.value))
+            n = m.lib.nf_map_len(self.address, k)
+            buf = (ctypes.c_uint64 * max(1, n * (kw + vw)))()
+            m.lib.nf_map_items(self.address, k, buf)
+            words = list(buf)
+            entries = []
+            for j in range(n):
+                w = words[j * (kw + vw):(j + 1) * (kw + vw)]
+                key = w[0] if isinstance(kind_k, Bits) else kind_k._make(w[:kw])
+                if isinstance(decl, Set):
+                    entries.append(key)
+                else:
+                    entries.append((key, w[kw] if isinstance(decl.value, Bits) else decl.value._make(w[kw:])))
+            out[name] = set(entries) if isinstance(decl, Set) else dict(entries)
+        counters = m.lib.nf_counters(self.address)
+        for k, (name, _) in enumerate(m.counters):
+            out[name] = counters[k]
+        return out
+
+    def __del__(self):
+        address, self.address = getattr(self, "address", None), None
+        if address:
+            self.model.lib.nf_free(address)
+
+
+_LOADED: dict = {}
+
+
+def compiled(nf_cls) -> CompiledModel:
+    """The model compiled (once per class and process); NotCompilable if the tracer cannot follow it."""
+    model = _LOADED.get(nf_cls)
+    if model is None:
+        model = _LOADED[nf_cls] = CompiledModel(nf_cls)
+    return model
+
+
+def _build(source: str) -> str:
+    """The shared object of `source`, built with the system C compiler into the cache (once)."""
+    digest = hashlib.sha256(source.encode()).hexdigest()[:24]
+    directory = os.path.join(cache_dir(), "compiled")
+    so = os.path.join(directory, f"nf_{digest}.so")
+    if os.path.exists(so):
+        return so
+    os.makedirs(directory, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=directory) as tmp:
+        c = os.path.join(tmp, "nf.c")
+        with open(c, "w") as f:
+            f.write(source)
+        out = os.path.join(tmp, "nf.so")
+        cc = os.environ.get("CC", "cc")
+        try:
+            done = subprocess.run([cc, "-O2", "-fwrapv", "-shared", "-fPIC", "-fvisibility=hidden", "-o", out, c],
+                                  capture_output=True, text=True)
+        except OSError as e:
+            raise NotCompilable(f"no C compiler ({cc}: {e}); install gcc or set CC") from None
+        if done.returncode != 0:
+            raise RuntimeError(f"the C compiler rejected a compiled model (a bug in nfproof): {done.stderr[:2000]}")
+        os.replace(out, so)  # atomic: a concurrent build of the same source leaves one good file
+    return so

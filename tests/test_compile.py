@@ -1,0 +1,181 @@
+"""The model compiler (models/compile.py) against the concrete interpreter: the same packets, clock
+readings and seeded choice streams give the same outputs, drops, model errors and states, for every
+bundled model (at proof-sized and real parameters) and for random models (tests/model_gen.py,
+tests/model_gen_time.py: every operator, width, state kind and choice the API offers)."""
+from __future__ import annotations
+
+import random
+import sys
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+from nfproof.models import compile as C
+from nfproof.models.api import ModelError, Packet
+from nfproof.models import NFS as BUNDLED
+from nfproof.models.concrete import initial_state, plain_state, step as concrete_step
+from nfproof.runtime.rng import InstanceRng, StreamChooser
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import model_gen  # noqa: E402
+import model_gen_time  # noqa: E402
+
+BOUNDED = dict(deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
+TALLY = {"compiled": 0, "refused": 0, "steps": 0, "errors": 0}
+
+
+def run_both(nf_cls, inputs, seed=3):
+    """Steps both executions over inputs [(packet, now)]; asserts equal results after each one.
+    Returns False when the compiler refuses the model (NotCompilable), True otherwise."""
+    try:
+        model = C.compiled(nf_cls)
+    except C.NotCompilable:
+        TALLY["refused"] += 1
+        return False
+    TALLY["compiled"] += 1
+    cstate = model.new_state()
+    pstate = initial_state(nf_cls)
+    crng, prng = InstanceRng(seed, 0), InstanceRng(seed, 0)
+    chooser = StreamChooser(prng)
+    for k, (pkt, now) in enumerate(inputs):
+        TALLY["steps"] += 1
+        try:
+            result = concrete_step(nf_cls, pstate, pkt, chooser, lambda: now)
+            expected = ([(g, p) for g, p in result.outputs], list(result.drops))
+        except ModelError as e:
+            expected = e
+        try:
+            got = cstate.step(pkt, now, crng)
+        except ModelError as e:
+            got = e
+        where = f"input {k} {pkt!r} at {now}"
+        if isinstance(expected, ModelError) or isinstance(got, ModelError):
+            assert type(got) is type(expected), f"{where}: concrete {expected!r}, compiled {got!r}"
+            TALLY["errors"] += 1
+            assert _agrees(str(got), str(expected)), f"{where}: concrete {expected}, compiled {got}"
+            return True  # a model error ends the run on every path
+        assert got == expected, where
+        assert crng.state == prng.state, f"{where}: the choice streams drew differently"
+        assert cstate.plain() == plain_state(pstate), where
+    return True
+
+
+def _agrees(compiled: str, concrete: str) -> bool:
+    """Equal messages, up to the first value the compiled code cannot print (known at run time only)."""
+    known = compiled.split("<a value known at run time>")[0]
+    return compiled == concrete if known == compiled else concrete.startswith(known)
+
+
+def _packets(rng: random.Random, constants, n):
+    values = [0, 1, 2, 6, 17, 80, 443, 1024, 1025, 65535, 0x0A000001, 0xC0A80001, 0xCB007101] + list(constants)
+    out = []
+    for _ in range(n):
+        def pick(width):
+            v = rng.choice(values) if rng.random() < 0.8 else rng.getrandbits(width)
+            return v & ((1 << width) - 1)
+        out.append(Packet(proto=rng.choice([6, 17, 1, pick(8)]), src=pick(32), sport=pick(16), dst=pick(32),
+                          dport=pick(16), flags=pick(8), inbound=rng.random() < 0.5, length=pick(16), label=pick(16)))
+    return out
+
+
+def _flows(rng: random.Random, nf_cls, n):
+    """Traffic the bundled models act on: a few hosts' connections both ways, with their flags."""
+    hosts = [0x0A000001 + k for k in range(3)]
+    remotes = [0xC6336401, 0xC000020A, 0xCB007101, 0x08080808]
+    external = int(getattr(nf_cls, "external", 0) or 0) if isinstance(getattr(nf_cls, "external", 0), int) else 0
+    out, t = [], 0
+    for _ in range(n):
+        t += rng.choice([0, 0, 1, 2, 7])
+        proto = rng.choice([6, 6, 17, 1])
+        h, r = rng.choice(hosts), rng.choice(remotes)
+        hp, rp = rng.choice([40000, 40001, 5353]), rng.choice([80, 443, 53])
+        flags = rng.choice([0x02, 0x12, 0x10, 0x18, 0x11, 0x04, 0x00])
+        if rng.random() < 0.5:
+            pkt = Packet(proto, h, hp, r, rp, flags, False, rng.choice([60, 1500]), 0)
+        else:
+            dst = external if external and rng.random() < 0.5 else h
+            dport = rng.choice([1024, 1025, 1026, 1027, hp, 40000])
+            pkt = Packet(proto, r, rp, dst, dport, flags, True, rng.choice([60, 1500]), 0)
+        out.append((pkt, t))
+    return out
+
+
+BUNDLED_CASES = [(name, params) for name in sorted(BUNDLED) for params in ({}, "real")]
+
+
+@pytest.mark.parametrize("name,params", BUNDLED_CASES)
+def test_bundled_models_compile_and_agree(name, params):
+    nf_cls = BUNDLED[name]
+    if params == "real":
+        real = {"nat": {"ports": "64512"}, "lb": {"backends": "8"}, "lb-hash": {"backends": "8"}}.get(name)
+        if real is None:
+            pytest.skip("no parameter to scale")
+        nf_cls = nf_cls.configure(real)
+    for seed in range(4):
+        rng = random.Random(seed)
+        assert run_both(nf_cls, _flows(rng, nf_cls, 400), seed), f"{name} is not compiled"
+        assert run_both(nf_cls, [(p, rng.randrange(0, 1 << 20)) for p in _packets(rng, (), 200)], seed)
+
+
+@st.composite
+def compile_examples(draw, gen=model_gen.models, **args):
+    model = draw(gen(**args))
+    inputs = draw(st.lists(model_gen.packets(model), min_size=1, max_size=8))
+    times = draw(st.lists(st.integers(0, 1 << 40), min_size=len(inputs), max_size=len(inputs)))
+    return model, list(zip(inputs, sorted(times)))
+
+
+@settings(max_examples=300, **BOUNDED)
+@given(compile_examples())
+def test_random_models_agree(example):
+    model, inputs = example
+    run_both(model.nf, inputs)
+
+
+@settings(max_examples=100, **BOUNDED)
+@given(compile_examples(gen=model_gen_time.clocked_models))
+def test_random_clocked_models_agree(example):
+    model, inputs = example
+    run_both(model.nf, inputs)
+
+
+@settings(max_examples=100, **BOUNDED)
+@given(compile_examples(gen=model_gen_time.map_clocked_models))
+def test_random_map_clocked_models_agree(example):
+    model, inputs = example
+    run_both(model.nf, inputs)
+
+
+def test_most_random_models_compile():
+    """The differential tests above mean something only if the compiler takes most models."""
+    TALLY.update(compiled=0, refused=0)
+    rng = random.Random(5)
+    for model in _sample(model_gen.models(), 120):
+        run_both(model.nf, [(p, 0) for p in _packets(rng, model.constants, 4)])
+    assert TALLY["compiled"] >= 0.9 * (TALLY["compiled"] + TALLY["refused"]), TALLY
+
+
+def _sample(strategy, n):
+    out = []
+
+    @settings(max_examples=n, **BOUNDED)
+    @given(strategy)
+    def collect(x):
+        out.append(x)
+    collect()
+    return out
+
+
+def test_a_model_the_compiler_cannot_follow_is_refused_with_its_line():
+    from nfproof.models.api import NF, Map, Port
+
+    class Formats(NF):
+        name, gates = "formats", ("out",)
+        seen = Map(Port, Port)
+
+        def handle(self, pkt, ctx):
+            ctx.drop(f"port {pkt.dport}")
+
+    with pytest.raises(C.NotCompilable, match=r"test_compile\.py:\d+: a value computed at run time formatted"):
+        C.CompiledModel(Formats)
