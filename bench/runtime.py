@@ -17,7 +17,9 @@ Measured, each on a fresh pipeline over a fresh copy of the frames (time.process
   object refilled between calls; the time of the loop minus that of the same loop filling only):
   what the executor pays per call;
 - `pure`: runtime.pure.Pipeline on the first `--pure-frames` frames;
-- `generic`: runtime.generic.GenericPipeline on the first `--generic-frames` frames.
+- `generic`: runtime.generic.GenericPipeline on the first `--generic-frames` frames;
+- `compiled`: the generic executor with the models' handlers compiled (models/compile.py; what
+  `nfproof run --generic` runs), over all frames in one call, best of `--repeat`.
 The fast paths' outputs and drops are checked equal to each other (and the pure path's, on its
 prefix), so the figures are for the same work. Prints `RESULT <metric> <value> <unit>` lines.
 
@@ -55,7 +57,7 @@ FRAME = 64
 NS_PER_FRAME = 67  # 14.88 Mpps
 SYN, ACK, FIN, PSH = 0x02, 0x10, 0x01, 0x08
 MAC = bytes.fromhex("020000000002020000000001")
-PATHS = ("passthrough", "fast", "fast_batch_calls", "pure", "generic")
+PATHS = ("passthrough", "fast", "fast_batch_calls", "pure", "generic", "compiled")
 
 
 def chain():
@@ -270,6 +272,22 @@ def main(argv=None) -> int:
             print("error: the per-batch calls gave other results than the one-call run", file=sys.stderr)
             return 1
 
+    if "compiled" in paths:
+        from nfproof.runtime.generic import compiled_pipeline
+        t = time.perf_counter()
+        pipeline, why = compiled_pipeline(chain(), a.seed)
+        if pipeline is None:
+            print(f"compiled: not measured ({why})", flush=True)
+        else:
+            print(f"compiled: the chain's models compiled and loaded in {time.perf_counter() - t:.2f} s", flush=True)
+            for _ in range(a.repeat):
+                batch = whole(data, sides, n)
+                pipeline = compiled_pipeline(chain(), a.seed)[0]
+                best["compiled"] = min(best.get("compiled", 1e9), cpu(lambda: pipeline.process(batch)))
+            if results(pipeline, batch) != reference:
+                print("error: the compiled generic path's results differ from the fast path's", file=sys.stderr)
+                return 1
+
     for name, frames in (("pure", a.pure_frames), ("generic", a.generic_frames)):
         if name not in paths:
             continue
@@ -298,6 +316,8 @@ def main(argv=None) -> int:
         print(f"RESULT {CHAIN.replace('>', '_')}_{name}_mpps {n / secs / 1e6:.3f} Mpps")
     if "passthrough" in best and "fast" in best:
         print(f"RESULT {CHAIN.replace('>', '_')}_fast_vs_passthrough {best['passthrough'] / best['fast']:.3f} ratio")
+    if "compiled" in best and "generic" in best:
+        print(f"RESULT {CHAIN.replace('>', '_')}_compiled_vs_generic {best['generic'] / best['compiled']:.1f} ratio")
     if "fast" in best:
         print(f"RESULT {CHAIN.replace('>', '_')}_fast_ns_per_frame {best['fast'] / n * 1e9:.1f} ns")
     return 0

@@ -77,7 +77,11 @@ def add_parser(sub):
                    help="what now() reads: the capture's times (pcap, default: reproducible) or the time each "
                         "batch arrives (wall)")
     p.add_argument("--generic", action="store_true",
-                   help="run every NF's own model code (runtime/generic.py) instead of the bundled fast path")
+                   help="run every NF's own model code (runtime/generic.py) instead of the bundled fast path: "
+                        "compiled to C from the model's source where it can be (models/compile.py), else interpreted")
+    p.add_argument("--interpret", action="store_true",
+                   help="with --generic (or a user model): interpret the models' handlers (models/concrete.py), do "
+                        "not compile them")
     f = p.add_argument_group("failover (issue 8: the strategies and switches of `nfproof verify`, run for real)")
     f.add_argument("--strategy", default="none", metavar="S",
                    help=f"state management: {', '.join(STRATEGY_FORMS)} (default none: in process, unless --fail)")
@@ -362,7 +366,10 @@ def run(args) -> int:
     failovers, pids = None, None
     with source:
         if settings is None:
-            pipeline, implementation = make_pipeline(chain, args.seed, source.linktype, inside, args.generic)
+            pipeline, implementation = make_pipeline(chain, args.seed, source.linktype, inside, args.generic,
+                                                     compile=not args.interpret)
+            if getattr(pipeline, "not_compiled", None):
+                print(f"note: the models run interpreted: {pipeline.not_compiled}", file=sys.stderr)
         else:
             implementation = "generic"  # the workers run every model's own code (models/concrete.py)
         recorder = None

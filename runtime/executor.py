@@ -63,18 +63,27 @@ class RunStats:
                 "outputs_sha256": self.outputs_sha256}
 
 
-def make_pipeline(chain, seed: int, linktype: int = 1, inside=DEFAULT_INSIDE, generic: bool = False):
+def make_pipeline(chain, seed: int, linktype: int = 1, inside=DEFAULT_INSIDE, generic: bool = False,
+                  compile: bool = True):
     """(pipeline, implementation): the bundled-NF pipeline (runtime.impl: 'fast' Cython, or the
-    pure-Python 'fallback'), or 'generic' (any model's own handler) when asked or when a member
-    is not a bundled NF."""
+    pure-Python 'fallback'), or, when asked or when a member is not a bundled NF, the models' own
+    handlers: 'compiled' (models/compile.py, on the fast path's batch loop) where every model
+    compiles and `compile` is on, else 'generic' (interpreted; `pipeline.not_compiled` says why)."""
     if not generic:
         from . import IMPLEMENTATION, impl
         try:
             return impl.Pipeline(chain, seed, linktype, inside), IMPLEMENTATION
         except NotBundled:
             pass
-    from .generic import GenericPipeline
-    return GenericPipeline(chain, seed, linktype, inside), "generic"
+    from .generic import GenericPipeline, compiled_pipeline
+    why = None
+    if compile:
+        pipeline, why = compiled_pipeline(chain, seed, linktype, inside)
+        if pipeline is not None:
+            return pipeline, "compiled"
+    pipeline = GenericPipeline(chain, seed, linktype, inside)
+    pipeline.not_compiled = why
+    return pipeline, "generic"
 
 
 class SideClassifier:

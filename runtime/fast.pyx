@@ -167,7 +167,11 @@ INSTANCE_STEP = 0xD1B54A32D192ED03      # separates the instances' streams (runt
 PARAM_MAX = 1 << 62                     # larger parameters act alike (times never get there)
 
 cdef enum NfKind:
-    K_NAT, K_FW, K_LB, K_LBH, K_RL, K_MON, K_EDGE, K_CORE
+    K_NAT, K_FW, K_LB, K_LBH, K_RL, K_MON, K_EDGE, K_CORE, K_COMPILED  # K_COMPILED: models/compile.py
+
+cdef enum:
+    MAX_GATES = 8                         # gates of one NF
+    MAX_COUT = 16                         # outputs (and drops) of one compiled step (models/compile.py MAX_OUTPUTS)
 
 KINDS = {"nat": K_NAT, "firewall": K_FW, "lb": K_LB, "lb-hash": K_LBH, "ratelimit": K_RL, "monitor": K_MON,
          "csfq-edge": K_EDGE, "csfq-core": K_CORE}
@@ -217,13 +221,19 @@ ctypedef struct table_t:
 ctypedef struct pent_t:      # the NAT's by_port entry: the LAN flow's key (b == 0: none)
     uint64_t a, b
 
+ctypedef struct cview_t:     # a packet as a compiled model's step takes it (models/compile.py)
+    int64_t proto, src, sport, dst, dport, flags, inbound, length, label
+
+ctypedef int (*cstep_t)(void *state, const cview_t *pkt, int64_t now, uint64_t *rng, cview_t *outs, int *gates,
+                        int *nout, int *drops, int *ndrop) noexcept nogil
+
 ctypedef struct inst_t:
     int kind
     int gate_wan, gate_lan, gate_alert       # gate indexes in the NF's `gates`
     int away_out, away_in                    # gate of a frame outside the model: from inside / outside
-    int hop_target[3]                        # per gate: next instance, or -1 (egress)
-    int hop_egress[3]
-    bint hop_inbound[3]
+    int hop_target[MAX_GATES]                # per gate: next instance, or -1 (egress)
+    int hop_egress[MAX_GATES]
+    bint hop_inbound[MAX_GATES]
     uint64_t rng
     int64_t tps
     int64_t p[4]                             # parameters, by NF (see Pipeline._configure)
@@ -235,6 +245,10 @@ ctypedef struct inst_t:
     int reason[5]                            # model reasons, by MODEL_REASONS index
     int r_outside
     int r_cannot[7]                          # "<instance>: cannot write <field> into the frame"
+    void *cstate                             # a compiled model: its state, its step, its reasons' ids
+    cstep_t cstep
+    int *creason
+    int cerror                               # the step's error code (pl.error == 3)
 
 ctypedef struct frame_t:     # a frame travelling the chain: the input's bytes or a copy in `scratch`
     Py_ssize_t off
@@ -1065,6 +1079,8 @@ cdef int predict(inst_t *t, view_t *v) noexcept nogil:
     cdef pent_t *e
     cdef int64_t port
     cdef uint32_t vip = <uint32_t>t.p[0]
+    if k == K_COMPILED:
+        return -1
     if k == K_NAT:
         if v.inbound:
             e = &t.by_port[v.dport]
@@ -1375,6 +1391,8 @@ cdef int walk(pl_t *pl, int inst, frame_t f, view_t v, bint in_model, int depth)
             if g < 0:
                 record_drop(pl, t.r_outside)
                 return 0
+        elif t.kind == K_COMPILED:
+            return step_compiled(pl, inst, t, f, v, depth)
         else:
             o = v
             n = handle(pl, t, &v, gates)
@@ -1409,6 +1427,43 @@ cdef int walk(pl_t *pl, int inst, frame_t f, view_t v, bint in_model, int depth)
         v.inbound = t.hop_inbound[g]
         inst = target
         depth += 1
+
+cdef int step_compiled(pl_t *pl, int inst, inst_t *t, frame_t f, view_t v, int depth) noexcept nogil:
+    """A compiled model's step on v (models/compile.py), then what walk does with each output: its
+    own view (a step may emit different packets), written onto a copy of the frame taken before
+    the frame itself is rewritten for the last one."""
+    cdef cview_t cin
+    cdef cview_t outs[MAX_COUT]
+    cdef int gates[MAX_COUT]
+    cdef int drops[MAX_COUT]
+    cdef int n = 0, nd = 0, k, rc, bad
+    cdef view_t w
+    cdef frame_t fk
+    cin.proto, cin.src, cin.sport, cin.dst, cin.dport = v.proto, v.src, v.sport, v.dst, v.dport
+    cin.flags, cin.inbound, cin.length, cin.label = v.flags, v.inbound, v.length, v.label
+    rc = t.cstep(t.cstate, &cin, now_of(pl, t), &t.rng, outs, gates, &n, drops, &nd)
+    if rc != 0:
+        t.cerror, pl.error = rc, 3
+        return -1
+    for k in range(nd):
+        record_drop(pl, t.creason[drops[k]])
+    for k in range(n):
+        w.proto, w.src, w.sport = <uint8_t>outs[k].proto, <uint32_t>outs[k].src, <uint16_t>outs[k].sport
+        w.dst, w.dport, w.flags = <uint32_t>outs[k].dst, <uint16_t>outs[k].dport, <uint8_t>outs[k].flags
+        w.length, w.label, w.inbound = <uint16_t>outs[k].length, <int32_t>outs[k].label, outs[k].inbound != 0
+        bad = cannot_write(pl.lay, &v, &w)
+        if bad:
+            record_drop(pl, t.r_cannot[bad - 1])
+            continue
+        if k < n - 1:
+            if copy_frame(pl, &f, &fk) < 0:
+                return -1
+        else:
+            fk = f
+        write_back(frame_bytes(pl, &fk), pl.lay, &v, &w)
+        if send(pl, inst, gates[k], fk, w, depth) < 0:
+            return -1
+    return 0
 
 cdef int send(pl_t *pl, int inst, int gate, frame_t f, view_t v, int depth) noexcept nogil:
     """An output of instance `inst` on `gate` (a packet in the model) to its egress or next instance."""
@@ -1645,6 +1700,7 @@ cdef class Pipeline:
     cdef pl_t pl
     cdef prepared_t *ahead
     cdef readonly object chain, egresses, instances, reasons
+    cdef object _compiled, _cstates                 # instance -> CompiledModel, CState (models/compile.py)
     cdef readonly int ahead_by
     cdef Py_ssize_t ring_mask
     cdef dict _reason_id
@@ -1661,12 +1717,23 @@ cdef class Pipeline:
         self.ahead = NULL
 
     def __init__(self, chain, seed: int = 0, linktype: int = 1, inside=None, ahead: int = 8, flow_cache=None,
-                 cache_max: int = CACHE_MAX):
+                 cache_max: int = CACHE_MAX, compiled=None):
+        """`compiled`: {instance: models.compile.CompiledModel} run from their compiled handlers
+        (the generic executor's fast form; runtime/generic.py compiled_pipeline); every other
+        member must be a bundled NF."""
         chain.validate()
         members = list(chain.members.values())
+        self._compiled, self._cstates = dict(compiled or {}), {}
         kinds = []
         for m in members:
-            kinds.append(KINDS[bundled_kind(m.name, m.nf).name])
+            if m.name in self._compiled:
+                if len(m.nf.gates) > MAX_GATES:
+                    raise ValueError(f"{m.name}: more than {MAX_GATES} gates")
+                kinds.append(K_COMPILED)
+            else:
+                kinds.append(KINDS[bundled_kind(m.name, m.nf).name])
+        if self._compiled:
+            flow_cache = False  # plans are for the bundled NFs' known behaviour
         self.chain, self.linktype = chain, linktype
         self.instances = tuple(chain.members)
         self.egresses = tuple(chain.egress_names)
@@ -1746,8 +1813,11 @@ cdef class Pipeline:
         t.tps = nf.ticks_per_second
         t.rng = (seed * 0x9E3779B97F4A7C15 + (k + 1) * INSTANCE_STEP) & ((1 << 64) - 1)
         gates = tuple(nf.gates)
-        t.gate_wan, t.gate_lan = gates.index("wan"), gates.index("lan")
-        t.gate_alert = gates.index("alert") if "alert" in gates else -1
+        if kind == K_COMPILED:
+            t.gate_wan = t.gate_lan = t.gate_alert = -1
+        else:
+            t.gate_wan, t.gate_lan = gates.index("wan"), gates.index("lan")
+            t.gate_alert = gates.index("alert") if "alert" in gates else -1
         t.away_out = gates.index(m.outside[0]) if m.outside else -1
         t.away_in = gates.index(m.inside[0]) if m.inside else -1
         egress_id = {e: j for j, e in enumerate(self.egresses)}
@@ -1763,6 +1833,17 @@ cdef class Pipeline:
         t.r_outside = self._reason(f"{name}: outside the model")
         for j, field in enumerate(FIELDS):
             t.r_cannot[j] = self._reason(f"{name}: cannot write {field} into the frame")
+        if kind == K_COMPILED:
+            model = self._compiled[name]
+            cstate = self._cstates[name] = model.new_state()
+            t.cstate = <void *><size_t>cstate.address
+            t.cstep = <cstep_t><size_t>model.step_address
+            t.creason = <int *>malloc(max(1, len(model.reasons)) * sizeof(int))
+            if t.creason == NULL:
+                raise MemoryError()
+            for j, reason in enumerate(model.reasons):
+                t.creason[j] = self._reason(f"{name}: {reason}")
+            return
         if kind == K_NAT:
             t.p[0], t.p[1], t.p[2] = nf.external, nf.base, nf.ports
             t.by_port = <pent_t *>zeroed(65536 * sizeof(pent_t))
@@ -1796,6 +1877,7 @@ cdef class Pipeline:
                     release_zeroed(self.pl.insts[k].tab.s, (self.pl.insts[k].tab.mask + 1) * sizeof(slot_t))
                 release_zeroed(self.pl.insts[k].by_port, 65536 * sizeof(pent_t))
                 release_zeroed(self.pl.insts[k].ver, 65536 * sizeof(uint16_t))
+                free(self.pl.insts[k].creason)
             free(self.pl.insts)
         if self.pl.cache.s != NULL:
             release_zeroed(self.pl.cache.s, (self.pl.cache.mask + 1) * sizeof(slot_t))
@@ -1885,12 +1967,19 @@ cdef class Pipeline:
                              f"(a routing loop through NFs that turn packets around?)")
         if pl.error == 2:
             raise MemoryError("runtime flow tables: out of memory")
+        if pl.error == 3:
+            for k in range(pl.ninst):
+                if pl.insts[k].cerror:
+                    code, pl.insts[k].cerror = pl.insts[k].cerror, 0
+                    raise self._compiled[self.instances[k]].error(code)
 
     # -- state export -----------------------------------------------------------------------------
     def state(self, instance):
         """The instance's state as its model declares it: {declaration: dict | set | int}."""
         if instance not in self.instances:
             raise KeyError(f"no instance {instance!r}; instances: {', '.join(self.instances)}")
+        if instance in self._cstates:
+            return self._cstates[instance].plain()
         k = self.instances.index(instance)
         cdef inst_t *t = &self.pl.insts[k]
         decls = list(self.chain.members[instance].nf.declarations())

@@ -7,7 +7,13 @@ its side, turn it into a model `Packet` (runtime/frames.py), carry it through th
 models/chain.py routes (run to completion, depth first in emission order), each instance stepping
 its own state with its own seeded choice stream (runtime/rng.py) and the input's time in its clock
 ticks; write every output back onto the frame (in place; a copy when one frame gives several
-outputs) and hand it to the batch. Frames outside the models pass each instance unchanged."""
+outputs) and hand it to the batch. Frames outside the models pass each instance unchanged.
+
+`compiled_pipeline` is the same executor with the handlers compiled from the same source
+(models/compile.py) and run by the fast path's batch loop (runtime/fast.pyx, instances of kind
+K_COMPILED): the same outputs, drops, states and choice streams, tens of times faster. It is
+what `make_pipeline(generic=True)` takes when the fast path is built and every model compiles;
+`GenericPipeline` (interpreting) otherwise, with the reason kept in `not_compiled`."""
 from __future__ import annotations
 
 from operator import attrgetter
@@ -38,8 +44,24 @@ class _Instance:
         self.reasons: dict = {}  # a drop reason of the model -> the pipeline's reason id
 
 
+def compiled_pipeline(chain, seed: int = 0, linktype: int = 1, inside=None):
+    """(the chain on the fast path's batch loop with every member's handler compiled, None) or
+    (None, why not): the fast path is not built (NFPROOF_PUREPYTHON, no Cython build), no C
+    compiler, or a model the compiler cannot follow (models.compile.NotCompilable, with its line)."""
+    from .. import runtime
+    if runtime.IMPLEMENTATION != "fast":
+        return None, "the fast path is not built (pure-Python fallback)"
+    from ..models.compile import NotCompilable, compiled
+    try:
+        models = {name: compiled(m.nf) for name, m in chain.members.items()}
+    except NotCompilable as e:
+        return None, f"not compiled: {e}"
+    return runtime.impl.Pipeline(chain, seed, linktype, inside, compiled=models), None
+
+
 class GenericPipeline:
     implementation = "generic"
+    not_compiled = None  # why make_pipeline interprets the models (None: it was not asked to compile)
 
     def __init__(self, chain, seed: int = 0, linktype: int = 1, inside=None):
         chain.validate()

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from nfproof.runtime import IMPLEMENTATION
+
 from nfproof.cli import main
 from nfproof.models import lookup
 from nfproof.models.chain import Chain
@@ -421,15 +423,18 @@ def test_corrupt_capture_midway_cli(tmp_path, capsys):
 @pytest.mark.parametrize("name", ["E02_http_49flows.pcap", "E05_mixed_v4v6_80flows_ftpdata.pcap", "E10_dns_icmp.pcap",
                                   "E20_frag_ipv4_udp_afs.pcap"])
 def test_fast_fallback_and_generic_agree(capsys, name):
-    """The three pipelines give the same outputs and drops for the same seed (runtime contract)."""
+    """The pipelines give the same outputs and drops for the same seed (runtime contract): fast or
+    fallback, and the generic executor compiled (where the fast path is built) and interpreted."""
     argv = ["firewall>nat>lb", "--pcap", str(DATA / name), "--seed", "7", "--param", "nat.ports=64512",
             "--param", "lb.backends=3", "--batch", "16"]
     base = run_json(capsys, *argv)
     assert base["packets_out"] > 0
     generic = run_json(capsys, *argv, "--generic")
-    assert generic["implementation"] == "generic"
+    assert generic["implementation"] == ("compiled" if base["implementation"] == "fast" else "generic")
+    interpreted = run_json(capsys, *argv, "--generic", "--interpret")
+    assert interpreted["implementation"] == "generic"
     same = ("outputs_sha256", "dropped", "by_egress")
-    assert [generic[k] for k in same] == [base[k] for k in same]
+    assert [generic[k] for k in same] == [base[k] for k in same] == [interpreted[k] for k in same]
     env = dict(os.environ)  # the other of fast / fallback, in a fresh interpreter
     if base["implementation"] == "fast":
         env["NFPROOF_PUREPYTHON"] = "1"
@@ -461,11 +466,15 @@ def test_installed_command(tmp_path):
 def test_user_model_runs_on_the_generic_pipeline(tmp_path, capsys):
     knock = str(ROOT / "examples" / "models" / "port_knock.py") + ":PortKnock"
     r = run_json(capsys, f"{knock}>nat", "--pcap", E02, "--param", "nat.ports=64512", "-o", tmp_path / "t.pcapng")
-    assert r["implementation"] == "generic"
+    expected = "compiled" if IMPLEMENTATION == "fast" else "generic"  # the user's model compiled from its source
+    assert r["implementation"] == expected
     assert r["by_egress"]["outside"] == 332  # the knock gate passes outbound traffic; the NAT maps it
     header, items, _ = trace_items(tmp_path / "t.pcapng")
-    assert header.fields["implementation"] == "generic" and items[-1].fields["packets_out"] == 332
-    assert run_json(capsys, "nat", "--pcap", E02, "--generic")["implementation"] == "generic"
+    assert header.fields["implementation"] == expected and items[-1].fields["packets_out"] == 332
+    assert run_json(capsys, "nat", "--pcap", E02, "--generic")["implementation"] == expected
+    interpreted = run_json(capsys, f"{knock}>nat", "--pcap", E02, "--param", "nat.ports=64512", "--interpret")
+    assert interpreted["implementation"] == "generic"
+    assert (interpreted["outputs_sha256"], interpreted["dropped"]) == (r["outputs_sha256"], r["dropped"])
 
 
 def test_wall_clock_run(tmp_path, capsys):

@@ -179,3 +179,26 @@ def test_a_model_the_compiler_cannot_follow_is_refused_with_its_line():
 
     with pytest.raises(C.NotCompilable, match=r"test_compile\.py:\d+: a value computed at run time formatted"):
         C.CompiledModel(Formats)
+
+
+def test_a_chain_with_a_model_the_compiler_refuses_runs_interpreted():
+    from nfproof.models.api import NF, Map, Port
+    from nfproof.models.chain import Chain
+    from nfproof.runtime import IMPLEMENTATION
+    from nfproof.runtime.executor import make_pipeline
+
+    class Formats(NF):
+        name, gates = "formats", ("wan", "lan")
+        outside, inside = ("wan",), ("lan",)
+        seen = Map(Port, Port)
+
+        def handle(self, pkt, ctx):
+            ctx.drop(f"port {pkt.dport}")
+
+    chain = Chain.parse("formats>nat", lambda name: Formats if name == "formats" else BUNDLED[name])
+    pipeline, implementation = make_pipeline(chain, 0, generic=True)
+    assert implementation == "generic"
+    if IMPLEMENTATION == "fast":
+        assert "a value computed at run time formatted into a string" in pipeline.not_compiled
+    _, implementation = make_pipeline(Chain.parse("nat", lambda name: BUNDLED[name]), 0, generic=True)
+    assert implementation == ("compiled" if IMPLEMENTATION == "fast" else "generic")

@@ -1,6 +1,6 @@
 """Runtime-vs-model conformance, Hypothesis stateful testing: for every bundled NF one state machine
 drives the Cython fast path, the pure-Python fallback, the generic executor (the model's own
-handler on frames) and the model's concrete execution (models.concrete.step on model packets, no
+handler on frames, interpreted and compiled: models/compile.py) and the model's concrete execution (models.concrete.step on model packets, no
 frames) with the same frames, times and seed, and asserts after every batch: the three pipelines
 give byte-identical outputs, drops and state; the model's outputs (written onto the frames and
 read back as model packets), its drops and its state are the same. Chains run the three
@@ -20,7 +20,7 @@ from nfproof.models.chain import Chain
 from nfproof.models.concrete import initial_state, plain_state, step
 from nfproof.runtime import frames, pure
 from nfproof.runtime.batch import Batch
-from nfproof.runtime.generic import GenericPipeline
+from nfproof.runtime.generic import GenericPipeline, compiled_pipeline
 from nfproof.runtime.rng import InstanceRng, StreamChooser
 from nfproof.traces import parse_frame
 
@@ -86,6 +86,8 @@ class Conformance(RuleBasedStateMachine):
         self.paths = {"fallback": pure.Pipeline(self.chain, seed), "generic": GenericPipeline(self.chain, seed)}
         if FAST:
             self.paths["fast"] = fast.Pipeline(self.chain, seed)
+            self.paths["compiled"], why = compiled_pipeline(self.chain, seed)
+            assert why is None, why
         self.member = next(iter(self.chain.members.values()))
         self.model_state = initial_state(self.nf)
         self.model_chooser = StreamChooser(InstanceRng(seed, 0))

@@ -1,5 +1,6 @@
 """Every capture in tests/data through every runtime path, by the real executor: the fast path,
-the fallback and the generic executor (the models' own handlers) give the same outputs_sha256,
+the fallback, the generic executor (the models' own handlers) and the same with the handlers
+compiled (models/compile.py on the fast path's batch loop) give the same outputs_sha256,
 drops and output counts, for chains that make every bundled NF act (a 64k-port NAT, the
 firewall's handshakes, the balancer's VIP, monitor alerts, CSFQ labels and drops)."""
 from __future__ import annotations
@@ -16,7 +17,8 @@ from nfproof.traces.reader import open_capture
 
 try:
     from nfproof.runtime import fast
-    PATHS = {"fast": fast.Pipeline, "fallback": pure.Pipeline, "generic": generic.GenericPipeline}
+    PATHS = {"fast": fast.Pipeline, "fallback": pure.Pipeline, "generic": generic.GenericPipeline,
+             "compiled": lambda *a: generic.compiled_pipeline(*a)[0]}
 except ImportError:  # not built: the two Python paths still agree
     PATHS = {"fallback": pure.Pipeline, "generic": generic.GenericPipeline}
 
