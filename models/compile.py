@@ -436,7 +436,7 @@ class _MapTrace:
         k = self._key(key)
         t = self.run.temp()
         vw = 0 if self.is_set else len(_widths(self.decl.value))
-        self.run.stmt(f"uint64_t *{t} = map_get(&S->m[{self.index}], {k});  /* {self.decl.name} */")
+        self.run.stmt(f"uint64_t *{t} = map_get{self.index}(S, {k});  /* {self.decl.name} */")
         return t, self.run.branch(f"({t} != 0)")
 
     def get(self, key, default=None):
@@ -458,15 +458,15 @@ class _MapTrace:
         words = _words(self.run, self.decl.value, value)
         t = self.run.temp()
         self.run.stmt(f"uint64_t {t}[{len(words)}] = {{{', '.join(words)}}};")
-        self.run.stmt(f"map_put(&S->m[{self.index}], {k}, {t});")
+        self.run.stmt(f"map_put{self.index}(S, {k}, {t});")
 
     def __delitem__(self, key):
         k = self._key(key)
-        self.run.stmt(f"map_del(&S->m[{self.index}], {k});")
+        self.run.stmt(f"map_del{self.index}(S, {k});")
 
     def add(self, key):
         k = self._key(key)
-        self.run.stmt(f"map_put(&S->m[{self.index}], {k}, 0);")
+        self.run.stmt(f"map_put{self.index}(S, {k}, 0);")
 
     def discard(self, key):
         self.__delitem__(key)
@@ -563,8 +563,7 @@ class _ContextTrace:
                 _refuse("a free-value choice over storage the compiler does not hold")
             pid = self.compiler.pool_id(used.index, base, size)
             t = run.temp()
-            run.stmt(f"uint64_t {t}; int {t}f = choose_free(rng, &S->m[{used.index}], {pid}, {_u64(base)}, "
-                     f"{_u64(size)}, &{t});")
+            run.stmt(f"uint64_t {t}; int {t}f = choose_free{used.index}(S, rng, {pid}, {_u64(base)}, {_u64(size)}, &{t});")
             if not run.branch(f"{t}f"):
                 return None
             top = base + size - 1
@@ -761,6 +760,18 @@ class _Compiler:
         root = self.tree()
         lines = [C_RUNTIME, f"#define NMAPS {max(1, len(self.maps))}", f"#define NCOUNTERS {max(1, len(self.counters))}",
                  "typedef struct { map_t m[NMAPS]; uint64_t c[NCOUNTERS]; } state_t;", ""]
+        for k, (name, decl) in enumerate(self.maps):  # each map's operations with its sizes as constants
+            kw = len(_widths(decl.key))
+            sw = 1 + kw + (0 if isinstance(decl, Set) else len(_widths(decl.value)))
+            lines.append(f"static inline uint64_t *map_get{k}(state_t *S, const uint64_t *key) "
+                         f"{{ return map_get(&S->m[{k}], key, {kw}, {sw}); }}")
+            lines.append(f"static inline void map_put{k}(state_t *S, const uint64_t *key, const uint64_t *v) "
+                         f"{{ map_put(&S->m[{k}], key, v, {kw}, {sw}); }}")
+            lines.append(f"static inline void map_del{k}(state_t *S, const uint64_t *key) "
+                         f"{{ map_del(&S->m[{k}], key, {kw}, {sw}); }}")
+            lines.append(f"static inline int choose_free{k}(state_t *S, uint64_t *rng, int pool, uint64_t base, "
+                         f"uint64_t size, uint64_t *out) {{ return choose_free(rng, &S->m[{k}], pool, base, size, out, "
+                         f"{sw}); }}")
         lines.append("static void nf_free_state(state_t *S) {")
         lines.append("    for (int k = 0; k < NMAPS; k++) free(S->m[k].w);")
         lines.append("    free(S);")
@@ -837,23 +848,30 @@ static int map_init(map_t *m, int kw, int vw) {
     m->w = calloc((m->mask + 1) * m->sw, sizeof(uint64_t));
     return m->w == 0;
 }
-static inline uint64_t key_hash(const map_t *m, const uint64_t *k) {
+/* kw (key words) and sw (slot words: 1 + kw + value words) are passed as constants by each map's
+   wrappers (map_get0, ...), so that these inline into code specialised for the map's sizes */
+#define INLINE static inline __attribute__((always_inline))
+INLINE uint64_t key_hash(const uint64_t *k, int kw) {
     uint64_t h = UINT64_C(0x9E3779B97F4A7C15);
-    for (int i = 0; i < m->kw; i++) { h ^= k[i]; h *= UINT64_C(0xFF51AFD7ED558CCD); h ^= h >> 32; }
+    for (int i = 0; i < kw; i++) { h ^= k[i]; h *= UINT64_C(0xFF51AFD7ED558CCD); h ^= h >> 32; }
     return h;
 }
-static inline uint64_t *map_slot(const map_t *m, const uint64_t *k) {  /* the key's slot, or the empty one it would take */
-    size_t i = key_hash(m, k) & m->mask;
+INLINE int same_key(const uint64_t *a, const uint64_t *b, int kw) {
+    for (int i = 0; i < kw; i++) if (a[i] != b[i]) return 0;
+    return 1;
+}
+INLINE uint64_t *map_slot(const map_t *m, const uint64_t *k, int kw, int sw) {  /* the key's slot, or the empty one it would take */
+    size_t i = key_hash(k, kw) & m->mask;
     for (;;) {
-        uint64_t *s = m->w + i * m->sw;
+        uint64_t *s = m->w + i * sw;
         if (!s[0]) return s;
-        if (memcmp(s + 1, k, m->kw * sizeof(uint64_t)) == 0) return s;
+        if (same_key(s + 1, k, kw)) return s;
         i = (i + 1) & m->mask;
     }
 }
-static inline uint64_t *map_get(const map_t *m, const uint64_t *k) {  /* the value words, 0: absent */
-    uint64_t *s = map_slot(m, k);
-    return s[0] ? s + 1 + m->kw : 0;
+INLINE uint64_t *map_get(const map_t *m, const uint64_t *k, int kw, int sw) {  /* the value words, 0: absent */
+    uint64_t *s = map_slot(m, k, kw, sw);
+    return s[0] ? s + 1 + kw : 0;
 }
 static inline void pools_count(map_t *m, const uint64_t *k, int64_t d) {
     for (int j = 0; j < m->npools; j++)
@@ -867,52 +885,53 @@ static void map_grow(map_t *m) {
     m->w = nw; m->mask = old * 2 - 1;
     for (size_t i = 0; i < old; i++) {
         uint64_t *s = w + i * m->sw;
-        if (s[0]) memcpy(map_slot(m, s + 1), s, m->sw * sizeof(uint64_t));
+        if (s[0]) memcpy(map_slot(m, s + 1, m->kw, m->sw), s, m->sw * sizeof(uint64_t));
     }
     free(w);
 }
-static void map_put(map_t *m, const uint64_t *k, const uint64_t *v) {
-    uint64_t *s = map_slot(m, k);
+INLINE void map_put(map_t *m, const uint64_t *k, const uint64_t *v, int kw, int sw) {
+    uint64_t *s = map_slot(m, k, kw, sw);
+    int vw = sw - 1 - kw;
     if (!s[0]) {
-        s[0] = 1; memcpy(s + 1, k, m->kw * sizeof(uint64_t)); m->n++;
+        s[0] = 1; memcpy(s + 1, k, kw * sizeof(uint64_t)); m->n++;
         if (m->npools) pools_count(m, k, 1);
-        if (m->vw) memcpy(s + 1 + m->kw, v, m->vw * sizeof(uint64_t));
+        if (vw) memcpy(s + 1 + kw, v, vw * sizeof(uint64_t));
         if (2 * m->n > m->mask) map_grow(m);
         return;
     }
-    if (m->vw) memcpy(s + 1 + m->kw, v, m->vw * sizeof(uint64_t));
+    if (vw) memcpy(s + 1 + kw, v, vw * sizeof(uint64_t));
 }
-static void map_del(map_t *m, const uint64_t *k) {  /* backward-shift deletion */
-    uint64_t *s = map_slot(m, k);
+INLINE void map_del(map_t *m, const uint64_t *k, int kw, int sw) {  /* backward-shift deletion */
+    uint64_t *s = map_slot(m, k, kw, sw);
     if (!s[0]) return;
     if (m->npools) pools_count(m, k, -1);
-    size_t i = (s - m->w) / m->sw, j = i;
+    size_t i = (s - m->w) / sw, j = i;
     for (;;) {
         j = (j + 1) & m->mask;
-        uint64_t *t = m->w + j * m->sw;
+        uint64_t *t = m->w + j * sw;
         if (!t[0]) break;
-        size_t home = key_hash(m, t + 1) & m->mask;
+        size_t home = key_hash(t + 1, kw) & m->mask;
         if (((j - home) & m->mask) >= ((j - i) & m->mask)) {
-            memcpy(m->w + i * m->sw, t, m->sw * sizeof(uint64_t));
+            memcpy(m->w + i * sw, t, sw * sizeof(uint64_t));
             i = j;
         }
     }
-    memset(m->w + i * m->sw, 0, m->sw * sizeof(uint64_t));
+    memset(m->w + i * sw, 0, sw * sizeof(uint64_t));
     m->n--;
 }
 /* runtime/rng.py choose_free: a pool value that is not a key; 0 (no draw) when every one is */
-static int choose_free(uint64_t *rng, map_t *m, int pool, uint64_t base, uint64_t size, uint64_t *out) {
+INLINE int choose_free(uint64_t *rng, map_t *m, int pool, uint64_t base, uint64_t size, uint64_t *out, int sw) {
     if (m->pools[pool].used >= size) return 0;
     uint64_t v = base, key[1];
     for (int k = 0; k < 64; k++) {
         v = base + below(rng, size);
         key[0] = v;
-        if (!map_get(m, key)) { *out = v; return 1; }
+        if (!map_get(m, key, 1, sw)) { *out = v; return 1; }
     }
     uint64_t top = base + size - 1;
     for (;;) {
         key[0] = v;
-        if (!map_get(m, key)) { *out = v; return 1; }
+        if (!map_get(m, key, 1, sw)) { *out = v; return 1; }
         v = v == top ? base : v + 1;
     }
 }
@@ -926,7 +945,8 @@ EXPORT void nf_map_items(void *state, int k, uint64_t *out) {  /* key and value 
     }
 }
 EXPORT void nf_map_put(void *state, int k, const uint64_t *key, const uint64_t *value) {
-    map_put(&((map_t *)state)[k], key, value);
+    map_t *m = &((map_t *)state)[k];
+    map_put(m, key, value, m->kw, m->sw);
 }
 """
 
@@ -1065,7 +1085,7 @@ def _build(source: str) -> str:
         out = os.path.join(tmp, "nf.so")
         cc = os.environ.get("CC", "cc")
         try:
-            done = subprocess.run([cc, "-O2", "-fwrapv", "-shared", "-fPIC", "-fvisibility=hidden", "-o", out, c],
+            done = subprocess.run([cc, "-O3", "-fwrapv", "-shared", "-fPIC", "-fvisibility=hidden", "-o", out, c],
                                   capture_output=True, text=True)
         except OSError as e:
             raise NotCompilable(f"no C compiler ({cc}: {e}); install gcc or set CC") from None
