@@ -202,3 +202,38 @@ def test_a_chain_with_a_model_the_compiler_refuses_runs_interpreted():
         assert "a value computed at run time formatted into a string" in pipeline.not_compiled
     _, implementation = make_pipeline(Chain.parse("nat", lambda name: BUNDLED[name]), 0, generic=True)
     assert implementation == ("compiled" if IMPLEMENTATION == "fast" else "generic")
+
+
+def test_a_model_error_in_the_compiled_pipeline_is_the_interpreters():
+    """A division by zero on one packet of a batch: both generic pipelines raise the same located
+    ModelError, after releasing the same outputs for the packets before it."""
+    from nfproof.models.api import NF
+    from nfproof.models.chain import Chain
+    from nfproof.runtime import IMPLEMENTATION
+    from nfproof.runtime.batch import Batch
+    from nfproof.runtime.generic import GenericPipeline, compiled_pipeline
+
+    if IMPLEMENTATION != "fast":
+        pytest.skip("the compiled pipeline runs on the fast path's batch loop")
+
+    class Divides(NF):
+        name, gates = "divides", ("wan", "lan")
+        outside, inside = ("wan",), ("lan",)
+
+        def handle(self, pkt, ctx):
+            ctx.emit(pkt.rewrite(sport=1000 // (pkt.dport - 99)), "lan" if pkt.inbound else "wan")
+
+    import frames_gen as g
+    frames = [g.eth(g.udp(0x0A000001, 5000, 0x08080808, port)) for port in (53, 100, 99, 80)]
+    chain = Chain.parse("divides", lambda name: Divides)
+    results = {}
+    for name, pipeline in (("interpreted", GenericPipeline(chain, 1)), ("compiled", compiled_pipeline(chain, 1)[0])):
+        batch = Batch(8)
+        for k, frame in enumerate(frames):
+            batch.add(frame, len(frame), k * 1000, 0)
+        with pytest.raises(ModelError) as e:
+            pipeline.process(batch)
+        results[name] = (str(e.value), [data for *_, data in batch.outputs()])
+    assert results["compiled"] == results["interpreted"]
+    assert "ZeroDivisionError" in results["compiled"][0] and "test_compile.py" in results["compiled"][0]
+    assert len(results["compiled"][1]) == 2
