@@ -25,6 +25,14 @@ BOUNDED = dict(deadline=None, suppress_health_check=list(HealthCheck), derandomi
 TALLY = {"compiled": 0, "refused": 0, "steps": 0, "errors": 0}
 
 
+@pytest.fixture
+def quick_builds(monkeypatch):
+    """Random models are built at -O1: hundreds of them, each a C compiler run (the C code is free of
+    undefined behaviour, so its results do not depend on the level; the bundled models, the
+    pipelines' tests and the benchmark use the default -O3)."""
+    monkeypatch.setenv("NFPROOF_CFLAGS", "-O1")
+
+
 def run_both(nf_cls, inputs, seed=3):
     """Steps both executions over inputs [(packet, now)]; asserts equal results after each one.
     Returns False when the compiler refuses the model (NotCompilable), True otherwise."""
@@ -122,38 +130,42 @@ def test_bundled_models_compile_and_agree(name, params):
 def compile_examples(draw, gen=model_gen.models, **args):
     model = draw(gen(**args))
     inputs = draw(st.lists(model_gen.packets(model), min_size=1, max_size=8))
-    times = draw(st.lists(st.integers(0, 1 << 40), min_size=len(inputs), max_size=len(inputs)))
+    times = draw(st.lists(st.one_of(st.integers(0, 1 << 20), st.integers(0, (1 << 63) - 1)),
+                          min_size=len(inputs), max_size=len(inputs)))
     return model, list(zip(inputs, sorted(times)))
 
 
-@settings(max_examples=300, **BOUNDED)
+@settings(max_examples=150, **BOUNDED)
 @given(compile_examples())
-def test_random_models_agree(example):
+def test_random_models_agree(quick_builds, example):
     model, inputs = example
     run_both(model.nf, inputs)
 
 
-@settings(max_examples=100, **BOUNDED)
+@settings(max_examples=60, **BOUNDED)
 @given(compile_examples(gen=model_gen_time.clocked_models))
-def test_random_clocked_models_agree(example):
+def test_random_clocked_models_agree(quick_builds, example):
     model, inputs = example
     run_both(model.nf, inputs)
 
 
-@settings(max_examples=100, **BOUNDED)
+@settings(max_examples=60, **BOUNDED)
 @given(compile_examples(gen=model_gen_time.map_clocked_models))
-def test_random_map_clocked_models_agree(example):
+def test_random_map_clocked_models_agree(quick_builds, example):
     model, inputs = example
     run_both(model.nf, inputs)
 
 
 def test_most_random_models_compile():
-    """The differential tests above mean something only if the compiler takes most models."""
-    TALLY.update(compiled=0, refused=0)
-    rng = random.Random(5)
-    for model in _sample(model_gen.models(), 120):
-        run_both(model.nf, [(p, 0) for p in _packets(rng, model.constants, 4)])
-    assert TALLY["compiled"] >= 0.9 * (TALLY["compiled"] + TALLY["refused"]), TALLY
+    """The differential tests above mean something only if the compiler takes most models (traced
+    only: building them is the tests above)."""
+    refused = []
+    for model in _sample(model_gen.models(), 300):
+        try:
+            C._Compiler(model.nf).source()
+        except C.NotCompilable as e:
+            refused.append(str(e))
+    assert len(refused) <= 0.05 * 300, refused
 
 
 def _sample(strategy, n):
