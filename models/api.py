@@ -671,8 +671,8 @@ _OWN_DIRS = tuple(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(_
 
 def check_no_introspection(nf_cls) -> None:
     """A handler that asks a value's type, identity or attributes (`isinstance(x, int)`, `type(x)`,
-    `id(x)`, `hasattr(x, "path")`, ...) gets another answer from each interpreter: the concrete one
-    passes ints, the symbolic one terms.
+    `id(x)`, `hasattr(x, "path")`, `x is True`, ...) gets another answer from each interpreter: the
+    concrete one passes ints and bools, the symbolic one terms.
     A ModelError at the call's line. Read: the NF's own methods and the module-level functions they
     call by name, transitively (whose source is readable; arguments `self`, `pkt` and `ctx` are
     allowed)."""
@@ -691,6 +691,14 @@ def check_no_introspection(nf_cls) -> None:
         except (OSError, TypeError):
             continue
         for node in ast.walk(ast.parse(textwrap.dedent("".join(lines)))):
+            if isinstance(node, ast.Compare) and any(isinstance(op, (ast.Is, ast.IsNot)) for op in node.ops) and any(
+                    isinstance(x, ast.Constant) and type(x.value) is bool for x in [node.left, *node.comparators]):
+                error = ModelError("`is True` / `is False` on a value: the symbolic and compiled interpreters hold a "
+                                   "term where the concrete one holds a bool, so the answers differ; write `if x:`, "
+                                   "`if not x:` or `x == True`")
+                error.location = f"{code.co_filename}:{first + node.lineno - 1}"
+                error.args = (f"{error.location}: {error.args[0]}",)
+                raise error
             if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)):
                 continue
             if node.func.id in INTROSPECTION and node.args and \

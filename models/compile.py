@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
+import numbers
 import inspect
 import os
 import subprocess
@@ -35,6 +36,7 @@ import tempfile
 
 from .api import (INTERPRETER_FILES, MAX_CHOICE_WIDTH, NF, PACKET_FIELDS, PACKET_WIDTHS, Bits, Map, ModelError,
                   Packet, Set, check_bool_field, check_int_field, located, model_failure, model_location, validate)
+from .api import _LIBRARY_DIRS
 from .concrete import NO_ITERATION
 
 INTERPRETER_FILES.add(__file__)
@@ -56,6 +58,18 @@ class NotCompilable(BaseException):
 
 class _Failed(BaseException):
     """A path ends in the model error the interpreter would raise there (message located)."""
+
+
+_QUIET = [0]  # > 0 while the compiler words an error message: a value then shows as a placeholder
+
+
+def _error(make) -> str:
+    """The located text of the model error make() builds (values in it shown as placeholders)."""
+    _QUIET[0] += 1
+    try:
+        return str(located(make()))
+    finally:
+        _QUIET[0] -= 1
 
 
 def _refuse(what: str):
@@ -81,7 +95,6 @@ class Value:
     """An int the handler computes at run time: a C expression and the range of ints it can be."""
 
     __slots__ = ("run", "c", "lo", "hi")
-    __hash__ = None  # a dict or set keyed by a run-time value: the tracer cannot follow it
 
     def __init__(self, run: "_Run", c: str, lo: int, hi: int):
         self.run, self.c, self.lo, self.hi = run, c, lo, hi
@@ -96,7 +109,17 @@ class Value:
     def __float__(self): _refuse("a float of a value computed at run time")
     def __format__(self, spec): _refuse("a value computed at run time formatted into a string")
     def __str__(self): _refuse("a value computed at run time formatted into a string")
-    def __repr__(self): return "<a value known at run time>"
+    def __repr__(self):
+        if _QUIET[0]:
+            return "<a value known at run time>"
+        _refuse("repr() of a value computed at run time")
+    def __hash__(self): _refuse("a value computed at run time used as a dict key or set member")
+    def __round__(self, n=None): _refuse("round() of a value computed at run time")
+    def __trunc__(self): _refuse("math.trunc() of a value computed at run time")
+    def __floor__(self): _refuse("math.floor() of a value computed at run time")
+    def __ceil__(self): _refuse("math.ceil() of a value computed at run time")
+    def __complex__(self): _refuse("complex() of a value computed at run time")
+    def __getattr__(self, name): _refuse(f"int.{name} of a value computed at run time")
     def __iter__(self): _refuse("iterating a value")
     def __pow__(self, other): _refuse("** in a handler")
     def __rpow__(self, other): _refuse("** in a handler")
@@ -157,7 +180,9 @@ class Value:
             return +self
         if self.hi <= 0:
             return -self
-        return self.run.value(f"({self.c} < 0 ? -{self.c} : {self.c})", 0, max(-self.lo, self.hi))
+        top = max(-self.lo, self.hi)
+        ty = _c_type(0, top)
+        return self.run.value(f"(({ty}){self.c} < 0 ? -({ty}){self.c} : ({ty}){self.c})", 0, top)
 
     # comparisons ----------------------------------------------------------------------------------
     def _cmp(self, other, op: str):
@@ -199,20 +224,24 @@ class Truth(Value):
     __ror__ = __or__
     def __xor__(self, o): return self._logic(o, "^")
     __rxor__ = __xor__
-    __hash__ = None
+    __hash__ = Value.__hash__
 
     def select_from(self, values):
         _refuse("select() with a bool as the index")
 
 
 def _operand(run, x):
-    """x as a Value (ints and bools as constants); None if it is neither."""
+    """x as a Value (ints and bools as constants); None if it is neither (Python then tries the
+    other operand or raises the TypeError an int would). Other numbers are refused: an int
+    computes and compares with a float or a Fraction, which the C code does not."""
     if isinstance(x, Value):
         return x
     if type(x) is bool:
         return run.const(int(x))
     if isinstance(x, int):
         return run.const(x)
+    if isinstance(x, numbers.Number):
+        _refuse(f"a {type(x).__name__} in arithmetic or a comparison with a value computed at run time")
     return None
 
 
@@ -268,7 +297,7 @@ class _Run:
         if always:
             return
         if never or not self.branch(cond):
-            raise _Failed(str(located(error())))
+            raise _Failed(_error(lambda: error()))
 
     def const(self, v: int) -> Value:
         _c_type(v, v)
@@ -316,7 +345,7 @@ class _Run:
                 _refuse(f"a shift by an amount computed at run time (`{op}`)")
             n = b.lo
             if n < 0:
-                raise _Failed(str(located(model_failure_text(ValueError("negative shift count")))))
+                raise _Failed(_error(lambda: model_failure_text(ValueError("negative shift count"))))
             if op == "<<":
                 lo, hi = a.lo << n, a.hi << n
                 ty = _c_type(lo, hi)
@@ -353,6 +382,8 @@ class _Run:
         expr = f"({ty}){vals[-1].c}"
         for k in range(len(vals) - 2, -1, -1):
             expr = f"({index.c} == {k} ? ({ty}){vals[k].c} : {expr})"
+        if all(type(v) is bool or isinstance(v, Truth) for v in values):  # a bool among bools is a bool
+            return self.truth(f"(int){expr}")
         return self.value(expr, lo, hi)
 
 
@@ -390,7 +421,7 @@ def _masked(run: _Run, v, width: int, what) -> str:
         if 0 <= v.lo and v.hi <= mask:
             return f"(uint64_t){v.c}"
         return f"((uint64_t){v.c} & UINT64_C({mask}))"
-    raise _Failed(str(located(what(v))))
+    raise _Failed(_error(lambda: what(v)))
 
 
 def _words(run: _Run, kind, value) -> list[str]:
@@ -402,7 +433,7 @@ def _words(run: _Run, kind, value) -> list[str]:
     if isinstance(value, tuple) and len(value) == len(widths) and all(
             isinstance(v, (int, Value)) for v in value):
         return [_masked(run, v, w, None) for v, w in zip(value, widths)]
-    raise _Failed(str(located(ModelError(f"a {kind.__name__} ({', '.join(kind._fields)}) cannot hold {value!r}"))))
+    raise _Failed(_error(lambda: ModelError(f"a {kind.__name__} ({', '.join(kind._fields)}) cannot hold {value!r}")))
 
 
 def _widths(kind) -> tuple:
@@ -447,8 +478,8 @@ class _MapTrace:
     def __getitem__(self, key):
         t, found = self._find(key)
         if not found:
-            raise _Failed(str(located(ModelError(
-                f"{self.decl.name}[key] of an absent key; test `key in m` first or use m.get(key)"))))
+            raise _Failed(_error(lambda: ModelError(
+                f"{self.decl.name}[key] of an absent key; test `key in m` first or use m.get(key)")))
         return _from_words(self.run, self.decl.value, t)
 
     def __contains__(self, key) -> bool:
@@ -474,25 +505,32 @@ class _MapTrace:
 
     def remove(self, key):
         if not self.__contains__(key):
-            raise _Failed(str(located(ModelError(
-                f"{self.decl.name}.remove(x) of an absent member; test `x in s` first or use discard(x)"))))
+            raise _Failed(_error(lambda: ModelError(
+                f"{self.decl.name}.remove(x) of an absent member; test `x in s` first or use discard(x)")))
         self.__delitem__(key)
 
     def absent_from(self, values, kind):
+        if not isinstance(self.decl.key, Bits):
+            _refuse(f"Pool.free({self.decl.name}): free values of a map keyed by records")
         if isinstance(values, range) and values.step == 1:
+            if len(values) > 0 and (values.start < 0 or values[-1] >> self.decl.key.width):
+                _refuse(f"Pool.free({self.decl.name}): pool values wider than the map's {self.decl.key.width}-bit keys")
             return _FreeDomain(self, values.start, len(values), kind)
         _refuse("a free-value domain over values that are not a range")
 
     def _unsupported(self, *args, **kwargs):
         what = "iterating a Set" if self.is_set else "iterating a Map"
-        raise _Failed(str(located(ModelError(f"{what} is not supported (a proof cannot follow it); {NO_ITERATION}"))))
+        raise _Failed(_error(lambda: ModelError(f"{what} is not supported (a proof cannot follow it); {NO_ITERATION}")))
 
     __iter__ = keys = values = items = _unsupported
+
+    def __getattr__(self, name):
+        _refuse(f"{self.decl.name}.{name} (a declared Map or Set offers get, [], in, del, add, discard, remove)")
 
     def __len__(self):
         what = "len() of a Set" if self.is_set else "len() of a Map"
         instead = "count the members in a Counter" if self.is_set else "count the entries in a Counter"
-        raise _Failed(str(located(ModelError(f"{what} is not supported (a proof cannot follow it); {instead}"))))
+        raise _Failed(_error(lambda: ModelError(f"{what} is not supported (a proof cannot follow it); {instead}")))
 
 
 class _CounterTrace:
@@ -509,8 +547,8 @@ class _CounterTrace:
     @value.setter
     def value(self, v):
         if not isinstance(v, (int, Value)):
-            raise _Failed(str(located(model_failure_text(TypeError(
-                f"unsupported operand type(s) for &: '{type(v).__name__}' and 'int'")))))
+            raise _Failed(_error(lambda: model_failure_text(TypeError(
+                f"unsupported operand type(s) for &: '{type(v).__name__}' and 'int'"))))
         self.run.stmt(f"S->c[{self.index}] = {_masked(self.run, v, self.width, None)};")
 
 
@@ -519,6 +557,9 @@ class _FreeDomain:
 
     def __init__(self, storage: _MapTrace, base: int, size: int, kind):
         self.storage, self.pool, self.kind, self.used = storage, (base, size), kind, storage
+
+    def __getattr__(self, name):
+        _refuse(f"Domain.{name} of a free-value domain")
 
     def exhausted(self):
         pid = self.storage.compiler.pool_id(self.storage.index, *self.pool)
@@ -543,16 +584,16 @@ class _ContextTrace:
         run = self.run
         kind = domain.kind
         if kind.width > MAX_CHOICE_WIDTH:
-            raise _Failed(str(located(ModelError(
-                f"a choice from a {kind.width}-bit domain; choices are at most {MAX_CHOICE_WIDTH} bits"))))
+            raise _Failed(_error(lambda: ModelError(
+                f"a choice from a {kind.width}-bit domain; choices are at most {MAX_CHOICE_WIDTH} bits")))
         fits = range(1 << kind.width)
         pool = getattr(domain, "pool", None)
         if pool is not None:
             base, size = pool
             if size and (base not in fits or base + size - 1 not in fits):
-                raise _Failed(str(located(ModelError(
-                    f"a {kind} domain holds a value that does not fit in {kind.width} bits"))))
-            if size == 0:
+                raise _Failed(_error(lambda: ModelError(
+                    f"a {kind} domain holds a value that does not fit in {kind.width} bits")))
+            if size <= 0:
                 return None
             if size > (1 << 63):
                 _refuse("a choice from a pool of more than 2^63 values")
@@ -584,8 +625,8 @@ class _ContextTrace:
             elif type(v) is bool or not isinstance(v, int) or v not in fits:
                 if type(v) is bool and v in fits:
                     continue
-                raise _Failed(str(located(ModelError(
-                    f"a {kind} domain holds a value that does not fit in {kind.width} bits"))))
+                raise _Failed(_error(lambda: ModelError(
+                    f"a {kind} domain holds a value that does not fit in {kind.width} bits")))
         if not values:
             return None
         index = run.value(f"(int64_t)below(rng, {_u64(len(values))})", 0, len(values) - 1)
@@ -596,11 +637,11 @@ class _ContextTrace:
         if not isinstance(gate, str) or gate not in self.gates:
             if isinstance(gate, Value):
                 _refuse("a gate computed at run time")
-            raise _Failed(str(located(ModelError(
-                f"emit on undeclared gate {gate!r}; the NF declares gates {self.gates}"))))
+            raise _Failed(_error(lambda: ModelError(
+                f"emit on undeclared gate {gate!r}; the NF declares gates {self.gates}")))
         if not isinstance(pkt, Packet):
-            raise _Failed(str(located(model_failure_text(AttributeError(
-                f"'{type(pkt).__name__}' object has no attribute 'wrapped'")))))
+            raise _Failed(_error(lambda: model_failure_text(AttributeError(
+                f"'{type(pkt).__name__}' object has no attribute 'wrapped'"))))
         fields_ = pkt.__dict__
         inbound = fields_["inbound"]
         if isinstance(inbound, Truth):
@@ -609,13 +650,13 @@ class _ContextTrace:
             inbound_c = "1" if inbound else "0"
         else:
             if isinstance(inbound, Value):
-                raise _Failed(str(located(ModelError(
+                raise _Failed(_error(lambda: ModelError(
                     f"the `inbound` field holds a bool (True: arrived from the outside), not {inbound!r}; "
-                    f"write a comparison or bool(...), e.g. inbound=(x == 2)"))))
+                    f"write a comparison or bool(...), e.g. inbound=(x == 2)")))
             try:
                 check_bool_field(inbound)
             except ModelError as e:
-                raise _Failed(str(located(e))) from None
+                raise _Failed(_error(lambda: e)) from None
         out = []
         for f, width in PACKET_WIDTHS.items():
             v = fields_[f]
@@ -623,7 +664,7 @@ class _ContextTrace:
                 try:
                     check_int_field(f, v)
                 except ModelError as e:
-                    raise _Failed(str(located(e))) from None
+                    raise _Failed(_error(lambda: e)) from None
             out.append((f, _masked(run, v, width, None)))
         k = run.outputs
         if k >= MAX_OUTPUTS:
@@ -654,8 +695,36 @@ class _Node:
         self.stmts, self.cond, self.kids, self.end = [], None, [None, None], None
 
 
+def _check_no_try(nf_cls) -> None:
+    """A try/except (or with) in the handler is refused: the compiled paths raise no Python
+    exception a model could catch and go on from (a caught ZeroDivisionError would be a model
+    error here). Read: the NF's methods, their nested functions, and the module-level functions
+    they call by name, transitively (as models.api.check_no_introspection reads them)."""
+    todo = [getattr(v, "__func__", v) for klass in nf_cls.__mro__ if klass not in (NF, object)
+            for v in vars(klass).values()]
+    todo = [getattr(f, "__code__", None) for f in todo]
+    seen = set()
+    while todo:
+        code = todo.pop()
+        if code is None or code in seen or code.co_filename in INTERPRETER_FILES \
+                or code.co_filename.startswith(_LIBRARY_DIRS):
+            continue
+        seen.add(code)
+        if getattr(code, "co_exceptiontable", b""):
+            raise NotCompilable(f"{code.co_filename}:{code.co_firstlineno}: {code.co_name} has a try/except or "
+                                f"with block (the compiled code raises nothing a model could catch)")
+        todo.extend(c for c in code.co_consts if hasattr(c, "co_code"))
+        module = sys.modules.get(getattr(nf_cls, "__module__", ""), None)
+        space = vars(module) if module else {}
+        for name in code.co_names:
+            f = space.get(name)
+            if inspect.isfunction(f):
+                todo.append(f.__code__)
+
+
 class _Compiler:
     def __init__(self, nf_cls):
+        _check_no_try(nf_cls)
         self.nf = nf_cls
         self.decls = nf_cls.declarations()
         self.maps = [(n, d) for n, d in self.decls.items() if isinstance(d, (Map, Set))]
@@ -827,9 +896,9 @@ C_RUNTIME = r"""
 typedef struct { int64_t proto, src, sport, dst, dport, flags, inbound, length, label; } cview_t;
 
 static inline int64_t fdiv64(int64_t a, int64_t b) { int64_t q = a / b; if ((a % b != 0) && ((a < 0) != (b < 0))) q--; return q; }
-static inline int64_t fmod64(int64_t a, int64_t b) { int64_t r = a % b; if (r != 0 && ((r < 0) != (b < 0))) r += b; return r; }
+static inline int64_t fmod64(int64_t a, int64_t b) { if (b == -1) return 0; int64_t r = a % b; if (r != 0 && ((r < 0) != (b < 0))) r += b; return r; }
 static inline __int128 fdiv128(__int128 a, __int128 b) { __int128 q = a / b; if ((a % b != 0) && ((a < 0) != (b < 0))) q--; return q; }
-static inline __int128 fmod128(__int128 a, __int128 b) { __int128 r = a % b; if (r != 0 && ((r < 0) != (b < 0))) r += b; return r; }
+static inline __int128 fmod128(__int128 a, __int128 b) { if (b == -1) return 0; __int128 r = a % b; if (r != 0 && ((r < 0) != (b < 0))) r += b; return r; }
 
 /* splitmix64, runtime/rng.py InstanceRng */
 static inline uint64_t rng_next(uint64_t *s) {

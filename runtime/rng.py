@@ -9,6 +9,10 @@ recognised by its `pool` attribute, (base, size), and its `used` storage (None f
 explicit one by its concrete values."""
 from __future__ import annotations
 
+from ..models.api import INTERPRETER_FILES
+
+INTERPRETER_FILES.add(__file__)  # a model error raised while drawing is located at the model's line
+
 MASK64 = (1 << 64) - 1
 GOLDEN = 0x9E3779B97F4A7C15      # the splitmix64 increment (and the seed's multiplier)
 INSTANCE_STEP = 0xD1B54A32D192ED03  # separates the instances' streams

@@ -249,3 +249,144 @@ def test_a_model_error_in_the_compiled_pipeline_is_the_interpreters():
     assert results["compiled"] == results["interpreted"]
     assert "ZeroDivisionError" in results["compiled"][0] and "test_compile.py" in results["compiled"][0]
     assert len(results["compiled"][1]) == 2
+
+
+# -- the adversarial review's cases: each model is compiled exactly or refused ------------------------
+
+def _adversarial_models():
+    from nfproof.models.api import NF, Bits, Counter, Domain, Flow, Map, Pool, Port, Set, select
+
+    W64 = Bits(64, "W64")
+
+    class MinModulo(NF):  # INT64_MIN % -1 traps in C; Python gives 0
+        name, gates = "a", ("out",)
+        m = Map(Port, W64)
+
+        def handle(self, pkt, ctx):
+            ctx.emit(pkt.rewrite(sport=(self.m.get(0, 0) - (1 << 63)) % (pkt.sport - 1)), "out")
+
+    class AbsBottom(NF):  # abs(-2^63) is 2^63, not int64's -2^63
+        name, gates = "a", ("out",)
+
+        def handle(self, pkt, ctx):
+            ctx.emit(pkt.rewrite(sport=abs(~ctx.now() + pkt.sport) >> 48), "out")
+
+    class SetLiteral(NF):  # `in {80, 443}` hashes the value
+        name, gates = "a", ("out",)
+
+        def handle(self, pkt, ctx):
+            if pkt.dport in {80, 443}:
+                return ctx.emit(pkt, "out")
+            ctx.drop("other")
+
+    class BitCount(NF):
+        name, gates = "a", ("out",)
+
+        def handle(self, pkt, ctx):
+            ctx.emit(pkt.rewrite(sport=pkt.flags.bit_count()), "out")
+
+    class FloatCompare(NF):
+        name, gates = "a", ("out",)
+
+        def handle(self, pkt, ctx):
+            if pkt.length > 1e3:
+                return ctx.drop("big")
+            ctx.emit(pkt, "out")
+
+    class CatchesDivision(NF):
+        name, gates = "a", ("out",)
+
+        def handle(self, pkt, ctx):
+            try:
+                q = 100 // pkt.dport
+            except ZeroDivisionError:
+                q = 7
+            ctx.emit(pkt.rewrite(sport=q), "out")
+
+    class ReprInReason(NF):
+        name, gates = "a", ("out",)
+
+        def handle(self, pkt, ctx):
+            ctx.drop(f"port {pkt.dport!r}")
+
+    class SelectsBool(NF):  # a bool selected among bools is a bool
+        name, gates = "a", ("out",)
+
+        def handle(self, pkt, ctx):
+            ctx.emit(pkt.rewrite(inbound=select((True, False), pkt.sport & 1)), "out")
+
+    class ChoosesBool(NF):
+        name, gates = "a", ("out",)
+
+        def handle(self, pkt, ctx):
+            ctx.emit(pkt.rewrite(inbound=ctx.choose(Domain([(True, True), (False, True)], Bits(1, "B")))), "out")
+
+    class FreeOverFlows(NF):
+        name, gates = "a", ("out",)
+        flows = Map(Flow, Port)
+
+        def handle(self, pkt, ctx):
+            port = ctx.choose(Pool(0, 4).free(self.flows))
+            ctx.emit(pkt.rewrite(sport=port or 0), "out")
+
+    class NarrowKeys(NF):  # pool values wider than the keys wrap when looked up
+        name, gates = "a", ("out",)
+        m = Map(Bits(8, "B8"), Port)
+
+        def handle(self, pkt, ctx):
+            v = ctx.choose(Pool(250, 10).free(self.m))
+            if v is None:
+                return ctx.drop("full")
+            self.m[v] = 1
+            ctx.emit(pkt.rewrite(sport=v), "out")
+
+    class NegativePool(NF):
+        name, gates = "a", ("out",)
+
+        def handle(self, pkt, ctx):
+            v = ctx.choose(Pool(10, -3).all())
+            ctx.emit(pkt.rewrite(sport=7 if v is None else v), "out")
+
+    class MapPop(NF):
+        name, gates = "a", ("out",)
+        m = Map(Port, Port)
+        s = Set(Port)
+        c = Counter()
+
+        def handle(self, pkt, ctx):
+            self.m[pkt.sport] = pkt.dport
+            self.m.pop(pkt.sport, None)
+            ctx.emit(pkt, "out")
+
+    return [MinModulo, AbsBottom, SetLiteral, BitCount, FloatCompare, CatchesDivision, ReprInReason, SelectsBool,
+            ChoosesBool, FreeOverFlows, NarrowKeys, NegativePool, MapPop]
+
+
+ADVERSARIAL = _adversarial_models()
+
+
+@pytest.mark.parametrize("nf_cls", ADVERSARIAL, ids=lambda c: c.__name__)
+def test_adversarial_models_agree_or_are_refused(nf_cls):
+    rng = random.Random(1)
+    edge = [Packet(sport=s, dport=d, flags=f, length=n) for s, d, f, n in
+            ((0, 0, 0, 0), (1, 80, 0x12, 1500), (65535, 443, 0xFF, 999), (2, 99, 1, 1001))]
+    inputs = [(p, t) for p in edge for t in (0, (1 << 63) - 1)]
+    inputs += [(p, rng.randrange(1 << 63)) for p in _packets(rng, (80, 443, 0, 1), 40)]
+    assert run_both(nf_cls, inputs) == (nf_cls.__name__ in COMPILED_ADVERSARIAL)
+
+
+COMPILED_ADVERSARIAL = {"MinModulo", "AbsBottom", "SelectsBool", "ChoosesBool", "NegativePool"}  # the rest: refused
+
+
+def test_is_true_on_a_value_is_a_model_error():
+    from nfproof.models.api import NF, validate
+
+    class IsTrue(NF):
+        name, gates = "a", ("out",)
+
+        def handle(self, pkt, ctx):
+            if pkt.inbound is True:
+                ctx.emit(pkt, "out")
+
+    with pytest.raises(ModelError, match=r"test_compile\.py:\d+: `is True` / `is False` on a value"):
+        validate(IsTrue)
