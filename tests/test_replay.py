@@ -423,3 +423,48 @@ def test_labels_are_compared_when_the_trace_records_them(tmp_path):
     wrong = verdict(run((1, 1), True))
     assert wrong.verdict == "violation" and wrong.failure.output.key[7] == 1
     assert verdict(run((1, 1), False)).verdict == "explained"
+
+
+def test_dependency_sets_dropping_committed_decisions_change_no_verdict(tmp_path, monkeypatch):
+    """replay_search._pruned: a long firewall flow (a clock decision per packet, each packet's state
+    depending on the last) with a reply rewritten late or not, streamed: the same verdicts and
+    failing packets whether dependency sets drop their committed decisions from 2 entries on or
+    never."""
+    from nfproof.verify import replay_search
+    from nfproof.verify.replay_stream import check_trace
+    paths = {}
+    for lost in (50, None):
+        run = Run("firewall", [], "none")
+        for k in range(60):
+            out = udp(HOST, 4000, REMOTE, 53)
+            run.output(run.input(out, 0.5 * k), out, "outside", "firewall")
+            back = udp(REMOTE, 53, HOST, 4000, inbound=True)
+            run.output(run.input(back, 0.5 * k + 0.1), back.rewrite(dport=4001) if k == lost else back, "inside",
+                       "firewall")
+        paths[lost] = run.write(tmp_path / f"fw-{lost}.pcapng")
+    results = {}
+    for prune_at in (2, 10 ** 9):
+        monkeypatch.setattr(replay_search, "PRUNE_AT", prune_at)
+        results[prune_at] = [(r.verdict, r.failure and r.failure.number) for r in
+                             (check_trace(p, eq=Equivalence("strict", False)) for p in paths.values())]
+    assert results[2] == results[10 ** 9]
+    assert [v for v, _ in results[2]] == ["violation", "explained"]
+
+
+def test_an_output_no_state_can_produce_is_a_violation_however_long_the_flow(tmp_path):
+    """A reply the firewall passes with its port changed, at packet 50 of a 60-packet flow: the
+    firewall never rewrites a port, from any state at any time (replay_z3.impossible /
+    never_emits), so no backtracking over the 100 earlier clock decisions is needed: a violation
+    at that packet, in memory and streamed (it was unknown: the search ran out of its budget)."""
+    from nfproof.verify.replay_stream import check_trace
+    run = Run("firewall", [], "none")
+    for k in range(60):
+        out = udp(HOST, 4000, REMOTE, 53)
+        run.output(run.input(out, 0.5 * k), out, "outside", "firewall")
+        back = udp(REMOTE, 53, HOST, 4000, inbound=True)
+        run.output(run.input(back, 0.5 * k + 0.1), back.rewrite(dport=4001) if k == 50 else back, "inside",
+                   "firewall")
+    path = run.write(tmp_path / "fw.pcapng")
+    a, b = verdict(path), check_trace(path, eq=Equivalence("strict", False))
+    assert a.verdict == b.verdict == "violation", (a.reason, b.reason)
+    assert a.failure.unit.seq == b.failure.unit.seq == 101

@@ -166,7 +166,11 @@ def _replay(rec, eq, stall_ns, jobs, partition, budget, progress, lossable_marke
             if outcome.verdict == "violation":
                 # attributed by the trace, this part's outputs are not explained; attributed freely?
                 exact += 1
-                verdict = _positional_verdict(rec, base, _interleaved(rec, eq, parts, {p}), stats)
+                indices_ = _interleaved(rec, eq, parts, {p})
+                if _unproducible(rec, base, indices, indices_, outcome, stats):
+                    verdict = "violation"   # an output of the failing input that no input can emit
+                else:
+                    verdict = _positional_verdict(rec, base, indices_, stats)
                 if verdict == "violation":
                     failures.append(_content_failure(rec, base, indices, outcome, p))
                 elif verdict == "unknown":
@@ -287,6 +291,29 @@ def _positional_verdict(rec: Recording, base: Problem, indices: list, stats: dic
     problem = _positional_problem(rec, base, [o for o in rec.outputs if o.seq in seqs], units)
     verdict = Search(problem).run().verdict
     return _z3_verdict(rec, base, indices, stats) if verdict == "unknown" else verdict
+
+
+def _unproducible(rec: Recording, base: Problem, part: list, indices: list, outcome, stats: dict) -> bool:
+    """Whether an output the part's failing input names is one no input among `indices` emits from any
+    state, at any time, with any choices (replay_z3.never_emits, per distinct packet): then no
+    matching of outputs to inputs explains it either, and the aligned violation stands (the
+    free matching would search every assignment of outputs to inputs before saying so)."""
+    if outcome.failed_unit is None or base.eq.lossy or base.eq.allow_duplicates:
+        return False
+    from . import replay_z3
+    from .solver import Budget
+    if not 0 <= outcome.failed_unit < len(part):
+        return False
+    failing = rec.inputs[part[outcome.failed_unit]]
+    views = {}
+    for k in indices:
+        u = rec.inputs[k]
+        views.setdefault((repr(u.view), u.writes), u)
+    for egress, key in base.observed.get(failing.seq, []):
+        stats["z3_queries"] = stats.get("z3_queries", 0) + 1
+        if all(replay_z3.never_emits(rec.chain, u, egress, key, Budget(timeout=Z3_SECONDS)) for u in views.values()):
+            return True
+    return False
 
 
 def _z3_verdict(rec: Recording, base: Problem, indices: list, stats: dict) -> str:

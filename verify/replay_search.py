@@ -50,6 +50,19 @@ MISSING = object()
 FRESH, EXHAUSTED = "fresh", "exhausted"   # candidate markers: a value no output shows; the pool is full
 EMPTY = frozenset()
 FORGOTTEN = -1          # a decision level standing for decisions a capped dependency set dropped
+IMPOSSIBLE_SECONDS = 2  # Z3's time for asking whether an input's outputs are beyond every state (_impossible)
+PRUNE_AT = 32           # a dependency set this big drops the committed decisions it holds (see _pruned)
+
+
+def _pruned(deps, floor: int) -> set:
+    """deps without the decisions committed already (levels <= floor), FORGOTTEN standing for them.
+    The same verdicts: a conflict whose latest decision is at or below the floor is unknown either
+    way, and the levels above it are kept. Without this a value's dependencies grew with its flow's
+    length (a clock decision per packet) up to MAX_DEPS, and memory with the trace."""
+    kept = {d for d in deps if d > floor}
+    if len(kept) < len(deps):
+        kept.add(FORGOTTEN)
+    return kept
 
 
 class Unknown(Exception):
@@ -70,6 +83,7 @@ class Tracker:
         self.pool_sids: set = set()          # storages some choice drew free values from
         self.pool_writes: list = []          # (sid, key, present) of the running attempt, for pool_sids
         self.recording: list | None = None   # (storage, key, value read) while a step is recorded (memo)
+        self.floor = FORGOTTEN               # decisions at or below it are committed (Search.horizon_floor)
 
     def mark(self) -> int:
         return self.offset + len(self.journal)
@@ -88,6 +102,8 @@ class Tracker:
         self.journal.append((storage, key, old))
         self.journal.append((None, k, self.writer.get(k)))
         deps = self.deps
+        if len(deps) > PRUNE_AT and self.floor > FORGOTTEN:
+            deps = self.deps = _pruned(deps, self.floor)
         if len(deps) > MAX_DEPS:  # the oldest are forgotten: FORGOTTEN stands for them
             deps = self.deps = set(sorted(deps)[-MAX_DEPS:]) | {FORGOTTEN}
         self.writer[k] = frozenset(deps) if deps else EMPTY
@@ -802,6 +818,8 @@ class Search:
         pool_sids = tr.pool_sids
         if pool_sids and any(storage.sid in pool_sids for storage, _, _ in writes):
             return False
+        if len(deps) > PRUNE_AT and tr.floor > FORGOTTEN:
+            deps = tr.deps = _pruned(deps, tr.floor)
         if len(deps) > MAX_DEPS:
             for storage, k, value in writes:
                 storage.put(k, value)
@@ -933,6 +951,8 @@ class Search:
             self.tdeps = f.tdeps
         else:
             self.tdeps = frozenset(forced) | (f.tdeps if f.lo > unit.time_ns else EMPTY)
+            if len(self.tdeps) > PRUNE_AT and self.horizon_floor > FORGOTTEN:
+                self.tdeps = frozenset(_pruned(self.tdeps, self.horizon_floor))
         self.tprev = t if not att.lost else f.tprev
         return branch
 
@@ -983,6 +1003,8 @@ class Search:
                     att = None
                     f.conflicts |= self.tdeps
                     self._note_failure(i, Attempt(lo, mismatch="window"))
+                if att is None and f.conflicts and self._impossible(unit):
+                    f.conflicts = set()   # no earlier decision can help: a violation here
                 while att is None:  # conflict-directed backjumping
                     conflicts = f.conflicts
                     if not conflicts:
@@ -1023,10 +1045,28 @@ class Search:
             self.i = i
         return None
 
+    def _impossible(self, unit) -> bool:
+        """Whether the input's observed outputs are beyond every state, time and choice of the chain
+        (replay_z3.impossible; asked once per input, only where the outputs are matched exactly)."""
+        p = self.problem
+        if not p.aligned or unit.lossable or p.eq.allow_duplicates:
+            return False
+        observed = p.observed.get(unit.seq, [])
+        refuted = p.chain.__dict__.setdefault("_refuted", {})  # the chain's: every part of a check shares it
+        key = (_view_key(unit), unit.writes, tuple(observed))
+        known = refuted.get(key)
+        if known is None:
+            from . import replay_z3
+            from .solver import Budget
+            if len(refuted) >= 4096:
+                refuted.clear()
+            known = refuted[key] = replay_z3.impossible(p.chain, unit, observed, Budget(timeout=IMPOSSIBLE_SECONDS))
+        return known
+
     def _commit_oldest(self) -> None:
         """The oldest open decision is kept no longer: a conflict reaching it is unknown."""
         stack = self.stack
-        self.horizon_floor = max(self.horizon_floor, stack.popleft().i)
+        self.horizon_floor = self.tracker.floor = max(self.horizon_floor, stack.popleft().i)
         self.tracker.forget_before(stack[0].mark if stack else self.tracker.mark())
 
     def oldest_needed(self) -> int:

@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import z3
 
+from ..models.api import ModelError
+
 from . import solver as smt
 from .frames import OUTSIDE, Drop, refusal
-from .symbolic import TIME_WIDTH, initial_state, packet_terms, step
+from .symbolic import TIME_WIDTH, _storage_class, initial_state, packet_terms, step
 
 MAX_INPUTS = 48       # parts larger than this are left unknown
 FIELDS = ("proto", "src", "sport", "dst", "dport", "flags", "length")
@@ -84,6 +86,90 @@ def decide(chain, units: list, observed: dict, t0_ns: int, stall_ns: int, budget
     except smt.BudgetExhausted:
         return "unknown"
     return "explained" if result == z3.sat else "violation"
+
+
+def _any_step(chain, unit):
+    """(the chain as one NF stepped on the unit's packet from an arbitrary state -- every storage a
+    fresh constant -- at an arbitrary time with arbitrary choices, its gates); None for an input
+    outside the model or dropped before it."""
+    view = unit.view
+    if view is OUTSIDE or isinstance(view, Drop):
+        return None
+    nf = chain.as_nf()
+    state = {}
+    for name, decl in nf.declarations().items():
+        empty = _storage_class(decl).empty(decl)
+        state[name] = tuple(z3.Const(f"any.{name}.{k}", t.sort()) for k, t in enumerate(empty))
+    t = z3.BitVec("any.t", TIME_WIDTH)
+    s = step(_framed(nf, unit.writes), state, packet_terms(view), lambda j, width: z3.BitVec(f"any.c{j}", width),
+             lambda: t)
+    return s, list(nf.gates)
+
+
+def _fields(keys) -> tuple:
+    return FIELDS + ("label",) if any(len(key) > len(FIELDS) for key in keys) else FIELDS
+
+
+def _unsat(constraints, budget: smt.Budget) -> bool:
+    solver = smt.new_solver(budget)
+    solver.add(*constraints)
+    try:
+        return smt.check(solver, budget) == z3.unsat
+    except smt.BudgetExhausted:
+        return False
+
+
+def impossible(chain, unit, observed: list, budget: smt.Budget) -> bool:
+    """Whether no state at all (reachable or not), no processing time and no choices let the chain
+    emit exactly `observed` ([(egress, key)] of this input, in order per egress) for `unit`: then
+    no history explains the input, whatever was decided before it, and the search's conflict at
+    it is a violation there (no backtracking over earlier clock readings or choices can help).
+    False when it is possible, or undecided (the solver's unknown, the budget)."""
+    if any(key[0] == "raw" for _, key in observed):
+        return False
+    try:
+        made = _any_step(chain, unit)
+    except (smt.BudgetExhausted, ModelError):   # (a model error only some unreachable state takes)
+        return False
+    if made is None:
+        return False
+    s, gates = made
+    if any(egress not in gates for egress, _ in observed):
+        return True
+    fields = _fields([key for _, key in observed])
+    constraints = [s.valid]
+    for g, egress in enumerate(gates):
+        keys = [key for e, key in observed if e == egress]
+        count = z3.IntVal(0)
+        for slot in s.outputs:
+            here = z3.And(slot.present, slot.gate == g)
+            cases = [z3.And(count == n, *[slot.fields[f] == key[c] for c, f in enumerate(fields)])
+                     for n, key in enumerate(keys)]
+            constraints.append(z3.Implies(here, z3.Or(*cases) if cases else z3.BoolVal(False)))
+            count = count + z3.If(here, 1, 0)
+        constraints.append(count == len(keys))
+    return _unsat(constraints, budget)
+
+
+def never_emits(chain, unit, egress: str, key: tuple, budget: smt.Budget) -> bool:
+    """Whether the unit's step emits `key` on `egress` from no state, time and choices at all (as
+    one of its outputs): so, matched freely, that output cannot be this input's. False when it
+    can, or undecided."""
+    if key[0] == "raw":
+        return False
+    try:
+        made = _any_step(chain, unit)
+    except (smt.BudgetExhausted, ModelError):   # (a model error only some unreachable state takes)
+        return False
+    if made is None:
+        return False
+    s, gates = made
+    if egress not in gates:
+        return True
+    g, fields = gates.index(egress), _fields([key])
+    return _unsat([s.valid, z3.Or(*[z3.And(slot.present, slot.gate == g,
+                                           *[slot.fields[f] == key[c] for c, f in enumerate(fields)])
+                                    for slot in s.outputs] or [z3.BoolVal(False)])], budget)
 
 
 def _framed(nf, writes: frozenset):
