@@ -293,6 +293,9 @@ def _positional_verdict(rec: Recording, base: Problem, indices: list, stats: dic
     return _z3_verdict(rec, base, indices, stats) if verdict == "unknown" else verdict
 
 
+UNPRODUCIBLE_VIEWS = 64   # distinct input packets _unproducible asks about at most
+
+
 def _unproducible(rec: Recording, base: Problem, part: list, indices: list, outcome, stats: dict) -> bool:
     """Whether an output the part's failing input names is one no input among `indices` emits from any
     state, at any time, with any choices (replay_z3.never_emits, per distinct packet): then no
@@ -309,6 +312,8 @@ def _unproducible(rec: Recording, base: Problem, part: list, indices: list, outc
     for k in indices:
         u = rec.inputs[k]
         views.setdefault((repr(u.view), u.writes), u)
+        if len(views) > UNPRODUCIBLE_VIEWS:
+            return False
     for egress, key in base.observed.get(failing.seq, []):
         stats["z3_queries"] = stats.get("z3_queries", 0) + 1
         if all(replay_z3.never_emits(rec.chain, u, egress, key, Budget(timeout=Z3_SECONDS)) for u in views.values()):

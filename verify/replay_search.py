@@ -565,6 +565,7 @@ class Search:
         self.memo: dict = {}             # (view, clock readings) -> recorded steps (see _memo_run)
         self.choice_log: list | None = None   # the pool choices of the step being recorded (see _memo_run)
         self.memo_keys = MEMO_KEYS       # views recorded before the memo starts afresh
+        self.memo_ticks = None           # the clock readings of the latest recorded step
         self.horizon = HORIZON
         self.unit_horizon = None         # open decisions kept only for this many inputs after theirs
         self.start()
@@ -753,6 +754,14 @@ class Search:
             for sid, k in dict.fromkeys(tr.wrote):
                 storage = states[sid[0]][sid[1]]
                 writes.append((storage, k, storage.raw(k)))
+            ticks = key[2]
+            if ticks != self.memo_ticks:
+                if self.memo_ticks is not None and ticks > self.memo_ticks:
+                    # the clock moved on: inputs come in time order, so the steps recorded at earlier
+                    # readings are asked for again only by a backjump (which then runs the models)
+                    for old in [k for k in memo if k[2] < ticks]:
+                        del memo[old]
+                self.memo_ticks = ticks
             entries = memo.setdefault(key, [])
             entries.insert(0, (reads, writes, produced, drops, clocked, tuple(choices)))
             del entries[MEMO_VARIANTS:]

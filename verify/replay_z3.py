@@ -11,13 +11,15 @@ present outputs in order equal the observed ones. Sat: explained; unsat: a viola
 solver's unknown or the budget: unknown."""
 from __future__ import annotations
 
+import time
+
 import z3
 
 from ..models.api import ModelError
 
 from . import solver as smt
 from .frames import OUTSIDE, Drop, refusal
-from .symbolic import TIME_WIDTH, _storage_class, initial_state, packet_terms, step
+from .symbolic import DOMAIN_LIMIT, TIME_WIDTH, _storage_class, initial_state, packet_terms, step
 
 MAX_INPUTS = 48       # parts larger than this are left unknown
 FIELDS = ("proto", "src", "sport", "dst", "dport", "flags", "length")
@@ -88,12 +90,18 @@ def decide(chain, units: list, observed: dict, t0_ns: int, stall_ns: int, budget
     return "explained" if result == z3.sat else "violation"
 
 
+REFUTE_DOMAIN = 1024    # the refutations below skip steps that choose from larger pools (slow to build)
+REFUTE_SECONDS = 10.0   # and stop for the rest of the process once they have taken this long in all
+_SPENT = [0.0]
+
+
 def _any_step(chain, unit):
     """(the chain as one NF stepped on the unit's packet from an arbitrary state -- every storage a
     fresh constant -- at an arbitrary time with arbitrary choices, its gates); None for an input
-    outside the model or dropped before it."""
+    outside the model or dropped before it, or when the refutations' time is spent. Raises
+    BudgetExhausted for a choice from a pool larger than REFUTE_DOMAIN."""
     view = unit.view
-    if view is OUTSIDE or isinstance(view, Drop):
+    if view is OUTSIDE or isinstance(view, Drop) or _SPENT[0] > REFUTE_SECONDS:
         return None
     nf = chain.as_nf()
     state = {}
@@ -101,9 +109,25 @@ def _any_step(chain, unit):
         empty = _storage_class(decl).empty(decl)
         state[name] = tuple(z3.Const(f"any.{name}.{k}", t.sort()) for k, t in enumerate(empty))
     t = z3.BitVec("any.t", TIME_WIDTH)
-    s = step(_framed(nf, unit.writes), state, packet_terms(view), lambda j, width: z3.BitVec(f"any.c{j}", width),
-             lambda: t)
+    DOMAIN_LIMIT[0] = REFUTE_DOMAIN
+    try:
+        s = step(_framed(nf, unit.writes), state, packet_terms(view), lambda j, width: z3.BitVec(f"any.c{j}", width),
+                 lambda: t)
+    finally:
+        DOMAIN_LIMIT[0] = None
     return s, list(nf.gates)
+
+
+def _timed(check):
+    """check's answer, its time added to what the refutations have spent."""
+    def timed(*args):
+        started = time.process_time()
+        try:
+            return check(*args)
+        finally:
+            _SPENT[0] += time.process_time() - started
+    timed.__doc__, timed.__name__ = check.__doc__, check.__name__
+    return timed
 
 
 def _fields(keys) -> tuple:
@@ -119,6 +143,7 @@ def _unsat(constraints, budget: smt.Budget) -> bool:
         return False
 
 
+@_timed
 def impossible(chain, unit, observed: list, budget: smt.Budget) -> bool:
     """Whether no state at all (reachable or not), no processing time and no choices let the chain
     emit exactly `observed` ([(egress, key)] of this input, in order per egress) for `unit`: then
@@ -151,6 +176,7 @@ def impossible(chain, unit, observed: list, budget: smt.Budget) -> bool:
     return _unsat(constraints, budget)
 
 
+@_timed
 def never_emits(chain, unit, egress: str, key: tuple, budget: smt.Budget) -> bool:
     """Whether the unit's step emits `key` on `egress` from no state, time and choices at all (as
     one of its outputs): so, matched freely, that output cannot be this input's. False when it

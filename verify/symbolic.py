@@ -29,6 +29,10 @@ from . import solver as smt
 INTERPRETER_FILES.add(__file__)
 
 
+DOMAIN_LIMIT: list = [None]  # a caller that must stay quick sets it: a larger pool domain is BudgetExhausted
+# (the step lists every value of a domain, so a 64k-port pool costs seconds; proofs use small pools)
+
+
 class InfeasiblePath(Exception):
     """The path's own conditions contradict each other: it is dropped, it describes no run."""
 
@@ -725,7 +729,9 @@ class SymMap(MapStorage):
 
     def absent_from(self, values, kind) -> Domain:
         w = kind_width(self.decl.key)
-        return Domain(((v, z3.Not(z3.Select(self.present, const(v, w)))) for v in values), kind)
+        domain = Domain(((v, z3.Not(z3.Select(self.present, const(v, w)))) for v in values), kind)
+        domain.size = len(values)  # (for DOMAIN_LIMIT; `pool` stays None: Domain.exhausted is the concrete one's)
+        return domain
 
 
 class SymSet(SymMap):
@@ -797,6 +803,11 @@ class SymContext:
         self.read_clock = False
 
     def choose(self, domain: Domain):
+        limit = DOMAIN_LIMIT[0]
+        if limit is not None:
+            size = domain.pool[1] if domain.pool is not None else getattr(domain, "size", 0)
+            if size > limit:
+                raise smt.BudgetExhausted(f"a choice from a pool of {size} values (the caller's limit: {limit})")
         width = domain.kind.width
         if width > CHOICE_WIDTH:
             raise ModelError(f"a choice from a {width}-bit domain; choices are at most {CHOICE_WIDTH} bits")
