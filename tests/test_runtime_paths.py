@@ -9,7 +9,7 @@ import pytest
 
 from captures import all_captures
 from nfproof.cmd_run import build_chain
-from nfproof.runtime import generic, pure
+from nfproof.runtime import IMPLEMENTATION, generic, pure
 from nfproof.runtime.executor import run
 from nfproof.runtime.ports import CaptureSource, capture_inside
 from nfproof.traces.errors import FormatError
@@ -17,8 +17,9 @@ from nfproof.traces.reader import open_capture
 
 try:
     from nfproof.runtime import fast
-    PATHS = {"fast": fast.Pipeline, "fallback": pure.Pipeline, "generic": generic.GenericPipeline,
-             "compiled": lambda *a: generic.compiled_pipeline(*a)[0]}
+    PATHS = {"fast": fast.Pipeline, "fallback": pure.Pipeline, "generic": generic.GenericPipeline}
+    if IMPLEMENTATION == "fast":  # (not under NFPROOF_PUREPYTHON=1: the compiled path runs on the fast one's loop)
+        PATHS["compiled"] = lambda *a: generic.compiled_pipeline(*a)[0]
 except ImportError:  # not built: the two Python paths still agree
     PATHS = {"fallback": pure.Pipeline, "generic": generic.GenericPipeline}
 
