@@ -669,23 +669,38 @@ _OWN_DIRS = tuple(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(_
                   for d in ("verify", "runtime"))  # nor the checkers' wrappers around a model (e.g. replay's frames)
 
 
+def model_functions(nf_cls, skip=frozenset(), with_checkers: bool = False):
+    """The code objects of what a model runs: its NF's methods (not NF's, nor a chain's wrappers), the
+    functions nested in them and the module-level functions they name, transitively; never the
+    interpreters', the libraries' (nor, unless with_checkers, the checkers' and runtime's: their wrappers
+    around a model, e.g. replay's frames). Codes in `skip` are not read."""
+    todo = [(f.__code__, f.__globals__) for klass in nf_cls.__mro__
+            if klass not in (NF, object) and not klass.__module__.endswith("models.chain")
+            for v in vars(klass).values() for f in [getattr(v, "__func__", v)] if inspect.isfunction(f)]
+    seen: set = set()
+    while todo:
+        code, space = todo.pop()
+        if code in seen or code in skip or code.co_filename in INTERPRETER_FILES \
+                or code.co_filename.startswith(_LIBRARY_DIRS if with_checkers else _LIBRARY_DIRS + _OWN_DIRS):
+            continue
+        seen.add(code)
+        yield code
+        todo += [(c, space) for c in code.co_consts if hasattr(c, "co_code")]
+        todo += [(f.__code__, f.__globals__) for f in map(space.get, code.co_names) if inspect.isfunction(f)]
+
+
 def check_no_introspection(nf_cls) -> None:
     """A handler that asks a value's type, identity or attributes (`isinstance(x, int)`, `type(x)`,
     `id(x)`, `hasattr(x, "path")`, `x is True`, ...) gets another answer from each interpreter: the
     concrete one passes ints and bools, the symbolic one terms.
-    A ModelError at the call's line. Read: the NF's own methods and the module-level functions they
-    call by name, transitively (whose source is readable; arguments `self`, `pkt` and `ctx` are
-    allowed)."""
-    todo = [getattr(v, "__func__", v) for klass in nf_cls.__mro__
-            if klass not in (NF, object) and not klass.__module__.endswith("models.chain") for v in vars(klass).values()]
-    seen: set = set()
-    while todo:
-        function = todo.pop()
-        code = getattr(function, "__code__", None)
-        if code is None or code in seen or code in _NO_INTROSPECTION or code.co_filename in INTERPRETER_FILES \
-                or code.co_filename.startswith(_LIBRARY_DIRS + _OWN_DIRS):
-            continue
-        seen.add(code)
+    A ModelError at the call's line. Read: the code of `model_functions` whose source is readable
+    (arguments `self`, `pkt` and `ctx` are allowed)."""
+    read, nested = [], set()
+    for code in model_functions(nf_cls, skip=_NO_INTROSPECTION):
+        read.append(code)
+        nested.update(c for c in code.co_consts if hasattr(c, "co_code"))
+        if code in nested:
+            continue   # read with the function around it (yielded before it)
         try:
             lines, first = inspect.getsourcelines(code)
         except (OSError, TypeError):
@@ -693,26 +708,24 @@ def check_no_introspection(nf_cls) -> None:
         for node in ast.walk(ast.parse(textwrap.dedent("".join(lines)))):
             if isinstance(node, ast.Compare) and any(isinstance(op, (ast.Is, ast.IsNot)) for op in node.ops) and any(
                     isinstance(x, ast.Constant) and type(x.value) is bool for x in [node.left, *node.comparators]):
-                error = ModelError("`is True` / `is False` on a value: the symbolic and compiled interpreters hold a "
-                                   "term where the concrete one holds a bool, so the answers differ; write `if x:`, "
-                                   "`if not x:` or `x == True`")
-                error.location = f"{code.co_filename}:{first + node.lineno - 1}"
-                error.args = (f"{error.location}: {error.args[0]}",)
-                raise error
-            if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)):
-                continue
-            if node.func.id in INTROSPECTION and node.args and \
-                    not (isinstance(node.args[0], ast.Name) and node.args[0].id in ("self", "pkt", "ctx")):
-                error = ModelError(f"`{node.func.id}()` of a value: the symbolic interpreter holds a term where the "
-                                   f"concrete one holds an int, so the answers differ; compare the value itself "
-                                   f"(e.g. `x is None`, `x == 0`)")
-                error.location = f"{code.co_filename}:{first + node.lineno - 1}"
-                error.args = (f"{error.location}: {error.args[0]}",)
-                raise error
-            callee = getattr(function, "__globals__", {}).get(node.func.id)
-            if inspect.isfunction(callee):
-                todo.append(callee)
-    _NO_INTROSPECTION.update(seen)  # with every function they call: a configured subclass is not read again
+                _introspection_error(code, first + node.lineno - 1,
+                                     "`is True` / `is False` on a value: the symbolic and compiled interpreters hold "
+                                     "a term where the concrete one holds a bool, so the answers differ; write "
+                                     "`if x:`, `if not x:` or `x == True`")
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in INTROSPECTION \
+                    and node.args and not (isinstance(node.args[0], ast.Name) and node.args[0].id in ("self", "pkt", "ctx")):
+                _introspection_error(code, first + node.lineno - 1,
+                                     f"`{node.func.id}()` of a value: the symbolic interpreter holds a term where "
+                                     f"the concrete one holds an int, so the answers differ; compare the value "
+                                     f"itself (e.g. `x is None`, `x == 0`)")
+    _NO_INTROSPECTION.update(read)  # with every function they call: a configured subclass is not read again
+
+
+def _introspection_error(code, line: int, text: str):
+    error = ModelError(text)
+    error.location = f"{code.co_filename}:{line}"
+    error.args = (f"{error.location}: {text}",)
+    raise error
 
 
 _NO_INTROSPECTION: set = set()  # code objects read and found clean

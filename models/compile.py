@@ -28,15 +28,12 @@ from __future__ import annotations
 import ctypes
 import hashlib
 import numbers
-import inspect
 import os
 import subprocess
-import sys
 import tempfile
 
 from .api import (INTERPRETER_FILES, MAX_CHOICE_WIDTH, NF, PACKET_FIELDS, PACKET_WIDTHS, Bits, Map, ModelError,
-                  Packet, Set, check_bool_field, check_int_field, located, model_failure, model_location, validate)
-from .api import _LIBRARY_DIRS
+                  Packet, Set, check_bool_field, check_int_field, located, model_failure, model_functions, model_location, validate)
 from .concrete import NO_ITERATION
 
 INTERPRETER_FILES.add(__file__)
@@ -348,8 +345,7 @@ class _Run:
                 raise _Failed(_error(lambda: model_failure_text(ValueError("negative shift count"))))
             if op == "<<":
                 lo, hi = a.lo << n, a.hi << n
-                ty = _c_type(lo, hi)
-                ty = _wide(ty, a)
+                ty = _wide(_c_type(lo, hi), a)
                 return self.value(f"(({ty}){a.c} * {_c_literal(1 << n)})", lo, hi)
             lo, hi = a.lo >> n, a.hi >> n
             if lo == hi:
@@ -698,28 +694,11 @@ class _Node:
 def _check_no_try(nf_cls) -> None:
     """A try/except (or with) in the handler is refused: the compiled paths raise no Python
     exception a model could catch and go on from (a caught ZeroDivisionError would be a model
-    error here). Read: the NF's methods, their nested functions, and the module-level functions
-    they call by name, transitively (as models.api.check_no_introspection reads them)."""
-    todo = [getattr(v, "__func__", v) for klass in nf_cls.__mro__ if klass not in (NF, object)
-            for v in vars(klass).values()]
-    todo = [getattr(f, "__code__", None) for f in todo]
-    seen = set()
-    while todo:
-        code = todo.pop()
-        if code is None or code in seen or code.co_filename in INTERPRETER_FILES \
-                or code.co_filename.startswith(_LIBRARY_DIRS):
-            continue
-        seen.add(code)
-        if getattr(code, "co_exceptiontable", b""):
+    error here). Read: models.api.model_functions."""
+    for code in model_functions(nf_cls, with_checkers=True):
+        if code.co_exceptiontable:
             raise NotCompilable(f"{code.co_filename}:{code.co_firstlineno}: {code.co_name} has a try/except or "
                                 f"with block (the compiled code raises nothing a model could catch)")
-        todo.extend(c for c in code.co_consts if hasattr(c, "co_code"))
-        module = sys.modules.get(getattr(nf_cls, "__module__", ""), None)
-        space = vars(module) if module else {}
-        for name in code.co_names:
-            f = space.get(name)
-            if inspect.isfunction(f):
-                todo.append(f.__code__)
 
 
 class _Compiler:
@@ -848,7 +827,6 @@ class _Compiler:
         lines.append("}")
         lines.append("EXPORT void nf_free(void *S) { nf_free_state(S); }")
         lines.append("EXPORT uint64_t *nf_counters(void *S) { return ((state_t *)S)->c; }")
-        lines.append(f"EXPORT const int nf_nmaps = {len(self.maps)};")
         lines.append("EXPORT void *nf_new(void) {")
         lines.append("    state_t *S = calloc(1, sizeof(state_t));")
         lines.append("    if (!S) return 0;")

@@ -23,11 +23,12 @@ import itertools
 import linecache
 from dataclasses import dataclass, field
 
-from hypothesis import strategies as st
+from hypothesis import HealthCheck, given, settings, strategies as st
 
 from nfproof.models.api import PACKET_WIDTHS, Packet
 
 WIDTHS = (1, 8, 16, 32, 64)
+BOUNDED = dict(deadline=None, derandomize=True, database=None, suppress_health_check=list(HealthCheck))
 INT_FIELDS = tuple(PACKET_WIDTHS)  # every integer field (inbound is the bool one)
 FLOW_FIELDS = ("proto", "src", "sport", "dst", "dport")
 HEADER = "from nfproof.models.api import NF, Bits, Counter, Domain, Flow, Map, Pool, Set\n\n\n"
@@ -477,3 +478,15 @@ def small_packets(model: Generated):
     """Input packets for a small universe: near the model's constants only."""
     return st.builds(Packet, **{f: st.sampled_from(_field_values(model, PACKET_WIDTHS[f])) for f in INT_FIELDS},
                      inbound=st.booleans())
+
+
+def sample(strategy, n: int) -> list:
+    """n values drawn from a strategy, the same ones on every run (for tests that loop over a corpus)."""
+    out = []
+
+    @settings(max_examples=n, **BOUNDED)
+    @given(strategy)
+    def collect(x):
+        out.append(x)
+    collect()
+    return out

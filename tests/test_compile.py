@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import given, settings, strategies as st
 
 from nfproof.models import compile as C
 from nfproof.models.api import ModelError, Packet
@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import model_gen  # noqa: E402
 import model_gen_time  # noqa: E402
 
-BOUNDED = dict(deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
+BOUNDED = model_gen.BOUNDED
 TALLY = {"compiled": 0, "refused": 0, "steps": 0, "errors": 0}
 
 
@@ -160,23 +160,12 @@ def test_most_random_models_compile():
     """The differential tests above mean something only if the compiler takes most models (traced
     only: building them is the tests above)."""
     refused = []
-    for model in _sample(model_gen.models(), 300):
+    for model in model_gen.sample(model_gen.models(), 300):
         try:
             C._Compiler(model.nf).source()
         except C.NotCompilable as e:
             refused.append(str(e))
     assert len(refused) <= 0.05 * 300, refused
-
-
-def _sample(strategy, n):
-    out = []
-
-    @settings(max_examples=n, **BOUNDED)
-    @given(strategy)
-    def collect(x):
-        out.append(x)
-    collect()
-    return out
 
 
 def test_a_model_the_compiler_cannot_follow_is_refused_with_its_line():

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 
 import pytest
 import z3
-from hypothesis import HealthCheck, given, reject, settings, strategies as st
+from hypothesis import given, reject, settings, strategies as st
 
 from nfproof.models.api import PACKET_WIDTHS, ModelError, Packet
 from nfproof.models.concrete import copy_state, initial_state as concrete_initial, step as concrete_step
@@ -467,7 +467,7 @@ def verdict_examples(draw, all_cases: bool = False):
 # -- the bounded runs of the default suite ---------------------------------------------------------
 
 PATHS = 64  # symbolic paths of one step at most (more: the example is skipped)
-BOUNDED = dict(deadline=None, derandomize=True, database=None, suppress_health_check=list(HealthCheck))
+BOUNDED = model_gen.BOUNDED
 
 
 @settings(max_examples=150, **BOUNDED)
@@ -498,7 +498,7 @@ def test_verify_failover_agrees_with_enumeration_under_switches_and_equivalences
 def test_generator_covers_the_vocabulary():
     """The generated models use every construct the issue lists (so the fuzzer is not vacuous)."""
     seen = ""
-    for model in _sample(model_gen.models(), 250):
+    for model in model_gen.sample(model_gen.models(), 250):
         seen += model.source
     for construct in ["Map(Flow", "Set(", "Counter(Bits(64", "Bits(1,", " in self.", ".get(", ", 0)", "del self.",
                       ".remove(", ".discard(", ".add(", ".all()", ".free(self.", "ctx.drop(", "abs(", " // ", " % ",
@@ -506,17 +506,6 @@ def test_generator_covers_the_vocabulary():
                       "flags=", "src=", "dst=", "dport=", "length=", "label=", "for i", "9223372036854775807", "'alt'",
                       "Domain(["]:
         assert construct in seen, construct
-
-
-def _sample(strategy, n):
-    out = []
-
-    @settings(max_examples=n, **BOUNDED)
-    @given(strategy)
-    def collect(x):
-        out.append(x)
-    collect()
-    return out
 
 
 def test_bench_runs_and_prints_result_lines():

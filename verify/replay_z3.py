@@ -19,7 +19,8 @@ from ..models.api import ModelError
 
 from . import solver as smt
 from .frames import OUTSIDE, Drop, refusal
-from .symbolic import DOMAIN_LIMIT, TIME_WIDTH, _storage_class, initial_state, packet_terms, step
+from .induction import _arbitrary_state
+from .symbolic import DOMAIN_LIMIT, TIME_WIDTH, initial_state, packet_terms, step
 
 MAX_INPUTS = 48       # parts larger than this are left unknown
 FIELDS = ("proto", "src", "sport", "dst", "dport", "flags", "length")
@@ -66,21 +67,9 @@ def decide(chain, units: list, observed: dict, t0_ns: int, stall_ns: int, budget
             budget.check_time()
     except smt.BudgetExhausted:
         return "unknown"
-    for egress, keys in observed.items():
-        if egress not in gates:
-            return "violation"
-    fields = FIELDS + ("label",) if any(len(k) > len(FIELDS) for ks in observed.values() for k in ks if k[0] != "raw") \
-        else FIELDS
-    for g, egress in enumerate(gates):
-        keys = observed.get(egress, [])
-        count = z3.IntVal(0)
-        for slot in slots:
-            here = z3.And(slot.present, slot.gate == g)
-            cases = [z3.And(count == n, *[slot.fields[f] == key[c] for c, f in enumerate(fields)])
-                     for n, key in enumerate(keys) if key[0] != "raw"]
-            constraints.append(z3.Implies(here, z3.Or(*cases) if cases else z3.BoolVal(False)))
-            count = count + z3.If(here, 1, 0)
-        constraints.append(count == len(keys))
+    if any(egress not in gates for egress in observed):
+        return "violation"
+    constraints += _matching(slots, gates, observed)
     s = smt.new_solver(budget)
     s.add(*constraints)
     try:
@@ -98,21 +87,20 @@ _SPENT = [0.0]
 def _any_step(chain, unit):
     """(the chain as one NF stepped on the unit's packet from an arbitrary state -- every storage a
     fresh constant -- at an arbitrary time with arbitrary choices, its gates); None for an input
-    outside the model or dropped before it, or when the refutations' time is spent. Raises
-    BudgetExhausted for a choice from a pool larger than REFUTE_DOMAIN."""
+    outside the model or dropped before it, when the refutations' time is spent, or when the step
+    cannot be built: a choice from a pool larger than REFUTE_DOMAIN, or a model error that only
+    some (perhaps unreachable) state takes."""
     view = unit.view
     if view is OUTSIDE or isinstance(view, Drop) or _SPENT[0] > REFUTE_SECONDS:
         return None
     nf = chain.as_nf()
-    state = {}
-    for name, decl in nf.declarations().items():
-        empty = _storage_class(decl).empty(decl)
-        state[name] = tuple(z3.Const(f"any.{name}.{k}", t.sort()) for k, t in enumerate(empty))
     t = z3.BitVec("any.t", TIME_WIDTH)
     DOMAIN_LIMIT[0] = REFUTE_DOMAIN
     try:
-        s = step(_framed(nf, unit.writes), state, packet_terms(view), lambda j, width: z3.BitVec(f"any.c{j}", width),
-                 lambda: t)
+        s = step(_framed(nf, unit.writes), _arbitrary_state(nf, "any"), packet_terms(view),
+                 lambda j, width: z3.BitVec(f"any.c{j}", width), lambda: t)
+    except (smt.BudgetExhausted, ModelError):
+        return None
     finally:
         DOMAIN_LIMIT[0] = None
     return s, list(nf.gates)
@@ -130,8 +118,23 @@ def _timed(check):
     return timed
 
 
-def _fields(keys) -> tuple:
-    return FIELDS + ("label",) if any(len(key) > len(FIELDS) for key in keys) else FIELDS
+def _matching(slots, gates: list, observed: dict) -> list:
+    """Constraints that the present output slots, per egress in order, are exactly `observed`
+    (egress -> [observable key]); a raw key (a frame outside the model) matches no slot."""
+    keys = [key for ks in observed.values() for key in ks if key[0] != "raw"]
+    fields = FIELDS + ("label",) if any(len(key) > len(FIELDS) for key in keys) else FIELDS
+    constraints = []
+    for g, egress in enumerate(gates):
+        keys = observed.get(egress, [])
+        count = z3.IntVal(0)
+        for slot in slots:
+            here = z3.And(slot.present, slot.gate == g)
+            cases = [z3.And(count == n, *[slot.fields[f] == key[c] for c, f in enumerate(fields)])
+                     for n, key in enumerate(keys) if key[0] != "raw"]
+            constraints.append(z3.Implies(here, z3.Or(*cases) if cases else z3.BoolVal(False)))
+            count = count + z3.If(here, 1, 0)
+        constraints.append(count == len(keys))
+    return constraints
 
 
 def _unsat(constraints, budget: smt.Budget) -> bool:
@@ -152,28 +155,16 @@ def impossible(chain, unit, observed: list, budget: smt.Budget) -> bool:
     False when it is possible, or undecided (the solver's unknown, the budget)."""
     if any(key[0] == "raw" for _, key in observed):
         return False
-    try:
-        made = _any_step(chain, unit)
-    except (smt.BudgetExhausted, ModelError):   # (a model error only some unreachable state takes)
-        return False
+    made = _any_step(chain, unit)
     if made is None:
         return False
     s, gates = made
     if any(egress not in gates for egress, _ in observed):
         return True
-    fields = _fields([key for _, key in observed])
-    constraints = [s.valid]
-    for g, egress in enumerate(gates):
-        keys = [key for e, key in observed if e == egress]
-        count = z3.IntVal(0)
-        for slot in s.outputs:
-            here = z3.And(slot.present, slot.gate == g)
-            cases = [z3.And(count == n, *[slot.fields[f] == key[c] for c, f in enumerate(fields)])
-                     for n, key in enumerate(keys)]
-            constraints.append(z3.Implies(here, z3.Or(*cases) if cases else z3.BoolVal(False)))
-            count = count + z3.If(here, 1, 0)
-        constraints.append(count == len(keys))
-    return _unsat(constraints, budget)
+    by_egress = {}
+    for egress, key in observed:
+        by_egress.setdefault(egress, []).append(key)
+    return _unsat([s.valid] + _matching(s.outputs, gates, by_egress), budget)
 
 
 @_timed
@@ -183,16 +174,14 @@ def never_emits(chain, unit, egress: str, key: tuple, budget: smt.Budget) -> boo
     can, or undecided."""
     if key[0] == "raw":
         return False
-    try:
-        made = _any_step(chain, unit)
-    except (smt.BudgetExhausted, ModelError):   # (a model error only some unreachable state takes)
-        return False
+    made = _any_step(chain, unit)
     if made is None:
         return False
     s, gates = made
     if egress not in gates:
         return True
-    g, fields = gates.index(egress), _fields([key])
+    g = gates.index(egress)
+    fields = FIELDS + ("label",) if len(key) > len(FIELDS) else FIELDS
     return _unsat([s.valid, z3.Or(*[z3.And(slot.present, slot.gate == g,
                                            *[slot.fields[f] == key[c] for c, f in enumerate(fields)])
                                     for slot in s.outputs] or [z3.BoolVal(False)])], budget)
