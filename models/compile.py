@@ -545,7 +545,7 @@ class _CounterTrace:
         if not isinstance(v, (int, Value)):
             raise _Failed(_error(lambda: model_failure_text(TypeError(
                 f"unsupported operand type(s) for &: '{type(v).__name__}' and 'int'"))))
-        self.run.stmt(f"S->c[{self.index}] = {_masked(self.run, v, self.width, None)};")
+        self.run.stmt(f"set_counter(&S->c[{self.index}], {_masked(self.run, v, self.width, None)});")
 
 
 class _FreeDomain:
@@ -885,10 +885,31 @@ static inline uint64_t rng_next(uint64_t *s) {
     z = (z ^ (z >> 27)) * UINT64_C(0x94D049BB133111EB);
     return z ^ (z >> 31);
 }
+#ifndef NFP_GUIDED
 static inline uint64_t below(uint64_t *s, uint64_t n) { return rng_next(s) % n; }
+#else
+/* guided (trace replay, verify/replay_fast.py): the caller names the choices. `rng` points at a
+   guide_t; choice j takes forced[j] (how[j] == 1; out of its domain: bad), else its domain's first
+   value (how 0) or its second (how 2); the step records each choice's kind, domain and value. */
+#define NFP_CHOICES 8
+typedef struct {
+    int n, bad;
+    uint8_t how[NFP_CHOICES], kind[NFP_CHOICES];   /* kind: 0 an index below size, 1 a free pool value */
+    uint64_t forced[NFP_CHOICES], base[NFP_CHOICES], size[NFP_CHOICES], value[NFP_CHOICES];
+} guide_t;
+static inline uint64_t below(uint64_t *s, uint64_t n) {
+    guide_t *g = (guide_t *)s;
+    int j = g->n++;
+    if (j >= NFP_CHOICES) { g->bad = 1; return 0; }
+    uint64_t v = g->how[j] == 1 ? g->forced[j] : g->how[j] == 2 ? 1 : 0;
+    if (v >= n) { g->bad = 1; v = 0; }
+    g->kind[j] = 0; g->base[j] = 0; g->size[j] = n; g->value[j] = v;
+    return v;
+}
+#endif
 
 /* a map of fixed-size keys and values (words), open addressing, linear probing */
-typedef struct { uint64_t base, size; uint64_t used; } pool_t;
+typedef struct { uint64_t base, size; uint64_t used, cursor; } pool_t;  /* cursor: guided choices */
 typedef struct { uint64_t *w; size_t mask, n; int kw, vw, sw, npools; pool_t pools[4]; } map_t;
 
 static int map_init(map_t *m, int kw, int vw) {
@@ -921,6 +942,30 @@ INLINE uint64_t *map_get(const map_t *m, const uint64_t *k, int kw, int sw) {  /
     uint64_t *s = map_slot(m, k, kw, sw);
     return s[0] ? s + 1 + kw : 0;
 }
+#ifdef NFP_GUIDED
+/* the undo journal of guided steps: every map write and counter write since nf_mark() */
+#define NFP_JOURNAL 4096
+#define NFP_JWORDS 64
+typedef struct { map_t *m; uint64_t *c; uint64_t old; int present; uint64_t w[NFP_JWORDS]; } jent_t;
+static jent_t journal[NFP_JOURNAL];
+static int journal_n, journal_full, undoing;
+static inline void journal_map(map_t *m, const uint64_t *slot, const uint64_t *k, int kw, int sw) {
+    if (undoing) return;
+    if (journal_n >= NFP_JOURNAL || sw - 1 > NFP_JWORDS) { journal_full = 1; return; }
+    jent_t *e = &journal[journal_n++];
+    e->m = m; e->c = 0; e->present = slot[0] != 0;
+    memcpy(e->w, k, kw * sizeof(uint64_t));
+    if (e->present) memcpy(e->w + kw, slot + 1 + kw, (sw - 1 - kw) * sizeof(uint64_t));
+}
+static inline void set_counter(uint64_t *c, uint64_t v) {
+    if (journal_n >= NFP_JOURNAL) journal_full = 1;
+    else { jent_t *e = &journal[journal_n++]; e->m = 0; e->c = c; e->old = *c; }
+    *c = v;
+}
+#else
+#define journal_map(m, slot, k, kw, sw)
+static inline void set_counter(uint64_t *c, uint64_t v) { *c = v; }
+#endif
 static inline void pools_count(map_t *m, const uint64_t *k, int64_t d) {
     for (int j = 0; j < m->npools; j++)
         if (k[0] - m->pools[j].base < m->pools[j].size) m->pools[j].used += d;
@@ -940,6 +985,7 @@ static void map_grow(map_t *m) {
 INLINE void map_put(map_t *m, const uint64_t *k, const uint64_t *v, int kw, int sw) {
     uint64_t *s = map_slot(m, k, kw, sw);
     int vw = sw - 1 - kw;
+    journal_map(m, s, k, kw, sw);
     if (!s[0]) {
         s[0] = 1; memcpy(s + 1, k, kw * sizeof(uint64_t)); m->n++;
         if (m->npools) pools_count(m, k, 1);
@@ -952,6 +998,7 @@ INLINE void map_put(map_t *m, const uint64_t *k, const uint64_t *v, int kw, int 
 INLINE void map_del(map_t *m, const uint64_t *k, int kw, int sw) {  /* backward-shift deletion */
     uint64_t *s = map_slot(m, k, kw, sw);
     if (!s[0]) return;
+    journal_map(m, s, k, kw, sw);
     if (m->npools) pools_count(m, k, -1);
     size_t i = (s - m->w) / sw, j = i;
     for (;;) {
@@ -967,6 +1014,52 @@ INLINE void map_del(map_t *m, const uint64_t *k, int kw, int sw) {  /* backward-
     memset(m->w + i * sw, 0, sw * sizeof(uint64_t));
     m->n--;
 }
+#ifdef NFP_GUIDED
+INLINE int choose_free(uint64_t *rng, map_t *m, int pool, uint64_t base, uint64_t size, uint64_t *out, int sw) {
+    pool_t *p = &m->pools[pool];
+    if (p->used >= size) return 0;
+    guide_t *g = (guide_t *)rng;
+    int j = g->n++;
+    if (j >= NFP_CHOICES) { g->bad = 1; *out = base; return 1; }
+    uint64_t v, key[1];
+    if (g->how[j] == 1) {
+        v = g->forced[j]; key[0] = v;
+        if (v - base >= size || map_get(m, key, 1, sw)) g->bad = 1;
+    } else {  /* the first free value from the cursor on (how 2: the one after it) */
+        int skip = g->how[j] == 2;
+        uint64_t off = p->cursor % size;
+        for (;;) {
+            key[0] = base + off;
+            if (!map_get(m, key, 1, sw)) {
+                if (!skip) break;
+                skip = 0;
+                if (size - p->used < 2) { g->bad = 1; break; }
+            }
+            off = off + 1 == size ? 0 : off + 1;
+        }
+        v = base + off;
+        if (g->how[j] == 0) p->cursor = off;
+    }
+    g->kind[j] = 1; g->base[j] = base; g->size[j] = size; g->value[j] = v;
+    *out = v;
+    return 1;
+}
+EXPORT int nf_mark(void) { journal_full = 0; return journal_n = 0; }
+EXPORT int nf_undo(int mark) {  /* back to the state at journal length `mark`; -1 if the journal overflowed */
+    if (journal_full) return -1;
+    undoing = 1;
+    while (journal_n > mark) {
+        jent_t *e = &journal[--journal_n];
+        if (e->c) { *e->c = e->old; continue; }
+        map_t *m = e->m;
+        if (e->present) map_put(m, e->w, e->w + m->kw, m->kw, m->sw);
+        else map_del(m, e->w, m->kw, m->sw);
+    }
+    undoing = 0;
+    return 0;
+}
+EXPORT int nf_journal(void) { return journal_full ? -1 : journal_n; }
+#else
 /* runtime/rng.py choose_free: a pool value that is not a key; 0 (no draw) when every one is */
 INLINE int choose_free(uint64_t *rng, map_t *m, int pool, uint64_t base, uint64_t size, uint64_t *out, int sw) {
     if (m->pools[pool].used >= size) return 0;
@@ -983,6 +1076,7 @@ INLINE int choose_free(uint64_t *rng, map_t *m, int pool, uint64_t base, uint64_
         v = v == top ? base : v + 1;
     }
 }
+#endif
 
 EXPORT size_t nf_map_len(void *state, int k) { return ((map_t *)state)[k].n; }
 EXPORT void nf_map_items(void *state, int k, uint64_t *out) {  /* key and value words of every entry */
@@ -1012,10 +1106,16 @@ class CompiledModel:
     `reasons` and `errors` are the drop reasons and model errors the step returns by index;
     `new_state()` a fresh state (a C pointer, freed with the object), `step` one packet."""
 
-    def __init__(self, nf_cls):
+    def __init__(self, nf_cls, guided: bool = False):
         validate(nf_cls)
         compiler = _Compiler(nf_cls)
         self.nf, self.source = nf_cls, compiler.source()
+        # what a state's memory holds: maps (key and value words), their pools, counters
+        self.layout = (tuple((len(_widths(d.key)), 0 if isinstance(d, Set) else len(_widths(d.value)),
+                              tuple(compiler.pools.get(k, ()))) for k, (_, d) in enumerate(compiler.maps)),
+                       len(compiler.counters))
+        if guided:  # choices named by the caller, writes undone (verify/replay_fast.py)
+            self.source = "#define NFP_GUIDED 1\n" + self.source
         self.reasons, self.errors = tuple(compiler.reasons), tuple(compiler.errors)
         self.maps = tuple(compiler.maps)
         self.counters = tuple(compiler.counters)
@@ -1033,6 +1133,9 @@ class CompiledModel:
                                      ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,
                                      ctypes.c_void_p)
         self.step_address = ctypes.cast(self.lib.nf_step, ctypes.c_void_p).value
+        if guided:
+            self.mark_address = ctypes.cast(self.lib.nf_mark, ctypes.c_void_p).value
+            self.undo_address = ctypes.cast(self.lib.nf_undo, ctypes.c_void_p).value
 
     def new_state(self) -> "CState":
         return CState(self)

@@ -18,6 +18,8 @@ import os
 from libc.stdint cimport uint16_t
 from libc.string cimport memcmp
 from cpython.unicode cimport PyUnicode_DecodeUTF8
+from cpython.object cimport PyObject
+from cpython.mem cimport PyMem_Malloc, PyMem_Free
 from posix.mman cimport mmap, munmap, madvise, PROT_READ, MAP_PRIVATE, MAP_FAILED, MADV_SEQUENTIAL
 
 # the writes classes of verify/frames.writable (replay_rows.WRITES holds the frozensets)
@@ -65,35 +67,41 @@ cdef inline bint icmp_error(int t) noexcept nogil:
     return t == 3 or t == 4 or t == 5 or t == 11 or t == 12
 
 
-cdef object model_row(pkt_t *p, Py_ssize_t wirelen):
-    """(observable key, writes class, outer source) of a frame whose view is a Packet (IPv4, not
-    malformed, not a later fragment), or None (the caller takes the frame's bytes to Python)."""
+ctypedef struct vrow_t:      # the view of an in-model frame: key (Packet order), writes class, outer source
+    long long key[7]        # proto, src, sport, dst, dport, flags, length
+    int writes
+    long long outer
+
+
+cdef bint c_model_row(pkt_t *p, Py_ssize_t wirelen, vrow_t *r) noexcept nogil:
+    """The view of a frame whose view is a Packet (IPv4, not malformed, not a later fragment) into
+    r; 0 for any other frame (the caller takes its bytes to Python)."""
     cdef hdr_t *h = &p.ip
     cdef hdr_t *q = &p.q
     cdef const uint8_t *d = p.d
     cdef long long src, dst, q_src, q_dst
     cdef int proto = h.proto, sport = 0, dport = 0, flags = 0, w = W_ADDRESS, qs = 0, qd = 0, t
     if h.version != 4 or p.malformed != OK or h.frag_offset > 0 or proto < 0:
-        return None
+        return 0
     src, dst = u32(d, h.l3 + 12), u32(d, h.l3 + 16)
-    cdef long long outer = src
+    r.outer = src
     if proto == 6:
         if h.sport < 0 or h.dport < 0 or h.tcp_flags < 0:
-            return None
+            return 0
         sport, dport, flags, w = h.sport, h.dport, h.tcp_flags & 0xFF, W_TCP
     elif proto == 17:
         if h.sport < 0 or h.dport < 0:
-            return None
+            return 0
         sport, dport, w = h.sport, h.dport, W_PORT
     elif proto == 1 and h.icmp_type >= 0:
         t = h.icmp_type
         if t == 8 or t == 13:
             if h.icmp_id < 0:
-                return None
+                return 0
             sport, w = h.icmp_id, W_SPORT
         elif t == 0 or t == 14:
             if h.icmp_id < 0:
-                return None
+                return 0
             dport, w = h.icmp_id, W_DPORT
         elif icmp_error(t) and p.has_quoted and q.version == 4 and quoted_ports(q, &qs, &qd):
             # the reverse of the quoted packet
@@ -103,8 +111,18 @@ cdef object model_row(pkt_t *p, Py_ssize_t wirelen):
                 w = W_PORT
             else:
                 w = W_DPORT if (q.icmp_type == 8 or q.icmp_type == 13) else W_SPORT
-    length = wirelen if wirelen < 0xFFFF else 0xFFFF
-    return (proto, src, sport, dst, dport, flags, length), w, outer
+    r.key[0], r.key[1], r.key[2], r.key[3], r.key[4], r.key[5] = proto, src, sport, dst, dport, flags
+    r.key[6] = wirelen if wirelen < 0xFFFF else 0xFFFF
+    r.writes = w
+    return 1
+
+
+cdef object model_row(pkt_t *p, Py_ssize_t wirelen):
+    """(observable key, writes class, outer source) of a frame whose view is a Packet, or None."""
+    cdef vrow_t r
+    if not c_model_row(p, wirelen, &r):
+        return None
+    return (r.key[0], r.key[1], r.key[2], r.key[3], r.key[4], r.key[5], r.key[6]), r.writes, r.outer
 
 
 def frame_row(int linktype, data, Py_ssize_t wirelen):
@@ -113,6 +131,15 @@ def frame_row(int linktype, data, Py_ssize_t wirelen):
     cdef pkt_t p
     parse(&p, linktype, <const uint8_t *>PyBytes_AS_STRING(b), PyBytes_GET_SIZE(b), wirelen)
     return model_row(&p, wirelen)
+
+
+ctypedef struct prow_t:      # a packet block's fields (TraceRows.packet_c)
+    uint32_t iface, caplen, wirelen, out_index
+    unsigned long long time_ns, seq
+    uint16_t label
+    int flags
+    const uint8_t *frame
+    PyObject *instance      # borrowed: TraceRows.last_instance holds it
 
 
 cdef struct iface_t:
@@ -136,6 +163,7 @@ cdef class TraceRows:
     cdef public long long foreign_blocks, packets
     cdef public bint events_only   # packets are counted, not read (replay_stream.scan_events)
     cdef bint swap, header_seen
+    cdef int sections          # sections begun (each one restarts the interface numbers)
     cdef list names            # this section's interfaces: name (str or None)
     cdef iface_t ifs[256]
     cdef int nifs
@@ -160,7 +188,7 @@ cdef class TraceRows:
             os.close(fd)
         self.pos, self.offset, self.items, self.foreign_blocks, self.packets = 0, 0, 0, 0, 0
         self.events_only = 0
-        self.swap, self.header_seen, self.names, self.nifs = 0, 0, [], 0
+        self.swap, self.header_seen, self.names, self.nifs, self.sections = 0, 0, [], 0, 0
         self.last_instance_raw, self.last_instance = b"", ""
 
     def __dealloc__(self):
@@ -195,6 +223,7 @@ cdef class TraceRows:
             raise Fallback()
         self.options_end(body, 16, n)
         self.names, self.nifs = [], 0
+        self.sections += 1
 
     cdef object interface(self, const uint8_t *body, Py_ssize_t n):
         cdef Py_ssize_t pos = 8
@@ -242,23 +271,21 @@ cdef class TraceRows:
         self.last_instance = text
         return text
 
-    cdef object packet(self, const uint8_t *body, Py_ssize_t n):
+    cdef int packet_c(self, const uint8_t *body, Py_ssize_t n, prow_t *r) except -1:
+        """The packet block's fields into r, checked as traces/trace.py reads them (Fallback where
+        the fast reader does not follow)."""
         cdef uint32_t iface, tsh, tsl, caplen, wirelen, pen
         cdef Py_ssize_t pos, end = n, ann = -1, ann_len = 0
-        cdef int code, length, version, flags
-        cdef unsigned long long units, seq
-        cdef uint32_t out_index
-        cdef uint16_t label
+        cdef int code, length, version
+        cdef unsigned long long units
         cdef iface_t *f
-        cdef pkt_t p
         if n < 20:
             raise Fallback()
         iface, tsh, tsl = rd32(body, self.swap), rd32(body + 4, self.swap), rd32(body + 8, self.swap)
         caplen, wirelen = rd32(body + 12, self.swap), rd32(body + 16, self.swap)
         if caplen > n - 20 or iface >= <uint32_t>self.nifs:
             raise Fallback()
-        name = self.names[iface]
-        if name is None:
+        if self.names[iface] is None:
             raise Fallback()
         pos = 20 + caplen + (-<Py_ssize_t>caplen % 4)
         while pos + 4 <= end:  # parse_options; the annotation is the first custom option 2989 of PEN
@@ -276,34 +303,46 @@ cdef class TraceRows:
         if ann < 0 or ann_len < 16:
             raise Fallback()
         # traces/trace.py _ANN: "<BBHQI" (little-endian whatever the section's byte order)
-        version, flags = body[ann], body[ann + 1]
+        version, r.flags = body[ann], body[ann + 1]
         if version > 1:
             raise Fallback()
-        memcpy(&seq, body + ann + 4, 8)
-        memcpy(&out_index, body + ann + 12, 4)
-        memcpy(&label, body + ann + 2, 2)
-        instance = self.instance_of(body + ann + 16, ann_len - 16)
+        memcpy(&r.seq, body + ann + 4, 8)
+        memcpy(&r.out_index, body + ann + 12, 4)
+        memcpy(&r.label, body + ann + 2, 2)
+        self.instance_of(body + ann + 16, ann_len - 16)
+        r.instance = <PyObject *>self.last_instance
         f = &self.ifs[iface]
         units = (<unsigned long long>tsh << 32) | tsl
         if not f.plain_time or units > 0xFFFFFFFFFFFFFFFF // f.mul:
             raise Fallback()
-        parse(&p, f.linktype, body + 20, caplen, wirelen)
-        row = model_row(&p, wirelen)
+        r.iface, r.time_ns, r.caplen, r.wirelen, r.frame = iface, units * f.mul, caplen, wirelen, body + 20
+        return 0
+
+    cdef object packet(self, const uint8_t *body, Py_ssize_t n):
+        cdef prow_t r
+        cdef pkt_t p
+        self.packet_c(body, n, &r)
+        f = &self.ifs[r.iface]
+        parse(&p, f.linktype, r.frame, r.caplen, r.wirelen)
+        row = model_row(&p, r.wirelen)
         if row is None:
-            data, key, writes, outer = PyBytes_FromStringAndSize(<const char *>body + 20, caplen), None, None, None
+            data, key, writes, outer = PyBytes_FromStringAndSize(<const char *>r.frame, r.caplen), None, None, None
         else:
             data = None
             key, writes, outer = row
-        return (name, f.linktype, units * f.mul, seq if flags & 2 else None, out_index if flags & 4 else None,
-                instance, wirelen, data, key, writes, outer, label if flags & 8 else None)
+        return (self.names[r.iface], f.linktype, r.time_ns, r.seq if r.flags & 2 else None,
+                r.out_index if r.flags & 4 else None, <object>r.instance, r.wirelen, data, key, writes, outer,
+                r.label if r.flags & 8 else None)
 
-    def __next__(self):
+    cdef int next_block(self, const uint8_t **body, Py_ssize_t *n) except -1:
+        """The next packet block (1) or nfproof custom block (2) after the run header, its body and
+        length; 0 at the end. Sections, interfaces and other tools' blocks are taken in passing."""
         cdef const uint8_t *b
         cdef uint32_t btype, total
         cdef Py_ssize_t at
         while True:
             if self.m == NULL or self.pos >= self.size:
-                raise StopIteration
+                return 0
             at = self.pos
             if self.size - at < 12:
                 raise Fallback()
@@ -328,10 +367,8 @@ cdef class TraceRows:
                     self.packets += 1
                     self.items += 1
                     continue
-                row = self.packet(b + 8, total - 12)
-                self.packets += 1
-                self.items += 1
-                return row
+                body[0], n[0] = b + 8, total - 12
+                return 1   # counted by the caller once read (a Fallback leaves it to the Python reader)
             if btype == 0x0BAD or btype == 0x40000BAD:
                 if total - 12 < 4:
                     raise Fallback()
@@ -340,7 +377,8 @@ cdef class TraceRows:
                     continue
                 self.items += 1
                 if rd32(b + 8, self.swap) == PEN and total - 12 >= 8 and memcmp(b + 12, b"NFPT", 4) == 0:
-                    return (None, at, PyBytes_FromStringAndSize(<const char *>b + 12, total - 16))
+                    body[0], n[0] = b + 12, total - 16
+                    return 2
                 self.foreign_blocks += 1
                 continue
             if btype == 0x0A0D0D0A:
@@ -350,11 +388,23 @@ cdef class TraceRows:
             elif btype == 2 or btype == 3:  # obsolete and simple packet blocks: the Python reader
                 raise Fallback()
 
+    def __next__(self):
+        cdef const uint8_t *body
+        cdef Py_ssize_t n
+        cdef int got = self.next_block(&body, &n)
+        if got == 0:
+            raise StopIteration
+        if got == 1:
+            row = self.packet(body, n)
+            self.packets += 1
+            self.items += 1
+            return row
+        return (None, self.offset, PyBytes_FromStringAndSize(<const char *>body, n))
+
 
 # -- the search's memo (verify/replay_search.py: _memo_reads is the reference) ------------------------
 from cpython.dict cimport PyDict_GetItem
 from cpython.set cimport PySet_Contains, PySet_Add
-from cpython.object cimport PyObject
 
 
 def memo_reads(list reads, dict writer, set deps, touched, missing):
@@ -387,3 +437,342 @@ def memo_reads(list reads, dict writer, set deps, touched, missing):
         if raw != r[2]:
             return False
     return True
+
+
+# -- the fast pass (verify/replay_fast.py documents it) --------------------------------------------------
+cdef extern from *:
+    """
+    /* models/compile.py's ABI: cview_t, nf_step, and in a guided build guide_t, nf_mark, nf_undo */
+    typedef struct { int64_t proto, src, sport, dst, dport, flags, inbound, length, label; } nfp_cview_t;
+    typedef int (*nfp_step_t)(void *, const nfp_cview_t *, int64_t, uint64_t *, nfp_cview_t *, int *, int *, int *, int *);
+    typedef int (*nfp_mark_t)(void);
+    typedef int (*nfp_undo_t)(int);
+    #define NFP_CHOICES 8
+    typedef struct {
+        int n, bad;
+        uint8_t how[NFP_CHOICES], kind[NFP_CHOICES];
+        uint64_t forced[NFP_CHOICES], base[NFP_CHOICES], size[NFP_CHOICES], value[NFP_CHOICES];
+    } nfp_guide_t;
+    /* ticks of a clock at tps per second dt ns after the origin; -1 past int64 */
+    static inline int64_t nfp_ticks(int64_t dt, int64_t tps) {
+        __int128 t = (__int128)dt * tps / 1000000000;
+        return t > INT64_MAX ? -1 : (int64_t)t;
+    }
+    """
+    ctypedef struct nfp_cview_t:
+        int64_t proto, src, sport, dst, dport, flags, inbound, length, label
+    ctypedef int (*nfp_step_t)(void *, const nfp_cview_t *, int64_t, uint64_t *, nfp_cview_t *, int *, int *,
+                               int *, int *) noexcept nogil
+    ctypedef int (*nfp_mark_t)() noexcept nogil
+    ctypedef int (*nfp_undo_t)(int) noexcept nogil
+    enum: NFP_CHOICES
+    ctypedef struct nfp_guide_t:
+        int n, bad
+        uint8_t how[NFP_CHOICES]
+        uint8_t kind[NFP_CHOICES]
+        uint64_t forced[NFP_CHOICES]
+        uint64_t base[NFP_CHOICES]
+        uint64_t size[NFP_CHOICES]
+        uint64_t value[NFP_CHOICES]
+    int64_t nfp_ticks(int64_t dt, int64_t tps) noexcept nogil
+
+cdef enum:
+    MAX_OBS = 16          # outputs of one input (models/compile.py MAX_OUTPUTS)
+    MAX_CANDIDATES = 4    # values inferred for one choice from its outputs
+    SMALL_DOMAIN = 64     # a choice among at most this many values is tried value by value
+    MAX_GATES = 64
+
+
+ctypedef struct obs_t:
+    int gate
+    int64_t key[8]        # observable: proto, src, sport, dst, dport, flags, length, label
+
+
+ctypedef struct pending_t:   # an input read, waiting for its outputs
+    unsigned long long seq
+    long long number, time_ns
+    int writes, nobs
+    uint32_t seen         # bit i: the output with out_index i was observed
+    nfp_cview_t view
+    obs_t obs[MAX_OBS]    # by out_index
+
+
+ctypedef struct try_t:    # one input's search for the choices that explain it
+    nfp_step_t step
+    nfp_undo_t undo
+    void *state
+    pending_t *p
+    int64_t now
+    bint labels
+    int trials, max_trials, code, fatal
+    nfp_guide_t g
+    nfp_cview_t outs[MAX_OBS]
+    int gates[MAX_OBS]
+    int drops[MAX_OBS]
+    int nout, ndrop
+
+
+cdef inline int64_t out_field(const nfp_cview_t *o, int f) noexcept nogil:
+    return (<const int64_t *>o)[f]
+
+
+cdef bint emits_observed(try_t *c) noexcept nogil:
+    cdef pending_t *p = c.p
+    cdef int j
+    cdef const nfp_cview_t *o
+    cdef const int64_t *k
+    if c.nout != p.nobs:
+        return 0
+    for j in range(c.nout):
+        o, k = &c.outs[j], p.obs[j].key
+        if c.gates[j] != p.obs[j].gate or o.proto != k[0] or o.src != k[1] or o.sport != k[2] or o.dst != k[3] \
+                or o.dport != k[4] or o.flags != k[5] or o.length != k[6] or (c.labels and o.label != k[7]):
+            return 0
+    return 1
+
+
+cdef bint attempt(try_t *c) noexcept nogil:
+    """The step with the guide's choices: 1 if it emits exactly the observed outputs (its writes
+    kept), else 0 (its writes undone)."""
+    c.trials += 1
+    c.g.n = 0
+    c.g.bad = 0
+    c.code = c.step(c.state, &c.p.view, c.now, <uint64_t *>&c.g, c.outs, c.gates, &c.nout, c.drops, &c.ndrop)
+    if c.code == 0 and not c.g.bad and emits_observed(c):
+        return 1
+    if c.undo(0) != 0:
+        c.fatal = 1
+    return 0
+
+
+cdef bint explain_from(try_t *c, int j) noexcept nogil:
+    """Choices before j fixed: whether some values of choice j on (each inferred from the outputs or,
+    in a small domain, tried one by one) explain the input."""
+    cdef nfp_cview_t a[MAX_OBS]
+    cdef int na, nb, k, o, f, n = 0, fk
+    cdef uint64_t va, vb, base, size, cands[SMALL_DOMAIN]
+    cdef int64_t fa, fb, cand
+    cdef int kind
+    for k in range(j, NFP_CHOICES):
+        c.g.how[k] = 0
+    if attempt(c):
+        return 1
+    if c.fatal or c.trials > c.max_trials or c.code != 0 or c.g.bad or c.g.n <= j:
+        return 0
+    kind, base, size, va, na = c.g.kind[j], c.g.base[j], c.g.size[j], c.g.value[j], c.nout
+    memcpy(a, c.outs, na * sizeof(nfp_cview_t))
+    c.g.how[j] = 2            # the domain's second value: which output fields move with the choice
+    if attempt(c):
+        return 1
+    if c.fatal or c.trials > c.max_trials:
+        return 0
+    if c.code == 0 and not c.g.bad and c.g.n > j:
+        vb, nb = c.g.value[j], c.nout
+        for o in range(min(na, nb, c.p.nobs)):
+            for f in range(9):
+                if f == 6 or (f == 8 and not c.labels):
+                    continue   # inbound is not observed
+                fk = f if f < 6 else f - 1
+                fa, fb = out_field(&a[o], f), out_field(&c.outs[o], f)
+                if fa == fb or fa - <int64_t>va != fb - <int64_t>vb:
+                    continue
+                cand = c.p.obs[o].key[fk] - (fa - <int64_t>va)   # the field is the choice plus a constant
+                if (kind == 1 and <uint64_t>cand - base >= size) or (kind == 0 and <uint64_t>cand >= size):
+                    continue
+                for k in range(n):
+                    if cands[k] == <uint64_t>cand:
+                        break
+                else:
+                    if n < MAX_CANDIDATES:
+                        cands[n] = <uint64_t>cand
+                        n += 1
+    if n == 0 and kind == 0 and size <= SMALL_DOMAIN:
+        for k in range(<int>size):
+            cands[k] = k
+        n = <int>size
+    elif n == 0:          # the outputs do not show this choice: keep its default, infer the later ones
+        cands[0], n = va, 1
+    for k in range(n):
+        c.g.how[j], c.g.forced[j] = 1, cands[k]
+        if j + 1 < NFP_CHOICES:
+            if explain_from(c, j + 1):
+                return 1
+        elif attempt(c):
+            return 1
+        if c.fatal or c.trials > c.max_trials:
+            return 0
+    return 0
+
+
+def explain(path, variant, dict egress_gates, bint labels, long long t0, long long tps, int lag=4096,
+            int max_trials=64):
+    """The fast pass over the trace at `path` (verify/replay_fast.py): ("explained", counts) when
+    the chain's compiled steps, with choices inferred from each input's outputs and the clock read
+    at each input's arrival, emit exactly the observed outputs in order on every egress; else
+    ("stopped", packet number, why). `variant(writes)` gives the guided build for a frame's writes
+    class: (step, mark, undo, state) addresses, or None. t0 < 0: the first input's arrival."""
+    cdef TraceRows rows = TraceRows(path)
+    cdef const uint8_t *body
+    cdef Py_ssize_t n
+    cdef prow_t r
+    cdef pkt_t pk
+    cdef vrow_t v
+    cdef int got, kind, g, w, sections = -1
+    cdef int kinds[256]
+    cdef nfp_step_t steps[5]
+    cdef nfp_mark_t marks[5]
+    cdef nfp_undo_t undos[5]
+    cdef bint built[5]
+    cdef void *state = NULL
+    cdef long long number = 0, last_time = -1, outputs = 0, others = 0, inputs = 0
+    cdef unsigned long long seq, next_seq = 0, head = 0, count = 0, oi
+    cdef unsigned long long last_seq[MAX_GATES]
+    cdef long long last_oi[MAX_GATES]
+    cdef pending_t *e
+    cdef pending_t *ring
+    cdef try_t *c
+    cdef unsigned long long cap = lag
+    cdef int64_t now
+    for w in range(5):
+        built[w] = 0
+    for g in range(MAX_GATES):
+        last_oi[g] = -1
+    ring = <pending_t *>PyMem_Malloc(cap * sizeof(pending_t))
+    c = <try_t *>PyMem_Malloc(sizeof(try_t))
+    if ring == NULL or c == NULL:
+        PyMem_Free(ring)
+        PyMem_Free(c)
+        raise MemoryError()
+    c.labels, c.max_trials, c.fatal = labels, max_trials, 0
+    try:
+        while True:
+            got = rows.next_block(&body, &n)
+            if got == 2:
+                continue      # control events: a failure-free execution ignores them
+            if got == 1:
+                rows.packet_c(body, n, &r)
+                rows.packets += 1
+                rows.items += 1
+                number += 1
+                if rows.sections != sections:
+                    sections = rows.sections
+                    for g in range(256):
+                        kinds[g] = -2
+                kind = kinds[r.iface]
+                if kind == -2:
+                    kind = kinds[r.iface] = _kind(rows.names[r.iface], egress_gates)
+                    if kind == -3:
+                        return "stopped", number, f"interface {rows.names[r.iface]!r} (the full check reads it)"
+                if kind == -1:
+                    others += 1
+                    continue
+                parse(&pk, rows.ifs[r.iface].linktype, r.frame, r.caplen, r.wirelen)
+                if not c_model_row(&pk, r.wirelen, &v):
+                    return "stopped", number, "a frame outside the model"
+                if kind <= 1:     # an input
+                    seq = r.seq if r.flags & 2 else <unsigned long long>inputs
+                    if inputs and seq != next_seq:
+                        return "stopped", number, "inputs out of seq order"
+                    if t0 < 0:
+                        t0 = r.time_ns
+                    if <long long>r.time_ns > last_time:
+                        last_time = r.time_ns
+                    if count == cap:
+                        if not _explain_input(c, &ring[head % cap], steps, undos, marks, built, &state, variant,
+                                              t0, tps):
+                            return "stopped", ring[head % cap].number, _why(c)
+                        head += 1
+                        count -= 1
+                    if count == 0:
+                        head = seq
+                    e = &ring[seq % cap]
+                    e.seq, e.number, e.time_ns, e.writes, e.nobs, e.seen = seq, number, last_time, v.writes, 0, 0
+                    e.view.proto, e.view.src, e.view.sport, e.view.dst = v.key[0], v.key[1], v.key[2], v.key[3]
+                    e.view.dport, e.view.flags, e.view.inbound, e.view.length = v.key[4], v.key[5], kind == 1, v.key[6]
+                    e.view.label = 0
+                    count += 1
+                    inputs += 1
+                    next_seq = seq + 1
+                    continue
+                g = kind - 2          # an output on egress g
+                if not (r.flags & 2 and r.flags & 4):
+                    return "stopped", number, "an output without its input's seq and out_index"
+                seq, oi = r.seq, r.out_index
+                if count == 0 or seq < head:
+                    return "stopped", number, "an output after its input was taken as complete"
+                if seq >= next_seq:
+                    return "stopped", number, "an output of an input not read yet"
+                e = &ring[seq % cap]
+                if oi >= MAX_OBS or e.seen & (1u << oi):
+                    return "stopped", number, "a repeated output"
+                if last_oi[g] >= 0 and (seq < last_seq[g] or (seq == last_seq[g] and <long long>oi <= last_oi[g])):
+                    return "stopped", number, "outputs out of order on an egress"
+                last_seq[g], last_oi[g] = seq, oi
+                e.obs[oi].gate = g
+                memcpy(e.obs[oi].key, v.key, 7 * sizeof(int64_t))
+                e.obs[oi].key[7] = r.label if labels and r.flags & 8 else 0
+                e.seen |= 1u << oi
+                e.nobs += 1
+                outputs += 1
+                continue
+            while count:
+                if not _explain_input(c, &ring[head % cap], steps, undos, marks, built, &state, variant, t0, tps):
+                    return "stopped", ring[head % cap].number, _why(c)
+                head += 1
+                count -= 1
+            return "explained", dict(inputs=inputs, outputs=outputs, other_packets=others,
+                                     foreign_blocks=rows.foreign_blocks, packets=number)
+    finally:
+        rows.close()
+        PyMem_Free(ring)
+        PyMem_Free(c)
+
+
+cdef int _kind(name, dict egress_gates) except -4:
+    """-1 an internal link, 0 / 1 the inside / outside ingress, 2 + g egress g; -3 an interface the
+    fast pass leaves to the full check (an ingress classified by address, an unknown egress)."""
+    if name.startswith("egress:"):
+        g = egress_gates.get(name[7:])
+        return -3 if g is None or g >= MAX_GATES else 2 + g
+    if name == "ingress:inside":
+        return 0
+    if name == "ingress:outside":
+        return 1
+    return -3 if name.startswith("ingress") else -1
+
+
+cdef str _why(try_t *c):
+    if c.fatal:
+        return "a step wrote more than the undo journal holds"
+    if c.code == -9:
+        return "no compiled step for the frame"
+    if c.code == -8:
+        return "a processing time before the run's start"
+    return "no choices found that emit its observed outputs at its arrival time"
+
+
+cdef bint _explain_input(try_t *c, pending_t *p, nfp_step_t *steps, nfp_undo_t *undos, nfp_mark_t *marks,
+                         bint *built, void **state, variant, long long t0, long long tps) except -1:
+    cdef int w = p.writes
+    if not built[w]:
+        got = variant(w)
+        built[w] = 1
+        if got is None:
+            steps[w] = NULL
+        else:
+            steps[w], marks[w], undos[w] = <nfp_step_t><size_t>got[0], <nfp_mark_t><size_t>got[1], \
+                <nfp_undo_t><size_t>got[2]
+            state[0] = <void *><size_t>got[3]
+    if steps[w] == NULL:
+        c.code = -9
+        return 0
+    if p.seen != (1u << p.nobs) - 1:
+        c.code = 0   # an out_index missing: some output was lost
+        return 0
+    if p.time_ns < t0:
+        c.code = -8
+        return 0
+    c.step, c.undo, c.state, c.p, c.trials = steps[w], undos[w], state[0], p, 0
+    c.now = nfp_ticks(p.time_ns - t0, tps)
+    marks[w]()
+    return explain_from(c, 0)

@@ -141,6 +141,23 @@ def refusal(writes: frozenset, old: Packet, new: Packet) -> str | None:
     return None
 
 
+def framed_chain(nf, writes: frozenset):
+    """The chain NF (Chain.as_nf) whose instances release only what a frame that can write `writes`
+    carries (the runtime contract, section 2: the rest is dropped, the state change stands)."""
+
+    class Framed(nf):
+        def released(self, instance, pkt, emitted, ctx):
+            kept = []
+            for gate, out in emitted:
+                field = refusal(writes, pkt, out)
+                if field is None:
+                    kept.append((gate, out))
+                else:
+                    ctx.drop(f"{instance}: cannot write {field} into the frame")
+            return kept
+    return Framed
+
+
 def frame_view(linktype: int, data: bytes, wirelen: int, inbound: bool):
     return view(parse_frame(linktype, data, wirelen), wirelen, inbound)
 

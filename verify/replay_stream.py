@@ -312,6 +312,10 @@ def _check_trace(path, chain_text, params, inside, eq, stall_ns, jobs, progress)
     rec.events = scan_events(path)
     failover = failover_time_ns(rec)
     stall = failover if stall_ns is None else stall_ns
+    from . import replay_fast
+    explained, fast = replay_fast.explain(path, rec)
+    if explained:
+        return _fast_result(path, chain_text, params, inside, rec, eq, stall, failover, fast, started)
     _JOB.update(path=path, chain=chain_text, params=list(params), inside=inside, eq=eq, stall=stall,
                 workers=max(1, jobs), progress=progress)
     if jobs > 1 and partition_kinds(rec.chain) is not None:
@@ -339,7 +343,7 @@ def _check_trace(path, chain_text, params, inside, eq, stall_ns, jobs, progress)
         selected |= {n for n, r in parts.items() if r.late}
     selected.discard(None)
     stats = dict(inputs=main.inputs, outputs=main.outputs, events=len(main.events), parts=len(parts),
-                 streamed=True, workers=len(reports), second_pass_parts=0)
+                 streamed=True, workers=len(reports), second_pass_parts=0, fast_pass=fast["stopped"])
     if not selected and not main.orphans and not windows:
         from .replay import ReplayResult
         rec.inputs = [x for x in main.preview if type(x) is Input]
@@ -356,6 +360,26 @@ def _check_trace(path, chain_text, params, inside, eq, stall_ns, jobs, progress)
                     "second_pass_inputs": len(sub.inputs)}
     result.stats["cpu_seconds"] = time.process_time() - started
     return result
+
+
+def _fast_result(path, chain_text, params, inside, rec: Recording, eq, stall: int, failover: int, counts: dict,
+                 started: float):
+    """The explained verdict of the fast pass (verify/replay_fast.py), with the trace's first
+    PREVIEW packets for the timeline."""
+    import itertools
+    import time
+    from .replay import ReplayResult
+    preview_rec, items = open_trace(path, chain_text, params, inside)
+    preview = [x for x in itertools.islice((x for x in items if type(x) is not Event), PREVIEW)]
+    items.close()
+    rec.inputs = [x for x in preview if type(x) is Input]
+    rec.outputs = [x for x in preview if type(x) is Output]
+    rec.t0_ns = preview_rec.t0_ns
+    rec.other_packets, rec.foreign_blocks = counts["other_packets"], counts["foreign_blocks"]
+    stats = dict(inputs=counts["inputs"], outputs=counts["outputs"], events=len(rec.events), parts=1, streamed=True,
+                 workers=1, second_pass_parts=0, fast_pass="explained")
+    stats["cpu_seconds"] = time.process_time() - started
+    return ReplayResult("explained", rec, eq, stall, failover, stats=stats)
 
 
 def _touched_conflicts(parts: dict) -> set:

@@ -18,7 +18,7 @@ import z3
 from ..models.api import ModelError
 
 from . import solver as smt
-from .frames import OUTSIDE, Drop, refusal
+from .frames import OUTSIDE, Drop, framed_chain
 from .induction import _arbitrary_state
 from .symbolic import DOMAIN_LIMIT, TIME_WIDTH, initial_state, packet_terms, step
 
@@ -59,7 +59,7 @@ def decide(chain, units: list, observed: dict, t0_ns: int, stall_ns: int, budget
             def choice(j, width, k=k):
                 return z3.BitVec(f"in{k}.choice{j}", width)
             if u.writes not in framed:
-                framed[u.writes] = _framed(nf, u.writes)
+                framed[u.writes] = framed_chain(nf, u.writes)
             s = step(framed[u.writes], state, packet_terms(u.view), choice, lambda t=t: t)
             constraints.append(s.valid)
             state = s.state
@@ -97,7 +97,7 @@ def _any_step(chain, unit):
     t = z3.BitVec("any.t", TIME_WIDTH)
     DOMAIN_LIMIT[0] = REFUTE_DOMAIN
     try:
-        s = step(_framed(nf, unit.writes), _arbitrary_state(nf, "any"), packet_terms(view),
+        s = step(framed_chain(nf, unit.writes), _arbitrary_state(nf, "any"), packet_terms(view),
                  lambda j, width: z3.BitVec(f"any.c{j}", width), lambda: t)
     except (smt.BudgetExhausted, ModelError):
         return None
@@ -185,20 +185,3 @@ def never_emits(chain, unit, egress: str, key: tuple, budget: smt.Budget) -> boo
     return _unsat([s.valid, z3.Or(*[z3.And(slot.present, slot.gate == g,
                                            *[slot.fields[f] == key[c] for c, f in enumerate(fields)])
                                     for slot in s.outputs] or [z3.BoolVal(False)])], budget)
-
-
-def _framed(nf, writes: frozenset):
-    """The chain NF whose instances release only what a frame that can write `writes` carries
-    (the runtime contract, section 2: the rest is dropped, the state change stands)."""
-
-    class Framed(nf):
-        def released(self, instance, pkt, emitted, ctx):
-            kept = []
-            for gate, out in emitted:
-                field = refusal(writes, pkt, out)
-                if field is None:
-                    kept.append((gate, out))
-                else:
-                    ctx.drop(f"{instance}: cannot write {field} into the frame")
-            return kept
-    return Framed
