@@ -1134,6 +1134,7 @@ class CompiledModel:
                                      ctypes.c_void_p)
         self.step_address = ctypes.cast(self.lib.nf_step, ctypes.c_void_p).value
         if guided:
+            self.lib.nf_undo.argtypes = (ctypes.c_int,)
             self.mark_address = ctypes.cast(self.lib.nf_mark, ctypes.c_void_p).value
             self.undo_address = ctypes.cast(self.lib.nf_undo, ctypes.c_void_p).value
 
@@ -1148,6 +1149,18 @@ class CompiledModel:
 
 class CView(ctypes.Structure):
     _fields_ = [(f, ctypes.c_int64) for f in INPUT_FIELDS]
+
+
+GUIDED_CHOICES = 8
+
+
+class Guide(ctypes.Structure):
+    """A guided build's guide_t (C_RUNTIME): how each choice is made (0 its domain's first value,
+    1 `forced`, 2 the second) and, after a step, what each one was (`kind` 0 an index below `size`,
+    1 a free value of [base, base + size)); `n` choices made, `bad` a forced value outside its domain."""
+    _fields_ = [("n", ctypes.c_int), ("bad", ctypes.c_int), ("how", ctypes.c_uint8 * GUIDED_CHOICES),
+                ("kind", ctypes.c_uint8 * GUIDED_CHOICES)] + \
+        [(f, ctypes.c_uint64 * GUIDED_CHOICES) for f in ("forced", "base", "size", "value")]
 
 
 class CState:
@@ -1166,12 +1179,19 @@ class CState:
     def step(self, pkt: Packet, now: int, rng) -> tuple[list, list]:
         """One packet (ints) at clock reading `now`; rng a runtime/rng.py-style object with `.state`.
         Returns ([(gate, Packet)], [reason]) as models.concrete.step's result has them."""
+        state = ctypes.c_uint64(rng.state)
+        try:
+            return self.step_with(pkt, now, ctypes.byref(state))
+        finally:
+            rng.state = state.value
+
+    def step_with(self, pkt: Packet, now: int, chooser) -> tuple[list, list]:
+        """step() with the choices' C state given (a ctypes pointer: to the stream's uint64, or in a
+        guided build to a guide_t)."""
         m = self.model
         view = CView(*[int(getattr(pkt, f)) for f in INPUT_FIELDS])
-        state = ctypes.c_uint64(rng.state)
-        code = m.lib.nf_step(self.address, ctypes.byref(view), now, ctypes.byref(state), self._outs, self._gates,
+        code = m.lib.nf_step(self.address, ctypes.byref(view), now, chooser, self._outs, self._gates,
                              ctypes.byref(self._n, 0), self._drops, ctypes.byref(self._n, 4))
-        rng.state = state.value
         if code:
             raise m.error(code)
         outs = [(m.nf.gates[self._gates[k]], Packet(**{f: (bool(getattr(self._outs[k], f)) if f == "inbound" else

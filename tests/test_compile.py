@@ -4,6 +4,7 @@ bundled model (at proof-sized and real parameters) and for random models (tests/
 tests/model_gen_time.py: every operator, width, state kind and choice the API offers)."""
 from __future__ import annotations
 
+import ctypes
 import random
 import sys
 from pathlib import Path
@@ -14,7 +15,7 @@ from hypothesis import given, settings, strategies as st
 from nfproof.models import compile as C
 from nfproof.models.api import ModelError, Packet
 from nfproof.models import NFS as BUNDLED
-from nfproof.models.concrete import initial_state, plain_state, step as concrete_step
+from nfproof.models.concrete import copy_state, initial_state, plain_state, step as concrete_step
 from nfproof.runtime.rng import InstanceRng, StreamChooser
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -154,6 +155,108 @@ def test_random_clocked_models_agree(quick_builds, example):
 def test_random_map_clocked_models_agree(quick_builds, example):
     model, inputs = example
     run_both(model.nf, inputs)
+
+
+class Replaying:
+    """A models.concrete chooser that makes the choices a guided step reports (values[j]: an index
+    for a domain, a pool value for a free-value choice), each domain read as the C code reads it."""
+
+    def __init__(self, values):
+        self.values = list(values)
+
+    def __call__(self, values):
+        return values[self.values.pop(0)]
+
+    def choose_domain(self, domain):
+        base, size = domain.pool
+        if domain.used is None:
+            return base + self.values.pop(0) if size > 0 else None
+        if domain.used.count_in(base, size) >= size:
+            return None
+        return self.values.pop(0)
+
+
+def run_guided(nf_cls, inputs, seed=5):
+    """The guided build (trace replay's: verify/replay_fast.py) against the interpreter: each input
+    stepped with each choice at its domain's first or second value, the same choices made by the
+    interpreter give the same outputs, drops, errors and state; undoing a step (half of them, and
+    every one that errs) gives back the state before it exactly."""
+    try:
+        model = C.CompiledModel(nf_cls, guided=True)
+    except C.NotCompilable:
+        return False
+    mark = ctypes.CFUNCTYPE(ctypes.c_int)(model.mark_address)
+    undo = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_int)(model.undo_address)
+    cstate, pstate = model.new_state(), initial_state(nf_cls)
+    rng = random.Random(seed)
+    for k, (pkt, now) in enumerate(inputs):
+        where = f"input {k} {pkt!r} at {now}"
+        before, saved = cstate.plain(), copy_state(pstate)
+        guide = C.Guide()
+        for j in range(C.GUIDED_CHOICES):
+            guide.how[j] = rng.choice((0, 2))
+        mark()
+        try:
+            got = cstate.step_with(pkt, now, ctypes.byref(guide))
+        except ModelError as e:
+            got = e
+        if guide.bad:   # no second value in some domain
+            assert undo(0) == 0 and cstate.plain() == before, where
+            continue
+        try:
+            result = concrete_step(nf_cls, pstate, pkt, Replaying(guide.value[:guide.n]), lambda: now)
+            expected = ([(g, p) for g, p in result.outputs], list(result.drops))
+        except ModelError as e:
+            expected = e
+        if isinstance(expected, ModelError) or isinstance(got, ModelError):
+            assert type(got) is type(expected), f"{where}: concrete {expected!r}, compiled {got!r}"
+            assert _agrees(str(got), str(expected)), f"{where}: concrete {expected}, compiled {got}"
+        else:
+            assert got == expected, where
+            assert cstate.plain() == plain_state(pstate), where
+        if isinstance(got, ModelError) or rng.random() < 0.5:
+            assert undo(0) == 0, where
+            assert cstate.plain() == before, f"{where}: undone, the state is not the one before"
+            pstate = saved
+    return True
+
+
+@pytest.mark.parametrize("name,params", BUNDLED_CASES)
+def test_guided_builds_of_the_bundled_models_agree_and_undo(name, params):
+    nf_cls = BUNDLED[name]
+    if params == "real":
+        real = {"nat": {"ports": "64512"}, "lb": {"backends": "8"}, "lb-hash": {"backends": "8"}}.get(name)
+        if real is None:
+            pytest.skip("no parameter to scale")
+        nf_cls = nf_cls.configure(real)
+    for seed in range(2):
+        rng = random.Random(seed)
+        assert run_guided(nf_cls, _flows(rng, nf_cls, 300), seed), f"{name} is not compiled"
+
+
+def test_guided_build_of_a_chain_with_frame_rules_agrees_and_undoes():
+    from nfproof.models import lookup
+    from nfproof.models.chain import Chain
+    from nfproof.verify.frames import PORT_WRITES, SPORT_WRITES, TCP_WRITES, framed_chain
+    nf = Chain.parse("firewall>nat[ports=4]>lb", lookup).as_nf()
+    for writes in (TCP_WRITES, PORT_WRITES, SPORT_WRITES):
+        for seed in range(2):
+            rng = random.Random(seed)
+            assert run_guided(framed_chain(nf, writes), _flows(rng, nf, 300), seed)
+
+
+@settings(max_examples=60, **BOUNDED)
+@given(compile_examples())
+def test_guided_builds_of_random_models_agree_and_undo(quick_builds, example):
+    model, inputs = example
+    run_guided(model.nf, inputs)
+
+
+@settings(max_examples=30, **BOUNDED)
+@given(compile_examples(gen=model_gen_time.map_clocked_models))
+def test_guided_builds_of_random_clocked_models_agree_and_undo(quick_builds, example):
+    model, inputs = example
+    run_guided(model.nf, inputs)
 
 
 def test_most_random_models_compile():

@@ -619,12 +619,12 @@ def explain(path, variant, dict egress_gates, bint labels, long long t0, long lo
     cdef vrow_t v
     cdef int got, kind, g, w, sections = -1
     cdef int kinds[256]
-    cdef nfp_step_t steps[5]
+    cdef nfp_step_t fns[5]
     cdef nfp_mark_t marks[5]
     cdef nfp_undo_t undos[5]
     cdef bint built[5]
     cdef void *state = NULL
-    cdef long long number = 0, last_time = -1, outputs = 0, others = 0, inputs = 0
+    cdef long long number = 0, last_time = -1, outputs = 0, others = 0, inputs = 0, steps = 0
     cdef unsigned long long seq, next_seq = 0, head = 0, count = 0, oi
     cdef unsigned long long last_seq[MAX_GATES]
     cdef long long last_oi[MAX_GATES]
@@ -678,9 +678,10 @@ def explain(path, variant, dict egress_gates, bint labels, long long t0, long lo
                     if <long long>r.time_ns > last_time:
                         last_time = r.time_ns
                     if count == cap:
-                        if not _explain_input(c, &ring[head % cap], steps, undos, marks, built, &state, variant,
+                        if not _explain_input(c, &ring[head % cap], fns, undos, marks, built, &state, variant,
                                               t0, tps):
                             return "stopped", ring[head % cap].number, _why(c)
+                        steps += c.trials
                         head += 1
                         count -= 1
                     if count == 0:
@@ -716,12 +717,14 @@ def explain(path, variant, dict egress_gates, bint labels, long long t0, long lo
                 outputs += 1
                 continue
             while count:
-                if not _explain_input(c, &ring[head % cap], steps, undos, marks, built, &state, variant, t0, tps):
+                if not _explain_input(c, &ring[head % cap], fns, undos, marks, built, &state, variant, t0, tps):
                     return "stopped", ring[head % cap].number, _why(c)
+                steps += c.trials
                 head += 1
                 count -= 1
             return "explained", dict(inputs=inputs, outputs=outputs, other_packets=others,
-                                     foreign_blocks=rows.foreign_blocks, packets=number)
+                                     foreign_blocks=rows.foreign_blocks, packets=number,
+                                     steps=steps)
     finally:
         rows.close()
         PyMem_Free(ring)

@@ -14,6 +14,8 @@ How (the modules it uses, one concern each):
   inferred from the outputs, processing times in the DESIGN.md "Time" window [a_i, a_i + S]);
 - verify/replay_partition.py splits the trace by flow where the models allow it and checks that
   the parts were independent (so the verdict is the sequential one);
+- verify/replay_fast.py first tries a trace file in one pass in C (the chain compiled, choices
+  read off the outputs): an exact failure-free run explains it, anything else goes on below;
 - verify/replay_stream.py runs all of it over a trace file in one streamed pass (memory flat in
   the trace's length, parts in parallel), coming back here only for the parts it cannot explain;
 - verify/replay_z3.py decides, through verify/solver.py, what the search cannot;
