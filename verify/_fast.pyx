@@ -20,7 +20,7 @@ from libc.string cimport memcmp
 from cpython.unicode cimport PyUnicode_DecodeUTF8
 from cpython.object cimport PyObject
 from cpython.mem cimport PyMem_Malloc, PyMem_Free
-from posix.mman cimport mmap, munmap, madvise, PROT_READ, MAP_PRIVATE, MAP_FAILED, MADV_SEQUENTIAL
+from posix.mman cimport mmap, munmap, madvise, PROT_READ, MAP_PRIVATE, MAP_FAILED, MADV_SEQUENTIAL, MADV_DONTNEED
 
 # the writes classes of verify/frames.writable (replay_rows.WRITES holds the frozensets)
 cdef enum:
@@ -28,6 +28,7 @@ cdef enum:
     PEN = 32473
     OPT_CODE = 2989
     MAX_RECORD = 1 << 26
+    RELEASE_EVERY = 1 << 25   # bytes read between two give-backs of the mapping
 
 
 class Fallback(Exception):
@@ -158,7 +159,7 @@ cdef class TraceRows:
     `packets` the packets read (with `events_only` set, only counted: no packet rows).""" 
 
     cdef const uint8_t *m
-    cdef Py_ssize_t size, pos
+    cdef Py_ssize_t size, pos, released   # the mapping before `released` is given back (read already)
     cdef public Py_ssize_t offset, items
     cdef public long long foreign_blocks, packets
     cdef public bint events_only   # packets are counted, not read (replay_stream.scan_events)
@@ -186,7 +187,7 @@ cdef class TraceRows:
                 madvise(<void *>self.m, self.size, MADV_SEQUENTIAL)
         finally:
             os.close(fd)
-        self.pos, self.offset, self.items, self.foreign_blocks, self.packets = 0, 0, 0, 0, 0
+        self.pos, self.offset, self.items, self.foreign_blocks, self.packets, self.released = 0, 0, 0, 0, 0, 0
         self.events_only = 0
         self.swap, self.header_seen, self.names, self.nifs, self.sections = 0, 0, [], 0, 0
         self.last_instance_raw, self.last_instance = b"", ""
@@ -339,7 +340,7 @@ cdef class TraceRows:
         length; 0 at the end. Sections, interfaces and other tools' blocks are taken in passing."""
         cdef const uint8_t *b
         cdef uint32_t btype, total
-        cdef Py_ssize_t at
+        cdef Py_ssize_t at, cut
         while True:
             if self.m == NULL or self.pos >= self.size:
                 return 0
@@ -360,6 +361,10 @@ cdef class TraceRows:
                 raise Fallback()
             self.offset = at
             self.pos = at + total
+            if self.pos - self.released > RELEASE_EVERY:   # memory flat in the file's length: the rows
+                cut = (self.pos - RELEASE_EVERY // 2) & ~(<Py_ssize_t>4095)   # hold copies, not the map
+                madvise(<void *>(self.m + self.released), cut - self.released, MADV_DONTNEED)
+                self.released = cut
             if btype == 6:
                 if not self.header_seen:
                     raise Fallback()
