@@ -29,6 +29,7 @@ import ctypes
 import hashlib
 import numbers
 import os
+import re
 import subprocess
 import tempfile
 
@@ -333,6 +334,10 @@ class _Run:
             ty = _c_type(min(lo, a.lo, b.lo), max(hi, a.hi, b.hi))
             fn = ("fdiv" if op == "//" else "fmod") + ("64" if ty == "int64_t" else "128")
             return self.value(f"{fn}({a.c}, {b.c})", lo, hi)
+        if op == "&":   # a value already inside a mask 2^k - 1 is itself (the wraps of packet fields)
+            for x, m in ((a, b), (b, a)):
+                if type(x) is Value and m.lo == m.hi >= 0 and m.lo & (m.lo + 1) == 0 and 0 <= x.lo and x.hi <= m.lo:
+                    return x
         if op in "&|^":
             lo, hi = _bitwise_range(op, a, b)
             ty = _c_type(min(lo, a.lo, b.lo), max(hi, a.hi, b.hi))
@@ -449,6 +454,9 @@ def _from_words(run: _Run, kind, array: str):
 
 # ---- state and context, as the handler sees them while traced ----------------------------------------
 
+_NOT_PACKET_ONLY = re.compile(r"\bt\d+\b|S->|\bnow\b|\brng\b")   # a key word that depends on more than the input
+
+
 class _MapTrace:
     def __init__(self, run: _Run, index: int, decl, compiler):
         self.run, self.index, self.decl, self.compiler = run, index, decl, compiler
@@ -461,7 +469,11 @@ class _MapTrace:
         return t
 
     def _find(self, key):
-        k = self._key(key)
+        words = _words(self.run, self.decl.key, key)
+        k = self.run.temp()
+        self.run.stmt(f"uint64_t {k}[{len(words)}] = {{{', '.join(words)}}};")
+        if not any(_NOT_PACKET_ONLY.search(w) for w in words):  # nf_prefetch can look it up ahead
+            self.compiler.prefetch.add((self.index, tuple(words), self.run.decided.get("in->inbound")))
         t = self.run.temp()
         vw = 0 if self.is_set else len(_widths(self.decl.value))
         self.run.stmt(f"uint64_t *{t} = map_get{self.index}(S, {k});  /* {self.decl.name} */")
@@ -711,6 +723,7 @@ class _Compiler:
         self.reasons: list[str] = []
         self.errors: list[str] = []
         self.pools: dict[int, list] = {}  # map index -> [(base, size)]
+        self.prefetch: set = set()        # (map index, key words, inbound or None): keys of the input alone
         self.max_out = 0
 
     def reason(self, text: str) -> int:
@@ -843,6 +856,19 @@ class _Compiler:
             lines.append(f"    S->m[{k}].npools = {len(pools)};")
         lines.append("    return S;")
         lines.append("}")
+        lines.append("EXPORT void nf_prefetch(void *state, const cview_t *in) {  /* the slots the step may look up */")
+        lines.append("    state_t *S = state;")
+        for side, guard in ((None, None), (True, "if (in->inbound) {"), (False, "if (!in->inbound) {")):
+            keys = sorted((i, w) for i, w, inbound in self.prefetch if inbound is side)
+            if keys and guard:
+                lines.append("    " + guard)
+            for i, words in keys:
+                kw = len(words)
+                sw = 1 + kw + (0 if isinstance(self.maps[i][1], Set) else len(_widths(self.maps[i][1].value)))
+                lines.append(f"    {{ uint64_t k[{kw}] = {{{', '.join(words)}}}; map_prefetch(&S->m[{i}], k, {kw}, {sw}); }}")
+            if keys and guard:
+                lines.append("    }")
+        lines.append("}")
         lines.append("EXPORT int nf_step(void *state, const cview_t *in, int64_t now, uint64_t *rng, cview_t *O, int *G, "
                      "int *nout, int *D, int *ndrop) {")
         lines.append("    state_t *S = state;")
@@ -966,6 +992,9 @@ static inline void set_counter(uint64_t *c, uint64_t v) {
 #define journal_map(m, slot, k, kw, sw)
 static inline void set_counter(uint64_t *c, uint64_t v) { *c = v; }
 #endif
+INLINE void map_prefetch(const map_t *m, const uint64_t *k, int kw, int sw) {  /* (asm: GCC keeps it) */
+    __asm__ volatile("prefetcht0 %0" : : "m"(*(const char *)(m->w + (key_hash(k, kw) & m->mask) * sw)));
+}
 static inline void pools_count(map_t *m, const uint64_t *k, int64_t d) {
     for (int j = 0; j < m->npools; j++)
         if (k[0] - m->pools[j].base < m->pools[j].size) m->pools[j].used += d;
@@ -1133,6 +1162,7 @@ class CompiledModel:
                                      ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,
                                      ctypes.c_void_p)
         self.step_address = ctypes.cast(self.lib.nf_step, ctypes.c_void_p).value
+        self.prefetch_address = ctypes.cast(self.lib.nf_prefetch, ctypes.c_void_p).value
         if guided:
             self.lib.nf_undo.argtypes = (ctypes.c_int,)
             self.mark_address = ctypes.cast(self.lib.nf_mark, ctypes.c_void_p).value

@@ -452,6 +452,7 @@ cdef extern from *:
     typedef int (*nfp_step_t)(void *, const nfp_cview_t *, int64_t, uint64_t *, nfp_cview_t *, int *, int *, int *, int *);
     typedef int (*nfp_mark_t)(void);
     typedef int (*nfp_undo_t)(int);
+    typedef void (*nfp_prefetch_t)(void *, const nfp_cview_t *);
     #define NFP_CHOICES 8
     typedef struct {
         int n, bad;
@@ -470,6 +471,7 @@ cdef extern from *:
                                int *, int *) noexcept nogil
     ctypedef int (*nfp_mark_t)() noexcept nogil
     ctypedef int (*nfp_undo_t)(int) noexcept nogil
+    ctypedef void (*nfp_prefetch_t)(void *, const nfp_cview_t *) noexcept nogil
     enum: NFP_CHOICES
     ctypedef struct nfp_guide_t:
         int n, bad
@@ -486,6 +488,7 @@ cdef enum:
     MAX_CANDIDATES = 4    # values inferred for one choice from its outputs
     SMALL_DOMAIN = 64     # a choice among at most this many values is tried value by value
     MAX_GATES = 64
+    AHEAD = 4             # inputs ahead whose state slots are prefetched
 
 
 ctypedef struct obs_t:
@@ -615,7 +618,7 @@ def explain(path, variant, dict egress_gates, bint labels, long long t0, long lo
     the chain's compiled steps, with choices inferred from each input's outputs and the clock read
     at each input's arrival, emit exactly the observed outputs in order on every egress; else
     ("stopped", packet number, why). `variant(writes)` gives the guided build for a frame's writes
-    class: (step, mark, undo, state) addresses, or None. t0 < 0: the first input's arrival."""
+    class: (step, mark, undo, prefetch, state) addresses, or None. t0 < 0: the first input's arrival."""
     cdef TraceRows rows = TraceRows(path)
     cdef const uint8_t *body
     cdef Py_ssize_t n
@@ -627,6 +630,7 @@ def explain(path, variant, dict egress_gates, bint labels, long long t0, long lo
     cdef nfp_step_t fns[5]
     cdef nfp_mark_t marks[5]
     cdef nfp_undo_t undos[5]
+    cdef nfp_prefetch_t prefetches[5]
     cdef bint built[5]
     cdef void *state = NULL
     cdef long long number = 0, last_time = -1, outputs = 0, others = 0, inputs = 0, steps = 0
@@ -683,8 +687,11 @@ def explain(path, variant, dict egress_gates, bint labels, long long t0, long lo
                     if <long long>r.time_ns > last_time:
                         last_time = r.time_ns
                     if count == cap:
-                        if not _explain_input(c, &ring[head % cap], fns, undos, marks, built, &state, variant,
-                                              t0, tps):
+                        e = &ring[(head + AHEAD) % cap]
+                        if built[e.writes] and fns[e.writes] != NULL:
+                            prefetches[e.writes](state, &e.view)
+                        if not _explain_input(c, &ring[head % cap], fns, undos, marks, prefetches, built, &state,
+                                              variant, t0, tps):
                             return "stopped", ring[head % cap].number, _why(c)
                         steps += c.trials
                         head += 1
@@ -722,7 +729,8 @@ def explain(path, variant, dict egress_gates, bint labels, long long t0, long lo
                 outputs += 1
                 continue
             while count:
-                if not _explain_input(c, &ring[head % cap], fns, undos, marks, built, &state, variant, t0, tps):
+                if not _explain_input(c, &ring[head % cap], fns, undos, marks, prefetches, built, &state, variant,
+                                      t0, tps):
                     return "stopped", ring[head % cap].number, _why(c)
                 steps += c.trials
                 head += 1
@@ -760,7 +768,8 @@ cdef str _why(try_t *c):
 
 
 cdef bint _explain_input(try_t *c, pending_t *p, nfp_step_t *steps, nfp_undo_t *undos, nfp_mark_t *marks,
-                         bint *built, void **state, variant, long long t0, long long tps) except -1:
+                         nfp_prefetch_t *prefetches, bint *built, void **state, variant, long long t0,
+                         long long tps) except -1:
     cdef int w = p.writes
     if not built[w]:
         got = variant(w)
@@ -770,7 +779,7 @@ cdef bint _explain_input(try_t *c, pending_t *p, nfp_step_t *steps, nfp_undo_t *
         else:
             steps[w], marks[w], undos[w] = <nfp_step_t><size_t>got[0], <nfp_mark_t><size_t>got[1], \
                 <nfp_undo_t><size_t>got[2]
-            state[0] = <void *><size_t>got[3]
+            prefetches[w], state[0] = <nfp_prefetch_t><size_t>got[3], <void *><size_t>got[4]
     if steps[w] == NULL:
         c.code = -9
         return 0

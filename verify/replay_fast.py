@@ -49,7 +49,7 @@ def explain(path: str, rec, min_bytes: int | None = None) -> tuple[bool, dict]:
     kept: dict = {}
 
     def variant(w: int):
-        """The guided build for frames of writes class w: (step, mark, undo, state) addresses."""
+        """The guided build for frames of writes class w: (step, mark, undo, prefetch, state) addresses."""
         try:
             model = CompiledModel(framed_chain(nf, WRITES[w]), guided=True)
         except NotCompilable as e:
@@ -61,7 +61,8 @@ def explain(path: str, rec, min_bytes: int | None = None) -> tuple[bool, dict]:
             kept.setdefault("why", "the frame classes' builds hold their state differently")
             return None
         kept[w] = model
-        return model.step_address, model.mark_address, model.undo_address, kept["state"].address
+        return (model.step_address, model.mark_address, model.undo_address, model.prefetch_address,
+                kept["state"].address)
 
     t0 = rec.header_fields.get("t0_ns")
     if isinstance(t0, int) and t0 < 0:
