@@ -7,9 +7,10 @@ failure and a failover of the NAT are written into the trace halfway (the state 
 stateful.sync standby would: the run stays explained). Generated files are cached in --dir.
 
 Prints RESULT lines: packets/s (inputs per CPU second, all processes) on one core (--jobs 1) and
-with --jobs N, for each size; and, for sizes up to --baseline-max, the same one-core check on the
-pure-Python fallback (NFPROOF_PUREPYTHON=1: the reader of traces/trace.py and the Python header
-parser, as before the Cython reader) with the ratio of the two. Memory: the peak resident size of
+with --jobs N, for each size, and whether the fast pass (verify/replay_fast.py) explained it; and,
+for sizes up to --baseline-max, the same one-core check without the fast pass (the full check:
+NFPROOF_REPLAY_FAST=0) and on the pure-Python fallback (NFPROOF_PUREPYTHON=1: no fast pass, the
+reader of traces/trace.py and the Python header parser), with the ratios to the one-core check. Memory: the peak resident size of
 the largest checking process. (`--sequential`, one unsplit in-memory search, is not measured: it
 holds the whole trace.)"""
 from __future__ import annotations
@@ -64,21 +65,27 @@ def trace(path: str, packets: int, flows: int, folder: str) -> None:
             w.write(item)
 
 
-def check(path: str, jobs: int, sequential: bool, pure: bool = False) -> tuple[str, float, float, int]:
-    """(verdict, CPU seconds of every process, wall seconds, peak RSS kB), from a fresh process
-    (`pure`: on the pure-Python fallback). The peak is the largest of this process's children so far."""
+def check(path: str, jobs: int, sequential: bool, mode: str = "") -> tuple[str, float, float, int]:
+    """(verdict and how it was reached, CPU seconds of every process, wall seconds, peak RSS kB),
+    from a fresh process (mode `pure`: on the pure-Python fallback; `full`: the fast pass off). The
+    peak is the largest of this process's children so far."""
     cmd = [sys.executable, "-m", "nfproof", "replay", path, "--jobs", str(jobs), "--json"]
     if sequential:
         cmd.append("--sequential")
-    env = {**os.environ, "NFPROOF_PUREPYTHON": "1"} if pure else {k: v for k, v in os.environ.items()
-                                                                   if k != "NFPROOF_PUREPYTHON"}
+    env = {k: v for k, v in os.environ.items() if k not in ("NFPROOF_PUREPYTHON", "NFPROOF_REPLAY_FAST")}
+    if mode == "pure":
+        env["NFPROOF_PUREPYTHON"] = "1"
+    elif mode == "full":
+        env["NFPROOF_REPLAY_FAST"] = "0"
     start = time.monotonic()
     out = subprocess.run([sys.executable, "-c", _MEASURED] + cmd, capture_output=True, text=True, env=env)
     wall = time.monotonic() - start
     cpu, maxrss = (float(x) for x in out.stderr.strip().splitlines()[-1].split()[1:3])
     import json
     try:
-        verdict = json.loads(out.stdout)["verdict"]
+        report = json.loads(out.stdout)
+        verdict = report["verdict"] + (" fast_pass=yes" if report["stats"].get("fast_pass") == "explained"
+                                       else " fast_pass=no")
     except ValueError:
         verdict = f"error: {out.stderr.strip()[-200:]}"
     return verdict, cpu, wall, int(maxrss)
@@ -110,17 +117,17 @@ def main(argv=None) -> int:
         path = os.path.join(args.dir, f"trace-{size}-{flows}.pcapng")
         if not os.path.exists(path):
             trace(path, size, flows, args.dir)
-        runs = [("parallel", args.jobs, False)] + ([] if args.skip_sequential else [("single-core", 1, False)])
+        runs = [("parallel", args.jobs, "")] + ([] if args.skip_sequential else [("single-core", 1, "")])
         if size <= args.baseline_max:
-            runs.append(("pure-python", 1, True))
+            runs += [("full-check", 1, "full"), ("pure-python", 1, "pure")]
         one_core = None
-        for label, jobs, pure in runs:
-            verdict, cpu, wall, rss = check(path, jobs, False, pure)
+        for label, jobs, mode in runs:
+            verdict, cpu, wall, rss = check(path, jobs, False, mode)
             ratio = ""
             if label == "single-core":
                 one_core = cpu
-            elif label == "pure-python" and one_core:
-                ratio = f" fast_vs_pure={cpu / one_core:.2f}x"
+            elif mode and one_core:
+                ratio = f" single_core_vs_{mode}={cpu / one_core:.2f}x"
             print(f"RESULT replay {CHAIN} packets={size} flows={flows} mode={label} jobs={jobs} verdict={verdict} "
                   f"cpu_s={cpu:.1f} wall_s={wall:.1f} packets_per_cpu_s={size / cpu:,.0f} "
                   f"packets_per_wall_s={size / wall:,.0f} peak_rss_mb={rss / 1024:.0f}{ratio}", flush=True)

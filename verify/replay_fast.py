@@ -21,7 +21,7 @@ equivalence (strict is the finest; the others accept more). Anything else -- an 
 inferred choice reproduces, a lost, repeated, late or reordered output, a frame outside the
 model, an unannotated output, a model error, a chain whose members' clocks differ, a model the
 compiler does not follow -- stops the pass: it never gives a violation or an unknown, and its
-stop costs only the time it ran."""
+stop costs only the time it ran. NFPROOF_REPLAY_FAST=0 turns it off (the benchmark's baseline)."""
 from __future__ import annotations
 
 import os
@@ -30,7 +30,7 @@ from .frames import framed_chain
 from .replay_rows import WRITES, _fast
 
 LAG = 4096              # inputs read past an input before its outputs are taken as complete
-MIN_BYTES = 1 << 22     # smaller traces go straight to the full check (the compile would dominate)
+MIN_BYTES = 1 << 24     # smaller traces go straight to the full check (a first build of the chain takes ~3 s)
 MAX_TRIALS = 64         # steps tried per input
 
 
@@ -39,6 +39,8 @@ def explain(path: str, rec, min_bytes: int | None = None) -> tuple[bool, dict]:
     chain and header read, no packets); else (False, {"stopped": why})."""
     if _fast is None or os.environ.get("NFPROOF_PUREPYTHON"):
         return False, {"stopped": "the C reader is not built"}
+    if os.environ.get("NFPROOF_REPLAY_FAST") == "0":
+        return False, {"stopped": "off (NFPROOF_REPLAY_FAST=0)"}
     if os.path.getsize(path) < (MIN_BYTES if min_bytes is None else min_bytes):
         return False, {"stopped": "a small trace"}
     rates = {getattr(m.nf, "ticks_per_second", 1) for m in rec.chain.members.values()}
