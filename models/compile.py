@@ -554,9 +554,8 @@ class _CounterTrace:
 
     @value.setter
     def value(self, v):
-        if not isinstance(v, (int, Value)):
-            raise _Failed(_error(lambda: model_failure_text(TypeError(
-                f"unsupported operand type(s) for &: '{type(v).__name__}' and 'int'"))))
+        if not isinstance(v, (int, Value)):   # (as both interpreters say it)
+            raise _Failed(_error(lambda: ModelError(f"a {self.width}-bit integer cannot hold {v!r}")))
         self.run.stmt(f"set_counter(&S->c[{self.index}], {_masked(self.run, v, self.width, None)});")
 
 

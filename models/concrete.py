@@ -159,6 +159,8 @@ class Cell:
 
     @value.setter
     def value(self, v: int) -> None:
+        if not isinstance(v, int):   # (as the symbolic interpreter says it)
+            raise ModelError(f"a {self.mask.bit_length()}-bit integer cannot hold {v!r}")
         self._value = v & self.mask
 
     def copy(self):

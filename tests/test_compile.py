@@ -136,27 +136,6 @@ def compile_examples(draw, gen=model_gen.models, **args):
     return model, list(zip(inputs, sorted(times)))
 
 
-@settings(max_examples=150, **BOUNDED)
-@given(compile_examples())
-def test_random_models_agree(quick_builds, example):
-    model, inputs = example
-    run_both(model.nf, inputs)
-
-
-@settings(max_examples=60, **BOUNDED)
-@given(compile_examples(gen=model_gen_time.clocked_models))
-def test_random_clocked_models_agree(quick_builds, example):
-    model, inputs = example
-    run_both(model.nf, inputs)
-
-
-@settings(max_examples=60, **BOUNDED)
-@given(compile_examples(gen=model_gen_time.map_clocked_models))
-def test_random_map_clocked_models_agree(quick_builds, example):
-    model, inputs = example
-    run_both(model.nf, inputs)
-
-
 class Replaying:
     """A models.concrete chooser that makes the choices a guided step reports (values[j]: an index
     for a domain, a pool value for a free-value choice), each domain read as the C code reads it."""
@@ -245,18 +224,46 @@ def test_guided_build_of_a_chain_with_frame_rules_agrees_and_undoes():
             assert run_guided(framed_chain(nf, writes), _flows(rng, nf, 300), seed)
 
 
-@settings(max_examples=60, **BOUNDED)
-@given(compile_examples())
-def test_guided_builds_of_random_models_agree_and_undo(quick_builds, example):
-    model, inputs = example
-    run_guided(model.nf, inputs)
+RANDOM = [("plain", model_gen.models, 150), ("clocked", model_gen_time.clocked_models, 60),
+          ("map-clocked", model_gen_time.map_clocked_models, 60)]
 
 
-@settings(max_examples=30, **BOUNDED)
-@given(compile_examples(gen=model_gen_time.map_clocked_models))
-def test_guided_builds_of_random_clocked_models_agree_and_undo(quick_builds, example):
-    model, inputs = example
-    run_guided(model.nf, inputs)
+@pytest.mark.parametrize("check", ["run_both", "run_guided"])
+@pytest.mark.parametrize("kind,gen,examples", RANDOM, ids=[k for k, _, _ in RANDOM])
+def test_random_models_agree(quick_builds, check, kind, gen, examples):
+    """Random models (tests/model_gen*.py): compiled and interpreted agree; so does the guided build
+    (half as many examples), undo included."""
+    run = globals()[check]
+
+    @settings(max_examples=examples if check == "run_both" else examples // 2, **BOUNDED)
+    @given(compile_examples(gen=gen))
+    def agree(example):
+        model, inputs = example
+        run(model.nf, inputs)
+    agree()
+
+
+def test_a_counter_given_none_is_the_same_model_error_everywhere():
+    """(found by the random models: the concrete interpreter raised a bare TypeError)"""
+    from nfproof.models.api import NF, Bits, Counter, Flow, Map
+    from nfproof.verify import symbolic as S
+
+    class NoneCounter(NF):
+        name, gates = "none-counter", ("out",)
+        c = Counter(Bits(8, "Count"))
+        seen = Map(Flow, Bits(8, "Count"))
+
+        def handle(self, pkt, ctx):
+            self.c = self.seen.get(pkt.flow)
+
+    pkt = Packet(6, 1, 2, 3, 4, 0, False, 60, 0)
+    with pytest.raises(ModelError, match=r"test_compile\.py:\d+: a 8-bit integer cannot hold None") as concrete:
+        concrete_step(NoneCounter, initial_state(NoneCounter), pkt, lambda values: values[0], lambda: 0)
+    with pytest.raises(ModelError) as compiled:
+        C.CompiledModel(NoneCounter).new_state().step(pkt, 0, InstanceRng(0, 0))
+    with pytest.raises(ModelError) as symbolic:
+        S.step(NoneCounter, S.initial_state(NoneCounter), S.packet_terms(pkt), lambda k, w: None, lambda: 0)
+    assert str(compiled.value) == str(concrete.value) == str(symbolic.value)
 
 
 def test_most_random_models_compile():
