@@ -30,7 +30,11 @@ RUNS = [("firewall>nat>lb", "E02_http_49flows.pcap", ["nat.ports=64512"]),
         ("nat", "E10_dns_icmp.pcap", ["nat.ports=64512"]),            # DNS and ICMP: three frame classes
         ("firewall>nat", "E11_icmp_ping_150.pcap", []),
         ("lb", "E03_http_13flows_bro_org.pcap", ["lb.backends=8"]),
-        ("nat>lb", "E08_dcerpc_53flows_rst.pcap", ["nat.ports=64512"])]
+        ("nat>lb", "E08_dcerpc_53flows_rst.pcap", ["nat.ports=64512"]),
+        ("firewall>nat>lb", "E05_mixed_v4v6_80flows_ftpdata.pcap", ["nat.ports=64512"]),  # IPv6 passed on
+        ("nat", "E14_vlan123_arp_icmp.pcap", []),                      # VLAN tags, ARP
+        ("firewall", "E20_frag_ipv4_udp_afs.pcap", []),                # later fragments dropped
+        ("nat", "E12_icmpv6_nd_ping.pcap", [])]
 
 
 def fast(path) -> tuple[bool, dict]:
@@ -89,8 +93,12 @@ def _mutated(src, dst, kind: str, rng: random.Random) -> str:
     with read_trace(str(src)) as t:
         header, items = t.header, list(t)
     outs = [k for k, x in enumerate(items) if isinstance(x, TracePacket) and x.direction == "out"]
+    if kind in ("field", "external"):   # untagged Ethernet IPv4 frames: the offsets below are theirs
+        outs = [k for k in outs if items[k].linktype == 1 and items[k].data[12:14] == b"\x08\x00"]
     if kind == "external":
         outs = [k for k in outs if items[k].interface == "egress:outside"]
+    if not outs:
+        return None
     k = rng.choice(outs)
     o = items[k]
     if kind in ("field", "external"):

@@ -494,12 +494,17 @@ cdef enum:
 ctypedef struct obs_t:
     int gate
     int64_t key[8]        # observable: proto, src, sport, dst, dport, flags, length, label
+    const uint8_t *raw    # a frame outside the model: its bytes (in the trace's mapping), else NULL
+    uint32_t rawlen
 
 
 ctypedef struct pending_t:   # an input read, waiting for its outputs
     unsigned long long seq
     long long number, time_ns
     int writes, nobs
+    int route             # -2 a Packet view; -3 dropped before the chain (Drop); else outside the model:
+    const uint8_t *raw    # the egress its route releases it on (-1: an instance drops it), its bytes
+    uint32_t rawlen
     uint32_t seen         # bit i: the output with out_index i was observed
     nfp_cview_t view
     obs_t obs[MAX_OBS]    # by out_index
@@ -533,7 +538,7 @@ cdef bint emits_observed(try_t *c) noexcept nogil:
         return 0
     for j in range(c.nout):
         o, k = &c.outs[j], p.obs[j].key
-        if c.gates[j] != p.obs[j].gate or o.proto != k[0] or o.src != k[1] or o.sport != k[2] or o.dst != k[3] \
+        if p.obs[j].raw != NULL or c.gates[j] != p.obs[j].gate or o.proto != k[0] or o.src != k[1] or o.sport != k[2] or o.dst != k[3] \
                 or o.dport != k[4] or o.flags != k[5] or o.length != k[6] or (c.labels and o.label != k[7]):
             return 0
     return 1
@@ -612,13 +617,15 @@ cdef bint explain_from(try_t *c, int j) noexcept nogil:
     return 0
 
 
-def explain(path, variant, dict egress_gates, bint labels, long long t0, long long tps, int lag=4096,
-            int max_trials=64):
+def explain(path, variant, dict egress_gates, bint labels, long long t0, long long tps, tuple routes,
+            int lag=4096, int max_trials=64):
     """The fast pass over the trace at `path` (verify/replay_fast.py): ("explained", counts) when
     the chain's compiled steps, with choices inferred from each input's outputs and the clock read
     at each input's arrival, emit exactly the observed outputs in order on every egress; else
     ("stopped", packet number, why). `variant(writes)` gives the guided build for a frame's writes
-    class: (step, mark, undo, prefetch, state) addresses, or None. t0 < 0: the first input's arrival."""
+    class: (step, mark, undo, prefetch, state) addresses, or None. t0 < 0: the first input's arrival.
+    `routes`: (inside, outside) the egress a frame outside the model from that side goes to (-1: dropped;
+    frames.outside_route)."""
     cdef TraceRows rows = TraceRows(path)
     cdef const uint8_t *body
     cdef Py_ssize_t n
@@ -642,6 +649,8 @@ def explain(path, variant, dict egress_gates, bint labels, long long t0, long lo
     cdef try_t *c
     cdef unsigned long long cap = lag
     cdef int64_t now
+    cdef int route_in = routes[0], route_out = routes[1], route
+    cdef const uint8_t *raw
     for w in range(5):
         built[w] = 0
     for g in range(MAX_GATES):
@@ -676,8 +685,15 @@ def explain(path, variant, dict egress_gates, bint labels, long long t0, long lo
                     others += 1
                     continue
                 parse(&pk, rows.ifs[r.iface].linktype, r.frame, r.caplen, r.wirelen)
-                if not c_model_row(&pk, r.wirelen, &v):
-                    return "stopped", number, "a frame outside the model"
+                raw, v.writes = NULL, 0
+                if c_model_row(&pk, r.wirelen, &v):
+                    route = -2
+                elif pk.ip.version != 4:    # frames.view: OUTSIDE, passed on as they are
+                    raw, route = r.frame, (route_out if kind == 1 else route_in)
+                elif kind <= 1 and (pk.malformed != OK or pk.ip.frag_offset > 0):
+                    route = -3              # frames.view: Drop (the runtime drops it before the chain)
+                else:
+                    return "stopped", number, "a frame the C reader leaves to the full check"
                 if kind <= 1:     # an input
                     seq = r.seq if r.flags & 2 else <unsigned long long>inputs
                     if inputs and seq != next_seq:
@@ -688,7 +704,7 @@ def explain(path, variant, dict egress_gates, bint labels, long long t0, long lo
                         last_time = r.time_ns
                     if count == cap:
                         e = &ring[(head + AHEAD) % cap]
-                        if built[e.writes] and fns[e.writes] != NULL:
+                        if e.route == -2 and built[e.writes] and fns[e.writes] != NULL:
                             prefetches[e.writes](state, &e.view)
                         if not _explain_input(c, &ring[head % cap], fns, undos, marks, prefetches, built, &state,
                                               variant, t0, tps):
@@ -703,6 +719,7 @@ def explain(path, variant, dict egress_gates, bint labels, long long t0, long lo
                     e.view.proto, e.view.src, e.view.sport, e.view.dst = v.key[0], v.key[1], v.key[2], v.key[3]
                     e.view.dport, e.view.flags, e.view.inbound, e.view.length = v.key[4], v.key[5], kind == 1, v.key[6]
                     e.view.label = 0
+                    e.route, e.raw, e.rawlen = route, raw, r.caplen
                     count += 1
                     inputs += 1
                     next_seq = seq + 1
@@ -721,7 +738,7 @@ def explain(path, variant, dict egress_gates, bint labels, long long t0, long lo
                 if last_oi[g] >= 0 and (seq < last_seq[g] or (seq == last_seq[g] and <long long>oi <= last_oi[g])):
                     return "stopped", number, "outputs out of order on an egress"
                 last_seq[g], last_oi[g] = seq, oi
-                e.obs[oi].gate = g
+                e.obs[oi].gate, e.obs[oi].raw, e.obs[oi].rawlen = g, raw, r.caplen
                 memcpy(e.obs[oi].key, v.key, 7 * sizeof(int64_t))
                 e.obs[oi].key[7] = r.label if labels and r.flags & 8 else 0
                 e.seen |= 1u << oi
@@ -771,6 +788,14 @@ cdef bint _explain_input(try_t *c, pending_t *p, nfp_step_t *steps, nfp_undo_t *
                          nfp_prefetch_t *prefetches, bint *built, void **state, variant, long long t0,
                          long long tps) except -1:
     cdef int w = p.writes
+    if p.route != -2:     # no step: a Drop emits nothing, a frame outside the model goes its route unchanged
+        c.code, c.trials = 0, 0
+        if p.seen != (1u << p.nobs) - 1:
+            return 0
+        if p.route < 0:
+            return p.nobs == 0
+        return p.nobs == 1 and p.obs[0].gate == p.route and p.obs[0].raw != NULL and \
+            p.obs[0].rawlen == p.rawlen and memcmp(p.obs[0].raw, p.raw, p.rawlen) == 0
     if not built[w]:
         got = variant(w)
         built[w] = 1

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import os
 
-from .frames import framed_chain
+from .frames import framed_chain, outside_route
 from .replay_rows import WRITES, _fast
 
 LAG = 4096              # inputs read past an input before its outputs are taken as complete
@@ -70,8 +70,11 @@ def explain(path: str, rec, min_bytes: int | None = None) -> tuple[bool, dict]:
     if isinstance(t0, int) and t0 < 0:
         return False, {"stopped": "a clock origin before 0"}
     try:
-        outcome = _fast.explain(path, variant, {e: g for g, e in enumerate(nf.gates)}, rec.labels,
-                                t0 if isinstance(t0, int) else -1, rates.pop(), LAG, MAX_TRIALS)
+        gates = {e: g for g, e in enumerate(nf.gates)}
+        routes = tuple(-1 if egress is None else gates[egress]
+                       for egress in (outside_route(rec.chain, side)[0] for side in ("inside", "outside")))
+        outcome = _fast.explain(path, variant, gates, rec.labels, t0 if isinstance(t0, int) else -1, rates.pop(),
+                                routes, LAG, MAX_TRIALS)
     except _fast.Fallback:
         return False, {"stopped": "a block the C reader leaves to the full check"}
     if outcome[0] == "explained":
