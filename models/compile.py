@@ -462,18 +462,16 @@ class _MapTrace:
         self.run, self.index, self.decl, self.compiler = run, index, decl, compiler
         self.is_set = isinstance(decl, Set)
 
-    def _key(self, key) -> str:
+    def _key(self, key, lookup: bool = False) -> str:
         words = _words(self.run, self.decl.key, key)
         t = self.run.temp()
         self.run.stmt(f"uint64_t {t}[{len(words)}] = {{{', '.join(words)}}};")
+        if lookup and not any(_NOT_PACKET_ONLY.search(w) for w in words):  # nf_prefetch can look it up ahead
+            self.compiler.prefetch.add((self.index, tuple(words), self.run.decided.get("in->inbound")))
         return t
 
     def _find(self, key):
-        words = _words(self.run, self.decl.key, key)
-        k = self.run.temp()
-        self.run.stmt(f"uint64_t {k}[{len(words)}] = {{{', '.join(words)}}};")
-        if not any(_NOT_PACKET_ONLY.search(w) for w in words):  # nf_prefetch can look it up ahead
-            self.compiler.prefetch.add((self.index, tuple(words), self.run.decided.get("in->inbound")))
+        k = self._key(key, lookup=True)
         t = self.run.temp()
         vw = 0 if self.is_set else len(_widths(self.decl.value))
         self.run.stmt(f"uint64_t *{t} = map_get{self.index}(S, {k});  /* {self.decl.name} */")
@@ -916,7 +914,7 @@ static inline uint64_t below(uint64_t *s, uint64_t n) { return rng_next(s) % n; 
 /* guided (trace replay, verify/replay_fast.py): the caller names the choices. `rng` points at a
    guide_t; choice j takes forced[j] (how[j] == 1; out of its domain: bad), else its domain's first
    value (how 0) or its second (how 2); the step records each choice's kind, domain and value. */
-#define NFP_CHOICES 8
+#define NFP_CHOICES 8   /* GUIDED_CHOICES */
 typedef struct {
     int n, bad;
     uint8_t how[NFP_CHOICES], kind[NFP_CHOICES];   /* kind: 0 an index below size, 1 a free pool value */
@@ -1086,7 +1084,6 @@ EXPORT int nf_undo(int mark) {  /* back to the state at journal length `mark`; -
     undoing = 0;
     return 0;
 }
-EXPORT int nf_journal(void) { return journal_full ? -1 : journal_n; }
 #else
 /* runtime/rng.py choose_free: a pool value that is not a key; 0 (no draw) when every one is */
 INLINE int choose_free(uint64_t *rng, map_t *m, int pool, uint64_t base, uint64_t size, uint64_t *out, int sw) {

@@ -10,7 +10,11 @@ is traces/_parse.pxi, the C copy of traces/headers.py.
 Anything it does not read exactly as traces/trace.py does -- a corrupt or truncated block, an
 unusual block (OPB, SPB), an unusual timestamp scale, a packet without its annotation, an
 option that overruns its block -- raises `Fallback`: the caller reads the rest of the file with
-the pure-Python reader (from the same item on), which reports the problem as it always did."""
+the pure-Python reader (from the same item on), which reports the problem as it always did.
+
+`explain` is replay's fast pass (verify/replay_fast.py documents it): the same reader, no Python
+object per packet, the chain's compiled steps called from C. It has no Python twin: without this
+extension (NFPROOF_PUREPYTHON) the full check decides, with the same verdicts."""
 include "../traces/_parse.pxi"
 
 import os
