@@ -180,6 +180,9 @@ def _pool_conflicts(rec, parts, outcomes, groups, forbid) -> bool:
     events.sort(key=lambda e: (e[0], e[1], e[2]))
     from .replay_stream import PoolCounts
     held: dict = {}     # sid -> {value: part}
+    # a pool found "exhausted" while a value was free: (the values held at that claim, one group by
+    # then; those taken since) -- so a later claim unions with one of the first and all of the second
+    claimed: dict = {}  # (sid, base, size) -> (old {value: part}, fresh {value: part})
     found, pools = False, PoolCounts()
     for seq, p, _, ev in events:
         kind, sid = ev[0], ev[1]
@@ -188,8 +191,17 @@ def _pool_conflicts(rec, parts, outcomes, groups, forbid) -> bool:
             value, (base, size) = ev[2], ev[3]
             if value is None:
                 if pools.count(sid, base, size, values) < size:  # "exhausted" while it was not
-                    in_pool = {q for v, q in values.items() if base <= v < base + size}
-                    others = in_pool - {p}
+                    seen = claimed.get((sid, base, size))
+                    if seen is None:   # the first claim: every holder
+                        old, fresh = claimed[sid, base, size] = ({}, {v: q for v, q in values.items()
+                                                                     if base <= v < base + size})
+                        others = [q for q in fresh.values() if q != p]
+                    else:              # the holders of the last claim are one group: one of them will do
+                        old, fresh = seen
+                        others = [q for q in fresh.values() if q != p]
+                        others += next(([q] for q in old.values() if q != p), [])
+                    old.update(fresh)
+                    fresh.clear()
                     if others:  # check it with every holder
                         for q in others:
                             groups.union(p, q)
@@ -208,9 +220,16 @@ def _pool_conflicts(rec, parts, outcomes, groups, forbid) -> bool:
                 if key not in values:
                     pools.added(sid, key)
                 values[key] = p
+                for (s, base, size), (old, fresh) in claimed.items():
+                    if s == sid and isinstance(key, int) and base <= key < base + size:
+                        (old if key in old else fresh)[key] = p
             elif values.get(key) == p:
                 del values[key]
                 pools.removed(sid, key)
+                for (s, _, _), (old, fresh) in claimed.items():
+                    if s == sid:
+                        old.pop(key, None)
+                        fresh.pop(key, None)
     return found
 
 

@@ -398,6 +398,7 @@ def _pool_conflicts(parts: dict) -> set:
     events = sorted(((seq, repr(name), n, name, ev) for name, r in parts.items() for seq, evs in r.pool.items()
                      for n, ev in enumerate(evs)), key=lambda e: e[:3])
     held, out, pools = {}, set(), PoolCounts()
+    fresh: dict = {}   # a pool found "exhausted" with a value free: its values taken since (the holders before are out)
     for _, _, _, name, ev in events:
         sid = ev[1]
         values = held.setdefault(sid, {})
@@ -406,7 +407,13 @@ def _pool_conflicts(parts: dict) -> set:
             if value is None:
                 if pools.count(sid, base, size, values) < size:
                     out.add(name)
-                    out |= {q for v, q in values.items() if base <= v < base + size}
+                    since = fresh.get((sid, base, size))
+                    if since is None:   # every holder of the pool's values conflicts with it
+                        out |= {q for v, q in values.items() if base <= v < base + size}
+                        fresh[sid, base, size] = {}
+                    else:               # (the earlier holders are out already)
+                        out |= set(since.values())
+                        since.clear()
             elif value in values and values[value] != name:
                 out |= {name, values[value]}
         elif ev[3]:
@@ -415,9 +422,15 @@ def _pool_conflicts(parts: dict) -> set:
             if ev[2] not in values:
                 pools.added(sid, ev[2])
             values[ev[2]] = name
+            for (s, base, size), since in fresh.items():
+                if s == sid and isinstance(ev[2], int) and base <= ev[2] < base + size:
+                    since[ev[2]] = name
         elif values.get(ev[2]) == name:
             del values[ev[2]]
             pools.removed(sid, ev[2])
+            for (s, _, _), since in fresh.items():
+                if s == sid:
+                    since.pop(ev[2], None)
     return out
 
 
