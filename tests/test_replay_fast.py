@@ -37,6 +37,13 @@ RUNS = [("firewall>nat>lb", "E02_http_49flows.pcap", ["nat.ports=64512"]),
         ("nat", "E12_icmpv6_nd_ping.pcap", [])]
 
 
+@pytest.fixture(autouse=True)
+def quick_builds(monkeypatch):
+    """The chains are built at -O1 here (dozens of builds; the results do not depend on the level:
+    tests/test_compile.py)."""
+    monkeypatch.setenv("NFPROOF_CFLAGS", "-O1")
+
+
 def fast(path) -> tuple[bool, dict]:
     rec, items = open_trace(str(path))
     items.close()
