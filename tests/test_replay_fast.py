@@ -177,3 +177,13 @@ def test_the_fast_pass_agrees_with_the_verifier_on_failover_runs(name, tmp_path)
             counts["fast"] += 1
             assert truth.explained, f"run {k}: {run.strategy}, cut {run.cut}: the fast pass explains, the verifier not"
     assert counts["fast"] >= 0.7 * counts["explained"], counts
+
+
+def test_a_build_that_cannot_be_written_leaves_the_trace_to_the_full_check(runtime_traces, monkeypatch):
+    path = runtime_traces[RUNS[0][0], RUNS[0][1], tuple(RUNS[0][2])]
+    monkeypatch.setenv("NFPROOF_CACHE", os.devnull + "/nfproof")   # not a directory
+    explained, counts = fast(path)
+    assert not explained and "not built" in counts["stopped"], counts
+    monkeypatch.setattr(replay_fast, "MIN_BYTES", 0)
+    result = check_trace(str(path))
+    assert result.verdict == "explained" and "not built" in result.stats["fast_pass"]

@@ -57,6 +57,9 @@ def explain(path: str, rec, min_bytes: int | None = None) -> tuple[bool, dict]:
         except NotCompilable as e:
             kept.setdefault("why", f"not compiled: {e}")
             return None
+        except (OSError, RuntimeError) as e:   # no writable cache, a compiler that fails: the full check decides
+            kept.setdefault("why", f"not built: {e}")
+            return None
         if "state" not in kept:
             kept["layout"], kept["state"] = model.layout, model.new_state()
         elif model.layout != kept["layout"]:
