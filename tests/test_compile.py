@@ -113,14 +113,20 @@ def _flows(rng: random.Random, nf_cls, n):
 BUNDLED_CASES = [(name, params) for name in sorted(BUNDLED) for params in ({}, "real")]
 
 
-@pytest.mark.parametrize("name,params", BUNDLED_CASES)
-def test_bundled_models_compile_and_agree(name, params):
+def bundled(name: str, params):
+    """The bundled model, at proof-sized parameters or ("real") at a real deployment's."""
     nf_cls = BUNDLED[name]
     if params == "real":
         real = {"nat": {"ports": "64512"}, "lb": {"backends": "8"}, "lb-hash": {"backends": "8"}}.get(name)
         if real is None:
             pytest.skip("no parameter to scale")
         nf_cls = nf_cls.configure(real)
+    return nf_cls
+
+
+@pytest.mark.parametrize("name,params", BUNDLED_CASES)
+def test_bundled_models_compile_and_agree(name, params):
+    nf_cls = bundled(name, params)
     for seed in range(4):
         rng = random.Random(seed)
         assert run_both(nf_cls, _flows(rng, nf_cls, 400), seed), f"{name} is not compiled"
@@ -202,12 +208,7 @@ def run_guided(nf_cls, inputs, seed=5):
 
 @pytest.mark.parametrize("name,params", BUNDLED_CASES)
 def test_guided_builds_of_the_bundled_models_agree_and_undo(name, params):
-    nf_cls = BUNDLED[name]
-    if params == "real":
-        real = {"nat": {"ports": "64512"}, "lb": {"backends": "8"}, "lb-hash": {"backends": "8"}}.get(name)
-        if real is None:
-            pytest.skip("no parameter to scale")
-        nf_cls = nf_cls.configure(real)
+    nf_cls = bundled(name, params)
     for seed in range(2):
         rng = random.Random(seed)
         assert run_guided(nf_cls, _flows(rng, nf_cls, 300), seed), f"{name} is not compiled"

@@ -621,13 +621,15 @@ cdef bint explain_from(try_t *c, int j) noexcept nogil:
     return 0
 
 
-def explain(path, variant, dict egress_gates, bint labels, long long t0, long long tps, tuple routes,
+def explain(path, variant, kind_of, bint labels, long long t0, long long tps, tuple routes,
             int lag=4096, int max_trials=64):
     """The fast pass over the trace at `path` (verify/replay_fast.py): ("explained", counts) when
     the chain's compiled steps, with choices inferred from each input's outputs and the clock read
     at each input's arrival, emit exactly the observed outputs in order on every egress; else
     ("stopped", packet number, why). `variant(writes)` gives the guided build for a frame's writes
-    class: (step, mark, undo, prefetch, state) addresses, or None. t0 < 0: the first input's arrival.
+    class: (step, mark, undo, prefetch, state) addresses, or None; `kind_of(interface name)` -1 for an
+    internal link, 0 / 1 the inside / outside ingress, 2 + g egress g, -3 one left to the full check.
+    t0 < 0: the first input's arrival.
     `routes`: (inside, outside) the egress a frame outside the model from that side goes to (-1: dropped;
     frames.outside_route)."""
     cdef TraceRows rows = TraceRows(path)
@@ -682,8 +684,8 @@ def explain(path, variant, dict egress_gates, bint labels, long long t0, long lo
                         kinds[g] = -2
                 kind = kinds[r.iface]
                 if kind == -2:
-                    kind = kinds[r.iface] = _kind(rows.names[r.iface], egress_gates)
-                    if kind == -3:
+                    kind = kinds[r.iface] = kind_of(rows.names[r.iface])
+                    if kind == -3 or kind - 2 >= MAX_GATES:
                         return "stopped", number, f"interface {rows.names[r.iface]!r} (the full check reads it)"
                 if kind == -1:
                     others += 1
@@ -763,19 +765,6 @@ def explain(path, variant, dict egress_gates, bint labels, long long t0, long lo
         rows.close()
         PyMem_Free(ring)
         PyMem_Free(c)
-
-
-cdef int _kind(name, dict egress_gates) except -4:
-    """-1 an internal link, 0 / 1 the inside / outside ingress, 2 + g egress g; -3 an interface the
-    fast pass leaves to the full check (an ingress classified by address, an unknown egress)."""
-    if name.startswith("egress:"):
-        g = egress_gates.get(name[7:])
-        return -3 if g is None or g >= MAX_GATES else 2 + g
-    if name == "ingress:inside":
-        return 0
-    if name == "ingress:outside":
-        return 1
-    return -3 if name.startswith("ingress") else -1
 
 
 cdef str _why(try_t *c):

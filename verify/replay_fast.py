@@ -27,6 +27,7 @@ from __future__ import annotations
 import os
 
 from .frames import framed_chain, outside_route
+from .replay_load import _interface_kind
 from .replay_rows import WRITES, _fast
 
 LAG = 4096              # inputs read past an input before its outputs are taken as complete
@@ -76,7 +77,17 @@ def explain(path: str, rec, min_bytes: int | None = None) -> tuple[bool, dict]:
         gates = {e: g for g, e in enumerate(nf.gates)}
         routes = tuple(-1 if egress is None else gates[egress]
                        for egress in (outside_route(rec.chain, side)[0] for side in ("inside", "outside")))
-        outcome = _fast.explain(path, variant, gates, rec.labels, t0 if isinstance(t0, int) else -1, rates.pop(),
+
+        def kind_of(name: str) -> int:
+            """replay_load's reading of an interface name; -3 where the full check must read it (an
+            ingress classified by address, an unknown egress, a name like an ingress that is none)."""
+            what, arg = _interface_kind(name)
+            if what == 0:
+                return -3 if arg not in gates else 2 + gates[arg]
+            if what == 1:
+                return -3 if arg is None else ("inside", "outside").index(arg)
+            return -1 if what == 2 else -3
+        outcome = _fast.explain(path, variant, kind_of, rec.labels, t0 if isinstance(t0, int) else -1, rates.pop(),
                                 routes, LAG, MAX_TRIALS)
     except _fast.Fallback:
         return False, {"stopped": "a block the C reader leaves to the full check"}
