@@ -40,9 +40,16 @@ def non_negative_int(text: str) -> int:
     return int(text)
 
 
+def flows_count(text: str) -> int:
+    if not re.fullmatch(r"[0-9]+", text) or int(text) > FLOWS_MAX:
+        raise argparse.ArgumentTypeError(f"must be a number of connections from 0 to {FLOWS_MAX}, got {text!r}")
+    return int(text)
+
+
 # Written out so that building the parser imports no runtime (numpy): every command builds it.
 # tests/test_cli_run.py holds them to runtime.executor.CLOCKS and runtime.frames.DEFAULT_INSIDE_TEXT.
 CLOCKS = ("pcap", "wall")
+FLOWS_MAX = 1 << 24
 DEFAULT_INSIDE_TEXT = "10.0.0.0/8,172.16.0.0/12,192.168.0.0/16,fc00::/7"
 
 
@@ -76,6 +83,10 @@ def add_parser(sub):
     p.add_argument("--clock", choices=CLOCKS, default="pcap",
                    help="what now() reads: the capture's times (pcap, default: reproducible) or the time each "
                         "batch arrives (wall)")
+    p.add_argument("--flows", type=flows_count, default=0, metavar="N",
+                   help="size the flow tables for N connections at start, their memory taken then (as a DPDK NF "
+                        "sizes its tables), so that packets do not pay for the tables' growth; they still grow "
+                        "past N (default 0: start small and grow)")
     p.add_argument("--generic", action="store_true",
                    help="run every NF's own model code (runtime/generic.py) instead of the bundled fast path: "
                         "compiled to C from the model's source where it can be (models/compile.py), else interpreted")
@@ -367,7 +378,7 @@ def run(args) -> int:
     with source:
         if settings is None:
             pipeline, implementation = make_pipeline(chain, args.seed, source.linktype, inside, args.generic,
-                                                     compile=not args.interpret)
+                                                     compile=not args.interpret, flows=args.flows)
             if getattr(pipeline, "not_compiled", None):
                 print(f"note: the models run interpreted: {pipeline.not_compiled}", file=sys.stderr)
         else:

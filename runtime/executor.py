@@ -64,15 +64,16 @@ class RunStats:
 
 
 def make_pipeline(chain, seed: int, linktype: int = 1, inside=DEFAULT_INSIDE, generic: bool = False,
-                  compile: bool = True):
+                  compile: bool = True, flows: int = 0):
     """(pipeline, implementation): the bundled-NF pipeline (runtime.impl: 'fast' Cython, or the
     pure-Python 'fallback'), or, when asked or when a member is not a bundled NF, the models' own
     handlers: 'compiled' (models/compile.py, on the fast path's batch loop) where every model
-    compiles and `compile` is on, else 'generic' (interpreted; `pipeline.not_compiled` says why)."""
+    compiles and `compile` is on, else 'generic' (interpreted; `pipeline.not_compiled` says why).
+    `flows`: the connections the bundled NFs' tables are sized for at start (0: they grow)."""
     if not generic:
         from . import IMPLEMENTATION, impl
         try:
-            return impl.Pipeline(chain, seed, linktype, inside), IMPLEMENTATION
+            return impl.Pipeline(chain, seed, linktype, inside, flows=flows), IMPLEMENTATION
         except NotBundled:
             pass
     from .generic import GenericPipeline, compiled_pipeline

@@ -74,7 +74,7 @@ from nfproof.models import NFS
 from nfproof.models.api import Flow
 from nfproof.models.chain import ChainError
 
-from .frames import DEFAULT_INSIDE, NotBundled
+from .frames import DEFAULT_INSIDE, FLOWS_MAX, NotBundled
 
 
 cdef extern from *:
@@ -263,6 +263,7 @@ ctypedef struct path_t:      # a flow-cache plan's path (interned: shared by eve
     uint8_t chg[4]                           # the step that changes src, dst, sport, dport (NO_STEP: none)
     uint8_t dep                              # the step whose result rests on a key's absence (NO_STEP: none)
     uint8_t lives[MAX_STEPS]                 # the live steps, in order
+    uint8_t express                          # run_express may run it: no live step but one firewall
     int16_t egress, last                     # where the packet is released, by which instance
 
 ctypedef struct pl_t:
@@ -313,11 +314,27 @@ ctypedef struct pl_t:
     path_t *paths
     int npaths, last_path                    # (last_path: the one interned last, -1: none)
     int16_t *path_index                      # path hash -> path id + 1 (0: empty)
-    Py_ssize_t hits, misses, flushes
+    Py_ssize_t hits, misses, flushes, express
+    uint32_t cache_gen                       # bumped whenever the cache's slots move or go (growth, emptying)
     bint rec                                 # recording the current input's path (it is a cache miss)
     path_t rp
     view_t rin                               # the current input's view
     uint16_t rdep_ver
+
+
+ctypedef struct prepared_t:  # an input parsed ahead of its turn (run_inputs)
+    layout_t lay
+    view_t v
+    int status                # 0: in the model, 1: outside the model, 2: dropped at ingress (reason)
+    int reason
+    int next                  # prefetching: the instance the packet is predicted to reach next (-1: none)
+    view_t ahead              # ... and the view it would arrive with
+    int cached                # 0: no flow-cache lookup; 1: the cache slot is prefetched; 2: looked at
+    bint fresh                # `ahead` not set yet
+    uint64_t ca, cb, ch       # the flow-cache key and its hash
+    slot_t *ce                # cached == 2: the slot the key was in or would go to, while cache_gen is gen
+    uint32_t gen
+    uint64_t fa, fb, fh       # a hit's express plan: its firewall step's key and hash (fb == 0: none)
 
 
 # ---- small helpers ----------------------------------------------------------------------------------
@@ -380,12 +397,13 @@ cdef inline size_t slot_home(table_t *t, uint64_t a, uint64_t b) noexcept nogil:
     """A key's first slot: the first of a cache line's two (probing then reads a whole line)."""
     return <size_t>mum(a ^ K0, b ^ K1) & t.mask & ~(<size_t>1)
 
-cdef void *zeroed(size_t nbytes) noexcept nogil:
+cdef void *zeroed(size_t nbytes, bint touch=0) noexcept nogil:
     """nbytes of zeroed memory, cache-line aligned; from 1 MB on, fresh pages from the kernel
     (zeroed once, by it) on 2 MB pages where it grants them (fewer TLB misses on random probes).
-    Free with release_zeroed(p, nbytes)."""
+    `touch`: every page faulted in now rather than at its first use (a table sized ahead for its
+    flows: the packets do not pay the kernel's zeroing). Free with release_zeroed(p, nbytes)."""
     cdef void *p
-    cdef size_t size, head
+    cdef size_t size, head, at
     if nbytes >= BIG:  # 2 MB-aligned, whole 2 MB pages: every page of the table can be a huge one
         size = (nbytes + HUGE - 1) & ~(<size_t>HUGE - 1)
         p = mmap(NULL, size + HUGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0)
@@ -397,6 +415,11 @@ cdef void *zeroed(size_t nbytes) noexcept nogil:
         munmap(<char *>p + head + size, HUGE - head)
         p = <char *>p + head
         madvise(p, size, MADV_HUGEPAGE)
+        if touch:
+            at = 0
+            while at < size:
+                (<volatile char *>p)[at] = 0
+                at += 4096
         return p
     p = aligned_alloc(64, (nbytes + 63) & ~(<size_t>63))
     if p != NULL:
@@ -411,12 +434,12 @@ cdef void release_zeroed(void *p, size_t nbytes) noexcept nogil:
     else:
         free(p)
 
-cdef inline slot_t *slots_alloc(size_t n) noexcept nogil:
+cdef inline slot_t *slots_alloc(size_t n, bint touch=0) noexcept nogil:
     """n zeroed slots."""
-    return <slot_t *>zeroed(n * sizeof(slot_t))
+    return <slot_t *>zeroed(n * sizeof(slot_t), touch)
 
-cdef int table_init(table_t *t, size_t size) noexcept nogil:
-    t.s = slots_alloc(size)
+cdef int table_init(table_t *t, size_t size, bint touch=0) noexcept nogil:
+    t.s = slots_alloc(size, touch)
     t.mask, t.used = size - 1, 0
     return t.s != NULL
 
@@ -1147,6 +1170,7 @@ cdef void cache_clear(pl_t *pl) noexcept nogil:
     memset(pl.cache.s, 0, (pl.cache.mask + 1) * sizeof(slot_t))
     pl.cache.used = 0
     pl.flushes += 1
+    pl.cache_gen += 1
 
 cdef void lb_inserted(pl_t *pl, inst_t *t, uint64_t a, uint64_t b) noexcept nogil:
     """The balancer stored key (a, b): plans that rest on its absence (a reply the balancer did not
@@ -1253,6 +1277,7 @@ cdef void finish_plan(pl_t *pl, int egress, int inst, view_t *v) noexcept nogil:
     cdef uint64_t a = key_a(pl.rin.src, pl.rin.dst), b = cache_b(&pl.rin)
     pl.rec = 0
     p.egress, p.last = egress, inst
+    p.express = p.nlive == 0 or (p.nlive == 1 and pl.insts[p.inst[p.lives[0]]].kind == K_FW)
     id = intern_path(pl, p)
     if id < 0:
         return
@@ -1265,6 +1290,8 @@ cdef void finish_plan(pl_t *pl, int egress, int inst, view_t *v) noexcept nogil:
     s.v0, s.v1 = v.src, v.dst
     s.v2 = (<uint32_t>v.sport << 16) | v.dport
     s.v3 = <uint32_t>id | (<uint32_t>pl.rdep_ver << 16)
+    if pl.cache.used * 2 > pl.cache.mask + 1:
+        pl.cache_gen += 1  # table_fit moves every slot
     if not table_fit(&pl.cache):  # no memory for a bigger cache: an emptied one will do
         cache_clear(pl)
 
@@ -1292,22 +1319,95 @@ cdef inline bint plan_valid(pl_t *pl, slot_t *e, view_t *v) noexcept nogil:
     t = &pl.insts[p.inst[p.dep]]
     return t.ver[ver_bucket(key_a(w.dst, <uint32_t>t.p[0]), key_b(w.proto, w.dport, w.sport))] == (e.v3 >> 16)
 
-cdef void plan_prefetch(pl_t *pl, slot_t *e, view_t *v) noexcept nogil:
-    """Touches what running the plan will read: the live steps' slots, the dependency's version."""
+cdef inline void firewall_key(view_t *w, uint64_t *a, uint64_t *b) noexcept nogil:
+    """The firewall's key for the view w: the connection as its inside end opened it."""
+    if w.inbound:
+        a[0], b[0] = key_a(w.dst, w.src), key_b(w.proto, w.dport, w.sport)
+    else:
+        a[0], b[0] = key_a(w.src, w.dst), key_b(w.proto, w.sport, w.dport)
+
+cdef void plan_prefetch(pl_t *pl, slot_t *e, view_t *v, prepared_t *r) noexcept nogil:
+    """Touches what running the plan will read: the live steps' slots, the dependency's version.
+    For an express plan with a firewall step, r keeps the firewall's key and its hash."""
     cdef path_t *p = &pl.paths[e.v3 & 0xFFFF]
     cdef view_t w
     cdef inst_t *t
     cdef int j, k
-    for j in range(p.nlive):
-        k = p.lives[j]
+    if p.express and p.nlive == 1:
+        k = p.lives[0]
         w = v[0]
         plan_view(p, k, e, &w)
-        prefetch_first(&pl.insts[p.inst[k]], &w)
+        firewall_key(&w, &r.fa, &r.fb)
+        r.fh = key_hash(r.fa, r.fb)
+        t = &pl.insts[p.inst[k]]
+        table_prefetch_h(&t.tab, r.fh)
+    else:
+        r.fb = 0
+        for j in range(p.nlive):
+            k = p.lives[j]
+            w = v[0]
+            plan_view(p, k, e, &w)
+            prefetch_first(&pl.insts[p.inst[k]], &w)
     if p.dep != NO_STEP:
         w = v[0]
         plan_view(p, p.dep, e, &w)
         t = &pl.insts[p.inst[p.dep]]
         prefetch(&t.ver[ver_bucket(key_a(w.dst, <uint32_t>t.p[0]), key_b(w.proto, w.dport, w.sport))])
+
+cdef inline uint64_t field_change(uint32_t old, uint32_t new, uint32_t changed) noexcept nogil:
+    """sum32's terms when the 32-bit field changed, else 0 (no branch)."""
+    return ((<uint64_t>(~old >> 16 & 0xFFFF) + (new >> 16) + (~old & 0xFFFF) + (new & 0xFFFF))
+            & (<uint64_t>0 - changed))
+
+cdef inline void express_write(uint8_t *d, layout_t *L, view_t *o, slot_t *e) noexcept nogil:
+    """write_back of a plain TCP or UDP frame (view o) to the plan's final fields, with the same
+    bytes: each field's RFC 1624 terms count when it changed (a mask, not a branch), and with none
+    csum_apply gives the checksum back unchanged, as write_back leaves it."""
+    cdef uint32_t sport = e.v2 >> 16, dport = e.v2 & 0xFFFF
+    cdef uint64_t ip = field_change(o.src, e.v0, o.src != e.v0) + field_change(o.dst, e.v1, o.dst != e.v1)
+    cdef uint64_t tl = ip + (((~(<uint32_t>o.sport) & 0xFFFF) + sport) & (<uint64_t>0 - (o.sport != sport))) \
+        + (((~(<uint32_t>o.dport) & 0xFFFF) + dport) & (<uint64_t>0 - (o.dport != dport)))
+    cdef Py_ssize_t l3 = L.l3, l4 = L.l4
+    put32(d, l3 + 12, e.v0)
+    put32(d, l3 + 16, e.v1)
+    put16(d, l4, sport)
+    put16(d, l4 + 2, dport)
+    put16(d, l3 + 10, csum_apply(get16(d, l3 + 10), ip))
+    if L.kind == L_TCP:
+        write_l4_checksum(d, l4 + 16, tl, 0)
+    else:
+        write_l4_checksum(d, l4 + 6, tl, 1)
+
+cdef bint run_express(pl_t *pl, prepared_t *r, slot_t *e) noexcept nogil:
+    """run_plan for an express plan whose firewall step (if any) finds its connection open and
+    established, the packet neither opening nor closing it: the firewall's one change is the
+    time it saw the connection. 0, with nothing changed, when that is not so (then run_plan)."""
+    cdef path_t *p = &pl.paths[e.v3 & 0xFFFF]
+    cdef view_t w
+    cdef inst_t *t
+    cdef slot_t *s
+    cdef uint64_t a, b, h
+    cdef int64_t now
+    if p.nlive:
+        w = r.v
+        plan_view(p, p.lives[0], e, &w)
+        firewall_key(&w, &a, &b)
+        h = r.fh if r.fb == b and r.fa == a else key_hash(a, b)
+        t = &pl.insts[p.inst[p.lives[0]]]
+        s = table_find_h(&t.tab, a, b, h)
+        if s.b == 0:
+            return 0
+        now = now_of(pl, t)
+        if w.proto == 6:
+            if now - <int64_t>s.v0 > t.p[0] or w.flags & 5 or s.v3 == 1 or s.v3 == 2:  # (FIN, RST)
+                return 0
+        elif now - <int64_t>s.v0 > t.p[1]:
+            return 0
+        s.v0 = <uint32_t>now
+    express_write(pl.data + pl.off[pl.cur], pl.lay, &r.v, e)
+    release_input(pl, p.egress, p.last, 0)
+    pl.express += 1
+    return 1
 
 cdef int run_plan(pl_t *pl, slot_t *e, view_t *vin) noexcept nogil:
     """The current input (view vin, its frame untouched) through its plan: the live steps' handlers
@@ -1495,18 +1595,6 @@ cdef bint from_outside(pl_t *pl, pkt_t *p) noexcept nogil:
     return 0
 
 
-ctypedef struct prepared_t:  # an input parsed ahead of its turn
-    layout_t lay
-    view_t v
-    int status                # 0: in the model, 1: outside the model, 2: dropped at ingress (reason)
-    int reason
-    int next                  # prefetching: the instance the packet is predicted to reach next (-1: none)
-    view_t ahead              # ... and the view it would arrive with
-    int cached                # 0: no flow-cache lookup; 1: the cache slot is prefetched; 2: looked at
-    bint fresh                # `ahead` not set yet
-    uint64_t ca, cb, ch       # the flow-cache key and its hash
-
-
 cdef inline bint quick_view(const uint8_t *d, Py_ssize_t caplen, Py_ssize_t wirelen, layout_t *L,
                             view_t *v) noexcept nogil:
     """The common frame, Ethernet / IPv4 without options / TCP or UDP, well-formed and not a
@@ -1556,7 +1644,7 @@ cdef void prepare(pl_t *pl, Py_ssize_t i, prepared_t *r) noexcept nogil:
     cdef pkt_t *p = &pkt
     cdef view_t *v = &r.v     # written field by field and not read whole until the input's turn:
     cdef int s                # a whole-struct load right after narrow stores stalls store forwarding
-    r.status, r.next, r.cached, r.fresh = 1, -1, 0, 1
+    r.status, r.next, r.cached, r.fresh, r.fb = 1, -1, 0, 1, 0
     if pl.linktype == 1 and quick_view(pl.data + pl.off[i], pl.caplen[i], pl.wirelen[i], &r.lay, v):
         r.status = 0
         v.length = pl.wirelen[i] if pl.wirelen[i] < 0xFFFF else 0xFFFF
@@ -1608,8 +1696,9 @@ cdef void look_ahead(pl_t *pl, prepared_t *r) noexcept nogil:
     if r.cached == 1:  # the first step: the cache slot prefetched at prepare
         r.cached = 2
         e = table_find_h(&pl.cache, r.ca, r.cb, r.ch)
+        r.ce, r.gen = e, pl.cache_gen
         if e.b != 0:
-            plan_prefetch(pl, e, &r.v)
+            plan_prefetch(pl, e, &r.v, r)
             r.next = -1
             return
         r.ahead, r.fresh = r.v, 0
@@ -1659,9 +1748,14 @@ cdef int run_inputs(pl_t *pl, Py_ssize_t start, Py_ssize_t stop, int ahead_by, p
         pl.lay = &r.lay
         pl.scratch_len = 0
         if r.cached:
-            e = table_find_h(&pl.cache, r.ca, r.cb, r.ch)
+            e = r.ce
+            if r.cached == 1 or r.gen != pl.cache_gen or (e.b != 0 and (e.b != r.cb or e.a != r.ca)):
+                e = table_find_h(&pl.cache, r.ca, r.cb, r.ch)  # (the look-ahead's slot has moved or
+                r.fb = 0                                      # holds another key now)
             if e.b != 0 and plan_valid(pl, e, &r.v):
                 pl.hits += 1
+                if pl.paths[e.v3 & 0xFFFF].express and run_express(pl, r, e):
+                    continue
                 if run_plan(pl, e, &r.v) < 0 or pl.error:
                     return -1
                 continue
@@ -1702,6 +1796,7 @@ cdef class Pipeline:
     cdef readonly object chain, egresses, instances, reasons
     cdef object _compiled, _cstates                 # instance -> CompiledModel, CState (models/compile.py)
     cdef readonly int ahead_by
+    cdef Py_ssize_t _flows
     cdef Py_ssize_t ring_mask
     cdef dict _reason_id
     cdef object _bound, _bound_out, _bound_drop
@@ -1717,10 +1812,12 @@ cdef class Pipeline:
         self.ahead = NULL
 
     def __init__(self, chain, seed: int = 0, linktype: int = 1, inside=None, ahead: int = 8, flow_cache=None,
-                 cache_max: int = CACHE_MAX, compiled=None):
+                 cache_max: int = CACHE_MAX, compiled=None, flows: int = 0):
         """`compiled`: {instance: models.compile.CompiledModel} run from their compiled handlers
         (the generic executor's fast form; runtime/generic.py compiled_pipeline); every other
-        member must be a bundled NF."""
+        member must be a bundled NF. `flows`: the connections the tables are sized for at once,
+        their memory faulted in here (a flow and its reply: an entry in each NF's table, two in
+        the flow cache), as a DPDK NF sizes its tables at start; 0: they start small and grow."""
         chain.validate()
         members = list(chain.members.values())
         self._compiled, self._cstates = dict(compiled or {}), {}
@@ -1741,6 +1838,10 @@ cdef class Pipeline:
         if ahead < 1:
             raise ValueError(f"ahead (the look-ahead distance, in inputs) must be at least 1, not {ahead}")
         self.ahead_by = ahead
+        if not 0 <= flows <= FLOWS_MAX:
+            raise ValueError(f"flows (the connections the tables are sized for) must be from 0 to {FLOWS_MAX}, "
+                             f"not {flows}")
+        self._flows = flows
         pl = &self.pl
         pl.linktype, pl.ninst, pl.limit = linktype, len(members), 2 * len(members)
         pl.owner = <PyObject *>self
@@ -1775,7 +1876,8 @@ cdef class Pipeline:
         if pl.use_cache:
             pl.paths = <path_t *>calloc(MAX_PATHS, sizeof(path_t))
             pl.path_index = <int16_t *>calloc(PATH_INDEX, sizeof(int16_t))
-            if pl.paths == NULL or pl.path_index == NULL or not table_init(&pl.cache, min(1024, cache_max)):
+            if pl.paths == NULL or pl.path_index == NULL or \
+                    not table_init(&pl.cache, min(table_slots(2 * flows), cache_max), flows > 0):
                 raise MemoryError()
         for k, (m, kind) in enumerate(zip(members, kinds)):
             self._configure(k, m, kind, hops, seed)
@@ -1846,7 +1948,7 @@ cdef class Pipeline:
             return
         if kind == K_NAT:
             t.p[0], t.p[1], t.p[2] = nf.external, nf.base, nf.ports
-            t.by_port = <pent_t *>zeroed(65536 * sizeof(pent_t))
+            t.by_port = <pent_t *>zeroed(65536 * sizeof(pent_t), self._flows > 0)
             if t.by_port == NULL:
                 raise MemoryError()
         elif kind == K_FW:
@@ -1862,7 +1964,7 @@ cdef class Pipeline:
         elif kind == K_CORE:
             t.p[0], t.p[1] = nf.fair, nf.levels
         if kind != K_LBH and kind != K_CORE:
-            if not table_init(&t.tab, 1024):
+            if not table_init(&t.tab, table_slots(self._flows), self._flows > 0):
                 raise MemoryError()
         if kind == K_LB and self.pl.use_cache:
             t.ver = <uint16_t *>zeroed(65536 * sizeof(uint16_t))
@@ -2023,17 +2125,25 @@ cdef class Pipeline:
         return out
 
     def cache_stats(self):
-        """The flow cache: {'enabled', 'entries', 'slots', 'paths', 'hits', 'misses', 'flushes'}
-        (hits and misses: inputs that looked it up)."""
+        """The flow cache: {'enabled', 'entries', 'slots', 'paths', 'hits', 'misses', 'flushes',
+        'express'} (hits and misses: inputs that looked it up; express: hits run_express took)."""
         pl = &self.pl
         return {"enabled": bool(pl.use_cache), "entries": pl.cache.used,
                 "slots": pl.cache.mask + 1 if pl.cache.s else 0, "paths": pl.npaths, "hits": pl.hits,
-                "misses": pl.misses, "flushes": pl.flushes}
+                "misses": pl.misses, "flushes": pl.flushes, "express": pl.express}
 
     def table_sizes(self):
         """instance -> (entries, slots) of its flow table (for benchmarks and memory checks)."""
         return {name: (self.pl.insts[k].tab.used, self.pl.insts[k].tab.mask + 1 if self.pl.insts[k].tab.s else 0)
                 for k, name in enumerate(self.instances)}
+
+
+cdef size_t table_slots(Py_ssize_t entries):
+    """Slots of a table that holds `entries` without growing (at most half full), 1024 at least."""
+    cdef size_t n = 1024
+    while n < 2 * <size_t>entries:
+        n *= 2
+    return n
 
 
 cdef object _flow(uint64_t a, uint64_t b):

@@ -29,6 +29,7 @@ TCP, UDP, ICMP = 6, 17, 1
 ICMP_REQUESTS, ICMP_REPLIES = (8, 13), (0, 14)  # echo / timestamp: identifier in sport / in dport
 DEFAULT_INSIDE_TEXT = "10.0.0.0/8,172.16.0.0/12,192.168.0.0/16,fc00::/7"
 DEFAULT_INSIDE = tuple(ipaddress.ip_network(n) for n in DEFAULT_INSIDE_TEXT.split(","))
+FLOWS_MAX = 1 << 24  # Pipeline(flows=...): the connections the tables can be sized for (2^25 slots, 1 GB, each)
 assert PACKET_FIELDS == ("proto", "src", "sport", "dst", "dport", "flags", "inbound", "length", "label")
 PROTO, SRC, SPORT, DST, DPORT, FLAGS, INBOUND, LENGTH, LABEL = range(9)
 

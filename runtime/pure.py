@@ -30,7 +30,7 @@ from nfproof.models.nat import Nat
 from nfproof.models.ratelimit import RateLimit
 from nfproof.traces import headers
 
-from .frames import DEFAULT_INSIDE, FrameError, NotBundled, Sides, view_fields, write_fields  # noqa: F401
+from .frames import DEFAULT_INSIDE, FLOWS_MAX, FrameError, NotBundled, Sides, view_fields, write_fields  # noqa: F401
 from .rng import InstanceRng, choose_all, choose_free
 
 NS = 1_000_000_000
@@ -346,7 +346,11 @@ class Pipeline:
 
     implementation = "fallback"
 
-    def __init__(self, chain, seed: int, linktype: int = 1, inside=DEFAULT_INSIDE):
+    def __init__(self, chain, seed: int, linktype: int = 1, inside=DEFAULT_INSIDE, flows: int = 0):
+        """`flows`: as the fast path's (its tables sized ahead); dicts need no sizing."""
+        if not 0 <= flows <= FLOWS_MAX:
+            raise ValueError(f"flows (the connections the tables are sized for) must be from 0 to {FLOWS_MAX}, "
+                             f"not {flows}")
         chain.validate()
         self.chain, self.seed, self.linktype = chain, seed, linktype
         self.sides = Sides(DEFAULT_INSIDE if inside is None else inside)

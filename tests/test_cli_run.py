@@ -370,6 +370,9 @@ def test_same_seed_same_outputs_and_batch_size_does_not_matter(capsys):
         other = run_json(capsys, "firewall>nat>lb", "--pcap", E02, "--seed", 7, "--batch", batch)
         assert other["outputs_sha256"] == base["outputs_sha256"], batch
         assert other["dropped"] == base["dropped"]
+    for flows in (1, 100000):  # tables sized ahead (and grown past 1)
+        other = run_json(capsys, "firewall>nat>lb", "--pcap", E02, "--seed", 7, "--flows", flows)
+        assert (other["outputs_sha256"], other["dropped"]) == (base["outputs_sha256"], base["dropped"]), flows
     nat = [run_json(capsys, "nat", "--pcap", E02, "--param", "nat.ports=64512", "--seed", seed)["outputs_sha256"]
            for seed in (1, 1, 2)]
     assert nat[0] == nat[1] != nat[2]  # the seed draws the NAT's ports
@@ -400,6 +403,10 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys):
     assert "--inside 10.0.0.1/8: '10.0.0.1/8' is not a network" in \
         one_line_error(capsys, "nat", "--pcap", E02, "--inside", "10.0.0.1/8")
     assert "not a network" in one_line_error(capsys, "nat", "--pcap", E02, "--inside", "inside")
+    with pytest.raises(SystemExit) as stop:  # (argparse's own exit, 2)
+        cli(capsys, "run", "nat", "--pcap", E02, "--flows", "20000000")
+    assert stop.value.code == 2 and "--flows: must be a number of connections from 0 to 16777216, got '20000000'" \
+        in capsys.readouterr().err
     assert "cannot write the trace" in one_line_error(capsys, "nat", "--pcap", E02, "-o", tmp_path / "no" / "t.pcapng")
     copy = tmp_path / "in.pcap"
     shutil.copy(E02, copy)
@@ -523,6 +530,7 @@ def test_help_and_parser_import_no_runtime(capsys):
     from nfproof import cmd_run
     from nfproof.runtime import executor, frames
     assert cmd_run.CLOCKS == executor.CLOCKS and cmd_run.DEFAULT_INSIDE_TEXT == frames.DEFAULT_INSIDE_TEXT
+    assert cmd_run.FLOWS_MAX == frames.FLOWS_MAX
     done = subprocess.run([sys.executable, "-c", "import sys; from nfproof.cli import build_parser; build_parser(); "
                            "print('numpy' in sys.modules, 'nfproof.runtime' in sys.modules)"],
                           capture_output=True, text=True, timeout=120)

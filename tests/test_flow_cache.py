@@ -50,14 +50,15 @@ def run(make, inputs, batch_size: int):
 
 
 def same_everywhere(text: str, inputs, seed: int = 3, sizes=(1, 7, 64), **kwargs):
-    """Runs `inputs` through fast (cache on), fast (cache off) and pure; all equal. Returns the
-    results and the cache's counters of the last cached run."""
+    """Runs `inputs` through fast (cache on; its tables sized ahead or not), fast (cache off) and
+    pure; all equal. Returns the results and the cache's counters of the last cached run."""
     want, _ = run(lambda: pure.Pipeline(chain(text), seed), inputs, 16)
     stats = None
-    for size in sizes:
-        got, p = run(lambda: fast.Pipeline(chain(text), seed, flow_cache=True, **kwargs), inputs, size)
-        assert got == want, f"{text}, batches of {size}: the cached fast path differs from the fallback"
-        stats = p.cache_stats()
+    for size, flows in [(size, 0) for size in sizes] + [(32, 3), (32, 5000)]:
+        got, p = run(lambda: fast.Pipeline(chain(text), seed, flow_cache=True, flows=flows, **kwargs), inputs, size)
+        assert got == want, f"{text}, batches of {size}, flows={flows}: the cached fast path differs from the fallback"
+        if flows == 0:
+            stats = p.cache_stats()
     got, p = run(lambda: fast.Pipeline(chain(text), seed, flow_cache=False), inputs, 32)
     assert got == want, f"{text}: the uncached fast path differs from the fallback"
     assert p.cache_stats()["hits"] == 0
@@ -133,7 +134,7 @@ def test_a_firewall_entry_expires_under_a_cached_plan():
     want, stats = same_everywhere(text, s.inputs)
     assert {"firewall: no connection", "firewall: unsolicited inbound",
             "firewall: unsolicited inbound UDP"} <= reasons(want[1])
-    assert stats["hits"] >= 20, stats
+    assert stats["hits"] >= 20 and stats["express"] >= 10, stats
 
 
 def test_a_nat_pool_running_out_is_never_cached():
@@ -243,7 +244,7 @@ def test_checksums_of_any_value_get_the_step_by_step_bytes():
             struct.pack_into("!H", f, at, value)
             inputs.append((bytes(f), wirelen, t, side))
     want, stats = same_everywhere(text, inputs)
-    assert stats["hits"] > len(inputs) // 2, stats
+    assert stats["express"] > len(inputs) // 2, stats
 
 
 @pytest.mark.parametrize("text", ["firewall>nat[ports=64512]>lb", "monitor[threshold=3]>nat[ports=64512]>lb",
@@ -269,6 +270,41 @@ def test_random_traffic_that_talks_back_cached_or_not(text):
         _, stats = same_everywhere(text, inputs, seed=seed, sizes=(1, 32))
         if text.count("nat") < 2:  # (nat>...>nat rewrites the port twice: no plan)
             assert stats["hits"] > 25, (text, stats)
+
+
+@pytest.mark.parametrize("text, express", [("firewall>nat[ports=64512]>lb", True), ("nat[ports=64512]>lb", True),
+                                           ("lb>firewall>nat[ports=64512]", True),
+                                           ("monitor[threshold=1000]>nat[ports=64512]>lb", False)])
+def test_the_express_path_takes_open_connections(text, express):
+    """A hit whose plan's one live step is a firewall that finds the connection open (or that has
+    no live step) takes run_express; a packet that opens or closes the connection, or a plan with
+    another live step, takes run_plan; every byte and state agrees either way (same_everywhere)."""
+    s = Script(text)
+    flows = [(6, f"10.0.0.{k}", 4000 + k, VIP if k % 2 else "93.184.216.34", 80) for k in range(1, 9)]
+    for flow in flows:
+        s.handshake(flow, data=6)
+    for flow in flows[:4]:
+        s.out(flow, FIN | ACK)
+        s.out(flow, RST)
+    for flow in flows[4:]:
+        s.back(flow, SYN | ACK)  # a late duplicate: stage 3 already
+    _, stats = same_everywhere(text, s.inputs)
+    if express:
+        assert stats["express"] >= 8 * 6, stats
+    else:
+        assert stats["express"] == 0 and stats["hits"] >= 8 * 6, stats
+
+
+def test_tables_sized_ahead():
+    p = fast.Pipeline(chain("firewall>nat>lb"), 0, flows=5000)
+    assert p.table_sizes() == {"firewall": (0, 16384), "nat": (0, 16384), "lb": (0, 16384)}
+    assert p.cache_stats()["slots"] == 32768
+    assert fast.Pipeline(chain("firewall>nat>lb"), 0, flows=5000, cache_max=1024).cache_stats()["slots"] == 1024
+    assert fast.Pipeline(chain("firewall>nat>lb"), 0).table_sizes()["nat"] == (0, 1024)
+    for impl in (fast, pure):
+        for flows in (-1, (1 << 24) + 1):
+            with pytest.raises(ValueError, match="flows"):
+                impl.Pipeline(chain("nat"), 0, flows=flows)
 
 
 def test_the_cache_is_on_where_it_can_help():
