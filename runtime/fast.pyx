@@ -42,7 +42,13 @@ the input's view to the final one): with each field rewritten at most once, the 
 sum the same terms as step by step, so the bytes are the same. The cache holds at most
 `cache_max` slots (default `CACHE_MAX`) and is emptied when full; `cache_stats()` counts hits and
 misses. It is on for chains of two or more instances with a stable one (`Pipeline(...,
-flow_cache=...)` says otherwise).
+flow_cache=...)` says otherwise). A plan whose one live step is a firewall (or that has none) is
+*express*: when the firewall finds the connection open and established and the packet neither
+opens nor closes it, its one change is the time it saw the connection, and `run_express` does
+just that and the rewrite (branchless, the same bytes as `write_back`); anything else goes to
+`run_plan`. `Pipeline(..., flows=N)` sizes every table, and the cache, for N connections at the
+start, their pages faulted in then (as an NF on DPDK sizes its tables): the packets do not pay
+for the tables' growth; results are the same either way.
 
 Memory latency is hidden by a software pipeline (`run_inputs`): while input j runs, input
 j + S*D is parsed and the flow-table line its first instance will read is prefetched, and the predicted
@@ -50,8 +56,10 @@ paths of the inputs in between advance one instance each (`predict` reads the sl
 inputs earlier, read-only, and prefetches the next instance's; for a new NAT flow it simulates
 the free-port draws, reading by_port entries prefetched when the previous new flow was
 predicted), D = `ahead` (default 8). With the flow cache, the first step looks the input up in
-the cache (prefetched at parse): a hit prefetches what its live steps will read and is done; a
-miss goes on predicting every instance (S = instances + 1). Results never depend on the batch
+the cache (prefetched at parse): a hit prefetches what its live steps will read, keeps in the
+prepared input what it computed for that (the firewall's key and hash, the dependency's version
+counter, the slot's values: reused at the input's turn while the slot still holds them) and is
+done; a miss goes on predicting every instance (S = instances + 1). Results never depend on the batch
 size or D (only memory timing does).
 
 `PassThrough` is the baseline the benchmark compares against: parse every frame and release it
@@ -329,12 +337,15 @@ ctypedef struct prepared_t:  # an input parsed ahead of its turn (run_inputs)
     int reason
     int next                  # prefetching: the instance the packet is predicted to reach next (-1: none)
     view_t ahead              # ... and the view it would arrive with
-    int cached                # 0: no flow-cache lookup; 1: the cache slot is prefetched; 2: looked at
+    int cached                # 0: no flow-cache lookup; 1: the cache slot is prefetched; 2: looked at;
+                              # 3: looked at and found (plan_prefetch kept what the plan needs below)
     bint fresh                # `ahead` not set yet
     uint64_t ca, cb, ch       # the flow-cache key and its hash
-    slot_t *ce                # cached == 2: the slot the key was in or would go to, while cache_gen is gen
+    slot_t *ce                # cached >= 2: the slot the key was in or would go to, while cache_gen is gen
     uint32_t gen
     uint64_t fa, fb, fh       # a hit's express plan: its firewall step's key and hash (fb == 0: none)
+    uint64_t ev0, ev1         # cached == 3: the slot's values then (the plan the above rest on)
+    uint16_t *vp              # ... and its dependency's version counter (NULL: none)
 
 
 # ---- small helpers ----------------------------------------------------------------------------------
@@ -1328,11 +1339,15 @@ cdef inline void firewall_key(view_t *w, uint64_t *a, uint64_t *b) noexcept nogi
 
 cdef void plan_prefetch(pl_t *pl, slot_t *e, view_t *v, prepared_t *r) noexcept nogil:
     """Touches what running the plan will read: the live steps' slots, the dependency's version.
-    For an express plan with a firewall step, r keeps the firewall's key and its hash."""
+    r keeps the slot's values, the dependency's version counter and, for an express plan with a
+    firewall step, the firewall's key and its hash: while the slot holds the same key and values
+    (ready_hit), they are what plan_valid and run_express would compute again."""
     cdef path_t *p = &pl.paths[e.v3 & 0xFFFF]
     cdef view_t w
     cdef inst_t *t
     cdef int j, k
+    r.ev0, r.ev1 = (<uint64_t *>&e.v0)[0], (<uint64_t *>&e.v0)[1]
+    r.vp = NULL
     if p.express and p.nlive == 1:
         k = p.lives[0]
         w = v[0]
@@ -1352,7 +1367,8 @@ cdef void plan_prefetch(pl_t *pl, slot_t *e, view_t *v, prepared_t *r) noexcept 
         w = v[0]
         plan_view(p, p.dep, e, &w)
         t = &pl.insts[p.inst[p.dep]]
-        prefetch(&t.ver[ver_bucket(key_a(w.dst, <uint32_t>t.p[0]), key_b(w.proto, w.dport, w.sport))])
+        r.vp = &t.ver[ver_bucket(key_a(w.dst, <uint32_t>t.p[0]), key_b(w.proto, w.dport, w.sport))]
+        prefetch(r.vp)
 
 cdef inline uint64_t field_change(uint32_t old, uint32_t new, uint32_t changed) noexcept nogil:
     """sum32's terms when the 32-bit field changed, else 0 (no branch)."""
@@ -1378,10 +1394,17 @@ cdef inline void express_write(uint8_t *d, layout_t *L, view_t *o, slot_t *e) no
     else:
         write_l4_checksum(d, l4 + 6, tl, 1)
 
-cdef bint run_express(pl_t *pl, prepared_t *r, slot_t *e) noexcept nogil:
+cdef inline bint ready_hit(prepared_t *r, slot_t *e) noexcept nogil:
+    """The look-ahead found the input's plan in slot e, and e holds the same key and values now
+    (r.gen is checked by the caller): what plan_prefetch kept in r holds."""
+    return (e.b == r.cb and e.a == r.ca and (<uint64_t *>&e.v0)[0] == r.ev0
+            and (<uint64_t *>&e.v0)[1] == r.ev1)
+
+cdef bint run_express(pl_t *pl, prepared_t *r, slot_t *e, bint ready) noexcept nogil:
     """run_plan for an express plan whose firewall step (if any) finds its connection open and
     established, the packet neither opening nor closing it: the firewall's one change is the
-    time it saw the connection. 0, with nothing changed, when that is not so (then run_plan)."""
+    time it saw the connection. 0, with nothing changed, when that is not so (then run_plan).
+    ready: r's firewall key and hash are the plan's (ready_hit)."""
     cdef path_t *p = &pl.paths[e.v3 & 0xFFFF]
     cdef view_t w
     cdef inst_t *t
@@ -1389,17 +1412,20 @@ cdef bint run_express(pl_t *pl, prepared_t *r, slot_t *e) noexcept nogil:
     cdef uint64_t a, b, h
     cdef int64_t now
     if p.nlive:
-        w = r.v
-        plan_view(p, p.lives[0], e, &w)
-        firewall_key(&w, &a, &b)
-        h = r.fh if r.fb == b and r.fa == a else key_hash(a, b)
+        if ready and r.fb != 0:
+            a, b, h = r.fa, r.fb, r.fh
+        else:
+            w = r.v
+            plan_view(p, p.lives[0], e, &w)
+            firewall_key(&w, &a, &b)
+            h = key_hash(a, b)
         t = &pl.insts[p.inst[p.lives[0]]]
         s = table_find_h(&t.tab, a, b, h)
         if s.b == 0:
             return 0
         now = now_of(pl, t)
-        if w.proto == 6:
-            if now - <int64_t>s.v0 > t.p[0] or w.flags & 5 or s.v3 == 1 or s.v3 == 2:  # (FIN, RST)
+        if r.v.proto == 6:  # (the plan changes addresses and ports only)
+            if now - <int64_t>s.v0 > t.p[0] or r.v.flags & 5 or s.v3 == 1 or s.v3 == 2:  # (FIN, RST)
                 return 0
         elif now - <int64_t>s.v0 > t.p[1]:
             return 0
@@ -1698,6 +1724,7 @@ cdef void look_ahead(pl_t *pl, prepared_t *r) noexcept nogil:
         e = table_find_h(&pl.cache, r.ca, r.cb, r.ch)
         r.ce, r.gen = e, pl.cache_gen
         if e.b != 0:
+            r.cached = 3
             plan_prefetch(pl, e, &r.v, r)
             r.next = -1
             return
@@ -1730,6 +1757,7 @@ cdef int run_inputs(pl_t *pl, Py_ssize_t start, Py_ssize_t stop, int ahead_by, p
     cdef prepared_t *r
     cdef frame_t f
     cdef slot_t *e
+    cdef bint ready, valid
     for j in range(start - stages * d, stop):
         k = j + stages * d
         if start <= k < stop:
@@ -1749,12 +1777,16 @@ cdef int run_inputs(pl_t *pl, Py_ssize_t start, Py_ssize_t stop, int ahead_by, p
         pl.scratch_len = 0
         if r.cached:
             e = r.ce
-            if r.cached == 1 or r.gen != pl.cache_gen or (e.b != 0 and (e.b != r.cb or e.a != r.ca)):
-                e = table_find_h(&pl.cache, r.ca, r.cb, r.ch)  # (the look-ahead's slot has moved or
-                r.fb = 0                                      # holds another key now)
-            if e.b != 0 and plan_valid(pl, e, &r.v):
+            ready = r.cached == 3 and r.gen == pl.cache_gen and ready_hit(r, e)
+            if ready:
+                valid = r.vp == NULL or r.vp[0] == (e.v3 >> 16)
+            else:
+                if r.cached == 1 or r.gen != pl.cache_gen or (e.b != 0 and (e.b != r.cb or e.a != r.ca)):
+                    e = table_find_h(&pl.cache, r.ca, r.cb, r.ch)  # (the look-ahead's slot has moved
+                valid = e.b != 0 and plan_valid(pl, e, &r.v)      # or holds another key now)
+            if valid:
                 pl.hits += 1
-                if pl.paths[e.v3 & 0xFFFF].express and run_express(pl, r, e):
+                if pl.paths[e.v3 & 0xFFFF].express and run_express(pl, r, e, ready):
                     continue
                 if run_plan(pl, e, &r.v) < 0 or pl.error:
                     return -1
