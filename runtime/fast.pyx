@@ -875,12 +875,33 @@ cdef inline int nf_nat(pl_t *pl, inst_t *t, view_t *v, int *gates) noexcept nogi
     v.sport = port
     return out1(gates, t.gate_wan) | REWRITTEN
 
+cdef inline int fw_tcp_known(table_t *tab, slot_t *s, int flags, bint inbound, int64_t now) noexcept nogil:
+    """The firewall's answer to a TCP packet (flags, side) of the connection in slot s, not timed
+    out: -1 when it passes, the entry updated (its stage and time, or gone on FIN or RST); else the
+    reason it is dropped, nothing changed."""
+    cdef bint syn = (flags & 2) != 0, ack = (flags & 16) != 0
+    if flags & 5:  # FIN or RST
+        table_delete(tab, s)
+        return -1
+    if s.v3 == 1:
+        if inbound and syn and ack:
+            s.v3 = 2
+        elif inbound or not syn or ack:
+            return FW_ORDER
+    elif s.v3 == 2:
+        if not inbound and ack and not syn:
+            s.v3 = 3
+        elif not (inbound and syn and ack):
+            return FW_ORDER
+    s.v0 = <uint32_t>now
+    return -1
+
 cdef inline int nf_firewall(pl_t *pl, inst_t *t, view_t *v, int *gates) noexcept nogil:
     cdef int64_t now = now_of(pl, t)
-    cdef int out = opposite(t, v), stage
+    cdef int out = opposite(t, v), reason
     cdef uint64_t a, b
     cdef slot_t *s
-    cdef bint present, syn, ack
+    cdef bint present
     if v.inbound:
         a, b = key_a(v.dst, v.src), key_b(v.proto, v.dport, v.sport)
     else:
@@ -888,15 +909,13 @@ cdef inline int nf_firewall(pl_t *pl, inst_t *t, view_t *v, int *gates) noexcept
     if v.proto == 6:
         s = table_find(&t.tab, a, b)
         present = s.b != 0
-        stage = s.v3
         if present and now - <int64_t>s.v0 > t.p[0]:
             table_delete(&t.tab, s)
             present = 0
-        syn, ack = (v.flags & 2) != 0, (v.flags & 16) != 0
         if not present:
             if v.inbound:
                 return drop(pl, t, FW_UNSOLICITED)
-            if not syn or ack:
+            if not v.flags & 2 or v.flags & 16:  # not a SYN alone
                 return drop(pl, t, FW_NOCONN)
             s = table_find(&t.tab, a, b)
             table_claim(&t.tab, s, a, b)
@@ -904,20 +923,9 @@ cdef inline int nf_firewall(pl_t *pl, inst_t *t, view_t *v, int *gates) noexcept
             if not table_fit(&t.tab):
                 pl.error = 2
             return out1(gates, out)
-        if v.flags & 5:  # FIN or RST
-            table_delete(&t.tab, s)
-            return out1(gates, out)
-        if stage == 1:
-            if v.inbound and syn and ack:
-                s.v3 = 2
-            elif v.inbound or not syn or ack:
-                return drop(pl, t, FW_ORDER)
-        elif stage == 2:
-            if not v.inbound and ack and not syn:
-                s.v3 = 3
-            elif not (v.inbound and syn and ack):
-                return drop(pl, t, FW_ORDER)
-        s.v0 = <uint32_t>now
+        reason = fw_tcp_known(&t.tab, s, v.flags, v.inbound, now)
+        if reason >= 0:
+            return drop(pl, t, reason)
         return out1(gates, out)
     if v.proto == 17:
         s = table_find(&t.tab, a, b)
@@ -1401,10 +1409,11 @@ cdef inline bint ready_hit(prepared_t *r, slot_t *e) noexcept nogil:
             and (<uint64_t *>&e.v0)[1] == r.ev1)
 
 cdef bint run_express(pl_t *pl, prepared_t *r, slot_t *e, bint ready) noexcept nogil:
-    """run_plan for an express plan whose firewall step (if any) finds its connection open and
-    established, the packet neither opening nor closing it: the firewall's one change is the
-    time it saw the connection. 0, with nothing changed, when that is not so (then run_plan).
-    ready: r's firewall key and hash are the plan's (ready_hit)."""
+    """run_plan for an express plan whose firewall step (if any) finds the packet's connection
+    (not timed out) and passes the packet (fw_tcp_known: the handshake's next step, data, FIN,
+    RST; any UDP packet): the firewall's changes are to that entry only. 0, with nothing changed,
+    when that is not so (a new connection, a drop: then run_plan). ready: r's firewall key and
+    hash are the plan's (ready_hit)."""
     cdef path_t *p = &pl.paths[e.v3 & 0xFFFF]
     cdef view_t w
     cdef inst_t *t
@@ -1425,11 +1434,12 @@ cdef bint run_express(pl_t *pl, prepared_t *r, slot_t *e, bint ready) noexcept n
             return 0
         now = now_of(pl, t)
         if r.v.proto == 6:  # (the plan changes addresses and ports only)
-            if now - <int64_t>s.v0 > t.p[0] or r.v.flags & 5 or s.v3 == 1 or s.v3 == 2:  # (FIN, RST)
-                return 0
+            if now - <int64_t>s.v0 > t.p[0] or fw_tcp_known(&t.tab, s, r.v.flags, p.inbound[p.lives[0]], now) >= 0:
+                return 0  # (timed out, or dropped: nothing changed)
         elif now - <int64_t>s.v0 > t.p[1]:
             return 0
-        s.v0 = <uint32_t>now
+        else:
+            s.v0 = <uint32_t>now
     express_write(pl.data + pl.off[pl.cur], pl.lay, &r.v, e)
     release_input(pl, p.egress, p.last, 0)
     pl.express += 1

@@ -295,6 +295,31 @@ def test_the_express_path_takes_open_connections(text, express):
         assert stats["express"] == 0 and stats["hits"] >= 8 * 6, stats
 
 
+@pytest.mark.parametrize("text", ["firewall>nat[ports=64512]>lb", "lb>firewall>nat[ports=64512]"])
+def test_the_express_path_follows_the_handshake(text):
+    """Hits at each stage of the firewall's handshake: what it passes (a SYN sent again, a SYN-ACK
+    sent again, the handshake's last ACK, a FIN) takes run_express, what it drops out of order (an
+    ACK before the SYN-ACK, a bare ACK from outside before the handshake's end) goes to run_plan
+    and is dropped there; every byte, drop and state agrees with the paths without a cache."""
+    s = Script(text)
+    flows = [(6, f"10.0.0.{k}", 4000 + k, VIP if k % 2 else "93.184.216.34", 80) for k in range(1, 7)]
+    for flow in flows:
+        s.out(flow, SYN)           # a miss: the plan is recorded
+        s.out(flow, SYN)           # stage 1, sent again: passes
+        s.out(flow, ACK)           # stage 1, out of order: dropped
+        s.back(flow, SYN | ACK)    # a miss (the reply's first packet): stage 2
+        s.back(flow, ACK)          # stage 2, out of order: dropped
+        s.back(flow, SYN | ACK)    # stage 2, sent again: passes
+        s.out(flow, ACK)           # the handshake's end: stage 3
+        s.out(flow, ACK | PSH, b"data")
+        s.out(flow, FIN | ACK)     # the entry goes
+        s.out(flow, ACK)           # no connection: dropped
+    want, stats = same_everywhere(text, s.inputs)
+    drops = [reason for _, reason in want[1]]
+    assert len(drops) == 3 * len(flows), drops
+    assert stats["express"] >= 5 * len(flows), stats
+
+
 def test_tables_sized_ahead():
     p = fast.Pipeline(chain("firewall>nat>lb"), 0, flows=5000)
     assert p.table_sizes() == {"firewall": (0, 16384), "nat": (0, 16384), "lb": (0, 16384)}
