@@ -43,10 +43,14 @@ sum the same terms as step by step, so the bytes are the same. The cache holds a
 `cache_max` slots (default `CACHE_MAX`) and is emptied when full; `cache_stats()` counts hits and
 misses. It is on for chains of two or more instances with a stable one (`Pipeline(...,
 flow_cache=...)` says otherwise). A plan whose one live step is a firewall (or that has none) is
-*express*: when the firewall finds the connection open and established and the packet neither
-opens nor closes it, its one change is the time it saw the connection, and `run_express` does
-just that and the rewrite (branchless, the same bytes as `write_back`); anything else goes to
-`run_plan`. `Pipeline(..., flows=N)` sizes every table, and the cache, for N connections at the
+*express*: when the firewall finds the connection (not timed out) and passes the packet (the
+handshake's next step, data, a FIN or RST: `fw_tcp_known`; any UDP packet), its changes are to
+that entry only, and `run_express` makes them and the rewrite (branchless, the same bytes as
+`write_back`); anything else (a new connection, a drop) goes to `run_plan`. A flow opened from the inside also gets its reply's plan, a few inputs later
+(`queue_reply`, `plan_reply`: the reply's cache slot is prefetched meanwhile): the walk its
+reply's miss would take, each stable step's result read from its tables (`stable_step`), each
+live step a firewall whose handler will run when the reply comes; so a connection misses the
+cache once, not once per direction. `Pipeline(..., flows=N)` sizes every table, and the cache, for N connections at the
 start, their pages faulted in then (as an NF on DPDK sizes its tables): the packets do not pay
 for the tables' growth; results are the same either way.
 
@@ -199,6 +203,11 @@ cdef enum Field:
     F_PROTO, F_SRC, F_SPORT, F_DST, F_DPORT, F_FLAGS, F_LENGTH, N_FIELDS
 
 # reasons of the firewall, by index in MODEL_REASONS["firewall"]
+# plan_reply's queue: its length, and how many inputs after the flow's first packet a reply's plan
+# is made (its cache slot prefetched meanwhile)
+DEF REPLY_QUEUE = 8
+DEF REPLY_DELAY = 4
+
 cdef enum:
     FW_UDP, FW_UNTRACKED, FW_UNSOLICITED, FW_NOCONN, FW_ORDER
 
@@ -322,7 +331,10 @@ ctypedef struct pl_t:
     path_t *paths
     int npaths, last_path                    # (last_path: the one interned last, -1: none)
     int16_t *path_index                      # path hash -> path id + 1 (0: empty)
-    Py_ssize_t hits, misses, flushes, express
+    Py_ssize_t hits, misses, flushes, express, replies
+    view_t replies_due[REPLY_QUEUE]          # plan_reply's queue: reply views, the input each is due at
+    Py_ssize_t reply_at[REPLY_QUEUE]
+    int reply_head, nreplies
     uint32_t cache_gen                       # bumped whenever the cache's slots move or go (growth, emptying)
     bint rec                                 # recording the current input's path (it is a cache miss)
     path_t rp
@@ -1314,6 +1326,106 @@ cdef void finish_plan(pl_t *pl, int egress, int inst, view_t *v) noexcept nogil:
     if not table_fit(&pl.cache):  # no memory for a bigger cache: an emptied one will do
         cache_clear(pl)
 
+cdef int stable_step(inst_t *t, view_t *v) noexcept nogil:
+    """The gate a stable instance's handler emits v on, v rewritten as it would be, when that
+    changes no state; -1 when it would (a new NAT or balancer flow), would drop v (a reply the
+    NAT does not know) or the instance is not a stable one. Read-only: the handler's own result."""
+    cdef int k = t.kind
+    cdef slot_t *s
+    cdef pent_t *e
+    cdef uint32_t vip = <uint32_t>t.p[0]
+    if k == K_NAT:
+        if v.inbound:
+            e = &t.by_port[v.dport]
+            if (e.b == 0 or <uint32_t>e.a != v.src or <int>(e.b & 0xFFFF) != v.sport
+                    or <int>((e.b >> 32) & 0xFF) != v.proto):
+                return -1
+            v.dst = <uint32_t>(e.a >> 32)
+            v.dport = (e.b >> 16) & 0xFFFF
+            return t.gate_lan
+        s = table_find(&t.tab, key_a(v.src, v.dst), key_b(v.proto, v.sport, v.dport))
+        if s.b == 0:
+            return -1
+        v.src, v.sport = <uint32_t>t.p[0], s.v0
+        return t.gate_wan
+    if k == K_LB:
+        if v.inbound:
+            s = table_find(&t.tab, key_a(v.dst, vip), key_b(v.proto, v.dport, v.sport))
+            if s.b != 0 and s.v0 == v.src:
+                v.src = vip
+            return t.gate_lan
+        if v.dst != vip:
+            return t.gate_wan
+        s = table_find(&t.tab, key_a(v.src, v.dst), key_b(v.proto, v.sport, v.dport))
+        if s.b == 0:
+            return -1
+        v.dst = s.v0
+        return t.gate_wan
+    if k == K_LBH:
+        if v.inbound:
+            if t.p[1] + model_flow_hash(v.proto, v.dst, v.dport, vip, v.sport, <uint32_t>t.p[2]) == v.src:
+                v.src = vip
+            return t.gate_lan
+        if v.dst == vip:
+            v.dst = <uint32_t>(t.p[1] + model_flow_hash(v.proto, v.src, v.sport, v.dst, v.dport, <uint32_t>t.p[2]))
+        return t.gate_wan
+    return -1
+
+cdef void queue_reply(pl_t *pl, view_t *out) noexcept nogil:
+    """A flow opened from the inside has just left as `out`: its reply (the swapped addresses and
+    ports, from the outside) is queued for plan_reply a few inputs on, its cache slot prefetched
+    now (a full queue: no plan ahead)."""
+    cdef view_t *v
+    cdef int k
+    if pl.nreplies == REPLY_QUEUE or pl.ingress[1] < 0:
+        return
+    k = (pl.reply_head + pl.nreplies) % REPLY_QUEUE
+    v = &pl.replies_due[k]
+    memset(v, 0, sizeof(view_t))
+    v.proto, v.src, v.dst, v.sport, v.dport, v.inbound = out.proto, out.dst, out.src, out.dport, out.sport, 1
+    pl.reply_at[k] = pl.cur + REPLY_DELAY
+    pl.nreplies += 1
+    table_prefetch(&pl.cache, key_a(v.src, v.dst), cache_b(v))
+
+cdef void plan_reply(pl_t *pl) noexcept nogil:
+    """The queue's first reply: its plan goes into the cache, as the reply's own cache miss would
+    record it, unless the cache has one: the walk a miss would take, each stable step's result
+    read from its tables (stable_step), each live step a firewall that will pass it (its handler
+    runs when the reply comes, as on any hit). Nothing is recorded when a step would change state
+    or drop, or a live step is another NF. (The plan rests on the tables as they are now: stable
+    results never change, the one that can is versioned, as for any plan.)"""
+    cdef view_t v = pl.replies_due[pl.reply_head], o
+    cdef inst_t *t
+    cdef int inst = pl.ingress[1], depth = 1, g, target
+    cdef int gates[1]
+    pl.reply_head = (pl.reply_head + 1) % REPLY_QUEUE
+    pl.nreplies -= 1
+    if table_find(&pl.cache, key_a(v.src, v.dst), cache_b(&v)).b != 0:
+        return
+    record_start(pl, &v)
+    while depth <= pl.limit:
+        t = &pl.insts[inst]
+        o = v
+        if t.kind == K_FW:
+            g = opposite(t, &v)
+        else:
+            g = stable_step(t, &v)
+            if g < 0:
+                break
+        gates[0] = g
+        record_step(pl, inst, t, &o, &v, 1, 0, gates, 0)
+        if not pl.rec:
+            return
+        target = t.hop_target[g]
+        if target < 0:
+            finish_plan(pl, t.hop_egress[g], inst, &v)
+            pl.replies += 1
+            return
+        v.inbound = t.hop_inbound[g]
+        inst = target
+        depth += 1
+    pl.rec = 0
+
 cdef inline void plan_view(path_t *p, int k, slot_t *e, view_t *w) noexcept nogil:
     """w (the input's view) becomes the view arriving at step k."""
     if p.chg[0] < k:
@@ -1516,7 +1628,7 @@ cdef int walk(pl_t *pl, int inst, frame_t f, view_t v, bint in_model, int depth)
     cdef int gates[MAX_OUT]
     cdef int n, k, g, bad, target
     cdef frame_t fk
-    cdef bint changed
+    cdef bint changed, from_inside
     while True:
         if depth > pl.limit:
             pl.error = 1
@@ -1558,7 +1670,10 @@ cdef int walk(pl_t *pl, int inst, frame_t f, view_t v, bint in_model, int depth)
         target = t.hop_target[g]
         if target < 0:
             if pl.rec:
+                from_inside = not pl.rin.inbound
                 finish_plan(pl, t.hop_egress[g], inst, &v)
+                if from_inside:
+                    queue_reply(pl, &v)
             return release(pl, t.hop_egress[g], inst, v.label, &f)
         v.inbound = t.hop_inbound[g]
         inst = target
@@ -1785,6 +1900,8 @@ cdef int run_inputs(pl_t *pl, Py_ssize_t start, Py_ssize_t stop, int ahead_by, p
             continue
         pl.lay = &r.lay
         pl.scratch_len = 0
+        if pl.nreplies and pl.reply_at[pl.reply_head] <= j:
+            plan_reply(pl)
         if r.cached:
             e = r.ce
             ready = r.cached == 3 and r.gen == pl.cache_gen and ready_hit(r, e)
@@ -1808,6 +1925,8 @@ cdef int run_inputs(pl_t *pl, Py_ssize_t start, Py_ssize_t stop, int ahead_by, p
         pl.rec = 0
         if st < 0 or pl.error:
             return -1
+    for k in range(pl.nreplies):  # due times count from the next call's first input
+        pl.reply_at[(pl.reply_head + k) % REPLY_QUEUE] -= stop
     return 0
 
 
@@ -2168,11 +2287,13 @@ cdef class Pipeline:
 
     def cache_stats(self):
         """The flow cache: {'enabled', 'entries', 'slots', 'paths', 'hits', 'misses', 'flushes',
-        'express'} (hits and misses: inputs that looked it up; express: hits run_express took)."""
+        'express', 'replies'} (hits and misses: inputs that looked it up; express: hits run_express
+        took; replies: plans recorded ahead for the replies of flows opened from the inside)."""
         pl = &self.pl
         return {"enabled": bool(pl.use_cache), "entries": pl.cache.used,
                 "slots": pl.cache.mask + 1 if pl.cache.s else 0, "paths": pl.npaths, "hits": pl.hits,
-                "misses": pl.misses, "flushes": pl.flushes, "express": pl.express}
+                "misses": pl.misses, "flushes": pl.flushes, "express": pl.express,
+                "replies": pl.replies}
 
     def table_sizes(self):
         """instance -> (entries, slots) of its flow table (for benchmarks and memory checks)."""
