@@ -59,7 +59,7 @@ j + S*D is parsed and the flow-table line its first instance will read is prefet
 paths of the inputs in between advance one instance each (`predict` reads the slot prefetched D
 inputs earlier, read-only, and prefetches the next instance's; for a new NAT flow it simulates
 the free-port draws, reading by_port entries prefetched when the previous new flow was
-predicted), D = `ahead` (default 8). With the flow cache, the first step looks the input up in
+predicted), D = `ahead` (default 4). With the flow cache, the first step looks the input up in
 the cache (prefetched at parse): a hit prefetches what its live steps will read, keeps in the
 prepared input what it computed for that (the firewall's key and hash, the dependency's version
 counter, the slot's values: reused at the input's turn while the slot still holds them) and is
@@ -1972,7 +1972,7 @@ cdef class Pipeline:
         memset(&self.pl, 0, sizeof(pl_t))
         self.ahead = NULL
 
-    def __init__(self, chain, seed: int = 0, linktype: int = 1, inside=None, ahead: int = 8, flow_cache=None,
+    def __init__(self, chain, seed: int = 0, linktype: int = 1, inside=None, ahead: int = 4, flow_cache=None,
                  cache_max: int = CACHE_MAX, compiled=None, flows: int = 0):
         """`compiled`: {instance: models.compile.CompiledModel} run from their compiled handlers
         (the generic executor's fast form; runtime/generic.py compiled_pipeline); every other
