@@ -1128,61 +1128,28 @@ cdef inline void prefetch_first(inst_t *t, view_t *v) noexcept nogil:
 cdef int predict(inst_t *t, view_t *v) noexcept nogil:
     """The gate the instance will most likely emit v on, v rewritten as it would be, reading the
     tables only (for prefetching the next instance's slot); -1 when that depends on a choice."""
-    cdef int k = t.kind, j
-    cdef slot_t *s
-    cdef pent_t *e
+    cdef int k = t.kind, j, g
     cdef int64_t port
-    cdef uint32_t vip = <uint32_t>t.p[0]
     if k == K_COMPILED:
         return -1
-    if k == K_NAT:
-        if v.inbound:
-            e = &t.by_port[v.dport]
-            if e.b == 0:
-                return -1
-            v.dst, v.dport = <uint32_t>(e.a >> 32), (e.b >> 16) & 0xFFFF
-            return t.gate_lan
-        s = table_find(&t.tab, key_a(v.src, v.dst), key_b(v.proto, v.sport, v.dport))
-        if s.b != 0:
-            v.src, v.sport = <uint32_t>t.p[0], s.v0
-            return t.gate_wan
-        if t.pool_used >= t.p[2]:
-            return -1
-        # a new flow: its port will most likely be the first free one among the draws not yet
-        # peeked at (their by_port entries were prefetched when the previous new flow was predicted)
-        for j in range(1, FREE_DRAWS + 1):
-            port = t.p[1] + <int64_t>(rng_peek(t.rng, t.peeked + j) % <uint64_t>t.p[2])
-            if t.by_port[port].b == 0:
-                break
-        else:
-            return -1
-        t.peeked += j
-        for j in range(1, 5):
-            prefetch(&t.by_port[t.p[1] + <int64_t>(rng_peek(t.rng, t.peeked + j) % <uint64_t>t.p[2])])
-        v.src, v.sport = <uint32_t>t.p[0], port
-        return t.gate_wan
-    if k == K_LB:
-        if v.inbound:
-            s = table_find(&t.tab, key_a(v.dst, vip), key_b(v.proto, v.dport, v.sport))
-            if s.b != 0 and s.v0 == v.src:
-                v.src = vip
-            return t.gate_lan
-        if v.dst != vip:
-            return t.gate_wan
-        s = table_find(&t.tab, key_a(v.src, v.dst), key_b(v.proto, v.sport, v.dport))
-        if s.b == 0:
-            return -1
-        v.dst = s.v0
-        return t.gate_wan
-    if k == K_LBH:
-        if v.inbound:
-            if t.p[1] + model_flow_hash(v.proto, v.dst, v.dport, vip, v.sport, <uint32_t>t.p[2]) == v.src:
-                v.src = vip
-            return t.gate_lan
-        if v.dst == vip:
-            v.dst = <uint32_t>(t.p[1] + model_flow_hash(v.proto, v.src, v.sport, v.dst, v.dport, <uint32_t>t.p[2]))
-        return t.gate_wan
-    return opposite(t, v)
+    if not stable_kind(k):
+        return opposite(t, v)
+    g = stable_step(t, v)
+    if g >= 0 or k != K_NAT or v.inbound or t.pool_used >= t.p[2]:
+        return g
+    # a new NAT flow: its port will most likely be the first free one among the draws not yet
+    # peeked at (their by_port entries were prefetched when the previous new flow was predicted)
+    for j in range(1, FREE_DRAWS + 1):
+        port = t.p[1] + <int64_t>(rng_peek(t.rng, t.peeked + j) % <uint64_t>t.p[2])
+        if t.by_port[port].b == 0:
+            break
+    else:
+        return -1
+    t.peeked += j
+    for j in range(1, 5):
+        prefetch(&t.by_port[t.p[1] + <int64_t>(rng_peek(t.rng, t.peeked + j) % <uint64_t>t.p[2])])
+    v.src, v.sport = <uint32_t>t.p[0], port
+    return t.gate_wan
 
 
 # ---- the flow cache: plans of established flows ---------------------------------------------------
@@ -1228,7 +1195,7 @@ cdef inline bint take_change(path_t *p, int field, int k) noexcept nogil:
     p.chg[field] = k
     return 1
 
-cdef void record_step(pl_t *pl, int inst, inst_t *t, view_t *o, view_t *v, int n, bint changed, int *gates,
+cdef inline void record_step(pl_t *pl, int inst, inst_t *t, view_t *o, view_t *v, int n, bint changed, int *gates,
                       int bad) noexcept nogil:
     """Step of a cache miss's path (walk, after the handler turned o into v with n outputs on
     gates): appended to pl.rp, or pl.rec = 0 when the path cannot be a plan."""
@@ -1326,7 +1293,7 @@ cdef void finish_plan(pl_t *pl, int egress, int inst, view_t *v) noexcept nogil:
     if not table_fit(&pl.cache):  # no memory for a bigger cache: an emptied one will do
         cache_clear(pl)
 
-cdef int stable_step(inst_t *t, view_t *v) noexcept nogil:
+cdef inline int stable_step(inst_t *t, view_t *v) noexcept nogil:
     """The gate a stable instance's handler emits v on, v rewritten as it would be, when that
     changes no state; -1 when it would (a new NAT or balancer flow), would drop v (a reply the
     NAT does not know) or the instance is not a stable one. Read-only: the handler's own result."""
