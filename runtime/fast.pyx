@@ -46,13 +46,14 @@ flow_cache=...)` says otherwise). A plan whose one live step is a firewall (or t
 *express*: when the firewall finds the connection (not timed out) and passes the packet (the
 handshake's next step, data, a FIN or RST: `fw_tcp_known`; any UDP packet), its changes are to
 that entry only, and `run_express` makes them and the rewrite (branchless, the same bytes as
-`write_back`); anything else (a new connection, a drop) goes to `run_plan`. A flow opened from the inside also gets its reply's plan, a few inputs later
-(`queue_reply`, `plan_reply`: the reply's cache slot is prefetched meanwhile): the walk its
-reply's miss would take, each stable step's result read from its tables (`stable_step`), each
-live step a firewall whose handler will run when the reply comes; so a connection misses the
-cache once, not once per direction. `Pipeline(..., flows=N)` sizes every table, and the cache, for N connections at the
-start, their pages faulted in then (as an NF on DPDK sizes its tables): the packets do not pay
-for the tables' growth; results are the same either way.
+`write_back`); anything else (a new connection, a drop) goes to `run_plan`. A flow opened from
+the inside also gets its reply's plan, a few inputs later (`queue_reply`, `plan_reply`; the
+reply's cache slot is prefetched meanwhile): the walk the reply's miss would take, each stable
+step's result read from its tables (`stable_step`), each live step a firewall whose handler runs
+when the reply comes; so a connection misses the cache once, not once per direction.
+`Pipeline(..., flows=N)` sizes every table, and the cache, for N connections at the start, their
+pages faulted in then (as an NF on DPDK sizes its tables): the packets do not pay for the
+tables' growth; results are the same either way.
 
 Memory latency is hidden by a software pipeline (`run_inputs`): while input j runs, input
 j + S*D is parsed and the flow-table line its first instance will read is prefetched, and the predicted
@@ -202,12 +203,12 @@ cdef enum Layout:  # how the view maps onto the frame (contract sections 1 and 2
 cdef enum Field:
     F_PROTO, F_SRC, F_SPORT, F_DST, F_DPORT, F_FLAGS, F_LENGTH, N_FIELDS
 
-# reasons of the firewall, by index in MODEL_REASONS["firewall"]
 # plan_reply's queue: its length, and how many inputs after the flow's first packet a reply's plan
 # is made (its cache slot prefetched meanwhile)
 DEF REPLY_QUEUE = 8
 DEF REPLY_DELAY = 4
 
+# reasons of the firewall, by index in MODEL_REASONS["firewall"]
 cdef enum:
     FW_UDP, FW_UNTRACKED, FW_UNSOLICITED, FW_NOCONN, FW_ORDER
 
