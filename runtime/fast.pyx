@@ -52,8 +52,9 @@ reply's cache slot is prefetched meanwhile): the walk the reply's miss would tak
 step's result read from its tables (`stable_step`), each live step a firewall whose handler runs
 when the reply comes; so a connection misses the cache once, not once per direction.
 `Pipeline(..., flows=N)` sizes every table, and the cache, for N connections at the start, their
-pages faulted in then (as an NF on DPDK sizes its tables): the packets do not pay for the
-tables' growth; results are the same either way.
+pages faulted in then (as an NF on DPDK sizes its tables), at most a quarter full (`table_slots`):
+the packets do not pay for the tables' growth, and few keys sit past their home line; results
+are the same either way.
 
 Memory latency is hidden by a software pipeline (`run_inputs`): while input j runs, input
 j + S*D is parsed and the flow-table line its first instance will read is prefetched, and the predicted
@@ -202,6 +203,8 @@ cdef enum Layout:  # how the view maps onto the frame (contract sections 1 and 2
 
 cdef enum Field:
     F_PROTO, F_SRC, F_SPORT, F_DST, F_DPORT, F_FLAGS, F_LENGTH, N_FIELDS
+
+DEF SPARSE_BYTES = 64 << 20  # table_slots: tables sized ahead are kept a quarter full up to this size
 
 # plan_reply's queue: its length, and how many inputs after the flow's first packet a reply's plan
 # is made (its cache slot prefetched meanwhile)
@@ -2270,9 +2273,14 @@ cdef class Pipeline:
 
 
 cdef size_t table_slots(Py_ssize_t entries):
-    """Slots of a table that holds `entries` without growing (at most half full), 1024 at least."""
+    """Slots of a table sized for `entries` at the start, 1024 at least: at most a quarter full
+    while that is SPARSE_BYTES or less (else at most half full, the growth limit). At half full
+    7 % of the keys sit past their home line and a lookup of one reads a line not prefetched; at
+    a quarter, 2 % (4-5 ns per frame at 100k flows, bench/runtime.py)."""
     cdef size_t n = 1024
     while n < 2 * <size_t>entries:
+        n *= 2
+    if n < 4 * <size_t>entries and 2 * n * sizeof(slot_t) <= SPARSE_BYTES:
         n *= 2
     return n
 

@@ -355,9 +355,11 @@ def test_replies_are_planned_when_their_flow_opens(text, planned):
 
 
 def test_tables_sized_ahead():
-    p = fast.Pipeline(chain("firewall>nat>lb"), 0, flows=5000)
-    assert p.table_sizes() == {"firewall": (0, 16384), "nat": (0, 16384), "lb": (0, 16384)}
-    assert p.cache_stats()["slots"] == 32768
+    p = fast.Pipeline(chain("firewall>nat>lb"), 0, flows=5000)  # at most a quarter full
+    assert p.table_sizes() == {"firewall": (0, 32768), "nat": (0, 32768), "lb": (0, 32768)}
+    assert p.cache_stats()["slots"] == 65536
+    big = fast.Pipeline(chain("nat"), 0, flows=600_000)  # over 64 MB a quarter full: half full
+    assert big.table_sizes() == {"nat": (0, 2097152)}
     assert fast.Pipeline(chain("firewall>nat>lb"), 0, flows=5000, cache_max=1024).cache_stats()["slots"] == 1024
     assert fast.Pipeline(chain("firewall>nat>lb"), 0).table_sizes()["nat"] == (0, 1024)
     for impl in (fast, pure):
