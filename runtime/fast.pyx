@@ -487,13 +487,14 @@ cdef inline void table_claim(table_t *t, slot_t *s, uint64_t a, uint64_t b) noex
     s.v0 = s.v1 = s.v2 = s.v3 = 0
     t.used += 1
 
-cdef int table_fit(table_t *t) noexcept nogil:
+cdef inline int table_fit(table_t *t) noexcept nogil:
     """Doubles the table when it is more than half full. 0 on allocation failure."""
+    return t.used * 2 <= t.mask + 1 or table_double(t)
+
+cdef int table_double(table_t *t) noexcept nogil:
     cdef size_t n = t.mask + 1, i, j
     cdef slot_t *old = t.s
     cdef slot_t *s
-    if t.used * 2 <= n:
-        return 1
     t.s = slots_alloc(2 * n)
     if t.s == NULL:
         t.s = old
@@ -1491,7 +1492,7 @@ cdef inline bint ready_hit(prepared_t *r, slot_t *e) noexcept nogil:
     return (e.b == r.cb and e.a == r.ca and (<uint64_t *>&e.v0)[0] == r.ev0
             and (<uint64_t *>&e.v0)[1] == r.ev1)
 
-cdef bint run_express(pl_t *pl, prepared_t *r, slot_t *e, bint ready) noexcept nogil:
+cdef inline bint run_express(pl_t *pl, prepared_t *r, slot_t *e, bint ready) noexcept nogil:
     """run_plan for an express plan whose firewall step (if any) finds the packet's connection
     (not timed out) and passes the packet (fw_tcp_known: the handshake's next step, data, FIN,
     RST; any UDP packet): the firewall's changes are to that entry only. 0, with nothing changed,
@@ -1854,17 +1855,20 @@ cdef int run_inputs(pl_t *pl, Py_ssize_t start, Py_ssize_t stop, int ahead_by, p
     cdef frame_t f
     cdef slot_t *e
     cdef bint ready, valid
+    for k in range(ring_mask + 1):  # (an input outside [start, stop) is never looked ahead at)
+        ring[k].next = -1
     for j in range(start - stages * d, stop):
         k = j + stages * d
-        if start <= k < stop:
+        if k < stop:
             prepare(pl, k, &ring[k & ring_mask])
         for st in range(1, stages):
             k = j + (stages - st) * d
-            if start <= k < stop and ring[k & ring_mask].next >= 0:  # (a hit's path ends at the cache)
+            if ring[k & ring_mask].next >= 0:  # (a hit's path ends at the cache)
                 look_ahead(pl, &ring[k & ring_mask])
         if j < start:
             continue
         r = &ring[j & ring_mask]
+        r.next = -1
         pl.cur, pl.cur_caplen, pl.cur_t = j, pl.caplen[j], pl.t_ns[j]
         if r.status == 2:
             record_drop(pl, r.reason)
