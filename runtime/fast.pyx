@@ -1600,7 +1600,7 @@ cdef int walk(pl_t *pl, int inst, frame_t f, view_t v, bint in_model, int depth)
     cdef int gates[MAX_OUT]
     cdef int n, k, g, bad, target
     cdef frame_t fk
-    cdef bint changed, from_inside
+    cdef bint changed
     while True:
         if depth > pl.limit:
             pl.error = 1
@@ -1642,9 +1642,8 @@ cdef int walk(pl_t *pl, int inst, frame_t f, view_t v, bint in_model, int depth)
         target = t.hop_target[g]
         if target < 0:
             if pl.rec:
-                from_inside = not pl.rin.inbound
                 finish_plan(pl, t.hop_egress[g], inst, &v)
-                if from_inside:
+                if not pl.rin.inbound:  # (finish_plan leaves pl.rin as it is)
                     queue_reply(pl, &v)
             return release(pl, t.hop_egress[g], inst, v.label, &f)
         v.inbound = t.hop_inbound[g]
