@@ -98,13 +98,13 @@ class Script:
             udp(src, p.dport, dst, p.sport, payload)
         return self._send(pad64(eth(frame)), 1, None, dt)
 
-    def handshake(self, flow, data: int = 4):
-        self.out(flow, SYN)
-        self.back(flow, SYN | ACK)
-        self.out(flow, ACK)
+    def handshake(self, flow, data: int = 4, dt: int = NS // 100):
+        self.out(flow, SYN, dt=dt)
+        self.back(flow, SYN | ACK, dt=dt)
+        self.out(flow, ACK, dt=dt)
         for _ in range(data):
-            self.out(flow, ACK | PSH, b"out")
-            self.back(flow, ACK | PSH, b"in")
+            self.out(flow, ACK | PSH, b"out", dt=dt)
+            self.back(flow, ACK | PSH, b"in", dt=dt)
 
 
 def reasons(drops):
@@ -219,6 +219,38 @@ def test_a_full_cache_is_emptied_and_refilled():
             s.back(flow, ACK | PSH, b"z")
     _, stats = same_everywhere(text, s.inputs, cache_max=64)
     assert stats["flushes"] > 0 and stats["slots"] == 64 and stats["hits"] > 100, stats
+
+
+def test_crowded_tables_under_churn():
+    """Tables that start at 1024 slots and grow, the cache emptied every 32 plans or never:
+    connections open, talk, close (FIN: the firewall's delete moves the slots after it), time out
+    and reopen, interleaved."""
+    text = "firewall[timeout=2]>nat[ports=64512]>lb[backends=3]"
+    rng = random.Random(5)
+    s = Script(text)
+    flows = [(6, f"10.2.{k // 250}.{k % 250 + 1}", 2000 + k, VIP if k % 3 else "93.184.216.34", 443) for k in range(900)]
+    opened = []
+    for k, flow in enumerate(flows):
+        s.handshake(flow, data=0, dt=NS // 10000)
+        opened.append(flow)
+        for old in rng.sample(opened, min(3, len(opened))):
+            r = rng.random()
+            if r < 0.04:
+                s.out(old, FIN | ACK, dt=NS // 10000)
+                opened.remove(old)
+            elif r < 0.52:
+                s.out(old, ACK | PSH, b"o", dt=NS // 10000)
+            else:
+                s.back(old, ACK | PSH, b"i", dt=NS // 10000)
+    s.out(flows[0], ACK, dt=3 * NS)  # every entry times out: the next packets find them expired
+    for old in opened[:60]:
+        s.handshake(old, data=1)
+        s.out(old, FIN | ACK)
+    for cache_max in (64, 1 << 22):
+        want, stats = same_everywhere(text, s.inputs, sizes=(32,), cache_max=cache_max)
+        assert (stats["slots"], stats["flushes"] > 10) == ((64, True) if cache_max == 64 else (4096, False)), stats
+        assert stats["express"] > len(s.inputs) // (6 if cache_max == 64 else 3), stats
+    assert "firewall: no connection" in reasons(want[1])
 
 
 def test_checksums_of_any_value_get_the_step_by_step_bytes():
