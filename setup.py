@@ -8,7 +8,7 @@ from setuptools import Extension, setup
 setup(
     ext_modules=cythonize(
         [
-            # -funroll-loops: 4-7 % on bench/runtime.py (BENCHMARKS.md, thirteenth session)
+            # -funroll-loops: 1-7 % on bench/runtime.py (BENCHMARKS.md, thirteenth session)
             Extension("nfproof.runtime.fast", ["runtime/fast.pyx"], extra_compile_args=["-O3", "-funroll-loops"]),
             Extension("nfproof.traces._fast", ["traces/_fast.pyx"], extra_compile_args=["-O3"]),
             Extension("nfproof.verify._fast", ["verify/_fast.pyx"], extra_compile_args=["-O3"]),
