@@ -229,19 +229,19 @@ def test_crowded_tables_under_churn():
     rng = random.Random(5)
     s = Script(text)
     flows = [(6, f"10.2.{k // 250}.{k % 250 + 1}", 2000 + k, VIP if k % 3 else "93.184.216.34", 443) for k in range(900)]
-    opened = []
+    opened, dt = [], NS // 10000
     for k, flow in enumerate(flows):
-        s.handshake(flow, data=0, dt=NS // 10000)
+        s.handshake(flow, data=0, dt=dt)
         opened.append(flow)
         for old in rng.sample(opened, min(3, len(opened))):
             r = rng.random()
             if r < 0.04:
-                s.out(old, FIN | ACK, dt=NS // 10000)
+                s.out(old, FIN | ACK, dt=dt)
                 opened.remove(old)
             elif r < 0.52:
-                s.out(old, ACK | PSH, b"o", dt=NS // 10000)
+                s.out(old, ACK | PSH, b"o", dt=dt)
             else:
-                s.back(old, ACK | PSH, b"i", dt=NS // 10000)
+                s.back(old, ACK | PSH, b"i", dt=dt)
     s.out(flows[0], ACK, dt=3 * NS)  # every entry times out: the next packets find them expired
     for old in opened[:60]:
         s.handshake(old, data=1)
